@@ -1,0 +1,3 @@
+"""Model commands: train, evaluate, params, demo."""
+
+from affectus.cli import app  # noqa: F401

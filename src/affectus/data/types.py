@@ -1,0 +1,108 @@
+"""The one in-memory form every dataset is read into.
+
+Whatever the source (an MMSA pickle, our `.npz`, the simulator), training and evaluation only
+ever see `MERDataset` -> `Split`. Arrays are float32 features, int64 lengths, float32 scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MODALITIES = ("text", "audio", "vision")
+UNIMODAL_KEYS = {"text": "regression_labels_T", "audio": "regression_labels_A", "vision": "regression_labels_V"}
+
+
+@dataclass
+class Split:
+    """One split (train / valid / test) of N samples."""
+
+    name: str
+    text: np.ndarray  # (N, Lt, Dt) float32
+    audio: np.ndarray  # (N, La, Da) float32
+    vision: np.ndarray  # (N, Lv, Dv) float32
+    text_lengths: np.ndarray  # (N,) int64 (from the text_bert mask when present, else Lt)
+    audio_lengths: np.ndarray  # (N,) int64
+    vision_lengths: np.ndarray  # (N,) int64
+    labels: np.ndarray  # (N,) float32 multimodal sentiment score
+    ids: list[str]
+    raw_text: list[str] | None = None
+    text_bert: np.ndarray | None = None  # (N, 3, L) int64: input ids, attention mask, segment ids
+    unimodal_labels: dict[str, np.ndarray] | None = None  # modality -> (N,) float32 scores
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def index(self) -> np.ndarray:
+        """Dataset index of each sample; pseudo-label banks are keyed by it."""
+        return np.arange(len(self), dtype=np.int64)
+
+    def features(self, modality: str) -> np.ndarray:
+        return getattr(self, modality)
+
+    def lengths(self, modality: str) -> np.ndarray:
+        return getattr(self, f"{modality}_lengths")
+
+    def subset(self, rows: np.ndarray, name: str | None = None) -> "Split":
+        """A new split holding `rows` (an index array or boolean mask), re-indexed from 0."""
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+
+        def take(a):
+            return None if a is None else a[rows]
+
+        return Split(
+            name=name or self.name,
+            text=self.text[rows],
+            audio=self.audio[rows],
+            vision=self.vision[rows],
+            text_lengths=self.text_lengths[rows],
+            audio_lengths=self.audio_lengths[rows],
+            vision_lengths=self.vision_lengths[rows],
+            labels=self.labels[rows],
+            ids=[self.ids[i] for i in rows],
+            raw_text=None if self.raw_text is None else [self.raw_text[i] for i in rows],
+            text_bert=take(self.text_bert),
+            unimodal_labels=None
+            if self.unimodal_labels is None
+            else {k: v[rows] for k, v in self.unimodal_labels.items()},
+        )
+
+
+@dataclass
+class MERDataset:
+    """Splits by name plus where they came from and what was cleaned on the way in."""
+
+    splits: dict[str, Split]
+    source: str = "<memory>"
+    # (split, key) -> number of -inf / +inf / NaN feature values replaced by 0 on load
+    sanitised: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Split:
+        return self.splits[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.splits
+
+    @property
+    def dims(self) -> dict[str, int]:
+        first = next(iter(self.splits.values()))
+        return {m: int(first.features(m).shape[2]) for m in MODALITIES}
+
+    @property
+    def seq_lens(self) -> dict[str, int]:
+        first = next(iter(self.splits.values()))
+        return {m: int(first.features(m).shape[1]) for m in MODALITIES}
+
+    @property
+    def has_unimodal_labels(self) -> bool:
+        return all(s.unimodal_labels is not None for s in self.splits.values())
+
+
+def to_classes(scores: np.ndarray) -> np.ndarray:
+    """Sentiment score -> 3-class label: < 0 -> 0 (negative), = 0 -> 1 (neutral), > 0 -> 2 (positive)."""
+    scores = np.asarray(scores)
+    return (np.sign(scores).astype(np.int64) + 1).astype(np.int64)
