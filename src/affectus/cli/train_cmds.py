@@ -1,3 +1,137 @@
 """Model commands: train, evaluate, params, demo."""
 
-from affectus.cli import app  # noqa: F401
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from affectus.cli import app
+from affectus.errors import AffectusError
+
+console = Console(stderr=True)
+
+
+def _print_metrics(metrics: dict, family: str, title: str) -> None:
+    table = Table(title=title)
+    table.add_column("subset")
+    rows: list[tuple[str, dict]] = []
+    if family == "sims" and "d_test" in metrics:
+        rows = [(k, metrics[k]) for k in ("d_test", "d_msc", "d_msi") if isinstance(metrics.get(k), dict)]
+    else:
+        rows = [("all", {k: v for k, v in metrics.items() if not isinstance(v, dict)})]
+    keys: list[str] = []
+    for _, m in rows:
+        keys += [k for k in m if k not in keys]
+    for k in keys:
+        table.add_column(k, justify="right")
+    for name, m in rows:
+        table.add_row(name, *[("-" if m.get(k) is None else f"{m[k]:.2f}") for k in keys])
+    Console().print(table)
+
+
+def load_data(data: str, preset: Optional[str]):
+    """DATA may be a file or, for the simulator, `synth:PRESET` (generated in memory)."""
+    from affectus.data.mmsa import load_dataset
+    from affectus.data.presets import load_preset
+
+    p = load_preset(preset) if preset else None
+    if data.startswith("synth:"):
+        from affectus.data.synthetic import generate_dataset
+
+        name = data.split(":", 1)[1] or "mosi"
+        ds = generate_dataset(name)
+        return ds, p
+    ds = load_dataset(data, preset=preset)
+    return ds, p
+
+
+@app.command()
+def train(
+    data: str = typer.Option(..., "--data", help="MMSA pickle / .npz file (or synth:PRESET for simulated data)"),
+    out: Path = typer.Option(..., "--out", help="run directory to write"),
+    model: str = typer.Option("cmc", "--model", help="model name (see `affectus models`)"),
+    variant: str = typer.Option("cmc", "--variant", help="CMC variant (see `affectus models`)"),
+    preset: Optional[str] = typer.Option(None, "--preset", help="dataset preset: sims, simsv2, mosi, mosei, mosi-utterance"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config: {model: {...}, train: {...}}"),
+    set_: list[str] = typer.Option([], "--set", help="override a config key, e.g. --set model.layers=3"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda[:N]"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in --out"),
+    quiet: bool = typer.Option(False, "--quiet", help="no per-epoch lines"),
+) -> None:
+    """Train a model (CMC: both stages) and print the paper's metrics; writes OUT/metrics.json."""
+    from affectus.training.config import parse_set, resolve_config
+    from affectus.training.trainer import plan_for, train_run
+
+    ds, p = load_data(data, preset)
+    overrides = parse_set(set_)
+    for key, value in (("train.seed", seed), ("train.device", device), ("train.threads", threads)):
+        if value is not None:
+            overrides[key] = value
+    cfg = resolve_config(model, variant, p, config, overrides)
+    plan = plan_for(ds, p)
+    metrics = train_run(ds, cfg, out, plan, resume=resume, log=None if quiet else console.print, data_source=data)
+    _print_metrics(metrics, plan.family, f"{model}/{variant} on {plan.eval}")
+    console.print(f"wrote {out}/metrics.json")
+
+
+@app.command()
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="a finished run directory"),
+    data: str = typer.Option(..., "--data", help="MMSA pickle / .npz file"),
+    split: Optional[str] = typer.Option(None, "--split", help="split to score (default: the run's evaluation split)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Score a trained run on a split of DATA."""
+    from affectus.inference.predictor import load
+
+    predictor = load(run_dir)
+    ds, _ = load_data(data, predictor.info.get("config", {}).get("preset"))
+    name = split or predictor.info.get("metrics_split", "test")
+    if name not in ds:
+        raise AffectusError(f"{data}: no split '{name}' (has {', '.join(ds.splits)})")
+    metrics = predictor.evaluate(ds[name])
+    if as_json:
+        print(json.dumps({"split": name, **metrics}, indent=2, sort_keys=True))
+    else:
+        _print_metrics(metrics, predictor.family, f"{run_dir} on {name}")
+
+
+@app.command()
+def params(
+    model: str = typer.Option("cmc", "--model"),
+    preset: str = typer.Option(..., "--preset"),
+    variant: str = typer.Option("cmc", "--variant"),
+) -> None:
+    """Print the model's parameter count without BERT (the paper's "Size" column)."""
+    from affectus.data.presets import load_preset
+    from affectus.models.registry import create_model, make_config
+    from affectus.training.config import resolve_config
+
+    p = load_preset(preset)
+    cfg = resolve_config(model, variant, p)
+    values = dict(cfg.model)
+    values["dims"] = dict(p.dims)
+    m = create_model(model, make_config(model, values))
+    count = m.non_bert_parameter_count() if hasattr(m, "non_bert_parameter_count") else sum(
+        q.numel() for n, q in m.named_parameters() if not n.startswith("bert."))
+    print(count)
+
+
+@app.command("models")
+def models_cmd() -> None:
+    """List registered models and CMC variants."""
+    from affectus.models.registry import get_model_entry, list_models
+    from affectus.training.config import load_variants
+
+    for name in list_models():
+        print(f"{name:14s} {get_model_entry(name).description}")
+    print("\nCMC variants (--variant):")
+    for name, spec in load_variants().items():
+        print(f"  {name:20s} {spec['description']}")

@@ -1,0 +1,477 @@
+"""Read and write MMSA feature files, validating them into the one in-memory form (`MERDataset`).
+
+Two on-disk forms are read, told apart by their first bytes (not by the file name):
+
+* **MMSA pickle** (`unaligned_50.pkl`, `unaligned_39.pkl`, ...): `{'train'|'valid'|'test': {key: array}}`
+  as published by thuiar/MMSA and read by the CMC authors' code.
+* **affectus .npz**: the same content written by `write_npz` / `affectus convert`, loadable with
+  `numpy.load(..., allow_pickle=False)`: no object arrays, strings stored as fixed unicode arrays.
+
+Safety: unpickling a file can run code chosen by whoever wrote it. We unpickle with a restricted
+unpickler that only resolves numpy's array/dtype/scalar constructors and plain containers, which covers
+every MMSA file we know of and blocks the usual exploits; it is still a parser of a complex format, so
+only load pickles you trust (check the published sha256), and prefer `affectus convert` once, then
+the .npz, which numpy reads without any code execution. `trust_pickle=True` lifts the restriction for
+pickles that reference other classes.
+
+Every problem a user can cause is an `AffectusError` whose one-line message names the file, the
+split and the key, and says what was expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from affectus.data.presets import Preset, load_preset
+from affectus.data.types import MODALITIES, UNIMODAL_KEYS, MERDataset, Split
+from affectus.errors import AffectusError
+from affectus.utils.io import atomic_path
+
+SPLIT_NAMES = ("train", "valid", "test")
+FEATURE_KEYS = MODALITIES  # (N, L, D) float features under the modality's own name
+NPZ_FORMAT = "affectus-npz"
+NPZ_VERSION = 1
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip (npz) with entries / an empty zip
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _where(path: str, split: str | None = None, key: str | None = None) -> str:
+    parts = [f"file {path}"]
+    if split is not None:
+        parts.append(f"split {split}")
+    if key is not None:
+        parts.append(f"key {key}")
+    return " ".join(parts)
+
+
+def _fail(where: str, what: str) -> AffectusError:
+    # Messages must stay on one line: the CLI prints exactly one `error: ...` line.
+    what = " ".join(str(what).split())
+    return AffectusError(f"{where}: {what}")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks (feature files can be several GB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------- reading files
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Resolves only the globals an MMSA pickle needs: numpy arrays, dtypes, scalars, containers."""
+
+    _ALLOWED: ClassVar[frozenset[tuple[str, str]]] = frozenset(
+        {
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "scalar"),
+            ("numpy._core.numeric", "_frombuffer"),  # protocol-5 pickles of arrays
+            ("numpy.core.multiarray", "_reconstruct"),  # the same, pickled by numpy < 2
+            ("numpy.core.multiarray", "scalar"),
+            ("numpy.core.numeric", "_frombuffer"),
+            ("_codecs", "encode"),  # protocol-2 pickles encode bytes through it
+            ("collections", "OrderedDict"),
+            ("builtins", "set"),
+            ("builtins", "frozenset"),
+            ("builtins", "complex"),
+            ("builtins", "slice"),
+            ("builtins", "bytearray"),
+        }
+    )
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._ALLOWED and not module.startswith("numpy.dtypes"):
+            raise pickle.UnpicklingError(
+                f"pickle wants {module}.{name}, which the restricted reader refuses "
+                "(only numpy arrays and plain containers are allowed); if you trust the file, "
+                "load it with trust_pickle=True (CLI: --trust-pickle)"
+            )
+        if module.startswith("numpy.core"):  # numpy 2 moved numpy.core to numpy._core
+            module = "numpy._core" + module[len("numpy.core") :]
+        return super().find_class(module, name)
+
+
+def _read_pickle(path: str, trust_pickle: bool) -> Any:
+    try:
+        with open(path, "rb") as f:
+            if trust_pickle:
+                return pickle.load(f)
+            return _RestrictedUnpickler(f).load()
+    except Exception as err:  # noqa: BLE001 - a corrupt pickle can raise almost anything
+        # EOFError / UnpicklingError("truncated") both mean the file ends early.
+        truncated = isinstance(err, EOFError) or "truncated" in str(err)
+        hint = "truncated file? " if truncated else ""
+        raise _fail(_where(path), f"not a readable MMSA pickle ({hint}{type(err).__name__}: {err})") from None
+
+
+def _read_npz(path: str) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], int]]:
+    """Our .npz back into the MMSA dict layout (plus the sanitised counts recorded at conversion)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "__meta__" not in z.files:
+                raise _fail(_where(path), "a .npz without __meta__: not written by affectus convert")
+            meta = json.loads(str(z["__meta__"]))
+            if meta.get("format") != NPZ_FORMAT or meta.get("version") != NPZ_VERSION:
+                raise _fail(
+                    _where(path),
+                    f"unsupported npz format {meta.get('format')!r} version {meta.get('version')!r} "
+                    f"(expected {NPZ_FORMAT!r} version {NPZ_VERSION})",
+                )
+            raw: dict[str, dict[str, Any]] = {}
+            for split, keys in meta["keys"].items():
+                raw[split] = {}
+                for key in keys:
+                    try:
+                        raw[split][key] = z[f"{split}.{key}"]
+                    except (KeyError, ValueError) as err:
+                        raise _fail(_where(path, split, key), f"unreadable array ({err})") from None
+    except AffectusError:
+        raise
+    except Exception as err:  # noqa: BLE001 - bad zip, truncated member, bad JSON, ...
+        hint = "truncated or corrupt? " if isinstance(err, (zipfile.BadZipFile, EOFError)) else ""
+        raise _fail(
+            _where(path), f"not a readable affectus .npz ({hint}{type(err).__name__}: {err})"
+        ) from None
+    sanitised = {tuple(k.split("/", 1)): int(v) for k, v in meta.get("sanitised", {}).items()}
+    return raw, sanitised  # type: ignore[return-value]
+
+
+def file_format(path: str | os.PathLike) -> str:
+    """'npz' or 'pickle', decided by the file's magic bytes (a .pkl renamed .npz still reads)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[:4] in _ZIP_MAGIC:
+        return "npz"
+    if head.startswith(_NPY_MAGIC):
+        return "npy"
+    return "pickle"
+
+
+def load_dataset(
+    path: str | os.PathLike, preset: str | Preset | None = None, *, trust_pickle: bool = False
+) -> MERDataset:
+    """Read an MMSA pickle or an affectus .npz, validate it, and return the in-memory form.
+
+    `preset` (a name or a `Preset`) additionally checks the feature dims against the preset's.
+    Non-finite feature values are replaced by 0 and counted in `MERDataset.sanitised`.
+    """
+    spath = str(path)
+    p = Path(path)
+    if not p.exists():
+        raise _fail(_where(spath), "no such file")
+    if not p.is_file():
+        raise _fail(_where(spath), "not a file")
+    if p.stat().st_size == 0:
+        raise _fail(_where(spath), "empty file (0 bytes)")
+    fmt = file_format(p)
+    if fmt == "npy":
+        raise _fail(_where(spath), "a single .npy array, not a dataset (expected an MMSA pickle or .npz)")
+    if fmt == "npz":
+        raw, prior = _read_npz(spath)
+    else:
+        raw, prior = _read_pickle(spath, trust_pickle), {}
+    dataset = dataset_from_raw(raw, source=spath)
+    # Values already replaced when the npz was written still count: the npz holds the cleaned arrays.
+    for k, v in prior.items():
+        dataset.sanitised[k] = dataset.sanitised.get(k, 0) + v
+    if preset is not None:
+        (preset if isinstance(preset, Preset) else load_preset(preset)).check(dataset)
+    return dataset
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+
+def dataset_from_raw(raw: Any, source: str = "<memory>") -> MERDataset:
+    """Validate an MMSA-layout dict into a `MERDataset` (never modifies the arrays it is given)."""
+    if not isinstance(raw, dict):
+        raise _fail(_where(source), f"expected a dict of splits (train/valid/test), got {type(raw).__name__}")
+    unknown = [k for k in raw if k not in SPLIT_NAMES]
+    if unknown:
+        raise _fail(
+            _where(source), f"top-level key {unknown[0]!r} is not a split (expected {', '.join(SPLIT_NAMES)})"
+        )
+    if not raw:
+        raise _fail(_where(source), f"no splits (expected at least one of {', '.join(SPLIT_NAMES)})")
+    dataset = MERDataset(splits={}, source=source)
+    for name in SPLIT_NAMES:  # canonical order, whatever order the file used
+        if name in raw:
+            dataset.splits[name] = _build_split(source, name, raw[name], dataset.sanitised)
+    _check_across_splits(source, dataset)
+    return dataset
+
+
+def _build_split(source: str, name: str, d: Any, sanitised: dict[tuple[str, str], int]) -> Split:
+    if not isinstance(d, dict):
+        raise _fail(_where(source, name), f"expected a dict of arrays, got {type(d).__name__}")
+    for key in ("id", "text", "audio", "vision", "regression_labels"):
+        if key not in d:
+            raise _fail(_where(source, name, key), "missing required key")
+
+    labels = _numeric(source, name, "regression_labels", d["regression_labels"], ndim=1)
+    n = labels.shape[0]
+    if n == 0:
+        raise _fail(_where(source, name), "empty split (0 samples)")
+    labels = _finite_labels(source, name, "regression_labels", labels)
+
+    def rows_ok(key: str, arr: np.ndarray | list) -> None:
+        if len(arr) != n:
+            raise _fail(
+                _where(source, name, key), f"{len(arr)} rows, but regression_labels has {n} (N mismatch)"
+            )
+
+    feats: dict[str, np.ndarray] = {}
+    for m in FEATURE_KEYS:
+        arr = _numeric(source, name, m, d[m], ndim=3)
+        rows_ok(m, arr)
+        feats[m], count = _sanitise(arr)
+        if count:
+            sanitised[(name, m)] = count
+
+    text_bert = None
+    if d.get("text_bert") is not None:
+        text_bert = _integers(
+            source, name, "text_bert", _numeric(source, name, "text_bert", d["text_bert"], 3)
+        )
+        rows_ok("text_bert", text_bert)
+        if text_bert.shape[1] != 3:
+            raise _fail(
+                _where(source, name, "text_bert"),
+                f"shape {text_bert.shape}, expected (N, 3, L): input ids, attention mask, segment ids",
+            )
+
+    lengths: dict[str, np.ndarray] = {}
+    for m in MODALITIES:
+        key = f"{m}_lengths"
+        full = feats[m].shape[1]
+        if d.get(key) is not None:  # `text_lengths` is our extension; MMSA has audio/vision only
+            arr = _integers(source, name, key, _numeric(source, name, key, d[key], ndim=1))
+        elif m == "text" and text_bert is not None:
+            arr = text_bert[:, 1, :].sum(axis=1)  # attention mask: 1 per real token
+            key = "text_bert"  # name the key that is actually in the file
+        else:
+            arr = np.full(n, full, dtype=np.int64)
+        rows_ok(key, arr)
+        if arr.min() < 0 or arr.max() > full:
+            bad = int(arr.min()) if arr.min() < 0 else int(arr.max())
+            raise _fail(
+                _where(source, name, key), f"length {bad} outside [0, {full}] (the {m} sequence length)"
+            )
+        lengths[m] = arr
+
+    ids = _strings(source, name, "id", d["id"])
+    rows_ok("id", ids)
+    raw_text = None
+    if d.get("raw_text") is not None:
+        raw_text = _strings(source, name, "raw_text", d["raw_text"])
+        rows_ok("raw_text", raw_text)
+
+    present = [m for m, k in UNIMODAL_KEYS.items() if d.get(k) is not None]
+    unimodal = None
+    if present:
+        if len(present) != 3:
+            missing = next(k for m, k in UNIMODAL_KEYS.items() if m not in present)
+            raise _fail(_where(source, name, missing), "missing: unimodal labels need all of _T, _A and _V")
+        unimodal = {}
+        for m, key in UNIMODAL_KEYS.items():
+            arr = _finite_labels(source, name, key, _numeric(source, name, key, d[key], ndim=1))
+            rows_ok(key, arr)
+            unimodal[m] = arr
+
+    return Split(
+        name=name,
+        text=feats["text"],
+        audio=feats["audio"],
+        vision=feats["vision"],
+        text_lengths=lengths["text"],
+        audio_lengths=lengths["audio"],
+        vision_lengths=lengths["vision"],
+        labels=labels,
+        ids=ids,
+        raw_text=raw_text,
+        text_bert=text_bert,
+        unimodal_labels=unimodal,
+    )
+
+
+def _check_across_splits(source: str, dataset: MERDataset) -> None:
+    splits = list(dataset.splits.values())
+    first = splits[0]
+    for s in splits[1:]:
+        for m in MODALITIES:
+            a, b = first.features(m).shape[2], s.features(m).shape[2]
+            if a != b:
+                raise _fail(_where(source, s.name, m), f"feature dim {b}, but split {first.name} has {a}")
+        if (first.unimodal_labels is None) != (s.unimodal_labels is None):
+            has, lacks = (first, s) if s.unimodal_labels is None else (s, first)
+            raise _fail(
+                _where(source, lacks.name, "regression_labels_T"),
+                f"missing: split {has.name} has unimodal labels; they must be in all splits or none",
+            )
+        if (first.text_bert is None) != (s.text_bert is None):
+            lacks = s if s.text_bert is None else first
+            raise _fail(_where(source, lacks.name, "text_bert"), "missing: present in some splits only")
+
+
+def _numeric(source: str, split: str, key: str, value: Any, ndim: int) -> np.ndarray:
+    where = _where(source, split, key)
+    try:
+        arr = np.asarray(value)
+    except Exception:  # noqa: BLE001 - ragged nested lists raise ValueError in numpy 2
+        raise _fail(
+            where, "ragged: rows of different shapes, expected one array (pad sequences to one L)"
+        ) from None
+    if arr.dtype.kind not in "biuf":
+        raise _fail(where, f"expected a numeric array, got dtype {arr.dtype} (non-numeric or ragged)")
+    if ndim == 1 and arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]  # (N, 1) labels / lengths, as some MMSA-style exporters write them
+    if arr.ndim != ndim:
+        expected = {1: "(N,)", 3: "(N, L, D)"}[ndim]
+        raise _fail(where, f"expected {ndim}-d array {expected}, got shape {arr.shape}")
+    return arr
+
+
+def _integers(source: str, split: str, key: str, arr: np.ndarray) -> np.ndarray:
+    """Integer-valued arrays (MMSA sometimes stores lengths / token ids as floats) -> int64."""
+    if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+        raise _fail(_where(source, split, key), "expected integer values, found fractional / non-finite ones")
+    return arr.astype(np.int64)
+
+
+def _finite_labels(source: str, split: str, key: str, arr: np.ndarray) -> np.ndarray:
+    arr = arr.astype(np.float32)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise _fail(
+            _where(source, split, key), f"{int(bad.sum())} NaN/inf label(s), first at row {i} ({arr[i]})"
+        )
+    return arr
+
+
+def _sanitise(arr: np.ndarray) -> tuple[np.ndarray, int]:
+    """float32 copy-on-need with -inf/inf/NaN -> 0 (what the CMC authors' code does to MMSA audio)."""
+    with np.errstate(over="ignore"):  # float64 beyond float32 range turns into inf: counted below
+        out = np.asarray(arr, dtype=np.float32)
+    bad = ~np.isfinite(out)
+    count = int(bad.sum())
+    if count:
+        out = out.copy() if np.may_share_memory(out, arr) else out  # never write into the caller's array
+        out[bad] = 0.0
+    return out, count
+
+
+def _strings(source: str, split: str, key: str, value: Any) -> list[str]:
+    if isinstance(value, np.ndarray):
+        if value.ndim != 1:
+            raise _fail(_where(source, split, key), f"expected a list of N str, got shape {value.shape}")
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)):
+        raise _fail(_where(source, split, key), f"expected a list of N str, got {type(value).__name__}")
+    out = []
+    for i, v in enumerate(value):
+        if isinstance(v, bytes):
+            v = v.decode("utf-8", errors="replace")
+        if not isinstance(v, str):
+            raise _fail(_where(source, split, key), f"expected str, row {i} is {type(v).__name__}")
+        out.append(str(v))  # np.str_ -> str
+    return out
+
+
+# ------------------------------------------------------------------------------------------ writing
+
+
+def dataset_to_raw(dataset: MERDataset) -> dict[str, dict[str, Any]]:
+    """The MMSA dict layout of a dataset (arrays are shared, not copied).
+
+    `text_lengths` is written only when it differs from what a reader would derive (the text_bert
+    mask, else the full length), so files stay MMSA-shaped while every dataset round-trips.
+    """
+    raw: dict[str, dict[str, Any]] = {}
+    for name, s in dataset.splits.items():
+        d: dict[str, Any] = {"id": list(s.ids)}
+        if s.raw_text is not None:
+            d["raw_text"] = list(s.raw_text)
+        d.update(text=s.text, audio=s.audio, vision=s.vision)
+        if s.text_bert is not None:
+            d["text_bert"] = s.text_bert
+        derived = (
+            s.text_bert[:, 1, :].sum(axis=1) if s.text_bert is not None else np.full(len(s), s.text.shape[1])
+        )
+        if not np.array_equal(derived, s.text_lengths):
+            d["text_lengths"] = s.text_lengths
+        d.update(audio_lengths=s.audio_lengths, vision_lengths=s.vision_lengths, regression_labels=s.labels)
+        if s.unimodal_labels is not None:
+            for m, key in UNIMODAL_KEYS.items():
+                d[key] = s.unimodal_labels[m]
+        raw[name] = d
+    return raw
+
+
+def write_pickle(raw: dict, path: str | os.PathLike) -> None:
+    """Atomically write a raw MMSA dict as a pickle (the layout the CMC authors' code reads)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        pickle.dump(raw, f, protocol=4)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_npz(dataset: MERDataset, path: str | os.PathLike) -> None:
+    """Atomically write the pickle-free form: numeric arrays + unicode arrays + a JSON `__meta__`.
+
+    Array names are `<split>.<key>` with MMSA key names; `__meta__` lists which keys each split has,
+    so optional keys (text_bert, raw_text, unimodal labels) come back exactly as they were.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    keys: dict[str, list[str]] = {}
+    for split, d in dataset_to_raw(dataset).items():
+        keys[split] = []
+        for key, value in d.items():
+            if key in ("id", "raw_text"):
+                value = np.array(value, dtype=np.str_)  # fixed-width unicode: loads without pickle
+            arrays[f"{split}.{key}"] = np.ascontiguousarray(value)
+            keys[split].append(key)
+    meta = {
+        "format": NPZ_FORMAT,
+        "version": NPZ_VERSION,
+        "keys": keys,
+        "source": dataset.source,
+        "sanitised": {f"{s}/{k}": n for (s, k), n in dataset.sanitised.items()},
+    }
+    arrays["__meta__"] = np.array(json.dumps(meta, sort_keys=True))
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# ------------------------------------------------------------------------------------------ subsets
+
+
+def consistency_mask(split: Split) -> np.ndarray:
+    """(N,) bool: True for D_msc samples, False for D_msi (paper footnote 3).
+
+    D_msc: the multimodal score and the three unimodal scores share one sign class (all > 0, all = 0
+    or all < 0). Needs unimodal labels (CH-SIMS family).
+    """
+    if split.unimodal_labels is None:
+        raise AffectusError(f"split {split.name}: D_msc/D_msi need unimodal labels (regression_labels_T/A/V)")
+    sign = np.sign(split.labels)
+    mask = np.ones(len(split), dtype=bool)
+    for m in MODALITIES:
+        mask &= np.sign(split.unimodal_labels[m]) == sign
+    return mask

@@ -1,0 +1,134 @@
+"""Load a finished run directory and query it. Needs nothing but the run directory.
+
+`load(run_dir).predict(...)` accepts a `Split`, a `Batch`, or raw arrays and returns a
+`Prediction`: the final class and probabilities, each modality's own prediction, and the MCR
+router weights (how much each modality counted in the verdict).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from affectus.data.batches import Batch
+from affectus.data.types import MODALITIES, Split
+from affectus.errors import AffectusError
+from affectus.models.registry import create_model, make_config
+from affectus.training import checkpoints as ckpt
+
+CLASS_NAMES = ("negative", "neutral", "positive")
+
+
+@dataclass
+class Prediction:
+    classes: np.ndarray  # (N,) int: 0 negative, 1 neutral, 2 positive
+    probabilities: np.ndarray  # (N, 3)
+    modality_classes: np.ndarray | None  # (N, 3): text / audio / vision own predictions
+    modality_probabilities: np.ndarray | None  # (N, 3, 3)
+    router_weights: np.ndarray | None  # (N, 3): text / audio / vision weights, sum to 1
+
+    def labels(self) -> list[str]:
+        return [CLASS_NAMES[c] for c in self.classes]
+
+    def explain(self, i: int) -> dict[str, Any]:
+        """One sample's verdict with its per-modality explanation."""
+        out: dict[str, Any] = {"verdict": CLASS_NAMES[int(self.classes[i])],
+                               "probabilities": dict(zip(CLASS_NAMES, map(float, self.probabilities[i])))}
+        if self.modality_classes is not None:
+            out["modalities"] = {
+                m: {"prediction": CLASS_NAMES[int(self.modality_classes[i, k])],
+                    "weight": None if self.router_weights is None else float(self.router_weights[i, k])}
+                for k, m in enumerate(MODALITIES)
+            }
+        return out
+
+
+class Predictor:
+    def __init__(self, run_dir: str | Path, device: str = "cpu"):
+        self.run_dir = Path(run_dir)
+        self.info = ckpt.read_run(self.run_dir)
+        self.device = torch.device(device)
+        cfg_values = dict(self.info["model_config"])
+        self.model_name = self.info["model_name"]
+        self.model = create_model(self.model_name, make_config(self.model_name, cfg_values))
+        weights = ckpt.load_tensors(self.run_dir / "model.safetensors")
+        missing, unexpected = self.model.load_state_dict(weights, strict=False)
+        if missing or unexpected:
+            raise AffectusError(f"{self.run_dir}/model.safetensors does not match the model config "
+                                f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
+        self.model.to(self.device).eval()
+        self.family: str = self.info.get("family", "mosi")
+        self.dims: dict[str, int] = self.info["dims"]
+
+    def _check(self, arrays: dict[str, np.ndarray]) -> None:
+        for m in MODALITIES:
+            a = arrays[m]
+            if a.ndim != 3 or a.shape[2] != self.dims[m]:
+                raise AffectusError(f"{m}: expected shape (N, L, {self.dims[m]}), got {tuple(a.shape)}")
+            if not np.isfinite(a).all():
+                raise AffectusError(f"{m}: contains NaN or infinite values")
+
+    @torch.no_grad()
+    def predict(self, data: Split | Batch | dict[str, np.ndarray], batch_size: int = 256) -> Prediction:
+        """Predict for a Split, a Batch, or a dict of arrays {text, audio, vision[, *_lengths]}."""
+        from affectus.training.trainer import predict_split
+
+        if isinstance(data, Batch):
+            o = self.model(data.to(self.device))
+            res = {"logits": o.logits.cpu().numpy()}
+            if o.modality_logits is not None:
+                res["modality_logits"] = o.modality_logits.cpu().numpy()
+            if o.router_weights is not None:
+                res["router_weights"] = o.router_weights.cpu().numpy()
+        else:
+            split = data if isinstance(data, Split) else self._split_from_arrays(data)
+            res = predict_split(self.model, split, batch_size, self.device)
+        return _to_prediction(res)
+
+    def _split_from_arrays(self, arrays: dict[str, np.ndarray]) -> Split:
+        try:
+            feats = {m: np.asarray(arrays[m], dtype=np.float32) for m in MODALITIES}
+        except KeyError as err:
+            raise AffectusError(f"predict: missing array {err.args[0]!r} (need text, audio, vision)") from None
+        self._check(feats)
+        n = feats["text"].shape[0]
+        if any(feats[m].shape[0] != n for m in MODALITIES):
+            raise AffectusError("predict: text, audio and vision hold different numbers of samples")
+        lengths = {m: np.asarray(arrays.get(f"{m}_lengths", np.full(n, feats[m].shape[1])), dtype=np.int64)
+                   for m in MODALITIES}
+        return Split(name="input", **feats, **{f"{m}_lengths": lengths[m] for m in MODALITIES},
+                     labels=np.zeros(n, np.float32), ids=[str(i) for i in range(n)])
+
+    def evaluate(self, split: Split) -> dict[str, Any]:
+        from affectus.training.trainer import evaluate_split
+
+        for m in MODALITIES:
+            if split.features(m).shape[2] != self.dims[m]:
+                raise AffectusError(f"split {split.name} {m}: feature dim {split.features(m).shape[2]}, "
+                                    f"the model expects {self.dims[m]}")
+        return evaluate_split(self.model, split, self.family, 256, self.device)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _to_prediction(res: dict[str, np.ndarray]) -> Prediction:
+    probs = _softmax(res["logits"])
+    ml = res.get("modality_logits")
+    return Prediction(
+        classes=probs.argmax(-1),
+        probabilities=probs,
+        modality_classes=None if ml is None else ml.argmax(-1),
+        modality_probabilities=None if ml is None else _softmax(ml),
+        router_weights=res.get("router_weights"),
+    )
+
+
+def load(run_dir: str | Path, device: str = "cpu") -> Predictor:
+    return Predictor(run_dir, device)

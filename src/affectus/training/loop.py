@@ -1,0 +1,114 @@
+"""One generic epoch loop with early stopping; every task (stage 1, stage 2, a baseline) runs in it.
+
+A task turns a batch into a loss (`loss`), hears about optimiser steps (`after_step`), scores the
+selection split (`validate`) and decides what "better" means (`end_epoch` -> improved?). The loop
+owns the optimiser, the patience counter, progress display and the per-epoch resume state.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+
+from affectus.data.batches import Batch
+from affectus.errors import AffectusError
+
+
+class Task(Protocol):
+    name: str
+
+    def start_epoch(self, epoch: int) -> None: ...
+
+    def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    def after_step(self, model: torch.nn.Module) -> None: ...
+
+    def validate(self, model: torch.nn.Module) -> dict[str, float]: ...
+
+    def end_epoch(self, epoch: int, model: torch.nn.Module, val: dict[str, float]) -> bool: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class LoopState:
+    epoch: int = 0  # last finished epoch
+    since_improved: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    done: bool = False
+
+
+def run_loop(
+    task: Task,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Callable[[int], Any],  # epoch -> iterable of Batch
+    epochs: int,
+    patience: int,
+    device: torch.device,
+    state: LoopState | None = None,
+    save_state: Callable[[LoopState], None] | None = None,
+    log: Callable[[str], None] | None = None,
+    amp: bool = False,
+) -> LoopState:
+    """Train until `epochs` or `patience` epochs without improvement. Resumable from `state`."""
+    state = state or LoopState()
+    scaler = torch.amp.GradScaler("cuda") if amp and device.type == "cuda" else None
+    while not state.done and state.epoch < epochs:
+        epoch = state.epoch + 1
+        task.start_epoch(epoch)
+        model.train()
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {}
+        n = 0
+        for batch in batches(epoch):
+            batch = batch.to(device)
+            with torch.autocast(device.type, enabled=scaler is not None):
+                loss, parts = task.loss(model, batch)
+            if not torch.isfinite(loss):
+                raise AffectusError(f"{task.name}: loss became {loss.item()} at epoch {epoch}; check the input features")
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            task.after_step(model)
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v * len(batch)
+            n += len(batch)
+        model.eval()
+        with torch.no_grad():
+            val = task.validate(model)
+        improved = task.end_epoch(epoch, model, val)
+        state.since_improved = 0 if improved else state.since_improved + 1
+        record = {"epoch": epoch, "seconds": round(time.perf_counter() - t0, 3)}
+        record.update({f"train_{k}": v / max(n, 1) for k, v in sums.items()})
+        record.update({f"val_{k}": v for k, v in val.items()})
+        record["improved"] = float(improved)
+        state.history.append(record)
+        state.epoch = epoch
+        if state.since_improved >= patience:
+            state.done = True
+        if log is not None:
+            val_txt = " ".join(f"{k}={v:.4f}" for k, v in val.items() if not math.isnan(v))
+            log(f"[{task.name}] epoch {epoch:3d}  loss {record.get('train_loss', float('nan')):.4f}  {val_txt}"
+                f"{'  *' if improved else ''}  ({record['seconds']:.1f}s)")
+        if save_state is not None:
+            save_state(state)
+    state.done = True
+    return state
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)

@@ -1,0 +1,241 @@
+"""How a batch becomes a loss, for CMC's two stages and for single-stage baselines.
+
+Stage 1 (unimodal pretraining, eqs. 7-9 and 19-30): each modality's encoder + head is trained
+against its own pseudo labels from the PLGM bank, plus SupCon on the concatenated embeddings.
+An EMA copy of every unimodal model (eq. 29) is what gets validated and handed on.
+
+Stage 2 (multimodal finetuning, eqs. 10-18): PFM + MCR on top of the stage-1 models, trained on
+the multimodal label plus each modality's fixed stage-1 pseudo labels, plus SupCon.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from affectus.data.batches import Batch
+from affectus.data.types import MODALITIES
+from affectus.training.losses import binarise_for_supcon, supcon_loss
+from affectus.training.plgm import ModalityEMA, MomentumSchedule, PseudoLabelBank
+
+
+def _supcon(embeddings: torch.Tensor, classes: torch.Tensor, family: str, tau: float, form: str) -> torch.Tensor:
+    """SupCon on [h_t; h_a; h_v] (eq. 8): (B, 3, d) embeddings, (B, 3) per-modality classes."""
+    feats = embeddings.transpose(0, 1).reshape(-1, embeddings.shape[-1])  # (3B, d), modality-major
+    labels = binarise_for_supcon(classes.transpose(0, 1).reshape(-1), family)  # (3B,)
+    return supcon_loss(feats, labels, temperature=tau, form=form)
+
+
+class Stage1Task:
+    """Unimodal pretraining with PLGM (eqs. 7-9, 19-30)."""
+
+    name = "stage1"
+
+    def __init__(self, model, train_bank: PseudoLabelBank, val_bank: PseudoLabelBank, val_batches, cfg, family: str):
+        self.cfg = cfg
+        self.family = family
+        self.bank = train_bank
+        self.val_bank = val_bank  # faithful mode: moves with PLGM too (authors' code); fixed mode: frozen
+        self.val_batches = val_batches  # () -> iterable of Batch (with labels)
+        self.ema = ModalityEMA(model, {m: model.unimodal_state_prefixes(m) for m in MODALITIES})
+        self.label_sched = [MomentumSchedule(m0, g, cfg.momentum_form) for m0, g in zip(cfg.label_momentum, cfg.label_gamma)]
+        self.ema_sched = [MomentumSchedule(m0, g, cfg.momentum_form) for m0, g in zip(cfg.ema_momentum, cfg.ema_gamma)]
+        self.label_m = torch.tensor([s.m0 for s in self.label_sched])
+        self.ema_m = {m: s.m0 for m, s in zip(MODALITIES, self.ema_sched)}
+        self.eval_model = copy.deepcopy(model)
+        self.best_loss = {m: float("inf") for m in MODALITIES}
+        self.best_epoch = {m: 0 for m in MODALITIES}
+        # per modality: EMA weights and the pseudo labels (train + val) as they stood at its best epoch
+        self.best_state: dict[str, dict[str, torch.Tensor]] = {}
+        self.best_labels: dict[str, torch.Tensor] = {}
+        self.best_val_labels: dict[str, torch.Tensor] = {}
+
+    def start_epoch(self, epoch: int) -> None:
+        # eq. 30 (code form by default): momenta set once per epoch from m0
+        self.label_m = torch.tensor([s.at_epoch(epoch) for s in self.label_sched])
+        self.ema_m = {m: s.at_epoch(epoch) for m, s in zip(MODALITIES, self.ema_sched)}
+
+    def loss(self, model, batch: Batch):
+        out = model.unimodal_forward(batch)  # modality_logits (B, 3, C)
+        index = batch.index.cpu()
+        targets = self.bank.targets(index).to(out.modality_logits.device)  # (B, 3), before this batch's update
+        # eqs. 21-28: move the soft labels from the detached predictions, before the optimiser step
+        if self.cfg.plgm and self.cfg.unimodal_labels == "pseudo":
+            self.bank.update(index, out.modality_logits.detach().float().cpu(), self.label_m)
+        ce = [F.cross_entropy(out.modality_logits[:, k], targets[:, k]) for k in range(3)]
+        sc = _supcon(out.embeddings, targets, self.family, self.cfg.supcon_tau, self.cfg.supcon_form)
+        total = ce[0] + ce[1] + ce[2] + sc  # eq. 9, weights all 1
+        parts = {"loss": total.item(), "supcon": sc.item()}
+        parts.update({f"ce_{m}": c.item() for m, c in zip(MODALITIES, ce)})
+        return total, parts
+
+    def after_step(self, model) -> None:
+        self.ema.update(model, self.ema_m)  # eq. 29, parameters and BatchNorm buffers
+
+    def validate(self, model) -> dict[str, float]:
+        self.ema.copy_to(self.eval_model)
+        self.eval_model.eval()
+        sums = torch.zeros(3)
+        n = 0
+        move = self.cfg.selection == "faithful" and self.cfg.plgm and self.cfg.unimodal_labels == "pseudo"
+        for batch in self.val_batches():
+            batch = batch.to(next(self.eval_model.parameters()).device)
+            out = self.eval_model.unimodal_forward(batch)
+            index = batch.index.cpu()
+            targets = self.val_bank.targets(index).to(out.modality_logits.device)
+            for k in range(3):
+                sums[k] += F.cross_entropy(out.modality_logits[:, k], targets[:, k], reduction="sum").item()
+            if move:  # the authors' code moves validation pseudo labels with PLGM too
+                self.val_bank.update(index, out.modality_logits.float().cpu(), self.label_m)
+            n += len(batch)
+        return {f"ce_{m}": float(sums[k] / max(n, 1)) for k, m in enumerate(MODALITIES)}
+
+    def end_epoch(self, epoch: int, model, val: dict[str, float]) -> bool:
+        improved = False
+        ema_state = self.ema.state_dict()
+        for k, m in enumerate(MODALITIES):
+            if val[f"ce_{m}"] < self.best_loss[m]:
+                # each modality keeps its own best EMA checkpoint (lowest validation CE)
+                self.best_loss[m] = val[f"ce_{m}"]
+                self.best_epoch[m] = epoch
+                self.best_state[m] = {n: t.clone() for n, t in ema_state[m].items()}
+                self.best_labels[m] = self.bank.hard_labels()[:, k].clone()
+                self.best_val_labels[m] = self.val_bank.hard_labels()[:, k].clone()
+                improved = True
+        return improved
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "bank": self.bank.state_dict(),
+            "val_bank": self.val_bank.state_dict(),
+            "ema": self.ema.state_dict(),
+            "label_sched": [s.state_dict() for s in self.label_sched],
+            "ema_sched": [s.state_dict() for s in self.ema_sched],
+            "best_loss": dict(self.best_loss),
+            "best_epoch": dict(self.best_epoch),
+            "best_state": self.best_state,
+            "best_labels": self.best_labels,
+            "best_val_labels": self.best_val_labels,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.bank.load_state_dict(state["bank"])
+        self.val_bank.load_state_dict(state["val_bank"])
+        self.ema.load_state_dict(state["ema"])
+        for s, d in zip(self.label_sched, state["label_sched"]):
+            s.load_state_dict(d)
+        for s, d in zip(self.ema_sched, state["ema_sched"]):
+            s.load_state_dict(d)
+        self.best_loss = dict(state["best_loss"])
+        self.best_epoch = dict(state["best_epoch"])
+        self.best_state = state["best_state"]
+        self.best_labels = state["best_labels"]
+        self.best_val_labels = state["best_val_labels"]
+
+    def handover(self, model) -> tuple[torch.Tensor, torch.Tensor]:
+        """Load each modality's best EMA weights into `model`; return fixed (N, 3) train / val targets."""
+        self.ema.load_modalities(model, self.best_state)
+        train_t = torch.stack([self.best_labels[m] for m in MODALITIES], 1)
+        val_t = torch.stack([self.best_val_labels[m] for m in MODALITIES], 1)
+        return train_t, val_t
+
+
+class Stage2Task:
+    """Multimodal finetuning (eqs. 10-18); `single` loss keeps only eq. 15."""
+
+    name = "stage2"
+
+    def __init__(self, train_targets, val_targets, val_batches, cfg, family: str):
+        self.cfg = cfg
+        self.family = family
+        self.train_targets = train_targets  # (N_train, 3) fixed stage-1 pseudo labels
+        self.val_targets = val_targets  # (N_val, 3)
+        self.val_batches = val_batches
+        self.best_loss = float("inf")
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def start_epoch(self, epoch: int) -> None:
+        pass
+
+    def _loss(self, model, batch: Batch, targets: torch.Tensor):
+        out = model(batch)
+        lm = F.cross_entropy(out.logits, batch.classes)  # eq. 15
+        if self.cfg.stage2_loss == "single":
+            return lm, {"loss": lm.item()}
+        lk = [F.cross_entropy(out.modality_logits[:, k], targets[:, k]) for k in range(3)]  # eq. 16
+        sc = _supcon(out.embeddings, targets, self.family, self.cfg.supcon_tau, self.cfg.supcon_form)
+        total = lm + lk[0] + lk[1] + lk[2] + sc  # eqs. 17-18
+        parts = {"loss": total.item(), "ce_m": lm.item(), "supcon": sc.item()}
+        parts.update({f"ce_{m}": v.item() for m, v in zip(MODALITIES, lk)})
+        return total, parts
+
+    def loss(self, model, batch: Batch):
+        targets = self.train_targets[batch.index.cpu()].to(batch.classes.device)
+        return self._loss(model, batch, targets)
+
+    def after_step(self, model) -> None:
+        pass
+
+    def validate(self, model) -> dict[str, float]:
+        total, n = 0.0, 0
+        for batch in self.val_batches():
+            batch = batch.to(next(model.parameters()).device)
+            targets = self.val_targets[batch.index.cpu()].to(batch.classes.device)
+            loss, _ = self._loss(model, batch, targets)
+            total += loss.item() * len(batch)
+            n += len(batch)
+        return {"loss": total / max(n, 1)}
+
+    def end_epoch(self, epoch: int, model, val: dict[str, float]) -> bool:
+        if val["loss"] < self.best_loss:
+            self.best_loss = val["loss"]
+            self.best_epoch = epoch
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            return True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_loss": self.best_loss, "best_epoch": self.best_epoch, "best_state": self.best_state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_loss = state["best_loss"]
+        self.best_epoch = state["best_epoch"]
+        self.best_state = state["best_state"]
+
+
+class SupervisedTask:
+    """Single-stage training of a baseline on the multimodal 3-class label; selects on validation CE."""
+
+    name = "train"
+
+    def __init__(self, val_batches):
+        self.val_batches = val_batches
+        self.best_loss = float("inf")
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def start_epoch(self, epoch: int) -> None:
+        pass
+
+    def loss(self, model, batch: Batch):
+        loss = F.cross_entropy(model(batch).logits, batch.classes)
+        return loss, {"loss": loss.item()}
+
+    def after_step(self, model) -> None:
+        pass
+
+    def validate(self, model) -> dict[str, float]:
+        total, n = 0.0, 0
+        for batch in self.val_batches():
+            batch = batch.to(next(model.parameters()).device)
+            total += F.cross_entropy(model(batch).logits, batch.classes, reduction="sum").item()
+            n += len(batch)
+        return {"loss": total / max(n, 1)}
+
+    end_epoch = Stage2Task.end_epoch
+    state_dict = Stage2Task.state_dict
+    load_state_dict = Stage2Task.load_state_dict

@@ -1,0 +1,102 @@
+"""Shared test fixtures: tiny raw MMSA dicts, writing them to disk, and running the CLI.
+
+Everything here is small and generic so any test module can build the data it needs in
+milliseconds; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from affectus.data.mmsa import write_pickle
+
+DEFAULT_DIMS = {"text": 6, "audio": 4, "vision": 5}
+DEFAULT_SEQ_LENS = {"text": 5, "audio": 7, "vision": 6}
+DEFAULT_SIZES = {"train": 12, "valid": 6, "test": 6}
+
+
+def build_raw(
+    sizes: dict[str, int] | None = None,
+    dims: dict[str, int] | None = None,
+    seq_lens: dict[str, int] | None = None,
+    unimodal: bool = False,
+    text_bert: bool = False,
+    label_range: float = 3.0,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """A valid raw MMSA dict (`{split: {key: array}}`) with random features and padded sequences.
+
+    Labels are multiples of 0.5 in [-label_range, label_range], so some are exactly 0 (the neutral
+    class). Audio / vision lengths vary in [1, L] with zero padding after the true length.
+    """
+    sizes = DEFAULT_SIZES if sizes is None else sizes
+    dims = {**DEFAULT_DIMS, **(dims or {})}
+    seq_lens = {**DEFAULT_SEQ_LENS, **(seq_lens or {})}
+    rng = np.random.default_rng(seed)
+    raw: dict[str, dict[str, Any]] = {}
+    for split, n in sizes.items():
+        d: dict[str, Any] = {
+            "id": [f"{split}vid{i // 3}_{i % 3}" for i in range(n)],
+            "raw_text": [f"utterance {i} of {split}" for i in range(n)],
+        }
+        for m in ("text", "audio", "vision"):
+            feats = rng.standard_normal((n, seq_lens[m], dims[m])).astype(np.float32)
+            if m != "text":
+                lengths = rng.integers(1, seq_lens[m] + 1, size=n).astype(np.int64)
+                for i, ln in enumerate(lengths):
+                    feats[i, ln:] = 0.0
+                d[f"{m}_lengths"] = lengths
+            d[m] = feats
+        if text_bert:
+            lt = seq_lens["text"]
+            tl = rng.integers(1, lt + 1, size=n)
+            mask = (np.arange(lt)[None, :] < tl[:, None]).astype(np.int64)
+            ids = rng.integers(100, 2000, size=(n, lt)) * mask
+            d["text_bert"] = np.stack([ids, mask, np.zeros_like(mask)], axis=1).astype(np.float64)  # as MMSA
+        steps = int(2 * label_range)
+        d["regression_labels"] = (rng.integers(-steps, steps + 1, size=n) / 2.0).astype(np.float32)
+        if unimodal:
+            for suffix in "TAV":
+                d[f"regression_labels_{suffix}"] = (rng.integers(-steps, steps + 1, size=n) / 2.0).astype(
+                    np.float32
+                )
+        d["classification_labels"] = (np.sign(d["regression_labels"]) + 1).astype(np.int64)  # ignored key
+        raw[split] = d
+    return raw
+
+
+@pytest.fixture
+def make_raw() -> Callable[..., dict[str, dict[str, Any]]]:
+    """The `build_raw` factory: `make_raw(sizes=..., dims=..., unimodal=True, text_bert=True)`."""
+    return build_raw
+
+
+@pytest.fixture
+def write_raw(tmp_path: Path) -> Callable[..., Path]:
+    """Write a raw dict as a pickle under tmp_path and return its path: `write_raw(raw, "x.pkl")`."""
+
+    def _write(raw: Any, name: str = "data.pkl") -> Path:
+        path = tmp_path / name
+        write_pickle(raw, path)
+        return path
+
+    return _write
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
+    """Run the `affectus` CLI in-process: `rc, out, err = cli("inspect", path, "--json")`."""
+    from affectus.cli import main
+
+    def _run(*args: Any) -> tuple[int, str, str]:
+        capsys.readouterr()  # drop anything printed before
+        rc = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return rc, captured.out, captured.err
+
+    return _run

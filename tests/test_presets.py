@@ -1,0 +1,154 @@
+"""Presets: every shipped YAML loads with the right types, and Table III / VII numbers are as published."""
+
+from __future__ import annotations
+
+import pytest
+
+from affectus.data.mmsa import dataset_from_raw
+from affectus.data.presets import ACC2_MODES, ModelSettings, Preset, list_presets, load_preset
+from affectus.errors import AffectusError
+
+EXPECTED = {  # name: (dims t/a/v, seq lens t/a/v, label range, acc2, unimodal, bert, {model: (layers, heads, dropout)})
+    "sims": (
+        (768, 33, 709),
+        (39, 400, 55),
+        (-1.0, 1.0),
+        "sims",
+        True,
+        "bert-base-chinese",
+        {"cmc": (5, 4, 0.4), "cmc-gt": (1, 2, 0.1)},
+    ),
+    "simsv2": (
+        (768, 25, 177),
+        (50, 925, 232),
+        (-1.0, 1.0),
+        "sims",
+        True,
+        "bert-base-chinese",
+        {"cmc": (4, 2, 0.3), "cmc-gt": (4, 8, 0.1)},
+    ),
+    "mosi": (
+        (768, 5, 20),
+        (50, 375, 500),
+        (-3.0, 3.0),
+        "mosi",
+        False,
+        "bert-base-uncased",
+        {"cmc": (2, 4, 0.5)},
+    ),
+    "mosei": (
+        (768, 74, 35),
+        (50, 500, 500),
+        (-3.0, 3.0),
+        "mosi",
+        False,
+        "bert-base-uncased",
+        {"cmc": (2, 4, 0.0)},
+    ),
+    "mosi-utterance": ((100, 73, 100), (1, 1, 1), (-3.0, 3.0), "mosi", False, None, {"cmc": (2, 4, 0.5)}),
+}
+
+
+def test_list_presets():
+    assert list_presets() == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", list_presets())
+def test_preset_types(name):
+    p = load_preset(name)
+    assert isinstance(p, Preset) and p.name == name
+    assert isinstance(p.description, str) and p.description
+    assert p.file_hint is None or isinstance(p.file_hint, str)
+    assert isinstance(p.label_range, tuple) and all(isinstance(v, float) for v in p.label_range)
+    assert p.label_range[0] < p.label_range[1]
+    assert p.acc2 in ACC2_MODES
+    for table in (p.dims, p.seq_lens):
+        assert list(table) == ["text", "audio", "vision"]
+        assert all(type(v) is int and v > 0 for v in table.values())
+    assert type(p.unimodal_labels) is bool
+    assert set(p.splits) == {"train", "select", "eval"} and all(isinstance(v, str) for v in p.splits.values())
+    assert p.bert is None or isinstance(p.bert, str)
+    assert "cmc" in p.model
+    for s in p.model.values():
+        assert isinstance(s, ModelSettings)
+        assert type(s.layers) is int and type(s.heads) is int and type(s.output_dropout) is float
+        assert 32 % s.heads == 0  # the shared width d = 32 must split evenly over the heads
+    # CMC-GT needs ground-truth unimodal labels
+    assert ("cmc-gt" in p.model) == p.unimodal_labels
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_published_numbers(name):
+    dims, lens, label_range, acc2, unimodal, bert, models = EXPECTED[name]
+    p = load_preset(name)
+    assert tuple(p.dims.values()) == dims
+    assert tuple(p.seq_lens.values()) == lens
+    assert p.label_range == label_range and p.acc2 == acc2
+    assert p.unimodal_labels is unimodal and p.bert == bert
+    assert {k: (s.layers, s.heads, s.output_dropout) for k, s in p.model.items()} == models
+
+
+def test_split_roles():
+    assert load_preset("sims").splits == {"train": "train", "select": "valid", "eval": "test"}
+    # the shared real set has no test split: valid selects and is reported (its README says so)
+    assert load_preset("mosi-utterance").splits == {"train": "train", "select": "valid", "eval": "valid"}
+
+
+def test_unknown_preset_lists_known():
+    with pytest.raises(AffectusError, match=r"unknown preset 'mosii' \(known: mosei, mosi, mosi-utterance"):
+        load_preset("mosii")
+
+
+def _yaml(tmp_path, text):
+    path = tmp_path / "custom.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+GOOD = """
+name: custom
+description: a test preset
+file_hint: null
+label_range: [-3, 3]
+acc2: mosi
+dims: {text: 6, audio: 4, vision: 5}
+seq_lens: {text: 5, audio: 7, vision: 6}
+unimodal_labels: false
+splits: {train: train, select: valid, eval: test}
+bert: null
+model:
+  cmc: {layers: 1, heads: 2, output_dropout: 0}
+"""
+
+
+def test_preset_from_path(tmp_path):
+    p = load_preset(_yaml(tmp_path, GOOD))
+    assert p.name == "custom" and p.label_range == (-3.0, 3.0) and p.model["cmc"].output_dropout == 0.0
+
+
+@pytest.mark.parametrize(
+    "old,new,message",
+    [
+        ("bert: null", "bert: null\nbatch: 64", "unknown field 'batch'"),
+        ("acc2: mosi", "acc2: has0", "field acc2"),
+        ("unimodal_labels: false", "unimodal_labels: 1", "field unimodal_labels"),
+        ("{text: 6, audio: 4, vision: 5}", "{text: 6, audio: 4}", "field dims has keys"),
+        ("{text: 6, audio: 4, vision: 5}", "{text: 6, audio: 4.5, vision: 5}", "field dims.audio"),
+        ("layers: 1", "layers: true", "field model.cmc.layers"),
+        ("acc2: mosi\n", "", "missing field 'acc2'"),
+    ],
+)
+def test_bad_preset_yaml_rejected(tmp_path, old, new, message):
+    assert old in GOOD
+    with pytest.raises(AffectusError, match=message):
+        load_preset(_yaml(tmp_path, GOOD.replace(old, new)))
+
+
+def test_check_and_notes(make_raw):
+    ds = dataset_from_raw(make_raw(dims={"text": 768, "audio": 5, "vision": 20}), source="x.pkl")
+    load_preset("mosi").check(ds)  # dims match: no error
+    with pytest.raises(AffectusError, match="file x.pkl split train key text: feature dim 768, preset"):
+        load_preset("mosi-utterance").check(ds)
+    notes = load_preset("mosi").notes(ds)
+    assert any("sequence length" in n for n in notes)  # tiny data has other lengths: a note, not an error
+    assert not any("labels span" in n for n in notes)
