@@ -85,8 +85,4 @@ class PlainCMC(nn.Module):
 
 def reference_to_cmc_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename a `PlainCMC` state dict to `CMC`'s parameter names."""
-    out: dict[str, torch.Tensor] = {}
-    for name, value in state.items():
-        name = name.replace(".transformer.layers.", ".layers.")
-        out[name] = value
-    return convert_torch_encoder_state(out)
+    return convert_torch_encoder_state(state)

@@ -22,28 +22,27 @@ app = typer.Typer(
 # Command modules register themselves on `app` when imported.
 from affectus.cli import data_cmds  # noqa: E402,F401
 from affectus.cli import train_cmds  # noqa: E402,F401
+from affectus.cli import synth_cmd  # noqa: E402,F401
+from affectus.cli import demo_cmd  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> int:
+    from affectus.training.plgm import enable_flush_denormal
+
+    # before torch starts its worker threads: the flag only reaches threads created afterwards
+    enable_flush_denormal()
     try:
-        app(args=argv, standalone_mode=False)
+        # standalone mode: click reports usage errors itself (exit 2); ours arrive as AffectusError
+        app(args=argv, prog_name="affectus", standalone_mode=True)
     except AffectusError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    except Exception as err:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
-            err.show()
-            return err.exit_code
-        if isinstance(err, click.exceptions.Exit):
-            return err.exit_code
-        if isinstance(err, click.exceptions.Abort):
-            return 1
-        raise
+    except SystemExit as done:
+        code = done.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
     return 0
 
 

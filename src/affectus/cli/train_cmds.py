@@ -30,8 +30,20 @@ def _print_metrics(metrics: dict, family: str, title: str) -> None:
     for k in keys:
         table.add_column(k, justify="right")
     for name, m in rows:
-        table.add_row(name, *[("-" if m.get(k) is None else f"{m[k]:.2f}") for k in keys])
+        table.add_row(name, *[_fmt(k, m.get(k)) for k in keys])
     Console().print(table)
+
+
+def _fmt(key: str, value) -> str:
+    if value is None:
+        return "-"
+    if key == "n":
+        return str(int(value))
+    return f"{value:.4f}" if key in ("mae", "corr") else f"{value:.2f}"
+
+
+def _log(line: str) -> None:
+    console.print(line, markup=False, highlight=False)
 
 
 def load_data(data: str, preset: Optional[str]):
@@ -43,9 +55,8 @@ def load_data(data: str, preset: Optional[str]):
     if data.startswith("synth:"):
         from affectus.data.synthetic import generate_dataset
 
-        name = data.split(":", 1)[1] or "mosi"
-        ds = generate_dataset(name)
-        return ds, p
+        name = data.split(":", 1)[1] or preset or "mosi"
+        return generate_dataset(name), p or load_preset(name)
     ds = load_dataset(data, preset=preset)
     return ds, p
 
@@ -76,8 +87,9 @@ def train(
             overrides[key] = value
     cfg = resolve_config(model, variant, p, config, overrides)
     plan = plan_for(ds, p)
-    metrics = train_run(ds, cfg, out, plan, resume=resume, log=None if quiet else console.print, data_source=data)
-    _print_metrics(metrics, plan.family, f"{model}/{variant} on {plan.eval}")
+    metrics = train_run(ds, cfg, out, plan, resume=resume, log=None if quiet else _log, data_source=data)
+    name = f"{model}/{variant}" if model == "cmc" else model
+    _print_metrics(metrics, plan.family, f"{name} on split '{plan.eval}'")
     console.print(f"wrote {out}/metrics.json")
 
 

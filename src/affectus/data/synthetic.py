@@ -11,45 +11,52 @@ The generative story, per sample (all draws from numpy Generators seeded by `Syn
    paper footnote 3). Then either text contradicts c_m (probability `text_misleading`) while audio
    and vision agree, or exactly one of audio / vision contradicts it while the other two agree.
    A contradicting modality takes the opposite polarity (60%) or neutral (40%); if c_m is neutral,
-   positive or negative. So c_m is always the weighted majority of the unimodal classes (text counts
-   most, but audio + vision together outvote it): a multimodal label is a *consensus*, and when text
-   disagrees with audio and vision the label follows audio and vision. That is what CMC's router
-   (MCR, eq. 13-14) is meant to exploit.
+   positive or negative. So c_m is always held by at least two modalities: it is the weighted vote
+   of the unimodal classes with text weighing more than audio or vision alone (e.g. 1.5 / 1 / 1) but
+   less than both together. A multimodal label is a *consensus*, and when text disagrees with audio
+   and vision the label follows audio and vision: what CMC's router (MCR, eq. 13-14) can exploit.
 3. Scores: |y_m| = bound * u, u ~ U(0, 1], quantised to multiples of a per-sample step drawn from
    `label_steps` (0.2 as for averaged annotator ratings: CH-SIMS and mostly MOSI), never rounding a
    non-neutral score to 0; neutral scores are exactly 0. Agreeing modalities jitter u by N(0, 0.2);
    contradicting ones draw a fresh u. So y_m and every y_k share a sign class exactly when agreeing.
 4. Features of modality k, shape (L_k, D_k): every true time step is
-       x_t = strength_k / sqrt(L_k) * (e_k[c_k] + (y_k / bound) * d_k) + noise * N(0, I)
+       x_t = strength_k * (D_k / 32) ** 0.25 / sqrt(L_k) * (e_k[c_k] + (y_k / bound) * d_k)
+             + noise * N(0, I)
    where e_k[0..2] (one per class) and d_k (intensity) are fixed orthonormal random directions
-   (one set per dataset seed). Dividing by sqrt(L_k) makes `strength_k / noise` the signal-to-noise
-   ratio of the mean-pooled full-length feature along e_k, whatever the sequence length. Text is the
-   strongest signal (it encodes y_t, which misleads when text contradicts c_m); audio and vision are
-   weaker but informative.
+   (one set per seed). Dividing by sqrt(L_k) makes the signal-to-noise ratio of the mean-pooled
+   full-length feature along e_k independent of the sequence length. The (D_k / 32) ** 0.25 factor
+   keeps a modality about as *learnable* whatever its width: a linear probe fitted on N samples
+   separates two classes at distance s in D dims about as well as s^2 / sqrt(s^2 + 4 D / N), so s^2
+   must grow like sqrt(D) to stay put. At D = 32, `strength_k / noise` is exactly the pooled SNR.
+   Text is the strongest signal (it encodes y_t, which misleads when text contradicts c_m); audio
+   and vision are weaker but informative.
 5. True lengths uniform in [ceil(min_length_fraction * L_k), L_k]; zeros after the true length (text
    is padded only when `text_bert` is written, since its mask is where loaders read text lengths).
    A fraction `audio_neg_inf_rate` of the true audio values is -inf, as in real MMSA audio.
 
 Memory: features are float32, (N * sum_k L_k * D_k * 4) bytes; see `SynthConfig.estimate_bytes`.
-CH-SIMS at full scale is ~0.75 GB, CH-SIMS v2 ~1.8 GB, CMU-MOSI ~0.45 GB, CMU-MOSEI ~8.8 GB:
-use `scale` for MOSEI. Features are filled in chunks of ~32 MB, so the temporaries stay small.
+CH-SIMS at full scale is ~0.75 GB, CH-SIMS v2 ~1.8 GB, CMU-MOSI ~0.44 GB, CMU-MOSEI ~8.5 GB:
+use `scale` for MOSEI (`generate_dataset` and the CLI refuse more than 4 GB unless told). Features
+are filled in chunks of ~32 MB, so peak memory is about the size of the result.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
-from affectus.data.types import MODALITIES, UNIMODAL_KEYS, to_classes
+from affectus.data.mmsa import dataset_from_raw
+from affectus.data.types import MODALITIES, UNIMODAL_KEYS, MERDataset, to_classes
 from affectus.errors import AffectusError
 
 SPLITS = ("train", "valid", "test")
 NEG, NEU, POS = 0, 1, 2
 ANNOTATIONS = ("Negative", "Neutral", "Positive")
+DEFAULT_MAX_GB = 4.0  # features held in memory; pickling adds about one array's worth on top
 _CHUNK_VALUES = 1 << 23  # ~8M float32 = 32 MB per chunk bounds temporary memory
 _MAG_JITTER = 0.2  # std of the jitter of an agreeing modality's intensity (fraction of the bound)
 _REF_DIM = 32  # feature width at which `strength` is exactly the pooled SNR (see _features)
@@ -59,11 +66,13 @@ _OPPOSITE_SHARE = 0.6  # a contradicting modality flips polarity (else goes neut
 # (training split: CH-SIMS 699/1368, CH-SIMS v2 1246/2722); MOSI / MOSEI have no unimodal labels, so
 # 0.5 is a guess. Label steps: averaged ratings of 5 annotators (multiples of 0.2); MOSI-like data
 # also has a few multiples of 1/4, 1/3 and 1/2 (fewer annotators), as in the shared MOSI pickle.
-_SIMS_STORY = dict(label_steps=(0.2,), label_step_probs=None, neutral_rate=0.15, positive_rate=0.4)
-_MOSI_STORY = dict(
-    label_steps=(0.2, 0.25, 1 / 3, 0.5), label_step_probs=(0.85, 0.06, 0.03, 0.06),
-    neutral_rate=0.05, positive_rate=0.5,
-)
+_SIMS_STORY = {"label_steps": (0.2,), "label_step_probs": None, "neutral_rate": 0.15, "positive_rate": 0.4}
+_MOSI_STORY = {
+    "label_steps": (0.2, 0.25, 1 / 3, 0.5),
+    "label_step_probs": (0.85, 0.06, 0.03, 0.06),
+    "neutral_rate": 0.05,
+    "positive_rate": 0.5,
+}
 _PRESET_INCONSISTENCY = {"sims": 699 / 1368, "simsv2": 1246 / 2722}
 # Split sizes (train, valid, test): Table I of the paper; mosi-utterance from its README (no test split).
 # Presets name splits but do not size them, so the sizes live here.
@@ -93,10 +102,10 @@ class SynthConfig:
     neutral_rate: float = 0.15  # share of multimodal scores that are exactly 0
     positive_rate: float = 0.5  # share of positives among the non-neutral multimodal scores
     inconsistency: float = 0.5  # share of samples in D_msi (some y_k contradicts y_m's class)
-    text_misleading: float = 0.4  # among D_msi samples: share where text is the one that contradicts
-    text_strength: float = 4.0  # pooled SNR of each modality's class signal (see module docstring)
-    audio_strength: float = 1.5
-    vision_strength: float = 1.5
+    text_misleading: float = 1 / 3  # among D_msi samples: share where text is the one that contradicts
+    text_strength: float = 4.0  # pooled SNR of each modality's class signal at D = 32 (story step 4)
+    audio_strength: float = 1.75
+    vision_strength: float = 1.75
     noise: float = 1.0  # std of the per-value Gaussian noise
     audio_neg_inf_rate: float = 1e-4  # share of true (non-padding) audio values that are -inf
     min_length_fraction: float = 0.5  # true lengths are uniform in [ceil(f * L), L]
@@ -105,7 +114,7 @@ class SynthConfig:
     with_text_bert: bool = False  # write text_bert (N, 3, Lt): ids < 100, mask, zeros
 
     @classmethod
-    def from_preset(cls, name: str, scale: float = 1.0, seq_scale: float = 1.0, **overrides) -> "SynthConfig":
+    def from_preset(cls, name: str, scale: float = 1.0, seq_scale: float = 1.0, **overrides) -> SynthConfig:
         """A config with preset `name`'s shapes and the real dataset's split sizes (`PRESET_SIZES`)
         times `scale`, sequence lengths times `seq_scale` (each at least 1; a split the dataset lacks
         stays empty). `overrides` set any field (e.g. n_train=..., inconsistency=...)."""
@@ -162,7 +171,9 @@ class SynthConfig:
             raise bad("n_train must be >= 1")
         for what in ("seq_lens", "dims"):
             d = getattr(self, what)
-            if set(d) != set(MODALITIES) or any(not isinstance(v, (int, np.integer)) or v < 1 for v in d.values()):
+            if set(d) != set(MODALITIES) or any(
+                not isinstance(v, (int, np.integer)) or v < 1 for v in d.values()
+            ):
                 raise bad(f"{what} must map text/audio/vision to integers >= 1 (got {d})")
         lo, hi = self.label_range
         if not lo < 0 < hi:
@@ -170,10 +181,17 @@ class SynthConfig:
         if not self.label_steps or any(not 0 < s <= min(-lo, hi) for s in self.label_steps):
             raise bad(f"label_steps must be in (0, {min(-lo, hi)}] (got {self.label_steps})")
         if self.label_step_probs is not None and (
-            len(self.label_step_probs) != len(self.label_steps) or not math.isclose(sum(self.label_step_probs), 1.0)
+            len(self.label_step_probs) != len(self.label_steps)
+            or not math.isclose(sum(self.label_step_probs), 1.0)
         ):
             raise bad("label_step_probs must match label_steps and sum to 1")
-        for name in ("neutral_rate", "positive_rate", "inconsistency", "text_misleading", "audio_neg_inf_rate"):
+        for name in (
+            "neutral_rate",
+            "positive_rate",
+            "inconsistency",
+            "text_misleading",
+            "audio_neg_inf_rate",
+        ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise bad(f"{name} must be in [0, 1] (got {getattr(self, name)})")
         if not 0.0 < self.min_length_fraction <= 1.0:
@@ -198,12 +216,43 @@ def generate(config: SynthConfig, progress: Progress | None = None) -> dict:
     # Independent streams: the world (signal directions) and each split; within a split, labels,
     # words and each modality. Changing one split's size or one modality's shape leaves the rest alone.
     world_seq, *split_seqs = np.random.SeedSequence(config.seed).spawn(1 + len(SPLITS))
-    world = _make_world(config, np.random.default_rng(world_seq))
+    world = _make_world(config, world_seq)
     raw: dict[str, dict] = {}
     for split, seq in zip(SPLITS, split_seqs):
         if config.sizes[split] > 0:
             raw[split] = _generate_split(config, split, world, seq, progress)
     return raw
+
+
+def generate_dataset(
+    config: SynthConfig | str,
+    *,
+    scale: float = 1.0,
+    seq_scale: float = 1.0,
+    max_gb: float | None = DEFAULT_MAX_GB,
+    progress: Progress | None = None,
+    **overrides,
+) -> MERDataset:
+    """Generate and validate in memory: a `SynthConfig`, or a preset name (+ scale, overrides).
+
+    Goes through the same validation as a file (`dataset_from_raw`), so the -inf audio values come
+    back as zeros counted in `MERDataset.sanitised`. Refuses configs above `max_gb` of features."""
+    if isinstance(config, str):
+        config = SynthConfig.from_preset(config, scale=scale, seq_scale=seq_scale, **overrides)
+    elif overrides or scale != 1.0 or seq_scale != 1.0:
+        raise AffectusError("synth: scale / seq_scale / overrides apply to a preset name, not a SynthConfig")
+    check_size(config, max_gb)
+    return dataset_from_raw(generate(config, progress), source=f"synth:{config.name}")
+
+
+def check_size(config: SynthConfig, max_gb: float | None = DEFAULT_MAX_GB) -> None:
+    """Raise AffectusError if the features would exceed `max_gb` GB (None: no limit)."""
+    size = config.estimate_bytes() / 1e9
+    if max_gb is not None and size > max_gb:
+        raise AffectusError(
+            f"synth: {config.name} would hold {size:.2f} GB of features (limit {max_gb:g} GB); "
+            f"shrink it at least {size / max_gb:.2g}x (scale / seq_scale / n per split) or raise the limit"
+        )
 
 
 def total_values(config: SynthConfig) -> int:
@@ -237,15 +286,15 @@ def summarise(raw: dict) -> dict:
 # labels
 
 
-def _make_world(config: SynthConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _make_world(config: SynthConfig, seq: np.random.SeedSequence) -> dict[str, np.ndarray]:
     """Per modality a (4, D) matrix: rows 0..2 the class directions, row 3 the intensity direction.
 
     Orthonormal when D >= 4 (QR of a Gaussian matrix), so classes are equally far apart; for D < 4
     random unit vectors (classes then overlap, as they would in so few dimensions)."""
     world = {}
-    for m in MODALITIES:
+    for m, mseq in zip(MODALITIES, seq.spawn(len(MODALITIES))):  # one stream per modality
         d = config.dims[m]
-        g = rng.standard_normal((d, 4))
+        g = np.random.default_rng(mseq).standard_normal((d, 4))
         if d >= 4:
             q, _ = np.linalg.qr(g)
             dirs = q.T
@@ -285,8 +334,11 @@ def _labels(config: SynthConfig, n: int, rng: np.random.Generator) -> dict[str, 
     inconsistent = rng.random(n) < config.inconsistency
     text_wrong = inconsistent & (rng.random(n) < config.text_misleading)
     audio_pick = rng.random(n) < 0.5
-    wrong = {"text": text_wrong, "audio": inconsistent & ~text_wrong & audio_pick,
-             "vision": inconsistent & ~text_wrong & ~audio_pick}
+    wrong = {
+        "text": text_wrong,
+        "audio": inconsistent & ~text_wrong & audio_pick,
+        "vision": inconsistent & ~text_wrong & ~audio_pick,
+    }
 
     out = {"m": _scores(cls_m, frac_m, step, lo, hi)}
     for m in MODALITIES:  # every draw happens for every sample, so patterns do not shift the streams
@@ -310,14 +362,21 @@ def _lengths(config: SynthConfig, m: str, n: int, rng: np.random.Generator) -> n
     return rng.integers(low, full + 1, size=n, dtype=np.int64)
 
 
-def _features(config: SynthConfig, m: str, scores: np.ndarray, lengths: np.ndarray, direction: np.ndarray,
-              rng: np.random.Generator, progress: Progress | None) -> np.ndarray:
+def _features(
+    config: SynthConfig,
+    m: str,
+    scores: np.ndarray,
+    lengths: np.ndarray,
+    direction: np.ndarray,
+    rng: np.random.Generator,
+    progress: Progress | None,
+) -> np.ndarray:
     """(N, L, D) float32 per step 4 and 5 of the story, filled chunk by chunk."""
     n, seq_len, dim = scores.shape[0], config.seq_lens[m], config.dims[m]
     strength = getattr(config, f"{m}_strength")
     bound = np.where(scores > 0, config.label_range[1], -config.label_range[0]).astype(np.float32)
     # (N, D) per-sample signal: class direction + intensity along d_k, scaled so that the mean over
-    # L steps has norm ~strength along e_k (pooled SNR = strength / noise).
+    # L steps has norm strength * (D / 32) ** 0.25 along e_k (step 4 of the story says why).
     signal = direction[to_classes(scores)] + (scores / bound)[:, None] * direction[3]
     signal *= np.float32(strength * (dim / _REF_DIM) ** 0.25 / math.sqrt(seq_len))
     out = np.empty((n, seq_len, dim), dtype=np.float32)
@@ -325,17 +384,17 @@ def _features(config: SynthConfig, m: str, scores: np.ndarray, lengths: np.ndarr
     steps = np.arange(seq_len)
     neg_inf_rate = config.audio_neg_inf_rate if m == "audio" else 0.0
     for start in range(0, n, chunk):
-        view = out[start:start + chunk]  # contiguous slice of the output: no extra copy
+        view = out[start : start + chunk]  # contiguous slice of the output: no extra copy
         rng.standard_normal(dtype=np.float32, out=view)
         view *= np.float32(config.noise)
-        view += signal[start:start + chunk, None, :]
-        view[steps[None, :] >= lengths[start:start + chunk, None]] = 0.0  # zero padding, as in MMSA
+        view += signal[start : start + chunk, None, :]
+        view[steps[None, :] >= lengths[start : start + chunk, None]] = 0.0  # zero padding, as in MMSA
         if neg_inf_rate > 0:
             # Bernoulli(rate) per value, drawn sparsely: a binomial count of uniform positions; those
             # falling into padding are dropped, so the rate holds per true value.
             count = rng.binomial(view.size, neg_inf_rate)
             i, t, d = np.unravel_index(rng.integers(0, view.size, count), view.shape)
-            keep = t < lengths[start:start + chunk][i]
+            keep = t < lengths[start : start + chunk][i]
             view[i[keep], t[keep], d[keep]] = -np.inf
         if progress is not None:
             progress(view.size)
@@ -346,11 +405,24 @@ def _features(config: SynthConfig, m: str, scores: np.ndarray, lengths: np.ndarr
 # raw text and BERT-style ids (the text carries y_t, like the text features)
 
 _OPENERS = ("", "honestly", "i think", "to me", "well", "overall")
-_SUBJECTS = ("the film", "the story", "the music", "the acting", "the ending", "the plot",
-             "this show", "the dialogue", "the cast", "the scene")
+_SUBJECTS = (
+    "the film",
+    "the story",
+    "the music",
+    "the acting",
+    "the ending",
+    "the plot",
+    "this show",
+    "the dialogue",
+    "the cast",
+    "the scene",
+)
 _VERBS = ("was", "felt", "seemed", "is", "looked")
-_ADVERBS = {"strong": ("really", "truly", "very", "so"), "mild": ("rather", "somewhat", "quite", "fairly"),
-            "neutral": ("just", "pretty")}
+_ADVERBS = {
+    "strong": ("really", "truly", "very", "so"),
+    "mild": ("rather", "somewhat", "quite", "fairly"),
+    "neutral": ("just", "pretty"),
+}
 _ADJECTIVES = {
     (POS, "strong"): ("great", "wonderful", "amazing", "brilliant", "superb", "fantastic"),
     (POS, "mild"): ("nice", "good", "pleasant", "decent", "fine", "sweet"),
@@ -359,8 +431,14 @@ _ADJECTIVES = {
     (NEG, "strong"): ("terrible", "awful", "horrible", "dreadful", "painful", "hopeless"),
 }
 _PAD, _CLS, _SEP = 0, 1, 2
-_VOCAB = sorted({w for group in (_OPENERS, _SUBJECTS, _VERBS, *_ADVERBS.values(), *_ADJECTIVES.values())
-                 for phrase in group for w in phrase.split()})
+_VOCAB = sorted(
+    {
+        w
+        for group in (_OPENERS, _SUBJECTS, _VERBS, *_ADVERBS.values(), *_ADJECTIVES.values())
+        for phrase in group
+        for w in phrase.split()
+    }
+)
 _WORD_ID = {w: i + 3 for i, w in enumerate(_VOCAB)}  # ids 3.. (< 100: a toy vocabulary, not BERT's)
 
 
@@ -371,21 +449,27 @@ def _sentences(scores: np.ndarray, bound: float, rng: np.random.Generator) -> li
     out = []
     for c, y, (a, b, v, w) in zip(cls, scores, picks):
         level = "neutral" if c == NEU else ("strong" if abs(y) > bound / 2 else "mild")
-        words = [_OPENERS[a % len(_OPENERS)], _SUBJECTS[b % len(_SUBJECTS)], _VERBS[v % len(_VERBS)],
-                 _ADVERBS[level][w % len(_ADVERBS[level])],
-                 _ADJECTIVES[(int(c), level)][(w >> 8) % len(_ADJECTIVES[(int(c), level)])]]
+        words = [
+            _OPENERS[a % len(_OPENERS)],
+            _SUBJECTS[b % len(_SUBJECTS)],
+            _VERBS[v % len(_VERBS)],
+            _ADVERBS[level][w % len(_ADVERBS[level])],
+            _ADJECTIVES[(int(c), level)][(w >> 8) % len(_ADJECTIVES[(int(c), level)])],
+        ]
         out.append(" ".join(x for x in words if x))
     return out
 
 
-def _text_bert(sentences: list[str], lengths: np.ndarray, seq_len: int, rng: np.random.Generator) -> np.ndarray:
+def _text_bert(
+    sentences: list[str], lengths: np.ndarray, seq_len: int, rng: np.random.Generator
+) -> np.ndarray:
     """(N, 3, Lt) int64: [CLS] word ids (random filler ids past the sentence) [SEP], mask, zeros."""
     out = np.zeros((len(sentences), 3, seq_len), dtype=np.int64)
     filler = rng.integers(3, 3 + len(_VOCAB), size=(len(sentences), seq_len))
     for i, (sentence, length) in enumerate(zip(sentences, lengths)):
         ids = filler[i, :length].copy()
         words = [_WORD_ID[w] for w in sentence.split()][: max(0, length - 2)]
-        ids[1:1 + len(words)] = words
+        ids[1 : 1 + len(words)] = words
         ids[0] = _CLS
         if length > 1:
             ids[length - 1] = _SEP
@@ -394,8 +478,13 @@ def _text_bert(sentences: list[str], lengths: np.ndarray, seq_len: int, rng: np.
     return out
 
 
-def _generate_split(config: SynthConfig, split: str, world: dict[str, np.ndarray], seq: np.random.SeedSequence,
-                    progress: Progress | None) -> dict:
+def _generate_split(
+    config: SynthConfig,
+    split: str,
+    world: dict[str, np.ndarray],
+    seq: np.random.SeedSequence,
+    progress: Progress | None,
+) -> dict:
     n = config.sizes[split]
     label_seq, word_seq, *mod_seqs = seq.spawn(2 + len(MODALITIES))
     labels = _labels(config, n, np.random.default_rng(label_seq))

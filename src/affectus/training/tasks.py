@@ -50,8 +50,10 @@ class Stage1Task:
         self.best_epoch = {m: 0 for m in MODALITIES}
         # per modality: EMA weights and the pseudo labels (train + val) as they stood at its best epoch
         self.best_state: dict[str, dict[str, torch.Tensor]] = {}
-        self.best_labels: dict[str, torch.Tensor] = {}
-        self.best_val_labels: dict[str, torch.Tensor] = {}
+        # all three modalities' pseudo labels (train / val) as they stood at the last epoch in which
+        # any modality improved: the authors hand this one snapshot to stage 2
+        self.best_labels = train_bank.hard_labels().clone()
+        self.best_val_labels = val_bank.hard_labels().clone()
 
     def start_epoch(self, epoch: int) -> None:
         # eq. 30 (code form by default): momenta set once per epoch from m0
@@ -76,35 +78,46 @@ class Stage1Task:
         self.ema.update(model, self.ema_m)  # eq. 29, parameters and BatchNorm buffers
 
     def validate(self, model) -> dict[str, float]:
+        """CE of each EMA model against the validation pseudo labels.
+
+        Faithful selection (the authors' code): the validation labels also move with PLGM, driven by
+        the online model's predictions, so stage-1 early stopping partly scores the model against
+        itself (cmc-reference.md). `selection: fixed` keeps them at the multimodal label.
+        """
         self.ema.copy_to(self.eval_model)
         self.eval_model.eval()
         sums = torch.zeros(3)
         n = 0
         move = self.cfg.selection == "faithful" and self.cfg.plgm and self.cfg.unimodal_labels == "pseudo"
+        device = next(self.eval_model.parameters()).device
         for batch in self.val_batches():
-            batch = batch.to(next(self.eval_model.parameters()).device)
+            batch = batch.to(device)
             out = self.eval_model.unimodal_forward(batch)
             index = batch.index.cpu()
             targets = self.val_bank.targets(index).to(out.modality_logits.device)
             for k in range(3):
                 sums[k] += F.cross_entropy(out.modality_logits[:, k], targets[:, k], reduction="sum").item()
-            if move:  # the authors' code moves validation pseudo labels with PLGM too
-                self.val_bank.update(index, out.modality_logits.float().cpu(), self.label_m)
+            if move:
+                online = model.unimodal_forward(batch).modality_logits
+                self.val_bank.update(index, online.float().cpu(), self.label_m)
             n += len(batch)
         return {f"ce_{m}": float(sums[k] / max(n, 1)) for k, m in enumerate(MODALITIES)}
 
     def end_epoch(self, epoch: int, model, val: dict[str, float]) -> bool:
         improved = False
         ema_state = self.ema.state_dict()
-        for k, m in enumerate(MODALITIES):
-            if val[f"ce_{m}"] < self.best_loss[m]:
+        self.bank.record_epoch()
+        for m in MODALITIES:
+            # the authors compare validation CE rounded to 4 decimals
+            if round(val[f"ce_{m}"], 4) < round(self.best_loss[m], 4):
                 # each modality keeps its own best EMA checkpoint (lowest validation CE)
                 self.best_loss[m] = val[f"ce_{m}"]
                 self.best_epoch[m] = epoch
                 self.best_state[m] = {n: t.clone() for n, t in ema_state[m].items()}
-                self.best_labels[m] = self.bank.hard_labels()[:, k].clone()
-                self.best_val_labels[m] = self.val_bank.hard_labels()[:, k].clone()
                 improved = True
+        if improved:
+            self.best_labels = self.bank.hard_labels().clone()
+            self.best_val_labels = self.val_bank.hard_labels().clone()
         return improved
 
     def state_dict(self) -> dict[str, Any]:
@@ -138,9 +151,7 @@ class Stage1Task:
     def handover(self, model) -> tuple[torch.Tensor, torch.Tensor]:
         """Load each modality's best EMA weights into `model`; return fixed (N, 3) train / val targets."""
         self.ema.load_modalities(model, self.best_state)
-        train_t = torch.stack([self.best_labels[m] for m in MODALITIES], 1)
-        val_t = torch.stack([self.best_val_labels[m] for m in MODALITIES], 1)
-        return train_t, val_t
+        return self.best_labels.clone(), self.best_val_labels.clone()
 
 
 class Stage2Task:

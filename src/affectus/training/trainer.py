@@ -160,7 +160,7 @@ def train_run(
 
     if cfg.model_name == "cmc":
         final_state, summary, bank_tensors = _train_cmc(model, cfg, train_split, select_split, plan, device, saved,
-                                                        state_path, log)
+                                                        out, log)
     else:
         final_state, summary = _train_supervised(model, cfg, train_split, select_split, device, saved, state_path, log)
     model.load_state_dict(final_state)
@@ -213,10 +213,11 @@ def _make_saver(state_path: Path, stage: int, model, optimizer, task, extra: dic
     return save
 
 
-def _train_cmc(model, cfg, train_split, select_split, plan, device, saved, state_path, log):
+def _train_cmc(model, cfg, train_split, select_split, plan, device, saved, out: Path, log):
     from affectus.training.plgm import PseudoLabelBank
 
     tc = cfg.train
+    state_path = out / "state.pt"
     train_cls = torch.from_numpy(to_classes(train_split.labels))
     val_cls = torch.from_numpy(to_classes(select_split.labels))
     if tc.unimodal_labels == "ground_truth":
@@ -253,8 +254,10 @@ def _train_cmc(model, cfg, train_split, select_split, plan, device, saved, state
             "flips": {m: int((train_targets[:, k] != init_train[:, k]).sum()) for k, m in enumerate(MODALITIES)},
             "history": loop1.history,
         }
-        bank_tensors = {"initial": torch.nn.functional.one_hot(init_train, 3).float(), "soft": bank.soft.clone(),
-                        "stage2_targets": train_targets}
+        bank_tensors = {"initial": bank.initial.clone(), "soft": bank.soft.clone(), "stage2_targets": train_targets,
+                        "flip_history": bank.state_dict()["flip_history"]}
+        # which labels PLGM flipped, with ids and raw text (the paper's Fig. 6)
+        bank.export(train_split.ids, train_split.raw_text, out / "pseudo_labels.csv")
         saved = None
     else:
         stage1_summary = saved["stage1_summary"]

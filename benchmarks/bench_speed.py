@@ -1,0 +1,199 @@
+"""Speed of one stage-2 CMC training epoch: plain PyTorch reference vs our encoder.
+
+    python benchmarks/bench_speed.py            # one full epoch per variant (~5 min on 2 cores)
+    python benchmarks/bench_speed.py --quick    # 4 batches per variant, 3 rounds, extrapolated
+
+Simulated data with CMU-MOSI's shapes: 1,284 training samples; text 50 x 768 (pre-extracted BERT
+features, padding rows non-zero as BERT's outputs at [PAD] are), audio 375 x 5, vision 500 x 20
+(zero rows after the true length). True lengths: a per-sample duration fraction u ~ U(0.1, 1), times
+U(0.95, 1.05) per modality, times the padded length (text: at least 1 token). 2 layers, 4 heads,
+batch 64; a step = stage-2 forward + CE(final) + sum_k CE(unimodal) + backward + Adam.
+
+Variants, timed in the same process, interleaved batch by batch so machine noise hits all alike:
+  reference         benchmarks/reference_cmc.py (nn.TransformerEncoder), shuffled batches;
+  faithful          our CMC, padding="faithful" (compaction on), the same batches;
+  masked_bucketed   our CMC, padding="masked", batches from `bucket_order`, cut to their longest sample.
+Each round times `--batches` batches per variant (all of an epoch by default; with fewer, batches are
+chosen evenly over the epoch, for the bucketed variant evenly over the length-sorted buckets) and
+extrapolates to the epoch. Ratios are medians over rounds of (our samples/s) / (reference samples/s).
+Also checks that faithful and reference compute the same function (eval mode, same weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference_cmc import PlainCMC, reference_to_cmc_state  # noqa: E402
+
+from affectus.data.batches import Batch  # noqa: E402
+from affectus.models.cmc import CMC, CMCConfig  # noqa: E402
+from affectus.models.layers import bucket_order  # noqa: E402
+
+SHAPES = {"text": (50, 768), "audio": (375, 5), "vision": (500, 20)}  # CMU-MOSI (MMSA unaligned)
+N_TRAIN = 1284
+
+
+def simulate(n: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    u = rng.uniform(0.1, 1.0, size=n)
+    data: dict[str, np.ndarray] = {}
+    for m, (steps, dim) in SHAPES.items():
+        lengths = np.clip(np.rint(u * rng.uniform(0.95, 1.05, size=n) * steps), 1, steps).astype(np.int64)
+        x = rng.standard_normal((n, steps, dim), dtype=np.float32)
+        if m != "text":
+            x[np.arange(steps)[None, :] >= lengths[:, None]] = 0.0
+        data[m], data[f"{m}_lengths"] = x, lengths
+    data["classes"] = rng.integers(0, 3, size=n)
+    return data
+
+
+def make_batch(data: dict[str, np.ndarray], rows: np.ndarray, cut: bool) -> Batch:
+    """A Batch of `rows`; `cut` trims every modality to the batch's longest true length."""
+    t = torch.from_numpy
+    parts = {}
+    for m in SHAPES:
+        lengths = data[f"{m}_lengths"][rows]
+        width = int(lengths.max()) if cut else SHAPES[m][0]
+        parts[m] = t(np.ascontiguousarray(data[m][rows, :width]))
+        parts[f"{m}_lengths"] = t(lengths)
+    return Batch(index=t(rows.astype(np.int64)), classes=t(data["classes"][rows]), **parts)
+
+
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: Batch, plain: bool) -> None:
+    if plain:
+        final, unimodal, _, _ = model(batch.text, batch.audio, batch.vision)
+    else:
+        out = model(batch)
+        final, unimodal = out.logits, out.modality_logits
+    y = batch.classes
+    loss = F.cross_entropy(final, y) + sum(F.cross_entropy(unimodal[:, k], y) for k in range(3))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def spread(items: list, k: int) -> list:
+    """k items evenly spread over a list (all of them when k >= len)."""
+    if k >= len(items):
+        return items
+    return [items[int(i)] for i in np.linspace(0, len(items) - 1, k).round()]
+
+
+@torch.no_grad()
+def max_output_diff(ref: PlainCMC, ours: CMC, data: dict[str, np.ndarray], batches: list[np.ndarray]) -> float:
+    ref.eval()
+    ours.eval()
+    diff = 0.0
+    for rows in batches:
+        b = make_batch(data, rows, cut=False)
+        final, unimodal, w, h = ref(b.text, b.audio, b.vision)
+        out = ours(b)
+        for x, y in ((final, out.logits), (unimodal, out.modality_logits), (w, out.router_weights),
+                     (h, out.embeddings)):
+            diff = max(diff, float((x - y).abs().max()))
+    return diff
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="4 batches per variant per round, 3 rounds")
+    ap.add_argument("--batches", type=int, default=None, help="batches per variant per round (default: epoch)")
+    ap.add_argument("--rounds", type=int, default=None, help="repeats (default 1, --quick 3)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    torch.manual_seed(args.seed)
+    batch_size = 64
+    data = simulate(N_TRAIN, args.seed)
+    rng = np.random.default_rng(args.seed)
+    epoch_batches = -(-N_TRAIN // batch_size)
+    n_batches = args.batches or (4 if args.quick else epoch_batches)
+    rounds = args.rounds or (3 if args.quick else 1)
+
+    perm = rng.permutation(N_TRAIN)
+    shuffled = [perm[i : i + batch_size] for i in range(0, N_TRAIN, batch_size)]
+    lengths = np.stack([data[f"{m}_lengths"] for m in SHAPES], axis=1)
+    order = bucket_order(lengths, batch_size, rng)
+    buckets = [order[i : i + batch_size] for i in range(0, N_TRAIN, batch_size)]
+    buckets_by_length = sorted(buckets, key=lambda r: float(data["vision_lengths"][r].max()))
+
+    dims = {m: dim for m, (_, dim) in SHAPES.items()}
+    ref = PlainCMC(dims, layers=2, heads=4, output_dropout=0.5)
+    models: dict[str, tuple[torch.nn.Module, bool, list[np.ndarray], bool]] = {}
+    faithful = CMC(CMCConfig(dims=dims, layers=2, heads=4, output_dropout=0.5, padding="faithful"))
+    masked = CMC(CMCConfig(dims=dims, layers=2, heads=4, output_dropout=0.5, padding="masked"))
+    for m in (faithful, masked):
+        m.load_state_dict(reference_to_cmc_state(ref.state_dict()))
+    diff = max_output_diff(ref, faithful, data, shuffled[:3])
+    models = {
+        "reference": (ref, True, spread(shuffled, n_batches), False),
+        "faithful": (faithful, False, spread(shuffled, n_batches), False),
+        "masked_bucketed": (masked, False, spread(buckets_by_length, n_batches), True),
+    }
+    steps: dict[str, Callable[[np.ndarray], None]] = {}
+    for name, (model, plain, _, cut) in models.items():
+        model.train()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        steps[name] = (lambda rows, model=model, opt=opt, plain=plain, cut=cut:
+                       train_step(model, opt, make_batch(data, rows, cut), plain))
+        steps[name](models[name][2][0])  # warm-up, not timed
+
+    per_round: dict[str, list[float]] = {name: [] for name in models}  # samples/s
+    for _ in range(rounds):
+        seconds = dict.fromkeys(models, 0.0)
+        samples = dict.fromkeys(models, 0)
+        for i in range(n_batches):
+            for name, (_, _, batches, _) in models.items():
+                rows = batches[i % len(batches)]
+                t0 = time.perf_counter()
+                steps[name](rows)
+                seconds[name] += time.perf_counter() - t0
+                samples[name] += len(rows)
+        for name in models:
+            per_round[name].append(samples[name] / seconds[name])
+
+    med = {name: statistics.median(v) for name, v in per_round.items()}
+    ratio = {
+        name: statistics.median(a / r for a, r in zip(per_round[name], per_round["reference"]))
+        for name in ("faithful", "masked_bucketed")
+    }
+    result = {
+        "benchmark": "CMC stage-2 training epoch, simulated CMU-MOSI shapes",
+        "device": f"cpu ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+        "samples_per_epoch": N_TRAIN,
+        "batch_size": batch_size,
+        "batches_timed_per_round": n_batches,
+        "epoch_batches": epoch_batches,
+        "extrapolated": n_batches < epoch_batches,
+        "rounds": rounds,
+        "samples_per_s": {k: round(v, 2) for k, v in med.items()},
+        "epoch_s": {k: round(N_TRAIN / v, 1) for k, v in med.items()},
+        "speedup_vs_reference": {k: round(v, 2) for k, v in ratio.items()},
+        "samples_per_s_per_round": {k: [round(x, 2) for x in v] for k, v in per_round.items()},
+        "max_abs_diff_faithful_vs_reference_eval": diff,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "lengths": "u ~ U(0.1, 1) per sample, x U(0.95, 1.05) per modality, x padded length",
+    }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

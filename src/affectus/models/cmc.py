@@ -1,0 +1,167 @@
+"""CMC: Calibrated Multimodal Consensus (paper section III; authors' details in docs/model.md).
+
+Stage 1 (`unimodal_forward`): per modality, encoder f_k (eqs. 1-4) -> head p_k (eqs. 5-6).
+Stage 2 (`forward`): h = [h_t, h_a, h_v] -> PFM (eqs. 10, 31-33) -> heads (eq. 11) -> router
+weights on the sum of the fused vectors (MCR, eqs. 12-13, 34-35) -> weighted sum of logits (eq. 14).
+
+The text encoder reads pre-extracted features (`batch.text`) or, with text_input="bert", the last
+hidden state of a Hugging Face `BertModel` run on `batch.text_bert` (ids, mask, segment ids).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from affectus.data.batches import Batch
+from affectus.data.types import MODALITIES
+from affectus.errors import AffectusError
+from affectus.models.layers import ConsensusRouter, ResidualHead, UnimodalEncoder, pfm
+from affectus.models.output import ModelOutput
+from affectus.models.registry import register_model
+
+
+@dataclass
+class CMCConfig:
+    # Input feature size per modality (the default is CMU-MOSI's: BERT 768, COVAREP 5, Facet 20).
+    # With text_input="bert" the text size is BERT's hidden size instead.
+    dims: dict[str, int] = field(default_factory=lambda: {"text": 768, "audio": 5, "vision": 20})
+    d: int = 32  # shared width
+    layers: int = 2  # Transformer layers per encoder (Table III)
+    heads: int = 4  # attention heads (Table III)
+    ff: int = 128  # feed-forward width
+    attn_dropout: float = 0.1  # dropout inside the encoders (fixed in the authors' code)
+    output_dropout: float = 0.5  # dropout in the heads (Table III "output dropout")
+    tau: float = 0.07  # PFM temperature (eq. 32)
+    use_pfm: bool = True  # False: the paper's "w/o PFM"
+    use_router: bool = True  # False: unweighted mean of the per-modality logits ("w/o MCR")
+    router_topk: int = 3  # 3 = dense softmax weights
+    padding: Literal["faithful", "masked"] = "faithful"
+    # Faithful mode only: compute a run of identical padding rows once (exact without dropout; see
+    # docs/model.md for the training-noise difference). False: every padded step, as the authors.
+    compact_padding: bool = True
+    text_input: Literal["features", "bert"] = "features"
+    bert_path: str | None = None  # local directory, or a cached model name (local_files_only)
+    bert_finetune: bool = True
+    num_classes: int = 3
+
+
+class CMC(nn.Module):
+    def __init__(self, config: CMCConfig, bert_config: Any | None = None) -> None:
+        """`bert_config` (a `transformers.BertConfig`) builds a randomly initialised BERT instead of
+        loading `config.bert_path`: for tests and for checkpoints whose weights hold BERT's."""
+        super().__init__()
+        missing = [m for m in MODALITIES if m not in config.dims]
+        if missing:
+            raise AffectusError(f"cmc config dims lack {', '.join(missing)}: expected text, audio, vision")
+        if config.text_input not in ("features", "bert"):
+            raise AffectusError(f"cmc text_input must be 'features' or 'bert', got {config.text_input!r}")
+        self.config = config
+        self.bert: nn.Module | None = None
+        in_dims = {m: int(config.dims[m]) for m in MODALITIES}
+        if config.text_input == "bert":
+            self.bert = _load_bert(config.bert_path, bert_config)
+            in_dims["text"] = int(self.bert.config.hidden_size)
+            if not config.bert_finetune:
+                self.bert.requires_grad_(False)
+        self.encoders = nn.ModuleDict(
+            {
+                m: UnimodalEncoder(
+                    in_dims[m],
+                    d=config.d,
+                    layers=config.layers,
+                    heads=config.heads,
+                    ff=config.ff,
+                    dropout=config.attn_dropout,
+                    batchnorm=m != "text",  # eq. 2: BERT features need no BatchNorm
+                    padding=config.padding,
+                    compact=config.compact_padding,
+                )
+                for m in MODALITIES
+            }
+        )
+        self.heads = nn.ModuleDict(
+            {m: ResidualHead(config.d, config.num_classes, config.output_dropout) for m in MODALITIES}
+        )
+        self.router = ConsensusRouter(config.d, len(MODALITIES), config.router_topk)
+
+    # -- encoders -------------------------------------------------------------------------------
+    def _text_features(self, batch: Batch) -> torch.Tensor:
+        if self.bert is None:
+            return batch.text.float()  # (B, Lt, Dt)
+        if batch.text_bert is None:
+            raise AffectusError("cmc with text_input='bert' needs batch.text_bert (ids, mask, segment ids)")
+        tb = batch.text_bert.long()  # MMSA stores it as float64: (B, 3, L)
+        with torch.set_grad_enabled(self.config.bert_finetune and torch.is_grad_enabled()):
+            out = self.bert(input_ids=tb[:, 0], attention_mask=tb[:, 1], token_type_ids=tb[:, 2])
+        return out.last_hidden_state  # (B, L, hidden)
+
+    def embed(self, batch: Batch) -> torch.Tensor:
+        """L2-normalised utterance vectors h_t, h_a, h_v (eq. 4): (B, 3, d)."""
+        hs = []
+        for m in MODALITIES:
+            x = self._text_features(batch) if m == "text" else getattr(batch, m).float()  # (B, L, D)
+            if x.dim() != 3 or x.shape[-1] != self.encoders[m].proj.in_channels:
+                raise AffectusError(
+                    f"cmc expects {m} features (B, L, {self.encoders[m].proj.in_channels}), got {tuple(x.shape)}"
+                )
+            hs.append(self.encoders[m](x, batch.lengths(m)))  # (B, d)
+        return torch.stack(hs, dim=1)  # (B, 3, d)
+
+    # -- the two stages ---------------------------------------------------------------------------
+    def unimodal_forward(self, batch: Batch) -> ModelOutput:
+        """Stage 1: each head on its own modality's h_k (eq. 5), no PFM, no router."""
+        h = self.embed(batch)  # (B, 3, d)
+        logits = torch.stack([self.heads[m](h[:, k]) for k, m in enumerate(MODALITIES)], dim=1)  # (B, 3, C)
+        return ModelOutput(logits=logits.mean(dim=1), modality_logits=logits, embeddings=h)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        """Stage 2: PFM -> per-modality logits (eq. 11) -> router (eq. 13) -> fused logits (eq. 14)."""
+        h = self.embed(batch)  # (B, 3, d), eq. 10
+        fused = pfm(h, self.config.tau) if self.config.use_pfm else h  # (B, 3, d)
+        logits = torch.stack([self.heads[m](fused[:, k]) for k, m in enumerate(MODALITIES)], dim=1)  # (B, 3, C)
+        if self.config.use_router:
+            w = self.router(fused)  # (B, 3)
+        else:
+            w = torch.full(logits.shape[:2], 1.0 / len(MODALITIES), dtype=logits.dtype, device=logits.device)
+        final = (w.unsqueeze(-1) * logits).sum(dim=1)  # eq. 14: (B, C)
+        return ModelOutput(logits=final, modality_logits=logits, router_weights=w, embeddings=h)
+
+    # -- parameter groups, by name ----------------------------------------------------------------
+    def unimodal_state_prefixes(self, modality: str) -> tuple[str, ...]:
+        """State-dict prefixes of the unimodal model f_k + p_k (BERT belongs to the text model)."""
+        if modality not in MODALITIES:
+            raise AffectusError(f"unknown modality {modality!r}: expected one of {', '.join(MODALITIES)}")
+        prefixes = (f"encoders.{modality}.", f"heads.{modality}.")
+        return prefixes + ("bert.",) if modality == "text" and self.bert is not None else prefixes
+
+    def unimodal_parameters(self, modality: str) -> list[tuple[str, nn.Parameter]]:
+        prefixes = self.unimodal_state_prefixes(modality)
+        return [(n, p) for n, p in self.named_parameters() if n.startswith(prefixes)]
+
+    def non_bert_parameter_count(self) -> int:
+        """The paper's "Size" (Table IV): every parameter outside BERT."""
+        return sum(p.numel() for n, p in self.named_parameters() if not n.startswith("bert."))
+
+
+def _load_bert(path: str | None, bert_config: Any | None) -> nn.Module:
+    try:
+        from transformers import BertModel  # heavy: imported only for text_input="bert"
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise AffectusError("text_input='bert' needs transformers: pip install 'affectus[bert]'") from exc
+    if bert_config is not None:
+        return BertModel(bert_config, add_pooling_layer=False)
+    if not path:
+        raise AffectusError("text_input='bert' needs bert_path (a local directory or a cached model name)")
+    try:
+        return BertModel.from_pretrained(path, local_files_only=True, add_pooling_layer=False)
+    except OSError as exc:
+        raise AffectusError(f"cannot load BERT from {path!r} (local files only): {exc}") from exc
+
+
+@register_model("cmc", CMCConfig, "Calibrated Multimodal Consensus (CMC)")
+def build(config: CMCConfig) -> CMC:
+    return CMC(config)
