@@ -86,11 +86,12 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: Batch,
     opt.step()
 
 
-def spread(items: list, k: int) -> list:
-    """k items evenly spread over a list (all of them when k >= len)."""
-    if k >= len(items):
-        return items
-    return [items[int(i)] for i in np.linspace(0, len(items) - 1, k).round()]
+def spread(batches: list[np.ndarray], k: int) -> list[np.ndarray]:
+    """k batches evenly spread over a list (all of them when k >= len; else full batches only)."""
+    if k >= len(batches):
+        return batches
+    full = [b for b in batches if len(b) == max(len(x) for x in batches)]
+    return [full[int(i)] for i in np.linspace(0, len(full) - 1, k).round()]
 
 
 @torch.no_grad()

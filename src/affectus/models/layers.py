@@ -28,15 +28,72 @@ Padding = Literal["faithful", "masked"]
 # and the longest is at least this long; below that the saving does not pay for the extra calls.
 _GROUP_SIZE = 16
 _GROUP_MIN_TOKENS = 64
+# Attention with dropout runs over slices of about this many (L, L) scores (4 MB: stays in cache).
+_ATTN_CHUNK_ELEMS = 1 << 20
 
 
-def _dropout_except(x: torch.Tensor, p: float, rows: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+def _keep_mask(shape: tuple[int, ...], p: float) -> torch.Tensor:
+    """Inverted-dropout multipliers: 0 with probability p', else 1 / (1 - p'); p' = p rounded to 1/32768.
+
+    Four 15-bit draws per 64-bit random integer, and a float mask (multiplying by it is ~10x faster
+    than `masked_fill` on CPU): together ~2x cheaper than `F.dropout`, which matters for (B*H, L, L)
+    attention masks. Uses the default generator, so `torch.manual_seed` still makes runs repeatable."""
+    n = math.prod(shape)
+    threshold = round(p * 32768)
+    raw = torch.empty((n + 3) // 4, dtype=torch.int64).random_()  # uniform over [0, 2^63)
+    draws = raw.view(torch.int16)[:n].view(shape).bitwise_and_(0x7FFF)  # each 15 uniform bits
+    return (draws >= threshold).to(torch.float32).mul_(32768.0 / (32768 - threshold))
+
+
+def _dropout(x: torch.Tensor, p: float, rows: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
     """Dropout on x (B, L, d), except at the token rows (batch idx, time idx) that stand for many
     identical time steps: those keep their expectation (their copies' independent noise averages out)."""
-    y = F.dropout(x, p, training=True)
+    keep = _keep_mask(x.shape, p)
     if rows is not None:
-        y[rows] = x[rows]
-    return y
+        keep[rows] = 1.0
+    return x * keep
+
+
+class _DropoutAttention(torch.autograd.Function):
+    """(softmax(q kᵀ + bias) ∘ keep) v, q pre-scaled: q, k, v (N, L, hd) with N = B*H.
+
+    The function of `nn.MultiheadAttention`'s dropout path, computed in slices of the N axis so that
+    each (L, L) intermediate is reused while it is still in cache, with the backward pass written out
+    (autograd's would make extra passes over the (L, L) tensors).
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, keep):  # bias (N, 1, L) or None; keep (N, L, L) multipliers
+        n, steps, _ = q.shape
+        chunk = max(1, _ATTN_CHUNK_ELEMS // (steps * steps))
+        out = torch.empty_like(v)
+        saved = []
+        for s in range(0, n, chunk):
+            sl = slice(s, s + chunk)
+            if bias is None:
+                scores = torch.bmm(q[sl], k[sl].transpose(1, 2))  # (n', L, L)
+            else:
+                scores = torch.baddbmm(bias[sl], q[sl], k[sl].transpose(1, 2))
+            p = torch.softmax(scores, dim=-1)
+            dropped = p * keep[sl]
+            saved += [p, dropped]
+            torch.bmm(dropped, v[sl], out=out[sl])
+        ctx.save_for_backward(q, k, v, keep, *saved)
+        ctx.chunk = chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, keep, *saved = ctx.saved_tensors
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        for i, s in enumerate(range(0, q.shape[0], ctx.chunk)):
+            sl, p, dropped = slice(s, s + ctx.chunk), saved[2 * i], saved[2 * i + 1]
+            torch.bmm(dropped.transpose(1, 2), dout[sl], out=dv[sl])
+            dp = torch.bmm(dout[sl], v[sl].transpose(1, 2)).mul_(keep[sl])  # (n', L, L)
+            ds = torch._softmax_backward_data(dp, p, -1, p.dtype)
+            torch.bmm(ds, k[sl], out=dq[sl])
+            torch.bmm(ds.transpose(1, 2), q[sl], out=dk[sl])
+        return dq, dk, dv, None, None
 
 
 class SelfAttention(nn.Module):
@@ -62,30 +119,26 @@ class SelfAttention(nn.Module):
         multi_rows: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         b, steps, d = x.shape
-        qkv = self.in_proj(x).view(b, steps, 3, self.heads, d // self.heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, d/H)
+        h, hd = self.heads, d // self.heads
+        qkv = self.in_proj(x).view(b, steps, 3, h, hd).permute(2, 0, 3, 1, 4)  # (3, B, H, L, hd)
         if self.training and self.dropout > 0:
-            out = self._attention_with_dropout(q, k, v, bias, multi_rows)
+            # SDPA with dropout_p > 0 takes a slow path on CPU; _DropoutAttention is ~2x faster.
+            q, k, v = qkv.reshape(3, b * h, steps, hd).unbind(0)  # each (B*H, L, hd), contiguous
+            keep = _keep_mask((b * h, steps, steps), self.dropout)
+            if multi_rows is not None:
+                # A many-copies token neither loses its weight as a key nor its attention as a query:
+                # the reference drops each copy independently, which averages out (see _dropout).
+                bi, ti = multi_rows
+                keep4 = keep.view(b, h, steps, steps)
+                keep4[bi, :, ti, :] = 1.0
+                keep4[bi, :, :, ti] = 1.0
+            bias3 = None if bias is None else bias.expand(b, h, 1, steps).reshape(b * h, 1, steps)
+            out = _DropoutAttention.apply(q * hd**-0.5, k, v, bias3, keep).view(b, h, steps, hd)
         else:
             # Without dropout SDPA's fused CPU kernel never builds the (L, L) matrix.
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, H, L, d/H)
+            q, k, v = qkv.unbind(0)  # each (B, H, L, hd)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, H, L, hd)
         return self.out_proj(out.transpose(1, 2).reshape(b, steps, d))
-
-    def _attention_with_dropout(self, q, k, v, bias, multi_rows):
-        # SDPA with dropout_p > 0 falls back to a slow path on CPU; written out it is ~3x faster.
-        scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-1, -2)  # (B, H, L, L)
-        if bias is not None:
-            scores = scores + bias
-        probs = torch.softmax(scores, dim=-1)
-        keep = torch.rand_like(probs) >= self.dropout
-        if multi_rows is not None:
-            # A many-copies token neither loses its weight as a key nor its attention as a query:
-            # the reference drops each copy independently, which averages out (see _dropout_except).
-            bi, ti = multi_rows
-            keep[bi, :, ti, :] = True
-            keep[bi, :, :, ti] = True
-        probs = probs * keep * (1.0 / (1.0 - self.dropout))
-        return probs @ v  # (B, H, L, d/H)
 
 
 class EncoderLayer(nn.Module):
@@ -109,12 +162,12 @@ class EncoderLayer(nn.Module):
     ) -> torch.Tensor:
         p = self.dropout if self.training else 0.0
         a = self.attn(self.norm1(x), bias, multi_rows)
-        x = x + (_dropout_except(a, p, multi_rows) if p > 0 else a)
+        x = x + (_dropout(a, p, multi_rows) if p > 0 else a)
         h = F.relu(self.linear1(self.norm2(x)))  # (B, L, ff)
         if p > 0:
-            h = _dropout_except(h, p, multi_rows)
+            h = _dropout(h, p, multi_rows)
         h = self.linear2(h)
-        return x + (_dropout_except(h, p, multi_rows) if p > 0 else h)
+        return x + (_dropout(h, p, multi_rows) if p > 0 else h)
 
 
 class UnimodalEncoder(nn.Module):

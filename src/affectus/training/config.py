@@ -44,6 +44,9 @@ class TrainConfig:
     # stage 2
     stage2_loss: str = "multi"  # multi (eqs. 15-18) | single (eq. 15 only)
     stage2_freeze_unimodal: bool = False  # CMC-variant: only the router trains
+    # data: keep this share of the modality-consistent training samples (paper Figs. 4-5; needs
+    # unimodal labels in the training split; the selection and evaluation splits are untouched)
+    consistent_retention: float = 1.0
     # speed
     bucket: bool = False  # length-bucketed batches (masked padding only)
 
@@ -63,6 +66,8 @@ class TrainConfig:
                 raise AffectusError(f"train.{key}: expected 3 values (text, audio, vision)")
         if self.batch_size < 2:
             raise AffectusError("train.batch_size: expected at least 2 (BatchNorm and SupCon need pairs)")
+        if not 0.0 <= self.consistent_retention <= 1.0:
+            raise AffectusError(f"train.consistent_retention = {self.consistent_retention}: expected a value in [0, 1]")
         if self.epochs < 1 or self.patience < 1:
             raise AffectusError("train.epochs and train.patience: expected at least 1")
 

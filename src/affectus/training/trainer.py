@@ -146,6 +146,8 @@ def train_run(
     device = configure_torch(tc.threads, tc.device)
     torch.manual_seed(tc.seed)
     train_split, select_split = dataset[plan.train], dataset[plan.select]
+    if tc.consistent_retention < 1.0:
+        train_split = retain_consistent(train_split, tc.consistent_retention, tc.seed)
     if len(train_split) < 2 or len(select_split) < 1:
         raise AffectusError(f"{dataset.source}: train split needs at least 2 samples and '{plan.select}' at least 1")
     model, model_cfg = build_model(cfg, dataset)
@@ -190,6 +192,20 @@ def train_run(
     if state_path.exists():
         state_path.unlink()
     return metrics
+
+
+def retain_consistent(split: Split, rate: float, seed: int) -> Split:
+    """Keep a random share `rate` of the modality-consistent (D_msc) samples, all the others (Figs. 4-5)."""
+    from affectus.evaluation.subsets import consistency_masks
+
+    if split.unimodal_labels is None:
+        raise AffectusError("train.consistent_retention needs unimodal labels in the training split")
+    msc, _ = consistency_masks(split.labels, split.unimodal_labels)
+    consistent = np.flatnonzero(msc)
+    rng = np.random.default_rng([seed, 7919])
+    keep = rng.choice(consistent, size=int(round(rate * len(consistent))), replace=False)
+    rows = np.sort(np.concatenate([np.flatnonzero(~msc), keep]))
+    return split.subset(rows)
 
 
 def _loop_state(saved, stage: int) -> LoopState | None:
@@ -309,8 +325,13 @@ class _FrozenEncoders(torch.nn.Module):
 
 
 def _train_supervised(model, cfg, train_split, select_split, device, saved, state_path, log):
+    """One supervised stage. A model may bring its own task (`make_task`), e.g. Self-MM's label generation."""
     tc = cfg.train
-    task = SupervisedTask(_eval_batches(select_split, tc.batch_size))
+    val_batches = _eval_batches(select_split, tc.batch_size)
+    if hasattr(model, "make_task"):
+        task = model.make_task(train_split, select_split, val_batches, tc)
+    else:
+        task = SupervisedTask(val_batches)
     opt = _optimizer(model, tc)
     if saved is not None:
         model.load_state_dict(saved["model"])
@@ -341,5 +362,16 @@ def evaluate_split(model, split: Split, family: str, batch_size: int, device) ->
     """Predict first (labels withheld), then score against the split's labels."""
     pred = predict_split(model, split, batch_size, device)
     unimodal = split.unimodal_labels if family == "sims" else None
-    return compute_metrics(family, logits=pred["logits"], pred_scores=pred.get("regression"), scores=split.labels,
-                           unimodal_scores=unimodal)
+    metrics = compute_metrics(family, logits=pred["logits"], pred_scores=pred.get("regression"), scores=split.labels,
+                              unimodal_scores=unimodal)
+    if "modality_logits" in pred:
+        # each modality's own prediction against the multimodal label (Table VI: audio-/vision-only quality)
+        metrics["modalities"] = {
+            m: _flat(compute_metrics(family, logits=pred["modality_logits"][:, k], scores=split.labels))
+            for k, m in enumerate(MODALITIES)
+        }
+    return metrics
+
+
+def _flat(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if not isinstance(v, dict)}

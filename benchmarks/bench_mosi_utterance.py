@@ -1,0 +1,67 @@
+"""Quality on real data: CMC (several seeds) vs a logistic-regression early-fusion baseline on the
+shared CMU-MOSI utterance set (train -> valid; the set has no test split, see its README).
+
+    python benchmarks/bench_mosi_utterance.py [--seeds 5] [--variant cmc] [--set key=value ...] [--out DIR]
+
+Prints one JSON object: per-seed and mean +- std valid Has0-Acc2 / F1 (and Non0, Acc3) for CMC,
+and the baseline's numbers (C chosen on valid, as the set's README does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mosi-utterance" / "mosi_utterance_trainval.pkl"
+KEYS = ("has0_acc2", "has0_f1", "non0_acc2", "non0_f1", "acc3")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--variant", default="cmc")
+    ap.add_argument("--model", default="cmc")
+    ap.add_argument("--set", dest="sets", action="append", default=[])
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+
+    from affectus.data.mmsa import load_dataset
+    from affectus.data.presets import load_preset
+    from affectus.evaluation.linear_baseline import logreg_baseline
+    from affectus.training.config import parse_set, resolve_config
+    from affectus.training.plgm import enable_flush_denormal
+    from affectus.training.trainer import plan_for, train_run
+
+    enable_flush_denormal()
+    preset = load_preset("mosi-utterance")
+    ds = load_dataset(args.data, preset=preset)
+    plan = plan_for(ds, preset)
+    root = Path(args.out or tempfile.mkdtemp(prefix="bench-mosi-utt-"))
+    runs = []
+    for seed in range(1, args.seeds + 1):
+        overrides = {**parse_set(args.sets), "train.seed": seed, "train.threads": args.threads}
+        cfg = resolve_config(args.model, args.variant, preset, None, overrides)
+        t0 = time.perf_counter()
+        m = train_run(ds, cfg, root / f"seed{seed}", plan, log=None, data_source=args.data)
+        runs.append({"seed": seed, "seconds": round(time.perf_counter() - t0, 1), **{k: m[k] for k in KEYS}})
+
+    def agg(rows):
+        return {k: {"mean": round(statistics.mean(r[k] for r in rows), 2),
+                    "std": round(statistics.stdev(r[k] for r in rows), 2) if len(rows) > 1 else 0.0} for k in KEYS}
+
+    base = logreg_baseline(ds["train"], ds["valid"], select_split=ds["valid"], family="mosi", task="binary")
+    print(json.dumps({
+        "data": args.data, "split": plan.eval, "model": args.model, "variant": args.variant, "overrides": args.sets,
+        "seeds": args.seeds, "runs": runs, "mean_std": agg(runs),
+        "logreg_baseline": {"C": base["C"], **{k: round(base["metrics"][k], 2) for k in KEYS if k in base["metrics"]}},
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
