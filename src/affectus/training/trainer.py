@@ -169,6 +169,8 @@ def train_run(
 
     eval_split = dataset[plan.eval] if plan.eval in dataset else None
     metrics = evaluate_split(model, eval_split, plan.family, tc.batch_size, device) if eval_split is not None else {}
+    # the selection split's scores: what sweeps and model choice may look at (never the test scores)
+    select_metrics = evaluate_split(model, select_split, plan.family, tc.batch_size, device)
     info = {
         "model_name": cfg.model_name,
         "variant": cfg.variant,
@@ -184,6 +186,8 @@ def train_run(
         "train_seconds": round(time.perf_counter() - started, 2),
         "metrics": metrics,
         "metrics_split": plan.eval,
+        "select_metrics": select_metrics,
+        "select_split": plan.select,
     }
     if bank_tensors:
         ckpt.save_tensors(out / "bank.safetensors", bank_tensors)
