@@ -15,7 +15,14 @@ from affectus.errors import AffectusError
 
 # Modules that register models on import. Listed here so `list_models()` is complete without
 # importing the training stack.
-_MODEL_MODULES = ("affectus.models.cmc", "affectus.models.late_fusion")
+_MODEL_MODULES = (
+    "affectus.models.cmc",
+    "affectus.models.late_fusion",
+    "affectus.models.ef_lstm",
+    "affectus.models.tfn",
+    "affectus.models.mult",
+    "affectus.models.self_mm",
+)
 
 
 @dataclass

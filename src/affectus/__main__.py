@@ -1,0 +1,5 @@
+import sys
+
+from affectus.cli import main
+
+sys.exit(main())
