@@ -44,6 +44,8 @@ class TrainConfig:
     # stage 2
     stage2_loss: str = "multi"  # multi (eqs. 15-18) | single (eq. 15 only)
     stage2_freeze_unimodal: bool = False  # CMC-variant: only the router trains
+    stage2_lr: float = 0.0  # 0: same as lr (the authors); else stage 2's own learning rate
+    stage2_select: str = "total"  # total: lowest validation loss of eq. 18 (the authors); multimodal: of eq. 15 only
     # data: keep this share of the modality-consistent training samples (paper Figs. 4-5; needs
     # unimodal labels in the training split; the selection and evaluation splits are untouched)
     consistent_retention: float = 1.0
@@ -57,6 +59,7 @@ class TrainConfig:
             "selection": ("faithful", "fixed"),
             "stage2_loss": ("multi", "single"),
             "unimodal_labels": ("pseudo", "ground_truth"),
+            "stage2_select": ("total", "multimodal"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:

@@ -176,7 +176,7 @@ class Stage2Task:
         out = model(batch)
         lm = F.cross_entropy(out.logits, batch.classes)  # eq. 15
         if self.cfg.stage2_loss == "single":
-            return lm, {"loss": lm.item()}
+            return lm, {"loss": lm.item(), "ce_m": lm.item()}
         lk = [F.cross_entropy(out.modality_logits[:, k], targets[:, k]) for k in range(3)]  # eq. 16
         sc = _supcon(out.embeddings, targets, self.family, self.cfg.supcon_tau, self.cfg.supcon_form)
         total = lm + lk[0] + lk[1] + lk[2] + sc  # eqs. 17-18
@@ -192,18 +192,20 @@ class Stage2Task:
         pass
 
     def validate(self, model) -> dict[str, float]:
-        total, n = 0.0, 0
+        total, multimodal, n = 0.0, 0.0, 0
         for batch in self.val_batches():
             batch = batch.to(next(model.parameters()).device)
             targets = self.val_targets[batch.index.cpu()].to(batch.classes.device)
-            loss, _ = self._loss(model, batch, targets)
+            loss, parts = self._loss(model, batch, targets)
             total += loss.item() * len(batch)
+            multimodal += parts.get("ce_m", parts["loss"]) * len(batch)
             n += len(batch)
-        return {"loss": total / max(n, 1)}
+        return {"loss": total / max(n, 1), "ce_m": multimodal / max(n, 1)}
 
     def end_epoch(self, epoch: int, model, val: dict[str, float]) -> bool:
-        if val["loss"] < self.best_loss:
-            self.best_loss = val["loss"]
+        key = "ce_m" if getattr(getattr(self, "cfg", None), "stage2_select", "total") == "multimodal" else "loss"
+        if val[key] < self.best_loss:
+            self.best_loss = val[key]
             self.best_epoch = epoch
             self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             return True

@@ -292,7 +292,7 @@ def _train_cmc(model, cfg, train_split, select_split, plan, device, saved, out: 
     only = ("router.",) if tc.stage2_freeze_unimodal else None  # CMC-variant trains the router alone
     if only is not None:
         model.train()
-    opt2 = _optimizer(model, tc, only_prefixes=only)
+    opt2 = _optimizer(model, dataclasses.replace(tc, lr=tc.stage2_lr or tc.lr), only_prefixes=only)
     if saved is not None:
         model.load_state_dict(saved["model"])
         opt2.load_state_dict(saved["optimizer"])
