@@ -1,0 +1,136 @@
+"""`affectus sweep`: a hyperparameter search (Optuna) whose trials are ordinary training runs.
+
+See docs/sweep.md. Any number of these processes, on one machine (SQLite) or many (PostgreSQL),
+join one study when they share --storage and --study. Trials are chosen by validation scores only;
+the best trial's test score is printed once, at the end, and written to OUT/sweep.json.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from affectus.cli import app
+from affectus.errors import AffectusError
+
+console = Console(stderr=True)
+
+
+def _log(line: str) -> None:
+    console.print(line, markup=False, highlight=False)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def print_summary(report: dict[str, Any], path: Path) -> None:
+    counts = ", ".join(f"{n} {state.lower()}" for state, n in report["counts"].items()) or "no trials"
+    print(f"study {report['study']}: {counts} (budget {report['budget']})")
+    best = report["best"]
+    obj = report["objective"]
+    if best is None:
+        print("no completed trial yet")
+    else:
+        params = " ".join(f"{k}={v}" for k, v in best["params"].items())
+        line = f"best trial {best['trial']} by validation {obj['metric']} = {_fmt(best['validation'])}"
+        print(f"{line}: {params}")
+        test = best["test"]
+        if test.get("metrics") is None:
+            print(f"its test score: not shown ({test.get('note')})")
+        else:
+            # reported once, for the chosen trial only; it played no part in the choice
+            print(f"its {obj['metric']} on split '{test['split']}' (reported once, not used to choose): "
+                  f"{_fmt(test['value'])}")
+    print(f"wrote {path}")
+
+
+Opt = typer.Option
+
+
+@app.command()
+def sweep(
+    spec: Annotated[str, typer.Argument(help="sweep spec YAML, or a shipped spec name (cmc_grid)")],
+    out: Annotated[Path, Opt("--out", help="sweep directory: trials/<n>/, study.db, sweep.json")],
+    data: Annotated[str | None, Opt("--data", help="MMSA pickle / .npz (or synth:PRESET)")] = None,
+    preset: Annotated[str | None, Opt("--preset", help="dataset preset (overrides the spec's)")] = None,
+    trials: Annotated[int | None, Opt("--trials", help="most trials this worker runs")] = None,
+    storage: Annotated[str | None, Opt("--storage", help="sqlite:///FILE or postgresql://...")] = None,
+    study: Annotated[str | None, Opt("--study", help="study name (default: the spec's name)")] = None,
+    sampler: Annotated[str | None, Opt("--sampler", help="grid or tpe (overrides the spec's)")] = None,
+    seed: Annotated[int | None, Opt("--seed", help="sampler seed (grid order, TPE)")] = None,
+    set_: Annotated[
+        list[str] | None, Opt("--set", help="override for every trial, e.g. train.epochs=50")
+    ] = None,
+    threads: Annotated[int | None, Opt("--threads", help="CPU threads for torch")] = None,
+    device: Annotated[str | None, Opt("--device", help="cpu or cuda[:N]")] = None,
+    heartbeat: Annotated[int, Opt("--heartbeat", help="seconds between heartbeats; 0: none")] = 60,
+    retry_failed: Annotated[
+        bool, Opt("--retry-failed", help="re-run grid points whose trials all failed")
+    ] = False,
+    report: Annotated[bool, Opt("--report", help="only write and print the report")] = False,
+    quiet: Annotated[bool, Opt("--quiet", help="no per-trial lines")] = False,
+) -> None:
+    """Search hyperparameters: each trial trains into OUT/trials/<n>/ and is scored on validation."""
+    import json
+
+    from affectus.experiments.sweep import Worker, check_config_keys, load_spec, with_sampler
+    from affectus.training.config import parse_set
+
+    sp = load_spec(spec)
+    if sampler is not None:
+        sp = with_sampler(sp, sampler)
+    if seed is not None:
+        sp.seed = seed
+    sp.preset = preset or sp.preset
+    local = {"train.threads": threads, "train.device": device}
+    extra = parse_set(set_ or [])
+    clash = sorted(set(extra) & set(sp.space))
+    if clash:
+        raise AffectusError(f"--set {clash[0]}: this key is a dimension of the sweep's space")
+    sp.overrides = {**sp.overrides, **extra, **{k: v for k, v in local.items() if v is not None}}
+    if trials is not None and trials < 1:
+        raise AffectusError("--trials: expected at least 1")
+    if retry_failed and sp.sampler != "grid":
+        raise AffectusError(
+            "--retry-failed: only for grid sweeps (TPE's failed trials count against its budget)"
+        )
+    if heartbeat < 0:
+        raise AffectusError("--heartbeat: expected seconds >= 0")
+
+    out.mkdir(parents=True, exist_ok=True)
+    name = study or sp.name
+    previous = out / "sweep.json"
+    if previous.is_file():
+        held = json.loads(previous.read_text(encoding="utf-8")).get("study")
+        if held not in (None, name):
+            raise AffectusError(
+                f"{out}: holds the sweep of study '{held}'; choose another --out (or --study {held})"
+            )
+    url = storage or f"sqlite:///{out.resolve() / 'study.db'}"
+    log = None if quiet else _log
+
+    if report:
+        worker = Worker(sp, out, url, name, heartbeat=None, log=log, create=False)
+        # `metric: auto` resolves from the data's family; the workers recorded what it became
+        rep = worker.report(worker.study.user_attrs.get("affectus_metric", sp.metric))
+        print_summary(rep, out / "sweep.json")
+        return
+
+    source = data or sp.data
+    if source is None:
+        raise AffectusError("no data: pass --data FILE or set data: in the spec")
+    from affectus.cli.train_cmds import load_data
+    from affectus.training.trainer import plan_for
+
+    ds, p = load_data(source, sp.preset)
+    check_config_keys(sp, p)
+    plan = plan_for(ds, p)
+    worker = Worker(sp, out, url, name, heartbeat=heartbeat or None, log=log)
+    rep, failures = worker.run(ds, p, plan, data_source=source, max_trials=trials, retry_failed=retry_failed)
+    print_summary(rep, out / "sweep.json")
+    if failures:
+        raise AffectusError(f"{failures} trial(s) of this worker failed: see {out / 'sweep.json'}")

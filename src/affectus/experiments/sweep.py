@@ -1,0 +1,568 @@
+"""Hyperparameter sweeps with Optuna: a validated YAML spec, one study shared by any number of workers.
+
+Each trial is an ordinary training run (`train_run`) written to OUT/trials/<trial number>/. Its
+objective value is read from that run's `run.json` "select_metrics" (the selection / validation
+split) and from nothing else: the evaluation split's scores ("metrics") are read once, for the best
+trial, when the report is written, and never decide anything (ARCHITECTURE.md: test labels are
+read only by evaluation; the authors' grid search chose by test accuracy, we do not).
+
+Workers: every `affectus sweep` process with the same storage and study name joins one study.
+A trial is created under a lock (a file lock beside a SQLite file, an advisory lock in PostgreSQL)
+and only while the study holds fewer trials than its budget, so no grid point is evaluated twice
+and no surplus trial appears; with the grid sampler, Optuna maps trial number k to grid point k
+(the grid is shuffled by the study's seed, the same in every worker). A heartbeat thread keeps
+the running trial alive in the storage; a killed worker's trial is marked FAIL by the next worker
+that looks (Optuna's stale-trial check) and is never retried silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import socket
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from affectus.errors import AffectusError
+from affectus.utils.io import write_json_atomic
+
+REPORT_FORMAT = "affectus-sweep/1"
+SPEC_KEYS = ("name", "model", "variant", "preset", "data", "overrides", "objective", "sampler", "space",
+             "trials", "seed")
+SAMPLERS = ("grid", "tpe")
+# machine-local settings: workers on different machines may differ in these and still share a study
+LOCAL_KEYS = {"train.threads", "train.device"}
+AUTO_METRIC = {"sims": "acc2", "mosi": "has0_acc2"}  # `metric: auto`: the family's binary accuracy
+_MISSING = object()
+
+
+class MetricError(AffectusError):
+    """The objective's metric is not among the validation scores: every trial would fail alike."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """A continuous or integer range for TPE: {low, high, log?, step?}."""
+
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+
+    @property
+    def is_int(self) -> bool:
+        return all(isinstance(v, int) for v in (self.low, self.high, self.step or 1))
+
+
+@dataclasses.dataclass
+class SweepSpec:
+    name: str
+    space: dict[str, list[Any] | Range]  # config key -> values (grid / categorical) or a range (TPE)
+    model: str = "cmc"
+    variant: str = "cmc"
+    preset: str | None = None
+    data: str | None = None
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    metric: str = "auto"  # a key of run.json "select_metrics", dotted when nested (d_test.acc2)
+    direction: str = "maximize"
+    sampler: str = "grid"
+    trials: int | None = None  # the study's budget; grid: every point by default
+    seed: int = 0
+
+    def budget(self) -> int:
+        if self.sampler == "grid":
+            size = math.prod(len(v) for v in self.space.values() if isinstance(v, list))
+            return size if self.trials is None else min(self.trials, size)
+        assert self.trials is not None  # parse_spec demands it for TPE
+        return self.trials
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What every worker of one study must agree on (stored in the study, compared on joining)."""
+        space = {k: v if isinstance(v, list) else dataclasses.asdict(v) for k, v in self.space.items()}
+        shared = {k: v for k, v in self.overrides.items() if k not in LOCAL_KEYS}
+        return json.loads(json.dumps({
+            "model": self.model, "variant": self.variant, "preset": self.preset, "overrides": shared,
+            "metric": self.metric, "direction": self.direction, "sampler": self.sampler, "space": space,
+            "budget": self.budget(), "seed": self.seed}))
+
+
+# ---------------------------------------------------------------- the spec: reading and validation
+
+def list_shipped_specs() -> list[str]:
+    folder = resources.files("affectus").joinpath("configs", "sweeps")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_spec(source: str | Path) -> SweepSpec:
+    """A spec file, or the name of a shipped spec (`cmc_grid`)."""
+    path = Path(source)
+    if path.is_file():
+        text, where, stem = path.read_text(encoding="utf-8"), str(path), path.stem
+    elif str(source) in list_shipped_specs():
+        text = resources.files("affectus").joinpath("configs", "sweeps", f"{source}.yaml").read_text("utf-8")
+        where, stem = f"shipped spec {source}", str(source)
+    else:
+        shipped = ", ".join(list_shipped_specs())
+        raise AffectusError(f"sweep spec {source}: no such file or shipped spec ({shipped})")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise AffectusError(f"{where}: cannot read YAML ({type(err).__name__})") from None
+    return parse_spec(data, where, default_name=stem)
+
+
+def _check(ok: bool, where: str, msg: str) -> None:
+    if not ok:
+        raise AffectusError(f"{where}: {msg}")
+
+
+def _unknown(given: Any, allowed: tuple[str, ...] | set[str], where: str, what: str) -> None:
+    extra = sorted(str(k) for k in given if k not in allowed)
+    if extra:
+        expected = ", ".join(sorted(allowed))
+        raise AffectusError(f"{where}: {what}unknown key '{extra[0]}' (expected {expected})")
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _integer(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _dimension(key: str, value: Any, where: str) -> list[Any] | Range:
+    at = f"space.{key}"
+    if isinstance(value, list):
+        _check(len(value) > 0, where, f"{at}: empty list")
+        _check(all(v is None or isinstance(v, (str, int, float, bool)) for v in value), where,
+               f"{at}: values must be numbers, strings or booleans")
+        _check(len({json.dumps(v) for v in value}) == len(value), where, f"{at}: repeated values")
+        return list(value)
+    _check(isinstance(value, dict), where, f"{at}: expected a list of values or {{low, high, log?, step?}}")
+    _unknown(value, ("low", "high", "log", "step"), where, f"{at}: ")
+    low, high, log, step = value.get("low"), value.get("high"), value.get("log", False), value.get("step")
+    _check(_number(low) and _number(high) and low < high, where, f"{at}: expected numbers low < high")
+    _check(isinstance(log, bool), where, f"{at}.log: expected true or false")
+    _check(step is None or (_number(step) and step > 0), where, f"{at}.step: expected a positive number")
+    _check(not (log and step is not None), where, f"{at}: log and step cannot be combined")
+    _check(not log or low > 0, where, f"{at}: a log range needs low > 0")
+    return Range(low, high, log, step)
+
+
+def parse_spec(data: Any, where: str = "sweep spec", default_name: str = "sweep") -> SweepSpec:
+    """Check every key and type up front; a one-line AffectusError names the first problem."""
+    _check(isinstance(data, dict), where, "expected a mapping at the top level")
+    _unknown(data, SPEC_KEYS, where, "")
+    for key in ("name", "model", "variant", "preset", "data"):
+        _check(data.get(key) is None or isinstance(data[key], str), where, f"{key}: expected a string")
+    overrides = data.get("overrides") or {}
+    _check(isinstance(overrides, dict) and all(isinstance(k, str) for k in overrides), where,
+           "overrides: expected a mapping of config keys (model.x / train.x) to values")
+    objective = data.get("objective") or {}
+    _check(isinstance(objective, dict), where, "objective: expected {metric, direction}")
+    _unknown(objective, ("metric", "direction"), where, "objective: ")
+    metric, direction = objective.get("metric", "auto"), objective.get("direction", "maximize")
+    _check(isinstance(metric, str) and metric.strip() != "", where, "objective.metric: expected a name")
+    _check(direction in ("maximize", "minimize"), where, "objective.direction: expected maximize or minimize")
+    raw_space = data.get("space")
+    _check(isinstance(raw_space, dict) and len(raw_space) > 0, where, "space: expected config keys")
+    space = {str(k): _dimension(str(k), v, where) for k, v in raw_space.items()}
+    both = sorted(set(space) & set(overrides))
+    _check(not both, where, f"'{both[0] if both else ''}' is both in overrides and in space")
+    all_lists = all(isinstance(v, list) for v in space.values())
+    sampler = data.get("sampler", "grid" if all_lists else "tpe")
+    _check(sampler in SAMPLERS, where, f"sampler: expected one of {', '.join(SAMPLERS)}")
+    _check(sampler != "grid" or all_lists, where, "sampler grid: every space entry must be a list of values")
+    trials, seed = data.get("trials"), data.get("seed", 0)
+    _check(trials is None or (_integer(trials) and trials >= 1), where, "trials: expected a positive integer")
+    _check(sampler == "grid" or trials is not None, where, "trials: needed with sampler tpe (the budget)")
+    _check(_integer(seed), where, "seed: expected an integer")
+    return SweepSpec(name=data.get("name") or default_name, space=space, model=data.get("model") or "cmc",
+                     variant=data.get("variant") or "cmc", preset=data.get("preset"), data=data.get("data"),
+                     overrides=dict(overrides), metric=metric, direction=direction, sampler=sampler,
+                     trials=trials, seed=seed)
+
+
+def with_sampler(spec: SweepSpec, sampler: str) -> SweepSpec:
+    """--sampler: the same checks as the spec's own `sampler` key."""
+    _check(sampler in SAMPLERS, "--sampler", f"expected one of {', '.join(SAMPLERS)}")
+    _check(sampler != "grid" or all(isinstance(v, list) for v in spec.space.values()), "--sampler grid",
+           "every space entry must be a list of values")
+    _check(sampler == "grid" or spec.trials is not None, "--sampler tpe", "the spec needs trials: (a budget)")
+    return dataclasses.replace(spec, sampler=sampler)
+
+
+def check_config_keys(spec: SweepSpec, preset) -> None:
+    """Resolve the config once per space value: a bad key or value stops the sweep before any training."""
+    from affectus.training.config import resolve_config
+
+    first = {k: (v[0] if isinstance(v, list) else v.low) for k, v in spec.space.items()}
+    for key, dim in spec.space.items():
+        for value in dim if isinstance(dim, list) else [dim.low, dim.high]:
+            try:
+                point = {**spec.overrides, **first, key: value}
+                resolve_config(spec.model, spec.variant, preset, None, point)
+            except AffectusError as err:
+                raise AffectusError(f"sweep space {key}={value!r}: {err}") from None
+
+
+# ---------------------------------------------------------------- storage, lock, heartbeat
+
+def normalise_storage_url(url: str) -> str:
+    """`postgresql://` -> the installed driver (psycopg 3 preferred, else psycopg2)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            import importlib.util
+
+            driver = "psycopg" if importlib.util.find_spec("psycopg") else "psycopg2"
+            return f"postgresql+{driver}://{url[len(prefix):]}"
+    return url
+
+
+def redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+class StudyLock:
+    """The lock every worker of one storage takes to create a trial (and the study and tables).
+
+    SQLite: an fcntl lock on `<db>.lock` beside the file (a SQLite study lives on one machine).
+    PostgreSQL: a session advisory lock on a connection of its own. Either is dropped when its
+    holder dies (the kernel closes the file; PostgreSQL ends the session), so no lock outlives a
+    killed worker.
+    """
+
+    _KEY = int.from_bytes(hashlib.sha256(b"affectus-sweep").digest()[:8], "big", signed=True)
+
+    def __init__(self, url: str) -> None:
+        import sqlalchemy
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+        self._path: Path | None = None
+        self._engine = None
+        if parsed.get_backend_name() == "sqlite":
+            if parsed.database and parsed.database != ":memory:":
+                self._path = Path(parsed.database + ".lock")
+        elif parsed.get_backend_name() == "postgresql":
+            self._engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        else:
+            raise AffectusError(f"--storage {redact(url)}: expected sqlite:///FILE or postgresql://...")
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        if self._path is not None:
+            import fcntl
+
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self._path, "a+") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(f, fcntl.LOCK_UN)
+        elif self._engine is not None:
+            from sqlalchemy import text
+
+            with self._engine.connect() as conn:
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self._KEY})
+                conn.commit()
+                try:
+                    yield
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self._KEY})
+                    conn.commit()
+        else:
+            yield
+
+
+def open_storage(url: str, heartbeat: int | None):
+    import optuna
+
+    # SQLite: several processes write one file, so wait for a busy database rather than fail at once
+    kwargs: dict[str, Any] = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {
+        "pool_pre_ping": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat,
+                                          grace_period=None if heartbeat is None else 3 * heartbeat)
+
+
+class Heartbeat:
+    """Records the running trial's heartbeat every `interval` s: what `optimize` does, for our ask/tell."""
+
+    def __init__(self, storage, trial_id: int, interval: int | None) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if interval is None:
+            return
+
+        def beat() -> None:
+            while True:
+                with contextlib.suppress(Exception):  # a database hiccup must not end the training
+                    storage.record_heartbeat(trial_id)
+                if self._stop.wait(interval):
+                    return
+
+        self._thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def _grid_sampler(space: dict[str, list[Any]], seed: int):
+    import optuna
+
+    class LockedGrid(optuna.samplers.GridSampler):
+        """Optuna's grid; the workers' budget check under the lock decides when to stop, so
+        `after_trial` must not call `study.stop()` (which raises outside `optimize`)."""
+
+        def after_trial(self, study, trial, state, values) -> None:
+            return None
+
+    return LockedGrid(space, seed=seed)
+
+
+# ---------------------------------------------------------------- objective and report
+
+def lookup(metrics: dict[str, Any], path: str) -> Any:
+    """`d_test.acc2` -> metrics["d_test"]["acc2"]; _MISSING when absent."""
+    node: Any = metrics
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def validation_score(run_dir: Path, metric: str) -> tuple[float, dict[str, Any]]:
+    """The objective: `metric` in run.json "select_metrics" (validation). The test scores are not read."""
+    from affectus.training.checkpoints import read_run
+
+    select = read_run(run_dir).get("select_metrics")
+    if not isinstance(select, dict):
+        raise AffectusError(f"{run_dir}/run.json: no select_metrics (a run from an older affectus?)")
+    value = lookup(select, metric)
+    if value is _MISSING:
+        have = ", ".join(sorted(k for k in select if not isinstance(select[k], dict)))
+        raise MetricError(f"objective.metric '{metric}': not among the validation metrics ({have})")
+    if not _number(value) or not math.isfinite(value):
+        raise AffectusError(f"objective.metric '{metric}': validation value {value!r} is not a finite number")
+    return float(value), select
+
+
+def _test_report(run_dir: str | None, metric: str) -> dict[str, Any]:
+    """The chosen trial's evaluation-split scores, read here for the report and nowhere else."""
+    from affectus.training.checkpoints import read_run
+
+    if not run_dir or not (Path(run_dir) / "run.json").is_file():
+        return {"metrics": None, "note": "the trial's run.json is not reachable from this machine"}
+    info = read_run(run_dir)
+    value = lookup(info.get("metrics") or {}, metric)
+    return {"split": info.get("metrics_split"), "metric": metric,
+            "value": None if value is _MISSING else value, "metrics": info.get("metrics")}
+
+
+def build_report(study, spec: SweepSpec, metric: str, storage_url: str) -> dict[str, Any]:
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    lost = "no heartbeat: the worker was killed or lost"
+    rows = [{"number": t.number, "state": t.state.name, "params": t.params, "validation": t.value,
+             "run_dir": t.user_attrs.get("run_dir"), "host": t.user_attrs.get("host"),
+             "error": t.user_attrs.get("error") or (lost if t.state == TrialState.FAIL else None)}
+            for t in trials]
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    best = None
+    if done:
+        # the best validation value; ties go to the lowest trial number, so the choice is deterministic
+        sign = -1.0 if spec.direction == "maximize" else 1.0
+        top = min(done, key=lambda t: (sign * t.value, t.number))
+        run_dir = top.user_attrs.get("run_dir")
+        best = {"trial": top.number, "params": top.params, "validation": top.value,
+                "validation_metrics": top.user_attrs.get("select_metrics"), "run_dir": run_dir,
+                "test": _test_report(run_dir, metric)}
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return {"format": REPORT_FORMAT, "study": study.study_name, "storage": redact(storage_url),
+            "objective": {"metric": metric, "direction": spec.direction, "scored_on": "select_metrics"},
+            "sampler": spec.sampler, "budget": spec.budget(), "counts": counts, "best": best, "trials": rows}
+
+
+# ---------------------------------------------------------------- workers
+
+@dataclasses.dataclass
+class Worker:
+    """One sweep process: its study and where its trials go. `create=False` only reads (--report)."""
+
+    spec: SweepSpec
+    out_dir: Path
+    storage_url: str
+    study_name: str
+    heartbeat: int | None = 60
+    log: Callable[[str], None] | None = print
+    create: bool = True
+
+    def __post_init__(self) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # we print our own line per trial
+        self.storage_url = normalise_storage_url(self.storage_url)
+        self.lock = StudyLock(self.storage_url)
+        with self.lock.held():  # one creator at a time: tables, the study, its stored spec
+            self.storage = open_storage(self.storage_url, self.heartbeat)
+            names = optuna.get_all_study_names(self.storage)
+            if not self.create and self.study_name not in names:
+                raise AffectusError(f"no study '{self.study_name}' in {redact(self.storage_url)}")
+            self.study = optuna.create_study(storage=self.storage, study_name=self.study_name,
+                                             load_if_exists=True, direction=self.spec.direction,
+                                             sampler=self._sampler(0))
+            stored, mine = self.study.user_attrs.get("affectus_spec"), self.spec.fingerprint()
+            if stored is None and self.create:
+                self.study.set_user_attr("affectus_spec", mine)
+            elif stored is not None and stored != mine:
+                diff = ", ".join(sorted(k for k in set(stored) | set(mine) if stored.get(k) != mine.get(k)))
+                where = f"study '{self.study_name}' in {redact(self.storage_url)}"
+                raise AffectusError(f"{where} was created from another spec ({diff} differ): "
+                                    "use the same spec or another --study")
+
+    def _sampler(self, next_number: int):
+        import optuna
+
+        if self.spec.sampler == "grid":
+            # the same seed in every worker: trial k evaluates the k-th point of one shuffled grid
+            return _grid_sampler(self.spec.space, self.spec.seed)  # type: ignore[arg-type]
+        # a seed per trial number, so parallel workers do not draw the same start-up points
+        return optuna.samplers.TPESampler(seed=self.spec.seed * 1_000_003 + next_number)
+
+    def report(self, metric: str) -> dict[str, Any]:
+        report = build_report(self.study, self.spec, metric, self.storage_url)
+        write_json_atomic(self.out_dir / "sweep.json", report)
+        return report
+
+    def _failed_point(self) -> dict[str, Any] | None:
+        """A point whose every trial failed (for --retry-failed), or None."""
+        from optuna.trial import TrialState
+
+        failed, covered = [], set()
+        for t in self.study.get_trials(deepcopy=False):
+            key = json.dumps(t.params, sort_keys=True)
+            if t.state == TrialState.FAIL and t.params:
+                failed.append((key, t.params))
+            elif t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING):
+                covered.add(key)
+        return next((p for k, p in failed if k not in covered), None)
+
+    def claim(self, retry_failed: bool = False):
+        """Under the lock: a new trial with its parameters drawn, or None when the budget is spent."""
+        with self.lock.held(), warnings.catch_warnings():
+            # "heartbeat is supposed to be used with optimize": we beat ourselves (class Heartbeat)
+            warnings.simplefilter("ignore", UserWarning)
+            n = len(self.study.get_trials(deepcopy=False))
+            if n < self.spec.budget():
+                self.study.sampler = self._sampler(n)
+                trial = self.study.ask()
+            elif retry_failed and (point := self._failed_point()) is not None:
+                self.study.enqueue_trial(point, user_attrs={"retry": True})
+                trial = self.study.ask()
+            else:
+                return None
+            if self.heartbeat is not None:
+                # a first beat at once: a worker that dies before its heartbeat thread starts is still found
+                self.storage.record_heartbeat(trial._trial_id)
+            # draw now, still under the lock, so the trial's point is on record before it trains
+            for key, dim in self.spec.space.items():
+                if isinstance(dim, list):
+                    trial.suggest_categorical(key, dim)
+                elif dim.is_int:
+                    trial.suggest_int(key, int(dim.low), int(dim.high), step=int(dim.step or 1), log=dim.log)
+                else:
+                    trial.suggest_float(key, dim.low, dim.high, step=dim.step, log=dim.log)
+            return trial
+
+    def _finish(self, trial, value: float | None, error: str | None) -> bool:
+        """Tell the storage; False when the trial did not complete."""
+        from optuna.exceptions import UpdateFinishedTrialError
+        from optuna.trial import TrialState
+
+        try:
+            if error is None:
+                self.study.tell(trial, value)
+                return True
+            trial.set_user_attr("error", error)
+            self.study.tell(trial, state=TrialState.FAIL)
+        except UpdateFinishedTrialError:
+            # another worker failed it already: our heartbeat stopped for longer than the grace period
+            if self.log:
+                self.log(f"[trial {trial.number}] was marked FAIL meanwhile (heartbeat lost); result dropped")
+        return False
+
+    def run(self, dataset, preset, plan, data_source: str | None = None, max_trials: int | None = None,
+            retry_failed: bool = False) -> tuple[dict[str, Any], int]:
+        """Claim and train trials until the budget is spent (or `max_trials` here). -> (report, failures)."""
+        import optuna
+
+        from affectus.training.config import resolve_config
+        from affectus.training.trainer import train_run
+
+        metric = AUTO_METRIC[plan.family] if self.spec.metric == "auto" else self.spec.metric
+        self.study.set_user_attr("affectus_metric", metric)  # for --report, which has no data to tell
+        done = failures = 0
+        while max_trials is None or done < max_trials:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(self.study)  # a killed worker's RUNNING trial -> FAIL
+            trial = self.claim(retry_failed)
+            if trial is None:
+                break
+            done += 1
+            run_dir = (self.out_dir / "trials" / str(trial.number)).resolve()
+            trial.set_user_attr("run_dir", str(run_dir))
+            trial.set_user_attr("host", socket.gethostname())
+            params = dict(trial.params)
+            if self.log:
+                self.log(f"[trial {trial.number}] {' '.join(f'{k}={v}' for k, v in params.items())}")
+            beat = Heartbeat(self.storage, trial._trial_id, self.heartbeat)
+            try:
+                values = {**self.spec.overrides, **params}
+                cfg = resolve_config(self.spec.model, self.spec.variant, preset, None, values)
+                # train_run returns the evaluation split's scores: deliberately dropped
+                train_run(dataset, cfg, run_dir, plan, log=None, data_source=data_source)
+                value, select = validation_score(run_dir, metric)
+                trial.set_user_attr("select_metrics", select)
+            except BaseException as err:
+                beat.stop()
+                error = f"{type(err).__name__}: {(str(err) or '-').splitlines()[0]}"
+                self._finish(trial, None, error)
+                failures += 1
+                if self.log:
+                    self.log(f"[trial {trial.number}] FAILED: {error}")
+                self.report(metric)
+                # a wrong metric name fails every trial alike, and an interrupt means stop: end this worker
+                if isinstance(err, MetricError) or not isinstance(err, Exception):
+                    raise
+                continue
+            beat.stop()
+            if self._finish(trial, value, None):
+                if self.log:
+                    self.log(f"[trial {trial.number}] validation {metric} = {value:.4f}")
+            else:
+                failures += 1
+            self.report(metric)
+        return self.report(metric), failures
