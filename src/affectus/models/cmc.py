@@ -43,6 +43,9 @@ class CMCConfig:
     # Faithful mode only: compute a run of identical padding rows once (exact without dropout; see
     # docs/model.md for the training-noise difference). False: every padded step, as the authors.
     compact_padding: bool = True
+    # BatchNorm on the text features too. Off, as the paper (BERT states need none, eq. 2); worth
+    # switching on for handcrafted / CNN text features whose scale is arbitrary.
+    text_batchnorm: bool = False
     text_input: Literal["features", "bert"] = "features"
     bert_path: str | None = None  # local directory, or a cached model name (local_files_only)
     bert_finetune: bool = True
@@ -76,7 +79,7 @@ class CMC(nn.Module):
                     heads=config.heads,
                     ff=config.ff,
                     dropout=config.attn_dropout,
-                    batchnorm=m != "text",  # eq. 2: BERT features need no BatchNorm
+                    batchnorm=m != "text" or config.text_batchnorm,  # eq. 2: BERT features need no BatchNorm
                     padding=config.padding,
                     compact=config.compact_padding,
                 )
@@ -148,14 +151,15 @@ class CMC(nn.Module):
 
 
 def _load_bert(path: str | None, bert_config: Any | None) -> nn.Module:
+    """BERT without its pooler (CMC reads the last hidden state only)."""
+    if bert_config is None and not path:
+        raise AffectusError("text_input='bert' needs bert_path (a local directory or a cached model name)")
     try:
         from transformers import BertModel  # heavy: imported only for text_input="bert"
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise AffectusError("text_input='bert' needs transformers: pip install 'affectus[bert]'") from exc
     if bert_config is not None:
         return BertModel(bert_config, add_pooling_layer=False)
-    if not path:
-        raise AffectusError("text_input='bert' needs bert_path (a local directory or a cached model name)")
     try:
         return BertModel.from_pretrained(path, local_files_only=True, add_pooling_layer=False)
     except OSError as exc:

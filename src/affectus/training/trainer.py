@@ -195,6 +195,9 @@ def train_run(
     ckpt.write_run(out, info, {k: v for k, v in model.state_dict().items()})
     if state_path.exists():
         state_path.unlink()
+    from affectus.evaluation.tensorboard import write_tensorboard
+
+    write_tensorboard(out)  # per-epoch scalars as TensorBoard event files (OUT/tensorboard/)
     return metrics
 
 
