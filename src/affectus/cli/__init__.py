@@ -26,6 +26,7 @@ from affectus.cli import synth_cmd  # noqa: E402,F401
 from affectus.cli import demo_cmd  # noqa: E402,F401
 from affectus.cli import report_cmd  # noqa: E402,F401
 from affectus.cli import sweep_cmd  # noqa: E402,F401
+from affectus.cli import experiment_cmd  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> int:

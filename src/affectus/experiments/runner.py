@@ -1,0 +1,439 @@
+"""Run an experiment spec: every run in its own directory, resumable, then mean +- std tables.
+
+    OUT/experiment.json        the expanded, resolved plan (what `affectus report` reads)
+    OUT/runs/<id>/             one `train_run` directory per run (run.json marks it finished)
+    OUT/results.csv            one line per finished run + mean and std lines per group
+    OUT/results.md             the paper-style table(s)
+
+Re-running the same command is the resume: finished runs are skipped, interrupted ones (state.pt)
+continue with `train_run(..., resume=True)` (bit-identical to an uninterrupted run), the rest train.
+Results are computed from the finished run directories alone, so an interrupted-and-resumed
+experiment writes the same results files as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from affectus.errors import AffectusError
+from affectus.experiments.spec import ExperimentSpec, PlannedRun, expand, load_spec
+from affectus.utils.io import write_json_atomic, write_text_atomic
+
+Log = Callable[[str], None]
+
+
+def cpu_cores() -> int:
+    """Cores this process may use (the affinity mask, not the machine's count, where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _load_data(data: str, preset_name: str | None):
+    """A file (checked against the preset when given) or `synth:NAME`, as `affectus train --data` reads it.
+
+    Kept here rather than imported from the CLI so the library does not depend on its doors."""
+    from affectus.data.mmsa import load_dataset
+
+    if data.startswith("synth:"):
+        from affectus.data.synthetic import generate_dataset
+
+        return generate_dataset(data.split(":", 1)[1] or preset_name or "mosi")
+    return load_dataset(data, preset=preset_name)
+
+
+def _data_id(data: str) -> str:
+    return data if data.startswith("synth:") else os.path.abspath(data)
+
+
+def _comparable(config: dict[str, Any]) -> str:
+    """A config as JSON, without what does not change results (threads: set per worker)."""
+    d = json.loads(json.dumps(config))
+    d.get("train", {}).pop("threads", None)
+    return json.dumps(d, sort_keys=True)
+
+
+def _check_out_dir(out: Path, runs: list[PlannedRun], data: str, preset: str | None) -> None:
+    """Refuse to mix results: a run folder made from another config, or an OUT made from other data."""
+    previous = out / "experiment.json"
+    if previous.exists():
+        old = json.loads(previous.read_text(encoding="utf-8"))
+        if (old.get("data"), old.get("preset")) != (data, preset):
+            raise AffectusError(f"{out}: holds an experiment on data {old.get('data')} (preset {old.get('preset')}), "
+                                f"not {data} (preset {preset}); choose another --out")
+    for run in runs:
+        stored = out / "runs" / run.id / "config.json"
+        if stored.exists():
+            old_cfg = json.loads(stored.read_text(encoding="utf-8"))
+            if _comparable(old_cfg) != _comparable(run.config.to_dict()):
+                raise AffectusError(f"{stored.parent}: was trained with another configuration than the spec now "
+                                    f"gives run '{run.id}'; choose another --out or delete that folder")
+
+
+def _needs_unimodal(run: PlannedRun) -> bool:
+    tc = run.config.train
+    return tc.unimodal_labels == "ground_truth" or tc.consistent_retention < 1.0
+
+
+# ------------------------------------------------------------------------------------ one run
+
+
+def _train_one(ds, plan, run_dir: Path, config: dict[str, Any], threads: int, data_source: str) -> float:
+    """Train (or resume) one run; returns the seconds `train_run` took."""
+    from affectus.training.config import ResolvedConfig
+    from affectus.training.trainer import train_run
+
+    cfg = ResolvedConfig.from_dict(config)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
+    resume = (run_dir / "state.pt").exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "train.log", "a", encoding="utf-8") as logf:
+        started = time.perf_counter()
+        train_run(ds, cfg, run_dir, plan, resume=resume, log=lambda line: print(line, file=logf, flush=True),
+                  data_source=data_source)
+        return time.perf_counter() - started
+
+
+# Worker processes (spawn): each loads the data once, then trains the runs it is handed.
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(data: str, preset_name: str | None, threads: int) -> None:
+    from affectus.training.plgm import enable_flush_denormal
+    from affectus.training.trainer import plan_for
+
+    enable_flush_denormal()  # before torch starts its threads: the flag reaches only threads made later
+    import torch
+
+    torch.set_num_threads(threads)
+    ds = _load_data(data, preset_name)
+    preset = None
+    if preset_name:
+        from affectus.data.presets import load_preset
+
+        preset = load_preset(preset_name)
+    _WORKER.update(ds=ds, plan=plan_for(ds, preset), data=data, threads=threads)
+
+
+def _worker_run(run_id: str, run_dir: str, config: dict[str, Any]) -> tuple[str, float]:
+    try:
+        seconds = _train_one(_WORKER["ds"], _WORKER["plan"], Path(run_dir), config, _WORKER["threads"], _WORKER["data"])
+    except AffectusError as err:
+        raise AffectusError(f"run {run_id}: {err}") from None
+    return run_id, seconds
+
+
+# -------------------------------------------------------------------------------------- the runner
+
+
+def run_experiment(
+    spec: str | Path | dict[str, Any] | ExperimentSpec,
+    out_dir: str | Path,
+    data: str | None = None,
+    preset: str | None = None,
+    seeds: int | list[int] | None = None,
+    jobs: int = 1,
+    overrides: dict[str, Any] | None = None,
+    threads: int = 0,
+    progress: bool = True,
+    log: Log | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) every run of `spec` into `out_dir`, then aggregate; returns a summary.
+
+    data / preset / seeds override the spec's; overrides are --set values for every run; jobs > 1
+    trains in that many spawned worker processes; threads = torch threads per run (0: cores // jobs).
+    Summary keys: name, out, runs, finished_before, resumed, trained, run_seconds {id: s},
+    wall_seconds, groups (the rows `aggregate` returns).
+    """
+    from affectus.data.presets import load_preset
+    from affectus.training.trainer import plan_for
+
+    started = time.perf_counter()
+    say = log or (lambda _line: None)
+    sp = load_spec(spec)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise AffectusError(f"--jobs {jobs}: expected a positive integer")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise AffectusError(f"--threads {threads}: expected a non-negative integer (0: cores // jobs)")
+    preset_name = preset or sp.preset
+    preset_obj = load_preset(preset_name) if preset_name else None
+    runs = expand(sp, preset_obj, seeds, overrides)  # every config resolved: nothing has run yet
+    data = data or sp.data
+    if not data:
+        raise AffectusError(f"{sp.source}: no data: give --data FILE (or `data:` in the spec)")
+    data_id = _data_id(data)
+    out = Path(out_dir)
+    _check_out_dir(out, runs, data_id, preset_name)
+
+    ds = _load_data(data, preset_name)
+    plan = plan_for(ds, preset_obj)
+    if not ds.has_unimodal_labels:
+        bad = [r.id for r in runs if _needs_unimodal(r)]
+        if bad:
+            raise AffectusError(f"{data}: run {bad[0]} needs unimodal labels (cmc_gt or train.consistent_retention "
+                                f"< 1), which this data lacks")
+    write_json_atomic(out / "experiment.json", {
+        "format": "affectus-experiment/1", "name": sp.name, "description": sp.description, "spec": sp.source,
+        "data": data_id, "preset": preset_name, "family": plan.family, "eval_split": plan.eval,
+        "select_split": plan.select, "seeds": sorted({r.seed for r in runs}), "overrides": dict(overrides or {}),
+        "grid": {k: list(v) for k, v in sp.grid.items()}, "report": dataclasses.asdict(sp.report),
+        "runs": [r.to_dict() for r in runs],
+    })
+
+    finished = [r for r in runs if (out / "runs" / r.id / "run.json").exists()]
+    pending = [r for r in runs if not (out / "runs" / r.id / "run.json").exists()]
+    resumed = sum((out / "runs" / r.id / "state.pt").exists() for r in pending)
+    per_run = max(1, cpu_cores() // jobs) if threads == 0 else threads
+    say(f"{sp.name}: {len(runs)} runs; {len(finished)} finished before, {resumed} to resume, "
+        f"{len(pending) - resumed} to train ({jobs} job(s) x {per_run} thread(s))")
+    run_seconds: dict[str, float] = {}
+    if pending:
+        if jobs == 1:
+            _run_serial(pending, out, ds, plan, per_run, data, run_seconds, progress, len(finished), len(runs))
+        else:
+            del ds  # each worker loads its own copy
+            _run_parallel(pending, out, data, preset_name, jobs, per_run, run_seconds, progress, len(finished),
+                          len(runs))
+    groups = aggregate(out)
+    return {"name": sp.name, "out": str(out), "runs": len(runs), "finished_before": len(finished),
+            "resumed": resumed, "trained": len(pending), "run_seconds": run_seconds,
+            "wall_seconds": time.perf_counter() - started, "groups": groups}
+
+
+def _progress_bar(enabled: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=Console(stderr=True), disable=not enabled)
+
+
+def _run_serial(pending, out, ds, plan, threads, data, run_seconds, progress, done, total) -> None:
+    with _progress_bar(progress) as bar:
+        task = bar.add_task("runs", total=total, completed=done)
+        for run in pending:
+            bar.update(task, description=run.id)
+            try:
+                run_seconds[run.id] = _train_one(ds, plan, out / "runs" / run.id, run.config.to_dict(), threads, data)
+            except AffectusError as err:
+                raise AffectusError(f"run {run.id}: {err}") from None
+            bar.advance(task)
+
+
+def _run_parallel(pending, out, data, preset_name, jobs, threads, run_seconds, progress, done, total) -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    # spawn, not fork: a forked child would inherit torch's thread pools and locks mid-use
+    ctx = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=ctx, initializer=_worker_init,
+                               initargs=(data, preset_name, threads))
+    try:
+        with _progress_bar(progress) as bar:
+            task = bar.add_task(f"runs ({jobs} jobs)", total=total, completed=done)
+            futures = [pool.submit(_worker_run, r.id, str(out / "runs" / r.id), r.config.to_dict()) for r in pending]
+            for fut in as_completed(futures):
+                run_id, seconds = fut.result()
+                run_seconds[run_id] = seconds
+                bar.update(task, description=run_id)
+                bar.advance(task)
+    except BrokenProcessPool:
+        raise AffectusError(f"{out}: a worker process died; finished runs are kept, re-run the same command to "
+                            f"resume") from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ---------------------------------------------------------------------------------------- results
+
+SIMS_COLUMNS = [("D_test Acc2", "d_test.acc2"), ("D_test F1", "d_test.f1"), ("D_msc Acc2", "d_msc.acc2"),
+                ("D_msc F1", "d_msc.f1"), ("D_msi Acc2", "d_msi.acc2"), ("D_msi F1", "d_msi.f1")]
+MOSI_COLUMNS = [("Has0 Acc2", "has0_acc2"), ("Has0 F1", "has0_f1"), ("Non0 Acc2", "non0_acc2"),
+                ("Non0 F1", "non0_f1"), ("Acc3", "acc3")]
+MODALITY_COLUMNS = {
+    "sims": [(f"{m.capitalize()} {h}", f"modalities.{m}.{k}") for m in ("text", "audio", "vision")
+             for h, k in (("Acc2", "acc2"), ("F1", "f1"))],
+    "mosi": [(f"{m.capitalize()} {h}", f"modalities.{m}.{k}") for m in ("text", "audio", "vision")
+             for h, k in (("Has0 Acc2", "has0_acc2"), ("Non0 Acc2", "non0_acc2"))],
+}
+SLOPE_KEYS = {"sims": [("D_test", "d_test.acc2"), ("D_msc", "d_msc.acc2"), ("D_msi", "d_msi.acc2")],
+              "mosi": [("Has0 Acc2", "has0_acc2"), ("Non0 Acc2", "non0_acc2")]}
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, float | None]:
+    """{'d_test': {'acc2': 80.1}} -> {'d_test.acc2': 80.1}; numbers and None only."""
+    out: dict[str, float | None] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        elif v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+_PARAMS_CACHE: dict[str, int | None] = {}
+
+
+def parameter_count(model_name: str, model_config: dict[str, Any]) -> int | None:
+    """Non-BERT parameters of the model a run trained (the paper's "Size"), rebuilt from its config."""
+    key = json.dumps([model_name, model_config], sort_keys=True)
+    if key not in _PARAMS_CACHE:
+        from affectus.models.registry import create_model, make_config
+
+        values = dict(model_config)
+        if values.get("text_input") == "bert":
+            # BERT is not counted; build with 768-d text features (BERT-base's hidden size) instead of
+            # loading BERT, which gives the same non-BERT layers without needing its weights
+            values.update(text_input="features", dims={**values["dims"], "text": 768})
+        try:
+            model = create_model(model_name, make_config(model_name, values))
+        except (AffectusError, TypeError, ValueError):
+            _PARAMS_CACHE[key] = None
+        else:
+            count = getattr(model, "non_bert_parameter_count", None)
+            _PARAMS_CACHE[key] = int(count() if count else sum(
+                p.numel() for n, p in model.named_parameters() if not n.startswith("bert.")))
+    return _PARAMS_CACHE[key]
+
+
+def _stats(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample std (ddof 1; None for one seed): the incumbent's mean +- std over seeds."""
+    if not values:
+        return None, None
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), (float(arr.std(ddof=1)) if arr.size > 1 else None)
+
+
+def aggregate(out_dir: str | Path) -> list[dict[str, Any]]:
+    """Read the finished runs of OUT, write OUT/results.csv and OUT/results.md, return one row per group.
+
+    A group is a table row at one grid point; its row holds mean and std (over its finished seeds)
+    of every flattened metric (`d_test.acc2`, `modalities.audio.acc2`, `select.d_test.acc2`, ...),
+    the number of seeds and the model's non-BERT parameter count."""
+    out = Path(out_dir)
+    plan_path = out / "experiment.json"
+    if not plan_path.exists():
+        raise AffectusError(f"{out}: no experiment.json; run `affectus experiment SPEC --out {out}` first")
+    exp = json.loads(plan_path.read_text(encoding="utf-8"))
+    runs: list[dict[str, Any]] = []
+    for planned in exp["runs"]:
+        info_path = out / planned["dir"] / "run.json"
+        if info_path.exists():
+            info = json.loads(info_path.read_text(encoding="utf-8"))
+            values = _flatten(info.get("metrics", {}))
+            values.update(_flatten(info.get("select_metrics", {}), "select."))
+            runs.append({**planned, "values": values, "family": info.get("family"),
+                         "params": parameter_count(info["model_name"], info["model_config"])})
+    groups: dict[str, dict[str, Any]] = {}
+    for planned in exp["runs"]:
+        g = groups.setdefault(planned["group"], {"group": planned["group"], "row": planned["row"],
+                                                 "model": planned["model"], "variant": planned["variant"],
+                                                 "grid": planned["grid"], "planned": 0, "runs": []})
+        g["planned"] += 1
+    for run in runs:
+        groups[run["group"]]["runs"].append(run)
+    metric_keys = sorted({k for r in runs for k in r["values"]}, key=lambda k: (k.startswith("select."), k))
+    rows: list[dict[str, Any]] = []
+    for g in groups.values():
+        done = g.pop("runs")
+        mean, std = {}, {}
+        for key in metric_keys:
+            mean[key], std[key] = _stats([r["values"][key] for r in done if r["values"].get(key) is not None])
+        rows.append({**g, "n_seeds": len(done), "seeds": [r["seed"] for r in done],
+                     "family": done[0]["family"] if done else None, "params": done[0]["params"] if done else None,
+                     "mean": mean, "std": std})
+    write_text_atomic(out / "results.csv", _csv(exp, runs, rows, metric_keys))
+    write_text_atomic(out / "results.md", _markdown(exp, rows, len(runs)))
+    return rows
+
+
+def _num(x: Any, digits: int | None = None) -> str:
+    if x is None:
+        return ""
+    if isinstance(x, float) and digits is not None:
+        return repr(round(x, digits))
+    return repr(x) if isinstance(x, float) else str(x)
+
+
+def _csv(exp: dict[str, Any], runs: list[dict], rows: list[dict], metric_keys: list[str]) -> str:
+    grid_keys = list(exp.get("grid", {}))
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["kind", "group", "row", "model", "variant", *grid_keys, "seed", "n_seeds", "params", *metric_keys])
+    for r in runs:
+        w.writerow(["run", r["group"], r["row"], r["model"], r["variant"], *[_num(r["grid"][k]) for k in grid_keys],
+                    r["seed"], "", _num(r["params"]), *[_num(r["values"].get(k)) for k in metric_keys]])
+    for g in rows:
+        for kind in ("mean", "std"):
+            w.writerow([kind, g["group"], g["row"], g["model"], g["variant"], *[_num(g["grid"][k]) for k in grid_keys],
+                        "", g["n_seeds"], _num(g["params"]), *[_num(g[kind][k], 6) for k in metric_keys]])
+    return buf.getvalue()
+
+
+def _cell(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+
+
+def _markdown(exp: dict[str, Any], rows: list[dict], n_finished: int) -> str:
+    family = exp.get("family") or "sims"
+    report = exp.get("report") or {}
+    grid_keys = list(exp.get("grid", {}))
+    if report.get("columns") == "modalities":
+        columns = MODALITY_COLUMNS[family]
+    else:
+        columns = SIMS_COLUMNS if family == "sims" else MOSI_COLUMNS
+    lines = [f"# {exp['name']}", ""]
+    if exp.get("description"):
+        lines += [exp["description"], ""]
+    lines += [f"Data `{exp['data']}`" + (f" (preset {exp['preset']})" if exp.get("preset") else "")
+              + f", scored on split `{exp['eval_split']}`, metric family `{family}`. Cells: mean ± sample std "
+              f"over seeds (percent); Params: non-BERT parameters.", ""]
+    total = len(exp["runs"])
+    if n_finished < total:
+        lines += [f"**{n_finished} of {total} runs finished**: re-run the same command to complete the experiment.", ""]
+    header = ["Run", *grid_keys, *[c for c, _ in columns], "Params", "Seeds"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for g in rows:
+        cells = [g["row"], *[_num(g["grid"][k]) for k in grid_keys],
+                 *[_cell(g["mean"].get(key), g["std"].get(key)) for _, key in columns],
+                 f"{g['params']:,}" if g["params"] is not None else "-", str(g["n_seeds"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    if report.get("slope_over"):
+        lines += ["", *_slopes(rows, report["slope_over"], grid_keys, family)]
+    return "\n".join(lines) + "\n"
+
+
+def _slopes(rows: list[dict], x_key: str, grid_keys: list[str], family: str) -> list[str]:
+    """Least-squares slope of the seed-mean accuracy against a grid key, per row (paper sec. V-C)."""
+    keys = SLOPE_KEYS[family]
+    others = [k for k in grid_keys if k != x_key]
+    series: dict[tuple, list[dict]] = {}
+    for g in rows:
+        series.setdefault((g["row"], *[json.dumps(g["grid"][k]) for k in others]), []).append(g)
+    lines = [f"## Slope of accuracy vs `{x_key}` (least squares over the seed means; accuracy points per unit)", "",
+             "| " + " | ".join(["Run", *others, *[f"{name} slope" for name, _ in keys], "Points"]) + " |",
+             "|" + "|".join(["---"] + ["---:"] * (len(others) + len(keys) + 1)) + "|"]
+    for (row, *other_vals), gs in series.items():
+        cells = [row, *other_vals]
+        for _, key in keys:
+            pts = [(float(g["grid"][x_key]), g["mean"].get(key)) for g in gs if g["mean"].get(key) is not None]
+            xs = {x for x, _ in pts}
+            slope = float(np.polyfit([x for x, _ in pts], [y for _, y in pts], 1)[0]) if len(xs) >= 2 else None
+            cells.append("-" if slope is None else f"{slope:.2f}")
+        cells.append(str(len(gs)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines

@@ -1,0 +1,252 @@
+"""Experiment specs and the runner: expansion, bad specs, Table V end to end, resume, --jobs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+import affectus.cli.experiment_cmd  # noqa: F401  (registers `affectus experiment` on the app)
+from affectus.cli import main
+from affectus.data.mmsa import write_pickle
+from affectus.data.presets import load_preset
+from affectus.data.synthetic import SynthConfig, generate
+from affectus.errors import AffectusError
+from affectus.experiments.runner import aggregate, run_experiment
+from affectus.experiments.spec import expand, find_spec, list_experiments, load_spec
+from affectus.models.registry import list_models
+
+FAST = ["--set", "train.epochs=2", "--set", "train.patience=1", "--set", "model.layers=1", "--set", "model.heads=2",
+        "--set", "train.batch_size=32", "--threads", "1", "--quiet"]
+FAST_OVERRIDES = {"train.epochs": 2, "train.patience": 1, "model.layers": 1, "model.heads": 2, "train.batch_size": 32}
+TABLE5_ROWS = ["CMC", "w/o PLGM", "w/o PFM", "w/o MCR", "single-task", "single-task w/o PFM", "CMC-variant"]
+
+
+@pytest.fixture(scope="module")
+def sims_file(tmp_path_factory) -> Path:
+    """A tiny CH-SIMS-like file: labels in [-1, 1] with unimodal labels (so D_msc / D_msi exist)."""
+    path = tmp_path_factory.mktemp("sim") / "tiny.pkl"
+    config = SynthConfig(n_train=72, n_valid=24, n_test=24, seq_lens={"text": 4, "audio": 6, "vision": 5},
+                         dims={"text": 12, "audio": 5, "vision": 7}, seed=3)
+    write_pickle(generate(config), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def table5_reference(sims_file: Path, tmp_path_factory) -> Path:
+    """The Table V spec, 2 seeds, run once without interruption: the reference for resume and --jobs."""
+    out = tmp_path_factory.mktemp("exp") / "reference"
+    assert main(["experiment", "table5_ablation", "--out", str(out), "--data", str(sims_file), "--seeds", "2",
+                 *FAST]) == 0
+    return out
+
+
+# ------------------------------------------------------------------------------------ expansion
+
+
+def test_expansion_ids_and_precedence() -> None:
+    spec = {
+        "name": "t", "seeds": 2, "overrides": {"train.epochs": 3, "model.d": 16},
+        "runs": [{"name": "CMC"}, {"name": "w/o MCR", "variant": "wo_mcr", "overrides": {"train.epochs": 4}}],
+        "grid": {"model.tau": [0.05, 0.1]},
+    }
+    runs = expand(load_spec(spec), overrides={"model.d": 8})
+    assert [r.id for r in runs] == [
+        "cmc__tau=0.05__seed=1", "cmc__tau=0.05__seed=2", "cmc__tau=0.1__seed=1", "cmc__tau=0.1__seed=2",
+        "w-o-mcr__tau=0.05__seed=1", "w-o-mcr__tau=0.05__seed=2", "w-o-mcr__tau=0.1__seed=1",
+        "w-o-mcr__tau=0.1__seed=2",
+    ]
+    assert len({r.id for r in runs}) == 8 and runs[0].group == "cmc__tau=0.05"
+    first, last = runs[0].config, runs[-1].config
+    assert (first.model["tau"], first.train.seed, first.train.epochs, first.model["d"]) == (0.05, 1, 3, 8)
+    assert (last.model["tau"], last.train.seed, last.train.epochs, last.model["use_router"]) == (0.1, 2, 4, False)
+    # --seeds N replaces the spec's seeds; an explicit list is kept as given
+    assert [r.seed for r in expand(load_spec(spec), seeds=3)][:3] == [1, 2, 3]
+    assert [r.seed for r in expand(load_spec({**spec, "seeds": [1111, 7]}))][:2] == [1111, 7]
+    # a preset's Table III row shapes the config
+    with_preset = expand(load_spec({"runs": [{"name": "CMC"}]}), preset=load_preset("sims"))
+    assert with_preset[0].config.model["layers"] == 5
+
+
+def test_shipped_specs_expand() -> None:
+    """Every shipped spec resolves (rows of models not registered yet are left out)."""
+    assert {"table4_comparison", "table5_ablation", "table6_unimodal", "table7_gt", "table8_temperature",
+            "fig45_retention"} <= set(list_experiments())
+    registered = set(list_models())
+    for name in list_experiments():
+        raw = yaml.safe_load(find_spec(name).read_text(encoding="utf-8"))
+        raw["runs"] = [r for r in raw["runs"] if r.get("model", "cmc") in registered]
+        assert expand(load_spec(raw)), name
+    table5 = yaml.safe_load(find_spec("table5_ablation").read_text(encoding="utf-8"))
+    assert [r["name"] for r in table5["runs"]] == TABLE5_ROWS
+    taus = yaml.safe_load(find_spec("table8_temperature").read_text(encoding="utf-8"))["grid"]["model.tau"]
+    assert sorted(taus) == [0.05, 0.07, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+
+
+# ------------------------------------------------------------------------------------ bad specs
+
+GOOD = """name: bad
+seeds: 2
+runs:
+  - {name: CMC, model: cmc}
+  - name: other
+    variant: wo_mcr
+"""
+
+
+@pytest.mark.parametrize(
+    "text, line, needle",
+    [
+        (GOOD + "  - {name: X, model: nonsense}\n", 7, "unknown model 'nonsense'"),
+        (GOOD.replace("variant: wo_mcr", "variant: wo_everything"), 6, "unknown variant 'wo_everything'"),
+        (GOOD + "colour: blue\n", 7, "unknown key 'colour'"),
+        (GOOD + "overrides:\n  train.epochs: 2\n  model.nonsense: 1\n", 9, "model.nonsense"),
+        (GOOD + "grid:\n  train.epochs: [2, many]\n", 8, "train.epochs = 'many': expected an integer"),
+        (GOOD.replace("    variant: wo_mcr", "    variant: wo_mcr\n    overrides: {train.lr: fast}"), 7, "train.lr"),
+        (GOOD.replace("seeds: 2", "seeds: 0"), 2, "seeds = 0"),
+        (GOOD.replace("seeds: 2", "seeds: [1, 1]"), 2, "distinct"),
+        (GOOD.replace("seeds: 2", "seeds: five"), 2, "seeds = 'five'"),
+        (GOOD + "overrides: {train.seed: 3}\n", 7, "use `seeds:`"),
+        (GOOD.replace("name: other", "name: cmc"), 5, "same id 'cmc'"),
+        (GOOD + "grid: {model.tau: [0.1, 0.1]}\n", 7, "values repeat"),
+    ],
+)
+def test_bad_spec_fails_in_one_line_before_any_run(sims_file: Path, tmp_path: Path, capsys, text, line,
+                                                   needle) -> None:
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(text, encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["experiment", str(spec), "--out", str(out), "--data", str(sims_file), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert f"{spec}:{line}:" in err[0] and needle in err[0], err[0]
+    assert not out.exists()  # nothing ran, nothing was written
+
+
+def test_bad_cli_values_fail_before_any_run(sims_file: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    for extra, needle in ((["--set", "model.nonsense=1"], "--set model.nonsense"), (["--seeds", "0"], "--seeds"),
+                          (["--jobs", "0"], "--jobs")):
+        assert main(["experiment", "table5_ablation", "--out", str(out), "--data", str(sims_file), *extra,
+                     "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
+    assert not out.exists()
+    with pytest.raises(AffectusError, match="no data"):
+        run_experiment({"runs": [{"name": "CMC"}]}, tmp_path / "x")
+
+
+# ------------------------------------------------------------------------------- running tables
+
+
+def test_table5_end_to_end(table5_reference: Path) -> None:
+    md = (table5_reference / "results.md").read_text(encoding="utf-8")
+    header = next(line for line in md.splitlines() if line.startswith("| Run"))
+    for column in ("D_test Acc2", "D_msc Acc2", "D_msi Acc2", "Params", "Seeds"):
+        assert column in header
+    for row in TABLE5_ROWS:
+        line = next(x for x in md.splitlines() if x.startswith(f"| {row} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert all("±" in c for c in cells[1:7]), line  # D_test / D_msc / D_msi Acc2 and F1, mean ± std
+        assert cells[-1] == "2" and int(cells[-2].replace(",", "")) > 0
+    lines = (table5_reference / "results.csv").read_text(encoding="utf-8").splitlines()
+    header = lines[0].split(",")
+    assert "d_test.acc2" in header and "d_msi.acc2" in header and "modalities.audio.acc2" in header
+    kinds = [line.split(",")[0] for line in lines[1:]]
+    assert kinds.count("run") == 14 and kinds.count("mean") == 7 and kinds.count("std") == 7
+    plan = json.loads((table5_reference / "experiment.json").read_text(encoding="utf-8"))
+    assert len(plan["runs"]) == 14 and plan["family"] == "sims"
+    for run in plan["runs"]:
+        saved = json.loads((table5_reference / run["dir"] / "config.json").read_text(encoding="utf-8"))
+        assert saved["variant"] == run["variant"] and saved["train"]["seed"] == run["seed"]
+
+
+def _mtimes(out: Path) -> dict[str, int]:
+    return {p.parent.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*/run.json")}
+
+
+def test_interrupted_experiment_resumes_to_the_same_results(sims_file: Path, table5_reference: Path,
+                                                            tmp_path: Path, monkeypatch) -> None:
+    from affectus.training import tasks
+
+    original = tasks.Stage2Task.start_epoch
+    calls = {"n": 0}
+
+    def interrupt(self, epoch):
+        if epoch == 2:
+            calls["n"] += 1
+            if calls["n"] == 3:  # the 3rd run, mid stage 2: its state.pt holds stage 2's first epoch
+                raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(tasks.Stage2Task, "start_epoch", interrupt)
+    out = tmp_path / "cut"
+    args = ["experiment", "table5_ablation", "--out", str(out), "--data", str(sims_file), "--seeds", "2", *FAST]
+    assert main(args) == 130
+    runs = out / "runs"
+    assert sorted(_mtimes(out)) == ["cmc__seed=1", "cmc__seed=2"]
+    assert (runs / "w-o-plgm__seed=1" / "state.pt").exists()
+    assert not (out / "results.csv").exists()
+    before = _mtimes(out)
+    monkeypatch.setattr(tasks.Stage2Task, "start_epoch", original)
+    assert main(args) == 0
+    after = _mtimes(out)
+    assert len(after) == 14 and all(after[k] == v for k, v in before.items())  # finished runs not retrained
+    assert not list(runs.glob("*/state.pt"))
+    for name in ("results.csv", "results.md"):
+        assert (out / name).read_text() == (table5_reference / name).read_text(), name
+    # a finished experiment re-run trains nothing; changing a setting into the same OUT is refused
+    summary = run_experiment("table5_ablation", out, data=str(sims_file), seeds=2, overrides=FAST_OVERRIDES,
+                             threads=1, progress=False)
+    assert summary["trained"] == 0 and summary["finished_before"] == 14 and _mtimes(out) == after
+    with pytest.raises(AffectusError, match="another configuration"):
+        run_experiment("table5_ablation", out, data=str(sims_file), seeds=2,
+                       overrides={**FAST_OVERRIDES, "train.lr": 0.01}, threads=1, progress=False)
+
+
+def test_jobs_2_gives_the_same_results(sims_file: Path, table5_reference: Path, tmp_path: Path) -> None:
+    """Two worker processes train the same runs as one process: identical per-run and mean/std lines.
+
+    Two Table V rows keep it quick (spawned workers each import torch); the lines of those rows must
+    equal the lines of the uninterrupted one-process reference."""
+    spec = yaml.safe_load(find_spec("table5_ablation").read_text(encoding="utf-8"))
+    spec["runs"] = [r for r in spec["runs"] if r["name"] in ("CMC", "w/o MCR")]
+    path = tmp_path / "two_rows.yaml"
+    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    out = tmp_path / "parallel"
+    assert main(["experiment", str(path), "--out", str(out), "--data", str(sims_file), "--seeds", "2",
+                 "--jobs", "2", *FAST]) == 0
+
+    def lines(folder: Path) -> list[str]:
+        text = (folder / "results.csv").read_text(encoding="utf-8").splitlines()
+        return [text[0]] + [x for x in text[1:] if x.split(",")[1] in ("cmc", "w-o-mcr")]
+
+    assert lines(out) == lines(table5_reference)
+    assert len(lines(out)) == 1 + 4 + 4
+    # aggregate() alone rewrites the same files from the run directories
+    before = (out / "results.md").read_text(encoding="utf-8")
+    rows = aggregate(out)
+    assert [r["row"] for r in rows] == ["CMC", "w/o MCR"] and all(r["n_seeds"] == 2 for r in rows)
+    assert (out / "results.md").read_text(encoding="utf-8") == before
+
+
+def test_modality_columns_and_retention_slopes(sims_file: Path, tmp_path: Path) -> None:
+    spec = {"name": "retention", "seeds": 1, "runs": [{"name": "CMC"}, {"name": "CMC-GT", "variant": "cmc_gt"}],
+            "grid": {"train.consistent_retention": [0.5, 1.0]},
+            "report": {"slope_over": "train.consistent_retention"}}
+    run_experiment(spec, tmp_path / "ret", data=str(sims_file), overrides=FAST_OVERRIDES, threads=1, progress=False)
+    md = (tmp_path / "ret" / "results.md").read_text(encoding="utf-8")
+    assert "| Run | train.consistent_retention |" in md and "D_msc slope" in md
+    slope_rows = [x for x in md.split("## Slope")[1].splitlines() if x.startswith("| CMC")]
+    assert len(slope_rows) == 2
+    for line in slope_rows:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert all(c != "-" for c in cells[1:4]), line  # D_test / D_msc / D_msi slopes from 2 points
+
+    unimodal = yaml.safe_load(find_spec("table6_unimodal").read_text(encoding="utf-8"))
+    run_experiment(unimodal, tmp_path / "uni", data=str(sims_file), seeds=1, overrides=FAST_OVERRIDES, threads=1,
+                   progress=False)
+    md = (tmp_path / "uni" / "results.md").read_text(encoding="utf-8")
+    assert "Audio Acc2" in md and "Vision Acc2" in md and "D_test Acc2" not in md
