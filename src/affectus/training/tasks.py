@@ -154,16 +154,13 @@ class Stage1Task:
         return self.best_labels.clone(), self.best_val_labels.clone()
 
 
-class Stage2Task:
-    """Multimodal finetuning (eqs. 10-18); `single` loss keeps only eq. 15."""
+class _SelectsBestState:
+    """Shared by single-model tasks: keep the weights of the epoch with the lowest `select_key` loss."""
 
-    name = "stage2"
+    name = "train"
+    select_key = "loss"
 
-    def __init__(self, train_targets, val_targets, val_batches, cfg, family: str):
-        self.cfg = cfg
-        self.family = family
-        self.train_targets = train_targets  # (N_train, 3) fixed stage-1 pseudo labels
-        self.val_targets = val_targets  # (N_val, 3)
+    def __init__(self, val_batches) -> None:
         self.val_batches = val_batches
         self.best_loss = float("inf")
         self.best_epoch = 0
@@ -171,6 +168,40 @@ class Stage2Task:
 
     def start_epoch(self, epoch: int) -> None:
         pass
+
+    def after_step(self, model) -> None:
+        pass
+
+    def end_epoch(self, epoch: int, model, val: dict[str, float]) -> bool:
+        if val[self.select_key] < self.best_loss:
+            self.best_loss = val[self.select_key]
+            self.best_epoch = epoch
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            return True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_loss": self.best_loss, "best_epoch": self.best_epoch, "best_state": self.best_state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_loss = state["best_loss"]
+        self.best_epoch = state["best_epoch"]
+        self.best_state = state["best_state"]
+
+
+class Stage2Task(_SelectsBestState):
+    """Multimodal finetuning (eqs. 10-18); `single` loss keeps only eq. 15."""
+
+    name = "stage2"
+
+    def __init__(self, train_targets, val_targets, val_batches, cfg, family: str):
+        super().__init__(val_batches)
+        self.cfg = cfg
+        self.family = family
+        self.train_targets = train_targets  # (N_train, 3) fixed stage-1 pseudo labels
+        self.val_targets = val_targets  # (N_val, 3)
+        # the authors select on the total validation loss (eq. 18); `multimodal` selects on eq. 15
+        self.select_key = "ce_m" if cfg.stage2_select == "multimodal" else "loss"
 
     def _loss(self, model, batch: Batch, targets: torch.Tensor):
         out = model(batch)
@@ -188,9 +219,6 @@ class Stage2Task:
         targets = self.train_targets[batch.index.cpu()].to(batch.classes.device)
         return self._loss(model, batch, targets)
 
-    def after_step(self, model) -> None:
-        pass
-
     def validate(self, model) -> dict[str, float]:
         total, multimodal, n = 0.0, 0.0, 0
         for batch in self.val_batches():
@@ -202,44 +230,13 @@ class Stage2Task:
             n += len(batch)
         return {"loss": total / max(n, 1), "ce_m": multimodal / max(n, 1)}
 
-    def end_epoch(self, epoch: int, model, val: dict[str, float]) -> bool:
-        key = "ce_m" if getattr(getattr(self, "cfg", None), "stage2_select", "total") == "multimodal" else "loss"
-        if val[key] < self.best_loss:
-            self.best_loss = val[key]
-            self.best_epoch = epoch
-            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            return True
-        return False
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"best_loss": self.best_loss, "best_epoch": self.best_epoch, "best_state": self.best_state}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best_loss = state["best_loss"]
-        self.best_epoch = state["best_epoch"]
-        self.best_state = state["best_state"]
-
-
-class SupervisedTask:
+class SupervisedTask(_SelectsBestState):
     """Single-stage training of a baseline on the multimodal 3-class label; selects on validation CE."""
-
-    name = "train"
-
-    def __init__(self, val_batches):
-        self.val_batches = val_batches
-        self.best_loss = float("inf")
-        self.best_epoch = 0
-        self.best_state: dict[str, torch.Tensor] | None = None
-
-    def start_epoch(self, epoch: int) -> None:
-        pass
 
     def loss(self, model, batch: Batch):
         loss = F.cross_entropy(model(batch).logits, batch.classes)
         return loss, {"loss": loss.item()}
-
-    def after_step(self, model) -> None:
-        pass
 
     def validate(self, model) -> dict[str, float]:
         total, n = 0.0, 0
@@ -248,7 +245,3 @@ class SupervisedTask:
             total += F.cross_entropy(model(batch).logits, batch.classes, reduction="sum").item()
             n += len(batch)
         return {"loss": total / max(n, 1)}
-
-    end_epoch = Stage2Task.end_epoch
-    state_dict = Stage2Task.state_dict
-    load_state_dict = Stage2Task.load_state_dict
