@@ -21,27 +21,34 @@ Also checks that faithful and reference compute the same function (eval mode, sa
 
 from __future__ import annotations
 
+import os
+
+# OpenMP threads that spin while waiting for work steal the CPU from the thread that has work when
+# the machine runs more threads than cores (a shared machine): a step of many small ops then gets
+# ~5-10x slower, a step of few large ops far less. Sleep instead, for all variants alike; set
+# OMP_WAIT_POLICY=ACTIVE to measure the other regime. Must be set before torch loads OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
-import os
 import platform
 import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_cmc import PlainCMC, reference_to_cmc_state  # noqa: E402
+from reference_cmc import PlainCMC, reference_to_cmc_state
 
-from affectus.data.batches import Batch  # noqa: E402
-from affectus.models.cmc import CMC, CMCConfig  # noqa: E402
-from affectus.models.layers import bucket_order  # noqa: E402
+from affectus.data.batches import Batch
+from affectus.models.cmc import CMC, CMCConfig
+from affectus.models.layers import bucket_order
 
 SHAPES = {"text": (50, 768), "audio": (375, 5), "vision": (500, 20)}  # CMU-MOSI (MMSA unaligned)
 N_TRAIN = 1284
@@ -87,15 +94,19 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: Batch,
 
 
 def spread(batches: list[np.ndarray], k: int) -> list[np.ndarray]:
-    """k batches evenly spread over a list (all of them when k >= len; else full batches only)."""
+    """k full batches at the midpoints of k equal strata of the list (all batches when k >= len):
+    over length-sorted buckets, an unbiased sample of an epoch's cost (endpoints would overweight
+    the longest bucket, whose cost grows with the square of its length)."""
     if k >= len(batches):
         return batches
     full = [b for b in batches if len(b) == max(len(x) for x in batches)]
-    return [full[int(i)] for i in np.linspace(0, len(full) - 1, k).round()]
+    return [full[int((i + 0.5) * len(full) / k)] for i in range(k)]
 
 
 @torch.no_grad()
-def max_output_diff(ref: PlainCMC, ours: CMC, data: dict[str, np.ndarray], batches: list[np.ndarray]) -> float:
+def max_output_diff(
+    ref: PlainCMC, ours: CMC, data: dict[str, np.ndarray], batches: list[np.ndarray]
+) -> float:
     ref.eval()
     ours.eval()
     diff = 0.0
@@ -103,8 +114,12 @@ def max_output_diff(ref: PlainCMC, ours: CMC, data: dict[str, np.ndarray], batch
         b = make_batch(data, rows, cut=False)
         final, unimodal, w, h = ref(b.text, b.audio, b.vision)
         out = ours(b)
-        for x, y in ((final, out.logits), (unimodal, out.modality_logits), (w, out.router_weights),
-                     (h, out.embeddings)):
+        for x, y in (
+            (final, out.logits),
+            (unimodal, out.modality_logits),
+            (w, out.router_weights),
+            (h, out.embeddings),
+        ):
             diff = max(diff, float((x - y).abs().max()))
     return diff
 
@@ -112,7 +127,9 @@ def max_output_diff(ref: PlainCMC, ours: CMC, data: dict[str, np.ndarray], batch
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="4 batches per variant per round, 3 rounds")
-    ap.add_argument("--batches", type=int, default=None, help="batches per variant per round (default: epoch)")
+    ap.add_argument(
+        "--batches", type=int, default=None, help="batches per variant per round (default: epoch)"
+    )
     ap.add_argument("--rounds", type=int, default=None, help="repeats (default 1, --quick 3)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--seed", type=int, default=0)
@@ -151,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, (model, plain, _, cut) in models.items():
         model.train()
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        steps[name] = (lambda rows, model=model, opt=opt, plain=plain, cut=cut:
-                       train_step(model, opt, make_batch(data, rows, cut), plain))
+        steps[name] = lambda rows, model=model, opt=opt, plain=plain, cut=cut: train_step(
+            model, opt, make_batch(data, rows, cut), plain
+        )
         steps[name](models[name][2][0])  # warm-up, not timed
 
     per_round: dict[str, list[float]] = {name: [] for name in models}  # samples/s
@@ -178,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "CMC stage-2 training epoch, simulated CMU-MOSI shapes",
         "device": f"cpu ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads",
         "torch": torch.__version__,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "samples_per_epoch": N_TRAIN,
         "batch_size": batch_size,
         "batches_timed_per_round": n_batches,

@@ -27,7 +27,13 @@ class PlainEncoder(nn.Module):
         self.bn = nn.BatchNorm1d(in_dim) if batchnorm else None
         self.proj = nn.Conv1d(in_dim, d, kernel_size=1, bias=False)
         layer = nn.TransformerEncoderLayer(
-            d, heads, dim_feedforward=128, dropout=dropout, activation="relu", batch_first=True, norm_first=True
+            d,
+            heads,
+            dim_feedforward=128,
+            dropout=dropout,
+            activation="relu",
+            batch_first=True,
+            norm_first=True,
         )
         self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
@@ -63,8 +69,16 @@ class PlainRouter(nn.Module):
 
 
 class PlainCMC(nn.Module):
-    def __init__(self, dims: dict[str, int], layers: int, heads: int, output_dropout: float, tau: float = 0.07,
-                 attn_dropout: float = 0.1, d: int = 32):
+    def __init__(
+        self,
+        dims: dict[str, int],
+        layers: int,
+        heads: int,
+        output_dropout: float,
+        tau: float = 0.07,
+        attn_dropout: float = 0.1,
+        d: int = 32,
+    ):
         super().__init__()
         self.tau = tau
         self.encoders = nn.ModuleDict(

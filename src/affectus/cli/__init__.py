@@ -5,7 +5,13 @@ Every user-facing failure is an `AffectusError`: we print its one line to stderr
 
 from __future__ import annotations
 
+import os
 import sys
+
+# Before torch loads OpenMP: on a busy CPU, spinning worker threads steal the cores from the thread
+# with work, and our many-small-op training steps get 5-10x slower (docs/model.md). A user's own
+# setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import typer
 

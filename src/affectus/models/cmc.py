@@ -114,18 +114,22 @@ class CMC(nn.Module):
             hs.append(self.encoders[m](x, batch.lengths(m)))  # (B, d)
         return torch.stack(hs, dim=1)  # (B, 3, d)
 
+    def _head_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """p_k applied to row k of h: (B, 3, d) -> (B, 3, C) (eqs. 5-6, 11)."""
+        return torch.stack([self.heads[m](h[:, k]) for k, m in enumerate(MODALITIES)], dim=1)
+
     # -- the two stages ---------------------------------------------------------------------------
     def unimodal_forward(self, batch: Batch) -> ModelOutput:
         """Stage 1: each head on its own modality's h_k (eq. 5), no PFM, no router."""
         h = self.embed(batch)  # (B, 3, d)
-        logits = torch.stack([self.heads[m](h[:, k]) for k, m in enumerate(MODALITIES)], dim=1)  # (B, 3, C)
+        logits = self._head_logits(h)  # (B, 3, C)
         return ModelOutput(logits=logits.mean(dim=1), modality_logits=logits, embeddings=h)
 
     def forward(self, batch: Batch) -> ModelOutput:
         """Stage 2: PFM -> per-modality logits (eq. 11) -> router (eq. 13) -> fused logits (eq. 14)."""
         h = self.embed(batch)  # (B, 3, d), eq. 10
         fused = pfm(h, self.config.tau) if self.config.use_pfm else h  # (B, 3, d)
-        logits = torch.stack([self.heads[m](fused[:, k]) for k, m in enumerate(MODALITIES)], dim=1)  # (B, 3, C)
+        logits = self._head_logits(fused)  # eq. 11: (B, 3, C)
         if self.config.use_router:
             w = self.router(fused)  # (B, 3)
         else:
@@ -162,7 +166,7 @@ def _load_bert(path: str | None, bert_config: Any | None) -> nn.Module:
         return BertModel(bert_config, add_pooling_layer=False)
     try:
         return BertModel.from_pretrained(path, local_files_only=True, add_pooling_layer=False)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # missing files; a path that is not a valid model name
         raise AffectusError(f"cannot load BERT from {path!r} (local files only): {exc}") from exc
 
 
