@@ -158,3 +158,29 @@ def test_cmc_gt_needs_unimodal_labels(tmp_path: Path, capsys) -> None:
     rc = main(["train", "--data", str(path), "--variant", "cmc_gt", "--out", str(tmp_path / "gt"), *FAST])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "unimodal labels" in err[0]
+
+
+def test_bert_text_path_trains_and_reloads_without_the_bert_directory(tmp_path: Path) -> None:
+    """Text through a (tiny, randomly initialised) BERT, fine-tuned; the run reloads on its own."""
+    transformers = pytest.importorskip("transformers")
+    import shutil
+
+    bert_dir = tmp_path / "tiny-bert"
+    config = transformers.BertConfig(vocab_size=128, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=16)
+    transformers.BertModel(config, add_pooling_layer=False).save_pretrained(bert_dir)
+    data = tmp_path / "bert.pkl"
+    write_pickle(generate(tiny_config(with_text_bert=True)), data)
+    out = tmp_path / "run"
+    rc = main(["train", "--data", str(data), "--out", str(out), "--set", "model.text_input=bert",
+               "--set", f"model.bert_path={bert_dir}", *FAST])
+    assert rc == 0
+    assert (out / "bert_config.json").exists()
+    weights = load_file(str(out / "model.safetensors"))
+    assert any(k.startswith("bert.") for k in weights)
+    shutil.rmtree(bert_dir)
+    import affectus
+    from affectus.data.mmsa import load_dataset
+
+    pred = affectus.load(out).predict(load_dataset(data)["test"])
+    assert pred.probabilities.shape[1] == 3

@@ -191,6 +191,10 @@ def train_run(
     }
     if bank_tensors:
         ckpt.save_tensors(out / "bank.safetensors", bank_tensors)
+    bert = getattr(model, "bert", None)
+    if bert is not None:
+        # BERT's architecture beside its weights (in model.safetensors): loading needs no hub or path
+        write_json_atomic(out / "bert_config.json", bert.config.to_dict())
     write_json_atomic(out / "metrics.json", {"split": plan.eval, **metrics})
     ckpt.write_run(out, info, {k: v for k, v in model.state_dict().items()})
     if state_path.exists():
