@@ -326,3 +326,21 @@ def test_text_beats_audio_and_all_three_beat_text_on_d_msi():
     assert text[0] > audio[0] + 0.05
     assert both[0] > text[0] + 0.03
     assert both[1] > text[1] + 0.04
+
+
+def test_synth_cli_custom_dims_and_seq_lens(tmp_path, capsys):
+    import affectus.cli.synth_cmd  # noqa: F401
+    from affectus.cli import main
+    from affectus.data.mmsa import load_dataset
+
+    out = tmp_path / "custom.pkl"
+    rc = main(["synth", "--preset", "sims", "--n-train", "20", "--n-valid", "8", "--n-test", "8",
+               "--dims", "6,5,4", "--seq-lens", "3,7,2", "--out", str(out)])
+    assert rc == 0
+    ds = load_dataset(out)
+    assert ds.dims == {"text": 6, "audio": 5, "vision": 4}
+    assert ds.seq_lens == {"text": 3, "audio": 7, "vision": 2}
+    capsys.readouterr()
+    assert main(["synth", "--preset", "sims", "--dims", "6,5", "--out", str(tmp_path / "bad.pkl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--dims" in err[0]

@@ -39,6 +39,12 @@ def synth(
     ] = None,
     npz: Annotated[bool, typer.Option("--npz", help="write the pickle-free .npz form")] = False,
     max_gb: Annotated[float, typer.Option("--max-gb", help="refuse more feature data than this")] = 4.0,
+    dims: Annotated[
+        str | None, typer.Option("--dims", help="feature dims T,A,V instead of the preset's, e.g. 32,16,24")
+    ] = None,
+    seq_lens: Annotated[
+        str | None, typer.Option("--seq-lens", help="sequence lengths T,A,V instead of the preset's")
+    ] = None,
 ) -> None:
     """Generate a synthetic dataset whose modalities conflict at a controlled rate."""
     from affectus.data.mmsa import dataset_from_raw, write_npz, write_pickle
@@ -54,6 +60,9 @@ def synth(
     ):
         if value is not None:
             overrides[field] = value
+    for field, text in (("dims", dims), ("seq_lens", seq_lens)):
+        if text is not None:
+            overrides[field] = _triple(field, text)
     if not max_gb > 0:
         raise AffectusError(f"synth: --max-gb must be > 0 (got {max_gb})")
     config = SynthConfig.from_preset(preset, scale=scale, seq_scale=seq_scale, **overrides)
@@ -100,3 +109,15 @@ def synth(
         f"{seconds:.1f}s): synthetic {config.name} seed {config.seed}, train/valid/test {sizes}, "
         f"dims t/a/v {dims}, seq lens {lens}, {subsets}, audio -inf {summary['audio_neg_inf']}"
     )
+
+
+def _triple(name: str, text: str) -> dict[str, int]:
+    """'32,16,24' -> {'text': 32, 'audio': 16, 'vision': 24}."""
+    parts = text.split(",")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != 3 or min(values) < 1:
+        raise AffectusError(f"synth: --{name.replace('_', '-')} {text!r}: expected three positive integers T,A,V")
+    return dict(zip(("text", "audio", "vision"), values))
