@@ -329,7 +329,6 @@ def test_text_beats_audio_and_all_three_beat_text_on_d_msi():
 
 
 def test_synth_cli_custom_dims_and_seq_lens(tmp_path, capsys):
-    import affectus.cli.synth_cmd  # noqa: F401
     from affectus.cli import main
     from affectus.data.mmsa import load_dataset
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from affectus.inference.predictor import Predictor, load  # noqa: F401
+from affectus.inference.predictor import Predictor, load
 
 
 def train(

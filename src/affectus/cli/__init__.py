@@ -26,13 +26,15 @@ app = typer.Typer(
 )
 
 # Command modules register themselves on `app` when imported.
-from affectus.cli import data_cmds  # noqa: E402,F401
-from affectus.cli import train_cmds  # noqa: E402,F401
-from affectus.cli import synth_cmd  # noqa: E402,F401
-from affectus.cli import demo_cmd  # noqa: E402,F401
-from affectus.cli import report_cmd  # noqa: E402,F401
-from affectus.cli import sweep_cmd  # noqa: E402,F401
-from affectus.cli import experiment_cmd  # noqa: E402,F401
+from affectus.cli import (
+    data_cmds,  # noqa: F401
+    demo_cmd,  # noqa: F401
+    experiment_cmd,  # noqa: F401
+    report_cmd,  # noqa: F401
+    sweep_cmd,  # noqa: F401
+    synth_cmd,  # noqa: F401
+    train_cmds,  # noqa: F401
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import typer
@@ -37,7 +36,7 @@ def demo_dataset(seed: int = 1111):
 
 @app.command()
 def demo(
-    out: Optional[Path] = typer.Option(None, "--out", help="keep the two run directories here (default: a temp dir)"),
+    out: Path | None = typer.Option(None, "--out", help="keep the two run directories here (default: a temp dir)"),
     seed: int = typer.Option(1111, "--seed"),
     threads: int = typer.Option(0, "--threads", help="CPU threads (0: torch's default)"),
 ) -> None:

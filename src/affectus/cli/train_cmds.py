@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -46,7 +45,7 @@ def _log(line: str) -> None:
     console.print(line, markup=False, highlight=False)
 
 
-def load_data(data: str, preset: Optional[str]):
+def load_data(data: str, preset: str | None):
     """DATA may be a file or, for the simulator, `synth:PRESET` (generated in memory)."""
     from affectus.data.mmsa import load_dataset
     from affectus.data.presets import load_preset
@@ -67,12 +66,12 @@ def train(
     out: Path = typer.Option(..., "--out", help="run directory to write"),
     model: str = typer.Option("cmc", "--model", help="model name (see `affectus models`)"),
     variant: str = typer.Option("cmc", "--variant", help="CMC variant (see `affectus models`)"),
-    preset: Optional[str] = typer.Option(None, "--preset", help="dataset preset: sims, simsv2, mosi, mosei, mosi-utterance"),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML config: {model: {...}, train: {...}}"),
+    preset: str | None = typer.Option(None, "--preset", help="dataset preset: sims, simsv2, mosi, mosei, mosi-utterance"),
+    config: Path | None = typer.Option(None, "--config", help="YAML config: {model: {...}, train: {...}}"),
     set_: list[str] = typer.Option([], "--set", help="override a config key, e.g. --set model.layers=3"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda[:N]"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch"),
+    seed: int | None = typer.Option(None, "--seed"),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda[:N]"),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in --out"),
     quiet: bool = typer.Option(False, "--quiet", help="no per-epoch lines"),
 ) -> None:
@@ -97,7 +96,7 @@ def train(
 def evaluate(
     run_dir: Path = typer.Argument(..., help="a finished run directory"),
     data: str = typer.Option(..., "--data", help="MMSA pickle / .npz file"),
-    split: Optional[str] = typer.Option(None, "--split", help="split to score (default: the run's evaluation split)"),
+    split: str | None = typer.Option(None, "--split", help="split to score (default: the run's evaluation split)"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Score a trained run on a split of DATA."""

@@ -32,7 +32,7 @@ class Batch:
     def __len__(self) -> int:
         return int(self.index.shape[0])
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         moved = {}
         for f in fields(self):
             v = getattr(self, f.name)

@@ -45,7 +45,7 @@ class Split:
     def lengths(self, modality: str) -> np.ndarray:
         return getattr(self, f"{modality}_lengths")
 
-    def subset(self, rows: np.ndarray, name: str | None = None) -> "Split":
+    def subset(self, rows: np.ndarray, name: str | None = None) -> Split:
         """A new split holding `rows` (an index array or boolean mask), re-indexed from 0."""
         rows = np.asarray(rows)
         if rows.dtype == bool:

@@ -8,8 +8,9 @@ config dataclass.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import Any
 
 from affectus.errors import AffectusError
 

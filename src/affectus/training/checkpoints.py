@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save as st_save
+from safetensors.torch import load_file
+from safetensors.torch import save as st_save
 
 from affectus.errors import AffectusError
 from affectus.utils.io import write_bytes_atomic, write_json_atomic

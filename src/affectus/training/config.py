@@ -152,7 +152,7 @@ class ResolvedConfig:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ResolvedConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ResolvedConfig:
         train = TrainConfig()
         _apply({f.name for f in dataclasses.fields(TrainConfig)}, train, d.get("train", {}), "train")
         return cls(d["model_name"], d.get("variant", "cmc"), dict(d["model"]), train, d.get("preset"))
