@@ -184,3 +184,23 @@ def test_bert_text_path_trains_and_reloads_without_the_bert_directory(tmp_path: 
 
     pred = affectus.load(out).predict(load_dataset(data)["test"])
     assert pred.probabilities.shape[1] == 3
+
+
+def test_consistent_retention_keeps_every_inconsistent_sample() -> None:
+    from affectus.data.mmsa import dataset_from_raw
+    from affectus.errors import AffectusError
+    from affectus.evaluation.subsets import consistency_masks
+    from affectus.training.trainer import retain_consistent
+
+    train = dataset_from_raw(generate(tiny_config(n_train=200)))["train"]
+    msc, msi = consistency_masks(train.labels, train.unimodal_labels)
+    kept = retain_consistent(train, 0.25, seed=1)
+    kmsc, kmsi = consistency_masks(kept.labels, kept.unimodal_labels)
+    assert int(kmsi.sum()) == int(msi.sum())
+    assert int(kmsc.sum()) == round(0.25 * int(msc.sum()))
+    assert set(kept.ids) <= set(train.ids)
+    assert retain_consistent(train, 0.25, seed=1).ids == kept.ids  # deterministic by seed
+    assert len(retain_consistent(train, 0.0, seed=1)) == int(msi.sum())
+    no_uni = dataset_from_raw(generate(tiny_config(with_unimodal_labels=False)))["train"]
+    with pytest.raises(AffectusError, match="unimodal labels"):
+        retain_consistent(no_uni, 0.5, seed=1)
