@@ -122,7 +122,7 @@ def params(
 ) -> None:
     """Print the model's parameter count without BERT (the paper's "Size" column)."""
     from affectus.data.presets import load_preset
-    from affectus.models.registry import create_model, make_config
+    from affectus.models.registry import create_model, make_config, non_bert_parameter_count
     from affectus.training.config import resolve_config
 
     p = load_preset(preset)
@@ -130,9 +130,7 @@ def params(
     values = dict(cfg.model)
     values["dims"] = dict(p.dims)
     m = create_model(model, make_config(model, values))
-    count = m.non_bert_parameter_count() if hasattr(m, "non_bert_parameter_count") else sum(
-        q.numel() for n, q in m.named_parameters() if not n.startswith("bert."))
-    print(count)
+    print(non_bert_parameter_count(m))
 
 
 @app.command("models")

@@ -290,7 +290,7 @@ def parameter_count(model_name: str, model_config: dict[str, Any]) -> int | None
     """Non-BERT parameters of the model a run trained (the paper's "Size"), rebuilt from its config."""
     key = json.dumps([model_name, model_config], sort_keys=True)
     if key not in _PARAMS_CACHE:
-        from affectus.models.registry import create_model, make_config
+        from affectus.models.registry import create_model, make_config, non_bert_parameter_count
 
         values = dict(model_config)
         if values.get("text_input") == "bert":
@@ -302,9 +302,7 @@ def parameter_count(model_name: str, model_config: dict[str, Any]) -> int | None
         except (AffectusError, TypeError, ValueError):
             _PARAMS_CACHE[key] = None
         else:
-            count = getattr(model, "non_bert_parameter_count", None)
-            _PARAMS_CACHE[key] = int(count() if count else sum(
-                p.numel() for n, p in model.named_parameters() if not n.startswith("bert.")))
+            _PARAMS_CACHE[key] = non_bert_parameter_count(model)
     return _PARAMS_CACHE[key]
 
 

@@ -21,7 +21,7 @@ from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError
 from affectus.models.layers import ConsensusRouter, ResidualHead, UnimodalEncoder, pfm
 from affectus.models.output import ModelOutput
-from affectus.models.registry import register_model
+from affectus.models.registry import non_bert_parameter_count, register_model
 
 
 @dataclass
@@ -151,7 +151,7 @@ class CMC(nn.Module):
 
     def non_bert_parameter_count(self) -> int:
         """The paper's "Size" (Table IV): every parameter outside BERT."""
-        return sum(p.numel() for n, p in self.named_parameters() if not n.startswith("bert."))
+        return non_bert_parameter_count(self)
 
 
 def _load_bert(path: str | None, bert_config: Any | None) -> nn.Module:

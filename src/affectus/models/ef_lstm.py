@@ -93,9 +93,6 @@ class EFLSTM(nn.Module):
         h = lstm_last_hidden(self.lstm, x, t_len)  # (B, H)
         return ModelOutput(logits=self.out(h))  # (B, C)
 
-    def non_bert_parameter_count(self) -> int:
-        return sum(p.numel() for n, p in self.named_parameters() if not n.startswith("bert."))
-
 
 @register_model("ef_lstm", EFLSTMConfig, "EF-LSTM: early-fusion LSTM on text-aligned features (MMSA)")
 def build(config: EFLSTMConfig) -> EFLSTM:

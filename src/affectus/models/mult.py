@@ -159,9 +159,6 @@ class MulT(nn.Module):
         hs = hs + self.proj2(F.dropout(F.relu(self.proj1(hs)), self.config.out_dropout, self.training))
         return ModelOutput(logits=self.head(hs))  # (B, C)
 
-    def non_bert_parameter_count(self) -> int:
-        return sum(p.numel() for n, p in self.named_parameters() if not n.startswith("bert."))
-
 
 @register_model("mult", MulTConfig, "MulT: crossmodal transformers on unaligned sequences (Tsai et al. 2019)")
 def build(config: MulTConfig) -> MulT:

@@ -72,5 +72,10 @@ def make_config(name: str, values: dict[str, Any]):
     return entry.config_cls(**values)
 
 
+def non_bert_parameter_count(model) -> int:
+    """The paper's "Size" (Table IV): every parameter outside a pretrained BERT (`bert.*`)."""
+    return sum(p.numel() for n, p in model.named_parameters() if not n.startswith("bert."))
+
+
 def create_model(name: str, config):
     return get_model_entry(name).build(config)

@@ -140,8 +140,6 @@ class SelfMM(nn.Module):
         out = self.multitask_forward(batch)
         return ModelOutput(logits=out.logits, regression=out.scores["fusion"])
 
-    def non_bert_parameter_count(self) -> int:
-        return sum(p.numel() for n, p in self.named_parameters() if not n.startswith("bert."))
 
     def make_task(self, train_split, select_split, val_batches, train_cfg) -> SelfMMTask:
         """Self-MM brings its own training task: the multi-task loss with ULGM's label bank."""

@@ -107,9 +107,6 @@ class TFN(nn.Module):
         z = torch.einsum("ba,bv,bt->bavt", z_a, z_v, z_t).flatten(1)
         return ModelOutput(logits=self.head(self.post_fusion(z)))  # (B, C)
 
-    def non_bert_parameter_count(self) -> int:
-        return sum(p.numel() for n, p in self.named_parameters() if not n.startswith("bert."))
-
 
 @register_model("tfn", TFNConfig, "TFN: tensor fusion of [h;1] outer products (Zadeh et al. 2017)")
 def build(config: TFNConfig) -> TFN:

@@ -171,7 +171,8 @@ def train_run(
     eval_split = dataset[plan.eval] if plan.eval in dataset else None
     metrics = evaluate_split(model, eval_split, plan.family, tc.batch_size, device) if eval_split is not None else {}
     # the selection split's scores: what sweeps and model choice may look at (never the test scores)
-    select_metrics = evaluate_split(model, select_split, plan.family, tc.batch_size, device)
+    same = plan.select == plan.eval and eval_split is not None  # e.g. mosi-utterance scores valid
+    select_metrics = metrics if same else evaluate_split(model, select_split, plan.family, tc.batch_size, device)
     info = {
         "model_name": cfg.model_name,
         "variant": cfg.variant,
@@ -298,8 +299,6 @@ def _train_cmc(model, cfg, train_split, select_split, plan, device, saved, out: 
     # ---- stage 2: multimodal finetuning ----
     stage2 = Stage2Task(train_targets, val_targets, val_batches, tc, plan.family)
     only = ("router.",) if tc.stage2_freeze_unimodal else None  # CMC-variant trains the router alone
-    if only is not None:
-        model.train()
     opt2 = _optimizer(model, dataclasses.replace(tc, lr=tc.stage2_lr or tc.lr), only_prefixes=only)
     if saved is not None:
         model.load_state_dict(saved["model"])
