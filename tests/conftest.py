@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
+from affectus.data.batches import Batch
 from affectus.data.mmsa import write_pickle
 
 DEFAULT_DIMS = {"text": 6, "audio": 4, "vision": 5}
@@ -100,3 +102,22 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str
         return rc, captured.out, captured.err
 
     return _run
+
+
+TINY_BATCH_DIMS = {"text": 6, "audio": 3, "vision": 4}
+
+
+def tiny_batch(b: int = 4, seed: int = 0) -> Batch:
+    """A hand-made Batch of up to 4 samples with awkward lengths, for model forward/backward tests."""
+    g = torch.Generator().manual_seed(seed)
+    return Batch(
+        text=torch.randn(b, 5, TINY_BATCH_DIMS["text"], generator=g),
+        audio=torch.randn(b, 7, TINY_BATCH_DIMS["audio"], generator=g),
+        vision=torch.randn(b, 3, TINY_BATCH_DIMS["vision"], generator=g),
+        text_lengths=torch.tensor([5, 3, 1, 0][:b]),  # 0 is read as 1
+        audio_lengths=torch.tensor([7, 2, 4, 9][:b]),  # 9 > L is read as L
+        vision_lengths=torch.tensor([3, 3, 2, 1][:b]),
+        index=torch.arange(b),
+        scores=torch.tensor([-1.5, 0.0, 0.6, 2.0][:b]),
+        classes=torch.tensor([0, 1, 2, 2][:b]),
+    )

@@ -17,14 +17,14 @@ import torch
 from safetensors.numpy import load_file
 
 from affectus.cli import main
-from affectus.data.batches import Batch
 from affectus.data.mmsa import write_pickle
 from affectus.data.synthetic import SynthConfig, generate
 from affectus.models.ef_lstm import align_to_steps
-from affectus.models.registry import create_model, list_models, make_config
+from affectus.models.registry import create_model, list_models, make_config, non_bert_parameter_count
 from affectus.models.self_mm import SelfMMTask
+from conftest import TINY_BATCH_DIMS, tiny_batch
 
-DIMS = {"text": 6, "audio": 3, "vision": 4}
+DIMS = TINY_BATCH_DIMS
 BASELINES = ("ef_lstm", "tfn", "mult", "self_mm")
 
 # Small widths so the registry-wide test stays fast; a model not listed is built at its defaults.
@@ -44,20 +44,6 @@ EXTRA_FORWARD = {"cmc": "unimodal_forward", "self_mm": "multitask_forward"}
 # LSTM exists only with text_encoder="lstm".
 UNUSED: dict[str, set[str]] = {name: set() for name in TINY}
 
-
-def _batch(b: int = 4, seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    return Batch(
-        text=torch.randn(b, 5, DIMS["text"], generator=g),
-        audio=torch.randn(b, 7, DIMS["audio"], generator=g),
-        vision=torch.randn(b, 3, DIMS["vision"], generator=g),
-        text_lengths=torch.tensor([5, 3, 1, 0][:b]),  # 0 is read as 1
-        audio_lengths=torch.tensor([7, 2, 4, 9][:b]),  # 9 > L is read as L
-        vision_lengths=torch.tensor([3, 3, 2, 1][:b]),
-        index=torch.arange(b),
-        scores=torch.tensor([-1.5, 0.0, 0.6, 2.0][:b]),
-        classes=torch.tensor([0, 1, 2, 2][:b]),
-    )
 
 
 def _build(name: str, **extra):
@@ -79,7 +65,7 @@ def _tensors(obj) -> list[torch.Tensor]:
 def test_every_model_forward_backward(name: str) -> None:
     torch.manual_seed(0)
     model = _build(name).train()
-    batch = _batch()
+    batch = tiny_batch()
     out = model(batch)
     assert out.logits.shape == (4, 3)
     if out.modality_logits is not None:
@@ -99,15 +85,14 @@ def test_every_model_forward_backward(name: str) -> None:
             continue
         assert p.grad is not None and torch.isfinite(p.grad).all(), f"{name}: {pname} gets no gradient"
         assert p.grad.abs().sum() > 0, f"{name}: {pname} gets a zero gradient"
-    if hasattr(model, "non_bert_parameter_count"):
-        assert model.non_bert_parameter_count() == sum(p.numel() for p in model.parameters())
+    assert non_bert_parameter_count(model) == sum(p.numel() for p in model.parameters())
 
 
 @pytest.mark.parametrize("name, extra", [(n, {}) for n in BASELINES] + [("self_mm", {"text_encoder": "mean"})])
 def test_baselines_ignore_padding(name: str, extra: dict) -> None:
     torch.manual_seed(0)
     model = _build(name, **extra).eval()
-    batch = _batch()
+    batch = tiny_batch()
     before = model(batch)
     batch.text[1, 3:] = 1e3  # beyond text_lengths[1] = 3
     batch.audio[1, 2:] = -1e3  # beyond audio_lengths[1] = 2
@@ -133,7 +118,7 @@ def test_align_to_steps_by_hand() -> None:
 def test_ulgm_labels_move_from_epoch_two_within_bounds() -> None:
     torch.manual_seed(0)
     model = _build("self_mm").train()
-    batch = _batch()
+    batch = tiny_batch()
     task = SelfMMTask(batch.scores.clone(), model.feature_dims(), lambda: [batch], bound=2.0, ce_weight=1.0)
     task.start_epoch(1)
     loss, parts = task.loss(model, batch)

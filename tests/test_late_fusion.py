@@ -6,26 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from affectus.data.batches import Batch
 from affectus.errors import AffectusError
 from affectus.models import registry
 from affectus.models.late_fusion import LateFusion, LateFusionConfig, build, masked_mean
+from conftest import TINY_BATCH_DIMS, tiny_batch
 
-DIMS = {"text": 6, "audio": 3, "vision": 4}
-
-
-def _batch(b: int = 4, seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    return Batch(
-        text=torch.randn(b, 5, DIMS["text"], generator=g),
-        audio=torch.randn(b, 7, DIMS["audio"], generator=g),
-        vision=torch.randn(b, 3, DIMS["vision"], generator=g),
-        text_lengths=torch.tensor([5, 3, 1, 0][:b]),  # 0 is clamped to 1
-        audio_lengths=torch.tensor([7, 2, 4, 9][:b]),  # 9 > L is clamped to L
-        vision_lengths=torch.tensor([3, 3, 2, 1][:b]),
-        index=torch.arange(b),
-        classes=torch.tensor([0, 1, 2, 2][:b]),
-    )
+DIMS = TINY_BATCH_DIMS
 
 
 def test_masked_mean_by_hand():
@@ -37,7 +23,7 @@ def test_masked_mean_by_hand():
 def test_forward_backward_reaches_every_parameter():
     torch.manual_seed(0)
     model = build(LateFusionConfig(dims=DIMS, hidden=8))
-    batch = _batch()
+    batch = tiny_batch()
     out = model(batch)
     assert out.logits.shape == (4, 3)
     assert out.modality_logits.shape == (4, 3, 3)
@@ -53,7 +39,7 @@ def test_forward_backward_reaches_every_parameter():
 
 def test_padding_does_not_change_the_output():
     model = LateFusion(LateFusionConfig(dims=DIMS, hidden=8)).eval()
-    batch = _batch()
+    batch = tiny_batch()
     before = model(batch).logits
     batch.text[1, 3:] = 1e3  # beyond text_lengths[1] = 3
     batch.audio[1, 2:] = -1e3  # beyond audio_lengths[1] = 2
@@ -62,14 +48,14 @@ def test_padding_does_not_change_the_output():
 
 def test_single_sample_batch_trains():
     model = LateFusion(LateFusionConfig(dims=DIMS, hidden=8)).train()
-    out = model(_batch(b=1))
+    out = model(tiny_batch(b=1))
     out.logits.sum().backward()
 
 
 def test_wrong_feature_size_is_a_clear_error():
     model = LateFusion(LateFusionConfig(dims={**DIMS, "audio": 5}))
     with pytest.raises(AffectusError, match="audio"):
-        model(_batch())
+        model(tiny_batch())
     with pytest.raises(AffectusError, match="vision"):
         LateFusion(LateFusionConfig(dims={"text": 6, "audio": 3}))
 
