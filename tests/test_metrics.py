@@ -306,7 +306,7 @@ def test_load_subset_ids_errors(tmp_path):
         load_subset_ids(bad)
     evil = tmp_path / "evil.pkl"
     evil.write_bytes(pickle.dumps({"id": _Evil()}))
-    with pytest.raises(AffectusError, match="refusing"):
+    with pytest.raises(AffectusError, match="not numpy data"):
         load_subset_ids(evil)
     odd = tmp_path / "odd.pkl"
     odd.write_bytes(pickle.dumps({"train": 1}))

@@ -177,7 +177,7 @@ class _Sneaky:
 def test_restricted_unpickler_refuses_other_globals(tmp_path):
     path = tmp_path / "sneaky.pkl"
     path.write_bytes(pickle.dumps({"train": _Sneaky()}))
-    with pytest.raises(AffectusError, match="restricted reader refuses") as err:
+    with pytest.raises(AffectusError, match="refused by the data-only pickle reader") as err:
         load_dataset(path)
     assert "getcwd" in str(err.value)
     # trusted: it unpickles (runs getcwd) and then fails validation as a non-dict split

@@ -5,6 +5,7 @@ Every user-facing failure is an `AffectusError`: we print its one line to stderr
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -25,6 +26,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+# `--trust-pickle`, on every command that reads a data file (docs/security.md).
+TRUST_PICKLE_HELP = "read a pickle with Python's own unpickler, which runs any code in the file (docs/security.md)"
+
 # Command modules register themselves on `app` when imported.
 from affectus.cli import (
     data_cmds,  # noqa: F401
@@ -37,11 +41,27 @@ from affectus.cli import (
 )
 
 
+class _StderrHandler(logging.Handler):
+    """Library log records as plain lines on whatever `sys.stderr` is now (tests swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """The CLI's one logging setup: affectus records go to stderr as plain lines."""
+    logger = logging.getLogger("affectus")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
+    logger.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     from affectus.training.plgm import enable_flush_denormal
 
     # before torch starts its worker threads: the flag only reaches threads created afterwards
     enable_flush_denormal()
+    setup_logging()
     try:
         # standalone mode: click reports usage errors itself (exit 2); ours arrive as AffectusError
         app(args=argv, prog_name="affectus", standalone_mode=True)

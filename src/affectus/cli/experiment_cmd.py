@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from affectus.cli import app
+from affectus.cli import TRUST_PICKLE_HELP, app
 
 console = Console(stderr=True)
 
@@ -33,13 +33,14 @@ def experiment(
     ] = None,
     threads: Annotated[int, typer.Option("--threads", help="torch threads per run (0: cores // jobs)")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar, no table")] = False,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help=TRUST_PICKLE_HELP)] = False,
 ) -> None:
     """Run an experiment spec; writes OUT/results.csv and OUT/results.md (mean ± std over seeds)."""
     from affectus.experiments.runner import run_experiment
     from affectus.training.config import parse_set
 
     summary = run_experiment(spec, out, data=data, preset=preset, seeds=seeds, jobs=jobs, overrides=parse_set(set_ or []),
-                             threads=threads, progress=not quiet,
+                             threads=threads, progress=not quiet, trust_pickle=trust_pickle,
                              log=None if quiet else lambda line: console.print(line, markup=False, highlight=False))
     if not quiet:
         print((out / "results.md").read_text(encoding="utf-8"))

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from affectus.cli import app
+from affectus.cli import TRUST_PICKLE_HELP, app
 
 
 @app.command()
@@ -20,6 +20,7 @@ def report(
         "--no-tensorboard", help="do not write RUN/tensorboard/ event files")] = False,
     samples: Annotated[int, typer.Option("--samples", min=1, help="samples listed in the flip and router sections")] = 30,
     threads: Annotated[int, typer.Option("--threads", min=1, help="CPU threads for torch (router section)")] = 1,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help=TRUST_PICKLE_HELP)] = False,
 ) -> None:
     """Write DIR/report/report.html: results (mean ± std over seeds), temperature and retention curves,
     training curves, PLGM flips, router weights; one self-contained page, PNGs beside it."""
@@ -30,5 +31,5 @@ def report(
         import torch
 
         torch.set_num_threads(threads)
-    path = build_report(directory, data=data, out=out, tensorboard=not no_tensorboard, max_samples=samples)
+    path = build_report(directory, data=data, out=out, trust_pickle=trust_pickle, tensorboard=not no_tensorboard, max_samples=samples)
     typer.echo(f"wrote {path}")

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from affectus.cli import app
+from affectus.cli import TRUST_PICKLE_HELP, app
 from affectus.errors import AffectusError
 
 console = Console(stderr=True)
@@ -73,6 +73,7 @@ def sweep(
     ] = False,
     report: Annotated[bool, Opt("--report", help="only write and print the report")] = False,
     quiet: Annotated[bool, Opt("--quiet", help="no per-trial lines")] = False,
+    trust_pickle: Annotated[bool, Opt("--trust-pickle", help=TRUST_PICKLE_HELP)] = False,
 ) -> None:
     """Search hyperparameters: each trial trains into OUT/trials/<n>/ and is scored on validation."""
     import json
@@ -123,10 +124,10 @@ def sweep(
     source = data or sp.data
     if source is None:
         raise AffectusError("no data: pass --data FILE or set data: in the spec")
-    from affectus.cli.train_cmds import load_data
+    from affectus.data.load import open_data
     from affectus.training.trainer import plan_for
 
-    ds, p = load_data(source, sp.preset)
+    ds, p = open_data(source, sp.preset, trust_pickle=trust_pickle)
     check_config_keys(sp, p)
     plan = plan_for(ds, p)
     worker = Worker(sp, out, url, name, heartbeat=heartbeat or None, log=log)

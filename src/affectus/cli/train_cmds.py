@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from affectus.cli import app
+from affectus.cli import TRUST_PICKLE_HELP, app
 from affectus.errors import AffectusError
 
 console = Console(stderr=True)
@@ -45,19 +45,7 @@ def _log(line: str) -> None:
     console.print(line, markup=False, highlight=False)
 
 
-def load_data(data: str, preset: str | None):
-    """DATA may be a file or, for the simulator, `synth:PRESET` (generated in memory)."""
-    from affectus.data.mmsa import load_dataset
-    from affectus.data.presets import load_preset
-
-    p = load_preset(preset) if preset else None
-    if data.startswith("synth:"):
-        from affectus.data.synthetic import generate_dataset
-
-        name = data.split(":", 1)[1] or preset or "mosi"
-        return generate_dataset(name), p or load_preset(name)
-    ds = load_dataset(data, preset=preset)
-    return ds, p
+TrustOpt = typer.Option(False, "--trust-pickle", help=TRUST_PICKLE_HELP)
 
 
 @app.command()
@@ -74,12 +62,14 @@ def train(
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in --out"),
     quiet: bool = typer.Option(False, "--quiet", help="no per-epoch lines"),
+    trust_pickle: bool = TrustOpt,
 ) -> None:
     """Train a model (CMC: both stages) and print the paper's metrics; writes OUT/metrics.json."""
+    from affectus.data.load import open_data
     from affectus.training.config import parse_set, resolve_config
     from affectus.training.trainer import plan_for, train_run
 
-    ds, p = load_data(data, preset)
+    ds, p = open_data(data, preset, trust_pickle=trust_pickle)
     overrides = parse_set(set_)
     for key, value in (("train.seed", seed), ("train.device", device), ("train.threads", threads)):
         if value is not None:
@@ -98,12 +88,14 @@ def evaluate(
     data: str = typer.Option(..., "--data", help="MMSA pickle / .npz file"),
     split: str | None = typer.Option(None, "--split", help="split to score (default: the run's evaluation split)"),
     as_json: bool = typer.Option(False, "--json"),
+    trust_pickle: bool = TrustOpt,
 ) -> None:
     """Score a trained run on a split of DATA."""
+    from affectus.data.load import open_data
     from affectus.inference.predictor import load
 
     predictor = load(run_dir)
-    ds, _ = load_data(data, predictor.info.get("config", {}).get("preset"))
+    ds, _ = open_data(data, predictor.info.get("config", {}).get("preset"), trust_pickle=trust_pickle)
     name = split or predictor.info.get("metrics_split", "test")
     if name not in ds:
         raise AffectusError(f"{data}: no split '{name}' (has {', '.join(ds.splits)})")

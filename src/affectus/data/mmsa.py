@@ -7,12 +7,11 @@ Two on-disk forms are read, told apart by their first bytes (not by the file nam
 * **affectus .npz**: the same content written by `write_npz` / `affectus convert`, loadable with
   `numpy.load(..., allow_pickle=False)`: no object arrays, strings stored as fixed unicode arrays.
 
-Safety: unpickling a file can run code chosen by whoever wrote it. We unpickle with a restricted
-unpickler that only resolves numpy's array/dtype/scalar constructors and plain containers, which covers
-every MMSA file we know of and blocks the usual exploits; it is still a parser of a complex format, so
-only load pickles you trust (check the published sha256), and prefer `affectus convert` once, then
-the .npz, which numpy reads without any code execution. `trust_pickle=True` lifts the restriction for
-pickles that reference other classes.
+Safety: unpickling a file can run code chosen by whoever wrote it. Pickles are read by the package's
+one data-only reader (`data/safe_pickle.py`), which never lets the file call anything: numpy arrays of
+plain dtypes and plain containers come through, everything else is refused. `trust_pickle=True` hands the
+file to Python's own unpickler instead (it runs whatever the file says). `docs/security.md` has the
+details; `affectus convert` writes the pickle-free .npz, which numpy reads without any code.
 
 Every problem a user can cause is an `AffectusError` whose one-line message names the file, the
 split and the key, and says what was expected.
@@ -22,18 +21,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
 from affectus.data.presets import Preset, load_preset
+from affectus.data.safe_pickle import UnsafePickleError, load_untrusted
 from affectus.data.types import MODALITIES, UNIMODAL_KEYS, MERDataset, Split
 from affectus.errors import AffectusError
 from affectus.utils.io import atomic_path
+
+_log = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "valid", "test")
 FEATURE_KEYS = MODALITIES  # (N, L, D) float features under the modality's own name
@@ -70,47 +73,18 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 # ----------------------------------------------------------------------------------------- reading files
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Resolves only the globals an MMSA pickle needs: numpy arrays, dtypes, scalars, containers."""
-
-    _ALLOWED: ClassVar[frozenset[tuple[str, str]]] = frozenset(
-        {
-            ("numpy", "ndarray"),
-            ("numpy", "dtype"),
-            ("numpy._core.multiarray", "_reconstruct"),
-            ("numpy._core.multiarray", "scalar"),
-            ("numpy._core.numeric", "_frombuffer"),  # protocol-5 pickles of arrays
-            ("numpy.core.multiarray", "_reconstruct"),  # the same, pickled by numpy < 2
-            ("numpy.core.multiarray", "scalar"),
-            ("numpy.core.numeric", "_frombuffer"),
-            ("_codecs", "encode"),  # protocol-2 pickles encode bytes through it
-            ("collections", "OrderedDict"),
-            ("builtins", "set"),
-            ("builtins", "frozenset"),
-            ("builtins", "complex"),
-            ("builtins", "slice"),
-            ("builtins", "bytearray"),
-        }
-    )
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self._ALLOWED and not module.startswith("numpy.dtypes"):
-            raise pickle.UnpicklingError(
-                f"pickle wants {module}.{name}, which the restricted reader refuses "
-                "(only numpy arrays and plain containers are allowed); if you trust the file, "
-                "load it with trust_pickle=True (CLI: --trust-pickle)"
-            )
-        if module.startswith("numpy.core"):  # numpy 2 moved numpy.core to numpy._core
-            module = "numpy._core" + module[len("numpy.core") :]
-        return super().find_class(module, name)
-
-
 def _read_pickle(path: str, trust_pickle: bool) -> Any:
     try:
         with open(path, "rb") as f:
             if trust_pickle:
                 return pickle.load(f)
-            return _RestrictedUnpickler(f).load()
+            return load_untrusted(f)
+    except UnsafePickleError as err:
+        raise _fail(
+            _where(path),
+            f"refused by the data-only pickle reader ({err}); if you trust the file's author, "
+            "pass --trust-pickle (Python: trust_pickle=True), or convert it once with affectus convert",
+        ) from None
     except Exception as err:  # noqa: BLE001 - a corrupt pickle can raise almost anything
         # EOFError / UnpicklingError("truncated") both mean the file ends early.
         truncated = isinstance(err, EOFError) or "truncated" in str(err)
@@ -183,6 +157,8 @@ def load_dataset(
     if fmt == "npz":
         raw, prior = _read_npz(spath)
     else:
+        if trust_pickle:
+            _log.warning("warning: --trust-pickle: reading %s with Python's own unpickler, which runs any code the file holds", spath)
         raw, prior = _read_pickle(spath, trust_pickle), {}
     dataset = dataset_from_raw(raw, source=spath)
     # Values already replaced when the npz was written still count: the npz holds the cleaned arrays.

@@ -249,7 +249,7 @@ def note(text: str) -> str:
 
 
 def build_report(root: str | Path, data: Any = None, out: str | Path | None = None, tensorboard: bool = True,
-                 max_samples: int = 30, log: Callable[[str], None] | None = None) -> Path:
+                 max_samples: int = 30, log: Callable[[str], None] | None = None, trust_pickle: bool = False) -> Path:
     """Write OUT/report.html (default DIR/report/) and its PNGs; returns the HTML path.
 
     data: a dataset file (str / Path, or 'synth:PRESET'), a loaded `MERDataset`, or None (the router
@@ -260,7 +260,12 @@ def build_report(root: str | Path, data: Any = None, out: str | Path | None = No
     root = Path(root)
     runs, skipped = find_runs(root)
     out_dir = Path(out) if out is not None else root / "report"
-    dataset = _load_data(data) if isinstance(data, (str, Path)) else data
+    if isinstance(data, (str, Path)):
+        from affectus.data.load import open_data
+
+        dataset = open_data(data, trust_pickle=trust_pickle)[0]
+    else:
+        dataset = data
     keys = varying_keys(runs)
     can_plot = plots.available()
     page = Page()
@@ -288,17 +293,6 @@ def build_report(root: str | Path, data: Any = None, out: str | Path | None = No
     if log:
         log(f"wrote {path} ({len(page.figures)} figures, {len(runs)} runs)")
     return path
-
-
-def _load_data(data: str | Path) -> Any:
-    text = str(data)
-    if text.startswith("synth:"):
-        from affectus.data.synthetic import generate_dataset
-
-        return generate_dataset(text.split(":", 1)[1] or "sims")
-    from affectus.data.mmsa import load_dataset
-
-    return load_dataset(text)
 
 
 def _overview(page: Page, runs: list[Run], keys: list[str], skipped: list[str]) -> None:

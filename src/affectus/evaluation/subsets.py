@@ -14,13 +14,13 @@ Two ways to get the subsets:
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from affectus.data.safe_pickle import load_untrusted
 from affectus.data.types import MODALITIES, to_classes
 from affectus.errors import AffectusError
 
@@ -49,39 +49,6 @@ def consistency_masks(scores: Any, unimodal_scores: Mapping[str, Any]) -> tuple[
 # ----------------------------------------------------------------------------------------------
 # The authors' subset files
 # ----------------------------------------------------------------------------------------------
-
-# A pickle can run any code on load; these files come from third parties, so only the classes an
-# MMSA-style pickle needs (numpy arrays, plain containers) may be rebuilt.
-_ALLOWED_GLOBALS = {
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"),
-    ("numpy._core.numeric", "_frombuffer"),
-    ("collections", "OrderedDict"),
-    ("_codecs", "encode"),  # protocol-2 pickles store bytes through it
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("builtins", "list"),
-    ("builtins", "dict"),
-    ("builtins", "tuple"),
-    ("builtins", "bytearray"),
-    ("builtins", "complex"),
-    ("builtins", "slice"),
-}
-
-
-class _DataOnlyUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _ALLOWED_GLOBALS:
-            raise pickle.UnpicklingError(
-                f"refusing to load {module}.{name}: only numpy arrays and plain data"
-            )
-        return super().find_class(module, name)
-
 
 def _ids_from(obj: Any, split: str) -> list[str] | None:
     """Ids from a list / array, a dict with 'id' (or 'ids'), or a split dict {'test': {'id': ...}}."""
@@ -118,22 +85,11 @@ def load_subset_ids(path: str | Path, split: str = "test") -> list[str]:
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            # latin1 lets Python-2 era numpy pickles load; Python-3 pickles are unaffected.
-            obj = _DataOnlyUnpickler(f, encoding="latin1").load()
+            obj = load_untrusted(f)
     except FileNotFoundError:
         raise AffectusError(f"subset file not found: {path}") from None
     # Whatever a corrupt or foreign pickle raises on the way in, it is a bad file for the user.
-    except (
-        pickle.UnpicklingError,
-        EOFError,
-        OSError,
-        ValueError,
-        TypeError,
-        AttributeError,
-        ImportError,
-        IndexError,
-        KeyError,
-    ) as e:
+    except Exception as e:  # noqa: BLE001
         raise AffectusError(f"cannot read subset file {path}: {type(e).__name__}: {e}") from None
     ids = _ids_from(obj, split)
     if ids is None:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from affectus.data.load import open_data, source_id
 from affectus.errors import AffectusError
 from affectus.experiments.spec import ExperimentSpec, PlannedRun, expand, load_spec
 from affectus.utils.io import write_json_atomic, write_text_atomic
@@ -38,23 +39,6 @@ def cpu_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
-
-
-def _load_data(data: str, preset_name: str | None):
-    """A file (checked against the preset when given) or `synth:NAME`, as `affectus train --data` reads it.
-
-    Kept here rather than imported from the CLI so the library does not depend on its doors."""
-    from affectus.data.mmsa import load_dataset
-
-    if data.startswith("synth:"):
-        from affectus.data.synthetic import generate_dataset
-
-        return generate_dataset(data.split(":", 1)[1] or preset_name or "mosi")
-    return load_dataset(data, preset=preset_name)
-
-
-def _data_id(data: str) -> str:
-    return data if data.startswith("synth:") else os.path.abspath(data)
 
 
 def _comparable(config: dict[str, Any]) -> str:
@@ -109,7 +93,7 @@ def _train_one(ds, plan, run_dir: Path, config: dict[str, Any], threads: int, da
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(data: str, preset_name: str | None, threads: int) -> None:
+def _worker_init(data: str, preset_name: str | None, threads: int, trust_pickle: bool = False) -> None:
     from affectus.training.plgm import enable_flush_denormal
     from affectus.training.trainer import plan_for
 
@@ -117,12 +101,7 @@ def _worker_init(data: str, preset_name: str | None, threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    ds = _load_data(data, preset_name)
-    preset = None
-    if preset_name:
-        from affectus.data.presets import load_preset
-
-        preset = load_preset(preset_name)
+    ds, preset = open_data(data, preset_name, trust_pickle=trust_pickle)
     _WORKER.update(ds=ds, plan=plan_for(ds, preset), data=data, threads=threads)
 
 
@@ -148,6 +127,7 @@ def run_experiment(
     threads: int = 0,
     progress: bool = True,
     log: Log | None = None,
+    trust_pickle: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) every run of `spec` into `out_dir`, then aggregate; returns a summary.
 
@@ -172,11 +152,11 @@ def run_experiment(
     data = data or sp.data
     if not data:
         raise AffectusError(f"{sp.source}: no data: give --data FILE (or `data:` in the spec)")
-    data_id = _data_id(data)
+    data_id = source_id(data)
     out = Path(out_dir)
     _check_out_dir(out, runs, data_id, preset_name)
 
-    ds = _load_data(data, preset_name)
+    ds = open_data(data, preset_obj, trust_pickle=trust_pickle)[0]
     plan = plan_for(ds, preset_obj)
     if not ds.has_unimodal_labels:
         bad = [r.id for r in runs if _needs_unimodal(r)]
@@ -203,8 +183,8 @@ def run_experiment(
             _run_serial(pending, out, ds, plan, per_run, data, run_seconds, progress, len(finished), len(runs))
         else:
             del ds  # each worker loads its own copy
-            _run_parallel(pending, out, data, preset_name, jobs, per_run, run_seconds, progress, len(finished),
-                          len(runs))
+            _run_parallel(pending, out, (data, preset_name, per_run, trust_pickle), jobs, run_seconds, progress,
+                          len(finished), len(runs))
     groups = aggregate(out)
     return {"name": sp.name, "out": str(out), "runs": len(runs), "finished_before": len(finished),
             "resumed": resumed, "trained": len(pending), "run_seconds": run_seconds,
@@ -231,7 +211,7 @@ def _run_serial(pending, out, ds, plan, threads, data, run_seconds, progress, do
             bar.advance(task)
 
 
-def _run_parallel(pending, out, data, preset_name, jobs, threads, run_seconds, progress, done, total) -> None:
+def _run_parallel(pending, out, init_args, jobs, run_seconds, progress, done, total) -> None:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
@@ -239,7 +219,7 @@ def _run_parallel(pending, out, data, preset_name, jobs, threads, run_seconds, p
     # spawn, not fork: a forked child would inherit torch's thread pools and locks mid-use
     ctx = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=ctx, initializer=_worker_init,
-                               initargs=(data, preset_name, threads))
+                               initargs=init_args)
     try:
         with _progress_bar(progress) as bar:
             task = bar.add_task(f"runs ({jobs} jobs)", total=total, completed=done)
