@@ -17,8 +17,8 @@ import torch
 from affectus.data.batches import Batch
 from affectus.data.types import MODALITIES, Split
 from affectus.errors import AffectusError
+from affectus.inference import checkpoints as ckpt
 from affectus.models.registry import create_model, make_config
-from affectus.training import checkpoints as ckpt
 
 CLASS_NAMES = ("negative", "neutral", "positive")
 
@@ -85,7 +85,7 @@ class Predictor:
     @torch.no_grad()
     def predict(self, data: Split | Batch | dict[str, np.ndarray], batch_size: int = 256) -> Prediction:
         """Predict for a Split, a Batch, or a dict of arrays {text, audio, vision[, *_lengths]}."""
-        from affectus.training.trainer import predict_split
+        from affectus.evaluation.evaluate import predict_split
 
         if isinstance(data, Batch):
             o = self.model(data.to(self.device))
@@ -114,7 +114,7 @@ class Predictor:
                      labels=np.zeros(n, np.float32), ids=[str(i) for i in range(n)])
 
     def evaluate(self, split: Split) -> dict[str, Any]:
-        from affectus.training.trainer import evaluate_split
+        from affectus.evaluation.evaluate import evaluate_split
 
         for m in MODALITIES:
             if split.features(m).shape[2] != self.dims[m]:

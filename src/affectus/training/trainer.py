@@ -19,9 +19,9 @@ import torch
 from affectus.data.batches import iterate_batches
 from affectus.data.types import MODALITIES, MERDataset, Split, to_classes
 from affectus.errors import AffectusError
-from affectus.evaluation.metrics import compute_metrics
+from affectus.evaluation.evaluate import evaluate_split
+from affectus.inference import checkpoints as ckpt
 from affectus.models.registry import create_model, make_config
-from affectus.training import checkpoints as ckpt
 from affectus.training.config import ResolvedConfig
 from affectus.training.loop import LoopState, run_loop
 from affectus.training.tasks import Stage1Task, Stage2Task, SupervisedTask
@@ -353,36 +353,3 @@ def _train_supervised(model, cfg, train_split, select_split, device, saved, stat
                     save_state=_make_saver(state_path, 1, model, opt, task, {}), log=log, amp=tc.amp)
     return task.best_state, {"train": {"epochs": loop.epoch, "best_epoch": task.best_epoch,
                                        "best_val_loss": task.best_loss, "history": loop.history}}
-
-
-@torch.no_grad()
-def predict_split(model, split: Split, batch_size: int, device) -> dict[str, np.ndarray]:
-    """Run a model over a split with every label withheld; returns stacked outputs."""
-    model.eval()
-    outs: dict[str, list] = {"logits": [], "modality_logits": [], "router_weights": [], "regression": []}
-    for batch in iterate_batches(split, batch_size, with_labels=False):
-        o = model(batch.to(device))
-        for key in outs:
-            v = getattr(o, key)
-            if v is not None:
-                outs[key].append(v.float().cpu().numpy())
-    return {k: np.concatenate(v) for k, v in outs.items() if v}
-
-
-def evaluate_split(model, split: Split, family: str, batch_size: int, device) -> dict[str, Any]:
-    """Predict first (labels withheld), then score against the split's labels."""
-    pred = predict_split(model, split, batch_size, device)
-    unimodal = split.unimodal_labels if family == "sims" else None
-    metrics = compute_metrics(family, logits=pred["logits"], pred_scores=pred.get("regression"), scores=split.labels,
-                              unimodal_scores=unimodal)
-    if "modality_logits" in pred:
-        # each modality's own prediction against the multimodal label (Table VI: audio-/vision-only quality)
-        metrics["modalities"] = {
-            m: _flat(compute_metrics(family, logits=pred["modality_logits"][:, k], scores=split.labels))
-            for k, m in enumerate(MODALITIES)
-        }
-    return metrics
-
-
-def _flat(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in metrics.items() if not isinstance(v, dict)}
