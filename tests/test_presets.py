@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from affectus.data.mmsa import dataset_from_raw
-from affectus.data.presets import ACC2_MODES, ModelSettings, Preset, list_presets, load_preset
+from affectus.data.presets import ModelSettings, Preset, list_presets, load_preset
+from affectus.evaluation.schemes import LabelScheme
 from affectus.errors import AffectusError
 
 EXPECTED = {  # name: (dims t/a/v, seq lens t/a/v, label range, acc2, unimodal, bert, {model: (layers, heads, dropout)})
@@ -58,16 +59,14 @@ def test_preset_types(name):
     p = load_preset(name)
     assert isinstance(p, Preset) and p.name == name
     assert isinstance(p.description, str) and p.description
-    assert p.file_hint is None or isinstance(p.file_hint, str)
     assert isinstance(p.label_range, tuple) and all(isinstance(v, float) for v in p.label_range)
     assert p.label_range[0] < p.label_range[1]
-    assert p.acc2 in ACC2_MODES
+    assert isinstance(p.scheme, LabelScheme)
     for table in (p.dims, p.seq_lens):
         assert list(table) == ["text", "audio", "vision"]
         assert all(type(v) is int and v > 0 for v in table.values())
     assert type(p.unimodal_labels) is bool
     assert set(p.splits) == {"train", "select", "eval"} and all(isinstance(v, str) for v in p.splits.values())
-    assert p.bert is None or isinstance(p.bert, str)
     assert "cmc" in p.model
     for s in p.model.values():
         assert isinstance(s, ModelSettings)
@@ -83,8 +82,8 @@ def test_published_numbers(name):
     p = load_preset(name)
     assert tuple(p.dims.values()) == dims
     assert tuple(p.seq_lens.values()) == lens
-    assert p.label_range == label_range and p.acc2 == acc2
-    assert p.unimodal_labels is unimodal and p.bert == bert
+    assert p.label_range == label_range and p.scheme.name == acc2
+    assert p.unimodal_labels is unimodal
     assert {k: (s.layers, s.heads, s.output_dropout) for k, s in p.model.items()} == models
 
 
@@ -108,14 +107,12 @@ def _yaml(tmp_path, text):
 GOOD = """
 name: custom
 description: a test preset
-file_hint: null
 label_range: [-3, 3]
-acc2: mosi
+scheme: mosi
 dims: {text: 6, audio: 4, vision: 5}
 seq_lens: {text: 5, audio: 7, vision: 6}
 unimodal_labels: false
 splits: {train: train, select: valid, eval: test}
-bert: null
 model:
   cmc: {layers: 1, heads: 2, output_dropout: 0}
 """
@@ -129,13 +126,14 @@ def test_preset_from_path(tmp_path):
 @pytest.mark.parametrize(
     "old,new,message",
     [
-        ("bert: null", "bert: null\nbatch: 64", "unknown field 'batch'"),
-        ("acc2: mosi", "acc2: has0", "field acc2"),
-        ("unimodal_labels: false", "unimodal_labels: 1", "field unimodal_labels"),
+        ("unimodal_labels: false", "unimodal_labels: false\nbatch: 64", "unknown field 'batch'"),
+        ("scheme: mosi", "scheme: has0", "field scheme: unknown label scheme"),
+        ("scheme: mosi", "scheme: {name: categorical, classes: [a]}", "at least 2 distinct class names"),
+        ("unimodal_labels: false\nsplits", "unimodal_labels: 1\nsplits", "field unimodal_labels"),
         ("{text: 6, audio: 4, vision: 5}", "{text: 6, audio: 4}", "field dims has keys"),
         ("{text: 6, audio: 4, vision: 5}", "{text: 6, audio: 4.5, vision: 5}", "field dims.audio"),
         ("layers: 1", "layers: true", "field model.cmc.layers"),
-        ("acc2: mosi\n", "", "missing field 'acc2'"),
+        ("scheme: mosi\n", "", "missing field 'scheme'"),
     ],
 )
 def test_bad_preset_yaml_rejected(tmp_path, old, new, message):

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from affectus.training.losses import binarise_for_supcon, supcon_loss
+from affectus.evaluation.schemes import get_scheme
+from affectus.training.losses import supcon_loss
 
 # Four 2-d unit vectors, labels [0, 0, 0, 1], tau = 1:
 #   f0 = (1, 0), f1 = (0, 1), f2 = (1, 0), f3 = (-1, 0)
@@ -130,10 +131,10 @@ def test_bad_arguments():
         supcon_loss(FEATS[None], LABELS)
 
 
-def test_binarise_for_supcon():
+def test_scheme_supcon_labels():
     classes = torch.tensor([0, 1, 2, 1, 0])
-    assert binarise_for_supcon(classes, "sims").tolist() == [0, 0, 1, 0, 0]  # positive vs non-positive
-    assert binarise_for_supcon(classes, "mosi").tolist() == [0, 1, 1, 1, 0]  # non-negative vs negative
-    assert binarise_for_supcon(classes, "sims").dtype == torch.int64
-    with pytest.raises(ValueError):
-        binarise_for_supcon(classes, "mosei")
+    assert get_scheme("sims").supcon_labels(classes).tolist() == [0, 0, 1, 0, 0]  # positive vs non-positive
+    assert get_scheme("mosi").supcon_labels(classes).tolist() == [0, 1, 1, 1, 0]  # non-negative vs negative
+    assert get_scheme("sims").supcon_labels(classes).dtype == torch.int64
+    # categorical emotions: positives share the class itself
+    assert get_scheme({"name": "categorical", "classes": ["a", "b", "c"]}).supcon_labels(classes).tolist() == [0, 1, 2, 1, 0]

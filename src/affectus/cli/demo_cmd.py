@@ -43,19 +43,22 @@ def demo(
     """Train CMC and a late-fusion baseline on simulated conflicting data; show how CMC's router shifts."""
     from affectus.data.types import MODALITIES, to_classes
     from affectus.evaluation.subsets import consistency_masks
+    from affectus.evaluation.schemes import get_scheme
     from affectus.inference.predictor import load
     from affectus.training.config import resolve_config
+    from affectus.cli.train_cmds import apply_threads
     from affectus.training.trainer import DataPlan, train_run
 
     console = Console()
     err = Console(stderr=True)
     ds = demo_dataset(seed)
-    plan = DataPlan("train", "valid", "test", "sims")
+    plan = DataPlan("train", "valid", "test", get_scheme("sims"))
     root = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="affectus-demo-"))
     common = {**DEMO_TRAIN, "train.seed": seed, "train.threads": threads}
     results = {}
+    apply_threads(threads)
     for model, extra in (("late_fusion", {}), ("cmc", DEMO_CMC)):
-        cfg = resolve_config(model, "cmc", None, None, {**common, **extra})
+        cfg = resolve_config(model, None, None, None, {**common, **extra})
         err.print(f"[bold]training {model}[/bold] on {len(ds['train'])} simulated samples ...")
         with err.status(f"training {model}"):
             results[model] = train_run(ds, cfg, root / model, plan, log=None, data_source="simulator (demo)")

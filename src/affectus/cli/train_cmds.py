@@ -15,11 +15,11 @@ from affectus.errors import AffectusError
 console = Console(stderr=True)
 
 
-def _print_metrics(metrics: dict, family: str, title: str) -> None:
+def _print_metrics(metrics: dict, title: str) -> None:
     table = Table(title=title)
     table.add_column("subset")
     rows: list[tuple[str, dict]] = []
-    if family == "sims" and "d_test" in metrics:
+    if "d_test" in metrics:  # the scheme scored D_msc / D_msi subsets
         rows = [(k, metrics[k]) for k in ("d_test", "d_msc", "d_msi") if isinstance(metrics.get(k), dict)]
     else:
         rows = [("all", {k: v for k, v in metrics.items() if not isinstance(v, dict)})]
@@ -53,7 +53,7 @@ def train(
     data: str = typer.Option(..., "--data", help="MMSA pickle / .npz file (or synth:PRESET for simulated data)"),
     out: Path = typer.Option(..., "--out", help="run directory to write"),
     model: str = typer.Option("cmc", "--model", help="model name (see `affectus models`)"),
-    variant: str = typer.Option("cmc", "--variant", help="CMC variant (see `affectus models`)"),
+    variant: str | None = typer.Option(None, "--variant", help="the model's variant (default: its first; see `affectus models`)"),
     preset: str | None = typer.Option(None, "--preset", help="dataset preset: sims, simsv2, mosi, mosei, mosi-utterance"),
     config: Path | None = typer.Option(None, "--config", help="YAML config: {model: {...}, train: {...}}"),
     set_: list[str] = typer.Option([], "--set", help="override a config key, e.g. --set model.layers=3"),
@@ -75,10 +75,10 @@ def train(
         if value is not None:
             overrides[key] = value
     cfg = resolve_config(model, variant, p, config, overrides)
+    apply_threads(cfg.train.threads)
     plan = plan_for(ds, p)
     metrics = train_run(ds, cfg, out, plan, resume=resume, log=None if quiet else _log, data_source=data)
-    name = f"{model}/{variant}" if model == "cmc" else model
-    _print_metrics(metrics, plan.family, f"{name} on split '{plan.eval}'")
+    _print_metrics(metrics, f"{cfg.model_name}/{cfg.variant} on split '{plan.eval}'")
     console.print(f"wrote {out}/metrics.json")
 
 
@@ -88,6 +88,8 @@ def evaluate(
     data: str = typer.Option(..., "--data", help="MMSA pickle / .npz file"),
     split: str | None = typer.Option(None, "--split", help="split to score (default: the run's evaluation split)"),
     as_json: bool = typer.Option(False, "--json"),
+    available: str | None = typer.Option(
+        None, "--available", help="score with only these modalities present, e.g. text,audio or l,a (others zero-filled)"),
     trust_pickle: bool = TrustOpt,
 ) -> None:
     """Score a trained run on a split of DATA."""
@@ -99,18 +101,18 @@ def evaluate(
     name = split or predictor.info.get("metrics_split", "test")
     if name not in ds:
         raise AffectusError(f"{data}: no split '{name}' (has {', '.join(ds.splits)})")
-    metrics = predictor.evaluate(ds[name])
+    metrics = predictor.evaluate(ds[name], available=available)
     if as_json:
         print(json.dumps({"split": name, **metrics}, indent=2, sort_keys=True))
     else:
-        _print_metrics(metrics, predictor.family, f"{run_dir} on {name}")
+        _print_metrics(metrics, f"{run_dir} on {name}" + (f" with {available} only" if available else ""))
 
 
 @app.command()
 def params(
     model: str = typer.Option("cmc", "--model"),
     preset: str = typer.Option(..., "--preset"),
-    variant: str = typer.Option("cmc", "--variant"),
+    variant: str | None = typer.Option(None, "--variant"),
 ) -> None:
     """Print the model's parameter count without BERT (the paper's "Size" column)."""
     from affectus.data.presets import load_preset
@@ -127,12 +129,22 @@ def params(
 
 @app.command("models")
 def models_cmd() -> None:
-    """List registered models and CMC variants."""
+    """List registered models, their variants (--variant) and recipes."""
     from affectus.models.registry import get_model_entry, list_models
-    from affectus.training.config import load_variants
 
     for name in list_models():
-        print(f"{name:14s} {get_model_entry(name).description}")
-    print("\nCMC variants (--variant):")
-    for name, spec in load_variants().items():
-        print(f"  {name:20s} {spec['description']}")
+        entry = get_model_entry(name)
+        recipe = entry.recipe if isinstance(entry.recipe, str) else type(entry.recipe).__name__
+        print(f"{name:14s} {entry.description}  [recipe {recipe.rsplit(':', 1)[-1]}]")
+        variants = entry.get_variants()
+        if len(variants) > 1:
+            for vname, spec in variants.items():
+                print(f"  --variant {vname:20s} {spec.get('description', '')}")
+
+
+def apply_threads(threads: int) -> None:
+    """The CLI's business, not the library's: torch's thread count is process-global."""
+    if threads and threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)

@@ -1,8 +1,9 @@
 """Batches: what travels from the data layer into a model.
 
-A `Batch` holds torch tensors for one mini-batch plus the dataset index of every sample
-(the contract the pseudo-label bank relies on). `iterate_batches` shuffles with an explicit
-generator so runs are reproducible by seed.
+A `Batch` holds torch tensors for one mini-batch plus the dataset index of every sample (the contract
+the pseudo-label bank relies on) and which modalities each sample has (`available`, (B, 3); an absent
+modality arrives zero-filled with length 0). `iterate_batches` shuffles with an explicit generator so
+runs are reproducible by seed; the label scheme turns labels into classes.
 """
 
 from __future__ import annotations
@@ -24,10 +25,16 @@ class Batch:
     audio_lengths: torch.Tensor  # (B,)
     vision_lengths: torch.Tensor  # (B,)
     index: torch.Tensor  # (B,) int64, dataset index of each sample
-    scores: torch.Tensor | None = None  # (B,) float32 multimodal score; None when labels are withheld
-    classes: torch.Tensor | None = None  # (B,) int64 3-class multimodal label
+    scores: torch.Tensor | None = None  # (B,) float32 label (a score, or a class index); None when withheld
+    classes: torch.Tensor | None = None  # (B,) int64 class under the label scheme
     text_bert: torch.Tensor | None = None  # (B, 3, L) int64
-    unimodal_classes: torch.Tensor | None = None  # (B, 3) int64, ground-truth t/a/v classes when known
+    available: torch.Tensor | None = None  # (B, 3) bool, text / audio / vision present; None: all present
+
+    def availability(self) -> torch.Tensor:
+        """(B, 3) bool; all True when the batch carries no mask."""
+        if self.available is None:
+            return torch.ones(len(self), 3, dtype=torch.bool, device=self.index.device)
+        return self.available
 
     def __len__(self) -> int:
         return int(self.index.shape[0])
@@ -43,12 +50,11 @@ class Batch:
         return getattr(self, f"{modality}_lengths")
 
 
-def make_batch(split: Split, rows: np.ndarray, with_labels: bool = True) -> Batch:
-    """Gather `rows` of a split into a Batch. `with_labels=False` withholds every label."""
+def make_batch(split: Split, rows: np.ndarray, with_labels: bool = True, scheme=None) -> Batch:
+    """Gather `rows` of a split into a Batch. `with_labels=False` withholds every label; `scheme` (a
+    LabelScheme) maps labels to classes (default: 3-class sentiment)."""
     t = torch.from_numpy
-    unimodal = None
-    if with_labels and split.unimodal_labels is not None:
-        unimodal = t(np.stack([to_classes(split.unimodal_labels[m][rows]) for m in ("text", "audio", "vision")], 1))
+    classes_of = to_classes if scheme is None else scheme.to_classes
     return Batch(
         text=t(split.text[rows]),
         audio=t(split.audio[rows]),
@@ -58,9 +64,9 @@ def make_batch(split: Split, rows: np.ndarray, with_labels: bool = True) -> Batc
         vision_lengths=t(split.vision_lengths[rows]),
         index=t(np.asarray(rows, dtype=np.int64)),
         scores=t(split.labels[rows]) if with_labels else None,
-        classes=t(to_classes(split.labels[rows])) if with_labels else None,
+        classes=t(classes_of(split.labels[rows])) if with_labels else None,
         text_bert=None if split.text_bert is None else t(split.text_bert[rows]),
-        unimodal_classes=unimodal,
+        available=None if split.available is None else t(split.available[rows]),
     )
 
 
@@ -71,10 +77,20 @@ def iterate_batches(
     generator: np.random.Generator | None = None,
     with_labels: bool = True,
     order: np.ndarray | None = None,
+    scheme=None,
+    drop_single: bool = False,
 ):
-    """Yield Batches over a split. `order` (a permutation) overrides shuffling, e.g. for length bucketing."""
-    n = len(split)
+    """Yield Batches over a split. `order` (a permutation) overrides shuffling, e.g. for length bucketing.
+
+    `drop_single` (training): a final batch of one sample is left out, because BatchNorm in training
+    mode cannot normalise a single sample; it is the last sample of `order`, a different one each epoch.
+    """
     if order is None:
+        n = len(split)
         order = (generator or np.random.default_rng()).permutation(n) if shuffle else np.arange(n)
+    n = len(order)
     for start in range(0, n, batch_size):
-        yield make_batch(split, order[start : start + batch_size], with_labels)
+        rows = order[start : start + batch_size]
+        if drop_single and len(rows) == 1 and n > 1:
+            return
+        yield make_batch(split, rows, with_labels, scheme)

@@ -21,7 +21,6 @@ from affectus.errors import AffectusError
 if TYPE_CHECKING:
     from affectus.data.types import MERDataset
 
-ACC2_MODES = ("sims", "mosi")  # sims: non-positive vs positive; mosi: Has0 (neg vs non-neg) and Non0
 SPLIT_ROLES = ("train", "select", "eval")
 
 
@@ -38,15 +37,20 @@ class ModelSettings:
 class Preset:
     name: str
     description: str
-    file_hint: str | None  # the MMSA file name this preset describes
     label_range: tuple[float, float]
-    acc2: str  # one of ACC2_MODES
+    scheme_spec: str | dict[str, Any]  # the label scheme (evaluation/schemes.py): a name or {name, classes}
     dims: dict[str, int]  # modality -> feature dim D
     seq_lens: dict[str, int]  # modality -> padded sequence length L (informative: files may differ)
     unimodal_labels: bool  # regression_labels_T/A/V expected
     splits: dict[str, str]  # role (train / select / eval) -> split name in the file
-    bert: str | None  # Hugging Face name of the text encoder, None when text arrives as features
     model: dict[str, ModelSettings]  # model name ('cmc', 'cmc-gt') -> settings
+
+    @property
+    def scheme(self):
+        """The preset's `LabelScheme` (imported lazily: presets are read by light code paths too)."""
+        from affectus.evaluation.schemes import get_scheme
+
+        return get_scheme(self.scheme_spec)
 
     def check(self, dataset: MERDataset) -> None:
         """Raise if a feature dim differs from the preset's (the model's input layers would not fit)."""
@@ -118,7 +122,7 @@ def load_preset(name: str) -> Preset:
 def _parse(where: str, data: Any) -> Preset:
     if not isinstance(data, dict):
         raise AffectusError(f"{where}: expected a mapping of preset fields, got {type(data).__name__}")
-    names = [f.name for f in fields(Preset)]
+    names = [("scheme" if f.name == "scheme_spec" else f.name) for f in fields(Preset)]
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise AffectusError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(names)})")
@@ -141,9 +145,13 @@ def _parse(where: str, data: Any) -> Preset:
     label_range = typed("label_range", data["label_range"], list, "[low, high]")
     if len(label_range) != 2 or not all(isinstance(v, (int, float)) for v in label_range):
         raise AffectusError(f"{where}: field label_range = {label_range!r}, expected [low, high]")
-    acc2 = typed("acc2", data["acc2"], str, f"one of {ACC2_MODES}")
-    if acc2 not in ACC2_MODES:
-        raise AffectusError(f"{where}: field acc2 = {acc2!r}, expected one of {ACC2_MODES}")
+    scheme = typed("scheme", data["scheme"], (str, dict), "a label scheme name or {name: ..., classes: [...]}")
+    from affectus.evaluation.schemes import get_scheme
+
+    try:
+        get_scheme(scheme)
+    except AffectusError as err:
+        raise AffectusError(f"{where}: field scheme: {err}") from None
     splits = typed("splits", data["splits"], dict, "a mapping train/select/eval -> split name")
     if set(splits) != set(SPLIT_ROLES) or not all(isinstance(v, str) for v in splits.values()):
         raise AffectusError(f"{where}: field splits = {splits!r}, expected keys {list(SPLIT_ROLES)} -> str")
@@ -163,13 +171,11 @@ def _parse(where: str, data: Any) -> Preset:
     return Preset(
         name=typed("name", data["name"], str, "a str"),
         description=typed("description", data["description"], str, "a str"),
-        file_hint=typed("file_hint", data["file_hint"], (str, type(None)), "a str or null"),
         label_range=(float(label_range[0]), float(label_range[1])),
-        acc2=acc2,
+        scheme_spec=scheme,
         dims=per_modality("dims"),
         seq_lens=per_modality("seq_lens"),
         unimodal_labels=typed("unimodal_labels", data["unimodal_labels"], bool, "true or false"),
         splits=dict(splits),
-        bert=typed("bert", data["bert"], (str, type(None)), "a str or null"),
         model=model,
     )

@@ -132,7 +132,7 @@ class SynthConfig:
                 f"synth: no split sizes known for preset {preset.name!r}; give n_train, n_valid and n_test"
             )
         sizes = dict(zip(SPLITS, table or (0, 0, 0)))
-        story = dict(_SIMS_STORY if preset.acc2 == "sims" else _MOSI_STORY)
+        story = dict({"sims": _SIMS_STORY, "mosi": _MOSI_STORY}[preset.scheme.name])
         story["inconsistency"] = _PRESET_INCONSISTENCY.get(preset.name, 0.5)
         config = cls(
             name=preset.name,

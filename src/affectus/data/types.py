@@ -30,14 +30,12 @@ class Split:
     raw_text: list[str] | None = None
     text_bert: np.ndarray | None = None  # (N, 3, L) int64: input ids, attention mask, segment ids
     unimodal_labels: dict[str, np.ndarray] | None = None  # modality -> (N,) float32 scores
+    # (N, 3) bool, text / audio / vision present; None: every modality of every sample is present.
+    # An absent modality is zero-filled with length 0 (data/missing.py).
+    available: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
-
-    @property
-    def index(self) -> np.ndarray:
-        """Dataset index of each sample; pseudo-label banks are keyed by it."""
-        return np.arange(len(self), dtype=np.int64)
 
     def features(self, modality: str) -> np.ndarray:
         return getattr(self, modality)
@@ -69,6 +67,7 @@ class Split:
             unimodal_labels=None
             if self.unimodal_labels is None
             else {k: v[rows] for k, v in self.unimodal_labels.items()},
+            available=take(self.available),
         )
 
 

@@ -13,7 +13,6 @@ import torch
 
 from affectus.data.batches import iterate_batches
 from affectus.data.types import MODALITIES, Split
-from affectus.evaluation.metrics import compute_metrics
 
 
 @torch.no_grad()
@@ -30,16 +29,18 @@ def predict_split(model, split: Split, batch_size: int, device) -> dict[str, np.
     return {k: np.concatenate(v) for k, v in outs.items() if v}
 
 
-def evaluate_split(model, split: Split, family: str, batch_size: int, device) -> dict[str, Any]:
-    """Predict first (labels withheld), then score against the split's labels."""
+def evaluate_split(model, split: Split, scheme, batch_size: int, device) -> dict[str, Any]:
+    """Predict first (labels withheld), then score against the split's labels under the label scheme."""
+    from affectus.evaluation.schemes import get_scheme
+
+    scheme = get_scheme(scheme)
     pred = predict_split(model, split, batch_size, device)
-    unimodal = split.unimodal_labels if family == "sims" else None
-    metrics = compute_metrics(family, logits=pred["logits"], pred_scores=pred.get("regression"), scores=split.labels,
-                              unimodal_scores=unimodal)
+    metrics = scheme.metrics(logits=pred["logits"], pred_scores=pred.get("regression") if scheme.scores else None,
+                             labels=split.labels, unimodal=split.unimodal_labels)
     if "modality_logits" in pred:
         # each modality's own prediction against the multimodal label (Table VI: audio-/vision-only quality)
         metrics["modalities"] = {
-            m: _flat(compute_metrics(family, logits=pred["modality_logits"][:, k], scores=split.labels))
+            m: _flat(scheme.metrics(logits=pred["modality_logits"][:, k], labels=split.labels))
             for k, m in enumerate(MODALITIES)
         }
     return metrics

@@ -274,7 +274,8 @@ def _metrics_on(family: str, rows: np.ndarray, scores: np.ndarray, logits, pred_
             reg = (sims_metrics_from_scores if family == "sims" else mosi_metrics_from_scores)(
                 pred_scores[rows], s
             )
-            out["mae"], out["corr"] = reg["mae"], reg["corr"]
+            # the regression output's own multi-class accuracies, MAE and correlation, as MMSA reports them
+            out.update({k: reg[k] for k in ("acc5", "acc7", "mae", "corr") if k in reg})
         return out
     fn = sims_metrics_from_scores if family == "sims" else mosi_metrics_from_scores
     return fn(pred_scores[rows], s)

@@ -27,8 +27,10 @@ import numpy as np
 
 from affectus.data.load import open_data, source_id
 from affectus.errors import AffectusError
+from affectus.evaluation.schemes import get_scheme
 from affectus.experiments.spec import ExperimentSpec, PlannedRun, expand, load_spec
 from affectus.utils.io import write_json_atomic, write_text_atomic
+from affectus.utils.threads import torch_threads
 
 Log = Callable[[str], None]
 
@@ -66,8 +68,12 @@ def _check_out_dir(out: Path, runs: list[PlannedRun], data: str, preset: str | N
 
 
 def _needs_unimodal(run: PlannedRun) -> bool:
-    tc = run.config.train
-    return tc.unimodal_labels == "ground_truth" or tc.consistent_retention < 1.0
+    """Whether a run needs unimodal labels: data retention (Figs. 4-5), or its recipe says so (CMC-GT)."""
+    from affectus.models.registry import get_model_entry
+
+    recipe = get_model_entry(run.config.model_name).get_recipe()
+    asks = getattr(recipe, "needs_unimodal_labels", None)
+    return run.config.train.consistent_retention < 1.0 or bool(asks and asks(run.config.recipe))
 
 
 # ------------------------------------------------------------------------------------ one run
@@ -84,8 +90,9 @@ def _train_one(ds, plan, run_dir: Path, config: dict[str, Any], threads: int, da
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "train.log", "a", encoding="utf-8") as logf:
         started = time.perf_counter()
-        train_run(ds, cfg, run_dir, plan, resume=resume, log=lambda line: print(line, file=logf, flush=True),
-                  data_source=data_source)
+        with torch_threads(cfg.train.threads):
+            train_run(ds, cfg, run_dir, plan, resume=resume, log=lambda line: print(line, file=logf, flush=True),
+                      data_source=data_source)
         return time.perf_counter() - started
 
 
@@ -165,7 +172,8 @@ def run_experiment(
                                 f"< 1), which this data lacks")
     write_json_atomic(out / "experiment.json", {
         "format": "affectus-experiment/1", "name": sp.name, "description": sp.description, "spec": sp.source,
-        "data": data_id, "preset": preset_name, "family": plan.family, "eval_split": plan.eval,
+        "data": data_id, "preset": preset_name, "family": plan.family, "scheme": plan.scheme.spec(),
+        "eval_split": plan.eval,
         "select_split": plan.select, "seeds": sorted({r.seed for r in runs}), "overrides": dict(overrides or {}),
         "grid": {k: list(v) for k, v in sp.grid.items()}, "report": dataclasses.asdict(sp.report),
         "runs": [r.to_dict() for r in runs],
@@ -237,20 +245,6 @@ def _run_parallel(pending, out, init_args, jobs, run_seconds, progress, done, to
 
 
 # ---------------------------------------------------------------------------------------- results
-
-SIMS_COLUMNS = [("D_test Acc2", "d_test.acc2"), ("D_test F1", "d_test.f1"), ("D_msc Acc2", "d_msc.acc2"),
-                ("D_msc F1", "d_msc.f1"), ("D_msi Acc2", "d_msi.acc2"), ("D_msi F1", "d_msi.f1")]
-MOSI_COLUMNS = [("Has0 Acc2", "has0_acc2"), ("Has0 F1", "has0_f1"), ("Non0 Acc2", "non0_acc2"),
-                ("Non0 F1", "non0_f1"), ("Acc3", "acc3")]
-MODALITY_COLUMNS = {
-    "sims": [(f"{m.capitalize()} {h}", f"modalities.{m}.{k}") for m in ("text", "audio", "vision")
-             for h, k in (("Acc2", "acc2"), ("F1", "f1"))],
-    "mosi": [(f"{m.capitalize()} {h}", f"modalities.{m}.{k}") for m in ("text", "audio", "vision")
-             for h, k in (("Has0 Acc2", "has0_acc2"), ("Non0 Acc2", "non0_acc2"))],
-}
-SLOPE_KEYS = {"sims": [("D_test", "d_test.acc2"), ("D_msc", "d_msc.acc2"), ("D_msi", "d_msi.acc2")],
-              "mosi": [("Has0 Acc2", "has0_acc2"), ("Non0 Acc2", "non0_acc2")]}
-
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, float | None]:
     """{'d_test': {'acc2': 80.1}} -> {'d_test.acc2': 80.1}; numbers and None only."""
@@ -367,18 +361,15 @@ def _cell(mean: float | None, std: float | None) -> str:
 
 
 def _markdown(exp: dict[str, Any], rows: list[dict], n_finished: int) -> str:
-    family = exp.get("family") or "sims"
+    scheme = get_scheme(exp.get("scheme") or exp.get("family") or "sims")  # older experiments: the family name
     report = exp.get("report") or {}
     grid_keys = list(exp.get("grid", {}))
-    if report.get("columns") == "modalities":
-        columns = MODALITY_COLUMNS[family]
-    else:
-        columns = SIMS_COLUMNS if family == "sims" else MOSI_COLUMNS
+    columns = scheme.modality_columns if report.get("columns") == "modalities" else scheme.columns
     lines = [f"# {exp['name']}", ""]
     if exp.get("description"):
         lines += [exp["description"], ""]
     lines += [f"Data `{exp['data']}`" + (f" (preset {exp['preset']})" if exp.get("preset") else "")
-              + f", scored on split `{exp['eval_split']}`, metric family `{family}`. Cells: mean ± sample std "
+              + f", scored on split `{exp['eval_split']}`, label scheme `{scheme.name}`. Cells: mean ± sample std "
               f"over seeds (percent); Params: non-BERT parameters.", ""]
     total = len(exp["runs"])
     if n_finished < total:
@@ -391,13 +382,12 @@ def _markdown(exp: dict[str, Any], rows: list[dict], n_finished: int) -> str:
                  f"{g['params']:,}" if g["params"] is not None else "-", str(g["n_seeds"])]
         lines.append("| " + " | ".join(cells) + " |")
     if report.get("slope_over"):
-        lines += ["", *_slopes(rows, report["slope_over"], grid_keys, family)]
+        lines += ["", *_slopes(rows, report["slope_over"], grid_keys, scheme.slope_keys)]
     return "\n".join(lines) + "\n"
 
 
-def _slopes(rows: list[dict], x_key: str, grid_keys: list[str], family: str) -> list[str]:
+def _slopes(rows: list[dict], x_key: str, grid_keys: list[str], keys) -> list[str]:
     """Least-squares slope of the seed-mean accuracy against a grid key, per row (paper sec. V-C)."""
-    keys = SLOPE_KEYS[family]
     others = [k for k in grid_keys if k != x_key]
     series: dict[tuple, list[dict]] = {}
     for g in rows:

@@ -56,7 +56,7 @@ class RowSpec:
 
     name: str
     model: str = "cmc"
-    variant: str = "cmc"
+    variant: str | None = None  # None: the model's default variant
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -292,12 +292,11 @@ def _rows(c: _Checker, value: Any) -> list[RowSpec]:
         model = c.text(item.get("model", "cmc"), path + ("model",), f"runs[{i}].model")
         if model not in models:
             raise c.fail(path + ("model",), f"unknown model '{model}': expected one of {', '.join(models)}")
-        variant = c.text(item.get("variant", "cmc"), path + ("variant",), f"runs[{i}].variant")
-        allowed = list_variants() if model == "cmc" else ["cmc"]
+        allowed = list_variants(model)
+        variant = c.text(item.get("variant", allowed[0]), path + ("variant",), f"runs[{i}].variant")
         if variant not in allowed:
-            hint = "" if model == "cmc" else " (variants are CMC's; leave variant out for other models)"
             raise c.fail(path + ("variant",), f"unknown variant '{variant}' for model '{model}': "
-                                              f"expected one of {', '.join(allowed)}{hint}")
+                                              f"expected one of {', '.join(allowed)}")
         slug = slugify(name)
         if slug in slugs:
             raise c.fail(path + ("name",), f"run name '{name}' gives the same id '{slug}' as '{slugs[slug]}'")

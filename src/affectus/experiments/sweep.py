@@ -41,7 +41,6 @@ SPEC_KEYS = ("name", "model", "variant", "preset", "data", "overrides", "objecti
 SAMPLERS = ("grid", "tpe")
 # machine-local settings: workers on different machines may differ in these and still share a study
 LOCAL_KEYS = {"train.threads", "train.device"}
-AUTO_METRIC = {"sims": "acc2", "mosi": "has0_acc2"}  # `metric: auto`: the family's binary accuracy
 _MISSING = object()
 
 
@@ -68,7 +67,7 @@ class SweepSpec:
     name: str
     space: dict[str, list[Any] | Range]  # config key -> values (grid / categorical) or a range (TPE)
     model: str = "cmc"
-    variant: str = "cmc"
+    variant: str | None = None  # None: the model's default variant
     preset: str | None = None
     data: str | None = None
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -188,7 +187,7 @@ def parse_spec(data: Any, where: str = "sweep spec", default_name: str = "sweep"
     _check(sampler == "grid" or trials is not None, where, "trials: needed with sampler tpe (the budget)")
     _check(_integer(seed), where, "seed: expected an integer")
     return SweepSpec(name=data.get("name") or default_name, space=space, model=data.get("model") or "cmc",
-                     variant=data.get("variant") or "cmc", preset=data.get("preset"), data=data.get("data"),
+                     variant=data.get("variant"), preset=data.get("preset"), data=data.get("data"),
                      overrides=dict(overrides), metric=metric, direction=direction, sampler=sampler,
                      trials=trials, seed=seed)
 
@@ -520,8 +519,10 @@ class Worker:
 
         from affectus.training.config import resolve_config
         from affectus.training.trainer import train_run
+        from affectus.utils.threads import torch_threads
 
-        metric = AUTO_METRIC[plan.family] if self.spec.metric == "auto" else self.spec.metric
+        # `metric: auto`: the label scheme's default objective (sentiment: its binary accuracy)
+        metric = plan.scheme.objective if self.spec.metric == "auto" else self.spec.metric
         self.study.set_user_attr("affectus_metric", metric)  # for --report, which has no data to tell
         done = failures = 0
         while max_trials is None or done < max_trials:
@@ -543,7 +544,8 @@ class Worker:
                 values = {**self.spec.overrides, **params}
                 cfg = resolve_config(self.spec.model, self.spec.variant, preset, None, values)
                 # train_run returns the evaluation split's scores: deliberately dropped
-                train_run(dataset, cfg, run_dir, plan, log=None, data_source=data_source)
+                with torch_threads(cfg.train.threads):
+                    train_run(dataset, cfg, run_dir, plan, log=None, data_source=data_source)
                 value, select = validation_score(run_dir, metric)
                 trial.set_user_attr("select_metrics", select)
             except BaseException as err:

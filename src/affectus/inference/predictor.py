@@ -20,29 +20,33 @@ from affectus.errors import AffectusError
 from affectus.inference import checkpoints as ckpt
 from affectus.models.registry import create_model, make_config
 
-CLASS_NAMES = ("negative", "neutral", "positive")
+CLASS_NAMES = ("negative", "neutral", "positive")  # the sentiment schemes' classes
 
 
 @dataclass
 class Prediction:
-    classes: np.ndarray  # (N,) int: 0 negative, 1 neutral, 2 positive
-    probabilities: np.ndarray  # (N, 3)
+    classes: np.ndarray  # (N,) int class index under the run's label scheme
+    probabilities: np.ndarray  # (N, C)
     modality_classes: np.ndarray | None  # (N, 3): text / audio / vision own predictions
-    modality_probabilities: np.ndarray | None  # (N, 3, 3)
+    modality_probabilities: np.ndarray | None  # (N, 3, C)
     router_weights: np.ndarray | None  # (N, 3): text / audio / vision weights, sum to 1
+    class_names: tuple[str, ...] = CLASS_NAMES
+    available: np.ndarray | None = None  # (N, 3) bool: which modalities each sample had; None: all
 
     def labels(self) -> list[str]:
-        return [CLASS_NAMES[c] for c in self.classes]
+        return [self.class_names[c] for c in self.classes]
 
     def explain(self, i: int) -> dict[str, Any]:
-        """One sample's verdict with its per-modality explanation."""
-        out: dict[str, Any] = {"verdict": CLASS_NAMES[int(self.classes[i])],
-                               "probabilities": dict(zip(CLASS_NAMES, map(float, self.probabilities[i])))}
+        """One sample's verdict with its per-modality explanation (absent modalities are left out)."""
+        names = self.class_names
+        out: dict[str, Any] = {"verdict": names[int(self.classes[i])],
+                               "probabilities": dict(zip(names, map(float, self.probabilities[i])))}
         if self.modality_classes is not None:
             out["modalities"] = {
-                m: {"prediction": CLASS_NAMES[int(self.modality_classes[i, k])],
+                m: {"prediction": names[int(self.modality_classes[i, k])],
                     "weight": None if self.router_weights is None else float(self.router_weights[i, k])}
                 for k, m in enumerate(MODALITIES)
+                if self.available is None or self.available[i, k]
             }
         return out
 
@@ -71,7 +75,10 @@ class Predictor:
             raise AffectusError(f"{self.run_dir}/model.safetensors does not match the model config "
                                 f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
         self.model.to(self.device).eval()
-        self.family: str = self.info.get("family", "mosi")
+        from affectus.evaluation.schemes import get_scheme
+
+        # runs written before label schemes recorded only the family name
+        self.scheme = get_scheme(self.info.get("scheme") or self.info.get("family", "mosi"))
         self.dims: dict[str, int] = self.info["dims"]
 
     def _check(self, arrays: dict[str, np.ndarray]) -> None:
@@ -83,10 +90,18 @@ class Predictor:
                 raise AffectusError(f"{m}: contains NaN or infinite values")
 
     @torch.no_grad()
-    def predict(self, data: Split | Batch | dict[str, np.ndarray], batch_size: int = 256) -> Prediction:
-        """Predict for a Split, a Batch, or a dict of arrays {text, audio, vision[, *_lengths]}."""
+    def predict(self, data: Split | Batch | dict[str, np.ndarray], batch_size: int = 256,
+                available: str | tuple[str, ...] | None = None) -> Prediction:
+        """Predict for a Split, a Batch, or a dict of arrays {text, audio, vision[, *_lengths]}.
+
+        `available` ('text,audio', 'l,a' or a tuple of names) scores as if the other modalities were
+        absent: they are zero-filled with length 0 and marked absent (data/missing.py).
+        """
         from affectus.evaluation.evaluate import predict_split
 
+        if available is not None and isinstance(data, Batch):
+            raise AffectusError("predict: available= applies to arrays or a Split, not a Batch")
+        mask = None
         if isinstance(data, Batch):
             o = self.model(data.to(self.device))
             res = {"logits": o.logits.cpu().numpy()}
@@ -96,8 +111,10 @@ class Predictor:
                 res["router_weights"] = o.router_weights.cpu().numpy()
         else:
             split = data if isinstance(data, Split) else self._split_from_arrays(data)
+            split = _restrict(split, available)
+            mask = split.available
             res = predict_split(self.model, split, batch_size, self.device)
-        return _to_prediction(res)
+        return _to_prediction(res, self.scheme.class_names, mask)
 
     def _split_from_arrays(self, arrays: dict[str, np.ndarray]) -> Split:
         try:
@@ -113,14 +130,16 @@ class Predictor:
         return Split(name="input", **feats, **{f"{m}_lengths": lengths[m] for m in MODALITIES},
                      labels=np.zeros(n, np.float32), ids=[str(i) for i in range(n)])
 
-    def evaluate(self, split: Split) -> dict[str, Any]:
+    def evaluate(self, split: Split, available: str | tuple[str, ...] | None = None) -> dict[str, Any]:
+        """The run's metrics on `split` (same keys with or without `available`)."""
         from affectus.evaluation.evaluate import evaluate_split
 
+        split = _restrict(split, available)
         for m in MODALITIES:
             if split.features(m).shape[2] != self.dims[m]:
                 raise AffectusError(f"split {split.name} {m}: feature dim {split.features(m).shape[2]}, "
                                     f"the model expects {self.dims[m]}")
-        return evaluate_split(self.model, split, self.family, 256, self.device)
+        return evaluate_split(self.model, split, self.scheme, 256, self.device)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -128,7 +147,17 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
-def _to_prediction(res: dict[str, np.ndarray]) -> Prediction:
+def _restrict(split: Split, available: str | tuple[str, ...] | list[str] | None) -> Split:
+    if available is None:
+        return split
+    from affectus.data.missing import parse_available, with_availability
+
+    names = parse_available(available) if isinstance(available, str) else parse_available(",".join(available))
+    return with_availability(split, names)
+
+
+def _to_prediction(res: dict[str, np.ndarray], class_names: tuple[str, ...] = CLASS_NAMES,
+                   available: np.ndarray | None = None) -> Prediction:
     probs = _softmax(res["logits"])
     ml = res.get("modality_logits")
     return Prediction(
@@ -137,6 +166,8 @@ def _to_prediction(res: dict[str, np.ndarray]) -> Prediction:
         modality_classes=None if ml is None else ml.argmax(-1),
         modality_probabilities=None if ml is None else _softmax(ml),
         router_weights=res.get("router_weights"),
+        class_names=tuple(class_names),
+        available=available,
     )
 
 

@@ -170,6 +170,7 @@ def _load_bert(path: str | None, bert_config: Any | None) -> nn.Module:
         raise AffectusError(f"cannot load BERT from {path!r} (local files only): {exc}") from exc
 
 
-@register_model("cmc", CMCConfig, "Calibrated Multimodal Consensus (CMC)")
+@register_model("cmc", CMCConfig, "Calibrated Multimodal Consensus (CMC)", recipe="affectus.training.recipes.cmc:CMCRecipe",
+                variants="cmc.yaml", report_sections=("temperature", "plgm_flips", "router"))
 def build(config: CMCConfig) -> CMC:
     return CMC(config)

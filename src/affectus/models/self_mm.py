@@ -278,6 +278,7 @@ class SelfMMTask:
             self.labels[k, index] = (n - 1) / (n + 1) * self.labels[k, index] + 2 / (n + 1) * new
 
 
-@register_model("self_mm", SelfMMConfig, "Self-MM: multi-task with self-supervised unimodal labels (Yu et al. 2021)")
+@register_model("self_mm", SelfMMConfig, "Self-MM: multi-task with self-supervised unimodal labels (Yu et al. 2021)",
+                recipe="affectus.training.recipes.supervised:SelfMMRecipe")
 def build(config: SelfMMConfig) -> SelfMM:
     return SelfMM(config)

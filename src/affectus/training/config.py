@@ -8,6 +8,8 @@ one-line error naming the key.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -20,71 +22,59 @@ from affectus.errors import AffectusError
 
 @dataclass
 class TrainConfig:
+    """Generic training settings, the same for every model: optimiser, epochs, patience, batch, seed, device.
+
+    What a model trains with beyond these (CMC's PLGM and stage-2 settings, ...) lives in its recipe's
+    config, the `recipe` section (training/recipes/).
+    """
+
     batch_size: int = 64
     lr: float = 1e-3
-    bert_lr: float = 5e-5
+    bert_lr: float = 5e-5  # a fine-tuned BERT's own learning rate (CMC's text path)
     bert_weight_decay: float = 1e-3
     epochs: int = 100  # per stage
     patience: int = 10
     seed: int = 1111
     device: str = "cpu"
-    threads: int = 0  # 0: leave torch's default
+    threads: int = 0  # 0: leave torch's default (the CLI applies it; library calls never change it)
     amp: bool = False  # mixed precision, CUDA only
-    # PLGM (eqs. 19-30)
-    plgm: bool = True  # False: pseudo labels stay the multimodal label ("w/o PLGM")
-    unimodal_labels: str = "pseudo"  # pseudo | ground_truth ("CMC-GT": stage 1 on the dataset's unimodal labels)
-    label_momentum: list[float] = field(default_factory=lambda: [0.8, 0.99, 0.99])
-    label_gamma: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    ema_momentum: list[float] = field(default_factory=lambda: [0.8, 0.9, 0.6])
-    ema_gamma: list[float] = field(default_factory=lambda: [2.5, 5.0, 2.0])
-    momentum_form: str = "code"  # code | paper
-    supcon_tau: float = 0.07
-    supcon_form: str = "in"  # in | out
-    selection: str = "faithful"  # faithful | fixed (stage-1 validation labels)
-    # stage 2
-    stage2_loss: str = "multi"  # multi (eqs. 15-18) | single (eq. 15 only)
-    stage2_freeze_unimodal: bool = False  # CMC-variant: only the router trains
-    stage2_lr: float = 0.0  # 0: same as lr (the authors); else stage 2's own learning rate
-    stage2_select: str = "total"  # total: lowest validation loss of eq. 18 (the authors); multimodal: of eq. 15 only
     # data: keep this share of the modality-consistent training samples (paper Figs. 4-5; needs
     # unimodal labels in the training split; the selection and evaluation splits are untouched)
     consistent_retention: float = 1.0
-    # speed
-    bucket: bool = False  # length-bucketed batches (masked padding only)
+    bucket: bool = False  # length-bucketed batches (models with masked padding only)
 
     def validate(self) -> None:
-        choices = {
-            "momentum_form": ("code", "paper"),
-            "supcon_form": ("in", "out"),
-            "selection": ("faithful", "fixed"),
-            "stage2_loss": ("multi", "single"),
-            "unimodal_labels": ("pseudo", "ground_truth"),
-            "stage2_select": ("total", "multimodal"),
-        }
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise AffectusError(f"train.{key} = {getattr(self, key)!r}: expected one of {', '.join(allowed)}")
-        for key in ("label_momentum", "label_gamma", "ema_momentum", "ema_gamma"):
-            if len(getattr(self, key)) != 3:
-                raise AffectusError(f"train.{key}: expected 3 values (text, audio, vision)")
         if self.batch_size < 2:
             raise AffectusError("train.batch_size: expected at least 2 (BatchNorm and SupCon need pairs)")
         if not 0.0 <= self.consistent_retention <= 1.0:
             raise AffectusError(f"train.consistent_retention = {self.consistent_retention}: expected a value in [0, 1]")
         if self.epochs < 1 or self.patience < 1:
             raise AffectusError("train.epochs and train.patience: expected at least 1")
+        for key in ("lr", "bert_lr", "bert_weight_decay"):
+            value = getattr(self, key)
+            if not math.isfinite(value) or value < 0:
+                raise AffectusError(f"train.{key} = {value}: expected a finite number >= 0")
+        if not 0 <= self.seed < 2**32:
+            raise AffectusError(f"train.seed = {self.seed}: expected an integer in [0, 2**32)")
+        if self.threads < 0:
+            raise AffectusError(f"train.threads = {self.threads}: expected >= 0 (0: torch's default)")
+        if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", self.device):
+            raise AffectusError(f"train.device = {self.device!r}: expected cpu, cuda, cuda:N or mps")
 
 
 def _config_text(rel: str) -> str:
     return resources.files("affectus").joinpath("configs", rel).read_text(encoding="utf-8")
 
 
-def load_variants() -> dict[str, dict]:
-    return yaml.safe_load(_config_text("variants.yaml"))
+def load_variants(model_name: str = "cmc") -> dict[str, dict]:
+    """A model's variants (name -> {description, overrides}), from its registry entry."""
+    from affectus.models.registry import get_model_entry
+
+    return get_model_entry(model_name).get_variants()
 
 
-def list_variants() -> list[str]:
-    return list(load_variants())
+def list_variants(model_name: str = "cmc") -> list[str]:
+    return list(load_variants(model_name))
 
 
 def _coerce(key: str, value: Any, current: Any) -> Any:
@@ -134,12 +124,16 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
+SECTIONS = ("model", "train", "recipe")
+
+
 @dataclass
 class ResolvedConfig:
     model_name: str
     variant: str
     model: dict[str, Any]
     train: TrainConfig
+    recipe: Any = None  # the recipe's config dataclass, None for recipes without settings
     preset: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,13 +143,21 @@ class ResolvedConfig:
             "preset": self.preset,
             "model": dict(self.model),
             "train": dataclasses.asdict(self.train),
+            "recipe": {} if self.recipe is None else dataclasses.asdict(self.recipe),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ResolvedConfig:
+        from affectus.models.registry import get_model_entry
+
         train = TrainConfig()
         _apply({f.name for f in dataclasses.fields(TrainConfig)}, train, d.get("train", {}), "train")
-        return cls(d["model_name"], d.get("variant", "cmc"), dict(d["model"]), train, d.get("preset"))
+        recipe_cls = getattr(get_model_entry(d["model_name"]).get_recipe(), "config_cls", None)
+        recipe = None
+        if recipe_cls is not None:
+            recipe = recipe_cls()
+            _apply({f.name for f in dataclasses.fields(recipe_cls)}, recipe, d.get("recipe", {}), "recipe")
+        return cls(d["model_name"], d["variant"], dict(d["model"]), train, recipe, d.get("preset"))
 
 
 def _apply(known: set[str], target: Any, values: dict[str, Any], section: str) -> None:
@@ -165,75 +167,101 @@ def _apply(known: set[str], target: Any, values: dict[str, Any], section: str) -
         setattr(target, key, _coerce(f"{section}.{key}", value, getattr(target, key)))
 
 
+def _read_config_file(path: Path) -> dict[str, Any]:
+    """A user YAML file: {model: {...}, train: {...}, recipe: {...}} or flat keys, as flat dotted pairs."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise AffectusError(f"config file {path}: not UTF-8 text") from None
+    except (OSError, yaml.YAMLError) as err:
+        raise AffectusError(f"config file {path}: cannot read YAML ({type(err).__name__})") from None
+    if not isinstance(data, dict):
+        raise AffectusError(f"config file {path}: expected a mapping at the top level")
+    flat: dict[str, Any] = {}
+    for k, v in data.items():
+        if k in SECTIONS and isinstance(v, dict):
+            flat.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+        else:
+            flat[k] = v
+    return flat
+
+
 def resolve_config(
     model_name: str = "cmc",
-    variant: str = "cmc",
+    variant: str | None = None,
     preset=None,
     config_file: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> ResolvedConfig:
-    """Build the run's config. `preset` is a Preset object (or None for custom data)."""
-    from affectus.models.registry import get_model_entry
+    """Build the run's config. `preset` is a Preset object (or None for custom data); `variant` None is
+    the model's default variant.
+
+    Order: the model's dataclass defaults -> configs/models/NAME.yaml -> the preset's row for the model
+    (Table III) -> the variant -> a YAML file -> --set. Keys are `model.X`, `train.X` or `recipe.X`; a bare
+    X is looked up in that order.
+    """
+    from affectus.models.registry import did_you_mean, get_model_entry
 
     entry = get_model_entry(model_name)
-    model_defaults = {f.name: f.default for f in dataclasses.fields(entry.config_cls) if f.default is not dataclasses.MISSING}
-    model_cfg: dict[str, Any] = dict(model_defaults)
+    model_name = entry.name
+    model_fields = {f.name for f in dataclasses.fields(entry.config_cls)}
+    model_cfg: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(entry.config_cls)
+                                 if f.default is not dataclasses.MISSING}
     train = TrainConfig()
-    train_known = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    recipe_cls = getattr(entry.get_recipe(), "config_cls", None)
+    recipe = recipe_cls() if recipe_cls is not None else None
+    known = {
+        "model": model_fields,
+        "train": {f.name for f in dataclasses.fields(TrainConfig)},
+        "recipe": set() if recipe_cls is None else {f.name for f in dataclasses.fields(recipe_cls)},
+    }
 
     def apply_pairs(pairs: dict[str, Any], where: str) -> None:
         for key, value in pairs.items():
             section, _, name = key.rpartition(".")
-            if section not in ("", "model", "train"):
-                raise AffectusError(f"{where}: unknown config key '{key}' (use model.NAME or train.NAME)")
-            in_model = name in model_cfg or name in {f.name for f in dataclasses.fields(entry.config_cls)}
-            if section == "model" or (section == "" and in_model and name not in train_known):
-                if not in_model:
-                    raise AffectusError(f"{where}: unknown config key 'model.{name}' for model '{model_name}'")
+            if section == "":
+                section = next((s for s in SECTIONS if name in known[s]), "")
+            if section not in SECTIONS:
+                raise AffectusError(f"{where}: unknown config key '{key}' (use model.NAME, train.NAME or recipe.NAME)")
+            if name not in known[section]:
+                everything = [f"{s}.{n}" for s in SECTIONS for n in known[s]]
+                raise AffectusError(f"{where}: unknown config key '{section}.{name}' for model '{model_name}'"
+                                    f"{did_you_mean(f'{section}.{name}', everything)}")
+            full = f"{section}.{name}"
+            if section == "model":
                 cur = model_cfg.get(name)
-                model_cfg[name] = _coerce(f"model.{name}", value, cur) if cur is not None else value
-            elif name in train_known:
-                setattr(train, name, _coerce(f"train.{name}", value, getattr(train, name)))
+                model_cfg[name] = _coerce(full, value, cur) if cur is not None else value
             else:
-                raise AffectusError(f"{where}: unknown config key '{key}'")
+                target = train if section == "train" else recipe
+                setattr(target, name, _coerce(full, value, getattr(target, name)))
 
     # 1. the model's shipped defaults
     try:
         shipped = yaml.safe_load(_config_text(f"models/{model_name}.yaml")) or {}
     except FileNotFoundError:
         shipped = {}
-    apply_pairs({f"model.{k}": v for k, v in (shipped.get("model") or {}).items()}, f"configs/models/{model_name}.yaml")
-    apply_pairs({f"train.{k}": v for k, v in (shipped.get("train") or {}).items()}, f"configs/models/{model_name}.yaml")
+    for section in SECTIONS:
+        apply_pairs({f"{section}.{k}": v for k, v in (shipped.get(section) or {}).items()},
+                    f"configs/models/{model_name}.yaml")
 
-    # 2. the variant (and, for CMC-GT, the preset's own Table III row)
-    variants = load_variants() if model_name == "cmc" else {"cmc": {"overrides": {}}}
-    if variant not in variants:
-        raise AffectusError(f"unknown variant '{variant}' for model '{model_name}': expected one of {', '.join(variants)}")
-    spec = variants[variant]
-    # 3. the dataset preset (Table III)
+    # 2. the dataset preset (Table III; a variant may ask for another row, e.g. CMC-GT's Table VII)
+    variant, spec = entry.variant(variant)
     if preset is not None:
         table = (preset.model or {}).get(spec.get("preset_model_key", model_name)) or (preset.model or {}).get(model_name)
         if table is not None:
             values = dataclasses.asdict(table) if dataclasses.is_dataclass(table) else dict(table)
             apply_pairs({f"model.{k}": v for k, v in values.items()}, f"preset {preset.name}")
+    # 3. the variant
     apply_pairs(spec.get("overrides") or {}, f"variant {variant}")
-    # 4. a user YAML file: {model: {...}, train: {...}} or flat keys
+    # 4. a user YAML file
     if config_file is not None:
-        path = Path(config_file)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise AffectusError(f"config file {path}: cannot read YAML ({type(err).__name__})") from None
-        if not isinstance(data, dict):
-            raise AffectusError(f"config file {path}: expected a mapping at the top level")
-        flat: dict[str, Any] = {}
-        for k, v in data.items():
-            if k in ("model", "train") and isinstance(v, dict):
-                flat.update({f"{k}.{kk}": vv for kk, vv in v.items()})
-            else:
-                flat[k] = v
-        apply_pairs(flat, f"config file {path}")
+        apply_pairs(_read_config_file(Path(config_file)), f"config file {config_file}")
     # 5. --set overrides
     apply_pairs(overrides or {}, "--set")
     train.validate()
-    return ResolvedConfig(model_name, variant, model_cfg, train, None if preset is None else preset.name)
+    if recipe is not None and hasattr(recipe, "validate"):
+        recipe.validate()
+    check = getattr(entry.config_cls, "validate", None)
+    if check is not None:
+        check(entry.config_cls(**model_cfg))  # e.g. heads dividing d, before anything is written
+    return ResolvedConfig(model_name, variant, model_cfg, train, recipe, None if preset is None else preset.name)

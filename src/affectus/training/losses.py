@@ -1,7 +1,7 @@
 """Supervised contrastive loss (Khosla et al., 2020) as CMC uses it (eqs. 8, 9, 18).
 
 CMC applies SupCon to the concatenated unimodal embeddings [h_t; h_a; h_v] (3B x d, each row
-L2-normalised) with the pseudo labels binarised by `binarise_for_supcon`. For an anchor i, with
+L2-normalised) with the pseudo labels binarised by the label scheme (`LabelScheme.supcon_labels`). For an anchor i, with
 z_ij = <f_i, f_j> / tau, positives P(i) = {j != i : y_j = y_i} and A(i) = {j != i}:
 
   form='in'  (the authors' code, our default for reproduction; the sum over positives INSIDE the log)
@@ -20,7 +20,6 @@ from __future__ import annotations
 import torch
 
 SUPCON_FORMS = ("in", "out")
-SUPCON_FAMILIES = ("sims", "mosi")
 
 
 def supcon_loss(
@@ -66,17 +65,3 @@ def supcon_loss(
     if base_temperature is not None:
         loss = loss * (temperature / base_temperature)
     return loss
-
-
-def binarise_for_supcon(classes: torch.Tensor, family: str) -> torch.Tensor:
-    """3-class labels (0 neg, 1 neu, 2 pos) -> the binary SupCon labels of the authors' code.
-
-    family 'sims' (CH-SIMS, CH-SIMS v2): positive vs non-positive, i.e. class 2 -> 1, {0, 1} -> 0.
-    family 'mosi' (CMU-MOSI, CMU-MOSEI): non-negative vs negative, i.e. {1, 2} -> 1, 0 -> 0.
-    Matches each family's Acc2 split (neutral goes with negative on CH-SIMS, with positive on MOSI).
-    """
-    if family == "sims":
-        return (classes > 1).long()
-    if family == "mosi":
-        return (classes >= 1).long()
-    raise ValueError(f"SupCon family {family!r}: expected one of {', '.join(SUPCON_FAMILIES)}")

@@ -18,14 +18,15 @@ import torch.nn.functional as F
 
 from affectus.data.batches import Batch
 from affectus.data.types import MODALITIES
-from affectus.training.losses import binarise_for_supcon, supcon_loss
+from affectus.training.losses import supcon_loss
 from affectus.training.plgm import ModalityEMA, MomentumSchedule, PseudoLabelBank
 
 
-def _supcon(embeddings: torch.Tensor, classes: torch.Tensor, family: str, tau: float, form: str) -> torch.Tensor:
-    """SupCon on [h_t; h_a; h_v] (eq. 8): (B, 3, d) embeddings, (B, 3) per-modality classes."""
+def _supcon(embeddings: torch.Tensor, classes: torch.Tensor, scheme, tau: float, form: str) -> torch.Tensor:
+    """SupCon on [h_t; h_a; h_v] (eq. 8): (B, 3, d) embeddings, (B, 3) per-modality classes; the label
+    scheme says which classes count as positives of each other (sentiment: the binary Acc2 split)."""
     feats = embeddings.transpose(0, 1).reshape(-1, embeddings.shape[-1])  # (3B, d), modality-major
-    labels = binarise_for_supcon(classes.transpose(0, 1).reshape(-1), family)  # (3B,)
+    labels = scheme.supcon_labels(classes.transpose(0, 1).reshape(-1))  # (3B,)
     return supcon_loss(feats, labels, temperature=tau, form=form)
 
 
@@ -34,9 +35,9 @@ class Stage1Task:
 
     name = "stage1"
 
-    def __init__(self, model, train_bank: PseudoLabelBank, val_bank: PseudoLabelBank, val_batches, cfg, family: str):
+    def __init__(self, model, train_bank: PseudoLabelBank, val_bank: PseudoLabelBank, val_batches, cfg, scheme):
         self.cfg = cfg
-        self.family = family
+        self.scheme = scheme
         self.bank = train_bank
         self.val_bank = val_bank  # faithful mode: moves with PLGM too (authors' code); fixed mode: frozen
         self.val_batches = val_batches  # () -> iterable of Batch (with labels)
@@ -68,7 +69,7 @@ class Stage1Task:
         if self.cfg.plgm and self.cfg.unimodal_labels == "pseudo":
             self.bank.update(index, out.modality_logits.detach().float().cpu(), self.label_m)
         ce = [F.cross_entropy(out.modality_logits[:, k], targets[:, k]) for k in range(3)]
-        sc = _supcon(out.embeddings, targets, self.family, self.cfg.supcon_tau, self.cfg.supcon_form)
+        sc = _supcon(out.embeddings, targets, self.scheme, self.cfg.supcon_tau, self.cfg.supcon_form)
         total = ce[0] + ce[1] + ce[2] + sc  # eq. 9, weights all 1
         parts = {"loss": total.item(), "supcon": sc.item()}
         parts.update({f"ce_{m}": c.item() for m, c in zip(MODALITIES, ce)})
@@ -194,10 +195,10 @@ class Stage2Task(_SelectsBestState):
 
     name = "stage2"
 
-    def __init__(self, train_targets, val_targets, val_batches, cfg, family: str):
+    def __init__(self, train_targets, val_targets, val_batches, cfg, scheme):
         super().__init__(val_batches)
         self.cfg = cfg
-        self.family = family
+        self.scheme = scheme
         self.train_targets = train_targets  # (N_train, 3) fixed stage-1 pseudo labels
         self.val_targets = val_targets  # (N_val, 3)
         # the authors select on the total validation loss (eq. 18); `multimodal` selects on eq. 15
@@ -209,7 +210,7 @@ class Stage2Task(_SelectsBestState):
         if self.cfg.stage2_loss == "single":
             return lm, {"loss": lm.item(), "ce_m": lm.item()}
         lk = [F.cross_entropy(out.modality_logits[:, k], targets[:, k]) for k in range(3)]  # eq. 16
-        sc = _supcon(out.embeddings, targets, self.family, self.cfg.supcon_tau, self.cfg.supcon_form)
+        sc = _supcon(out.embeddings, targets, self.scheme, self.cfg.supcon_tau, self.cfg.supcon_form)
         total = lm + lk[0] + lk[1] + lk[2] + sc  # eqs. 17-18
         parts = {"loss": total.item(), "ce_m": lm.item(), "supcon": sc.item()}
         parts.update({f"ce_{m}": v.item() for m, v in zip(MODALITIES, lk)})

@@ -1,0 +1,83 @@
+"""Modality availability: which of text / audio / vision a sample has.
+
+An absent modality is zero-filled with length 0 and marked False in the split's (N, 3) `available`
+mask, which every batch carries as `Batch.available`. Every model accepts every mask without NaN.
+
+The 7 fixed conditions of CUMDF's Tables 1-2 are the non-empty subsets of {l, a, v} (l = language =
+text); `parse_available` reads them as `text,audio`, `l,a`, `la` or `{l,a}`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import numpy as np
+
+from affectus.data.types import MODALITIES, Split
+from affectus.errors import AffectusError
+
+SHORT = {"l": "text", "t": "text", "a": "audio", "v": "vision"}
+
+# {l}, {a}, {v}, {l,a}, {l,v}, {a,v}, {l,a,v}: CUMDF's order
+CONDITIONS: tuple[tuple[str, ...], ...] = tuple(
+    c for r in (1, 2, 3) for c in itertools.combinations(MODALITIES, r)
+)
+
+
+def condition_name(present: tuple[str, ...] | list[str]) -> str:
+    """('text', 'audio') -> '{l,a}'."""
+    short = {"text": "l", "audio": "a", "vision": "v"}
+    return "{" + ",".join(short[m] for m in MODALITIES if m in present) + "}"
+
+
+def parse_available(text: str) -> tuple[str, ...]:
+    """'text,audio' / 'l,a' / 'la' / '{l,a}' -> ('text', 'audio'), in text / audio / vision order."""
+    raw = str(text).strip().strip("{}").replace(" ", "")
+    parts = [p for p in raw.split(",") if p] if "," in raw or raw in MODALITIES else list(raw)
+    names = []
+    for p in parts:
+        name = SHORT.get(p.lower(), p.lower())
+        if name not in MODALITIES:
+            raise AffectusError(f"--available {text!r}: unknown modality {p!r} (expected text, audio, vision or l, a, v)")
+        names.append(name)
+    if not names:
+        raise AffectusError(f"--available {text!r}: at least one modality must stay available")
+    return tuple(m for m in MODALITIES if m in names)
+
+
+def with_availability(split: Split, present: tuple[str, ...] | list[str] | np.ndarray) -> Split:
+    """A copy of `split` where the absent modalities are zero-filled with length 0.
+
+    `present`: the modalities every sample keeps (a condition), or an (N, 3) bool mask per sample.
+    A sample already missing a modality stays missing it.
+    """
+    n = len(split)
+    if isinstance(present, np.ndarray):
+        mask = np.asarray(present, dtype=bool)
+        if mask.shape != (n, 3):
+            raise AffectusError(f"availability mask of shape {mask.shape}, expected ({n}, 3)")
+    else:
+        unknown = [m for m in present if m not in MODALITIES]
+        if unknown:
+            raise AffectusError(f"unknown modality {unknown[0]!r} (expected text, audio, vision)")
+        mask = np.tile(np.array([m in present for m in MODALITIES]), (n, 1))
+    if split.available is not None:
+        mask = mask & split.available
+    if not mask.any(axis=1).all():
+        raise AffectusError(f"split {split.name}: an availability condition must keep at least one modality")
+    changes = {}
+    for k, m in enumerate(MODALITIES):
+        gone = ~mask[:, k]
+        if gone.any():
+            feats = split.features(m).copy()
+            feats[gone] = 0.0
+            lengths = split.lengths(m).copy()
+            lengths[gone] = 0
+            changes[m] = feats
+            changes[f"{m}_lengths"] = lengths
+            if m == "text" and split.text_bert is not None:
+                bert = split.text_bert.copy()
+                bert[gone] = 0  # no ids, an all-zero attention mask
+                changes["text_bert"] = bert
+    return replace(split, available=mask, **changes)

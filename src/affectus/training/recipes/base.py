@@ -1,0 +1,129 @@
+"""What every recipe gets (`RecipeContext`) and returns (`RecipeResult`), and the plumbing they share.
+
+A recipe is any object with `config_cls` (the dataclass of its `recipe.*` settings, or None) and
+`train(ctx) -> RecipeResult`. Stages are tasks run by the one generic loop (`training/loop.py`);
+`ctx.run_stage` adds seeded batches, the optimiser's resume and a per-epoch resume state, so a recipe
+only says which task trains which parameters in which order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from affectus.data.batches import Batch, iterate_batches
+from affectus.data.types import MODALITIES, Split
+from affectus.inference import checkpoints as ckpt
+from affectus.training.loop import LoopState, run_loop
+
+
+class Recipe(Protocol):
+    config_cls: type | None
+
+    def train(self, ctx: RecipeContext) -> RecipeResult: ...
+
+
+@dataclass
+class RecipeResult:
+    state: dict[str, torch.Tensor]  # the selected weights, loaded into the model before evaluation
+    summary: dict[str, Any]  # per-stage summaries for run.json ({stage: {epochs, best_epoch, history, ...}})
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # extra tensors saved as bank.safetensors
+
+
+@dataclass
+class RecipeContext:
+    model: torch.nn.Module
+    train: Any  # TrainConfig: the generic settings
+    recipe: Any  # the recipe's own config (None for recipes without settings)
+    train_split: Split
+    select_split: Split
+    scheme: Any  # LabelScheme: classes, SupCon labels
+    device: torch.device
+    out: Path
+    saved: dict[str, Any] | None = None  # the resume state (state.pt), None for a fresh run
+    log: Callable[[str], None] | None = None
+
+    @property
+    def state_path(self) -> Path:
+        return self.out / "state.pt"
+
+    def batches(self, split: Split, stage: int) -> Callable[[int], Iterable[Batch]]:
+        """Epoch -> training batches. Shuffling and dropout are seeded from (seed, stage, epoch), so
+        resuming an interrupted run gives bit-identical weights."""
+        tc = self.train
+
+        def make(epoch: int):
+            torch.manual_seed(tc.seed * 1_000_003 + stage * 1009 + epoch)
+            rng = np.random.default_rng([tc.seed, stage, epoch])
+            return iterate_batches(split, tc.batch_size, order=self._order(split, rng), scheme=self.scheme,
+                                   drop_single=True)
+
+        return make
+
+    def _order(self, split: Split, rng: np.random.Generator) -> np.ndarray:
+        if self.train.bucket and getattr(getattr(self.model, "config", None), "padding", "faithful") == "masked":
+            from affectus.models.layers import bucket_order
+
+            lengths = np.maximum.reduce([split.lengths(m) for m in MODALITIES])
+            return bucket_order(lengths, self.train.batch_size, rng)
+        return rng.permutation(len(split))
+
+    def eval_batches(self, split: Split) -> Callable[[], Iterable[Batch]]:
+        return lambda: iterate_batches(split, self.train.batch_size, scheme=self.scheme)
+
+    def optimizer(self, model: torch.nn.Module | None = None, lr: float | None = None) -> torch.optim.Optimizer:
+        """Adam over the parameters that require grad. A fine-tuned BERT gets its own lr and decay (none
+        on biases / LayerNorm); everything else `lr` (default train.lr), no decay. Freezing is the
+        recipe's business (requires_grad on modules), never this factory's."""
+        tc = self.train
+        groups: dict[str, list] = {"main": [], "bert_decay": [], "bert_no_decay": []}
+        for name, p in (model or self.model).named_parameters():
+            if not p.requires_grad:
+                continue
+            if name.startswith("bert."):
+                no_decay = name.endswith("bias") or "LayerNorm" in name
+                groups["bert_no_decay" if no_decay else "bert_decay"].append(p)
+            else:
+                groups["main"].append(p)
+        params = [{"params": groups["main"], "lr": tc.lr if lr is None else lr, "weight_decay": 0.0}]
+        if groups["bert_decay"] or groups["bert_no_decay"]:
+            params += [
+                {"params": groups["bert_decay"], "lr": tc.bert_lr, "weight_decay": tc.bert_weight_decay},
+                {"params": groups["bert_no_decay"], "lr": tc.bert_lr, "weight_decay": 0.0},
+            ]
+        return torch.optim.Adam(params)
+
+    def resumes(self, stage: int) -> bool:
+        """True when the saved resume state belongs to this stage."""
+        return self.saved is not None and self.saved.get("stage") == stage
+
+    def run_stage(self, stage: int, task, optimizer, *, model: torch.nn.Module | None = None,
+                  extra: dict[str, Any] | None = None) -> LoopState:
+        """Train `task` in the generic loop as stage number `stage`, resuming it when the saved state is
+        this stage's. `extra` tensors/values are saved with every epoch's resume state (what a later
+        stage needs from an earlier one). `model` may wrap `ctx.model` (e.g. to keep parts in eval mode)."""
+        loop_state = None
+        if self.resumes(stage):
+            saved = self.saved
+            self.model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            task.load_state_dict(saved["task"])
+            d = saved["loop"]
+            loop_state = LoopState(epoch=d["epoch"], since_improved=d["since_improved"], history=list(d["history"]),
+                                   done=d["done"])
+
+        def save(state: LoopState) -> None:
+            ckpt.save_state(self.state_path, {
+                "stage": stage, "loop": dataclasses.asdict(state), "model": self.model.state_dict(),
+                "optimizer": optimizer.state_dict(), "task": task.state_dict(), **(extra or {}),
+            })
+
+        tc = self.train
+        return run_loop(task, model or self.model, optimizer, self.batches(self.train_split, stage), tc.epochs,
+                        tc.patience, self.device, state=loop_state, save_state=save, log=self.log, amp=tc.amp)
