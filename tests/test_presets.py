@@ -6,8 +6,8 @@ import pytest
 
 from affectus.data.mmsa import dataset_from_raw
 from affectus.data.presets import ModelSettings, Preset, list_presets, load_preset
-from affectus.evaluation.schemes import LabelScheme
 from affectus.errors import AffectusError
+from affectus.evaluation.schemes import LabelScheme
 
 EXPECTED = {  # name: (dims t/a/v, seq lens t/a/v, label range, acc2, unimodal, bert, {model: (layers, heads, dropout)})
     "sims": (
@@ -78,7 +78,7 @@ def test_preset_types(name):
 
 @pytest.mark.parametrize("name", list(EXPECTED))
 def test_published_numbers(name):
-    dims, lens, label_range, acc2, unimodal, bert, models = EXPECTED[name]
+    dims, lens, label_range, acc2, unimodal, _bert, models = EXPECTED[name]
     p = load_preset(name)
     assert tuple(p.dims.values()) == dims
     assert tuple(p.seq_lens.values()) == lens

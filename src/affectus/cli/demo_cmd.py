@@ -41,12 +41,12 @@ def demo(
     threads: int = typer.Option(0, "--threads", help="CPU threads (0: torch's default)"),
 ) -> None:
     """Train CMC and a late-fusion baseline on simulated conflicting data; show how CMC's router shifts."""
+    from affectus.cli.train_cmds import apply_threads
     from affectus.data.types import MODALITIES, to_classes
-    from affectus.evaluation.subsets import consistency_masks
     from affectus.evaluation.schemes import get_scheme
+    from affectus.evaluation.subsets import consistency_masks
     from affectus.inference.predictor import load
     from affectus.training.config import resolve_config
-    from affectus.cli.train_cmds import apply_threads
     from affectus.training.trainer import DataPlan, train_run
 
     console = Console()

@@ -59,16 +59,18 @@ class Predictor:
         cfg_values = dict(self.info["model_config"])
         self.model_name = self.info["model_name"]
         config = make_config(self.model_name, cfg_values)
-        bert_file = self.run_dir / "bert_config.json"
-        if bert_file.is_file():
-            # a fine-tuned BERT travels inside model.safetensors; build its shell from the saved config
-            from transformers import BertConfig
+        # building the shell draws initial weights from torch's RNG: keep the caller's RNG untouched
+        with torch.random.fork_rng(devices=[]):
+            bert_file = self.run_dir / "bert_config.json"
+            if bert_file.is_file():
+                # a fine-tuned BERT travels inside model.safetensors; build its shell from the saved config
+                from transformers import BertConfig
 
-            from affectus.models.cmc import CMC
+                from affectus.models.cmc import CMC
 
-            self.model = CMC(config, bert_config=BertConfig.from_json_file(str(bert_file)))
-        else:
-            self.model = create_model(self.model_name, config)
+                self.model = CMC(config, bert_config=BertConfig.from_json_file(str(bert_file)))
+            else:
+                self.model = create_model(self.model_name, config)
         weights = ckpt.load_tensors(self.run_dir / "model.safetensors")
         missing, unexpected = self.model.load_state_dict(weights, strict=False)
         if missing or unexpected:

@@ -21,7 +21,7 @@ import torch
 from affectus.data.types import MERDataset, Split
 from affectus.errors import AffectusError
 from affectus.evaluation.evaluate import evaluate_split
-from affectus.evaluation.schemes import LabelScheme, get_scheme, infer_scheme
+from affectus.evaluation.schemes import LabelScheme, infer_scheme
 from affectus.inference import checkpoints as ckpt
 from affectus.models.registry import create_model, get_model_entry, make_config
 from affectus.training.config import ResolvedConfig
@@ -132,7 +132,7 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
     model.load_state_dict(result.state)
 
     eval_split = dataset[plan.eval] if plan.eval in dataset else None
-    score = lambda split: evaluate_split(model, split, plan.scheme, tc.batch_size, device)  # noqa: E731
+    score = lambda split: evaluate_split(model, split, plan.scheme, tc.batch_size, device)
     metrics = score(eval_split) if eval_split is not None else {}
     # the selection split's scores: what sweeps and model choice may look at (never the test scores)
     same = plan.select == plan.eval and eval_split is not None  # e.g. mosi-utterance scores valid

@@ -1,0 +1,300 @@
+"""The core's contracts: a model brings its own recipe; label schemes; modality availability; inference
+imports no training code; the trainer leaves global torch state alone; the test-label firewall."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from affectus.cli import main
+from affectus.data.batches import iterate_batches
+from affectus.data.missing import CONDITIONS, condition_name, parse_available, with_availability
+from affectus.data.mmsa import dataset_from_raw, load_dataset, write_pickle
+from affectus.data.synthetic import SynthConfig, generate
+from affectus.errors import AffectusError
+from affectus.evaluation.schemes import get_scheme, infer_scheme
+from affectus.models.output import ModelOutput
+from affectus.models.registry import _REGISTRY, create_model, get_model_entry, list_models, make_config, register_model
+from affectus.training.config import resolve_config
+from affectus.training.trainer import build_model, plan_for
+
+TINY = {"seq_lens": {"text": 4, "audio": 6, "vision": 5}, "dims": {"text": 12, "audio": 5, "vision": 7}}
+FAST = ["--set", "train.epochs=2", "--set", "train.patience=1", "--set", "train.batch_size=16", "--threads", "1",
+        "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def sim_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("core") / "tiny.pkl"
+    write_pickle(generate(SynthConfig(n_train=40, n_valid=16, n_test=16, seed=5, **TINY)), path)
+    return path
+
+
+# ------------------------------------------------------------------------- a toy model with its recipe
+
+
+@dataclass
+class ToyConfig:
+    dims: dict[str, int] = field(default_factory=lambda: {"text": 1, "audio": 1, "vision": 1})
+    num_classes: int = 3
+    hidden: int = 4
+
+
+class Toy(nn.Module):
+    def __init__(self, config: ToyConfig):
+        super().__init__()
+        self.config = config
+        self.proj = nn.Linear(sum(config.dims.values()), config.num_classes)
+
+    def forward(self, batch) -> ModelOutput:
+        pooled = torch.cat([getattr(batch, m).float().mean(1) for m in ("text", "audio", "vision")], -1)
+        return ModelOutput(logits=self.proj(pooled))
+
+
+@dataclass
+class ToyRecipeConfig:
+    label_smoothing: float = 0.0
+
+
+class ToyTask:
+    """Cross-entropy with label smoothing; selects the last epoch (a recipe's own rule)."""
+
+    name = "toy"
+
+    def __init__(self, smoothing: float):
+        self.smoothing = smoothing
+        self.best_state = None
+        self.calls = 0
+
+    def start_epoch(self, epoch):
+        pass
+
+    def loss(self, model, batch):
+        self.calls += 1
+        loss = nn.functional.cross_entropy(model(batch).logits, batch.classes, label_smoothing=self.smoothing)
+        return loss, {"loss": loss.item()}
+
+    def after_step(self, model):
+        pass
+
+    def validate(self, model):
+        return {"loss": 0.0}
+
+    def end_epoch(self, epoch, model, val):
+        self.best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        return True
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+class ToyRecipe:
+    config_cls = ToyRecipeConfig
+    seen: list[float] = []
+
+    def train(self, ctx):
+        from affectus.training.recipes.base import RecipeResult
+
+        self.seen.append(ctx.recipe.label_smoothing)
+        task = ToyTask(ctx.recipe.label_smoothing)
+        loop = ctx.run_stage(1, task, ctx.optimizer())
+        return RecipeResult(task.best_state, {"toy": {"epochs": loop.epoch, "steps": task.calls}})
+
+
+@pytest.fixture
+def toy_registered():
+    register_model("toy", ToyConfig, "a toy model for the registry test", recipe=ToyRecipe(),
+                   variants={"plain": {"description": "as is", "overrides": {}},
+                             "smooth": {"description": "label smoothing", "overrides": {"recipe.label_smoothing": 0.2}}})(Toy)
+    yield
+    _REGISTRY.pop("toy", None)
+
+
+def test_toy_model_with_its_own_recipe_trains_and_evaluates_through_the_cli(toy_registered, sim_file, tmp_path, capsys):
+    ToyRecipe.seen.clear()
+    out = tmp_path / "toy"
+    assert main(["train", "--data", str(sim_file), "--model", "toy", "--variant", "smooth", "--out", str(out), *FAST]) == 0
+    assert ToyRecipe.seen == [0.2]  # the variant reached the recipe's own config
+    info = json.loads((out / "run.json").read_text())
+    assert info["model_name"] == "toy" and info["variant"] == "smooth" and info["stages"]["toy"]["epochs"] == 2
+    assert info["config"]["recipe"] == {"label_smoothing": 0.2}
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--data", str(sim_file), "--split", "test", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["split"] == "test" and 0 <= got["acc2"] <= 100
+    # unknown recipe keys are refused, with the model's own keys suggested
+    assert main(["train", "--data", str(sim_file), "--model", "toy", "--out", str(tmp_path / "x"),
+                 "--set", "recipe.label_smothing=0.1", *FAST]) == 2
+    assert "did you mean 'recipe.label_smoothing'" in capsys.readouterr().err
+
+
+def test_no_generic_code_compares_a_model_name():
+    src = Path(__file__).resolve().parents[1] / "src" / "affectus"
+    import re
+
+    pattern = re.compile(r'[!=]= *"cmc"|"cmc" *[!=]=')
+    hits = [f"{p}:{i}" for p in src.rglob("*.py") for i, line in enumerate(p.read_text().splitlines(), 1)
+            if pattern.search(line)]
+    assert hits == []
+
+
+def test_model_names_are_case_insensitive_and_suggested():
+    assert get_model_entry("CMC").name == "cmc"
+    with pytest.raises(AffectusError, match="did you mean 'late_fusion'"):
+        get_model_entry("late_fusoin")
+    with pytest.raises(AffectusError, match="did you mean 'wo_pfm'"):
+        resolve_config("cmc", "wo_pfn")
+
+
+# ----------------------------------------------------------------------------------------- schemes
+
+
+def test_categorical_scheme_metrics_by_hand():
+    s = get_scheme({"name": "categorical", "classes": ["happy", "sad", "angry", "neutral"]})
+    truth = np.array([0, 0, 1, 2, 3, 3])
+    pred = np.array([0, 1, 1, 2, 3, 0])
+    m = s.metrics(logits=np.eye(4)[pred], labels=truth.astype(np.float32))
+    assert m["acc"] == pytest.approx(100 * 4 / 6)
+    # recalls: happy 1/2, sad 1, angry 1, neutral 1/2 -> UAR 0.75
+    assert m["uar"] == pytest.approx(75.0)
+    # F1: happy P 1/2 R 1/2 -> 0.5; sad P 1/2 R 1 -> 2/3; angry 1; neutral P 1 R 1/2 -> 2/3
+    assert m["f1_happy"] == pytest.approx(50.0) and m["f1_sad"] == pytest.approx(200 / 3)
+    assert m["f1_angry"] == pytest.approx(100.0) and m["f1_neutral"] == pytest.approx(200 / 3)
+    weighted = (2 * 0.5 + 1 * 2 / 3 + 1 * 1 + 2 * 2 / 3) / 6 * 100
+    assert m["f1"] == pytest.approx(weighted)
+    with pytest.raises(AffectusError, match="split train row 2: label 7 is not one of the 4 classes"):
+        s.check_labels(np.array([0, 1, 7]), "file f split train")
+
+
+def test_sentiment_schemes_keep_the_paper_columns():
+    assert [c for c, _ in get_scheme("sims").columns][:2] == ["D_test Acc2", "D_test F1"]
+    assert get_scheme("mosei").name == "mosi" and get_scheme("mosi").objective == "has0_acc2"
+
+
+def test_scheme_is_inferred_from_train_and_selection_splits_only():
+    raw = generate(SynthConfig(n_train=20, n_valid=8, n_test=8, seed=1, **TINY))
+    for split in raw.values():  # drop unimodal labels so the label range decides
+        for key in ("regression_labels_T", "regression_labels_A", "regression_labels_V"):
+            split.pop(key)
+    clean = dataset_from_raw(raw)
+    raw["test"]["regression_labels"] = (raw["test"]["regression_labels"] * 3).astype(np.float32)  # poisoned
+    poisoned = dataset_from_raw(raw)
+    assert plan_for(clean).scheme.name == plan_for(poisoned).scheme.name == "sims"
+    assert infer_scheme(np.array([-2.0, 1.0]), np.array([0.5]), False).name == "mosi"
+
+
+# ------------------------------------------------------------------------------------- availability
+
+
+def test_parse_available_and_conditions():
+    assert parse_available("text,audio") == ("text", "audio")
+    assert parse_available("l,a") == parse_available("la") == parse_available("{l,a}") == ("text", "audio")
+    assert [condition_name(c) for c in CONDITIONS] == ["{l}", "{a}", "{v}", "{l,a}", "{l,v}", "{a,v}", "{l,a,v}"]
+    with pytest.raises(AffectusError, match="unknown modality 'x'"):
+        parse_available("l,x")
+    with pytest.raises(AffectusError, match="at least one modality"):
+        parse_available("")
+
+
+def test_absent_modality_is_zero_filled_with_length_zero():
+    ds = dataset_from_raw(generate(SynthConfig(n_train=8, n_valid=4, n_test=4, seed=2, **TINY)))
+    split = with_availability(ds["train"], ("text",))
+    assert (split.audio == 0).all() and (split.audio_lengths == 0).all() and (split.vision_lengths == 0).all()
+    assert np.array_equal(split.text, ds["train"].text)
+    batch = next(iter(iterate_batches(split, 8)))
+    assert batch.available.tolist() == [[True, False, False]] * 8
+    assert ds["train"].available is None and next(iter(iterate_batches(ds["train"], 8))).availability().all()
+
+
+@pytest.mark.parametrize("model_name", list_models())
+def test_every_model_every_availability_mask_no_nan(model_name):
+    """Forward and backward in training, forward in evaluation, under each of the 7 conditions."""
+    ds = dataset_from_raw(generate(SynthConfig(n_train=12, n_valid=4, n_test=4, seed=3, **TINY)))
+    fields = get_model_entry(model_name).config_cls.__dataclass_fields__
+    small = {f"model.{k}": v for k, v in (("layers", 1), ("heads", 2)) if k in fields}
+    cfg = resolve_config(model_name, None, None, None, small)
+    torch.manual_seed(0)
+    model, _ = build_model(cfg, ds, get_scheme("sims"))
+    for present in CONDITIONS:
+        split = with_availability(ds["train"], present)
+        batch = next(iter(iterate_batches(split, 12)))
+        model.train()
+        out = model(batch)
+        loss = out.logits.float().sum() + (0 if out.regression is None else out.regression.sum())
+        loss.backward()
+        assert torch.isfinite(out.logits).all(), (model_name, present)
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads), (model_name, present)
+        model.zero_grad()
+        model.eval()
+        with torch.no_grad():
+            assert torch.isfinite(model(batch).logits).all(), (model_name, present)
+
+
+def test_evaluate_available_gives_the_same_keys(sim_file, tmp_path, capsys):
+    out = tmp_path / "lf"
+    assert main(["train", "--data", str(sim_file), "--model", "late_fusion", "--out", str(out), *FAST]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--data", str(sim_file), "--split", "test", "--json"]) == 0
+    full = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", str(out), "--data", str(sim_file), "--split", "test", "--json", "--available", "l,a"]) == 0
+    part = json.loads(capsys.readouterr().out)
+    assert set(full) == set(part) and set(full["d_test"]) == set(part["d_test"])
+    assert main(["evaluate", str(out), "--data", str(sim_file), "--available", "l,q"]) == 2
+    assert "unknown modality 'q'" in capsys.readouterr().err
+    # the Python API takes the same option; absent modalities leave the explanation
+    import affectus
+
+    pred = affectus.load(out).predict(load_dataset(sim_file)["test"], available="text")
+    assert pred.available[:, 1:].sum() == 0 and pred.probabilities.shape == (16, 3)
+
+
+# ------------------------------------------------------------------------------------- boundaries
+
+
+def test_load_imports_no_training_code_or_sklearn(sim_file, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(sim_file), "--model", "late_fusion", "--out", str(out), *FAST]) == 0
+    code = ("import sys, affectus; p = affectus.load(sys.argv[1]); "
+            "bad = sorted(m for m in sys.modules if m.startswith(('affectus.training', 'sklearn'))); print(bad)")
+    proc = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"
+
+
+def test_library_training_leaves_global_torch_state_alone(sim_file, tmp_path):
+    import affectus
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    threads = torch.get_num_threads()
+    affectus.train(sim_file, tmp_path / "run", model="late_fusion", threads=1,
+                   overrides={"train.epochs": 1, "train.batch_size": 16})
+    assert torch.get_num_threads() == threads
+    assert torch.equal(torch.rand(3), expected)  # the run's seeds did not reset the caller's RNG
+
+
+def test_training_set_size_one_more_than_a_batch_multiple(tmp_path):
+    """N % batch == 1 used to yield an empty final batch (NaN loss): now the single sample sits out."""
+    path = tmp_path / "odd.pkl"
+    write_pickle(generate(SynthConfig(n_train=33, n_valid=8, n_test=8, seed=4, **TINY)), path)
+    assert main(["train", "--data", str(path), "--model", "late_fusion", "--out", str(tmp_path / "r"), *FAST]) == 0
+
+
+def test_every_registered_model_builds_from_its_registry_entry():
+    for name in list_models():
+        entry = get_model_entry(name)
+        model = create_model(name, make_config(name, {"dims": TINY["dims"]}))
+        assert isinstance(model, nn.Module)
+        assert entry.default_variant in entry.get_variants()
