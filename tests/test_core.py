@@ -8,6 +8,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -22,7 +23,14 @@ from affectus.data.synthetic import SynthConfig, generate
 from affectus.errors import AffectusError
 from affectus.evaluation.schemes import get_scheme, infer_scheme
 from affectus.models.output import ModelOutput
-from affectus.models.registry import _REGISTRY, create_model, get_model_entry, list_models, make_config, register_model
+from affectus.models.registry import (
+    _REGISTRY,
+    create_model,
+    get_model_entry,
+    list_models,
+    make_config,
+    register_model,
+)
 from affectus.training.config import resolve_config
 from affectus.training.trainer import build_model, plan_for
 
@@ -101,7 +109,7 @@ class ToyTask:
 
 class ToyRecipe:
     config_cls = ToyRecipeConfig
-    seen: list[float] = []
+    seen: ClassVar[list[float]] = []
 
     def train(self, ctx):
         from affectus.training.recipes.base import RecipeResult

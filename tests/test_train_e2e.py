@@ -141,7 +141,7 @@ def test_python_api_train_load_predict(sim_file: Path, tmp_path: Path) -> None:
         (["--variant", "nope"], "unknown variant 'nope'"),
         (["--set", "model.nonsense=1"], "model.nonsense"),
         (["--set", "train.epochs=abc"], "train.epochs"),
-        (["--set", "train.selection=sometimes"], "train.selection"),
+        (["--set", "recipe.selection=sometimes"], "recipe.selection"),
         (["--preset", "mosi"], "preset mosi expects"),
     ],
 )
@@ -193,7 +193,7 @@ def test_consistent_retention_keeps_every_inconsistent_sample() -> None:
     from affectus.training.trainer import retain_consistent
 
     train = dataset_from_raw(generate(tiny_config(n_train=200)))["train"]
-    msc, msi = consistency_masks(train.labels, train.unimodal_labels)
+    msc, msi = consistency_masks(train.labels, recipe.unimodal_labels)
     kept = retain_consistent(train, 0.25, seed=1)
     kmsc, kmsi = consistency_masks(kept.labels, kept.unimodal_labels)
     assert int(kmsi.sum()) == int(msi.sum())
