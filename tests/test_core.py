@@ -306,3 +306,30 @@ def test_every_registered_model_builds_from_its_registry_entry():
         model = create_model(name, make_config(name, {"dims": TINY["dims"]}))
         assert isinstance(model, nn.Module)
         assert entry.default_variant in entry.get_variants()
+
+
+def test_evaluate_with_the_authors_subset_files(sim_file, tmp_path, capsys):
+    """--subsets MSC,MSI scores the subsets listed in the files; listing the computed ones reproduces them."""
+    import pickle
+
+    from affectus.evaluation.subsets import consistency_masks
+
+    out = tmp_path / "lf"
+    assert main(["train", "--data", str(sim_file), "--model", "late_fusion", "--out", str(out), *FAST]) == 0
+    test = load_dataset(sim_file)["test"]
+    msc, msi = consistency_masks(test.labels, test.unimodal_labels)
+    files = []
+    for name, mask in (("msc", msc), ("msi", msi)):
+        path = tmp_path / f"[test]D_{name}.pkl"
+        path.write_bytes(pickle.dumps({"test": {"id": np.array([i for i, m in zip(test.ids, mask) if m], dtype=object)}}))
+        files.append(str(path))
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--data", str(sim_file), "--split", "test", "--json"]) == 0
+    computed = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", str(out), "--data", str(sim_file), "--split", "test", "--json", "--subsets", ",".join(files)]) == 0
+    from_files = json.loads(capsys.readouterr().out)
+    assert from_files["d_msc"] == computed["d_msc"] and from_files["d_msi"] == computed["d_msi"]
+    # only half of D_msi listed: the subset shrinks
+    Path(files[1]).write_bytes(pickle.dumps([i for i, m in zip(test.ids, msi) if m][: int(msi.sum()) // 2]))
+    assert main(["evaluate", str(out), "--data", str(sim_file), "--split", "test", "--json", "--subsets", ",".join(files)]) == 0
+    assert json.loads(capsys.readouterr().out)["d_msi"]["n"] == int(msi.sum()) // 2

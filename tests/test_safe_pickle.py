@@ -322,3 +322,23 @@ def test_trust_pickle_warns_naming_the_file(cli, make_raw, write_raw):
     assert "--trust-pickle" in err and str(path) in err and "runs any code" in err
     rc, _out, err = cli("inspect", path, "--json")
     assert rc == 0 and "trust" not in err
+
+
+# ---------------------------------------------------------------------------- property: plain data in
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+_PLAIN_DTYPES = st.sampled_from(["<f4", ">f8", "<f2", "|b1", "<i8", "|u1", ">i2", "<c8", "<U3", "|S2"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(array=_PLAIN_DTYPES.flatmap(lambda dt: hnp.arrays(dt, hnp.array_shapes(min_dims=0, max_dims=3, max_side=4))),
+       proto=st.integers(0, 5), fortran=st.booleans())
+def test_any_plain_array_round_trips(array, proto, fortran):
+    if fortran:
+        array = np.asfortranarray(array)
+    got = loads_untrusted(pickle.dumps({"x": array, "ids": list(map(str, range(3)))}, protocol=proto))["x"]
+    assert got.dtype == array.dtype and got.shape == array.shape
+    assert np.array_equal(got, array, equal_nan=array.dtype.kind in "fc")

@@ -90,6 +90,9 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json"),
     available: str | None = typer.Option(
         None, "--available", help="score with only these modalities present, e.g. text,audio or l,a (others zero-filled)"),
+    subsets: str | None = typer.Option(
+        None, "--subsets", help="MSC_FILE,MSI_FILE: the authors' D_msc / D_msi id files, scored instead of "
+                                "the subsets computed from unimodal labels"),
     trust_pickle: bool = TrustOpt,
 ) -> None:
     """Score a trained run on a split of DATA."""
@@ -101,7 +104,12 @@ def evaluate(
     name = split or predictor.info.get("metrics_split", "test")
     if name not in ds:
         raise AffectusError(f"{data}: no split '{name}' (has {', '.join(ds.splits)})")
-    metrics = predictor.evaluate(ds[name], available=available)
+    files = None
+    if subsets is not None:
+        files = tuple(subsets.split(","))
+        if len(files) != 2 or not all(files):
+            raise AffectusError(f"--subsets {subsets!r}: expected MSC_FILE,MSI_FILE")
+    metrics = predictor.evaluate(ds[name], available=available, subset_files=files)
     if as_json:
         print(json.dumps({"split": name, **metrics}, indent=2, sort_keys=True))
     else:

@@ -29,14 +29,18 @@ def predict_split(model, split: Split, batch_size: int, device) -> dict[str, np.
     return {k: np.concatenate(v) for k, v in outs.items() if v}
 
 
-def evaluate_split(model, split: Split, scheme, batch_size: int, device) -> dict[str, Any]:
-    """Predict first (labels withheld), then score against the split's labels under the label scheme."""
+def evaluate_split(model, split: Split, scheme, batch_size: int, device,
+                   masks: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+    """Predict first (labels withheld), then score against the split's labels under the label scheme.
+
+    `masks` (D_msc, D_msi) replaces the subsets computed from unimodal labels, e.g. the authors' files.
+    """
     from affectus.evaluation.schemes import get_scheme
 
     scheme = get_scheme(scheme)
     pred = predict_split(model, split, batch_size, device)
     metrics = scheme.metrics(logits=pred["logits"], pred_scores=pred.get("regression") if scheme.scores else None,
-                             labels=split.labels, unimodal=split.unimodal_labels)
+                             labels=split.labels, unimodal=split.unimodal_labels, masks=masks)
     if "modality_logits" in pred:
         # each modality's own prediction against the multimodal label (Table VI: audio-/vision-only quality)
         metrics["modalities"] = {

@@ -132,16 +132,24 @@ class Predictor:
         return Split(name="input", **feats, **{f"{m}_lengths": lengths[m] for m in MODALITIES},
                      labels=np.zeros(n, np.float32), ids=[str(i) for i in range(n)])
 
-    def evaluate(self, split: Split, available: str | tuple[str, ...] | None = None) -> dict[str, Any]:
-        """The run's metrics on `split` (same keys with or without `available`)."""
+    def evaluate(self, split: Split, available: str | tuple[str, ...] | None = None,
+                 subset_files: tuple[str, str] | None = None) -> dict[str, Any]:
+        """The run's metrics on `split` (same keys with or without `available`). `subset_files`: the
+        authors' D_msc / D_msi id files (e.g. `[test]D_msc.pkl`), scored instead of computed subsets."""
         from affectus.evaluation.evaluate import evaluate_split
 
+        masks = None
+        if subset_files is not None:
+            from affectus.evaluation.subsets import load_subset_ids, masks_from_ids
+
+            msc, msi = (load_subset_ids(f, split.name) for f in subset_files)
+            masks = masks_from_ids(split.ids, msc, msi)
         split = _restrict(split, available)
         for m in MODALITIES:
             if split.features(m).shape[2] != self.dims[m]:
                 raise AffectusError(f"split {split.name} {m}: feature dim {split.features(m).shape[2]}, "
                                     f"the model expects {self.dims[m]}")
-        return evaluate_split(self.model, split, self.scheme, 256, self.device)
+        return evaluate_split(self.model, split, self.scheme, 256, self.device, masks=masks)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

@@ -237,10 +237,6 @@ class SelfMMTask:
         self.best_state = copy.copy(state["best_state"])
 
     # -- ULGM ---------------------------------------------------------------------------------
-    def generated_labels(self) -> dict[str, torch.Tensor]:
-        """The current unimodal labels per modality: (N,) each."""
-        return {m: self.labels[k].clone() for k, m in enumerate(MODALITIES, start=1)}
-
     def _ulgm_step(self, feats: dict[str, torch.Tensor], index: torch.Tensor) -> None:
         # As MMSA: labels move from the second epoch on (the centres need one pass of features first),
         # using the centres of the previous batch; then this batch's vectors enter the bank.

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 
 from affectus.data.batches import Batch
@@ -108,8 +107,3 @@ def run_loop(
             save_state(state)
     state.done = True
     return state
-
-
-def seed_everything(seed: int) -> np.random.Generator:
-    torch.manual_seed(seed)
-    return np.random.default_rng(seed)

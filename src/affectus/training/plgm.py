@@ -214,11 +214,6 @@ class PseudoLabelBank:
         """(K,) int64: how many samples each modality has flipped away from its initial label."""
         return self.flip_mask().sum(dim=0)
 
-    def flips(self) -> dict[str, torch.Tensor]:
-        """Per modality, the sample indices whose hard label differs from the initial label."""
-        mask = self.flip_mask()
-        return {mod: torch.nonzero(mask[:, k]).flatten() for k, mod in enumerate(self.modalities)}
-
     def record_epoch(self) -> dict[str, int]:
         """Append this epoch's flip counts to `flip_history` (call once per epoch); returns them."""
         counts = [int(c) for c in self.flip_counts()]
