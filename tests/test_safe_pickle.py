@@ -326,9 +326,9 @@ def test_trust_pickle_warns_naming_the_file(cli, make_raw, write_raw):
 
 # ---------------------------------------------------------------------------- property: plain data in
 
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from hypothesis.extra import numpy as hnp  # noqa: E402
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 _PLAIN_DTYPES = st.sampled_from(["<f4", ">f8", "<f2", "|b1", "<i8", "|u1", ">i2", "<c8", "<U3", "|S2"])
 

@@ -193,7 +193,7 @@ def test_consistent_retention_keeps_every_inconsistent_sample() -> None:
     from affectus.training.trainer import retain_consistent
 
     train = dataset_from_raw(generate(tiny_config(n_train=200)))["train"]
-    msc, msi = consistency_masks(train.labels, recipe.unimodal_labels)
+    msc, msi = consistency_masks(train.labels, train.unimodal_labels)
     kept = retain_consistent(train, 0.25, seed=1)
     kmsc, kmsi = consistency_masks(kept.labels, kept.unimodal_labels)
     assert int(kmsi.sum()) == int(msi.sum())
