@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from affectus.data.mmsa import (
-    consistency_mask,
     dataset_from_raw,
     dataset_to_raw,
     file_format,
@@ -21,6 +20,7 @@ from affectus.data.mmsa import (
 )
 from affectus.data.types import MODALITIES, MERDataset
 from affectus.errors import AffectusError
+from affectus.evaluation.subsets import consistency_masks
 
 
 def assert_same(a: MERDataset, b: MERDataset) -> None:
@@ -159,14 +159,16 @@ def test_consistency_mask():
             "regression_labels_V": np.array([0.8, -0.6, 0.2, 0.4], np.float32),
         }
     }
-    mask = consistency_mask(dataset_from_raw(raw)["train"])
+    split = dataset_from_raw(raw)["train"]
+    mask, _ = consistency_masks(split.labels, split.unimodal_labels)
     # all positive / all negative -> D_msc; a zero against a positive -> D_msi
     assert mask.tolist() == [True, True, False, False]
 
 
 def test_consistency_mask_needs_unimodal_labels(make_raw):
-    with pytest.raises(AffectusError, match="unimodal labels"):
-        consistency_mask(dataset_from_raw(make_raw())["train"])
+    with pytest.raises(AffectusError, match="unimodal scores"):
+        split = dataset_from_raw(make_raw())["train"]
+        consistency_masks(split.labels, split.unimodal_labels)
 
 
 class _Sneaky:

@@ -14,10 +14,11 @@ import numpy as np
 import typer
 
 from affectus.cli import app
-from affectus.data.mmsa import consistency_mask, file_format, load_dataset, sha256_file, write_npz
+from affectus.data.mmsa import file_format, load_dataset, sha256_file, write_npz
 from affectus.data.presets import load_preset
 from affectus.data.types import MODALITIES, MERDataset
 from affectus.errors import AffectusError
+from affectus.evaluation.subsets import consistency_masks
 
 DataArg = Annotated[Path, typer.Argument(help="MMSA pickle or affectus .npz", show_default=False)]
 PresetOpt = Annotated[
@@ -52,7 +53,7 @@ def summarise(dataset: MERDataset, path: Path, preset: str | None = None) -> dic
     for name, s in dataset.splits.items():
         d_msc = d_msi = None
         if s.unimodal_labels is not None:
-            mask = consistency_mask(s)
+            mask = consistency_masks(s.labels, s.unimodal_labels)[0]
             d_msc, d_msi = int(mask.sum()), int((~mask).sum())
         splits[name] = {
             "n": len(s),

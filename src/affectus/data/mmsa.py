@@ -433,21 +433,3 @@ def write_npz(dataset: MERDataset, path: str | os.PathLike) -> None:
         np.savez(f, **arrays)
         f.flush()
         os.fsync(f.fileno())
-
-
-# ------------------------------------------------------------------------------------------ subsets
-
-
-def consistency_mask(split: Split) -> np.ndarray:
-    """(N,) bool: True for D_msc samples, False for D_msi (paper footnote 3).
-
-    D_msc: the multimodal score and the three unimodal scores share one sign class (all > 0, all = 0
-    or all < 0). Needs unimodal labels (CH-SIMS family).
-    """
-    if split.unimodal_labels is None:
-        raise AffectusError(f"split {split.name}: D_msc/D_msi need unimodal labels (regression_labels_T/A/V)")
-    sign = np.sign(split.labels)
-    mask = np.ones(len(split), dtype=bool)
-    for m in MODALITIES:
-        mask &= np.sign(split.unimodal_labels[m]) == sign
-    return mask

@@ -27,6 +27,7 @@ import numpy as np
 
 from affectus.data.load import open_data, source_id
 from affectus.errors import AffectusError
+from affectus.evaluation.results import format_mean_std, mean_std
 from affectus.evaluation.schemes import get_scheme
 from affectus.experiments.spec import ExperimentSpec, PlannedRun, expand, load_spec
 from affectus.utils.io import write_json_atomic, write_text_atomic
@@ -280,14 +281,6 @@ def parameter_count(model_name: str, model_config: dict[str, Any]) -> int | None
     return _PARAMS_CACHE[key]
 
 
-def _stats(values: list[float]) -> tuple[float | None, float | None]:
-    """Mean and sample std (ddof 1; None for one seed): the incumbent's mean +- std over seeds."""
-    if not values:
-        return None, None
-    arr = np.asarray(values, dtype=np.float64)
-    return float(arr.mean()), (float(arr.std(ddof=1)) if arr.size > 1 else None)
-
-
 def aggregate(out_dir: str | Path) -> list[dict[str, Any]]:
     """Read the finished runs of OUT, write OUT/results.csv and OUT/results.md, return one row per group.
 
@@ -322,7 +315,7 @@ def aggregate(out_dir: str | Path) -> list[dict[str, Any]]:
         done = g.pop("runs")
         mean, std = {}, {}
         for key in metric_keys:
-            mean[key], std[key] = _stats([r["values"][key] for r in done if r["values"].get(key) is not None])
+            mean[key], std[key], _ = mean_std(r["values"].get(key) for r in done)
         rows.append({**g, "n_seeds": len(done), "seeds": [r["seed"] for r in done],
                      "family": done[0]["family"] if done else None, "params": done[0]["params"] if done else None,
                      "mean": mean, "std": std})
@@ -354,12 +347,6 @@ def _csv(exp: dict[str, Any], runs: list[dict], rows: list[dict], metric_keys: l
     return buf.getvalue()
 
 
-def _cell(mean: float | None, std: float | None) -> str:
-    if mean is None:
-        return "-"
-    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
-
-
 def _markdown(exp: dict[str, Any], rows: list[dict], n_finished: int) -> str:
     scheme = get_scheme(exp.get("scheme") or exp.get("family") or "sims")  # older experiments: the family name
     report = exp.get("report") or {}
@@ -378,7 +365,7 @@ def _markdown(exp: dict[str, Any], rows: list[dict], n_finished: int) -> str:
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for g in rows:
         cells = [g["row"], *[_num(g["grid"][k]) for k in grid_keys],
-                 *[_cell(g["mean"].get(key), g["std"].get(key)) for _, key in columns],
+                 *[format_mean_std(g["mean"].get(key), g["std"].get(key)) for _, key in columns],
                  f"{g['params']:,}" if g["params"] is not None else "-", str(g["n_seeds"])]
         lines.append("| " + " | ".join(cells) + " |")
     if report.get("slope_over"):
