@@ -48,7 +48,7 @@ def main() -> None:
         overrides = {**parse_set(args.sets), "train.seed": seed, "train.threads": args.threads}
         cfg = resolve_config(args.model, args.variant, preset, None, overrides)
         t0 = time.perf_counter()
-        m = train_run(ds, cfg, root / f"seed{seed}", plan, log=None, data_source=args.data)
+        m = train_run(ds, cfg, root / f"seed{seed}", plan, data_source=args.data)
         runs.append({"seed": seed, "seconds": round(time.perf_counter() - t0, 1), **{k: m[k] for k in KEYS}})
 
     def agg(rows):

@@ -333,3 +333,16 @@ def test_evaluate_with_the_authors_subset_files(sim_file, tmp_path, capsys):
     Path(files[1]).write_bytes(pickle.dumps([i for i, m in zip(test.ids, msi) if m][: int(msi.sum()) // 2]))
     assert main(["evaluate", str(out), "--data", str(sim_file), "--split", "test", "--json", "--subsets", ",".join(files)]) == 0
     assert json.loads(capsys.readouterr().out)["d_msi"]["n"] == int(msi.sum()) // 2
+
+
+def test_epoch_lines_fit_80_columns_and_quiet_silences_them(sim_file, tmp_path, capsys):
+    args = ["train", "--data", str(sim_file), "--model", "cmc", "--set", "model.layers=1", "--set", "model.heads=2",
+            "--set", "train.epochs=2", "--set", "train.batch_size=16", "--threads", "1"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    lines = [ln for ln in err if "/2" in ln and "train" in ln and "val" in ln]
+    assert err[0].startswith("epoch lines:") and "* = best (kept)" in err[0] and len(err[0]) <= 80
+    assert len(lines) == 4 and {ln.split()[0] for ln in lines} == {"stage1", "stage2"}  # 2 epochs x 2 stages
+    assert all(len(ln) <= 80 for ln in lines)
+    assert main([*args, "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    assert "train" not in capsys.readouterr().err.replace("wrote", "")

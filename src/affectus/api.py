@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ def train(
     """
     from affectus.data.load import open_data
     from affectus.training.config import resolve_config
+    from affectus.training.loop import training_log
     from affectus.training.trainer import plan_for, train_run
     from affectus.utils.threads import torch_threads
 
@@ -47,6 +49,6 @@ def train(
     extra = {k: v for k, v in (("train.seed", seed), ("train.device", device), ("train.threads", threads))
              if v is not None}
     cfg = resolve_config(model, variant, p, config, {**(overrides or {}), **extra})
-    with torch_threads(cfg.train.threads):
-        train_run(ds, cfg, out, plan_for(ds, p), resume=resume, log=print if verbose else None, data_source=str(data))
+    with torch_threads(cfg.train.threads), training_log(stream=sys.stdout if verbose else None):
+        train_run(ds, cfg, out, plan_for(ds, p), resume=resume, data_source=str(data))
     return load(out, device=cfg.train.device)

@@ -47,6 +47,7 @@ def demo(
     from affectus.evaluation.subsets import consistency_masks
     from affectus.inference.predictor import load
     from affectus.training.config import resolve_config
+    from affectus.training.loop import training_log
     from affectus.training.trainer import DataPlan, train_run
 
     console = Console()
@@ -60,8 +61,8 @@ def demo(
     for model, extra in (("late_fusion", {}), ("cmc", DEMO_CMC)):
         cfg = resolve_config(model, None, None, None, {**common, **extra})
         err.print(f"[bold]training {model}[/bold] on {len(ds['train'])} simulated samples ...")
-        with err.status(f"training {model}"):
-            results[model] = train_run(ds, cfg, root / model, plan, log=None, data_source="simulator (demo)")
+        with err.status(f"training {model}"), training_log():  # the spinner stands for the epoch lines
+            results[model] = train_run(ds, cfg, root / model, plan, data_source="simulator (demo)")
 
     table = Table(title="Acc2 (non-positive vs positive) on the simulated test split")
     for col in ("model", "D_test", "D_msc", "D_msi", "F1 (D_test)"):

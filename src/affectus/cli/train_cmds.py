@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -41,8 +43,38 @@ def _fmt(key: str, value) -> str:
     return f"{value:.4f}" if key in ("mae", "corr") else f"{value:.2f}"
 
 
-def _log(line: str) -> None:
-    console.print(line, markup=False, highlight=False)
+@contextmanager
+def epoch_display(quiet: bool):
+    """How `train` shows its epochs: a rich progress bar on a terminal (stage, epoch, losses, ETA), plain
+    epoch lines otherwise (logs, CI), nothing with --quiet. Yields the trainer's `on_epoch` observer."""
+    from affectus.training.loop import EPOCH_LEGEND, training_log
+
+    if quiet:
+        with training_log():
+            yield None
+        return
+    if not console.is_terminal:
+        console.print(EPOCH_LEGEND, markup=False, highlight=False)
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+               TextColumn("{task.fields[losses]}"))
+    with Progress(*columns, console=console, transient=False) as bar, training_log():
+        tasks: dict[str, Any] = {}
+
+        def on_epoch(stage: str, record: dict[str, float], epochs: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=epochs, losses="")
+            vals = " ".join(f"{k[4:]} {v:.3f}" for k, v in record.items() if k.startswith("val_"))
+            best = " *" if record.get("improved") else ""
+            bar.update(tasks[stage], completed=int(record["epoch"]),
+                       losses=f"train {record.get('train_loss', float('nan')):.3f} | val {vals}{best}")
+
+        yield on_epoch
+        for task in tasks.values():  # early stopping ends a stage before its last epoch
+            bar.update(task, total=bar.tasks[task].completed)
 
 
 TrustOpt = typer.Option(False, "--trust-pickle", help=TRUST_PICKLE_HELP)
@@ -61,7 +93,7 @@ def train(
     device: str | None = typer.Option(None, "--device", help="cpu or cuda[:N]"),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in --out"),
-    quiet: bool = typer.Option(False, "--quiet", help="no per-epoch lines"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar or epoch lines (for logs: errors and the result only)"),
     trust_pickle: bool = TrustOpt,
 ) -> None:
     """Train a model (CMC: both stages) and print the paper's metrics; writes OUT/metrics.json."""
@@ -77,7 +109,8 @@ def train(
     cfg = resolve_config(model, variant, p, config, overrides)
     apply_threads(cfg.train.threads)
     plan = plan_for(ds, p)
-    metrics = train_run(ds, cfg, out, plan, resume=resume, log=None if quiet else _log, data_source=data)
+    with epoch_display(quiet) as on_epoch:
+        metrics = train_run(ds, cfg, out, plan, resume=resume, data_source=data, on_epoch=on_epoch)
     _print_metrics(metrics, f"{cfg.model_name}/{cfg.variant} on split '{plan.eval}'")
     console.print(f"wrote {out}/metrics.json")
 

@@ -83,18 +83,17 @@ def _needs_unimodal(run: PlannedRun) -> bool:
 def _train_one(ds, plan, run_dir: Path, config: dict[str, Any], threads: int, data_source: str) -> float:
     """Train (or resume) one run; returns the seconds `train_run` took."""
     from affectus.training.config import ResolvedConfig
+    from affectus.training.loop import training_log
     from affectus.training.trainer import train_run
 
     cfg = ResolvedConfig.from_dict(config)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
     resume = (run_dir / "state.pt").exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / "train.log", "a", encoding="utf-8") as logf:
-        started = time.perf_counter()
-        with torch_threads(cfg.train.threads):
-            train_run(ds, cfg, run_dir, plan, resume=resume, log=lambda line: print(line, file=logf, flush=True),
-                      data_source=data_source)
-        return time.perf_counter() - started
+    started = time.perf_counter()
+    with torch_threads(cfg.train.threads), training_log(run_dir / "train.log"):
+        train_run(ds, cfg, run_dir, plan, resume=resume, data_source=data_source)
+    return time.perf_counter() - started
 
 
 # Worker processes (spawn): each loads the data once, then trains the runs it is handed.

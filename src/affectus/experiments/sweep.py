@@ -518,6 +518,7 @@ class Worker:
         import optuna
 
         from affectus.training.config import resolve_config
+        from affectus.training.loop import training_log
         from affectus.training.trainer import train_run
         from affectus.utils.threads import torch_threads
 
@@ -544,8 +545,8 @@ class Worker:
                 values = {**self.spec.overrides, **params}
                 cfg = resolve_config(self.spec.model, self.spec.variant, preset, None, values)
                 # train_run returns the evaluation split's scores: deliberately dropped
-                with torch_threads(cfg.train.threads):
-                    train_run(dataset, cfg, run_dir, plan, log=None, data_source=data_source)
+                with torch_threads(cfg.train.threads), training_log(run_dir / "train.log"):
+                    train_run(dataset, cfg, run_dir, plan, data_source=data_source)
                 value, select = validation_score(run_dir, metric)
                 trial.set_user_attr("select_metrics", select)
             except BaseException as err:

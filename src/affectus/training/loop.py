@@ -7,10 +7,13 @@ owns the optimiser, the patience counter, progress display and the per-epoch res
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -55,10 +58,13 @@ def run_loop(
     device: torch.device,
     state: LoopState | None = None,
     save_state: Callable[[LoopState], None] | None = None,
-    log: Callable[[str], None] | None = None,
     amp: bool = False,
+    on_epoch: Callable[[str, dict[str, float], int], None] | None = None,
 ) -> LoopState:
-    """Train until `epochs` or `patience` epochs without improvement. Resumable from `state`."""
+    """Train until `epochs` or `patience` epochs without improvement. Resumable from `state`.
+
+    Each epoch is logged as one line on the `affectus.training` logger (`epoch_line`) and handed to
+    `on_epoch(task name, record, max epochs)` (progress bars, TensorBoard)."""
     state = state or LoopState()
     scaler = torch.amp.GradScaler("cuda") if amp and device.type == "cuda" else None
     while not state.done and state.epoch < epochs:
@@ -99,11 +105,54 @@ def run_loop(
         state.epoch = epoch
         if state.since_improved >= patience:
             state.done = True
-        if log is not None:
-            val_txt = " ".join(f"{k}={v:.4f}" for k, v in val.items() if not math.isnan(v))
-            log(f"[{task.name}] epoch {epoch:3d}  loss {record.get('train_loss', float('nan')):.4f}  {val_txt}"
-                f"{'  *' if improved else ''}  ({record['seconds']:.1f}s)")
+        logger.info(epoch_line(task.name, record, epochs))
+        if on_epoch is not None:
+            on_epoch(task.name, record, epochs)
         if save_state is not None:
             save_state(state)
     state.done = True
     return state
+
+
+# ----------------------------------------------------------------------------------------- epoch lines
+
+logger = logging.getLogger("affectus.training")
+
+# What an epoch line shows, in at most 80 columns: the stage, epoch / max, the mean training loss, the
+# selection split's losses (short names), '*' when the epoch is the best so far (its weights are kept).
+EPOCH_LEGEND = "epoch lines: train = mean training loss, val = selection-split losses, * = best (kept)"
+_SHORT = {"ce_text": "t", "ce_audio": "a", "ce_vision": "v", "ce_m": "m", "loss": "loss", "supcon": "sc"}
+
+
+def epoch_line(stage: str, record: dict[str, float], epochs: int) -> str:
+    vals = [(k[4:], v) for k, v in record.items() if k.startswith("val_") and not math.isnan(v)]
+    val_txt = " ".join(f"{_SHORT.get(k, k)} {v:.3f}" for k, v in vals)
+    train = record.get("train_loss", float("nan"))
+    star = "*" if record.get("improved") else " "
+    line = f"{stage:>6} {int(record['epoch']):3d}/{epochs:<3d} train {train:6.3f} | val {val_txt} {star} {record['seconds']:5.1f}s"
+    return line if len(line) <= 80 else line[:77] + "..."
+
+
+@contextmanager
+def training_log(path: str | Path | None = None, console: bool = False, stream: Any = None) -> Iterator[None]:
+    """Within the block, epoch lines go to `path` (appended) and/or `stream`, and reach the handlers of the
+    `affectus` logger (the CLI's console) only if `console`.
+
+    The experiment runner and the sweep keep each run's lines in the run's own train.log."""
+    handler = None
+    if path is not None or stream is not None:
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, encoding="utf-8") if path is not None else logging.StreamHandler(stream)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    before_propagate, before_level = logger.propagate, logger.level
+    logger.propagate = console
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.propagate, logger.level = before_propagate, before_level
+        if handler is not None:
+            logger.removeHandler(handler)
+            handler.close()

@@ -91,10 +91,13 @@ def train_run(
     out_dir: str | Path,
     plan: DataPlan,
     resume: bool = False,
-    log: Callable[[str], None] | None = print,
     data_source: str | None = None,
+    on_epoch: Callable[[str, dict[str, float], int], None] | None = None,
 ) -> dict[str, Any]:
-    """Train with the model's recipe, evaluate on the plan's eval split, write the run directory."""
+    """Train with the model's recipe, evaluate on the plan's eval split, write the run directory.
+
+    Epoch lines go to the `affectus.training` logger; `on_epoch(stage, record, max_epochs)` observes
+    each epoch (the CLI's progress bar)."""
     out = Path(out_dir)
     if (out / "run.json").exists() and not resume:
         raise AffectusError(f"{out}: already holds a finished run; choose another --out or delete it")
@@ -105,10 +108,11 @@ def train_run(
         return info.get("metrics", {})
     # The run's seeds must not leak into the caller's process: fork the global RNG for the run.
     with torch.random.fork_rng(devices=[]):
-        return _train(dataset, cfg, out, plan, resume, log, data_source)
+        return _train(dataset, cfg, out, plan, resume, data_source, on_epoch)
 
 
-def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool, log, data_source) -> dict[str, Any]:
+def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool, data_source,
+           on_epoch) -> dict[str, Any]:
     tc = cfg.train
     device = _device(tc.device)
     torch.manual_seed(tc.seed)
@@ -127,7 +131,7 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
     started = time.perf_counter()
     recipe = get_model_entry(cfg.model_name).get_recipe()
     ctx = RecipeContext(model=model, train=tc, recipe=cfg.recipe, train_split=train_split,
-                        select_split=select_split, scheme=plan.scheme, device=device, out=out, saved=saved, log=log)
+                        select_split=select_split, scheme=plan.scheme, device=device, out=out, saved=saved, on_epoch=on_epoch)
     result = recipe.train(ctx)
     model.load_state_dict(result.state)
 

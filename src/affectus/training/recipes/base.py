@@ -47,7 +47,7 @@ class RecipeContext:
     device: torch.device
     out: Path
     saved: dict[str, Any] | None = None  # the resume state (state.pt), None for a fresh run
-    log: Callable[[str], None] | None = None
+    on_epoch: Callable[[str, dict[str, float], int], None] | None = None  # observers: progress, TensorBoard
 
     @property
     def state_path(self) -> Path:
@@ -126,4 +126,4 @@ class RecipeContext:
 
         tc = self.train
         return run_loop(task, model or self.model, optimizer, self.batches(self.train_split, stage), tc.epochs,
-                        tc.patience, self.device, state=loop_state, save_state=save, log=self.log, amp=tc.amp)
+                        tc.patience, self.device, state=loop_state, save_state=save, amp=tc.amp, on_epoch=self.on_epoch)

@@ -15,6 +15,7 @@ import torch
 
 from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError
+from affectus.training.loop import logger
 from affectus.training.recipes.base import RecipeContext, RecipeResult
 from affectus.training.tasks import Stage1Task, Stage2Task
 
@@ -137,9 +138,7 @@ class CMCRecipe:
             stage1_summary, bank_tensors = saved["stage1_summary"], saved["bank_tensors"]
             train_targets, val_targets = saved["train_targets"], saved["val_targets"]
         summary["stage1"] = stage1_summary
-        if ctx.log:
-            ctx.log(f"[stage1] done: best epochs {stage1_summary['best_epoch']}, "
-                    f"pseudo-label flips {stage1_summary['flips']}")
+        logger.info(f"stage1 done: best epochs {stage1_summary['best_epoch']}, flips {stage1_summary['flips']}")
 
         # ---- stage 2: multimodal finetuning ----
         stage2 = Stage2Task(train_targets, val_targets, val_batches, rc, ctx.scheme)
