@@ -341,7 +341,7 @@ def test_epoch_lines_fit_80_columns_and_quiet_silences_them(sim_file, tmp_path, 
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     err = capsys.readouterr().err.splitlines()
     lines = [ln for ln in err if "/2" in ln and "train" in ln and "val" in ln]
-    assert err[0].startswith("epoch lines:") and "* = best (kept)" in err[0] and len(err[0]) <= 80
+    assert err[0].startswith("epochs:") and "* = best (kept)" in err[0] and len(err[0]) <= 80
     assert len(lines) == 4 and {ln.split()[0] for ln in lines} == {"stage1", "stage2"}  # 2 epochs x 2 stages
     assert all(len(ln) <= 80 for ln in lines)
     assert main([*args, "--out", str(tmp_path / "b"), "--quiet"]) == 0
