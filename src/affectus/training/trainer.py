@@ -21,7 +21,7 @@ from affectus.data.types import MODALITIES, MERDataset, Split, to_classes
 from affectus.errors import AffectusError
 from affectus.evaluation.evaluate import evaluate_split
 from affectus.inference import checkpoints as ckpt
-from affectus.models.registry import create_model, make_config
+from affectus.models.registry import create_model, is_bert_parameter, make_config
 from affectus.training.config import ResolvedConfig
 from affectus.training.loop import LoopState, run_loop
 from affectus.training.tasks import Stage1Task, Stage2Task, SupervisedTask
@@ -72,16 +72,14 @@ def build_model(cfg: ResolvedConfig, dataset: MERDataset):
     return create_model(cfg.model_name, config), config
 
 
-def _optimizer(model: torch.nn.Module, cfg, only_prefixes: tuple[str, ...] | None = None):
-    """Adam; BERT weights get their own lr and decay (none on biases / LayerNorm), the rest lr 1e-3, no decay."""
+def _optimizer(model: torch.nn.Module, cfg):
+    """Adam over the trainable parameters; BERT weights get their own lr and decay (none on biases /
+    LayerNorm), the rest lr 1e-3, no decay."""
     groups: dict[str, list] = {"main": [], "bert_decay": [], "bert_no_decay": []}
     for name, p in model.named_parameters():
-        if only_prefixes is not None and not name.startswith(only_prefixes):
-            p.requires_grad_(False)
-            continue
         if not p.requires_grad:
             continue
-        if name.startswith("bert."):
+        if is_bert_parameter(name):
             no_decay = name.endswith("bias") or "LayerNorm" in name
             groups["bert_no_decay" if no_decay else "bert_decay"].append(p)
         else:
@@ -298,15 +296,16 @@ def _train_cmc(model, cfg, train_split, select_split, plan, device, saved, out: 
 
     # ---- stage 2: multimodal finetuning ----
     stage2 = Stage2Task(train_targets, val_targets, val_batches, tc, plan.family)
-    only = ("router.",) if tc.stage2_freeze_unimodal else None  # CMC-variant trains the router alone
-    opt2 = _optimizer(model, dataclasses.replace(tc, lr=tc.stage2_lr or tc.lr), only_prefixes=only)
+    if tc.stage2_freeze_unimodal:  # CMC-variant trains the router alone
+        model.branches.requires_grad_(False)
+    opt2 = _optimizer(model, dataclasses.replace(tc, lr=tc.stage2_lr or tc.lr))
     if saved is not None:
         model.load_state_dict(saved["model"])
         opt2.load_state_dict(saved["optimizer"])
         stage2.load_state_dict(saved["task"])
     extra = {"stage1_summary": stage1_summary, "bank_tensors": bank_tensors, "train_targets": train_targets,
              "val_targets": val_targets}
-    frozen_eval = _FrozenEncoders(model) if only is not None else None
+    frozen_eval = _FrozenEncoders(model) if tc.stage2_freeze_unimodal else None
     loop2 = run_loop(stage2, frozen_eval or model, opt2, _batches(train_split, tc, 2, model.config), tc.epochs,
                      tc.patience, device, state=_loop_state(saved, 2),
                      save_state=_make_saver(state_path, 2, model, opt2, stage2, extra), log=log, amp=tc.amp)
@@ -323,9 +322,8 @@ class _FrozenEncoders(torch.nn.Module):
         self.model = model
 
     def train(self, mode: bool = True):
-        super().train(mode)
-        self.model.eval()
-        self.model.router.train(mode)
+        super().train(mode)  # the router (and the wrapped model) follow `mode`
+        self.model.branches.eval()
         return self
 
     def forward(self, batch):
