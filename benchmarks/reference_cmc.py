@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from affectus.models.cmc import legacy_state_names
 from affectus.models.layers import convert_torch_encoder_state
 
 MODALITIES = ("text", "audio", "vision")
@@ -98,5 +99,6 @@ class PlainCMC(nn.Module):
 
 
 def reference_to_cmc_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a `PlainCMC` state dict to `CMC`'s parameter names."""
-    return convert_torch_encoder_state(state)
+    """Rename a `PlainCMC` state dict to `CMC`'s parameter names (`encoders.k` / `heads.k` live in
+    CMC's `branches.k`)."""
+    return legacy_state_names(convert_torch_encoder_state(state))

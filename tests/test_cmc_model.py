@@ -1,5 +1,6 @@
 """CMC and its layers: same function as PyTorch's nn.TransformerEncoder (compacted or not), masked
-padding, the fast dropout attention, PFM, router, the two stages, BERT text input, parameter groups."""
+padding, PFM, router, the two stages, the attention flag, BERT text input, branches and parameter names.
+The attention kernels themselves: tests/test_attention.py."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from torch import nn
 from affectus.data.batches import Batch
 from affectus.errors import AffectusError
 from affectus.models import layers
-from affectus.models.cmc import CMC, CMCConfig, build
+from affectus.models.cmc import CMC, CMCConfig, build, legacy_state_names
 from affectus.models.layers import (
     ConsensusRouter,
     ResidualHead,
@@ -142,40 +143,7 @@ def test_masked_mode_needs_lengths():
         ours(torch.randn(2, 3, 5))
 
 
-# -- the fast dropout pieces ---------------------------------------------------------------------------
-def test_dropout_attention_matches_autograd(monkeypatch):
-    monkeypatch.setattr(layers, "_ATTN_CHUNK_ELEMS", 60)  # several slices along B*H
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(6, 7, 4, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    bias = torch.zeros(6, 1, 7, dtype=torch.float64)
-    bias[::2, :, 5:] = float("-inf")
-    bias[1, :, 3] = np.log(4.0)
-    keep = (torch.rand(6, 7, 7, generator=g) > 0.3).double() / 0.7
-    out = layers._DropoutAttention.apply(q, k, v, bias, keep)
-    expected = (torch.softmax(q @ k.transpose(1, 2) + bias, dim=-1) * keep) @ v
-    assert torch.allclose(out, expected, atol=1e-12)
-    w = torch.randn_like(out)
-    grads = torch.autograd.grad((out * w).sum(), (q, k, v))
-    expected_grads = torch.autograd.grad((expected * w).sum(), (q, k, v))
-    for a, b in zip(grads, expected_grads):
-        assert torch.allclose(a, b, atol=1e-10)
-
-
-def test_keep_mask_is_inverted_dropout_and_seeded():
-    torch.manual_seed(3)
-    keep = layers._keep_mask((200, 300), 0.1, torch.device("cpu"))
-    torch.manual_seed(3)
-    assert torch.equal(keep, layers._keep_mask((200, 300), 0.1, torch.device("cpu")))
-    p = round(0.1 * 32768) / 32768
-    values = keep.unique()
-    assert values.tolist()[0] == 0.0 and torch.allclose(values[1:], torch.tensor([1 / (1 - p)]))
-    assert abs((keep == 0).float().mean().item() - 0.1) < 0.005
-    rows = (torch.tensor([0, 2]), torch.tensor([1, 0]))
-    x = torch.ones(3, 4, 5)
-    y = layers._dropout(x, 0.5, rows)
-    assert torch.equal(y[rows], x[rows])  # many-copies tokens keep their expectation
-
-
+# -- training with dropout ------------------------------------------------------------------------------
 def test_training_with_dropout_runs_and_reaches_every_parameter(fine_groups):
     torch.manual_seed(0)
     enc = UnimodalEncoder(5, D, 2, HEADS, FF, dropout=0.3).train()
@@ -291,7 +259,7 @@ def test_stage2_is_eqs_10_to_14():
         assert torch.allclose(h.norm(dim=-1), torch.ones(5, 3), atol=1e-6)
         fused = pfm(h, 0.07)
         for k, m in enumerate(("text", "audio", "vision")):
-            assert torch.allclose(out.modality_logits[:, k], model.heads[m](fused[:, k]), atol=1e-6)
+            assert torch.allclose(out.modality_logits[:, k], model.branches[m].head(fused[:, k]), atol=1e-6)
         assert torch.allclose(out.router_weights, model.router(fused))
         expected = (out.router_weights.unsqueeze(-1) * out.modality_logits).sum(1)
         assert torch.allclose(out.logits, expected, atol=1e-6)
@@ -316,31 +284,86 @@ def test_unimodal_forward_is_stage1():
         h = model.embed(batch)
     assert out.router_weights is None
     for k, m in enumerate(("text", "audio", "vision")):
-        assert torch.allclose(out.modality_logits[:, k], model.heads[m](h[:, k]), atol=1e-6)
+        assert torch.allclose(out.modality_logits[:, k], model.branches[m].head(h[:, k]), atol=1e-6)
     assert torch.allclose(out.logits, out.modality_logits.mean(1))
 
 
-def test_parameter_names_and_groups():
+def test_parameter_names_and_branches():
     model = _model()
     names = dict(model.named_parameters())
     for name in (
-        "encoders.audio.bn.weight",
-        "encoders.audio.proj.weight",
-        "encoders.vision.layers.0.attn.in_proj.weight",
-        "encoders.text.layers.0.attn.out_proj.bias",
-        "encoders.text.layers.0.linear1.weight",
-        "heads.text.proj1.weight",
-        "heads.vision.out.bias",
+        "branches.audio.encoder.bn.weight",
+        "branches.audio.encoder.proj.weight",
+        "branches.vision.encoder.layers.0.attn.in_proj.weight",
+        "branches.text.encoder.layers.0.attn.out_proj.bias",
+        "branches.text.encoder.layers.0.linear1.weight",
+        "branches.text.head.proj1.weight",
+        "branches.vision.head.out.bias",
         "router.linear.weight",
     ):
         assert name in names, name
-    assert "encoders.text.bn.weight" not in names  # eq. 2: no BatchNorm on text
-    assert model.unimodal_state_prefixes("audio") == ("encoders.audio.", "heads.audio.")
-    grouped = [n for m in ("text", "audio", "vision") for n, _ in model.unimodal_parameters(m)]
-    assert sorted(grouped + ["router.linear.weight", "router.linear.bias"]) == sorted(names)
-    assert "encoders.audio.bn.running_mean" in model.state_dict()  # EMA copies take buffers too
-    with pytest.raises(AffectusError):
-        model.unimodal_parameters("smell")
+    assert "branches.text.encoder.bn.weight" not in names  # eq. 2: no BatchNorm on text
+    # the branches and the router hold every parameter, each once
+    grouped = [p for m in ("text", "audio", "vision") for p in model.branches[m].parameters()]
+    grouped += list(model.router.parameters())
+    assert len(grouped) == len(names) and {id(p) for p in grouped} == {id(p) for p in names.values()}
+    assert "running_mean" in dict(model.branches["audio"].encoder.bn.named_buffers())  # EMA copies average it
+
+
+class _CMCBeforeBranches(nn.Module):
+    """CMC as it was composed before the branches (`encoders` and `heads` dicts), from the same layers:
+    what the faithful CMC computed, to check that the reshaped model is bit-identical."""
+
+    def __init__(self, c: CMCConfig) -> None:
+        super().__init__()
+        self.tau = c.tau
+        self.encoders = nn.ModuleDict(
+            {m: UnimodalEncoder(c.dims[m], c.d, c.layers, c.heads, c.ff, c.attn_dropout, m != "text") for m in DIMS}
+        )
+        self.heads = nn.ModuleDict({m: ResidualHead(c.d, c.num_classes, c.output_dropout) for m in DIMS})
+        self.router = ConsensusRouter(c.d)
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        h = torch.stack([self.encoders[m](getattr(batch, m), batch.lengths(m)) for m in DIMS], dim=1)
+        fused = pfm(h, self.tau)
+        logits = torch.stack([self.heads[m](fused[:, k]) for k, m in enumerate(DIMS)], dim=1)
+        return (self.router(fused).unsqueeze(-1) * logits).sum(dim=1), logits
+
+
+def test_faithful_cmc_is_bit_identical_to_the_model_before_branches():
+    config = CMCConfig(dims=DIMS, d=D, layers=2, heads=HEADS, ff=FF)
+    torch.manual_seed(0)
+    before = _CMCBeforeBranches(config)
+    torch.manual_seed(0)
+    model = CMC(config)
+    # same initialisation from the same seed, and the old state-dict names map onto the new ones
+    renamed = legacy_state_names(before.state_dict())
+    assert renamed.keys() == model.state_dict().keys()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in renamed.items())
+    batch = _batch(b=9)
+    for mode in ("train", "eval"):  # train: dropout masks drawn in the same order
+        getattr(before, mode)(), getattr(model, mode)()
+        torch.manual_seed(1)
+        expected, expected_modality = before(batch)
+        torch.manual_seed(1)
+        out = model(batch)
+        assert torch.equal(out.logits, expected) and torch.equal(out.modality_logits, expected_modality), mode
+    assert legacy_state_names({"bert.pooler.w": torch.zeros(1)}).keys() == {"branches.text.bert.pooler.w"}
+
+
+def test_attention_flag_selects_the_kernel_and_keeps_the_function():
+    fast, plain = _model(), _model(attention="torch")
+    assert fast.config.attention == "fast"  # the default
+    assert {layer.attn.kernel for b in plain.branches.values() for layer in b.encoder.layers} == {"torch"}
+    batch = _batch()
+    fast.eval(), plain.eval()
+    with torch.no_grad():
+        assert torch.equal(fast(batch).logits, plain(batch).logits)  # same SDPA call without dropout
+    out = plain.train()(batch)
+    out.logits.sum().backward()
+    assert torch.isfinite(out.logits).all()
+    with pytest.raises(AffectusError, match="attention"):
+        _model(attention="flash")
 
 
 def test_registered_and_built_from_a_dict():
@@ -379,13 +402,14 @@ def test_bert_text_input(tmp_path):
     batch.text_bert = torch.stack([ids * mask, mask, torch.zeros_like(mask)], 1).double()  # as MMSA
     torch.manual_seed(0)
     model = CMC(CMCConfig(dims=DIMS, d=D, layers=1, heads=HEADS, ff=FF, text_input="bert"), bert_config)
-    assert model.encoders["text"].proj.in_channels == 12  # BERT's hidden size, not dims["text"]
-    assert model.unimodal_state_prefixes("text")[-1] == "bert."
+    assert model.branches["text"].encoder.proj.in_channels == 12  # BERT's hidden size, not dims["text"]
+    assert model.branches["text"].bert is model.bert  # BERT belongs to the text branch (f_t)
     out = model.train()(batch)
     out.logits.sum().backward()
     assert model.bert.embeddings.word_embeddings.weight.grad is not None
     size = model.non_bert_parameter_count()
-    assert size == sum(p.numel() for n, p in model.named_parameters() if not n.startswith("bert."))
+    assert size == sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in model.bert.parameters())
+    assert size == sum(p.numel() for p in _model().parameters()) + 12 * D - DIMS["text"] * D  # text proj 12 -> D
 
     frozen = CMC(
         CMCConfig(dims=DIMS, d=D, layers=1, heads=HEADS, ff=FF, text_input="bert", bert_finetune=False),
@@ -393,7 +417,7 @@ def test_bert_text_input(tmp_path):
     )
     frozen.train()(batch).logits.sum().backward()
     assert all(p.grad is None and not p.requires_grad for p in frozen.bert.parameters())
-    assert frozen.encoders["text"].proj.weight.grad is not None
+    assert frozen.branches["text"].encoder.proj.weight.grad is not None
 
     model.bert.save_pretrained(tmp_path)  # a local directory, as `bert_path` expects
     config = CMCConfig(

@@ -10,13 +10,13 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from affectus.errors import AffectusError
 from affectus.training.plgm import (
     ModalityEMA,
     MomentumSchedule,
     PseudoLabelBank,
-    ema_update,
     enable_flush_denormal,
     momentum_schedule,
     refine_labels,
@@ -222,74 +222,93 @@ def test_momentum_schedule_class(form):
 # ---- EMA models (eq. 29) ---------------------------------------------------------------------
 
 
-class TwoTower(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.enc_a = nn.Sequential(nn.BatchNorm1d(3), nn.Linear(3, 2))
-        self.head_a = nn.Linear(2, 2)
-        self.enc_b = nn.Linear(3, 2)
+def _branches() -> nn.ModuleDict:
+    """Two unimodal branches: `a` with BatchNorm (float and integer buffers), `b` without."""
+    return nn.ModuleDict({"a": nn.Sequential(nn.BatchNorm1d(3), nn.Linear(3, 2), nn.Linear(2, 2)),
+                          "b": nn.Linear(3, 2)})
 
 
-def _perturb(model: nn.Module, seed: int) -> None:
+def _perturb(branches: nn.ModuleDict, seed: int) -> None:
+    """Stand-in for an optimiser step: moves every parameter, BatchNorm running stats and batch count."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in model.parameters():
+        for p in branches.parameters():
             p.add_(torch.randn(p.shape, generator=gen))
-    model.train()
-    model.enc_a(torch.randn(5, 3, generator=gen) * 3 + 1)  # moves BatchNorm running stats, counts a batch
+    branches.train()
+    branches["a"](torch.randn(5, 3, generator=gen) * 3 + 1)
+
+
+class ReferenceEMA:
+    """The hand-written EMA this project used before `AveragedModel` (kept to check the new one against):
+    a clone of every parameter and buffer; floats lerped by 1 - m, integer buffers copied."""
+
+    def __init__(self, branches: nn.ModuleDict) -> None:
+        self.shadow = {m: {n: t.detach().clone() for n, t in b.state_dict().items()} for m, b in branches.items()}
+
+    @torch.no_grad()
+    def update(self, branches: nn.ModuleDict, momenta: dict[str, float]) -> None:
+        for m, shadow in self.shadow.items():
+            for name, new in branches[m].state_dict().items():
+                if shadow[name].is_floating_point():
+                    shadow[name].lerp_(new, 1.0 - momenta[m])
+                else:
+                    shadow[name].copy_(new)
+
+
+def test_ema_matches_the_previous_implementation_with_changing_momenta():
+    torch.manual_seed(0)
+    branches = _branches()
+    ema, reference = ModalityEMA(branches), ReferenceEMA(branches)
+    for step in range(6):
+        _perturb(branches, step)
+        momenta = {"a": 0.5 + 0.08 * step, "b": 0.9 - 0.1 * step}  # per modality, changing every step
+        ema.update(branches, momenta)
+        reference.update(branches, momenta)
+        for m in ("a", "b"):
+            state = ema.branch(m).state_dict()
+            assert set(state) == set(reference.shadow[m])
+            for name, t in reference.shadow[m].items():
+                assert torch.allclose(state[name], t, atol=1e-6, rtol=0), (step, m, name)
+    assert ema.branch("a")[0].num_batches_tracked.item() == 6  # the batch counter is copied, not averaged
+    assert int(ema.models["a"].n_averaged) == 7  # the copy at construction, then 6 updates
 
 
 def test_ema_follows_the_formula_for_parameters_and_buffers():
     torch.manual_seed(0)
-    model = TwoTower()
-    ema = ModalityEMA(model, {"a": ("enc_a.", "head_a."), "b": ("enc_b.",)})
-    assert "enc_a.0.running_mean" in ema.state_dict()["a"] and "enc_b.weight" in ema.state_dict()["b"]
-    old = {n: t.clone() for n, t in model.state_dict().items()}
-    _perturb(model, 1)
-    new = model.state_dict()
-    ema.update(model, {"a": 0.75, "b": 0.5})
-    state = ema.state_dict()
-    for name in ("enc_a.0.weight", "enc_a.0.running_mean", "enc_a.0.running_var", "enc_a.1.bias", "head_a.weight"):
-        assert torch.allclose(state["a"][name], 0.75 * old[name] + 0.25 * new[name], atol=1e-6), name
-    assert torch.allclose(state["b"]["enc_b.weight"], 0.5 * old["enc_b.weight"] + 0.5 * new["enc_b.weight"])
-    # the batch counter is copied, not averaged
-    assert state["a"]["enc_a.0.num_batches_tracked"].item() == 1 == new["enc_a.0.num_batches_tracked"].item()
+    branches = _branches()
+    ema = ModalityEMA(branches)
+    assert isinstance(ema.models["a"], AveragedModel) and ema.models["a"].use_buffers
+    old = {m: {n: t.clone() for n, t in b.state_dict().items()} for m, b in branches.items()}
+    _perturb(branches, 1)
+    ema.update(branches, {"a": 0.75, "b": 0.5})
+    state, new = ema.branch("a").state_dict(), branches["a"].state_dict()
+    for name in ("0.weight", "0.running_mean", "0.running_var", "1.bias", "2.weight"):
+        assert torch.allclose(state[name], 0.75 * old["a"][name] + 0.25 * new[name], atol=1e-6), name
+    expected_b = 0.5 * old["b"]["weight"] + 0.5 * branches["b"].weight
+    assert torch.allclose(ema.branch("b").weight, expected_b, atol=1e-6)
+    assert not any(p.requires_grad for p in ema.parameters())  # averaged, never trained
 
 
 def test_ema_copy_to_and_state_round_trip():
     torch.manual_seed(0)
-    model = TwoTower()
-    ema = ModalityEMA(model, {"a": ("enc_a.", "head_a."), "b": ("enc_b.",)})
-    _perturb(model, 2)
-    ema.update(model, 0.9)
-    target = TwoTower()
+    branches = _branches()
+    ema = ModalityEMA(branches)
+    _perturb(branches, 2)
+    ema.update(branches, 0.9)
+    target = _branches()
     ema.copy_to(target, modalities=["a"])
-    assert torch.equal(target.enc_a[0].running_var, ema.state_dict()["a"]["enc_a.0.running_var"])
-    assert torch.equal(target.head_a.weight, ema.state_dict()["a"]["head_a.weight"])
-    assert not torch.equal(target.enc_b.weight, ema.state_dict()["b"]["enc_b.weight"])  # b not copied
-    snapshot = {m: {n: t.clone() for n, t in s.items()} for m, s in ema.state_dict().items()}
-    other = ModalityEMA(TwoTower(), {"a": ("enc_a.", "head_a."), "b": ("enc_b.",)})
+    assert torch.equal(target["a"][0].running_var, ema.branch("a")[0].running_var)
+    assert torch.equal(target["a"][2].weight, ema.branch("a")[2].weight)
+    assert not torch.equal(target["b"].weight, ema.branch("b").weight)  # b not copied
+    # a resumed run: a fresh EMA loads the saved state and continues exactly as the original
+    snapshot = {k: v.clone() for k, v in ema.state_dict().items()}
+    other = ModalityEMA(_branches())
     other.load_state_dict(snapshot)
-    for m in ("a", "b"):
-        for n, t in snapshot[m].items():
-            assert torch.equal(other.state_dict()[m][n], t)
-    with pytest.raises(ValueError):
-        ModalityEMA(model, {"a": ("enc_a.",), "b": ("enc_a.1.",)})  # overlapping prefixes
-    with pytest.raises(ValueError):
-        ModalityEMA(model, {"a": ("nothing.",)})
-
-
-def test_ema_update_function_on_a_module_copy():
-    torch.manual_seed(0)
-    model = TwoTower()
-    ema_model = TwoTower()
-    ema_model.load_state_dict(model.state_dict())
-    old = {n: t.clone() for n, t in model.state_dict().items()}
-    _perturb(model, 3)
-    ema_update(ema_model, model, 0.6, prefixes=("enc_a.",))
-    assert torch.allclose(ema_model.enc_a[0].running_mean, 0.6 * old["enc_a.0.running_mean"]
-                          + 0.4 * model.enc_a[0].running_mean, atol=1e-6)
-    assert torch.equal(ema_model.head_a.weight, old["head_a.weight"])  # outside the prefixes: untouched
+    _perturb(branches, 3)
+    for e in (ema, other):
+        e.update(branches, {"a": 0.3, "b": 0.7})
+    for k, v in ema.state_dict().items():
+        assert torch.equal(other.state_dict()[k], v), k
 
 
 def test_enable_flush_denormal_flushes():

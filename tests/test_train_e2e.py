@@ -177,7 +177,7 @@ def test_bert_text_path_trains_and_reloads_without_the_bert_directory(tmp_path: 
     assert rc == 0
     assert (out / "bert_config.json").exists()
     weights = load_file(str(out / "model.safetensors"))
-    assert any(k.startswith("bert.") for k in weights)
+    assert any(k.startswith("branches.text.bert.") for k in weights)  # BERT lives in the text branch
     shutil.rmtree(bert_dir)
     import affectus
     from affectus.data.mmsa import load_dataset

@@ -1,6 +1,7 @@
 """CMC: Calibrated Multimodal Consensus (paper section III; authors' details in docs/model.md).
 
-Stage 1 (`unimodal_forward`): per modality, encoder f_k (eqs. 1-4) -> head p_k (eqs. 5-6).
+Stage 1 (`unimodal_forward`): per modality, encoder f_k (eqs. 1-4) -> head p_k (eqs. 5-6), held
+together as one submodule `branches[k]` (an `UnimodalBranch`), so EMA copies and freezing act on it.
 Stage 2 (`forward`): h = [h_t, h_a, h_v] -> PFM (eqs. 10, 31-33) -> heads (eq. 11) -> router
 weights on the sum of the fused vectors (MCR, eqs. 12-13, 34-35) -> weighted sum of logits (eq. 14).
 
@@ -19,6 +20,7 @@ from torch import nn
 from affectus.data.batches import Batch
 from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError
+from affectus.models.attention import KERNELS, AttentionKernel
 from affectus.models.layers import ConsensusRouter, ResidualHead, UnimodalEncoder, pfm
 from affectus.models.output import ModelOutput
 from affectus.models.registry import non_bert_parameter_count, register_model
@@ -43,6 +45,9 @@ class CMCConfig:
     # Faithful mode only: compute a run of identical padding rows once (exact without dropout; see
     # docs/model.md for the training-noise difference). False: every padded step, as the authors.
     compact_padding: bool = True
+    # Attention kernel of the encoders (models/attention.py): "fast" (our CPU dropout kernel) or
+    # "torch" (F.scaled_dot_product_attention throughout); the same function, see docs/model.md.
+    attention: AttentionKernel = "fast"
     # BatchNorm on the text features too. Off, as the paper (BERT states need none, eq. 2); worth
     # switching on for handcrafted / CNN text features whose scale is arbitrary.
     text_batchnorm: bool = False
@@ -62,34 +67,42 @@ class CMC(nn.Module):
             raise AffectusError(f"cmc config dims lack {', '.join(missing)}: expected text, audio, vision")
         if config.text_input not in ("features", "bert"):
             raise AffectusError(f"cmc text_input must be 'features' or 'bert', got {config.text_input!r}")
+        if config.attention not in KERNELS:
+            raise AffectusError(f"cmc attention must be one of {', '.join(KERNELS)}, got {config.attention!r}")
         self.config = config
-        self.bert: nn.Module | None = None
+        bert: nn.Module | None = None
         in_dims = {m: int(config.dims[m]) for m in MODALITIES}
         if config.text_input == "bert":
-            self.bert = _load_bert(config.bert_path, bert_config)
-            in_dims["text"] = int(self.bert.config.hidden_size)
+            bert = _load_bert(config.bert_path, bert_config)
+            in_dims["text"] = int(bert.config.hidden_size)
             if not config.bert_finetune:
-                self.bert.requires_grad_(False)
-        self.encoders = nn.ModuleDict(
-            {
-                m: UnimodalEncoder(
-                    in_dims[m],
-                    d=config.d,
-                    layers=config.layers,
-                    heads=config.heads,
-                    ff=config.ff,
-                    dropout=config.attn_dropout,
-                    batchnorm=m != "text" or config.text_batchnorm,  # eq. 2: BERT features need no BatchNorm
-                    padding=config.padding,
-                    compact=config.compact_padding,
-                )
-                for m in MODALITIES
-            }
-        )
-        self.heads = nn.ModuleDict(
-            {m: ResidualHead(config.d, config.num_classes, config.output_dropout) for m in MODALITIES}
+                bert.requires_grad_(False)
+        encoders = {
+            m: UnimodalEncoder(
+                in_dims[m],
+                d=config.d,
+                layers=config.layers,
+                heads=config.heads,
+                ff=config.ff,
+                dropout=config.attn_dropout,
+                batchnorm=m != "text" or config.text_batchnorm,  # eq. 2: BERT features need no BatchNorm
+                padding=config.padding,
+                compact=config.compact_padding,
+                attention=config.attention,
+            )
+            for m in MODALITIES
+        }
+        # Heads are built after all encoders: the order the random initialisation has always had.
+        heads = {m: ResidualHead(config.d, config.num_classes, config.output_dropout) for m in MODALITIES}
+        self.branches = nn.ModuleDict(
+            {m: UnimodalBranch(encoders[m], heads[m], bert if m == "text" else None) for m in MODALITIES}
         )
         self.router = ConsensusRouter(config.d, len(MODALITIES), config.router_topk)
+
+    @property
+    def bert(self) -> nn.Module | None:
+        """BERT, when the text is read through it; it belongs to the text branch (part of f_t)."""
+        return self.branches["text"].bert
 
     # -- encoders -------------------------------------------------------------------------------
     def _text_features(self, batch: Batch) -> torch.Tensor:
@@ -107,16 +120,17 @@ class CMC(nn.Module):
         hs = []
         for m in MODALITIES:
             x = self._text_features(batch) if m == "text" else getattr(batch, m).float()  # (B, L, D)
-            if x.dim() != 3 or x.shape[-1] != self.encoders[m].proj.in_channels:
+            encoder = self.branches[m].encoder
+            if x.dim() != 3 or x.shape[-1] != encoder.proj.in_channels:
                 raise AffectusError(
-                    f"cmc expects {m} features (B, L, {self.encoders[m].proj.in_channels}), got {tuple(x.shape)}"
+                    f"cmc expects {m} features (B, L, {encoder.proj.in_channels}), got {tuple(x.shape)}"
                 )
-            hs.append(self.encoders[m](x, batch.lengths(m)))  # (B, d)
+            hs.append(encoder(x, batch.lengths(m)))  # (B, d)
         return torch.stack(hs, dim=1)  # (B, 3, d)
 
     def _head_logits(self, h: torch.Tensor) -> torch.Tensor:
         """p_k applied to row k of h: (B, 3, d) -> (B, 3, C) (eqs. 5-6, 11)."""
-        return torch.stack([self.heads[m](h[:, k]) for k, m in enumerate(MODALITIES)], dim=1)
+        return torch.stack([self.branches[m].head(h[:, k]) for k, m in enumerate(MODALITIES)], dim=1)
 
     # -- the two stages ---------------------------------------------------------------------------
     def unimodal_forward(self, batch: Batch) -> ModelOutput:
@@ -137,21 +151,37 @@ class CMC(nn.Module):
         final = (w.unsqueeze(-1) * logits).sum(dim=1)  # eq. 14: (B, C)
         return ModelOutput(logits=final, modality_logits=logits, router_weights=w, embeddings=h)
 
-    # -- parameter groups, by name ----------------------------------------------------------------
-    def unimodal_state_prefixes(self, modality: str) -> tuple[str, ...]:
-        """State-dict prefixes of the unimodal model f_k + p_k (BERT belongs to the text model)."""
-        if modality not in MODALITIES:
-            raise AffectusError(f"unknown modality {modality!r}: expected one of {', '.join(MODALITIES)}")
-        prefixes = (f"encoders.{modality}.", f"heads.{modality}.")
-        return prefixes + ("bert.",) if modality == "text" and self.bert is not None else prefixes
-
-    def unimodal_parameters(self, modality: str) -> list[tuple[str, nn.Parameter]]:
-        prefixes = self.unimodal_state_prefixes(modality)
-        return [(n, p) for n, p in self.named_parameters() if n.startswith(prefixes)]
-
+    # -- size ---------------------------------------------------------------------------------------
     def non_bert_parameter_count(self) -> int:
         """The paper's "Size" (Table IV): every parameter outside BERT."""
         return non_bert_parameter_count(self)
+
+
+class UnimodalBranch(nn.Module):
+    """One modality's unimodal model: encoder f_k (eqs. 1-4) and head p_k (eqs. 5-6), plus BERT for
+    text read through it (BERT is part of f_t; the authors' EMA text model includes it). Stage 1 keeps
+    an EMA copy of each branch (eq. 29); CMC-variant freezes them all. Called piecewise by `CMC`."""
+
+    def __init__(self, encoder: UnimodalEncoder, head: ResidualHead, bert: nn.Module | None = None) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.bert = bert  # None registers nothing
+
+
+def legacy_state_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a state dict from before the branches (``encoders.audio.*``, ``heads.audio.*``, ``bert.*``)
+    to today's names (``branches.audio.encoder.*``, ``branches.audio.head.*``, ``branches.text.bert.*``)."""
+    out = {}
+    for name, value in state.items():
+        first, _, rest = name.partition(".")
+        if first in ("encoders", "heads"):
+            modality, _, rest = rest.partition(".")
+            name = f"branches.{modality}.{first[:-1]}.{rest}"
+        elif first == "bert":
+            name = f"branches.text.bert.{rest}"
+        out[name] = value
+    return out
 
 
 def _load_bert(path: str | None, bert_config: Any | None) -> nn.Module:

@@ -3,9 +3,9 @@
 Equation numbers refer to the CMC paper (docs/model.md). The encoder computes the same function as
 PyTorch's `nn.TransformerEncoder` of pre-norm layers (the authors' code), only faster:
 
-* one fused qkv projection and `F.scaled_dot_product_attention`, no (L, B, d) transposes;
-* with dropout (training), attention in cache-sized slices with a written-out backward pass and
-  cheaper dropout masks (`_DropoutAttention`, `_keep_mask`): SDPA's CPU dropout path is slow;
+* one fused qkv projection and `F.scaled_dot_product_attention`, no (L, B, d) transposes; with
+  dropout (training), the fast attention kernel of `affectus.models.attention` (SDPA's CPU dropout
+  path is slow) and cheaper dropout masks (`attention.keep_mask`);
 * every sample is cut to the time steps that matter, and samples of similar length are run together
   ("groups"), since attention costs grow with the square of the length;
 * faithful padding mode ("compaction"): trailing time steps of a sample that hold identical rows stay
@@ -16,7 +16,6 @@ PyTorch's `nn.TransformerEncoder` of pre-norm layers (the authors' code), only f
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import numpy as np
@@ -24,133 +23,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from affectus.models.attention import AttentionKernel, SelfAttention, keep_mask
+
 Padding = Literal["faithful", "masked"]
 
 # Fixed cost of running one more group of samples (the calls it adds), in units of the cost of one
 # attention score across the heads: see `plan_groups`. Tuned on 2 CPU cores, where 50k-200k timed
 # alike and every group size in between beat one group per batch by ~2x on MOSI-like lengths.
 _GROUP_OVERHEAD = 100_000
-# Attention with dropout runs over slices of about this many (L, L) scores (4 MB: stays in cache).
-_ATTN_CHUNK_ELEMS = 1 << 20
-
-
-def _keep_mask(shape: tuple[int, ...], p: float, device: torch.device) -> torch.Tensor:
-    """Inverted-dropout multipliers: 0 with probability p', else 1 / (1 - p'); p' = p rounded to 1/32768.
-
-    Four 15-bit draws per 64-bit random integer, and a float mask (multiplying by it is ~10x faster
-    than `masked_fill` on CPU): together ~2x cheaper than `F.dropout`, which matters for (B*H, L, L)
-    attention masks. Uses the default generator, so `torch.manual_seed` still makes runs repeatable."""
-    n = math.prod(shape)
-    threshold = round(p * 32768)
-    raw = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_()  # uniform over [0, 2^63)
-    draws = raw.view(torch.int16)[:n].view(shape).bitwise_and_(0x7FFF)  # each 15 uniform bits
-    return (draws >= threshold).to(torch.float32).mul_(32768.0 / (32768 - threshold))
 
 
 def _dropout(x: torch.Tensor, p: float, rows: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
     """Dropout on x (B, L, d), except at the token rows (batch idx, time idx) that stand for many
     identical time steps: those keep their expectation (their copies' independent noise averages out)."""
-    keep = _keep_mask(x.shape, p, x.device)
+    keep = keep_mask(x.shape, p, x.device)
     if rows is not None:
         keep[rows] = 1.0
     return x * keep
-
-
-class _DropoutAttention(torch.autograd.Function):
-    """(softmax(q kᵀ + bias) ∘ keep) v, q pre-scaled: q, k, v (N, L, hd) with N = B*H.
-
-    The function of `nn.MultiheadAttention`'s dropout path, computed in slices of the N axis so that
-    each (L, L) intermediate is reused while it is still in cache, with the backward pass written out
-    (autograd's would make extra passes over the (L, L) tensors).
-    """
-
-    @staticmethod
-    def forward(ctx, q, k, v, bias, keep):  # bias (N, 1, L) or None; keep (N, L, L) multipliers
-        n, steps, _ = q.shape
-        chunk = max(1, _ATTN_CHUNK_ELEMS // (steps * steps)) if q.device.type == "cpu" else n
-        out = torch.empty_like(v)
-        saved = []
-        for s in range(0, n, chunk):
-            sl = slice(s, s + chunk)
-            if bias is None:
-                scores = torch.bmm(q[sl], k[sl].transpose(1, 2))  # (n', L, L)
-            else:
-                scores = torch.baddbmm(bias[sl], q[sl], k[sl].transpose(1, 2))
-            p = torch.softmax(scores, dim=-1)
-            dropped = p * keep[sl]
-            saved += [p, dropped]
-            torch.bmm(dropped, v[sl], out=out[sl])
-        ctx.save_for_backward(q, k, v, keep, *saved)
-        ctx.chunk = chunk
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):
-        q, k, v, keep, *saved = ctx.saved_tensors
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        for i, s in enumerate(range(0, q.shape[0], ctx.chunk)):
-            sl, p, dropped = slice(s, s + ctx.chunk), saved[2 * i], saved[2 * i + 1]
-            torch.bmm(dropped.transpose(1, 2), dout[sl], out=dv[sl])
-            dp = torch.bmm(dout[sl], v[sl].transpose(1, 2)).mul_(keep[sl])  # (n', L, L)
-            ds = torch._softmax_backward_data(dp, p, -1, p.dtype)
-            torch.bmm(ds, k[sl], out=dq[sl])
-            torch.bmm(ds.transpose(1, 2), q[sl], out=dk[sl])
-        return dq, dk, dv, None, None
-
-
-class SelfAttention(nn.Module):
-    """Multi-head self-attention with one fused qkv projection (`in_proj`: d -> 3d, as PyTorch's)."""
-
-    def __init__(self, d: int, heads: int, dropout: float) -> None:
-        super().__init__()
-        if d % heads:
-            raise ValueError(f"d={d} is not divisible by heads={heads}")
-        self.heads = heads
-        self.dropout = dropout
-        self.in_proj = nn.Linear(d, 3 * d)
-        self.out_proj = nn.Linear(d, d)
-        # nn.MultiheadAttention's initialisation.
-        nn.init.xavier_uniform_(self.in_proj.weight)
-        nn.init.zeros_(self.in_proj.bias)
-        nn.init.zeros_(self.out_proj.bias)
-
-    def forward(
-        self,
-        x: torch.Tensor,  # (B, L, d)
-        bias: torch.Tensor | None,  # (B, 1, 1, L) additive key bias: log(multiplicity), -inf = absent
-        multi_rows: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        b, steps, d = x.shape
-        h, hd = self.heads, d // self.heads
-        qkv = self.in_proj(x).view(b, steps, 3, h, hd).permute(2, 0, 3, 1, 4)  # (3, B, H, L, hd)
-        if self.training and self.dropout > 0:
-            # SDPA with dropout_p > 0 takes a slow path on CPU; _DropoutAttention is ~2x faster.
-            q, k, v = qkv.reshape(3, b * h, steps, hd).unbind(0)  # each (B*H, L, hd), contiguous
-            keep = _keep_mask((b * h, steps, steps), self.dropout, x.device)
-            if multi_rows is not None:
-                # A many-copies token neither loses its weight as a key nor its attention as a query:
-                # the reference drops each copy independently, which averages out (see _dropout).
-                bi, ti = multi_rows
-                keep4 = keep.view(b, h, steps, steps)
-                keep4[bi, :, ti, :] = 1.0
-                keep4[bi, :, :, ti] = 1.0
-            bias3 = None if bias is None else bias.expand(b, h, 1, steps).reshape(b * h, 1, steps)
-            out = _DropoutAttention.apply(q * hd**-0.5, k, v, bias3, keep).view(b, h, steps, hd)
-        else:
-            # Without dropout SDPA's fused CPU kernel never builds the (L, L) matrix.
-            q, k, v = qkv.unbind(0)  # each (B, H, L, hd)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, H, L, hd)
-        return self.out_proj(out.transpose(1, 2).reshape(b, steps, d))
 
 
 class EncoderLayer(nn.Module):
     """Pre-norm Transformer encoder layer, ReLU, the parameters of `nn.TransformerEncoderLayer`:
     x = x + drop(attn(norm1(x)));  x = x + drop(linear2(drop(relu(linear1(norm2(x))))))."""
 
-    def __init__(self, d: int, heads: int, ff: int, dropout: float) -> None:
+    def __init__(self, d: int, heads: int, ff: int, dropout: float, attention: AttentionKernel = "fast") -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(d)
-        self.attn = SelfAttention(d, heads, dropout)
+        self.attn = SelfAttention(d, heads, dropout, attention)
         self.norm2 = nn.LayerNorm(d)
         self.linear1 = nn.Linear(d, ff)
         self.linear2 = nn.Linear(ff, d)
@@ -188,7 +87,9 @@ class UnimodalEncoder(nn.Module):
     inactive (eval mode, or dropout=0) this is the reference's function exactly. In training with
     dropout, that token gets no dropout noise (the reference's n independent masks average out), so
     the noise differs in distribution from the reference's; compact=False runs all L steps instead.
-    Inputs that require grad (e.g. BERT outputs being fine-tuned) are never compacted.
+    Inputs that require grad (e.g. BERT outputs being fine-tuned) are never compacted, nor is anything
+    while attention dropout runs on SDPA (attention="torch", or the fast kernel's fallback), which
+    cannot spare such a token: that path has the reference's noise exactly.
     """
 
     def __init__(
@@ -202,6 +103,7 @@ class UnimodalEncoder(nn.Module):
         batchnorm: bool = True,
         padding: Padding = "faithful",
         compact: bool = True,
+        attention: AttentionKernel = "fast",
     ) -> None:
         super().__init__()
         if padding not in ("faithful", "masked"):
@@ -210,7 +112,7 @@ class UnimodalEncoder(nn.Module):
         self.compact = compact
         self.bn = nn.BatchNorm1d(in_dim) if batchnorm else None
         self.proj = nn.Conv1d(in_dim, d, kernel_size=1, bias=False)  # applied as a matmul
-        self.layers = nn.ModuleList(EncoderLayer(d, heads, ff, dropout) for _ in range(layers))
+        self.layers = nn.ModuleList(EncoderLayer(d, heads, ff, dropout, attention) for _ in range(layers))
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         b, steps, _ = x.shape
@@ -224,7 +126,7 @@ class UnimodalEncoder(nn.Module):
             x = self._batchnorm(x.masked_fill(~valid[..., None], 0.0), valid)
         else:
             run = torch.ones(b, dtype=torch.long, device=x.device)  # identical trailing steps
-            if self.compact and not x.requires_grad:
+            if self.compact and not x.requires_grad and self._can_spare_padding_token():
                 run = self._identical_tail(x).long()
             n_tok, mult = steps - run + 1, run  # tokens kept; the last one stands for `run` steps
             denom = torch.full((b,), float(steps), dtype=x.dtype, device=x.device)
@@ -233,6 +135,11 @@ class UnimodalEncoder(nn.Module):
         for idx, width in plan_groups(n_tok):
             pooled[idx] = self._run_group(x[idx, :width], n_tok[idx], mult[idx], denom[idx])
         return F.normalize(pooled, dim=-1)  # eq. 4, (B, d)
+
+    def _can_spare_padding_token(self) -> bool:
+        """Whether a compacted token can be spared the dropout noise (see the class docstring)."""
+        attn = self.layers[0].attn if len(self.layers) else None
+        return attn is None or not (self.training and attn.dropout > 0) or attn.exempts_rows
 
     @staticmethod
     @torch.no_grad()

@@ -129,9 +129,15 @@ def make_config(name: str, values: dict[str, Any]):
     return entry.config_cls(**values)
 
 
+def is_bert_parameter(name: str) -> bool:
+    """Whether a parameter name lies inside a module called `bert`, at any depth (`bert.*`,
+    CMC's `branches.text.bert.*`)."""
+    return "bert" in name.split(".")[:-1]
+
+
 def non_bert_parameter_count(model) -> int:
-    """The paper's "Size" (Table IV): every parameter outside a pretrained BERT (`bert.*`)."""
-    return sum(p.numel() for n, p in model.named_parameters() if not n.startswith("bert."))
+    """The paper's "Size" (Table IV): every parameter outside a pretrained BERT."""
+    return sum(p.numel() for n, p in model.named_parameters() if not is_bert_parameter(n))
 
 
 def create_model(name: str, config):

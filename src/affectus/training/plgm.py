@@ -13,8 +13,8 @@ soft label per modality, stored here in a `PseudoLabelBank` indexed by dataset s
              soft <- m soft + (1 - m) candidate                                     (eq. 28)
 
 Beside the bank: the momentum schedules of eq. 30 (`MomentumSchedule`), an EMA copy of each
-unimodal model (eq. 29, `ModalityEMA`), and `enable_flush_denormal` for the CPU slow-down that
-EMA training runs into. See docs/plgm.md.
+unimodal branch (eq. 29, `ModalityEMA`: one `torch.optim.swa_utils.AveragedModel` each), and
+`enable_flush_denormal` for the CPU slow-down that EMA training runs into. See docs/plgm.md.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError
@@ -280,105 +281,65 @@ class PseudoLabelBank:
 # ---------------------------------------------------------------------------------------------
 
 
-def _named_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Parameters and buffers by name. Buffers matter: BatchNorm running_mean / running_var are what
-    evaluation normalises with (the authors' EMA loops over parameters only and leaves them at init)."""
-    return {**dict(module.named_parameters()), **dict(module.named_buffers())}
+class Eq29:
+    """`multi_avg_fn` of an `AveragedModel`: theta_ema <- m theta_ema + (1 - m) theta (eq. 29), with a
+    momentum m that its owner sets before each update (it changes per epoch and per modality).
+
+    `AveragedModel` calls it once per (device, dtype) group of parameters and buffers. Float groups
+    take torch's own EMA step; integer buffers (BatchNorm's `num_batches_tracked`) are copied, since
+    an average of batch counts means nothing (and would be truncated to an integer)."""
+
+    def __init__(self, momentum: float = 0.0) -> None:
+        self.momentum = momentum
+
+    @torch.no_grad()
+    def __call__(self, ema: list[torch.Tensor], new: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        if ema[0].is_floating_point():
+            get_ema_multi_avg_fn(self.momentum)(ema, new, n_averaged)  # one fused lerp over the group
+        else:
+            for e, n in zip(ema, new):
+                e.copy_(n)
 
 
-@torch.no_grad()
-def _ema_step(ema: list[torch.Tensor], new: list[torch.Tensor], momentum: float) -> None:
-    """ema <- m * ema + (1 - m) * new (eq. 29): floats are lerped in one fused call; integer tensors
-    (BatchNorm's num_batches_tracked, a step counter) are copied, since averaging a count means nothing."""
-    floats = [(e, n) for e, n in zip(ema, new) if e.is_floating_point()]
-    if floats:
-        torch._foreach_lerp_([e for e, _ in floats], [n.detach() for _, n in floats], 1.0 - momentum)
-    for e, n in zip(ema, new):
-        if not e.is_floating_point():
-            e.copy_(n)
+class ModalityEMA(nn.Module):
+    """The EMA models of stage 1 (eq. 29): an `AveragedModel` of each unimodal branch (encoder + head,
+    and BERT for BERT text input), each with its own momentum.
 
-
-def ema_update(
-    ema: nn.Module | Mapping[str, torch.Tensor],
-    model: nn.Module,
-    momentum: float,
-    prefixes: Sequence[str] | None = None,
-) -> None:
-    """One EMA step (eq. 29) of `ema` (a module or a name -> tensor dict) towards `model`, over the
-    parameters and buffers whose names start with `prefixes` (all if None)."""
-    target = _named_tensors(ema) if isinstance(ema, nn.Module) else dict(ema)
-    source = _named_tensors(model)
-    names = [n for n in target if prefixes is None or n.startswith(tuple(prefixes))]
-    missing = [n for n in names if n not in source]
-    if missing:
-        raise ValueError(f"EMA update: the model has no {missing[0]!r}")
-    _ema_step([target[n] for n in names], [source[n] for n in names], momentum)
-
-
-class ModalityEMA:
-    """An EMA copy (eq. 29) of each unimodal model inside one `nn.Module`, each with its own momentum.
-
-    `prefixes_by_modality` says which parameter / buffer names belong to which modality, e.g.
-    {"text": ("encoders.text.", "heads.text."), ...}. Parameters and buffers are both tracked.
+    `use_buffers=True`: BatchNorm's running mean / variance are averaged like the weights, since they
+    are what evaluation normalises with (the authors' EMA loops over parameters only and leaves them
+    at their initial 0 / 1). Construction makes the first update, which copies: theta_ema starts at
+    the branch's current weights, as eq. 29 does. `state_dict()` (an `nn.Module`'s) holds every
+    branch's averaged weights and `n_averaged`, so a resumed run continues bit-exactly.
     """
 
-    def __init__(self, model: nn.Module, prefixes_by_modality: Mapping[str, Sequence[str]]) -> None:
-        tensors = _named_tensors(model)
-        self.prefixes = {m: tuple(p) for m, p in prefixes_by_modality.items()}
-        self.shadow: dict[str, dict[str, torch.Tensor]] = {}
-        owner: dict[str, str] = {}
-        for mod, prefixes in self.prefixes.items():
-            names = [n for n in tensors if n.startswith(prefixes)]
-            if not names:
-                raise ValueError(f"EMA: no parameter or buffer of the model starts with {prefixes} ({mod})")
-            for n in names:
-                if n in owner:
-                    raise ValueError(f"EMA: {n!r} matches the prefixes of both {owner[n]} and {mod}")
-                owner[n] = mod
-            self.shadow[mod] = {n: tensors[n].detach().clone() for n in names}
+    def __init__(self, branches: Mapping[str, nn.Module]) -> None:
+        super().__init__()
+        self.models = nn.ModuleDict(
+            {m: AveragedModel(b, multi_avg_fn=Eq29(), use_buffers=True) for m, b in branches.items()}
+        )
+        self.requires_grad_(False)  # averaged, never trained
+        for m, branch in branches.items():
+            self.models[m].update_parameters(branch)  # n_averaged 0 -> 1: a copy
 
     @property
     def modalities(self) -> tuple[str, ...]:
-        return tuple(self.shadow)
+        return tuple(self.models)
 
-    def update(self, model: nn.Module, momenta: Mapping[str, float] | float) -> None:
-        """EMA step of every modality towards `model` (call after each optimiser step)."""
-        source = _named_tensors(model)
-        for mod, shadow in self.shadow.items():
-            m = momenta if isinstance(momenta, (int, float)) else momenta[mod]
-            new = [source[n] for n in shadow]
-            if new and new[0].device != next(iter(shadow.values())).device:  # the model moved devices
-                self.shadow[mod] = shadow = {n: t.to(new[0].device) for n, t in shadow.items()}
-            _ema_step(list(shadow.values()), new, float(m))
+    def branch(self, modality: str) -> nn.Module:
+        """The EMA copy of one modality's branch."""
+        return self.models[modality].module
 
-    def copy_to(self, model: nn.Module, modalities: Sequence[str] | None = None) -> None:
-        """Write the EMA weights (and buffers) into `model`, e.g. an evaluation copy or the stage-2 model."""
-        chosen = self.modalities if modalities is None else tuple(modalities)
-        self.load_modalities(model, {m: self.shadow[m] for m in chosen})
-
-    @staticmethod
-    @torch.no_grad()
-    def load_modalities(model: nn.Module, states: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
-        """Write saved per-modality tensors ({modality: {name: tensor}}) into `model` by name."""
-        target = _named_tensors(model)
-        for mod, state in states.items():
-            for name, value in state.items():
-                if name not in target:
-                    raise ValueError(f"EMA: the model has no {name!r} ({mod})")
-                target[name].copy_(value)
-
-    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
-        """{modality: {name: tensor}}; the tensors are the live EMA tensors (clone to keep a snapshot)."""
-        return {mod: dict(shadow) for mod, shadow in self.shadow.items()}
+    def update(self, branches: Mapping[str, nn.Module], momenta: Mapping[str, float] | float) -> None:
+        """EMA step of every modality towards `branches` (call after each optimiser step)."""
+        for mod, averaged in self.models.items():
+            averaged.multi_avg_fn.momentum = float(momenta if isinstance(momenta, (int, float)) else momenta[mod])
+            averaged.update_parameters(branches[mod])
 
     @torch.no_grad()
-    def load_state_dict(self, state: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
-        for mod, shadow in self.shadow.items():
-            saved = state[mod]
-            if set(saved) != set(shadow):
-                raise AffectusError(f"EMA state for {mod}: its tensor names do not match this model's")
-            for name, t in shadow.items():
-                t.copy_(saved[name])
+    def copy_to(self, branches: Mapping[str, nn.Module], modalities: Sequence[str] | None = None) -> None:
+        """Write the EMA weights (and buffers) into `branches`, e.g. an evaluation copy's or the stage-2 model's."""
+        for mod in self.modalities if modalities is None else modalities:
+            branches[mod].load_state_dict(self.branch(mod).state_dict())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ class Stage1Task:
         self.bank = train_bank
         self.val_bank = val_bank  # faithful mode: moves with PLGM too (authors' code); fixed mode: frozen
         self.val_batches = val_batches  # () -> iterable of Batch (with labels)
-        self.ema = ModalityEMA(model, {m: model.unimodal_state_prefixes(m) for m in MODALITIES})
+        self.ema = ModalityEMA(model.branches)
         self.label_sched = [MomentumSchedule(m0, g, cfg.momentum_form) for m0, g in zip(cfg.label_momentum, cfg.label_gamma)]
         self.ema_sched = [MomentumSchedule(m0, g, cfg.momentum_form) for m0, g in zip(cfg.ema_momentum, cfg.ema_gamma)]
         self.label_m = torch.tensor([s.m0 for s in self.label_sched])
@@ -76,7 +76,7 @@ class Stage1Task:
         return total, parts
 
     def after_step(self, model) -> None:
-        self.ema.update(model, self.ema_m)  # eq. 29, parameters and BatchNorm buffers
+        self.ema.update(model.branches, self.ema_m)  # eq. 29, parameters and BatchNorm buffers
 
     def validate(self, model) -> dict[str, float]:
         """CE of each EMA model against the validation pseudo labels.
@@ -85,7 +85,7 @@ class Stage1Task:
         the online model's predictions, so stage-1 early stopping partly scores the model against
         itself (cmc-reference.md). `selection: fixed` keeps them at the multimodal label.
         """
-        self.ema.copy_to(self.eval_model)
+        self.ema.copy_to(self.eval_model.branches)
         self.eval_model.eval()
         sums = torch.zeros(3)
         n = 0
@@ -106,7 +106,6 @@ class Stage1Task:
 
     def end_epoch(self, epoch: int, model, val: dict[str, float]) -> bool:
         improved = False
-        ema_state = self.ema.state_dict()
         self.bank.record_epoch()
         for m in MODALITIES:
             # the authors compare validation CE rounded to 4 decimals
@@ -114,7 +113,7 @@ class Stage1Task:
                 # each modality keeps its own best EMA checkpoint (lowest validation CE)
                 self.best_loss[m] = val[f"ce_{m}"]
                 self.best_epoch[m] = epoch
-                self.best_state[m] = {n: t.clone() for n, t in ema_state[m].items()}
+                self.best_state[m] = {n: t.clone() for n, t in self.ema.branch(m).state_dict().items()}
                 improved = True
         if improved:
             self.best_labels = self.bank.hard_labels().clone()
@@ -151,7 +150,8 @@ class Stage1Task:
 
     def handover(self, model) -> tuple[torch.Tensor, torch.Tensor]:
         """Load each modality's best EMA weights into `model`; return fixed (N, 3) train / val targets."""
-        self.ema.load_modalities(model, self.best_state)
+        for m, state in self.best_state.items():
+            model.branches[m].load_state_dict(state)
         return self.best_labels.clone(), self.best_val_labels.clone()
 
 

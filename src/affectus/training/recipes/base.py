@@ -20,6 +20,7 @@ import torch
 from affectus.data.batches import Batch, iterate_batches
 from affectus.data.types import MODALITIES, Split
 from affectus.inference import checkpoints as ckpt
+from affectus.models.registry import is_bert_parameter
 from affectus.training.loop import LoopState, run_loop
 
 
@@ -86,7 +87,7 @@ class RecipeContext:
         for name, p in (model or self.model).named_parameters():
             if not p.requires_grad:
                 continue
-            if name.startswith("bert."):
+            if is_bert_parameter(name):
                 no_decay = name.endswith("bias") or "LayerNorm" in name
                 groups["bert_no_decay" if no_decay else "bert_decay"].append(p)
             else:

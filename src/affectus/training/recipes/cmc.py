@@ -73,8 +73,7 @@ class _FrozenEncoders(torch.nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.model.eval()
-        self.model.router.train(mode)
+        self.model.branches.eval()
         return self
 
     def forward(self, batch):
@@ -144,15 +143,14 @@ class CMCRecipe:
         stage2 = Stage2Task(train_targets, val_targets, val_batches, rc, ctx.scheme)
         wrapped = None
         if rc.stage2_freeze_unimodal:  # CMC-variant (Fig. 3) trains the router alone
-            model.requires_grad_(False)
-            model.router.requires_grad_(True)
+            model.branches.requires_grad_(False)
             wrapped = _FrozenEncoders(model)
         opt2 = ctx.optimizer(lr=rc.stage2_lr or ctx.train.lr)
         extra = {"stage1_summary": stage1_summary, "bank_tensors": bank_tensors, "train_targets": train_targets,
                  "val_targets": val_targets}
         loop2 = ctx.run_stage(2, stage2, opt2, model=wrapped, extra=extra)
         if wrapped is not None:
-            model.requires_grad_(True)
+            model.branches.requires_grad_(True)
         summary["stage2"] = {"epochs": loop2.epoch, "best_epoch": stage2.best_epoch,
                              "best_val_loss": stage2.best_loss, "history": loop2.history}
         return RecipeResult(stage2.best_state, summary, bank_tensors)
