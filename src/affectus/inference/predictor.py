@@ -61,16 +61,14 @@ class Predictor:
         config = make_config(self.model_name, cfg_values)
         # building the shell draws initial weights from torch's RNG: keep the caller's RNG untouched
         with torch.random.fork_rng(devices=[]):
+            extras = {}
             bert_file = self.run_dir / "bert_config.json"
             if bert_file.is_file():
                 # a fine-tuned BERT travels inside model.safetensors; build its shell from the saved config
                 from transformers import BertConfig
 
-                from affectus.models.cmc import CMC
-
-                self.model = CMC(config, bert_config=BertConfig.from_json_file(str(bert_file)))
-            else:
-                self.model = create_model(self.model_name, config)
+                extras["bert_config"] = BertConfig.from_json_file(str(bert_file))
+            self.model = create_model(self.model_name, config, **extras)
         weights = ckpt.load_tensors(self.run_dir / "model.safetensors")
         missing, unexpected = self.model.load_state_dict(weights, strict=False)
         if missing or unexpected:

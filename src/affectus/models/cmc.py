@@ -202,5 +202,5 @@ def _load_bert(path: str | None, bert_config: Any | None) -> nn.Module:
 
 @register_model("cmc", CMCConfig, "Calibrated Multimodal Consensus (CMC)", recipe="affectus.training.recipes.cmc:CMCRecipe",
                 variants="cmc.yaml", report_sections=("temperature", "plgm_flips", "router"))
-def build(config: CMCConfig) -> CMC:
-    return CMC(config)
+def build(config: CMCConfig, bert_config: Any | None = None) -> CMC:
+    return CMC(config, bert_config=bert_config)

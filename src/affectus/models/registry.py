@@ -140,5 +140,6 @@ def non_bert_parameter_count(model) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if not is_bert_parameter(n))
 
 
-def create_model(name: str, config):
-    return get_model_entry(name).build(config)
+def create_model(name: str, config, **extras):
+    """Build a registered model. `extras` go to its builder (CMC: `bert_config` for a BERT shell)."""
+    return get_model_entry(name).build(config, **extras)
