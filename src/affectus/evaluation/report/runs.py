@@ -83,13 +83,13 @@ def find_runs(root: str | Path) -> tuple[list[Run], list[str], list[str]]:
                         flatten_config(info)))
     if not runs:
         raise AffectusError(f"{root}: no finished runs (no run.json at or below it)")
-    plan = _experiment_plan(root)
-    axes = _name_from_plan(runs, plan) if plan is not None else _name_by_model(runs)
+    found = _experiment_plan(root)
+    axes = _name_from_plan(runs, *found) if found is not None else _name_by_model(runs)
     return sorted(runs, key=lambda r: (r.order, r.run_id)), axes, notes
 
 
-def _experiment_plan(root: Path) -> dict[str, Any] | None:
-    """The runner's experiment.json at `root`, or at EXP for a run folder EXP/runs/ID (None: not in one)."""
+def _experiment_plan(root: Path) -> tuple[Path, dict[str, Any]] | None:
+    """(EXP, its experiment.json) for `root` = EXP or a run folder EXP/runs/ID (None: not in an experiment)."""
     for folder in (root, root.parent.parent) if root.parent.name == "runs" else (root,):
         path = folder / "experiment.json"
         if path.is_file():
@@ -98,14 +98,17 @@ def _experiment_plan(root: Path) -> dict[str, Any] | None:
             except (OSError, json.JSONDecodeError) as err:
                 raise AffectusError(f"{path}: unreadable ({type(err).__name__})") from None
             if isinstance(plan, dict) and str(plan.get("format", "")).startswith("affectus-experiment/"):
-                plan["_dir"] = folder
-                return plan
+                entries = plan.get("runs")
+                if not isinstance(entries, list) or not all(
+                        isinstance(p, dict) and {"dir", "row", "group"} <= set(p) for p in entries):
+                    raise AffectusError(f"{path}: 'runs' is not a list of planned runs (dir, row, group)")
+                return folder, plan
     return None
 
 
-def _name_from_plan(runs: list[Run], plan: dict[str, Any]) -> list[str]:
+def _name_from_plan(runs: list[Run], exp_dir: Path, plan: dict[str, Any]) -> list[str]:
     """Row names, grid values and order from the plan; runs it does not list are named by model."""
-    planned = {(plan["_dir"] / str(p["dir"])).resolve(): (i, p) for i, p in enumerate(plan.get("runs") or [])}
+    planned = {(exp_dir / str(p["dir"])).resolve(): (i, p) for i, p in enumerate(plan["runs"])}
     axes = list(plan.get("grid") or {})
     strays = []
     for r in runs:
@@ -123,11 +126,12 @@ def _name_from_plan(runs: list[Run], plan: dict[str, Any]) -> list[str]:
 
 def _name_by_model(runs: list[Run]) -> list[str]:
     """Rows are model/variant; axes are the keys that vary between runs of one model/variant."""
+    ordered = sorted(runs, key=lambda r: r.run_id)
     by_name: dict[str, list[Run]] = {}
-    for r in sorted(runs, key=lambda r: r.run_id):
+    for r in ordered:
         by_name.setdefault(r.name, []).append(r)
     axes = sorted({k for same in by_name.values() for k in _varying(same)})
-    for i, r in enumerate(sorted(runs, key=lambda r: r.run_id)):
+    for i, r in enumerate(ordered):
         r.order, r.row = i, r.name
         r.axes = {k: r.config[k] for k in axes if k in r.config}
     return axes
