@@ -1,21 +1,25 @@
-"""`affectus report` and the TensorBoard writer: on a tiny trained CMC run and on hand-written experiments."""
+"""`affectus report` and TensorBoard logging: a tiny trained CMC run, a mixed CMC + baseline experiment,
+and hand-written runs."""
 
 from __future__ import annotations
 
 import json
 import re
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import affectus.cli.report_cmd  # noqa: F401  (registers the command until the CLI package imports it)
 from affectus.cli import main
 from affectus.data.mmsa import write_pickle
 from affectus.data.synthetic import SynthConfig, generate
 from affectus.evaluation.report import build_report, find_runs, least_squares_slope, mean_std
-from affectus.evaluation.tensorboard import crc32c, read_scalars, write_tensorboard
+from affectus.evaluation.tensorboard import EpochLogger, read_scalars, write_tensorboard
+from affectus.experiments.runner import run_experiment
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FAST = ["--set", "train.epochs=2", "--set", "train.patience=1", "--set", "model.layers=1", "--set", "model.heads=2",
@@ -23,14 +27,20 @@ FAST = ["--set", "train.epochs=2", "--set", "train.patience=1", "--set", "model.
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
-    """(data file, run dir) of a 2+2-epoch CMC run on tiny simulated CH-SIMS-like data."""
-    root = tmp_path_factory.mktemp("report")
-    data = root / "tiny.pkl"
+def tiny_data(tmp_path_factory) -> Path:
+    """A tiny simulated CH-SIMS-like file (unimodal labels, so D_msc / D_msi exist)."""
+    data = tmp_path_factory.mktemp("report") / "tiny.pkl"
     cfg = SynthConfig(n_train=72, n_valid=24, n_test=24, seq_lens={"text": 4, "audio": 6, "vision": 5},
                       dims={"text": 12, "audio": 5, "vision": 7}, seed=3)
     write_pickle(generate(cfg), data)
-    run = root / "run"
+    return data
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_data: Path, tmp_path_factory) -> tuple[Path, Path]:
+    """(data file, run dir) of a 2+2-epoch CMC run on the tiny data."""
+    data = tiny_data
+    run = tmp_path_factory.mktemp("report") / "run"
     assert main(["train", "--data", str(data), "--out", str(run), *FAST]) == 0
     return data, run
 
@@ -86,28 +96,48 @@ def test_mean_std_is_sample_std_and_skips_missing() -> None:
 # ---------------------------------------------------------------------------------------------- experiments
 
 
-def test_temperature_experiment(tmp_path: Path) -> None:
-    exp = tmp_path / "exp"
-    for tau, base in ((0.07, 80.0), (0.5, 70.0)):
-        for seed in (1, 2):
-            fake_run(exp / "runs" / f"tau{tau}-s{seed}", seed=seed, tau=tau,
-                     metrics=subsets(base + seed, base + 10 + seed, base - 10 + seed))
+def section(page: str, title: str) -> str:
+    """The HTML of one section, by its heading (fails when the section is absent)."""
+    assert f"<h2>{title}</h2>" in page, title
+    return page.split(f"<h2>{title}</h2>")[1].split("</section>")[0]
+
+
+def test_temperature_experiment_uses_the_plan(tmp_path: Path) -> None:
+    """Inside an experiment, rows are named and ordered by experiment.json, and the grid axis gets its curve."""
+    exp, planned = tmp_path / "exp", []
+    for row, base in (("Zeta <full>", 80.0), ("Alpha", 60.0)):  # not alphabetical: the spec's order must win
+        for tau in (0.07, 0.5):
+            for seed in (1, 2):
+                group = f"{row.split()[0].lower()}__tau={tau}"
+                fake_run(exp / "runs" / f"{group}__seed={seed}", seed=seed, tau=tau,
+                         metrics=subsets(base - 10 * tau + seed, base + 10 + seed, base - 10 + seed))
+                planned.append({"id": f"{group}__seed={seed}", "group": group, "row": row, "model": "cmc",
+                                "variant": "cmc", "grid": {"model.tau": tau}, "seed": seed,
+                                "dir": f"runs/{group}__seed={seed}"})
+    (exp / "experiment.json").write_text(json.dumps({"format": "affectus-experiment/1", "name": "t",
+                                                     "grid": {"model.tau": [0.07, 0.5]}, "runs": planned}))
     (exp / "results.csv").write_text("run,whatever\n")  # the runner's files must not confuse the report
     path = build_report(exp, tensorboard=False)
     assert path == exp / "report" / "report.html"
     page = path.read_text()
     assert_self_contained(page)
-    for heading in ("Results", "Temperature of PFM (Table VIII)", "Training curves", "TensorBoard"):
-        assert f"<h2>{heading}</h2>" in page
-    # rows are grid points, mean ± sample std over the two seeds: 81, 82 -> 81.50 ± 0.71
-    assert "cmc/cmc model.tau=0.07" in page and "81.50 ± 0.71" in page and "71.50 ± 0.71" in page
-    assert "91.50 ± 0.71" in page  # D_msc at tau 0.07
-    assert "skipped: the runs do not vary train.consistent_retention" in page
-    assert "skipped: needs the data" in page and "no run has pseudo_labels.csv" in page
+    results = section(page, "Results")
+    # the spec's order, names escaped by the template; mean ± sample std over two seeds: 80.3, 81.3 -> 80.80 ± 0.71
+    assert results.index("Zeta &lt;full&gt;") < results.index("Alpha") and "<full>" not in page
+    assert "80.80 ± 0.71" in results and "91.50 ± 0.71" in results  # D_test, D_msc at tau 0.07
+    curve = section(page, "Temperature of PFM (Table VIII)")
+    assert "<h3>Zeta &lt;full&gt; (sims)</h3>" in curve and "<h3>Alpha (sims)</h3>" in curve
+    assert "zeta__tau=0.07" in section(page, "Training curves")  # file names: the runner's group ids
+    # left out: no retention axis, no router, no TensorBoard (asked for none); PLGM applies but lacks its file
+    for absent in ("Retention of D_msc", "MCR router weights", "<h2>TensorBoard", "skipped"):
+        assert absent not in page
+    assert "no run kept pseudo_labels.csv" in section(page, "PLGM pseudo-label flips (Fig. 6)")
     assert_png(exp / "report" / "temperature_sims.png")
+    assert_png(exp / "report" / "training_zeta__tau=0.5.png")
 
 
 def test_retention_slopes(tmp_path: Path) -> None:
+    """Runs made by hand (no experiment.json): rows are model/variant, axes what varies within one."""
     exp = tmp_path / "exp"
     for variant, gain in (("cmc", 5.0), ("cmc_gt", 3.0)):
         for r in (0.2, 0.6, 1.0):
@@ -116,10 +146,10 @@ def test_retention_slopes(tmp_path: Path) -> None:
                 fake_run(exp / f"{variant}-{r}-{seed}", variant=variant, seed=seed, retention=r,
                          metrics=subsets(70 + gain * r + jitter, 60 + gain * r + jitter, 50 + jitter))
     page = build_report(exp, out=tmp_path / "out", tensorboard=False).read_text()
-    assert "<h2>Retention of D_msc training samples (Figs. 4-5)</h2>" in page
-    section = page.split("Retention of D_msc training samples (Figs. 4-5)</h2>")[1].split("</section>")[0]
-    assert "+5.00" in section and "+3.00" in section and "+0.00" in section
-    assert "cmc/cmc_gt" in section
+    curve = section(page, "Retention of D_msc training samples (Figs. 4-5)")
+    assert "+5.00" in curve and "+3.00" in curve and "+0.00" in curve
+    assert "cmc/cmc_gt" in curve
+    assert "Temperature" not in page  # tau is the same in every run
     assert_png(tmp_path / "out" / "retention_sims.png")
 
 
@@ -133,11 +163,11 @@ def test_unreadable_run_json_is_skipped_with_a_note(tmp_path: Path) -> None:
     fake_run(tmp_path / "good", metrics=subsets(80, 90, 70))
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "run.json").write_text("{not json")
-    runs, notes = find_runs(tmp_path)
+    runs, _axes, notes = find_runs(tmp_path)
     assert [r.run_id for r in runs] == ["good"] and "unreadable" in notes[0]
 
 
-# ---------------------------------------------------------------------------------------------- a real run
+# ---------------------------------------------------------------------------------------------- real runs
 
 
 def test_report_of_a_trained_run(tiny_run: tuple[Path, Path], tmp_path: Path, capsys) -> None:
@@ -156,34 +186,96 @@ def test_report_of_a_trained_run(tiny_run: tuple[Path, Path], tmp_path: Path, ca
     # Fig. 7: D_msi samples with their raw text, the verdict and each modality's own prediction
     info = json.loads((run / "run.json").read_text())
     assert info["metrics_split"] == "test" and "synth-test-" in page and "own T:" in page
-    assert "Run run on split 'test'" in page
+    assert f"cmc/cmc, seed {info['config']['train']['seed']} (run) on split &#39;test&#39;" in page
     # Fig. 6: per-modality flip counts from pseudo_labels.csv
-    assert "72 training samples" in page and "final = dataset&#x27;s label" in page
+    assert "72 training samples" in page and "final = dataset&#39;s label" in page
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert {"training_cmc_cmc.png", "router_run.png"} <= set(pngs)
+    assert {"training_cmc-cmc.png", "router_cmc-cmc.png"} <= set(pngs)
     assert page.count('src="data:image/png;base64,') == len(pngs)
     for p in out.glob("*.png"):
         assert_png(p)
 
 
-def test_tensorboard_events_are_readable(tiny_run: tuple[Path, Path]) -> None:
+def test_report_of_a_mixed_experiment(tiny_data: Path, tmp_path: Path) -> None:
+    """A CMC row and a baseline row in one spec: the spec's row names and order, no temperature section."""
+    spec = {"name": "mixed", "seeds": 1,
+            "overrides": {"train.epochs": 2, "train.patience": 1, "train.batch_size": 32},
+            "runs": [{"name": "LF-DNN", "model": "late_fusion"},
+                     {"name": "CMC <full>", "overrides": {"model.layers": 1, "model.heads": 2}}]}
+    exp = tmp_path / "exp"
+    run_experiment(spec, exp, data=str(tiny_data), threads=1, progress=False)
+    page = build_report(exp, tensorboard=False).read_text()
+    results = section(page, "Results")
+    assert re.findall(r'<tr><td class="l">([^<]*)</td>', results) == ["LF-DNN", "CMC &lt;full&gt;"]
+    results_md = (exp / "results.md").read_text()
+    assert results_md.index("| LF-DNN |") < results_md.index("| CMC <full> |")  # the same order as results.md
+    assert "Temperature" not in page and "model.tau" not in page and "skipped" not in page
+    assert "<h3>CMC &lt;full&gt;, seed 1: 72 training samples</h3>" in section(page, "PLGM pseudo-label flips (Fig. 6)")
+    assert "--data" in section(page, "MCR router weights on D_msi samples (Fig. 7)")
+    assert {"training_lf-dnn.png", "training_cmc-full.png", "flips_cmc-full__seed=1.png"} <= {
+        p.name for p in (exp / "report").glob("*.png")}
+    # the baseline's run alone: named by the plan two levels up; CMC's sections do not apply to it
+    alone = build_report(exp / "runs" / "lf-dnn__seed=1", tensorboard=False).read_text()
+    assert "<td class=\"l\">LF-DNN</td>" in alone and "training_lf-dnn.png" in alone
+    for absent in ("PLGM", "MCR router", "Temperature", "skipped"):
+        assert absent not in alone
+
+
+# ---------------------------------------------------------------------------------------------- TensorBoard
+
+
+def accumulate(folder: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    return acc
+
+
+def record(epoch: int, loss: float) -> dict[str, float]:
+    """An epoch record as the training loop builds it."""
+    return {"epoch": epoch, "seconds": 0.5, "train_loss": loss, "val_loss": loss + 0.1, "val_acc2": 60.0 + epoch,
+            "improved": 1.0}
+
+
+def test_epoch_logger_writes_during_training(tmp_path: Path) -> None:
+    logger = EpochLogger(tmp_path)
+    for epoch in (1, 2):
+        logger.log_epoch("stage1", {**record(epoch, 1.0 / epoch), "val_ce_text": 0.7, "nan_metric": float("nan")})
+    logger.log_epoch("stage2", record(1, 0.4))
+    # readable before close: each epoch is flushed as it is logged
+    acc = accumulate(tmp_path / "tensorboard" / "stage1")
+    assert set(acc.Tags()["scalars"]) == {"stage1/seconds", "stage1/train_loss", "stage1/val_loss",
+                                          "stage1/val_acc2", "stage1/improved", "stage1/val_ce_text"}
+    assert [(e.step, e.value) for e in acc.Scalars("stage1/val_acc2")] == [(1, 61.0), (2, 62.0)]
+    logger.log_epoch("stage2", record(2, 0.3))
+    logger.close()
+    stage2 = accumulate(tmp_path / "tensorboard" / "stage2")
+    assert [e.step for e in stage2.Scalars("stage2/val_loss")] == [1, 2]
+    assert stage2.Scalars("stage2/train_loss")[1].value == pytest.approx(0.3)
+
+
+def test_resumed_stage_replaces_what_the_interrupted_process_logged(tmp_path: Path) -> None:
+    with closing(EpochLogger(tmp_path)) as first:  # stage 1 done; stage 2 logged epochs 1-3, checkpointed after 2
+        first.log_epoch("stage1", record(1, 9.0))
+        for epoch in (1, 2, 3):
+            first.log_epoch("stage2", record(epoch, 1.0))
+    with closing(EpochLogger(tmp_path)) as resumed:  # the resume repeats epoch 3, then goes on
+        for epoch in (3, 4):
+            resumed.log_epoch("stage2", record(epoch, 2.0))
+    scalars = read_scalars(tmp_path / "tensorboard")
+    assert scalars["stage2/train_loss"] == [(1, 1.0), (2, 1.0), (3, 2.0), (4, 2.0)]
+    assert scalars["stage1/train_loss"] == [(1, 9.0)]  # another stage's steps are not purged
+
+
+def test_tensorboard_from_run_json(tiny_run: tuple[Path, Path]) -> None:
+    """Runs logged after the fact from run.json: the same tags and steps, and never twice."""
     _, run = tiny_run
-    path = write_tensorboard(run)
-    assert path is not None and path.parent == run / "tensorboard"
-    assert write_tensorboard(run) == path and len(list(path.parent.iterdir())) == 1  # rewriting replaces it
+    log_dir = write_tensorboard(run)
+    assert log_dir == run / "tensorboard"
+    files = sorted(log_dir.rglob("events.out.tfevents.*"))
+    assert write_tensorboard(run) == log_dir and sorted(log_dir.rglob("events.out.tfevents.*")) == files
     stages = json.loads((run / "run.json").read_text())["stages"]
-    scalars = read_scalars(path)
+    scalars = read_scalars(log_dir)
     expected = {f"{stage}/{key}" for stage, s in stages.items() for e in s["history"] for key in e if key != "epoch"}
     assert set(scalars) == expected
     assert [step for step, _ in scalars["stage2/val_loss"]] == [e["epoch"] for e in stages["stage2"]["history"]]
     assert scalars["stage1/train_loss"][0][1] == pytest.approx(stages["stage1"]["history"][0]["train_loss"])
-    # TensorBoard's own reader, when installed, sees the same tags and steps
-    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-    acc = accumulator.EventAccumulator(str(path.parent))
-    acc.Reload()
-    assert set(acc.Tags()["scalars"]) == expected
-    assert len(acc.Scalars("stage1/val_ce_text")) == len(stages["stage1"]["history"])
-
-
-def test_crc32c_check_value() -> None:
-    assert crc32c(b"123456789") == 0xE3069283  # the standard CRC-32C check value

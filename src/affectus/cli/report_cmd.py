@@ -17,13 +17,14 @@ def report(
         "--data", help="the data file (or synth:PRESET) to predict with, for the router-weight section")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="report folder (default: DIR/report)")] = None,
     no_tensorboard: Annotated[bool, typer.Option(
-        "--no-tensorboard", help="do not write RUN/tensorboard/ event files")] = False,
+        "--no-tensorboard", help="do not write RUN/tensorboard/ event files for runs that have none")] = False,
     samples: Annotated[int, typer.Option("--samples", min=1, help="samples listed in the flip and router sections")] = 30,
     threads: Annotated[int, typer.Option("--threads", min=1, help="CPU threads for torch (router section)")] = 1,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help=TRUST_PICKLE_HELP)] = False,
 ) -> None:
-    """Write DIR/report/report.html: results (mean ± std over seeds), temperature and retention curves,
-    training curves, PLGM flips, router weights; one self-contained page, PNGs beside it."""
+    """Write DIR/report/report.html: results (mean ± std over seeds), curves over the grid (temperature,
+    retention), training curves, PLGM flips, router weights, each where it applies to the runs' models;
+    one self-contained page, PNGs beside it."""
     from affectus.evaluation.report import build_report
 
     if data is not None:

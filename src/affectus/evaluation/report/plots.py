@@ -1,8 +1,8 @@
 """The report's figures, drawn with matplotlib into PNG bytes (no files, no global pyplot state).
 
-matplotlib is imported lazily, on the Agg canvas, so importing affectus (or training on a headless
-server) never needs a display or matplotlib itself; `available()` lets the report fall back to
-tables alone when it is not installed. Each function takes plain numbers and returns PNG bytes.
+matplotlib (a dependency) is imported lazily and drawn on the Agg canvas, so importing affectus
+costs no matplotlib import and a headless server needs no display. Each function takes plain
+numbers and returns PNG bytes.
 """
 
 from __future__ import annotations
@@ -16,14 +16,6 @@ import numpy as np
 
 MODALITY_COLORS = {"text": "#4C72B0", "audio": "#DD8452", "vision": "#55A868"}
 CLASS_SHORT = ("Neg", "Neu", "Pos")  # the paper's Figs. 6-7 labels
-
-
-def available() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _figure(width: float, height: float) -> Any:
