@@ -344,5 +344,10 @@ def test_epoch_lines_fit_80_columns_and_quiet_silences_them(sim_file, tmp_path, 
     assert err[0].startswith("epochs:") and "* = best (kept)" in err[0] and len(err[0]) <= 80
     assert len(lines) == 4 and {ln.split()[0] for ln in lines} == {"stage1", "stage2"}  # 2 epochs x 2 stages
     assert all(len(ln) <= 80 for ln in lines)
+    # TensorBoard events were written by the trainer, per stage, with validation metrics as well as losses
+    from affectus.evaluation.tensorboard import read_scalars
+
+    tags = read_scalars(tmp_path / "a" / "tensorboard")
+    assert [step for step, _ in tags["stage1/val_ce_audio"]] == [1, 2] and "stage2/train_loss" in tags
     assert main([*args, "--out", str(tmp_path / "b"), "--quiet"]) == 0
     assert "train" not in capsys.readouterr().err.replace("wrote", "")

@@ -9,6 +9,7 @@ RNG, denormal flushing) as they found it: the CLI sets threads and denormals for
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from affectus.data.types import MERDataset, Split
 from affectus.errors import AffectusError
 from affectus.evaluation.evaluate import evaluate_split
 from affectus.evaluation.schemes import LabelScheme, infer_scheme
+from affectus.evaluation.tensorboard import EpochLogger
 from affectus.inference import checkpoints as ckpt
 from affectus.models.registry import create_model, get_model_entry, make_config
 from affectus.training.config import ResolvedConfig
@@ -130,9 +132,19 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
     saved = ckpt.load_state(state_path) if resume and state_path.exists() else None
     started = time.perf_counter()
     recipe = get_model_entry(cfg.model_name).get_recipe()
-    ctx = RecipeContext(model=model, train=tc, recipe=cfg.recipe, train_split=train_split,
-                        select_split=select_split, scheme=plan.scheme, device=device, out=out, saved=saved, on_epoch=on_epoch)
-    result = recipe.train(ctx)
+    # TensorBoard events are written as each epoch ends (OUT/tensorboard/<stage>/), so a long run can be
+    # watched live; the stage names are run.json's `stages` keys.
+    with contextlib.closing(EpochLogger(out)) as tb:
+
+        def observe(stage: str, record: dict[str, float], epochs: int) -> None:
+            tb.log_epoch(stage, record)
+            if on_epoch is not None:
+                on_epoch(stage, record, epochs)
+
+        ctx = RecipeContext(model=model, train=tc, recipe=cfg.recipe, train_split=train_split,
+                            select_split=select_split, scheme=plan.scheme, device=device, out=out, saved=saved,
+                            on_epoch=observe)
+        result = recipe.train(ctx)
     model.load_state_dict(result.state)
 
     eval_split = dataset[plan.eval] if plan.eval in dataset else None
@@ -170,9 +182,6 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
     ckpt.write_run(out, info, dict(model.state_dict()))
     if state_path.exists():
         state_path.unlink()
-    from affectus.evaluation.tensorboard import write_tensorboard
-
-    write_tensorboard(out)  # per-epoch scalars as TensorBoard event files (OUT/tensorboard/)
     return metrics
 
 
