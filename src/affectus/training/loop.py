@@ -121,7 +121,8 @@ logger = logging.getLogger("affectus.training")
 # What an epoch line shows, in at most 80 columns: the stage, epoch / max, the mean training loss, the
 # selection split's losses (short names), '*' when the epoch is the best so far (its weights are kept).
 EPOCH_LEGEND = "epochs: train = mean training loss, val = selection-split loss, * = best (kept)"
-_SHORT = {"ce_text": "t", "ce_audio": "a", "ce_vision": "v", "ce_m": "m", "loss": "loss", "supcon": "sc"}
+_SHORT = {"ce_text": "t", "ce_audio": "a", "ce_vision": "v", "ce_m": "m", "loss": "loss", "supcon": "sc",
+          "acc": "acc%"}
 
 
 def epoch_line(stage: str, record: dict[str, float], epochs: int) -> str:

@@ -204,8 +204,8 @@ class Stage2Task(_SelectsBestState):
         # the authors select on the total validation loss (eq. 18); `multimodal` selects on eq. 15
         self.select_key = "ce_m" if cfg.stage2_select == "multimodal" else "loss"
 
-    def _loss(self, model, batch: Batch, targets: torch.Tensor):
-        out = model(batch)
+    def _loss(self, model, batch: Batch, targets: torch.Tensor, out=None):
+        out = model(batch) if out is None else out
         lm = F.cross_entropy(out.logits, batch.classes)  # eq. 15
         if self.cfg.stage2_loss == "single":
             return lm, {"loss": lm.item(), "ce_m": lm.item()}
@@ -221,15 +221,18 @@ class Stage2Task(_SelectsBestState):
         return self._loss(model, batch, targets)
 
     def validate(self, model) -> dict[str, float]:
-        total, multimodal, n = 0.0, 0.0, 0
+        total, multimodal, n, correct = 0.0, 0.0, 0, 0
         for batch in self.val_batches():
             batch = batch.to(next(model.parameters()).device)
             targets = self.val_targets[batch.index.cpu()].to(batch.classes.device)
-            loss, parts = self._loss(model, batch, targets)
+            out = model(batch)
+            loss, parts = self._loss(model, batch, targets, out)
             total += loss.item() * len(batch)
             multimodal += parts.get("ce_m", parts["loss"]) * len(batch)
+            correct += int((out.logits.argmax(-1) == batch.classes).sum())
             n += len(batch)
-        return {"loss": total / max(n, 1), "ce_m": multimodal / max(n, 1)}
+        # the accuracy is watched (TensorBoard, epoch lines), never used to select
+        return {"loss": total / max(n, 1), "ce_m": multimodal / max(n, 1), "acc": 100.0 * correct / max(n, 1)}
 
 
 class SupervisedTask(_SelectsBestState):
@@ -240,9 +243,11 @@ class SupervisedTask(_SelectsBestState):
         return loss, {"loss": loss.item()}
 
     def validate(self, model) -> dict[str, float]:
-        total, n = 0.0, 0
+        total, n, correct = 0.0, 0, 0
         for batch in self.val_batches():
             batch = batch.to(next(model.parameters()).device)
-            total += F.cross_entropy(model(batch).logits, batch.classes, reduction="sum").item()
+            logits = model(batch).logits
+            total += F.cross_entropy(logits, batch.classes, reduction="sum").item()
+            correct += int((logits.argmax(-1) == batch.classes).sum())
             n += len(batch)
-        return {"loss": total / max(n, 1)}
+        return {"loss": total / max(n, 1), "acc": 100.0 * correct / max(n, 1)}
