@@ -15,10 +15,12 @@ Outputs (one forward pass computes whatever is asked for):
 * sentence embeddings (N, D) float32: the masked mean of the token states (the pooling all-MiniLM-L6-v2
   was trained with), L2-normalised by default.
 
-Every transcript is padded to the same `max_length`, so a row's encoding does not depend on which other
-rows share its batch or file: a run that records `encoder.record()` re-encodes a new file's transcripts
-exactly as it encoded its training data (`text_encoder_from_record`). The record carries a fingerprint
-of the model's files, so a directory whose contents changed since the run is refused, not used silently.
+Outputs always have the fixed length `max_length`, so training and evaluation files share one shape.
+The forward pass runs on length-sorted batches trimmed to their longest transcript (padding is masked
+out of attention, so trimming changes nothing but float rounding, about 1e-6, and saves ~3x on short
+utterances). A run that records `encoder.record()` re-encodes a new file's transcripts as it encoded
+its training data (`text_encoder_from_record`). The record carries a fingerprint of the model's files,
+so a directory whose contents changed since the run is refused, not used silently.
 """
 
 from __future__ import annotations
@@ -124,6 +126,9 @@ class BertTextEncoder:
                 f"max_position_embeddings {self.hf_config.max_position_embeddings} ({self.model_dir})"
             )
         self.tokenizer = _load_tokenizer(self.model_dir)
+        # The mask must be a prefix of ones: lengths are its sum and batches are trimmed on the right.
+        self.tokenizer.padding_side = "right"
+        self.tokenizer.truncation_side = "right"
         self._model: torch.nn.Module | None = None
 
     def _model_dir(self) -> Path:
@@ -183,7 +188,7 @@ class BertTextEncoder:
         self, texts: list[str], *, bert: bool = False, states: bool = False, sentence: bool = False,
         where: str = "transcripts",
     ) -> TextEncoding:
-        """One pass over `texts` in fixed-size batches on CPU, producing the outputs asked for."""
+        """One pass over `texts` in length-sorted batches on CPU, producing the outputs asked for."""
         text_bert = self.tokenize(texts, where)  # (N, 3, L), also checks the texts
         out = TextEncoding(text_bert=text_bert if bert else None)
         if not (states or sentence):
@@ -191,20 +196,22 @@ class BertTextEncoder:
         model = self.model
         pass_segments = "token_type_ids" in inspect.signature(model.forward).parameters
         n, L, D = text_bert.shape[0], text_bert.shape[2], self.hidden_size
-        lengths = text_bert[:, 1].sum(axis=1)  # (N,)
+        lengths = text_bert[:, 1].sum(axis=1)  # (N,) the mask is a prefix of ones (right padding)
+        order = np.argsort(-lengths, kind="stable")  # longest first: a deterministic order
         all_states = np.zeros((n, L, D), np.float32) if states else None
         all_sentence = np.zeros((n, D), np.float32) if sentence else None
         for start in range(0, n, self.config.batch_size):
-            tb = torch.from_numpy(text_bert[start : start + self.config.batch_size])  # (B, 3, L)
-            mask = tb[:, 1]  # (B, L)
+            rows = order[start : start + self.config.batch_size]
+            width = int(lengths[rows].max())
+            tb = torch.from_numpy(text_bert[rows, :, :width])  # (B, 3, width): no all-padding columns
+            mask = tb[:, 1]  # (B, width)
             kwargs = {"input_ids": tb[:, 0], "attention_mask": mask}
             if pass_segments:
                 kwargs["token_type_ids"] = tb[:, 2]
-            h = model(**kwargs).last_hidden_state.float()  # (B, L, D)
+            h = model(**kwargs).last_hidden_state.float()  # (B, width, D)
             h = h * mask.unsqueeze(-1).to(h.dtype)  # padding rows are masked out: make them exactly 0
-            rows = slice(start, start + tb.shape[0])
             if all_states is not None:
-                all_states[rows] = h.numpy()
+                all_states[rows, :width] = h.numpy()
             if all_sentence is not None:
                 all_sentence[rows] = self._pool(h, mask).numpy()
         out.states, out.sentence = all_states, all_sentence
