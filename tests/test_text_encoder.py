@@ -21,8 +21,10 @@ from affectus.inference.extract.text import (
     BertTextEncoder,
     minilm_available,
     reencode_dataset,
+    reencode_from_record,
     text_encoder_from_record,
     text_encoder_from_spec,
+    text_inputs_record,
 )
 
 transformers = pytest.importorskip("transformers")
@@ -167,6 +169,16 @@ def test_reencode_dataset_replaces_text_and_keeps_the_rest(make_raw, tiny, tmp_p
     back = load_dataset(tmp_path / "re.npz")
     np.testing.assert_array_equal(back["test"].text_bert, bert["test"].text_bert)
     np.testing.assert_array_equal(back["test"].text_lengths, bert["test"].text_lengths)
+
+    # A run's record re-encodes another file the same way (fingerprint checked on the way).
+    record = json.loads(json.dumps(text_inputs_record(tiny, text="sentence", bert=True)))
+    other = dataset_from_raw(make_raw(seq_lens={"text": 1}, seed=3), source="other.pkl")
+    again = reencode_from_record(other, record)
+    direct = reencode_dataset(other, tiny, text="sentence", bert=True)
+    np.testing.assert_allclose(again["test"].text, direct["test"].text, atol=1e-6)
+    np.testing.assert_array_equal(again["test"].text_bert, direct["test"].text_bert)
+    with pytest.raises(AffectusError, match="expected keys bert, text, text_encoder"):
+        reencode_from_record(other, {"text": "sentence"})
 
     ds["valid"].raw_text = None
     with pytest.raises(AffectusError, match="file f.pkl split valid key raw_text: missing"):

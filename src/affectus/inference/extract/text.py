@@ -364,6 +364,23 @@ def reencode_dataset(
     return MERDataset(splits=splits, source=dataset.source, sanitised=dict(dataset.sanitised))
 
 
+def text_inputs_record(encoder: BertTextEncoder, *, text: TextOutput | None, bert: bool) -> dict[str, Any]:
+    """What a run stores to re-encode a new file as `reencode_dataset(d, encoder, text=, bert=)` did."""
+    if text not in ("states", "sentence", None) or not isinstance(bert, bool):
+        raise AffectusError(f"text inputs: text must be 'states', 'sentence' or None and bert a bool, "
+                            f"got text={text!r} bert={bert!r}")
+    return {"text_encoder": encoder.record(), "text": text, "bert": bert}
+
+
+def reencode_from_record(dataset: MERDataset, record: dict[str, Any]) -> MERDataset:
+    """Re-encode `dataset`'s transcripts as the run that wrote `record` (`text_inputs_record`) did."""
+    if not isinstance(record, dict) or set(record) != {"text_encoder", "text", "bert"}:
+        got = sorted(record) if isinstance(record, dict) else type(record).__name__
+        raise AffectusError(f"text inputs record: expected keys bert, text, text_encoder, got {got}")
+    encoder = text_encoder_from_record(record["text_encoder"])
+    return reencode_dataset(dataset, encoder, text=record["text"], bert=record["bert"])
+
+
 # ------------------------------------------------------------------------------------ helpers
 
 
