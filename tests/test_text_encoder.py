@@ -143,6 +143,17 @@ def test_a_path_that_is_not_a_bert_model_is_refused(tmp_path, tiny_dir):
     gpt = _write_tiny_bert(tmp_path / "gpt", model_type_override="gpt2")
     with pytest.raises(AffectusError, match="model_type 'gpt2' is not BERT-family"):
         text_encoder_from_spec(gpt)
+    broken = tmp_path / "broken"
+    _write_tiny_bert(broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    enc = text_encoder_from_spec(str(broken), max_length=8)  # ids need no weights; features do
+    assert enc.tokenize(["good"]).shape == (1, 3, 8)
+    with pytest.raises(AffectusError, match="weights do not load"):
+        enc.sentence_embeddings(["good"])
+    for name in ("vocab.txt", "tokenizer.json"):
+        (broken / name).unlink(missing_ok=True)
+    with pytest.raises(AffectusError, match="no tokenizer files"):
+        text_encoder_from_spec(str(broken), max_length=8)
     with pytest.raises(AffectusError, match="exceeds the model's max_position_embeddings 32"):
         text_encoder_from_spec(tiny_dir, max_length=64)
     with pytest.raises(AffectusError, match="pooling must be 'mean' or 'cls'"):

@@ -53,6 +53,7 @@ BERT_FAMILY = frozenset(
 )
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                  "pytorch_model.bin.index.json")
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
 # Files a fingerprint covers: whatever from_pretrained reads (config, tokenizer, weights), not READMEs.
 _FINGERPRINT_SUFFIXES = (".json", ".txt", ".safetensors", ".bin", ".model")
 
@@ -125,7 +126,7 @@ class BertTextEncoder:
                 f"text encoder max_length {self.config.max_length} exceeds the model's "
                 f"max_position_embeddings {self.hf_config.max_position_embeddings} ({self.model_dir})"
             )
-        self.tokenizer = _load_tokenizer(self.model_dir)
+        self.tokenizer = _load_tokenizer(self.model_dir, int(self.hf_config.vocab_size))
         # The mask must be a prefix of ones: lengths are its sum and batches are trimmed on the right.
         self.tokenizer.padding_side = "right"
         self.tokenizer.truncation_side = "right"
@@ -436,25 +437,39 @@ def _load_hf_config(path: Path) -> Any:
     return config
 
 
-def _load_tokenizer(path: Path) -> Any:
+def _load_tokenizer(path: Path, vocab_size: int) -> Any:
+    # Recent transformers build an empty-vocabulary tokenizer from a folder without tokenizer files
+    # (every word -> [UNK]) instead of failing, so their presence is checked first.
+    if not any((path / f).is_file() for f in _TOKENIZER_FILES):
+        raise AffectusError(f"text encoder path {path}: no tokenizer files ({', '.join(_TOKENIZER_FILES)})")
     tf = _transformers()
     try:
-        return tf.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        tokenizer = tf.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as err:  # noqa: BLE001 - tokenizer back ends raise their own types
         raise AffectusError(f"text encoder path {path}: no usable tokenizer ({_one_line(err)})") from None
+    if len(tokenizer) <= len(tokenizer.all_special_ids) or len(tokenizer) > vocab_size:
+        raise AffectusError(
+            f"text encoder path {path}: tokenizer vocabulary of {len(tokenizer)} does not fit the "
+            f"model's vocab_size {vocab_size}"
+        )
+    return tokenizer
 
 
 def _load_model(path: Path) -> torch.nn.Module:
     tf = _transformers()
-    bars = tf.utils.logging.is_progress_bar_enabled()
-    tf.utils.logging.disable_progress_bar()  # keep CLI output to our own lines
+    hf_log = tf.utils.logging
+    bars, verbosity = hf_log.is_progress_bar_enabled(), hf_log.get_verbosity()
+    # Keep CLI output to our own lines: no progress bars, no load report (e.g. an unused MLM head).
+    hf_log.disable_progress_bar()
+    hf_log.set_verbosity_error()
     try:
         model = tf.AutoModel.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
+    except Exception as err:  # noqa: BLE001 - a corrupt weights file raises its library's own types
         raise AffectusError(f"text encoder path {path}: weights do not load ({_one_line(err)})") from None
     finally:
+        hf_log.set_verbosity(verbosity)
         if bars:
-            tf.utils.logging.enable_progress_bar()
+            hf_log.enable_progress_bar()
     return model.to("cpu").eval()  # eval: no dropout, so encoding is deterministic
 
 
