@@ -154,10 +154,12 @@ def test_a_path_that_is_not_a_bert_model_is_refused(tmp_path, tiny_dir):
         (broken / name).unlink(missing_ok=True)
     with pytest.raises(AffectusError, match="no tokenizer files"):
         text_encoder_from_spec(str(broken), max_length=8)
-    with pytest.raises(AffectusError, match="exceeds the model's max_position_embeddings 32"):
+    with pytest.raises(AffectusError, match="exceeds the model's 32 positions"):
         text_encoder_from_spec(tiny_dir, max_length=64)
     with pytest.raises(AffectusError, match="pooling must be 'mean' or 'cls'"):
         text_encoder_from_spec(tiny_dir, pooling="max")
+    with pytest.raises(AffectusError, match="unexpected keyword argument 'layers'"):
+        text_encoder_from_spec(tiny_dir, layers=2)
 
 
 def test_reencode_dataset_replaces_text_and_keeps_the_rest(make_raw, tiny, tmp_path):

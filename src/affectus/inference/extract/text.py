@@ -51,6 +51,7 @@ BERT_FAMILY = frozenset(
     {"bert", "roberta", "xlm-roberta", "camembert", "distilbert", "albert", "electra", "mpnet",
      "megatron-bert"}
 )
+_OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "camembert"})
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                  "pytorch_model.bin.index.json")
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
@@ -121,10 +122,13 @@ class BertTextEncoder:
         self.model_dir = self._model_dir()
         self._check_options()
         self.hf_config = _load_hf_config(self.model_dir)
-        if self.config.max_length > int(getattr(self.hf_config, "max_position_embeddings", 512)):
+        positions = int(getattr(self.hf_config, "max_position_embeddings", 512))
+        if self.hf_config.model_type in _OFFSET_POSITIONS:  # position ids start after the padding index
+            positions -= int(self.hf_config.pad_token_id) + 1
+        if self.config.max_length > positions:
             raise AffectusError(
                 f"text encoder max_length {self.config.max_length} exceeds the model's "
-                f"max_position_embeddings {self.hf_config.max_position_embeddings} ({self.model_dir})"
+                f"{positions} positions (max_position_embeddings, {self.model_dir})"
             )
         self.tokenizer = _load_tokenizer(self.model_dir, int(self.hf_config.vocab_size))
         # The mask must be a prefix of ones: lengths are its sum and batches are trimmed on the right.
@@ -277,10 +281,14 @@ TextEncoder = BertTextEncoder  # every encoder is one of these
 
 
 def text_encoder_from_spec(spec: str | None = None, **options: Any) -> BertTextEncoder:
-    """`None` / "minilm" -> the packaged MiniLM; anything else is a local BERT-family directory."""
-    if spec is None or spec == MiniLMEncoderConfig.name:
-        return MiniLMTextEncoder(MiniLMEncoderConfig(**options))
-    return BertTextEncoder(BertEncoderConfig(path=str(spec), **options))
+    """`None` / "minilm" -> the packaged MiniLM; anything else is a local BERT-family directory
+    (a folder that happens to be named minilm: pass ./minilm). `options`: max_length, batch_size, ..."""
+    packaged = spec is None or spec == MiniLMEncoderConfig.name
+    try:
+        config = MiniLMEncoderConfig(**options) if packaged else BertEncoderConfig(path=str(spec), **options)
+    except TypeError as err:  # an unknown option name
+        raise AffectusError(f"text encoder: {err}") from None
+    return MiniLMTextEncoder(config) if packaged else BertTextEncoder(config)  # type: ignore[arg-type]
 
 
 def text_encoder_from_record(record: dict[str, Any] | str | os.PathLike) -> BertTextEncoder:
