@@ -200,9 +200,23 @@ def test_sha256(tmp_path):
     assert sha256_file(p) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 
 
-def test_text_length_beyond_text_names_text_bert(make_raw):
+def test_text_bert_longer_than_text_gives_the_lengths(make_raw):
+    # Re-encoded transcripts (inference/extract/text.py) give text_bert its own, longer sequence.
     raw = make_raw(text_bert=True)
     raw["train"]["text_bert"] = np.concatenate([raw["train"]["text_bert"]] * 2, axis=2)  # L 10 > text L 5
     raw["train"]["text_bert"][:, 1, :] = 1
-    with pytest.raises(AffectusError, match="split train key text_bert: length 10 outside"):
+    assert (dataset_from_raw(raw)["train"].text_lengths == 10).all()
+
+
+def test_text_length_beyond_text_bert_names_text_bert(make_raw):
+    raw = make_raw(text_bert=True)
+    raw["train"]["text_bert"][:, 1, :] = 2  # not a 0/1 mask: sums to 10 over L 5
+    with pytest.raises(AffectusError, match=r"key text_bert: length 10 outside \[0, 5\] \(the text_bert seq"):
+        dataset_from_raw(raw)
+
+
+def test_explicit_text_length_beyond_text_is_refused(make_raw):
+    raw = make_raw()
+    raw["train"]["text_lengths"] = np.full(12, 6)  # text L is 5
+    with pytest.raises(AffectusError, match=r"key text_lengths: length 6 outside \[0, 5\] \(the text seq"):
         dataset_from_raw(raw)

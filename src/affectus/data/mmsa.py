@@ -239,13 +239,17 @@ def _build_split(source: str, name: str, d: Any, sanitised: dict[tuple[str, str]
         elif m == "text" and text_bert is not None:
             arr = text_bert[:, 1, :].sum(axis=1)  # attention mask: 1 per real token
             key = "text_bert"  # name the key that is actually in the file
+            # The mask counts tokens of text_bert's own sequence, which re-encoded transcripts make
+            # longer than the file's `text` features (e.g. L 1 utterance vectors); models clamp.
+            full = text_bert.shape[2]
         else:
             arr = np.full(n, full, dtype=np.int64)
         rows_ok(key, arr)
         if arr.min() < 0 or arr.max() > full:
             bad = int(arr.min()) if arr.min() < 0 else int(arr.max())
             raise _fail(
-                _where(source, name, key), f"length {bad} outside [0, {full}] (the {m} sequence length)"
+                _where(source, name, key),
+                f"length {bad} outside [0, {full}] (the {key.removesuffix('_lengths')} sequence length)",
             )
         lengths[m] = arr
 

@@ -1,0 +1,1 @@
+"""affectus.inference.extract: turning raw media (transcripts today) into model inputs."""

