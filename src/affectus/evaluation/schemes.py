@@ -87,6 +87,10 @@ class SentimentScheme(LabelScheme):
                                unimodal_scores=unimodal if self.has_subsets else None, masks=masks)
 
 
+# a model with a regression output adds these (MMSA's); tables drop columns no run has a value for
+_REGRESSION_COLUMNS = (("Acc5", "acc5"), ("Acc7", "acc7"), ("MAE", "mae"), ("Corr", "corr"))
+
+
 def _modality_columns(pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
     return tuple((f"{m.capitalize()} {title}", f"modalities.{m}.{key}")
                  for m in ("text", "audio", "vision") for title, key in pairs)
@@ -180,7 +184,8 @@ def _sims() -> LabelScheme:
     return SentimentScheme(
         name="sims", class_names=SENTIMENT_CLASSES, family="sims", scores=True, has_subsets=True, objective="acc2",
         columns=(("D_test Acc2", "d_test.acc2"), ("D_test F1", "d_test.f1"), ("D_msc Acc2", "d_msc.acc2"),
-                 ("D_msc F1", "d_msc.f1"), ("D_msi Acc2", "d_msi.acc2"), ("D_msi F1", "d_msi.f1")),
+                 ("D_msc F1", "d_msc.f1"), ("D_msi Acc2", "d_msi.acc2"), ("D_msi F1", "d_msi.f1"),
+                 ("Acc3", "acc3"), *_REGRESSION_COLUMNS),
         modality_columns=_modality_columns((("Acc2", "acc2"), ("F1", "f1"))),
         slope_keys=(("D_test", "d_test.acc2"), ("D_msc", "d_msc.acc2"), ("D_msi", "d_msi.acc2")),
     )
@@ -191,7 +196,7 @@ def _mosi() -> LabelScheme:
     return SentimentScheme(
         name="mosi", class_names=SENTIMENT_CLASSES, family="mosi", scores=True, objective="has0_acc2",
         columns=(("Has0 Acc2", "has0_acc2"), ("Has0 F1", "has0_f1"), ("Non0 Acc2", "non0_acc2"),
-                 ("Non0 F1", "non0_f1"), ("Acc3", "acc3")),
+                 ("Non0 F1", "non0_f1"), ("Acc3", "acc3"), *_REGRESSION_COLUMNS),
         modality_columns=_modality_columns((("Has0 Acc2", "has0_acc2"), ("Non0 Acc2", "non0_acc2"))),
         slope_keys=(("Has0 Acc2", "has0_acc2"), ("Non0 Acc2", "non0_acc2")),
     )

@@ -351,6 +351,8 @@ def _markdown(exp: dict[str, Any], rows: list[dict], n_finished: int) -> str:
     report = exp.get("report") or {}
     grid_keys = list(exp.get("grid", {}))
     columns = scheme.modality_columns if report.get("columns") == "modalities" else scheme.columns
+    # a column no row has a value for (e.g. MAE without a regression output) is left out
+    columns = [(title, key) for title, key in columns if any(g["mean"].get(key) is not None for g in rows)] or columns
     lines = [f"# {exp['name']}", ""]
     if exp.get("description"):
         lines += [exp["description"], ""]

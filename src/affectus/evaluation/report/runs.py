@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from affectus.errors import AffectusError
+from affectus.evaluation.results import mean_std
 from affectus.experiments.spec import slugify
 
 # config keys that differ between seeds of one row without making it another row
@@ -37,7 +38,14 @@ class Run:
 
     @property
     def family(self) -> str:
-        return str(self.info.get("family", "mosi"))
+        """The label scheme's name (runs before schemes recorded the family only)."""
+        return self.scheme.name
+
+    @property
+    def scheme(self):
+        from affectus.evaluation.schemes import get_scheme
+
+        return get_scheme(self.info.get("scheme") or self.info.get("family", "mosi"))
 
     @property
     def seed(self) -> Any:
@@ -189,14 +197,6 @@ def metric_value(metrics: dict[str, Any], path: str) -> float | None:
     if node is None and path.startswith("d_test."):
         node = metrics.get(path.split(".", 1)[1])  # flat metrics: a sims-family file without unimodal labels
     return float(node) if isinstance(node, (int, float)) and math.isfinite(node) else None
-
-
-def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None, int]:
-    """(mean, sample std (ddof 1; 0 for one value), n) over the values that exist."""
-    vals = np.array([v for v in values if v is not None], dtype=float)
-    if vals.size == 0:
-        return None, None, 0
-    return float(vals.mean()), float(vals.std(ddof=1)) if vals.size > 1 else 0.0, int(vals.size)
 
 
 def least_squares_slope(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:

@@ -33,19 +33,7 @@ TAU, RETENTION = "model.tau", "train.consistent_retention"
 CURVES = {TAU: ("temperature", "Temperature of PFM (Table VIII)"),
           RETENTION: ("retention", "Retention of D_msc training samples (Figs. 4-5)")}
 
-# (path into run.json "metrics", column name); 'd_test.x' falls back to a flat 'x' (no unimodal labels)
-TABLE_METRICS = {
-    "sims": [("d_test.acc2", "D_test Acc2"), ("d_test.f1", "D_test F1"), ("d_msc.acc2", "D_msc Acc2"),
-             ("d_msc.f1", "D_msc F1"), ("d_msi.acc2", "D_msi Acc2"), ("d_msi.f1", "D_msi F1"),
-             ("acc3", "Acc3"), ("mae", "MAE"), ("corr", "Corr")],
-    "mosi": [("has0_acc2", "Has0 Acc2"), ("has0_f1", "Has0 F1"), ("non0_acc2", "Non0 Acc2"),
-             ("non0_f1", "Non0 F1"), ("acc3", "Acc3"), ("mae", "MAE"), ("corr", "Corr")],
-}
-# what the curves plot: the paper's Acc2 per subset (CH-SIMS family) or Has0 / Non0 Acc2 (MOSI family)
-CURVE_METRICS = {
-    "sims": [("d_test.acc2", "D_test Acc2"), ("d_msc.acc2", "D_msc Acc2"), ("d_msi.acc2", "D_msi Acc2")],
-    "mosi": [("has0_acc2", "Has0 Acc2"), ("has0_f1", "Has0 F1"), ("non0_acc2", "Non0 Acc2"), ("non0_f1", "Non0 F1")],
-}
+# Columns come from each run's label scheme (evaluation/schemes.py): the table results.md and the sweep use.
 MAX_CURVE_ROWS = 12  # more rows than this: the per-run curves are in TensorBoard
 
 
@@ -95,12 +83,17 @@ def results(runs: list[Run], axes: list[str]) -> list[Block]:
     for family in sorted({r.family for r in runs}):
         fam_runs = [r for r in runs if r.family == family]
         rows = group_rows(fam_runs, axes)
-        cols = [(p, name) for p, name in TABLE_METRICS.get(family, TABLE_METRICS["mosi"])
+        cols = [(p, name) for name, p in fam_runs[0].scheme.columns
                 if any(r.metric(p) is not None for r in fam_runs)]
         # the best mean per column, highlighted where the rows differ (lower is better only for MAE)
         means = {p: [mean_std([r.metric(p) for r in row.runs])[0] for row in rows] for p, _ in cols}
-        best = {p: (min if p == "mae" else max)(v for v in vals if v is not None)
-                for p, vals in means.items() if len({v for v in vals if v is not None}) > 1}
+        best = {}
+        for p, vals in means.items():
+            present = [v for v in vals if v is not None]
+            if len(set(present)) > 1:
+                top = (min if p == "mae" else max)(present)
+                if present.count(top) == 1:  # a tie for best is no best: nothing is highlighted
+                    best[p] = top
         lines = []
         for row in rows:
             cells: list[Any] = [row.row, *[short(row.axes.get(k, "–")) for k in axes], len(row.runs)]
@@ -109,7 +102,7 @@ def results(runs: list[Run], axes: list[str]) -> list[Block]:
                 cells.append(Cell(fmt(mean, std, n), best=mean is not None and p in best and mean == best[p]))
             lines.append(cells)
         splits = sorted({str(r.info.get("metrics_split", "?")) for r in fam_runs})
-        blocks += [heading(f"{family} family (scored on {', '.join(splits)})"),
+        blocks += [heading(f"label scheme {family} (scored on {', '.join(splits)})"),
                    table(["row", *axes, "n", *[name for _, name in cols]], lines, left=1 + len(axes))]
     return blocks
 
@@ -133,7 +126,9 @@ def curve(page: Page, runs: list[Run], axes: list[str], x_key: str) -> list[Bloc
                            "rate (0-1), i.e. the change predicted from keeping none to keeping all D_msc samples."))
     for family in sorted({r.family for r in runs}):
         fam_runs = [r for r in runs if r.family == family and is_number(r.axes.get(x_key))]
-        metrics = [(p, n) for p, n in CURVE_METRICS.get(family, CURVE_METRICS["mosi"])
+        if not fam_runs:
+            continue
+        metrics = [(p, n) for n, p in fam_runs[0].scheme.slope_keys
                    if any(r.metric(p) is not None for r in fam_runs)]
         panels = [plots.Panel(name, f"{name} (%)") for _, name in metrics]
         slope_rows: list[list[Any]] = []
