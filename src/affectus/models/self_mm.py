@@ -182,14 +182,14 @@ class SelfMMTask:
         l1_m = (out.scores["fusion"] - y_m).abs().mean()
         ce = F.cross_entropy(out.logits, batch.classes)
         total = l1_m + self.ce_weight * ce
-        parts = {"l1_m": l1_m.item(), "ce": ce.item()}
+        parts = {"l1_m": l1_m.detach(), "ce": ce.detach()}
         for k, m in enumerate(MODALITIES, start=1):
             # eq. 13: a modality whose generated label strays from y_m weighs more
             weight = torch.tanh((targets[k] - y_m).abs())
             l1_s = (weight * (out.scores[m] - targets[k]).abs()).mean()
             total = total + l1_s
-            parts[f"l1_{m}"] = l1_s.item()
-        parts["loss"] = total.item()
+            parts[f"l1_{m}"] = l1_s.detach()
+        parts["loss"] = total.detach()
         self._ulgm_step({h: f.detach().float().cpu() for h, f in out.features.items()}, index)
         return total, parts
 

@@ -78,6 +78,7 @@ def run_loop(
             batch = batch.to(device)
             with torch.autocast(device.type, enabled=scaler is not None):
                 loss, parts = task.loss(model, batch)
+            # one sync per step, on purpose: a NaN step must stop before it reaches the weights
             if not torch.isfinite(loss):
                 raise AffectusError(f"{task.name}: loss became {loss.item()} at epoch {epoch}; check the input features")
             optimizer.zero_grad(set_to_none=True)
@@ -89,7 +90,8 @@ def run_loop(
                 loss.backward()
                 optimizer.step()
             task.after_step(model)
-            for k, v in parts.items():
+            for k, v in parts.items():  # tensors stay on the device until the epoch ends
+                v = v.detach().double() if isinstance(v, torch.Tensor) else float(v)
                 sums[k] = sums.get(k, 0.0) + v * len(batch)
             n += len(batch)
         model.eval()
@@ -98,7 +100,7 @@ def run_loop(
         improved = task.end_epoch(epoch, model, val)
         state.since_improved = 0 if improved else state.since_improved + 1
         record = {"epoch": epoch, "seconds": round(time.perf_counter() - t0, 3)}
-        record.update({f"train_{k}": v / max(n, 1) for k, v in sums.items()})
+        record.update({f"train_{k}": float(v) / max(n, 1) for k, v in sums.items()})
         record.update({f"val_{k}": v for k, v in val.items()})
         record["improved"] = float(improved)
         state.history.append(record)

@@ -71,8 +71,9 @@ class Stage1Task:
         ce = [F.cross_entropy(out.modality_logits[:, k], targets[:, k]) for k in range(3)]
         sc = _supcon(out.embeddings, targets, self.scheme, self.cfg.supcon_tau, self.cfg.supcon_form)
         total = ce[0] + ce[1] + ce[2] + sc  # eq. 9, weights all 1
-        parts = {"loss": total.item(), "supcon": sc.item()}
-        parts.update({f"ce_{m}": c.item() for m, c in zip(MODALITIES, ce)})
+        # detached tensors, not floats: the loop reads them once per epoch (each .item() is a device sync)
+        parts = {"loss": total.detach(), "supcon": sc.detach()}
+        parts.update({f"ce_{m}": c.detach() for m, c in zip(MODALITIES, ce)})
         return total, parts
 
     def after_step(self, model) -> None:
@@ -208,12 +209,12 @@ class Stage2Task(_SelectsBestState):
         out = model(batch) if out is None else out
         lm = F.cross_entropy(out.logits, batch.classes)  # eq. 15
         if self.cfg.stage2_loss == "single":
-            return lm, {"loss": lm.item(), "ce_m": lm.item()}
+            return lm, {"loss": lm.detach(), "ce_m": lm.detach()}
         lk = [F.cross_entropy(out.modality_logits[:, k], targets[:, k]) for k in range(3)]  # eq. 16
         sc = _supcon(out.embeddings, targets, self.scheme, self.cfg.supcon_tau, self.cfg.supcon_form)
         total = lm + lk[0] + lk[1] + lk[2] + sc  # eqs. 17-18
-        parts = {"loss": total.item(), "ce_m": lm.item(), "supcon": sc.item()}
-        parts.update({f"ce_{m}": v.item() for m, v in zip(MODALITIES, lk)})
+        parts = {"loss": total.detach(), "ce_m": lm.detach(), "supcon": sc.detach()}
+        parts.update({f"ce_{m}": v.detach() for m, v in zip(MODALITIES, lk)})
         return total, parts
 
     def loss(self, model, batch: Batch):
@@ -228,7 +229,7 @@ class Stage2Task(_SelectsBestState):
             out = model(batch)
             loss, parts = self._loss(model, batch, targets, out)
             total += loss.item() * len(batch)
-            multimodal += parts.get("ce_m", parts["loss"]) * len(batch)
+            multimodal += float(parts.get("ce_m", parts["loss"])) * len(batch)
             correct += int((out.logits.argmax(-1) == batch.classes).sum())
             n += len(batch)
         # the accuracy is watched (TensorBoard, epoch lines), never used to select
@@ -240,7 +241,7 @@ class SupervisedTask(_SelectsBestState):
 
     def loss(self, model, batch: Batch):
         loss = F.cross_entropy(model(batch).logits, batch.classes)
-        return loss, {"loss": loss.item()}
+        return loss, {"loss": loss.detach()}
 
     def validate(self, model) -> dict[str, float]:
         total, n, correct = 0.0, 0, 0
