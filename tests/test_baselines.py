@@ -21,7 +21,7 @@ from affectus.data.mmsa import write_pickle
 from affectus.data.synthetic import SynthConfig, generate
 from affectus.models.ef_lstm import align_to_steps
 from affectus.models.registry import create_model, list_models, make_config, non_bert_parameter_count
-from affectus.models.self_mm import SelfMMTask
+from affectus.training.recipes.self_mm import SelfMMTask
 from conftest import TINY_BATCH_DIMS, tiny_batch
 
 DIMS = TINY_BATCH_DIMS

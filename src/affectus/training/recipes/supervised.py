@@ -17,10 +17,3 @@ class SupervisedRecipe:
         loop = ctx.run_stage(1, task, ctx.optimizer())
         return RecipeResult(task.best_state, {"train": {"epochs": loop.epoch, "best_epoch": task.best_epoch,
                                                         "best_val_loss": task.best_loss, "history": loop.history}})
-
-
-class SelfMMRecipe(SupervisedRecipe):
-    """Self-MM (Yu et al. 2021): one stage with its own task, the multi-task loss with ULGM's label bank."""
-
-    def make_task(self, ctx: RecipeContext):
-        return ctx.model.make_task(ctx.train_split, ctx.select_split, ctx.eval_batches(ctx.select_split), ctx.train)
