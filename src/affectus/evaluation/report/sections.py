@@ -40,15 +40,28 @@ MAX_CURVE_ROWS = 12  # more rows than this: the per-run curves are in TensorBoar
 # ============================================================================ what a run has
 
 
+def declares(run: Run, section: str) -> bool:
+    """The run's model lists `section` among its report sections (models/registry.py); a model no longer
+    registered is judged by what its run holds."""
+    from affectus.errors import AffectusError
+    from affectus.models.registry import get_model_entry
+
+    try:
+        return section in get_model_entry(str(run.info.get("model_name"))).report_sections
+    except AffectusError:
+        return True
+
+
 def has_plgm(run: Run) -> bool:
     """PLGM ran: stage 1 counted its flips, or the run saved its pseudo labels."""
     stage1 = (run.info.get("stages") or {}).get("stage1")
-    return (isinstance(stage1, dict) and "flips" in stage1) or (run.path / "pseudo_labels.csv").is_file()
+    ran = (isinstance(stage1, dict) and "flips" in stage1) or (run.path / "pseudo_labels.csv").is_file()
+    return ran and declares(run, "plgm_flips")
 
 
 def has_router(run: Run) -> bool:
     """The model weighs its modalities with a router (MCR) whose weights the predictor returns."""
-    return run.config.get("model.use_router") is True
+    return run.config.get("model.use_router") is True and declares(run, "router")
 
 
 def _preferred(runs: list[Run]) -> list[Run]:
