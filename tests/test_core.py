@@ -351,3 +351,12 @@ def test_epoch_lines_fit_80_columns_and_quiet_silences_them(sim_file, tmp_path, 
     assert [step for step, _ in tags["stage1/val_ce_audio"]] == [1, 2] and "stage2/train_loss" in tags
     assert main([*args, "--out", str(tmp_path / "b"), "--quiet"]) == 0
     assert "train" not in capsys.readouterr().err.replace("wrote", "")
+
+
+def test_models_lists_a_models_config_keys(cli):
+    rc, out, _ = cli("models", "cmc")
+    assert rc == 0 and "model.layers = 2" in out and "recipe.plgm = true" in out and "train.lr = 0.001" in out
+    rc, out, _ = cli("models", "late_fusion")
+    assert rc == 0 and "recipe." not in out
+    rc, out, _ = cli("models")
+    assert rc == 0 and "--variant wo_pfm" in out and "late_fusion" in out

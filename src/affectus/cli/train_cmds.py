@@ -169,10 +169,15 @@ def params(
 
 
 @app.command("models")
-def models_cmd() -> None:
-    """List registered models, their variants (--variant) and recipes."""
+def models_cmd(
+    name: str | None = typer.Argument(None, help="a model: list its config keys (model.*, train.*, recipe.*)"),
+) -> None:
+    """List registered models, their variants (--variant) and recipes; with NAME, that model's config keys."""
     from affectus.models.registry import get_model_entry, list_models
 
+    if name is not None:
+        _print_config_keys(name)
+        return
     for name in list_models():
         entry = get_model_entry(name)
         recipe = entry.recipe if isinstance(entry.recipe, str) else type(entry.recipe).__name__
@@ -181,6 +186,21 @@ def models_cmd() -> None:
         if len(variants) > 1:
             for vname, spec in variants.items():
                 print(f"  --variant {vname:20s} {spec.get('description', '')}")
+
+
+def _print_config_keys(name: str) -> None:
+    """Every key `--set` accepts for a model, with its default (after the model's shipped YAML)."""
+    import dataclasses
+
+    from affectus.training.config import resolve_config
+
+    cfg = resolve_config(name)
+    print(f"{cfg.model_name} (default variant {cfg.variant}); --set KEY=VALUE accepts:")
+    sections = {"model": cfg.model, "train": dataclasses.asdict(cfg.train),
+                "recipe": {} if cfg.recipe is None else dataclasses.asdict(cfg.recipe)}
+    for section, values in sections.items():
+        for key, value in values.items():
+            print(f"  {section}.{key} = {json.dumps(value)}")
 
 
 def apply_threads(threads: int) -> None:
