@@ -82,6 +82,25 @@ def test_test_labels_never_reach_training(tmp_path: Path) -> None:
     assert ma != mb  # the scores did see the poisoned labels: evaluation reads them, training does not
 
 
+def test_test_labels_never_choose_the_label_scheme(tmp_path: Path) -> None:
+    """Without a preset the label scheme is inferred, and it steers training (SupCon's binarisation): test
+    labels stretched beyond [-1, 1] must not turn a CH-SIMS-like file into a MOSI-like one."""
+    raw = generate(tiny_config())
+    for split in raw.values():
+        for key in ("regression_labels_T", "regression_labels_A", "regression_labels_V"):
+            split.pop(key)
+    clean, poisoned = tmp_path / "clean.pkl", tmp_path / "poisoned.pkl"
+    write_pickle(raw, clean)
+    raw["test"]["regression_labels"] = (raw["test"]["regression_labels"] * 3).astype(np.float32)
+    write_pickle(raw, poisoned)
+    for name, path in (("a", clean), ("b", poisoned)):
+        assert main(["train", "--data", str(path), "--out", str(tmp_path / name), *FAST]) == 0
+    wa, wb = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k])
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["scheme"] == {"name": "sims"}
+
+
 def test_interrupted_run_resumes_to_the_same_weights(sim_file: Path, tmp_path: Path, monkeypatch) -> None:
     args = ["--set", "train.epochs=3", "--set", "train.patience=3", "--set", "model.layers=1", "--set",
             "model.heads=2", "--set", "train.batch_size=32", "--threads", "1", "--quiet"]
