@@ -7,6 +7,7 @@ spec is checked completely (every config resolved) before anything trains; a bad
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -39,9 +40,10 @@ def experiment(
     from affectus.experiments.runner import run_experiment
     from affectus.training.config import parse_set
 
+    if quiet:
+        logging.getLogger("affectus.experiments").setLevel(logging.WARNING)
     summary = run_experiment(spec, out, data=data, preset=preset, seeds=seeds, jobs=jobs, overrides=parse_set(set_ or []),
-                             threads=threads, progress=not quiet, trust_pickle=trust_pickle,
-                             log=None if quiet else lambda line: console.print(line, markup=False, highlight=False))
+                             threads=threads, progress=not quiet, trust_pickle=trust_pickle)
     if not quiet:
         print((out / "results.md").read_text(encoding="utf-8"))
     console.print(f"{summary['runs']} runs ({summary['trained']} trained now, {summary['finished_before']} finished "

@@ -17,9 +17,9 @@ import csv
 import dataclasses
 import io
 import json
+import logging
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from affectus.experiments.spec import ExperimentSpec, PlannedRun, expand, load_s
 from affectus.utils.io import write_json_atomic, write_text_atomic
 from affectus.utils.threads import torch_threads
 
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
 
 
 def cpu_cores() -> int:
@@ -133,7 +133,6 @@ def run_experiment(
     overrides: dict[str, Any] | None = None,
     threads: int = 0,
     progress: bool = True,
-    log: Log | None = None,
     trust_pickle: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) every run of `spec` into `out_dir`, then aggregate; returns a summary.
@@ -147,7 +146,6 @@ def run_experiment(
     from affectus.training.trainer import plan_for
 
     started = time.perf_counter()
-    say = log or (lambda _line: None)
     sp = load_spec(spec)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise AffectusError(f"--jobs {jobs}: expected a positive integer")
@@ -183,7 +181,7 @@ def run_experiment(
     pending = [r for r in runs if not (out / "runs" / r.id / "run.json").exists()]
     resumed = sum((out / "runs" / r.id / "state.pt").exists() for r in pending)
     per_run = max(1, cpu_cores() // jobs) if threads == 0 else threads
-    say(f"{sp.name}: {len(runs)} runs; {len(finished)} finished before, {resumed} to resume, "
+    logger.info(f"{sp.name}: {len(runs)} runs; {len(finished)} finished before, {resumed} to resume, "
         f"{len(pending) - resumed} to train ({jobs} job(s) x {per_run} thread(s))")
     run_seconds: dict[str, float] = {}
     if pending:
