@@ -333,8 +333,15 @@ from hypothesis.extra import numpy as hnp
 _PLAIN_DTYPES = st.sampled_from(["<f4", ">f8", "<f2", "|b1", "<i8", "|u1", ">i2", "<c8", "<U3", "|S2"])
 
 
+def _arrays(dt: str):
+    # no subnormal floats: the CLI flushes denormals process-wide (docs/model.md), which hypothesis detects
+    d = np.dtype(dt)
+    elements = hnp.from_dtype(d, allow_subnormal=False) if d.kind in "fc" else hnp.from_dtype(d)
+    return hnp.arrays(d, hnp.array_shapes(min_dims=0, max_dims=3, max_side=4), elements=elements)
+
+
 @settings(max_examples=60, deadline=None)
-@given(array=_PLAIN_DTYPES.flatmap(lambda dt: hnp.arrays(dt, hnp.array_shapes(min_dims=0, max_dims=3, max_side=4))),
+@given(array=_PLAIN_DTYPES.flatmap(_arrays),
        proto=st.integers(0, 5), fortran=st.booleans())
 def test_any_plain_array_round_trips(array, proto, fortran):
     if fortran:
