@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
-from affectus.errors import AffectusError
+from affectus.errors import AffectusError, suggest
 
 # Modules that register models on import. Listed here so `list_models()` is complete without
 # importing the training stack.
@@ -58,7 +58,7 @@ def list_models() -> list[str]:
 def get_model_entry(name: str) -> ModelEntry:
     _load_all()
     if name not in _REGISTRY:
-        raise AffectusError(f"unknown model '{name}': expected one of {', '.join(sorted(_REGISTRY))}")
+        raise AffectusError(f"unknown model '{name}'{suggest(name, _REGISTRY)}: expected one of {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 
 
