@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from affectus.errors import AffectusError
-from affectus.utils.io import read_text_file, write_bytes_atomic, write_json_atomic
+from affectus.utils.io import read_json_file, write_bytes_atomic, write_json_atomic
 
 RUN_FORMAT = "affectus-run/1"
 # what inference needs from run.json, with its JSON type (read_run refuses a run.json without them)
@@ -80,10 +79,7 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     meta = run_dir / "run.json"
     if not meta.is_file():
         raise AffectusError(f"{run_dir}: not a finished affectus run (run.json missing)")
-    try:
-        info = json.loads(read_text_file(meta, "run file"))
-    except json.JSONDecodeError as err:
-        raise AffectusError(f"{meta}: not valid JSON (line {err.lineno})") from None
+    info = read_json_file(meta, "run file")
     if not isinstance(info, dict):
         raise AffectusError(f"{meta}: expected a JSON object, got {type(info).__name__}")
     if info.get("format") != RUN_FORMAT:

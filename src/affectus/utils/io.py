@@ -128,6 +128,14 @@ def read_text_file(path: str | os.PathLike, what: str = "file") -> str:
         raise AffectusError(f"{what} {path}: cannot read ({_reason(err)})") from None
 
 
+def read_json_file(path: str | os.PathLike, what: str = "file") -> Any:
+    """A JSON file's value; unreadable or invalid JSON is one line naming the file."""
+    try:
+        return json.loads(read_text_file(path, what))
+    except json.JSONDecodeError as err:
+        raise AffectusError(f"{what} {path}: not valid JSON (line {err.lineno}: {err.msg})") from None
+
+
 def refuse_overwrite(path: str | os.PathLike, overwrite: bool, option: str = "--out") -> None:
     """An existing file is replaced only when the user says so (`--overwrite`)."""
     path = Path(path)
