@@ -89,17 +89,27 @@ def evaluate(
     split: str | None = typer.Option(None, "--split", help="split to score (default: the run's evaluation split)"),
     as_json: bool = typer.Option(False, "--json"),
     trust_pickle: bool = TrustOpt,
+    predictions: Path | None = typer.Option(
+        None, "--predictions", help="also write one CSV row per sample: id, label, verdict, probabilities"
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace the --predictions file if it exists"),
 ) -> None:
     """Score a trained run on a split of DATA."""
     from affectus.data.load import open_data
-    from affectus.inference.predictor import load
+    from affectus.inference.predictor import load, predictions_csv
+    from affectus.utils.io import refuse_overwrite, write_text_atomic
 
+    if predictions is not None:
+        refuse_overwrite(predictions, overwrite, "--predictions")  # before any work
     predictor = load(run_dir)
     ds, _ = open_data(data, predictor.info.get("config", {}).get("preset"), trust_pickle=trust_pickle)
     name = split or predictor.info.get("metrics_split", "test")
     if name not in ds:
         raise AffectusError(f"{data}: no split '{name}' (has {', '.join(ds.splits)})")
     metrics = predictor.evaluate(ds[name])
+    if predictions is not None:
+        write_text_atomic(predictions, predictions_csv(ds[name], predictor.predict(ds[name])))
+        Console(stderr=True).print(f"wrote {predictions} ({len(ds[name])} rows)", markup=False, highlight=False)
     if as_json:
         print(json.dumps({"split": name, **metrics}, indent=2, sort_keys=True))
     else:

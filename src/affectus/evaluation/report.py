@@ -89,7 +89,7 @@ def find_runs(root: str | Path) -> tuple[list[Run], list[str]]:
     for meta in paths:
         try:
             info = json.loads(meta.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             notes.append(f"{meta}: skipped, unreadable ({type(err).__name__})")
             continue
         if not isinstance(info, dict) or not str(info.get("format", "")).startswith("affectus-run/"):

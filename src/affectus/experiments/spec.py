@@ -39,6 +39,7 @@ from typing import Any
 import yaml
 
 from affectus.errors import AffectusError
+from affectus.utils.io import read_text_file
 
 Path_ = tuple[Any, ...]  # a location inside the spec: ("runs", 1, "model")
 
@@ -156,10 +157,7 @@ def _plain(node: yaml.Node, path: Path_, lines: dict[Path_, int], source: str, l
 
 def _read_yaml(path: Path) -> tuple[Any, dict[Path_, int]]:
     source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise AffectusError(f"{source}: cannot read ({err.strerror})") from None
+    text = read_text_file(path, "experiment spec")  # missing, unreadable, not UTF-8: one line
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as err:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from affectus.data.batches import Batch
-from affectus.data.types import MODALITIES, Split
+from affectus.data.types import MODALITIES, Split, to_classes
 from affectus.errors import AffectusError, suggest
 from affectus.inference import checkpoints as ckpt
 from affectus.models.registry import create_model, make_config
@@ -147,6 +147,32 @@ class Predictor:
                 raise AffectusError(f"split {split.name} {m}: feature dim {split.features(m).shape[2]}, "
                                     f"the model expects {self.dims[m]}")
         return evaluate_split(self.model, split, self.family, 256, self.device)
+
+
+def predictions_csv(split: Split, pred: Prediction) -> str:
+    """One CSV row per sample of `split`: its id and label, the verdict and its probabilities, and
+    (when the model has them) each modality's own verdict and router weight."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    header = ["id", "label", "label_class", "predicted", *(f"p_{c}" for c in CLASS_NAMES)]
+    if pred.modality_classes is not None:
+        header += [f"{m}_predicted" for m in MODALITIES]
+    if pred.router_weights is not None:
+        header += [f"{m}_weight" for m in MODALITIES]
+    w.writerow(header)
+    label_classes = to_classes(split.labels)
+    for i, sample_id in enumerate(split.ids):
+        row = [sample_id, np.format_float_positional(split.labels[i]), CLASS_NAMES[label_classes[i]],
+               CLASS_NAMES[pred.classes[i]], *(f"{p:.6f}" for p in pred.probabilities[i])]
+        if pred.modality_classes is not None:
+            row += [CLASS_NAMES[c] for c in pred.modality_classes[i]]
+        if pred.router_weights is not None:
+            row += [f"{x:.6f}" for x in pred.router_weights[i]]
+        w.writerow(row)
+    return buf.getvalue()
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
