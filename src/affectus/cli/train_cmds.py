@@ -102,7 +102,9 @@ def evaluate(
     if predictions is not None:
         refuse_overwrite(predictions, overwrite, "--predictions")  # before any work
     predictor = load(run_dir)
-    ds, _ = open_data(data, predictor.info.get("config", {}).get("preset"), trust_pickle=trust_pickle)
+    recorded = predictor.info.get("config")
+    preset = recorded.get("preset") if isinstance(recorded, dict) else None
+    ds, _ = open_data(data, preset, trust_pickle=trust_pickle)
     name = split or predictor.info.get("metrics_split", "test")
     if name not in ds:
         raise AffectusError(f"{data}: no split '{name}' (has {', '.join(ds.splits)})")

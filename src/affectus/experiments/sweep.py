@@ -312,15 +312,9 @@ class StudyLock:
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
         if self._path is not None:
-            import fcntl
-
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self._path, "a+") as f:
-                fcntl.flock(f, fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(f, fcntl.LOCK_UN)
+            # blocking: the section is short (create a trial), and a dead holder's lock goes with it
+            with lock_dir(self._path.parent, "study storage directory", wait=True, name=self._path.name):
+                yield
         elif self._engine is not None:
             from sqlalchemy import text
 
