@@ -167,7 +167,8 @@ def lock_dir(
     study) while keeping exclusive holders out. The lock is `flock(2)` on `path/name`: the kernel
     drops it when the holding process exits or is killed, so nothing is ever left stuck. The lock
     file itself stays (removing it would race with a process that just opened it).
-    Re-entrant within one process: nested calls on the same directory share the first lock.
+    Re-entrant within one process: nested calls on the same directory share the first lock (and
+    its mode: a nested exclusive request inside a shared hold does not upgrade it).
     Yields the directory.
     """
     directory = make_dir(path, what)
