@@ -417,6 +417,20 @@ def test_did_you_mean_for_sweep_spec_keys(tmp_path: Path) -> None:
         parse_spec({"name": "x", "sapce": {}})
 
 
+@pytest.mark.parametrize("spec, needle", [
+    ({"runs": [{"name": "a", "variant": "wo_pfn"}]}, "unknown variant 'wo_pfn' (did you mean 'wo_pfm'?)"),
+    ({"runs": [{"name": "a", "modle": "cmc"}]}, "unknown key 'modle' (did you mean 'model'?)"),
+    ({"preset": "sim", "runs": [{"name": "a"}]}, "unknown preset 'sim' (did you mean 'sims'?)"),
+    ({"runs": [{"name": "a", "model": "tfm"}]}, "unknown model 'tfm' (did you mean 'tfn'?)"),
+])
+def test_did_you_mean_in_experiment_specs(spec, needle) -> None:
+    from affectus.experiments.spec import load_spec
+
+    with pytest.raises(AffectusError) as info:
+        load_spec({"name": "x", **spec})
+    assert needle in str(info.value)
+
+
 # -------------------------------------------------------------------------------------- item 20: umask
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])

@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from affectus.errors import AffectusError
+from affectus.errors import AffectusError, suggest
 from affectus.utils.io import read_text_file
 
 Path_ = tuple[Any, ...]  # a location inside the spec: ("runs", 1, "model")
@@ -195,7 +195,7 @@ class _Checker:
     def keys(self, value: dict[str, Any], allowed: tuple[str, ...], path: Path_, what: str) -> None:
         for key in value:
             if key not in allowed:
-                raise self.fail(path + (key,), f"unknown key '{key}' in {what}: expected one of {', '.join(allowed)}")
+                raise self.fail(path + (key,), f"unknown key '{key}'{suggest(key, allowed)} in {what}: expected one of {', '.join(allowed)}")
 
     def text(self, value: Any, path: Path_, what: str, optional: bool = False) -> str | None:
         if value is None and optional:
@@ -260,7 +260,7 @@ def load_spec(spec: str | Path | dict[str, Any] | ExperimentSpec) -> ExperimentS
         from affectus.data.presets import list_presets
 
         if preset not in list_presets():
-            raise c.fail(("preset",), f"unknown preset '{preset}': expected one of {', '.join(list_presets())}")
+            raise c.fail(("preset",), f"unknown preset '{preset}'{suggest(preset, list_presets())}: expected one of {', '.join(list_presets())}")
     data_file = c.text(data.get("data"), ("data",), "data", optional=True)
     if data_file is not None and not data_file.startswith("synth:") and source != "<spec>":
         data_file = str(Path(source).parent / data_file)  # relative to the spec's folder
@@ -289,12 +289,12 @@ def _rows(c: _Checker, value: Any) -> list[RowSpec]:
         name = c.text(item.get("name"), path + ("name",), f"runs[{i}].name")
         model = c.text(item.get("model", "cmc"), path + ("model",), f"runs[{i}].model")
         if model not in models:
-            raise c.fail(path + ("model",), f"unknown model '{model}': expected one of {', '.join(models)}")
+            raise c.fail(path + ("model",), f"unknown model '{model}'{suggest(model, models)}: expected one of {', '.join(models)}")
         variant = c.text(item.get("variant", "cmc"), path + ("variant",), f"runs[{i}].variant")
         allowed = list_variants() if model == "cmc" else ["cmc"]
         if variant not in allowed:
             hint = "" if model == "cmc" else " (variants are CMC's; leave variant out for other models)"
-            raise c.fail(path + ("variant",), f"unknown variant '{variant}' for model '{model}': "
+            raise c.fail(path + ("variant",), f"unknown variant '{variant}'{suggest(variant, allowed)} for model '{model}': "
                                               f"expected one of {', '.join(allowed)}{hint}")
         slug = slugify(name)
         if slug in slugs:
