@@ -146,6 +146,27 @@ def npy_file(make_raw, tmp_path):
     return path, [], ["single .npy array"]
 
 
+def npz_meta(meta) -> Case:
+    """A valid .npz whose `__meta__` is replaced by `meta` (a JSON string, or any array)."""
+
+    def case(make_raw, tmp_path):
+        path = tmp_path / "meta.npz"
+        write_npz(dataset_from_raw(make_raw()), path)
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        arrays["__meta__"] = np.asarray(meta(arrays["__meta__"]))
+        np.savez(path, **arrays)
+        return path, [], ["key __meta__", "malformed"]
+
+    return case
+
+
+def _meta_edit(**changes):
+    import json
+
+    return lambda old: json.dumps({**json.loads(str(old)), **changes})
+
+
 def _float(value):
     return lambda old: np.asarray(old, dtype=np.float32).copy() if value is None else value(old)
 
@@ -184,6 +205,14 @@ CASES: dict[str, Case] = {
     "length-too-long": _edit("train", "audio_lengths", lambda old: _set(old, 0, 999)),
     "length-negative": _edit("valid", "vision_lengths", lambda old: _set(old, 1, -1)),
     "length-fractional": _edit("train", "audio_lengths", lambda old: old + 0.5),
+    "length-unsigned-huge": _edit("train", "audio_lengths", lambda old: np.full(len(old), 2**64 - 1, np.uint64)),
+    "seq-len-zero": _edit("valid", "audio", lambda old: np.zeros((len(old), 0, old.shape[2]), np.float32)),
+    "dim-zero": _edit("train", "vision", lambda old: np.zeros((len(old), old.shape[1], 0), np.float32)),
+    "npz-meta-list": npz_meta(lambda old: "[1, 2]"),
+    "npz-meta-not-json": npz_meta(lambda old: "{format"),
+    "npz-meta-number-array": npz_meta(lambda old: np.zeros(3)),
+    "npz-meta-keys": npz_meta(_meta_edit(keys={"train": "text"})),
+    "npz-meta-sanitised": npz_meta(_meta_edit(sanitised={"train-text": 3})),
     "text-bert-shape": _edit("train", "text_bert", lambda old: np.zeros((12, 2, 5))),
     "unimodal-partial": _edit("train", "regression_labels_A", lambda old: None),
     "dim-between-splits": dim_between_splits,
@@ -209,6 +238,14 @@ EXPECTED_WORDS = {  # what the message must say beyond file / split / key
     "length-too-long": "length 999 outside [0, 7]",
     "length-negative": "length -1 outside",
     "length-fractional": "integer values",
+    "length-unsigned-huge": "length 18446744073709551615 outside [0, 7]",  # as stored, not wrapped to -1
+    "seq-len-zero": "sequence length L = 0",
+    "dim-zero": "feature dim D = 0",
+    "npz-meta-list": "expected a JSON object",
+    "npz-meta-not-json": "not valid JSON",
+    "npz-meta-number-array": "expected one JSON string",
+    "npz-meta-keys": "'keys'",
+    "npz-meta-sanitised": "'sanitised'",
     "text-bert-shape": "expected (N, 3, L)",
     "unimodal-partial": "need all of _T, _A and _V",
 }

@@ -94,7 +94,7 @@ def test_split_roles():
 
 
 def test_unknown_preset_lists_known():
-    with pytest.raises(AffectusError, match=r"unknown preset 'mosii' \(known: mosei, mosi, mosi-utterance"):
+    with pytest.raises(AffectusError, match=r"unknown preset 'mosii' \(did you mean 'mosi'\?\) \(known: mosei, mosi, mosi-utterance"):
         load_preset("mosii")
 
 

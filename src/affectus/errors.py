@@ -10,3 +10,15 @@ class AffectusError(Exception):
     """A user-facing error: its message is one line that says what is wrong and where."""
 
     exit_code = 2
+
+
+def suggest(name: str, choices) -> str:
+    """' (did you mean 'x'?)' for the closest of `choices` to a mistyped `name`, else ''.
+
+    For error messages: `f"unknown preset {name!r}{suggest(name, presets)}"`. Case is ignored in
+    the comparison (`MOSI` -> `mosi`); the suggestion is spelled as in `choices`."""
+    import difflib
+
+    options = {str(c).lower(): str(c) for c in choices}
+    close = difflib.get_close_matches(str(name).lower(), list(options), n=1, cutoff=0.6)
+    return f" (did you mean {options[close[0]]!r}?)" if close else ""

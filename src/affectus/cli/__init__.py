@@ -1,6 +1,8 @@
 """`affectus` command line. Each group of commands lives in its own module and registers on `app`.
 
 Every user-facing failure is an `AffectusError`: we print its one line to stderr and exit 2.
+Python warnings (numpy, torch) raised while a command runs are held back and printed after it, as
+`warning:` lines, so the `error:` line of a failing command is always the first line on stderr.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 
 # Before torch loads OpenMP: on a busy CPU, spinning worker threads steal the cores from the thread
 # with work, and our many-small-op training steps get 5-10x slower (docs/model.md). A user's own
@@ -25,6 +28,24 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from affectus import __version__
+
+        print(f"affectus {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", help="print the version and exit", is_eager=True, callback=_print_version
+    ),
+) -> None:
+    """Multimodal emotion recognition toolkit: data, CMC training, evaluation."""
+
 
 # `--trust-pickle`, on every command that reads a data file (docs/security.md).
 TRUST_PICKLE_HELP = "read a pickle with Python's own unpickler, which runs any code in the file (docs/security.md)"
@@ -62,6 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     # before torch starts its worker threads: the flag only reaches threads created afterwards
     enable_flush_denormal()
     setup_logging()
+    # the user's warning filters still decide what is shown; we only decide when
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            return _run(argv)
+        finally:
+            _print_warnings(caught)
+
+
+def _run(argv: list[str] | None) -> int:
     try:
         # standalone mode: click reports usage errors itself (exit 2); ours arrive as AffectusError
         app(args=argv, prog_name="affectus", standalone_mode=True)
@@ -75,6 +105,15 @@ def main(argv: list[str] | None = None) -> int:
         code = done.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     return 0
+
+
+def _print_warnings(caught: list[warnings.WarningMessage]) -> None:
+    seen: set[str] = set()
+    for w in caught:
+        line = f"warning: {w.category.__name__}: {' '.join(str(w.message).split())}"
+        if line not in seen:  # one line per distinct warning, however often it was raised
+            seen.add(line)
+            print(line, file=sys.stderr)
 
 
 if __name__ == "__main__":

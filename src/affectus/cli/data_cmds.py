@@ -19,6 +19,7 @@ from affectus.data.presets import load_preset
 from affectus.data.types import MODALITIES, MERDataset
 from affectus.errors import AffectusError
 from affectus.evaluation.subsets import consistency_masks
+from affectus.utils.io import refuse_overwrite
 
 DataArg = Annotated[Path, typer.Argument(help="MMSA pickle or affectus .npz", show_default=False)]
 PresetOpt = Annotated[
@@ -30,6 +31,8 @@ TrustOpt = Annotated[
         "--trust-pickle", help="unpickle without the numpy-only restriction (runs code from the file)"
     ),
 ]
+
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="replace --out if it exists")]
 
 
 def _stats(values: np.ndarray) -> dict[str, float]:
@@ -164,10 +167,12 @@ def convert_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="the .npz to write", show_default=False)],
     preset: PresetOpt = None,
     trust_pickle: TrustOpt = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Validate a feature file and write it as a pickle-free .npz (safe to load from anywhere)."""
     if out.exists() and data.exists() and out.resolve() == data.resolve():
         raise AffectusError(f"file {out}: --out is the input file; choose another path")
+    refuse_overwrite(out, overwrite)
     dataset = load_dataset(data, preset, trust_pickle=trust_pickle)
     write_npz(dataset, out)
     sizes = ", ".join(f"{name} {len(s)}" for name, s in dataset.splits.items())

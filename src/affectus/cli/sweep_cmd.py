@@ -76,10 +76,10 @@ def sweep(
     trust_pickle: Annotated[bool, Opt("--trust-pickle", help=TRUST_PICKLE_HELP)] = False,
 ) -> None:
     """Search hyperparameters: each trial trains into OUT/trials/<n>/ and is scored on validation."""
-    import json
-
-    from affectus.experiments.sweep import Worker, check_config_keys, load_spec, with_sampler
+    _need_optuna()
+    from affectus.experiments.sweep import load_spec, storage_errors, with_sampler
     from affectus.training.config import parse_set
+    from affectus.utils.io import lock_dir
 
     sp = load_spec(spec)
     if sampler is not None:
@@ -102,18 +102,21 @@ def sweep(
     if heartbeat < 0:
         raise AffectusError("--heartbeat: expected seconds >= 0")
 
-    out.mkdir(parents=True, exist_ok=True)
     name = study or sp.name
-    previous = out / "sweep.json"
-    if previous.is_file():
-        held = json.loads(previous.read_text(encoding="utf-8")).get("study")
-        if held not in (None, name):
-            raise AffectusError(
-                f"{out}: holds the sweep of study '{held}'; choose another --out (or --study {held})"
-            )
-    url = storage or f"sqlite:///{out.resolve() / 'study.db'}"
-    log = None if quiet else _log
+    # shared: every worker of this study may write OUT at once (each trial locks its own folder);
+    # an experiment or a training aimed at OUT, which lock it exclusively, is kept out meanwhile
+    with lock_dir(out, "sweep directory", shared=True):
+        url = storage or f"sqlite:///{out.resolve() / 'study.db'}"
+        with storage_errors(url):
+            _sweep(sp, out, url, name, data, heartbeat, trials, retry_failed, report, quiet, trust_pickle)
 
+
+def _sweep(sp, out: Path, url: str, name: str, data: str | None, heartbeat: int, trials: int | None,
+           retry_failed: bool, report: bool, quiet: bool, trust_pickle: bool) -> None:
+    from affectus.experiments.sweep import Worker, check_config_keys, claim_out_dir
+
+    log = None if quiet else _log
+    claim_out_dir(out, name, record=not report)
     if report:
         worker = Worker(sp, out, url, name, heartbeat=None, log=log, create=False)
         # `metric: auto` resolves from the data's family; the workers recorded what it became
@@ -130,8 +133,18 @@ def sweep(
     ds, p = open_data(source, sp.preset, trust_pickle=trust_pickle)
     check_config_keys(sp, p)
     plan = plan_for(ds, p)
+    claim_out_dir(out, name)  # recorded once the sweep can start: a failed start claims nothing
     worker = Worker(sp, out, url, name, heartbeat=heartbeat or None, log=log)
     rep, failures = worker.run(ds, p, plan, data_source=source, max_trials=trials, retry_failed=retry_failed)
     print_summary(rep, out / "sweep.json")
     if failures:
         raise AffectusError(f"{failures} trial(s) of this worker failed: see {out / 'sweep.json'}")
+
+
+def _need_optuna() -> None:
+    """Optuna is a dependency; a broken or partial install still gets one line, not a traceback."""
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise AffectusError("affectus sweep needs Optuna, which is not installed: pip install optuna "
+                            "(or reinstall affectus, which depends on it)") from None

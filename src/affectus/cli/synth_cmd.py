@@ -45,10 +45,14 @@ def synth(
     seq_lens: Annotated[
         str | None, typer.Option("--seq-lens", help="sequence lengths T,A,V instead of the preset's")
     ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace --out if it exists")] = False,
 ) -> None:
     """Generate a synthetic dataset whose modalities conflict at a controlled rate."""
     from affectus.data.mmsa import dataset_from_raw, write_npz, write_pickle
     from affectus.data.synthetic import SynthConfig, check_size, generate, summarise, total_values
+    from affectus.utils.io import refuse_overwrite
+
+    refuse_overwrite(out, overwrite)  # before generating: a refusal costs nothing
 
     overrides: dict = {"seed": seed}
     for field, value in (

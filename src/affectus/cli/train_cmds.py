@@ -127,13 +127,22 @@ def evaluate(
         None, "--subsets", help="MSC_FILE,MSI_FILE: the authors' D_msc / D_msi id files, scored instead of "
                                 "the subsets computed from unimodal labels"),
     trust_pickle: bool = TrustOpt,
+    predictions: Path | None = typer.Option(
+        None, "--predictions", help="also write one CSV row per sample: id, label, verdict, probabilities"
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace the --predictions file if it exists"),
 ) -> None:
     """Score a trained run on a split of DATA."""
     from affectus.data.load import open_data
-    from affectus.inference.predictor import load
+    from affectus.inference.predictor import load, predictions_csv
+    from affectus.utils.io import refuse_overwrite, write_text_atomic
 
+    if predictions is not None:
+        refuse_overwrite(predictions, overwrite, "--predictions")  # before any work
     predictor = load(run_dir)
-    ds, _ = open_data(data, predictor.info.get("config", {}).get("preset"), trust_pickle=trust_pickle)
+    recorded = predictor.info.get("config")
+    preset = recorded.get("preset") if isinstance(recorded, dict) else None
+    ds, _ = open_data(data, preset, trust_pickle=trust_pickle)
     name = split or predictor.info.get("metrics_split", "test")
     if name not in ds:
         raise AffectusError(f"{data}: no split '{name}' (has {', '.join(ds.splits)})")
@@ -143,6 +152,10 @@ def evaluate(
         if len(files) != 2 or not all(files):
             raise AffectusError(f"--subsets {subsets!r}: expected MSC_FILE,MSI_FILE")
     metrics = predictor.evaluate(ds[name], available=available, subset_files=files)
+    if predictions is not None:
+        scored = ds[name] if available is None else _restricted(ds[name], available)
+        write_text_atomic(predictions, predictions_csv(scored, predictor.predict(scored), predictor.scheme))
+        Console(stderr=True).print(f"wrote {predictions} ({len(ds[name])} rows)", markup=False, highlight=False)
     if as_json:
         print(json.dumps({"split": name, **metrics}, indent=2, sort_keys=True))
     else:
@@ -178,10 +191,10 @@ def models_cmd(
     if name is not None:
         _print_config_keys(name)
         return
-    for name in list_models():
-        entry = get_model_entry(name)
+    for model in list_models():
+        entry = get_model_entry(model)
         recipe = entry.recipe if isinstance(entry.recipe, str) else type(entry.recipe).__name__
-        print(f"{name:14s} {entry.description}  [recipe {recipe.rsplit(':', 1)[-1]}]")
+        print(f"{model:14s} {entry.description}  [recipe {recipe.rsplit(':', 1)[-1]}]")
         variants = entry.get_variants()
         if len(variants) > 1:
             for vname, spec in variants.items():
@@ -201,6 +214,12 @@ def _print_config_keys(name: str) -> None:
     for section, values in sections.items():
         for key, value in values.items():
             print(f"  {section}.{key} = {json.dumps(value)}")
+
+
+def _restricted(split, available: str):
+    from affectus.data.missing import parse_available, with_availability
+
+    return with_availability(split, parse_available(available))
 
 
 def apply_threads(threads: int) -> None:

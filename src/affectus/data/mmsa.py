@@ -98,13 +98,7 @@ def _read_npz(path: str) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str
         with np.load(path, allow_pickle=False) as z:
             if "__meta__" not in z.files:
                 raise _fail(_where(path), "a .npz without __meta__: not written by affectus convert")
-            meta = json.loads(str(z["__meta__"]))
-            if meta.get("format") != NPZ_FORMAT or meta.get("version") != NPZ_VERSION:
-                raise _fail(
-                    _where(path),
-                    f"unsupported npz format {meta.get('format')!r} version {meta.get('version')!r} "
-                    f"(expected {NPZ_FORMAT!r} version {NPZ_VERSION})",
-                )
+            meta = _check_meta(path, z["__meta__"])
             raw: dict[str, dict[str, Any]] = {}
             for split, keys in meta["keys"].items():
                 raw[split] = {}
@@ -122,6 +116,40 @@ def _read_npz(path: str) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str
         ) from None
     sanitised = {tuple(k.split("/", 1)): int(v) for k, v in meta.get("sanitised", {}).items()}
     return raw, sanitised  # type: ignore[return-value]
+
+
+def _check_meta(path: str, value: np.ndarray) -> dict[str, Any]:
+    """The JSON `__meta__` of an affectus .npz: {format, version, keys: {split: [key]}, sanitised}."""
+
+    def bad(what: str) -> AffectusError:
+        return _fail(_where(path, key="__meta__"), f"malformed: {what}")
+
+    if value.dtype.kind != "U" or value.ndim != 0:
+        raise bad(f"expected one JSON string, got a {value.dtype} array of shape {value.shape}")
+    try:
+        meta = json.loads(str(value))
+    except json.JSONDecodeError as err:
+        raise bad(f"not valid JSON ({err.msg})") from None
+    if not isinstance(meta, dict):
+        raise bad(f"expected a JSON object, got {type(meta).__name__}")
+    if meta.get("format") != NPZ_FORMAT or meta.get("version") != NPZ_VERSION:
+        raise _fail(
+            _where(path),
+            f"unsupported npz format {meta.get('format')!r} version {meta.get('version')!r} "
+            f"(expected {NPZ_FORMAT!r} version {NPZ_VERSION})",
+        )
+    keys = meta.get("keys")
+    if not isinstance(keys, dict) or not all(
+        isinstance(v, list) and all(isinstance(k, str) for k in v) for v in keys.values()
+    ):
+        raise bad("'keys' must map each split to a list of key names")
+    sanitised = meta.get("sanitised", {})
+    if not isinstance(sanitised, dict) or not all(
+        isinstance(k, str) and k.count("/") == 1 and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+        for k, v in sanitised.items()
+    ):
+        raise bad("'sanitised' must map 'split/key' to a count")
+    return meta
 
 
 def file_format(path: str | os.PathLike) -> str:
@@ -149,9 +177,12 @@ def load_dataset(
         raise _fail(_where(spath), "no such file")
     if not p.is_file():
         raise _fail(_where(spath), "not a file")
-    if p.stat().st_size == 0:
-        raise _fail(_where(spath), "empty file (0 bytes)")
-    fmt = file_format(p)
+    try:
+        if p.stat().st_size == 0:
+            raise _fail(_where(spath), "empty file (0 bytes)")
+        fmt = file_format(p)
+    except OSError as err:  # no read permission, an I/O error
+        raise _fail(_where(spath), f"cannot read ({err.strerror or type(err).__name__})") from None
     if fmt == "npy":
         raise _fail(_where(spath), "a single .npy array, not a dataset (expected an MMSA pickle or .npz)")
     if fmt == "npz":
@@ -214,6 +245,10 @@ def _build_split(source: str, name: str, d: Any, sanitised: dict[tuple[str, str]
     for m in FEATURE_KEYS:
         arr = _numeric(source, name, m, d[m], ndim=3)
         rows_ok(m, arr)
+        if arr.shape[1] == 0 or arr.shape[2] == 0:
+            # nothing to encode: the model cannot be built (D = 0) or has no step to attend to (L = 0)
+            size = "sequence length L = 0" if arr.shape[1] == 0 else "feature dim D = 0"
+            raise _fail(_where(source, name, m), f"{size} in shape {arr.shape}: each modality needs L, D >= 1")
         feats[m], count = _sanitise(arr)
         if count:
             sanitised[(name, m)] = count
@@ -235,7 +270,8 @@ def _build_split(source: str, name: str, d: Any, sanitised: dict[tuple[str, str]
         key = f"{m}_lengths"
         full = feats[m].shape[1]
         if d.get(key) is not None:  # `text_lengths` is our extension; MMSA has audio/vision only
-            arr = _integers(source, name, key, _numeric(source, name, key, d[key], ndim=1))
+            arr = _numeric(source, name, key, d[key], ndim=1)
+            _integers(source, name, key, arr)  # whole numbers, checked before the range below
         elif m == "text" and text_bert is not None:
             arr = text_bert[:, 1, :].sum(axis=1)  # attention mask: 1 per real token
             key = "text_bert"  # name the key that is actually in the file
@@ -245,13 +281,15 @@ def _build_split(source: str, name: str, d: Any, sanitised: dict[tuple[str, str]
         else:
             arr = np.full(n, full, dtype=np.int64)
         rows_ok(key, arr)
-        if arr.min() < 0 or arr.max() > full:
-            bad = int(arr.min()) if arr.min() < 0 else int(arr.max())
+        # compared in the file's own dtype: an unsigned 2**64-1 is reported as that, not as -1
+        outside = arr[(arr < 0) | (arr > full)]
+        if outside.size:
+            bad = outside[0].item()
             raise _fail(
                 _where(source, name, key),
-                f"length {bad} outside [0, {full}] (the {key.removesuffix('_lengths')} sequence length)",
+                f"length {int(bad) if isinstance(bad, float) else bad} outside [0, {full}] (the {key.removesuffix('_lengths')} sequence length)",
             )
-        lengths[m] = arr
+        lengths[m] = arr.astype(np.int64)
 
     ids = _strings(source, name, "id", d["id"])
     rows_ok("id", ids)

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from affectus.data.types import MODALITIES
-from affectus.errors import AffectusError
+from affectus.errors import AffectusError, suggest
+from affectus.utils.io import read_text_file
 
 if TYPE_CHECKING:
     from affectus.data.types import MERDataset
@@ -100,11 +101,12 @@ def load_preset(name: str) -> Preset:
     """A shipped preset by name, or a preset YAML file by path."""
     by_path = name.endswith((".yaml", ".yml")) and Path(name).is_file()
     if by_path:
-        text, where = Path(name).read_text(encoding="utf-8"), name
+        text, where = read_text_file(name, "preset file"), name
     else:
         res = _presets_dir().joinpath(f"{name}.yaml")
         if not res.is_file():
-            raise AffectusError(f"unknown preset {name!r} (known: {', '.join(list_presets())})")
+            known = list_presets()
+            raise AffectusError(f"unknown preset {name!r}{suggest(name, known)} (known: {', '.join(known)})")
         text, where = res.read_text(encoding="utf-8"), f"preset {name}"
     try:
         data = yaml.safe_load(text)

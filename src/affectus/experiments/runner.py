@@ -30,7 +30,7 @@ from affectus.errors import AffectusError
 from affectus.evaluation.results import format_mean_std, mean_std
 from affectus.evaluation.schemes import get_scheme
 from affectus.experiments.spec import ExperimentSpec, PlannedRun, expand, load_spec
-from affectus.utils.io import write_json_atomic, write_text_atomic
+from affectus.utils.io import lock_dir, read_json_file, write_json_atomic, write_text_atomic
 from affectus.utils.threads import torch_threads
 
 logger = logging.getLogger(__name__)
@@ -55,15 +55,17 @@ def _check_out_dir(out: Path, runs: list[PlannedRun], data: str, preset: str | N
     """Refuse to mix results: a run folder made from another config, or an OUT made from other data."""
     previous = out / "experiment.json"
     if previous.exists():
-        old = json.loads(previous.read_text(encoding="utf-8"))
+        old = read_json_file(previous, "experiment plan")
+        if not isinstance(old, dict):
+            raise AffectusError(f"{previous}: expected a JSON object; delete it or choose another --out")
         if (old.get("data"), old.get("preset")) != (data, preset):
             raise AffectusError(f"{out}: holds an experiment on data {old.get('data')} (preset {old.get('preset')}), "
                                 f"not {data} (preset {preset}); choose another --out")
     for run in runs:
         stored = out / "runs" / run.id / "config.json"
         if stored.exists():
-            old_cfg = json.loads(stored.read_text(encoding="utf-8"))
-            if _comparable(old_cfg) != _comparable(run.config.to_dict()):
+            old_cfg = read_json_file(stored, "run config")
+            if not isinstance(old_cfg, dict) or _comparable(old_cfg) != _comparable(run.config.to_dict()):
                 raise AffectusError(f"{stored.parent}: was trained with another configuration than the spec now "
                                     f"gives run '{run.id}'; choose another --out or delete that folder")
 
@@ -88,12 +90,14 @@ def _train_one(ds, plan, run_dir: Path, config: dict[str, Any], threads: int, da
 
     cfg = ResolvedConfig.from_dict(config)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
-    resume = (run_dir / "state.pt").exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    with torch_threads(cfg.train.threads), training_log(run_dir / "train.log"):
-        train_run(ds, cfg, run_dir, plan, resume=resume, data_source=data_source)
-    return time.perf_counter() - started
+    # the run directory's own lock (train_run takes the same one; nested, it is shared): a `train
+    # --out` aimed at this folder from elsewhere cannot write into it meanwhile
+    with lock_dir(run_dir, "run directory"):
+        resume = (run_dir / "state.pt").exists()
+        started = time.perf_counter()
+        with torch_threads(cfg.train.threads), training_log(run_dir / "train.log"):
+            train_run(ds, cfg, run_dir, plan, resume=resume, data_source=data_source)
+        return time.perf_counter() - started
 
 
 # Worker processes (spawn): each loads the data once, then trains the runs it is handed.
@@ -143,7 +147,6 @@ def run_experiment(
     wall_seconds, groups (the rows `aggregate` returns).
     """
     from affectus.data.presets import load_preset
-    from affectus.training.trainer import plan_for
 
     started = time.perf_counter()
     sp = load_spec(spec)
@@ -159,6 +162,18 @@ def run_experiment(
         raise AffectusError(f"{sp.source}: no data: give --data FILE (or `data:` in the spec)")
     data_id = source_id(data)
     out = Path(out_dir)
+    # one writer per experiment directory: a second `affectus experiment` on OUT stops here, before
+    # it reads or writes anything there (a crashed holder's lock is dropped by the kernel)
+    with lock_dir(out, "experiment directory"):
+        return _run_locked(sp, runs, out, data, data_id, preset_name, preset_obj, jobs, threads, progress,
+                           trust_pickle, overrides, started)
+
+
+def _run_locked(sp: ExperimentSpec, runs: list[PlannedRun], out: Path, data: str, data_id: str,
+                preset_name: str | None, preset_obj, jobs: int, threads: int, progress: bool,
+                trust_pickle: bool, overrides: dict[str, Any] | None, started: float) -> dict[str, Any]:
+    from affectus.training.trainer import plan_for
+
     _check_out_dir(out, runs, data_id, preset_name)
 
     ds = open_data(data, preset_obj, trust_pickle=trust_pickle)[0]
@@ -182,7 +197,7 @@ def run_experiment(
     resumed = sum((out / "runs" / r.id / "state.pt").exists() for r in pending)
     per_run = max(1, cpu_cores() // jobs) if threads == 0 else threads
     logger.info(f"{sp.name}: {len(runs)} runs; {len(finished)} finished before, {resumed} to resume, "
-        f"{len(pending) - resumed} to train ({jobs} job(s) x {per_run} thread(s))")
+                f"{len(pending) - resumed} to train ({jobs} job(s) x {per_run} thread(s))")
     run_seconds: dict[str, float] = {}
     if pending:
         if jobs == 1:
@@ -288,12 +303,12 @@ def aggregate(out_dir: str | Path) -> list[dict[str, Any]]:
     plan_path = out / "experiment.json"
     if not plan_path.exists():
         raise AffectusError(f"{out}: no experiment.json; run `affectus experiment SPEC --out {out}` first")
-    exp = json.loads(plan_path.read_text(encoding="utf-8"))
+    exp = read_json_file(plan_path, "experiment plan")
     runs: list[dict[str, Any]] = []
     for planned in exp["runs"]:
         info_path = out / planned["dir"] / "run.json"
         if info_path.exists():
-            info = json.loads(info_path.read_text(encoding="utf-8"))
+            info = read_json_file(info_path, "run file")
             values = _flatten(info.get("metrics", {}))
             values.update(_flatten(info.get("select_metrics", {}), "select."))
             runs.append({**planned, "values": values, "family": info.get("family"),

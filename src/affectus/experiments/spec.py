@@ -38,7 +38,8 @@ from typing import Any
 
 import yaml
 
-from affectus.errors import AffectusError
+from affectus.errors import AffectusError, suggest
+from affectus.utils.io import read_text_file
 
 Path_ = tuple[Any, ...]  # a location inside the spec: ("runs", 1, "model")
 
@@ -156,10 +157,7 @@ def _plain(node: yaml.Node, path: Path_, lines: dict[Path_, int], source: str, l
 
 def _read_yaml(path: Path) -> tuple[Any, dict[Path_, int]]:
     source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise AffectusError(f"{source}: cannot read ({err.strerror})") from None
+    text = read_text_file(path, "experiment spec")  # missing, unreadable, not UTF-8: one line
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as err:
@@ -197,7 +195,7 @@ class _Checker:
     def keys(self, value: dict[str, Any], allowed: tuple[str, ...], path: Path_, what: str) -> None:
         for key in value:
             if key not in allowed:
-                raise self.fail(path + (key,), f"unknown key '{key}' in {what}: expected one of {', '.join(allowed)}")
+                raise self.fail(path + (key,), f"unknown key '{key}'{suggest(key, allowed)} in {what}: expected one of {', '.join(allowed)}")
 
     def text(self, value: Any, path: Path_, what: str, optional: bool = False) -> str | None:
         if value is None and optional:
@@ -262,7 +260,7 @@ def load_spec(spec: str | Path | dict[str, Any] | ExperimentSpec) -> ExperimentS
         from affectus.data.presets import list_presets
 
         if preset not in list_presets():
-            raise c.fail(("preset",), f"unknown preset '{preset}': expected one of {', '.join(list_presets())}")
+            raise c.fail(("preset",), f"unknown preset '{preset}'{suggest(preset, list_presets())}: expected one of {', '.join(list_presets())}")
     data_file = c.text(data.get("data"), ("data",), "data", optional=True)
     if data_file is not None and not data_file.startswith("synth:") and source != "<spec>":
         data_file = str(Path(source).parent / data_file)  # relative to the spec's folder
@@ -291,12 +289,12 @@ def _rows(c: _Checker, value: Any) -> list[RowSpec]:
         name = c.text(item.get("name"), path + ("name",), f"runs[{i}].name")
         model = c.text(item.get("model", "cmc"), path + ("model",), f"runs[{i}].model")
         if model not in models:
-            raise c.fail(path + ("model",), f"unknown model '{model}': expected one of {', '.join(models)}")
+            raise c.fail(path + ("model",), f"unknown model '{model}'{suggest(model, models)}: expected one of {', '.join(models)}")
         allowed = list_variants(model)
         variant = c.text(item.get("variant", allowed[0]), path + ("variant",), f"runs[{i}].variant")
         if variant not in allowed:
-            raise c.fail(path + ("variant",), f"unknown variant '{variant}' for model '{model}': "
-                                              f"expected one of {', '.join(allowed)}")
+            raise c.fail(path + ("variant",), f"unknown variant '{variant}'{suggest(variant, allowed)} for model "
+                                              f"'{model}': expected one of {', '.join(allowed)}")
         slug = slugify(name)
         if slug in slugs:
             raise c.fail(path + ("name",), f"run name '{name}' gives the same id '{slug}' as '{slugs[slug]}'")

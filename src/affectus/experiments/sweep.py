@@ -32,10 +32,11 @@ from typing import Any
 
 import yaml
 
-from affectus.errors import AffectusError
-from affectus.utils.io import write_json_atomic
+from affectus.errors import AffectusError, suggest
+from affectus.utils.io import lock_dir, read_json_file, read_text_file, write_json_atomic
 
 REPORT_FORMAT = "affectus-sweep/1"
+CLAIM_FILE = "sweep-study.json"  # the study this sweep directory belongs to
 SPEC_KEYS = ("name", "model", "variant", "preset", "data", "overrides", "objective", "sampler", "space",
              "trials", "seed")
 SAMPLERS = ("grid", "tpe")
@@ -105,7 +106,7 @@ def load_spec(source: str | Path) -> SweepSpec:
     """A spec file, or the name of a shipped spec (`cmc_grid`)."""
     path = Path(source)
     if path.is_file():
-        text, where, stem = path.read_text(encoding="utf-8"), str(path), path.stem
+        text, where, stem = read_text_file(path, "sweep spec"), str(path), path.stem
     elif str(source) in list_shipped_specs():
         text = resources.files("affectus").joinpath("configs", "sweeps", f"{source}.yaml").read_text("utf-8")
         where, stem = f"shipped spec {source}", str(source)
@@ -128,7 +129,7 @@ def _unknown(given: Any, allowed: tuple[str, ...] | set[str], where: str, what: 
     extra = sorted(str(k) for k in given if k not in allowed)
     if extra:
         expected = ", ".join(sorted(allowed))
-        raise AffectusError(f"{where}: {what}unknown key '{extra[0]}' (expected {expected})")
+        raise AffectusError(f"{where}: {what}unknown key '{extra[0]}'{suggest(extra[0], allowed)} (expected {expected})")
 
 
 def _number(v: Any) -> bool:
@@ -229,9 +230,56 @@ def normalise_storage_url(url: str) -> str:
 
 
 def redact(url: str) -> str:
+    """The URL with its password masked; an unparseable one shows its scheme only (it may hold one)."""
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
-    return make_url(url).render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return f"{url.split('://', 1)[0]}://..." if "://" in url else "(unparseable URL)"
+
+
+@contextlib.contextmanager
+def storage_errors(url: str) -> Iterator[None]:
+    """Every failure to reach or read the study's storage as one line naming it (never a traceback):
+    a bad URL, an unreachable or refusing PostgreSQL server, a SQLite file that is not a database."""
+    import sqlalchemy.exc
+
+    try:
+        yield
+    except sqlalchemy.exc.ArgumentError:
+        raise AffectusError(f"--storage {redact(url)}: not a database URL (expected sqlite:///FILE or "
+                            "postgresql://USER:PASSWORD@HOST/DB)") from None
+    except sqlalchemy.exc.DBAPIError as err:
+        reason = " ".join(str(err.orig).split()) or type(err.orig).__name__
+        raise AffectusError(f"--storage {redact(url)}: cannot use the study storage ({reason})") from None
+    except sqlalchemy.exc.SQLAlchemyError as err:
+        reason = " ".join(str(err).split()[:40]) or type(err).__name__
+        raise AffectusError(f"--storage {redact(url)}: cannot use the study storage ({reason})") from None
+    except ModuleNotFoundError as err:  # the PostgreSQL driver is not installed
+        raise AffectusError(f"--storage {redact(url)}: needs the Python module {err.name!r}: pip install "
+                            "'affectus[postgres]'") from None
+
+
+def claim_out_dir(out: Path, study: str, record: bool = True) -> None:
+    """One study per sweep directory: trials/<n>/ is numbered by the study, so two studies would mix.
+
+    The first worker records the study in OUT/sweep-study.json; later workers must name the same one.
+    The check and the record happen under one exclusive lock, so two workers starting at once with
+    different studies cannot both pass it."""
+    claim = out / CLAIM_FILE
+    with lock_dir(out, "sweep directory", wait=True, name=".sweep-claim.lock"):
+        held = None
+        for path in (claim, out / "sweep.json"):  # sweep.json: directories from before the claim file
+            if path.is_file():
+                record = read_json_file(path, "sweep record")
+                held = record.get("study") if isinstance(record, dict) else None
+                break
+        if held is not None and held != study:
+            raise AffectusError(f"{out}: holds the sweep of study '{held}'; choose another --out (or --study {held})")
+        if record and not claim.is_file():
+            write_json_atomic(claim, {"study": study})
 
 
 class StudyLock:
@@ -263,15 +311,9 @@ class StudyLock:
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
         if self._path is not None:
-            import fcntl
-
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self._path, "a+") as f:
-                fcntl.flock(f, fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(f, fcntl.LOCK_UN)
+            # blocking: the section is short (create a trial), and a dead holder's lock goes with it
+            with lock_dir(self._path.parent, "study storage directory", wait=True, name=self._path.name):
+                yield
         elif self._engine is not None:
             from sqlalchemy import text
 
@@ -544,10 +586,13 @@ class Worker:
             try:
                 values = {**self.spec.overrides, **params}
                 cfg = resolve_config(self.spec.model, self.spec.variant, preset, None, values)
-                # train_run returns the evaluation split's scores: deliberately dropped
-                with torch_threads(cfg.train.threads), training_log(run_dir / "train.log"):
-                    train_run(dataset, cfg, run_dir, plan, data_source=data_source)
-                value, select = validation_score(run_dir, metric)
+                # the trial's own folder, locked: a worker of another storage numbering the same
+                # trial, or a `train --out` aimed here, cannot write into it meanwhile
+                with lock_dir(run_dir, "run directory"):
+                    # train_run returns the evaluation split's scores: deliberately dropped
+                    with torch_threads(cfg.train.threads), training_log(run_dir / "train.log"):
+                        train_run(dataset, cfg, run_dir, plan, data_source=data_source)
+                    value, select = validation_score(run_dir, metric)
                 trial.set_user_attr("select_metrics", select)
             except BaseException as err:
                 beat.stop()

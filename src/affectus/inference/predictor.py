@@ -7,6 +7,7 @@ router weights (how much each modality counted in the verdict).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,8 @@ import numpy as np
 import torch
 
 from affectus.data.batches import Batch
-from affectus.data.types import MODALITIES, Split
-from affectus.errors import AffectusError
+from affectus.data.types import MODALITIES, Split, to_classes
+from affectus.errors import AffectusError, suggest
 from affectus.inference import checkpoints as ckpt
 from affectus.models.registry import create_model, make_config
 
@@ -58,18 +59,26 @@ class Predictor:
         self.device = torch.device(device)
         cfg_values = dict(self.info["model_config"])
         self.model_name = self.info["model_name"]
+        self.dims: dict[str, int] = self.info["dims"]
+        if sorted(self.dims) != sorted(MODALITIES) or not all(_is_int(d) and d > 0 for d in self.dims.values()):
+            raise AffectusError(f"{self.run_dir}/run.json: dims {self.dims!r}, expected a positive size for each "
+                                f"of {', '.join(MODALITIES)}")
         config = make_config(self.model_name, cfg_values)
         # building the shell draws initial weights from torch's RNG: keep the caller's RNG untouched
-        with torch.random.fork_rng(devices=[]):
-            extras = {}
-            bert_file = self.run_dir / "bert_config.json"
+        extras = {}
+        bert_file = self.run_dir / "bert_config.json"
+        try:
             if bert_file.is_file():
                 # a fine-tuned BERT travels inside model.safetensors; build its shell from the saved config
                 from transformers import BertConfig
 
                 extras["bert_config"] = BertConfig.from_json_file(str(bert_file))
-            self.model = create_model(self.model_name, config, **extras)
-        weights = ckpt.load_tensors(self.run_dir / "model.safetensors")
+            with torch.random.fork_rng(devices=[]):
+                self.model = create_model(self.model_name, config, **extras)
+        except (TypeError, ValueError, KeyError) as err:  # a hand-edited model_config with wrong value types
+            raise AffectusError(f"{self.run_dir}/run.json: model_config does not build a {self.model_name} model "
+                                f"({type(err).__name__}: {' '.join(str(err).split())})") from None
+        weights = ckpt.load_weights(self.run_dir, self.info)
         missing, unexpected = self.model.load_state_dict(weights, strict=False)
         if missing or unexpected:
             raise AffectusError(f"{self.run_dir}/model.safetensors does not match the model config "
@@ -79,26 +88,21 @@ class Predictor:
 
         # runs written before label schemes recorded only the family name
         self.scheme = get_scheme(self.info.get("scheme") or self.info.get("family", "mosi"))
-        self.dims: dict[str, int] = self.info["dims"]
-
-    def _check(self, arrays: dict[str, np.ndarray]) -> None:
-        for m in MODALITIES:
-            a = arrays[m]
-            if a.ndim != 3 or a.shape[2] != self.dims[m]:
-                raise AffectusError(f"{m}: expected shape (N, L, {self.dims[m]}), got {tuple(a.shape)}")
-            if not np.isfinite(a).all():
-                raise AffectusError(f"{m}: contains NaN or infinite values")
 
     @torch.no_grad()
     def predict(self, data: Split | Batch | dict[str, np.ndarray], batch_size: int = 256,
                 available: str | tuple[str, ...] | None = None) -> Prediction:
         """Predict for a Split, a Batch, or a dict of arrays {text, audio, vision[, *_lengths]}.
 
+        Arrays are (N, L, D) numbers with the run's D per modality; lengths are (N,) integers in
+        [0, L] (default: L). Anything else is one AffectusError saying which array is wrong.
         `available` ('text,audio', 'l,a' or a tuple of names) scores as if the other modalities were
         absent: they are zero-filled with length 0 and marked absent (data/missing.py).
         """
         from affectus.evaluation.evaluate import predict_split
 
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise AffectusError(f"predict: batch_size {batch_size!r}: expected a positive integer")
         if available is not None and isinstance(data, Batch):
             raise AffectusError("predict: available= applies to arrays or a Split, not a Batch")
         mask = None
@@ -114,21 +118,42 @@ class Predictor:
             split = _restrict(split, available)
             mask = split.available
             res = predict_split(self.model, split, batch_size, self.device)
-        return _to_prediction(res, self.scheme.class_names, mask)
+        return _to_prediction(res, self.run_dir, self.scheme.class_names, mask)
 
-    def _split_from_arrays(self, arrays: dict[str, np.ndarray]) -> Split:
-        try:
-            feats = {m: np.asarray(arrays[m], dtype=np.float32) for m in MODALITIES}
-        except KeyError as err:
-            raise AffectusError(f"predict: missing array {err.args[0]!r} (need text, audio, vision)") from None
-        self._check(feats)
+    def _split_from_arrays(self, arrays: Any) -> Split:
+        if not isinstance(arrays, Mapping):
+            raise AffectusError(f"predict: expected a Split, a Batch or a dict of arrays {{text, audio, vision}}, "
+                                f"got {type(arrays).__name__}")
+        allowed = [*MODALITIES, *(f"{m}_lengths" for m in MODALITIES)]
+        for key in arrays:
+            if key not in allowed:
+                raise AffectusError(f"predict: unknown array {key!r}{suggest(str(key), allowed)} "
+                                    f"(expected {', '.join(allowed)})")
+        feats = {m: self._features(m, arrays) for m in MODALITIES}
         n = feats["text"].shape[0]
         if any(feats[m].shape[0] != n for m in MODALITIES):
-            raise AffectusError("predict: text, audio and vision hold different numbers of samples")
-        lengths = {m: np.asarray(arrays.get(f"{m}_lengths", np.full(n, feats[m].shape[1])), dtype=np.int64)
-                   for m in MODALITIES}
+            counts = ", ".join(f"{m} {feats[m].shape[0]}" for m in MODALITIES)
+            raise AffectusError(f"predict: text, audio and vision hold different numbers of samples ({counts})")
+        if n == 0:
+            raise AffectusError("predict: empty batch (0 samples)")
+        lengths = {m: _lengths(m, arrays.get(f"{m}_lengths"), n, feats[m].shape[1]) for m in MODALITIES}
         return Split(name="input", **feats, **{f"{m}_lengths": lengths[m] for m in MODALITIES},
                      labels=np.zeros(n, np.float32), ids=[str(i) for i in range(n)])
+
+    def _features(self, m: str, arrays: Mapping[str, Any]) -> np.ndarray:
+        """arrays[m] as float32 (N, L, D) with the run's D and L >= 1, every value finite."""
+        if m not in arrays:
+            raise AffectusError(f"predict: missing array {m!r} (need text, audio, vision)")
+        a = _numbers(m, arrays[m], "biuf")
+        if a.ndim != 3 or a.shape[2] != self.dims[m]:
+            raise AffectusError(f"predict: {m}: expected shape (N, L, {self.dims[m]}), got {tuple(a.shape)}")
+        if a.shape[1] == 0:
+            raise AffectusError(f"predict: {m}: sequence length L = 0 (each sample needs at least one step)")
+        with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: refused below
+            a = a.astype(np.float32)
+        if not np.isfinite(a).all():
+            raise AffectusError(f"predict: {m}: contains NaN or infinite values (or values beyond float32)")
+        return a
 
     def evaluate(self, split: Split, available: str | tuple[str, ...] | None = None,
                  subset_files: tuple[str, str] | None = None) -> dict[str, Any]:
@@ -150,6 +175,34 @@ class Predictor:
         return evaluate_split(self.model, split, self.scheme, 256, self.device, masks=masks)
 
 
+def predictions_csv(split: Split, pred: Prediction, scheme: Any = None) -> str:
+    """One CSV row per sample of `split`: its id and label, the verdict and its probabilities, and
+    (when the model has them) each modality's own verdict and router weight. `scheme` (the run's label
+    scheme) maps labels to classes; default 3-class sentiment."""
+    import csv
+    import io
+
+    names = pred.class_names
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    header = ["id", "label", "label_class", "predicted", *(f"p_{c}" for c in names)]
+    if pred.modality_classes is not None:
+        header += [f"{m}_predicted" for m in MODALITIES]
+    if pred.router_weights is not None:
+        header += [f"{m}_weight" for m in MODALITIES]
+    w.writerow(header)
+    label_classes = (to_classes if scheme is None else scheme.to_classes)(split.labels)
+    for i, sample_id in enumerate(split.ids):
+        row = [sample_id, np.format_float_positional(split.labels[i]), names[label_classes[i]],
+               names[pred.classes[i]], *(f"{p:.6f}" for p in pred.probabilities[i])]
+        if pred.modality_classes is not None:
+            row += [names[c] for c in pred.modality_classes[i]]
+        if pred.router_weights is not None:
+            row += [f"{x:.6f}" for x in pred.router_weights[i]]
+        w.writerow(row)
+    return buf.getvalue()
+
+
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
@@ -164,8 +217,46 @@ def _restrict(split: Split, available: str | tuple[str, ...] | list[str] | None)
     return with_availability(split, names)
 
 
-def _to_prediction(res: dict[str, np.ndarray], class_names: tuple[str, ...] = CLASS_NAMES,
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _numbers(name: str, value: Any, kinds: str) -> np.ndarray:
+    """`value` as a numpy array of one of the dtype kinds (b bool, i int, u unsigned, f float)."""
+    try:
+        a = np.asarray(value)
+    except Exception:  # noqa: BLE001 - ragged nested lists raise ValueError in numpy 2
+        raise AffectusError(f"predict: {name}: ragged (rows of different shapes), expected one array") from None
+    if a.dtype.kind not in kinds:
+        raise AffectusError(f"predict: {name}: expected numbers, got dtype {a.dtype}")
+    return a
+
+
+def _lengths(m: str, value: Any, n: int, seq_len: int) -> np.ndarray:
+    """True lengths (N,) int64 in [0, L]; None means every sample fills its L steps."""
+    key = f"{m}_lengths"
+    if value is None:
+        return np.full(n, seq_len, dtype=np.int64)
+    a = _numbers(key, value, "iuf")
+    if a.shape != (n,):
+        raise AffectusError(f"predict: {key}: expected shape ({n},), one length per sample, got {tuple(a.shape)}")
+    if a.dtype.kind == "f" and not (np.isfinite(a).all() and (a == np.round(a)).all()):
+        raise AffectusError(f"predict: {key}: expected whole numbers, found fractional or non-finite ones")
+    # compared in the array's own dtype, so an unsigned 2**64-1 is reported as that, not as -1
+    bad = a[(a < 0) | (a > seq_len)]
+    if bad.size:
+        raise AffectusError(f"predict: {key}: length {bad[0].item()!r} outside [0, {seq_len}] (the {m} sequence "
+                            f"length L)")
+    return a.astype(np.int64)
+
+
+def _to_prediction(res: dict[str, np.ndarray], run_dir: Path, class_names: tuple[str, ...] = CLASS_NAMES,
                    available: np.ndarray | None = None) -> Prediction:
+    bad = ~np.isfinite(res["logits"]).all(-1)
+    if bad.any():
+        # argmax of NaN is 0 ("negative"): a silent wrong verdict, so stop here instead
+        raise AffectusError(f"{run_dir}: the model gave NaN/inf outputs for {int(bad.sum())} sample(s) (first: "
+                            f"row {int(np.flatnonzero(bad)[0])}); check the inputs' scale and the run's weights")
     probs = _softmax(res["logits"])
     ml = res.get("modality_logits")
     return Prediction(

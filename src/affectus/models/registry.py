@@ -9,14 +9,13 @@ report sections that apply to it. Generic code asks the entry; it never compares
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from affectus.errors import AffectusError
+from affectus.errors import AffectusError, suggest
 
 # Modules that register models on import. Listed here so `list_models()` is complete without
 # importing the training stack.
@@ -72,7 +71,7 @@ class ModelEntry:
             name = next(iter(variants))
         if name not in variants:
             raise AffectusError(f"unknown variant '{name}' for model '{self.name}': expected one of "
-                                f"{', '.join(variants)}{did_you_mean(name, variants)}")
+                                f"{', '.join(variants)}{suggest(name, variants)}")
         return name, variants[name]
 
 
@@ -91,12 +90,6 @@ def register_model(name: str, config_cls: type, description: str = "", *, recipe
     return deco
 
 
-def did_you_mean(name: str, choices) -> str:
-    """' (did you mean X?)' for the closest choice, or ''."""
-    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
 def _load_all() -> None:
     for mod in _MODEL_MODULES:
         importlib.import_module(mod)
@@ -112,7 +105,7 @@ def get_model_entry(name: str) -> ModelEntry:
     key = name if name in _REGISTRY else str(name).lower().replace("-", "_")  # names are case-insensitive
     if key not in _REGISTRY:
         raise AffectusError(f"unknown model '{name}': expected one of {', '.join(sorted(_REGISTRY))}"
-                            f"{did_you_mean(key, _REGISTRY)}")
+                            f"{suggest(key, _REGISTRY)}")
     return _REGISTRY[key]
 
 
@@ -125,7 +118,7 @@ def make_config(name: str, values: dict[str, Any]):
     unknown = sorted(set(values) - known)
     if unknown:
         raise AffectusError(f"unknown config key(s) for model '{name}': {', '.join(unknown)}"
-                            f"{did_you_mean(unknown[0], known)}")
+                            f"{suggest(unknown[0], known)}")
     return entry.config_cls(**values)
 
 

@@ -200,7 +200,8 @@ def resolve_config(
     (Table III) -> the variant -> a YAML file -> --set. Keys are `model.X`, `train.X` or `recipe.X`; a bare
     X is looked up in that order.
     """
-    from affectus.models.registry import did_you_mean, get_model_entry
+    from affectus.errors import suggest
+    from affectus.models.registry import get_model_entry
 
     entry = get_model_entry(model_name)
     model_name = entry.name
@@ -226,7 +227,7 @@ def resolve_config(
             if name not in known[section]:
                 everything = [f"{s}.{n}" for s in SECTIONS for n in known[s]]
                 raise AffectusError(f"{where}: unknown config key '{section}.{name}' for model '{model_name}'"
-                                    f"{did_you_mean(f'{section}.{name}', everything)}")
+                                    f"{suggest(f'{section}.{name}', everything)}")
             full = f"{section}.{name}"
             if section == "model":
                 cur = model_cfg.get(name)

@@ -28,7 +28,7 @@ from affectus.inference import checkpoints as ckpt
 from affectus.models.registry import create_model, get_model_entry, make_config
 from affectus.training.config import ResolvedConfig
 from affectus.training.recipes.base import RecipeContext
-from affectus.utils.io import write_json_atomic
+from affectus.utils.io import lock_dir, write_json_atomic
 
 
 @dataclasses.dataclass
@@ -101,6 +101,14 @@ def train_run(
     Epoch lines go to the `affectus.training` logger; `on_epoch(stage, record, max_epochs)` observes
     each epoch (the CLI's progress bar)."""
     out = Path(out_dir)
+    # the run directory is locked while this process writes it (a second `train --out` there gets one
+    # error line); the check below and the writes cannot interleave with another process's
+    with lock_dir(out, "run directory"):
+        return _locked_run(dataset, cfg, out, plan, resume, data_source, on_epoch)
+
+
+def _locked_run(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool, data_source,
+                on_epoch) -> dict[str, Any]:
     if (out / "run.json").exists() and not resume:
         raise AffectusError(f"{out}: already holds a finished run; choose another --out or delete it")
     if (out / "state.pt").exists() and not resume:
@@ -123,7 +131,6 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
         train_split = retain_consistent(train_split, tc.consistent_retention, tc.seed)
     if len(train_split) < 2 or len(select_split) < 1:
         raise AffectusError(f"{dataset.source}: train split needs at least 2 samples and '{plan.select}' at least 1")
-    out.mkdir(parents=True, exist_ok=True)
     model, model_cfg = build_model(cfg, dataset, plan.scheme)
     model.to(device)
     write_json_atomic(out / "config.json", cfg.to_dict())
