@@ -16,6 +16,47 @@ from affectus.cli import app
 from affectus.errors import AffectusError
 
 
+class _Bar:
+    """A rich progress bar on stderr, shown only on a terminal and only once clips are being counted
+    (so a bad label.csv still ends in exactly one `error:` line)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self._console = Console(stderr=True)
+        self._progress = None
+        self._task = None
+
+    def update(self, done: int, total: int) -> None:
+        if not self._console.is_terminal:
+            return
+        if self._progress is None:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._progress = Progress(
+                "extracting",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=self._console,
+                transient=True,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("clips", total=total)
+        self._progress.update(self._task, completed=done, total=total)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
 @app.command("extract-dataset")
 def extract_dataset(
     root: Annotated[
@@ -58,9 +99,6 @@ def extract_dataset(
     import dataclasses
     import json
 
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
-
     from affectus.inference.extract.dataset import AUDIO_KINDS, MediaConfig, build_dataset
 
     if config is not None:
@@ -86,16 +124,8 @@ def extract_dataset(
     if n_workers < 1:
         raise AffectusError(f"--workers must be >= 1 (got {n_workers})")
 
-    with Progress(
-        "extracting",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as bar:
-        task = bar.add_task("clips", total=None)
+    bar = _Bar()
+    try:
         summary = build_dataset(
             root,
             out,
@@ -104,8 +134,10 @@ def extract_dataset(
             on_fail=on_fail,
             work_dir=work_dir,
             report=report,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            progress=bar.update,
         )
+    finally:
+        bar.close()
     written = "/".join(str(summary.written.get(s, 0)) for s in ("train", "valid", "test"))
     failed = len({f["id"] for f in summary.failures})
     print(
