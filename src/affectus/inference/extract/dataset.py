@@ -20,6 +20,7 @@ at `_text_extractor` below.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -27,7 +28,7 @@ import logging
 import math
 import multiprocessing
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -292,8 +293,28 @@ _WORKER: MediaPipeline | None = None
 
 def _init_worker(config: dict[str, Any]) -> None:
     global _WORKER
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # processes are the parallelism
     _WORKER = MediaPipeline(MediaConfig.from_dict(config))
+
+
+# thread pools of numeric libraries, one thread each in workers: the processes are the parallelism
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def _single_threaded_children() -> Iterator[None]:
+    """Spawned children copy os.environ when they start, before they load numpy: set it around the
+    pool's start (a user's own setting wins) and restore the parent's afterwards."""
+    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
+    for k in _THREAD_VARS:
+        os.environ.setdefault(k, "1")
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _work(path: str, cache: str) -> str:
@@ -383,7 +404,8 @@ def extract_clips(
         initargs=(config.to_dict(),),
     )
     try:
-        pending = {pool.submit(_work, str(r.path(root)), str(cache_of[r.id])): r for r in todo}
+        with _single_threaded_children():  # the executor spawns its processes during the submits
+            pending = {pool.submit(_work, str(r.path(root)), str(cache_of[r.id])): r for r in todo}
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
