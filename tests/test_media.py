@@ -139,6 +139,24 @@ def test_missing_folder_and_bad_options(tmp_path: Path, cli) -> None:
     assert rc == 2 and "--audio must be one of opensmile, librosa" in err
 
 
+def test_missing_media_packages_are_one_clear_error(
+    tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "opensmile" else real(name, *a)
+    )
+    (tmp_path / "label.csv").write_text(HEADER + "v1,1,a,0.5,0,0,0,x,train\n")
+    rc, _, err = cli("extract-dataset", tmp_path, "--out", tmp_path / "x.npz", "--workers", "1")
+    assert (
+        rc == 2
+        and err.strip()
+        == "error: extract-dataset needs opensmile: pip install 'affectus[media]' (docs/media.md)"
+    )
+
+
 def test_label_csv_keeps_ids_as_text(tmp_path: Path) -> None:
     (tmp_path / "label.csv").write_text("\ufeff" + HEADER + "video_0001,0007,你好,-0.2,0,-0.4,0.2,x,Valid\n")
     (row,) = read_label_csv(tmp_path / "label.csv")
@@ -192,7 +210,7 @@ def test_audio_extractors_shapes_and_values(media_root: Path) -> None:
         OpenSmileExtractor()(np.zeros(100, np.float32))  # too short to describe
 
 
-@needs_media
+@pytest.mark.skipif(any(m in missing_tools() for m in ("cv2", "skimage")), reason="needs cv2 and skimage")
 def test_face_features_mark_frames_without_a_face() -> None:
     from affectus.inference.extract.vision import HaarFaceExtractor
 

@@ -30,6 +30,7 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,18 @@ class MediaConfig:
         return "-".join(getattr(self, k).digest()[:8] for k in ("decode", "audio", "vision"))
 
 
+def check_modules(config: MediaConfig) -> None:
+    """One clear line when the `media` extra is not installed, before any worker starts."""
+    import importlib.util
+
+    needed = {"av": "av", "cv2": "opencv-python-headless", config.audio.kind: config.audio.kind}
+    missing = [dist for module, dist in needed.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        raise AffectusError(
+            f"extract-dataset needs {', '.join(missing)}: pip install 'affectus[media]' (docs/media.md)"
+        )
+
+
 class MediaPipeline:
     """One clip file -> audio (Ta, Da) and vision face-frame (F, Dv) features, failures and stats."""
 
@@ -217,7 +230,7 @@ class MediaPipeline:
 
         try:
             out["stats"].update(self.decoder.probe(path))
-        except MediaError as err:
+        except Exception as err:  # noqa: BLE001 - MediaError, or anything odd in a container's header
             fail("clip", err)
             return out
         try:
@@ -380,7 +393,7 @@ def extract_clips(
     def collect(r: ClipRow) -> None:
         nonlocal done
         got = _load_result(cache_of[r.id], _stamp(r.path(root)))
-        if got is None:  # the clip file changed while it was being read: take what the worker saw
+        if got is None:  # the clip file changed while it was read: the saved result no longer matches it
             raise AffectusError(f"file {r.path(root)}: changed during extraction; run again")
         results[r.id] = got
         done += 1
@@ -410,7 +423,15 @@ def extract_clips(
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
                 r = pending.pop(fut)
-                fut.result()  # a worker that died (killed, out of memory) raises here
+                try:
+                    fut.result()
+                except BrokenProcessPool:
+                    raise AffectusError(
+                        f"a worker process died (killed, or out of memory); finished clips are saved in {work_dir}: "
+                        "run again to resume (--workers 1 uses less memory)"
+                    ) from None
+                except OSError as err:
+                    raise AffectusError(f"folder {work_dir}: cannot save a clip's result ({err})") from None
                 collect(r)
     except BaseException:
         # stop at once; every clip finished so far is already saved in the work folder
@@ -533,6 +554,7 @@ def build_dataset(
     report_path = Path(report) if report is not None else out.with_name(out.name + ".failures.json")
     meta_path = out.with_name(out.name + ".extract.json")
 
+    check_modules(config)
     results, computed = extract_clips(root, rows, config, work, workers=workers, progress=progress)
     raw, failures = assemble(rows, results, config, root, on_fail)
     failed_ids = {f["id"] for f in failures}
