@@ -36,8 +36,10 @@ BAD = {
     "mute": "no_audio",
     "empty": "empty",
     "corrupt": "corrupt",
+    "truncated": "corrupt",
     "missing": "missing",
 }
+N_CLIPS = len(GOOD) + len(BAD)
 
 needs_media = pytest.mark.skipif(
     bool(missing_tools()), reason=f"media tools missing: {', '.join(missing_tools())}"
@@ -49,7 +51,7 @@ needs_media = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def media_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """4 good clips (train 2, valid 1, test 1) + 5 bad train clips, one per failure reason."""
+    """4 good clips (train 2, valid 1, test 1) + 6 bad train clips, one per way of failing (BAD)."""
     if missing_tools():
         pytest.skip(f"media tools missing: {', '.join(missing_tools())}")
     root = tmp_path_factory.mktemp("clips")
@@ -60,10 +62,12 @@ def media_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_dataset(root, specs)
     (root / "Raw" / "v9" / "empty.mp4").write_bytes(b"")
     (root / "Raw" / "v9" / "corrupt.mp4").write_bytes(b"\x00\x00\x00 not a video " * 40)
+    whole = (root / "Raw" / "v1" / "0001.mp4").read_bytes()
+    (root / "Raw" / "v9" / "truncated.mp4").write_bytes(whole[: len(whole) // 2])  # a copy cut short
     with open(root / "label.csv", "a", encoding="utf-8") as f:
         f.writelines(
             f"v9,{clip},A broken clip.,0.2,0.2,0.2,0.2,Positive,train\n"
-            for clip in ("empty", "corrupt", "missing")
+            for clip in ("empty", "corrupt", "truncated", "missing")
         )
     return root
 
@@ -261,7 +265,7 @@ def test_extract_dataset_writes_a_file_inspect_reads(
 @needs_media
 def test_every_failed_clip_is_reported_with_its_reason(extracted: dict[str, Path]) -> None:
     report = json.loads(extracted["report"].read_text())
-    assert report["clips"] == 9 and report["failed_clips"] == 5 and report["on_fail"] == "skip"
+    assert report["clips"] == N_CLIPS and report["failed_clips"] == len(BAD) and report["on_fail"] == "skip"
     reasons = {f["clip_id"]: f["reason"] for f in report["failures"]}
     assert reasons == BAD
     assert all(
@@ -273,6 +277,7 @@ def test_every_failed_clip_is_reported_with_its_reason(extracted: dict[str, Path
         "mute": "audio",
         "empty": "clip",
         "corrupt": "clip",
+        "truncated": "clip",
         "missing": "clip",
     }
 
@@ -295,14 +300,14 @@ def test_on_fail_zero_keeps_failed_clips_with_empty_modalities(
         "1",
     )
     assert rc == 0, err
-    assert "(0 extracted, 9 resumed" in stdout  # same configs and files: nothing is extracted twice
+    assert f"(0 extracted, {N_CLIPS} resumed" in stdout  # same configs and files: nothing is extracted twice
     train = load_dataset(out).splits["train"]
-    assert len(train) == 7
+    assert len(train) == 2 + len(BAD)
     row = {i.split("$_$")[1]: k for k, i in enumerate(train.ids)}
     a, v, t = train.audio_lengths, train.vision_lengths, train.text_lengths
     assert v[row["noface"]] == 0 and a[row["noface"]] > 0
     assert a[row["mute"]] == 0 and v[row["mute"]] > 0
-    for clip in ("empty", "corrupt", "missing"):
+    for clip in ("empty", "corrupt", "truncated", "missing"):
         assert a[row[clip]] == 0 and v[row[clip]] == 0 and t[row[clip]] > 0  # the transcript still counts
         assert not train.audio[row[clip]].any() and not train.vision[row[clip]].any()
     report = json.loads((tmp_path / "zero.pkl.failures.json").read_text())
@@ -331,10 +336,10 @@ def test_killed_run_resumes_and_matches_a_clean_run(
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     saved = len(list(work.rglob("*.npz")))
-    assert 2 <= saved < 9 and not out.exists()
+    assert 2 <= saved < N_CLIPS and not out.exists()
     rc, stdout, err = cli("extract-dataset", media_root, "--out", out, "--work-dir", work, "--workers", "2")
     assert rc == 0, err
-    assert f"({9 - saved} extracted, {saved} resumed" in stdout
+    assert f"({N_CLIPS - saved} extracted, {saved} resumed" in stdout
     with np.load(out, allow_pickle=False) as fresh, np.load(extracted["out"], allow_pickle=False) as ref:
         assert sorted(fresh.files) == sorted(ref.files)
         for key in ref.files:
