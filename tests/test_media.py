@@ -345,3 +345,20 @@ def test_killed_run_resumes_and_matches_a_clean_run(
         for key in ref.files:
             if key != "__meta__":  # the meta names the source file
                 assert np.array_equal(fresh[key], ref[key]), key
+
+
+@needs_media
+def test_config_of_an_earlier_dataset_extracts_the_same_way(
+    extracted: dict[str, Path], media_root: Path, cli, tmp_path: Path
+) -> None:
+    """--config FILE.extract.json reuses every cached clip (same digest); a different setting does not."""
+    args = ["extract-dataset", media_root, "--work-dir", extracted["work"], "--workers", "1"]
+    rc, stdout, err = cli(*args, "--out", tmp_path / "same.npz", "--config", extracted["meta"])
+    assert rc == 0, err
+    assert f"(0 extracted, {N_CLIPS} resumed" in stdout
+    (tmp_path / "bad.json").write_text('{"decode": {"fps": -1}}')
+    rc, _, err = cli(*args, "--out", tmp_path / "x.npz", "--config", tmp_path / "bad.json")
+    assert rc == 2 and "bad.json: bad DecodeConfig" in err
+    (tmp_path / "junk.json").write_text("{not json")
+    rc, _, err = cli(*args, "--out", tmp_path / "x.npz", "--config", tmp_path / "junk.json")
+    assert rc == 2 and "junk.json: not a readable JSON config" in err

@@ -84,7 +84,7 @@ def extract_dataset(
         Path | None,
         typer.Option(
             "--config",
-            help="extractor config JSON (as in <out>.extract.json 'extractors'); overrides --audio/--fps",
+            help="extractor configs: an earlier <out>.extract.json (or its 'extractors'); overrides --audio/--fps",
         ),
     ] = None,
     work_dir: Annotated[
@@ -103,11 +103,12 @@ def extract_dataset(
 
     if config is not None:
         try:
-            media = MediaConfig.from_dict(
-                json.loads(config.read_text(encoding="utf-8")), source=f"file {config}"
-            )
+            given = json.loads(config.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
             raise AffectusError(f"file {config}: not a readable JSON config ({err})") from None
+        if isinstance(given, dict) and "extractors" in given:  # a whole <out>.extract.json
+            given = given["extractors"]
+        media = MediaConfig.from_dict(given, source=f"file {config}")
     else:
         if audio not in AUDIO_KINDS:
             raise AffectusError(f"--audio must be one of {', '.join(AUDIO_KINDS)}, not {audio!r}")
