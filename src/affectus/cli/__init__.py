@@ -55,6 +55,7 @@ from affectus.cli import (
     data_cmds,  # noqa: F401
     demo_cmd,  # noqa: F401
     experiment_cmd,  # noqa: F401
+    extract_cmd,  # noqa: F401
     report_cmd,  # noqa: F401
     sweep_cmd,  # noqa: F401
     synth_cmd,  # noqa: F401

@@ -1,1 +1,1 @@
-"""affectus.inference.extract: turning raw media (transcripts today) into model inputs."""
+"""Offline feature extractors: decoding, audio, vision and text, each a small class with a JSON config."""

@@ -1,0 +1,148 @@
+"""`affectus extract-dataset DIR --out FILE`: a folder of clips (MMSA-FET layout) -> an MMSA feature file.
+
+The library side is `inference/extract/dataset.py`; this module only parses options, draws the
+progress bar (stderr) and prints one summary line (stdout). See docs/media.md.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from affectus.cli import app
+from affectus.errors import AffectusError
+
+
+class _Bar:
+    """A rich progress bar on stderr, shown only on a terminal and only once clips are being counted
+    (so a bad label.csv still ends in exactly one `error:` line)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self._console = Console(stderr=True)
+        self._progress = None
+        self._task = None
+
+    def update(self, done: int, total: int) -> None:
+        if not self._console.is_terminal:
+            return
+        if self._progress is None:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._progress = Progress(
+                "extracting",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=self._console,
+                transient=True,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("clips", total=total)
+        self._progress.update(self._task, completed=done, total=total)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+@app.command("extract-dataset")
+def extract_dataset(
+    root: Annotated[
+        Path,
+        typer.Argument(help="folder with label.csv and Raw/<video_id>/<clip_id>.mp4", show_default=False),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="file to write: .npz (pickle-free) or an MMSA pickle")],
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", help="extraction processes (default: all cores; 1: this process)"),
+    ] = None,
+    on_fail: Annotated[
+        str,
+        typer.Option(
+            "--on-fail", help="a failed clip is left out (skip) or kept with zeros and length 0 (zero)"
+        ),
+    ] = "skip",
+    audio: Annotated[
+        str, typer.Option("--audio", help="opensmile (eGeMAPS LLDs, 25-d) or librosa (log-F0+MFCC+CQT, 33-d)")
+    ] = "opensmile",
+    fps: Annotated[
+        float, typer.Option("--fps", help="video frames per second given to the face extractor")
+    ] = 10.0,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="extractor configs: an earlier <out>.extract.json (or its 'extractors'); overrides --audio/--fps",
+        ),
+    ] = None,
+    work_dir: Annotated[
+        Path | None,
+        typer.Option("--work-dir", help="per-clip results, kept for resuming (default: <out>.work)"),
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="failure report JSON (default: <out>.failures.json)")
+    ] = None,
+) -> None:
+    """Extract audio, vision and (placeholder) text features of every clip into one MMSA file."""
+    import dataclasses
+    import json
+
+    from affectus.inference.extract.dataset import AUDIO_KINDS, MediaConfig, build_dataset
+
+    if config is not None:
+        try:
+            given = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise AffectusError(f"file {config}: not a readable JSON config ({err})") from None
+        if isinstance(given, dict) and "extractors" in given:  # a whole <out>.extract.json
+            given = given["extractors"]
+        media = MediaConfig.from_dict(given, source=f"file {config}")
+    else:
+        if audio not in AUDIO_KINDS:
+            raise AffectusError(f"--audio must be one of {', '.join(AUDIO_KINDS)}, not {audio!r}")
+        try:
+            base = MediaConfig()
+            media = MediaConfig(
+                decode=dataclasses.replace(base.decode, fps=fps),
+                audio=AUDIO_KINDS[audio][0](),
+                vision=base.vision,
+            )
+        except ValueError as err:
+            raise AffectusError(f"extract-dataset: {err}") from None
+    n_workers = workers if workers is not None else (os.cpu_count() or 1)
+    if n_workers < 1:
+        raise AffectusError(f"--workers must be >= 1 (got {n_workers})")
+
+    bar = _Bar()
+    try:
+        summary = build_dataset(
+            root,
+            out,
+            media,
+            workers=n_workers,
+            on_fail=on_fail,
+            work_dir=work_dir,
+            report=report,
+            progress=bar.update,
+        )
+    finally:
+        bar.close()
+    written = "/".join(str(summary.written.get(s, 0)) for s in ("train", "valid", "test"))
+    failed = len({f["id"] for f in summary.failures})
+    print(
+        f"wrote {out}: train/valid/test {written} clips of {summary.clips} "
+        f"({summary.computed} extracted, {summary.cached} resumed from {summary.work}), "
+        f"{failed} failed -> {summary.report}; extractor configs in {summary.meta}"
+    )

@@ -1,0 +1,599 @@
+"""Build an MMSA feature file from a folder of clips in the MMSA-FET layout.
+
+    DIR/label.csv                      video_id, clip_id, text, label, mode [, label_T, label_A, label_V, annotation]
+    DIR/Raw/<video_id>/<clip_id>.mp4
+
+Steps (docs/media.md): read and check `label.csv`; extract audio and vision features of every clip
+in worker processes, each clip's result saved atomically in a work folder as soon as it is done (a
+killed run resumes where it stopped; a changed extractor config or a changed clip file is computed
+again); then pad the sequences and write one MMSA pickle or affectus .npz, plus a failure report
+and a sidecar `<out>.extract.json` with the extractor configs and per-clip frame / face counts.
+
+A clip that fails (missing, empty, corrupt, no audio track, no video track, no face, too long) is
+listed in the report with its reason and, per `on_fail`, left out (`skip`) or kept with zeros and
+length 0 in the failed modality (`zero`); never silently.
+
+Text: the transcript from label.csv goes to `raw_text`; `text` holds the PLACEHOLDER hashed-word
+features of `hashed_text.py` until the text encoder (`inference/extract/text.py`) is plugged in
+at `_text_extractor` below.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import json
+import logging
+import math
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from affectus.data.mmsa import SPLIT_NAMES, dataset_from_raw, dataset_to_raw, write_npz, write_pickle
+from affectus.errors import AffectusError
+from affectus.inference.extract.audio import (
+    LibrosaConfig,
+    LibrosaExtractor,
+    OpenSmileConfig,
+    OpenSmileExtractor,
+)
+from affectus.inference.extract.base import MediaError
+from affectus.inference.extract.decode import DecodeConfig, Decoder
+from affectus.inference.extract.hashed_text import HashedWordsConfig, HashedWordsExtractor
+from affectus.inference.extract.vision import HaarFaceConfig, HaarFaceExtractor
+from affectus.utils.io import atomic_path, write_json_atomic
+
+_log = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("video_id", "clip_id", "text", "label", "mode")
+UNIMODAL_COLUMNS = {"text": "label_T", "audio": "label_A", "vision": "label_V"}
+LABEL_RANGE = 3.0  # CMU-MOSI/MOSEI scores lie in [-3, 3], CH-SIMS ones in [-1, 1]
+CACHE_VERSION = 1
+# whole-clip failures: the file itself is unusable, so no modality is tried
+CLIP_REASONS = ("missing", "empty", "corrupt", "too_long")
+ON_FAIL = ("skip", "zero")
+AUDIO_KINDS: dict[str, tuple[type, type]] = {
+    "opensmile": (OpenSmileConfig, OpenSmileExtractor),
+    "librosa": (LibrosaConfig, LibrosaExtractor),
+}
+
+
+# ------------------------------------------------------------------------------------------ label.csv
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipRow:
+    video_id: str
+    clip_id: str
+    text: str
+    label: float
+    mode: str  # train / valid / test
+    unimodal: dict[str, float] | None  # modality -> score, when label.csv has label_T/A/V
+    line: int  # 1-based line in label.csv, for messages
+
+    @property
+    def id(self) -> str:
+        return f"{self.video_id}$_${self.clip_id}"  # MMSA's id form
+
+    def path(self, root: Path) -> Path:
+        return root / "Raw" / self.video_id / f"{self.clip_id}.mp4"
+
+
+def _score(path: Path, line: int, column: str, value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise AffectusError(f"file {path} line {line}: {column} {value!r} is not a number") from None
+    if not math.isfinite(x) or abs(x) > LABEL_RANGE:
+        raise AffectusError(f"file {path} line {line}: {column} {x} outside [-3, 3]")
+    return x
+
+
+def read_label_csv(path: str | os.PathLike) -> list[ClipRow]:
+    """Every row of an MMSA-FET `label.csv`, checked: columns, ids unique, scores in [-3, 3], modes."""
+    path = Path(path)
+    if not path.is_file():
+        raise AffectusError(f"file {path}: no such file (expected the MMSA-FET label.csv)")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheet exports add a BOM
+            reader = csv.DictReader(f)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+            if missing:
+                raise AffectusError(
+                    f"file {path}: missing column(s) {', '.join(missing)} (has: {', '.join(columns) or 'none'})"
+                )
+            present = [c for c in UNIMODAL_COLUMNS.values() if c in columns]
+            if present and len(present) != 3:
+                lacking = [c for c in UNIMODAL_COLUMNS.values() if c not in columns]
+                raise AffectusError(
+                    f"file {path}: has {', '.join(present)} but not {', '.join(lacking)} (all three or none)"
+                )
+            reader.fieldnames = columns
+            rows = [_row(path, reader.line_num, r, bool(present)) for r in reader]
+    except UnicodeDecodeError as err:
+        raise AffectusError(f"file {path}: not UTF-8 text ({err})") from None
+    except csv.Error as err:
+        raise AffectusError(f"file {path}: not a readable CSV ({err})") from None
+    if not rows:
+        raise AffectusError(f"file {path}: no clips (only a header)")
+    seen: dict[str, int] = {}
+    for r in rows:
+        if r.id in seen:
+            raise AffectusError(
+                f"file {path} line {r.line}: duplicate clip video_id={r.video_id} clip_id={r.clip_id} (first on line {seen[r.id]})"
+            )
+        seen[r.id] = r.line
+    return rows
+
+
+def _row(path: Path, line: int, r: dict[str, Any], unimodal: bool) -> ClipRow:
+    if None in r:  # DictReader puts a row's extra fields under the key None
+        raise AffectusError(f"file {path} line {line}: more fields than columns")
+    values = {k: (v or "").strip() for k, v in r.items()}
+    for key in ("video_id", "clip_id"):
+        v = values[key]
+        # ids name folders and files: refuse anything that could leave Raw/
+        if not v or v in (".", "..") or "/" in v or "\\" in v:
+            raise AffectusError(f"file {path} line {line}: {key} {v!r} is not a plain file name")
+    mode = values["mode"].lower()
+    if mode not in SPLIT_NAMES:
+        raise AffectusError(
+            f"file {path} line {line}: mode {values['mode']!r} is not one of {', '.join(SPLIT_NAMES)}"
+        )
+    return ClipRow(
+        video_id=values["video_id"],
+        clip_id=values["clip_id"],
+        text=values["text"],
+        label=_score(path, line, "label", values["label"]),
+        mode=mode,
+        unimodal={m: _score(path, line, c, values[c]) for m, c in UNIMODAL_COLUMNS.items()}
+        if unimodal
+        else None,
+        line=line,
+    )
+
+
+# ------------------------------------------------------------------------------------------ configs
+
+
+@dataclasses.dataclass(frozen=True)
+class MediaConfig:
+    """The extractors of one dataset: decoding, audio, vision (and the text placeholder)."""
+
+    decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
+    audio: OpenSmileConfig | LibrosaConfig = dataclasses.field(default_factory=OpenSmileConfig)
+    vision: HaarFaceConfig = dataclasses.field(default_factory=HaarFaceConfig)
+    text: HashedWordsConfig = dataclasses.field(default_factory=HashedWordsConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k).to_dict() for k in ("decode", "audio", "vision", "text")}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> MediaConfig:
+        if not isinstance(d, dict) or set(d) - {"decode", "audio", "vision", "text"}:
+            raise AffectusError(f"{source}: expected an object with decode, audio, vision, text")
+        audio = d.get("audio", {})
+        kind = audio.get("kind", "opensmile") if isinstance(audio, dict) else None
+        if kind not in AUDIO_KINDS:
+            raise AffectusError(f"{source}: audio kind {kind!r}, expected one of {', '.join(AUDIO_KINDS)}")
+        return cls(
+            decode=DecodeConfig.from_dict(d.get("decode", {}), source),
+            audio=AUDIO_KINDS[kind][0].from_dict(audio, source),
+            vision=HaarFaceConfig.from_dict(d.get("vision", {}), source),
+            text=HashedWordsConfig.from_dict(d.get("text", {}), source),
+        )
+
+    def media_digest(self) -> str:
+        """Names the cache folder: decode + audio + vision (text is cheap and made at assembly)."""
+        return "-".join(getattr(self, k).digest()[:8] for k in ("decode", "audio", "vision"))
+
+
+def check_modules(config: MediaConfig) -> None:
+    """One clear line when the `media` extra is not installed, before any worker starts."""
+    import importlib.util
+
+    needed = {"av": "av", "cv2": "opencv-python-headless", config.audio.kind: config.audio.kind}
+    missing = [dist for module, dist in needed.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        raise AffectusError(
+            f"extract-dataset needs {', '.join(missing)}: pip install 'affectus[media]' (docs/media.md)"
+        )
+
+
+class MediaPipeline:
+    """One clip file -> audio (Ta, Da) and vision face-frame (F, Dv) features, failures and stats."""
+
+    def __init__(self, config: MediaConfig) -> None:
+        self.config = config
+        self.decoder = Decoder(config.decode)
+        self.audio = AUDIO_KINDS[config.audio.kind][1](config.audio, sample_rate=config.decode.sample_rate)
+        self.vision = HaarFaceExtractor(config.vision)
+
+    def __call__(self, path: Path) -> dict[str, Any]:
+        """{'audio': array | None, 'vision': array | None, 'failures': [...], 'stats': {...}}."""
+        out: dict[str, Any] = {"audio": None, "vision": None, "failures": [], "stats": {}}
+
+        def fail(modality: str, err: Exception) -> None:
+            reason = err.reason if isinstance(err, MediaError) else "failed"
+            detail = str(err) if isinstance(err, MediaError) else f"file {path}: {type(err).__name__}: {err}"
+            out["failures"].append(
+                {"modality": modality, "reason": reason, "detail": " ".join(detail.split())}
+            )
+
+        try:
+            out["stats"].update(self.decoder.probe(path))
+        except Exception as err:  # noqa: BLE001 - MediaError, or anything odd in a container's header
+            fail("clip", err)
+            return out
+        try:
+            samples = self.decoder.audio(path)  # (S,)
+            out["stats"]["audio_s"] = samples.size / self.config.decode.sample_rate
+            out["audio"] = self.audio(samples)  # (Ta, Da)
+        except Exception as err:  # noqa: BLE001 - one bad clip must not end a run of thousands
+            fail("audio", err)
+        try:
+            v = self.vision(self.decoder.frames(path))
+            out["stats"].update(frames=int(v.face.size), face_frames=int(v.face.sum()))
+            if v.face.size == 0:
+                raise MediaError("no_video", f"file {path}: the video track holds no frames")
+            if not v.face.any():
+                raise MediaError("no_face", f"file {path}: no face in any of {v.face.size} frames")
+            out["vision"] = v.face_frames  # (F, Dv): frames without a face are left out, counted in stats
+        except Exception as err:  # noqa: BLE001
+            fail("vision", err)
+        return out
+
+
+# ------------------------------------------------------------------------------------------ clip cache
+
+
+def _stamp(path: Path) -> list[int]:
+    """Size and mtime of a clip: a replaced file is extracted again."""
+    try:
+        st = path.stat()
+        return [int(st.st_size), int(st.st_mtime_ns)]
+    except OSError:
+        return [-1, -1]
+
+
+def _save_result(cache: Path, result: dict[str, Any], stamp: list[int]) -> None:
+    meta = {
+        "version": CACHE_VERSION,
+        "stamp": stamp,
+        "failures": result["failures"],
+        "stats": result["stats"],
+    }
+    arrays = {"__meta__": np.array(json.dumps(meta, default=float))}
+    for m in ("audio", "vision"):
+        if result[m] is not None:
+            arrays[m] = np.ascontiguousarray(result[m], dtype=np.float32)
+    with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _load_result(cache: Path, stamp: list[int]) -> dict[str, Any] | None:
+    """The cached result when it exists, reads, and was made from this very file; else None."""
+    if not cache.is_file():
+        return None
+    try:
+        with np.load(cache, allow_pickle=False) as z:
+            meta = json.loads(str(z["__meta__"]))
+            if meta.get("version") != CACHE_VERSION or meta.get("stamp") != stamp:
+                return None
+            return {
+                "audio": z["audio"] if "audio" in z.files else None,
+                "vision": z["vision"] if "vision" in z.files else None,
+                "failures": meta["failures"],
+                "stats": meta["stats"],
+            }
+    except Exception:  # noqa: BLE001 - a damaged cache file is recomputed, not trusted
+        return None
+
+
+# one pipeline per worker process, built once by the pool's initializer
+_WORKER: MediaPipeline | None = None
+
+
+def _init_worker(config: dict[str, Any]) -> None:
+    global _WORKER
+    _WORKER = MediaPipeline(MediaConfig.from_dict(config))
+
+
+# thread pools of numeric libraries, one thread each in workers: the processes are the parallelism
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def _single_threaded_children() -> Iterator[None]:
+    """Spawned children copy os.environ when they start, before they load numpy: set it around the
+    pool's start (a user's own setting wins) and restore the parent's afterwards."""
+    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
+    for k in _THREAD_VARS:
+        os.environ.setdefault(k, "1")
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _work(path: str, cache: str) -> str:
+    """Extract one clip in a worker and save it; returns the cache path (the parent re-reads it)."""
+    assert _WORKER is not None
+    p = Path(path)
+    stamp = _stamp(p)
+    _save_result(Path(cache), _WORKER(p), stamp)
+    return cache
+
+
+# ------------------------------------------------------------------------------------------ building
+
+
+@dataclasses.dataclass
+class BuildSummary:
+    clips: int
+    computed: int  # extracted in this run
+    cached: int  # taken from the work folder (an earlier, possibly killed, run)
+    written: dict[str, int]  # split -> clips in the output file
+    failures: list[dict[str, Any]]
+    out: Path
+    report: Path
+    meta: Path
+    work: Path  # the per-clip results folder
+
+
+Progress = Callable[[int, int], None]  # (clips done, clips total)
+
+
+def default_work_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".work")
+
+
+def extract_clips(
+    root: Path,
+    rows: list[ClipRow],
+    config: MediaConfig,
+    work_dir: Path,
+    workers: int = 1,
+    progress: Progress | None = None,
+) -> tuple[dict[str, dict[str, Any]], int]:
+    """Every clip's result (from the work folder or extracted now) by id, and how many were computed.
+
+    workers <= 1 runs in this process; more uses a process pool (spawned: no forked library state).
+    """
+    cache_dir = work_dir / config.media_digest()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(cache_dir / "config.json", config.to_dict())
+    results: dict[str, dict[str, Any]] = {}
+    todo: list[ClipRow] = []
+    cache_of = {r.id: cache_dir / r.video_id / f"{r.clip_id}.npz" for r in rows}
+    for r in rows:
+        cached = _load_result(cache_of[r.id], _stamp(r.path(root)))
+        if cached is None:
+            todo.append(r)
+        else:
+            results[r.id] = cached
+    done = len(results)
+    if progress:
+        progress(done, len(rows))
+
+    def collect(r: ClipRow) -> None:
+        nonlocal done
+        got = _load_result(cache_of[r.id], _stamp(r.path(root)))
+        if got is None:  # the clip file changed while it was read: the saved result no longer matches it
+            raise AffectusError(f"file {r.path(root)}: changed during extraction; run again")
+        results[r.id] = got
+        done += 1
+        if progress:
+            progress(done, len(rows))
+
+    if workers <= 1 or len(todo) <= 1:
+        pipeline = MediaPipeline(config) if todo else None
+        for r in todo:
+            path = r.path(root)
+            stamp = _stamp(path)
+            _save_result(cache_of[r.id], pipeline(path), stamp)  # type: ignore[misc]
+            collect(r)
+        return results, len(todo)
+
+    ctx = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(todo)),
+        mp_context=ctx,
+        initializer=_init_worker,
+        initargs=(config.to_dict(),),
+    )
+    try:
+        with _single_threaded_children():  # the executor spawns its processes during the submits
+            pending = {pool.submit(_work, str(r.path(root)), str(cache_of[r.id])): r for r in todo}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                r = pending.pop(fut)
+                try:
+                    fut.result()
+                except BrokenProcessPool:
+                    raise AffectusError(
+                        f"a worker process died (killed, or out of memory); finished clips are saved in {work_dir}: "
+                        "run again to resume (--workers 1 uses less memory)"
+                    ) from None
+                except OSError as err:
+                    raise AffectusError(f"folder {work_dir}: cannot save a clip's result ({err})") from None
+                collect(r)
+    except BaseException:
+        # stop at once; every clip finished so far is already saved in the work folder
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return results, len(todo)
+
+
+def _text_extractor(config: MediaConfig) -> HashedWordsExtractor:
+    # PLUG-IN POINT for the text encoder (inference/extract/text.py): return it here, and record its
+    # config in MediaConfig.text. Until then: the documented placeholder of hashed_text.py.
+    return HashedWordsExtractor(config.text)
+
+
+def _pad(seqs: list[np.ndarray], dim: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """[(L_i, D)] -> (N, steps, D) float32 zero-padded after each true length, and (N,) int64 lengths."""
+    lengths = np.asarray([s.shape[0] for s in seqs], dtype=np.int64)
+    out = np.zeros((len(seqs), steps, dim), np.float32)
+    for i, s in enumerate(seqs):
+        out[i, : s.shape[0]] = s
+    return out, lengths
+
+
+def assemble(
+    rows: list[ClipRow], results: dict[str, dict[str, Any]], config: MediaConfig, root: Path, on_fail: str
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """The raw MMSA dict of the usable clips, and one report entry per failure (with the action taken)."""
+    if on_fail not in ON_FAIL:
+        raise AffectusError(f"--on-fail must be one of {', '.join(ON_FAIL)}, not {on_fail!r}")
+    text_x = _text_extractor(config)
+    dims: dict[str, int | None] = {"text": text_x.dim, "audio": None, "vision": None}
+    failures: list[dict[str, Any]] = []
+    kept: dict[str, list[tuple[ClipRow, dict[str, np.ndarray]]]] = {s: [] for s in SPLIT_NAMES}
+    for r in rows:
+        res = results[r.id]
+        feats = {"text": text_x(r.text), "audio": res["audio"], "vision": res["vision"]}
+        fails = list(res["failures"])
+        if feats["text"].shape[0] == 0:
+            fails.append(
+                {"modality": "text", "reason": "no_text", "detail": f"line {r.line}: empty transcript"}
+            )
+        action = "skipped" if fails and on_fail == "skip" else "zero_filled"
+        for f in fails:
+            failures.append(
+                {
+                    "id": r.id,
+                    "video_id": r.video_id,
+                    "clip_id": r.clip_id,
+                    "split": r.mode,
+                    "path": str(r.path(root)),
+                    **f,
+                    "action": action,
+                }
+            )
+        if fails and on_fail == "skip":
+            continue
+        for m in ("audio", "vision"):
+            if feats[m] is not None:
+                dims[m] = feats[m].shape[1]
+        kept[r.mode].append((r, feats))
+    # a modality that failed in every kept clip: its extractor still says how wide the zeros are
+    if dims["audio"] is None:
+        dims["audio"] = AUDIO_KINDS[config.audio.kind][1](config.audio, config.decode.sample_rate).dim
+    if dims["vision"] is None:
+        dims["vision"] = HaarFaceExtractor(config.vision).dim
+    # one padded length per modality for every split, as in MMSA's files (readers take it from any split)
+    steps = {
+        m: max([1] + [f[m].shape[0] for items in kept.values() for _, f in items if f[m] is not None])
+        for m in ("text", "audio", "vision")
+    }
+    raw: dict[str, dict[str, Any]] = {}
+    for split, items in kept.items():
+        if not items:
+            continue
+        d: dict[str, Any] = {"id": [r.id for r, _ in items], "raw_text": [r.text for r, _ in items]}
+        for m in ("text", "audio", "vision"):
+            seqs = [f[m] if f[m] is not None else np.zeros((0, dims[m]), np.float32) for _, f in items]
+            d[m], d[f"{m}_lengths"] = _pad(seqs, dims[m], steps[m])
+        d["regression_labels"] = np.asarray([r.label for r, _ in items], np.float32)
+        if items[0][0].unimodal is not None:
+            for m, key in (("text", "T"), ("audio", "A"), ("vision", "V")):
+                d[f"regression_labels_{key}"] = np.asarray([r.unimodal[m] for r, _ in items], np.float32)  # type: ignore[index]
+        raw[split] = d
+    return raw, failures
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for dist in ("opensmile", "librosa", "av", "opencv-python-headless", "opencv-python", "scikit-learn"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def build_dataset(
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    config: MediaConfig | None = None,
+    *,
+    workers: int = 1,
+    on_fail: str = "skip",
+    work_dir: str | os.PathLike | None = None,
+    report: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+) -> BuildSummary:
+    """`affectus extract-dataset`: folder of clips -> MMSA file (.npz by suffix, else pickle) + report."""
+    root, out = Path(root), Path(out)
+    config = config or MediaConfig()
+    if on_fail not in ON_FAIL:
+        raise AffectusError(f"--on-fail must be one of {', '.join(ON_FAIL)}, not {on_fail!r}")
+    if not root.is_dir():
+        raise AffectusError(f"folder {root}: no such folder (expected label.csv and Raw/)")
+    rows = read_label_csv(root / "label.csv")
+    work = Path(work_dir) if work_dir is not None else default_work_dir(out)
+    report_path = Path(report) if report is not None else out.with_name(out.name + ".failures.json")
+    meta_path = out.with_name(out.name + ".extract.json")
+
+    check_modules(config)
+    results, computed = extract_clips(root, rows, config, work, workers=workers, progress=progress)
+    raw, failures = assemble(rows, results, config, root, on_fail)
+    failed_ids = {f["id"] for f in failures}
+    # the report first: when nothing is usable, it is what the user needs to read
+    write_json_atomic(
+        report_path,
+        {
+            "label_csv": str(root / "label.csv"),
+            "on_fail": on_fail,
+            "clips": len(rows),
+            "failed_clips": len(failed_ids),
+            "failures": failures,
+        },
+    )
+    if not raw:
+        raise AffectusError(f"folder {root}: no usable clip ({len(failed_ids)} failed; see {report_path})")
+    dataset = dataset_from_raw(raw, source=str(out))
+    if out.suffix == ".npz":
+        write_npz(dataset, out)
+    else:
+        write_pickle(dataset_to_raw(dataset), out)
+    write_json_atomic(
+        meta_path,
+        {
+            "extractors": config.to_dict(),
+            "versions": _versions(),
+            "report": str(report_path),
+            "text_features": "PLACEHOLDER hashed words (inference/extract/hashed_text.py), not a text encoder",
+            "clips": {r.id: results[r.id]["stats"] for r in rows},
+        },
+    )
+    return BuildSummary(
+        clips=len(rows),
+        computed=computed,
+        cached=len(rows) - computed,
+        written={name: len(s) for name, s in dataset.splits.items()},
+        failures=failures,
+        out=out,
+        report=report_path,
+        meta=meta_path,
+        work=work,
+    )

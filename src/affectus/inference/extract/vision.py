@@ -1,0 +1,122 @@
+"""Per-frame facial features from OpenCV's bundled Haar cascades (Viola & Jones 2001).
+
+The cascades ship inside the `opencv-python-headless` wheel (`cv2.data.haarcascades`), so this runs
+offline with no model download. For each frame:
+
+* the largest frontal face is found (`haarcascade_frontalface_default.xml`);
+* features of that face, 152 values by default:
+  - geometry (4): centre x, centre y, width, height as fractions of the frame;
+  - eyes (1): eyes found in the upper half of the face, 0, 0.5 or 1 (0, 1, 2+ eyes);
+  - smile (1): the smile cascade's strongest detection weight in the lower half (0 when none);
+  - appearance (2): mean and standard deviation of the equalised face crop, in [0, 1];
+  - shape (144): HOG (Dalal & Triggs 2005) of the 64x64 crop: 2x2 blocks of 2x2 cells of 16 px, 9 bins.
+
+A frame without a face is kept as such: `VisionFeatures.face[t]` is False and its row is all zeros.
+Callers must use the mask (the dataset builder keeps face frames only); a no-face row is never a
+feature of the face, so it must never be averaged in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+import numpy as np
+
+from affectus.inference.extract.base import ExtractorConfig
+
+GEOMETRY_NAMES = ["face_cx", "face_cy", "face_w", "face_h", "eyes", "smile", "face_mean", "face_std"]
+
+
+@dataclasses.dataclass(frozen=True)
+class HaarFaceConfig(ExtractorConfig):
+    kind: str = "haar_face"
+    scale_factor: float = 1.1  # image pyramid step of the cascade search
+    min_neighbors: int = 5  # overlapping detections a face needs (higher: fewer false faces)
+    min_face_frac: float = 0.1  # smallest face side, as a fraction of the frame's shorter side
+    crop_size: int = 64  # face crop side for the HOG, px
+    hog_cell: int = 16  # px; a block is 2x2 cells and blocks do not overlap
+    hog_bins: int = 9
+
+    def __post_init__(self) -> None:
+        if self.scale_factor <= 1.0 or self.min_neighbors < 0 or not 0 < self.min_face_frac < 1:
+            raise ValueError("need scale_factor > 1, min_neighbors >= 0 and 0 < min_face_frac < 1")
+        if self.crop_size % (2 * self.hog_cell) != 0:
+            raise ValueError("crop_size must be a multiple of 2 * hog_cell (whole HOG blocks)")
+
+
+@dataclasses.dataclass
+class VisionFeatures:
+    features: np.ndarray  # (T, D) float32; rows where face is False are zeros
+    face: np.ndarray  # (T,) bool: a face was found in frame t
+    times: np.ndarray  # (T,) float64 seconds
+
+    @property
+    def face_frames(self) -> np.ndarray:
+        """(F, D): the rows of frames with a face, the only rows that describe a face."""
+        return self.features[self.face]
+
+
+class HaarFaceExtractor:
+    """Frames -> `VisionFeatures`; `dim` values per frame (152 by default)."""
+
+    def __init__(self, config: HaarFaceConfig | None = None) -> None:
+        import cv2
+
+        self.config = c = config or HaarFaceConfig()
+        cv2.setNumThreads(1)  # parallelism comes from worker processes, not from OpenCV threads
+        root = cv2.data.haarcascades
+        self._face = cv2.CascadeClassifier(root + "haarcascade_frontalface_default.xml")
+        self._eye = cv2.CascadeClassifier(root + "haarcascade_eye.xml")
+        self._smile = cv2.CascadeClassifier(root + "haarcascade_smile.xml")
+        if self._face.empty() or self._eye.empty() or self._smile.empty():
+            raise RuntimeError(f"OpenCV's Haar cascades are missing from {root}")
+        block = 2 * c.hog_cell
+        self._hog = cv2.HOGDescriptor(
+            (c.crop_size,) * 2, (block, block), (block, block), (c.hog_cell,) * 2, c.hog_bins
+        )
+        hog_dim = int(self._hog.getDescriptorSize())
+        self.names = GEOMETRY_NAMES + [f"hog{i}" for i in range(hog_dim)]
+        self.dim = len(self.names)
+
+    def frame(self, rgb: np.ndarray) -> np.ndarray | None:
+        """(H, W, 3) uint8 RGB -> (dim,) float32 features of the largest face, or None without one."""
+        import cv2
+
+        c = self.config
+        gray = cv2.equalizeHist(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))  # (H, W) uint8
+        height, width = gray.shape
+        side = max(16, int(c.min_face_frac * min(height, width)))
+        faces = self._face.detectMultiScale(gray, c.scale_factor, c.min_neighbors, minSize=(side, side))
+        if len(faces) == 0:
+            return None
+        x, y, w, h = max((tuple(int(v) for v in f) for f in faces), key=lambda f: f[2] * f[3])
+        crop = gray[y : y + h, x : x + w]
+        eyes = self._eye.detectMultiScale(crop[: h // 2], 1.1, 5)
+        _, _, weights = self._smile.detectMultiScale3(crop[h // 2 :], 1.1, 10, outputRejectLevels=True)
+        smile = float(np.max(weights)) if len(weights) else 0.0
+        patch = cv2.resize(crop, (c.crop_size, c.crop_size), interpolation=cv2.INTER_AREA)
+        head = [
+            (x + w / 2) / width,
+            (y + h / 2) / height,
+            w / width,
+            h / height,
+            min(len(eyes), 2) / 2,
+            smile,
+            float(patch.mean()) / 255.0,
+            float(patch.std()) / 255.0,
+        ]
+        hog = self._hog.compute(patch).reshape(-1)  # (144,)
+        return np.concatenate([np.asarray(head, np.float32), hog.astype(np.float32)])
+
+    def __call__(self, frames: Iterable[tuple[float, np.ndarray]]) -> VisionFeatures:
+        rows: list[np.ndarray] = []
+        face: list[bool] = []
+        times: list[float] = []
+        for t, rgb in frames:
+            vec = self.frame(rgb)
+            face.append(vec is not None)
+            rows.append(vec if vec is not None else np.zeros(self.dim, np.float32))
+            times.append(t)
+        feats = np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
+        return VisionFeatures(feats, np.asarray(face, dtype=bool), np.asarray(times, dtype=np.float64))

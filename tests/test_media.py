@@ -1,0 +1,364 @@
+"""Media extraction: decoders, extractors, and `affectus extract-dataset` on a dataset made on the fly.
+
+The clips (tests/media_clips.py) are 1-2 s of the scikit-image astronaut's face with espeak-ng speech,
+muxed by ffmpeg; tests that need them skip with the missing tool's name. One extraction of the whole
+folder (module fixture) serves most tests; the kill-and-resume test runs a second, parallel one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from affectus.data.mmsa import load_dataset
+from affectus.errors import AffectusError
+from affectus.inference.extract.audio import LibrosaConfig, OpenSmileConfig
+from affectus.inference.extract.base import MediaError
+from affectus.inference.extract.dataset import MediaConfig, read_label_csv
+from affectus.inference.extract.decode import DecodeConfig
+from affectus.inference.extract.vision import HaarFaceConfig
+from media_clips import GOOD, ClipSpec, face_frames, make_dataset, missing_tools
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+HEADER = "video_id,clip_id,text,label,label_T,label_A,label_V,annotation,mode\n"
+
+# every way a clip can fail, and the reason the report must give
+BAD = {
+    "noface": "no_face",
+    "mute": "no_audio",
+    "empty": "empty",
+    "corrupt": "corrupt",
+    "truncated": "corrupt",
+    "missing": "missing",
+}
+N_CLIPS = len(GOOD) + len(BAD)
+
+needs_media = pytest.mark.skipif(
+    bool(missing_tools()), reason=f"media tools missing: {', '.join(missing_tools())}"
+)
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def media_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 good clips (train 2, valid 1, test 1) + 6 bad train clips, one per way of failing (BAD)."""
+    if missing_tools():
+        pytest.skip(f"media tools missing: {', '.join(missing_tools())}")
+    root = tmp_path_factory.mktemp("clips")
+    specs = GOOD + [
+        ClipSpec("v9", "noface", "Nobody is here.", 0.2, "train", face=False),
+        ClipSpec("v9", "mute", "A silent film.", 0.2, "train", audio=False),
+    ]
+    make_dataset(root, specs)
+    (root / "Raw" / "v9" / "empty.mp4").write_bytes(b"")
+    (root / "Raw" / "v9" / "corrupt.mp4").write_bytes(b"\x00\x00\x00 not a video " * 40)
+    whole = (root / "Raw" / "v1" / "0001.mp4").read_bytes()
+    (root / "Raw" / "v9" / "truncated.mp4").write_bytes(whole[: len(whole) // 2])  # a copy cut short
+    with open(root / "label.csv", "a", encoding="utf-8") as f:
+        f.writelines(
+            f"v9,{clip},A broken clip.,0.2,0.2,0.2,0.2,Positive,train\n"
+            for clip in ("empty", "corrupt", "truncated", "missing")
+        )
+    return root
+
+
+@pytest.fixture(scope="module")
+def extracted(media_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One serial `extract-dataset` run (--on-fail skip) over the whole folder."""
+    from affectus.cli import main
+
+    out = tmp_path_factory.mktemp("out") / "tiny.npz"
+    rc = main(["extract-dataset", str(media_root), "--out", str(out), "--workers", "1"])
+    assert rc == 0
+    return {
+        "out": out,
+        "work": out.with_name("tiny.npz.work"),
+        "report": out.with_name("tiny.npz.failures.json"),
+        "meta": out.with_name("tiny.npz.extract.json"),
+    }
+
+
+# ------------------------------------------------------------------------------------------ configs, label.csv
+
+
+def test_configs_round_trip_through_json(tmp_path: Path) -> None:
+    cfg = MediaConfig(audio=LibrosaConfig(f0_method="yin"), decode=DecodeConfig(fps=5.0))
+    again = MediaConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg and again.media_digest() == cfg.media_digest()
+    assert MediaConfig().media_digest() != cfg.media_digest()  # a changed setting never reuses the cache
+    HaarFaceConfig(min_neighbors=3).save(tmp_path / "v.json")
+    assert HaarFaceConfig.load(tmp_path / "v.json").min_neighbors == 3
+    (tmp_path / "bad.json").write_text('{"kind": "haar_face", "min_neighbours": 3}')
+    with pytest.raises(AffectusError, match=r"bad.json: unknown HaarFaceConfig key\(s\): min_neighbours"):
+        HaarFaceConfig.load(tmp_path / "bad.json")
+    with pytest.raises(AffectusError, match="config kind 'librosa', expected 'opensmile'"):
+        OpenSmileConfig.from_dict({"kind": "librosa"})
+
+
+@pytest.mark.parametrize(
+    ("csv_text", "message"),
+    [
+        ("video_id,clip_id,label,mode\nv1,1,0.5,train\n", r"label.csv: missing column\(s\) text"),
+        (
+            HEADER + "v1,1,a,0.5,0,0,0,x,train\nv1,1,b,0.1,0,0,0,x,test\n",
+            "line 3: duplicate clip video_id=v1 clip_id=1",
+        ),
+        (HEADER + "v1,1,a,4.5,0,0,0,x,train\n", r"line 2: label 4.5 outside \[-3, 3\]"),
+        (HEADER + "v1,1,a,high,0,0,0,x,train\n", "line 2: label 'high' is not a number"),
+        (HEADER + "v1,1,a,0.5,0,0,0,x,dev\n", "line 2: mode 'dev' is not one of train, valid, test"),
+        (HEADER + "../..,1,a,0.5,0,0,0,x,train\n", "video_id '../..' is not a plain file name"),
+        (
+            "video_id,clip_id,text,label,mode,label_T\nv1,1,a,0.5,train,0\n",
+            "has label_T but not label_A, label_V",
+        ),
+        (HEADER, "no clips"),
+    ],
+)
+def test_bad_label_csv_is_one_error_line(tmp_path: Path, cli, csv_text: str, message: str) -> None:
+    (tmp_path / "label.csv").write_text(csv_text, encoding="utf-8")
+    rc, out, err = cli("extract-dataset", tmp_path, "--out", tmp_path / "x.npz", "--workers", "1")
+    assert rc == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+    assert __import__("re").search(message, err), err
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_missing_folder_and_bad_options(tmp_path: Path, cli) -> None:
+    rc, _, err = cli("extract-dataset", tmp_path / "nope", "--out", tmp_path / "x.npz")
+    assert rc == 2 and "no such folder" in err
+    (tmp_path / "label.csv").write_text(HEADER + "v1,1,a,0.5,0,0,0,x,train\n")
+    rc, _, err = cli("extract-dataset", tmp_path, "--out", tmp_path / "x.npz", "--on-fail", "drop")
+    assert rc == 2 and "--on-fail must be one of skip, zero" in err
+    rc, _, err = cli("extract-dataset", tmp_path, "--out", tmp_path / "x.npz", "--audio", "praat")
+    assert rc == 2 and "--audio must be one of opensmile, librosa" in err
+
+
+def test_missing_media_packages_are_one_clear_error(
+    tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "opensmile" else real(name, *a)
+    )
+    (tmp_path / "label.csv").write_text(HEADER + "v1,1,a,0.5,0,0,0,x,train\n")
+    rc, _, err = cli("extract-dataset", tmp_path, "--out", tmp_path / "x.npz", "--workers", "1")
+    assert (
+        rc == 2
+        and err.strip()
+        == "error: extract-dataset needs opensmile: pip install 'affectus[media]' (docs/media.md)"
+    )
+
+
+def test_label_csv_keeps_ids_as_text(tmp_path: Path) -> None:
+    (tmp_path / "label.csv").write_text("\ufeff" + HEADER + "video_0001,0007,你好,-0.2,0,-0.4,0.2,x,Valid\n")
+    (row,) = read_label_csv(tmp_path / "label.csv")
+    assert (
+        row.id == "video_0001$_$0007" and row.mode == "valid" and row.text == "你好"
+    )  # BOM and case handled
+    assert row.unimodal == {"text": 0.0, "audio": -0.4, "vision": 0.2}
+
+
+# ------------------------------------------------------------------------------------------ extractors
+
+
+@needs_media
+def test_decode_rates_and_limits(media_root: Path) -> None:
+    from affectus.inference.extract.decode import Decoder
+
+    clip = media_root / "Raw" / "v1" / "0001.mp4"
+    dec = Decoder(DecodeConfig(sample_rate=16000, fps=10.0))
+    info = dec.probe(clip)
+    samples = dec.audio(clip)
+    assert samples.dtype == np.float32 and samples.ndim == 1 and 0.05 < np.abs(samples).max() <= 1.0
+    assert abs(samples.size / 16000 - info["duration_s"]) < 0.15  # 16 kHz mono for the whole clip
+    n10 = len(list(dec.frames(clip)))
+    n5 = len(list(Decoder(DecodeConfig(fps=5.0)).frames(clip)))
+    assert n10 == pytest.approx(info["duration_s"] * 10, abs=1.5)
+    assert n5 == pytest.approx(n10 / 2, abs=1)
+    with pytest.raises(MediaError) as err:
+        Decoder(DecodeConfig(max_duration_s=0.5)).audio(clip)
+    assert err.value.reason == "too_long"
+    with pytest.raises(MediaError) as err:
+        dec.audio(media_root / "Raw" / "v9" / "mute.mp4")
+    assert err.value.reason == "no_audio"
+
+
+@needs_media
+def test_audio_extractors_shapes_and_values(media_root: Path) -> None:
+    from affectus.inference.extract.audio import LibrosaExtractor, OpenSmileExtractor
+    from affectus.inference.extract.decode import Decoder
+
+    samples = Decoder().audio(media_root / "Raw" / "v1" / "0001.mp4")
+    seconds = samples.size / 16000
+    smile = OpenSmileExtractor()(samples)
+    assert smile.shape[1] == 25 and smile.shape[0] == pytest.approx(seconds * 100, abs=10)  # 10 ms hop
+    assert np.isfinite(smile).all() and smile[:, 0].max() > 0  # loudness of real speech
+    lib = LibrosaExtractor()(samples)  # pyin: unvoiced frames get log-F0 0
+    assert lib.shape[1] == 33 and lib.shape[0] == pytest.approx(seconds * 16000 / 512, abs=2)
+    voiced = lib[:, 0][lib[:, 0] != 0]  # log F0 of espeak's voice, inside the search range
+    assert 0 < voiced.size < lib.shape[0]  # speech has voiced frames, the pauses have none
+    assert voiced.size > 0 and np.log(65) - 1e-3 <= voiced.min() and voiced.max() <= np.log(600) + 1e-3
+    with pytest.raises(MediaError):
+        OpenSmileExtractor()(np.zeros(100, np.float32))  # too short to describe
+
+
+@pytest.mark.skipif(any(m in missing_tools() for m in ("cv2", "skimage")), reason="needs cv2 and skimage")
+def test_face_features_mark_frames_without_a_face() -> None:
+    from affectus.inference.extract.vision import HaarFaceExtractor
+
+    x = HaarFaceExtractor()
+    face, blank = face_frames(1)[0], face_frames(1, face=False)[0]
+    vec = x.frame(face)
+    assert vec is not None and vec.shape == (x.dim,) == (152,)
+    assert 0.2 < vec[0] < 0.8 and 0.2 < vec[1] < 0.8 and 0.1 < vec[2] < 0.9  # the face box lies in the frame
+    assert x.frame(blank) is None
+    v = x([(0.0, face), (0.1, blank), (0.2, face)])
+    assert v.face.tolist() == [True, False, True]
+    assert not v.features[1].any() and v.face_frames.shape == (2, 152)
+
+
+# ------------------------------------------------------------------------------------------ extract-dataset
+
+
+@needs_media
+def test_extract_dataset_writes_a_file_inspect_reads(
+    extracted: dict[str, Path], media_root: Path, cli
+) -> None:
+    ds = load_dataset(extracted["out"])  # what inspect / train / evaluate read
+    assert {k: len(s) for k, s in ds.splits.items()} == {"train": 2, "valid": 1, "test": 1}
+    assert ds.dims == {"text": 64, "audio": 25, "vision": 152}
+    train = ds.splits["train"]
+    assert train.ids == ["v1$_$0001", "v1$_$0002"]
+    assert train.raw_text == [GOOD[0].text, GOOD[1].text]
+    assert train.labels.tolist() == pytest.approx([0.8, -0.8])
+    assert train.unimodal_labels is not None and train.unimodal_labels["audio"].tolist() == pytest.approx(
+        [0.8, -0.8]
+    )
+    for s in ds.splits.values():
+        for m in ("text", "audio", "vision"):
+            lengths = s.lengths(m)
+            assert (lengths > 0).all()
+            steps = np.arange(s.features(m).shape[1])[None, :]
+            assert not s.features(m)[steps >= lengths[:, None]].any()  # zeros only after the true length
+    meta = json.loads(extracted["meta"].read_text())
+    assert meta["extractors"]["audio"]["kind"] == "opensmile" and "PLACEHOLDER" in meta["text_features"]
+    stats = meta["clips"]["v1$_$0001"]
+    assert stats["face_frames"] == stats["frames"] > 0
+    assert train.vision_lengths[0] == stats["face_frames"]
+    assert meta["clips"]["v9$_$noface"]["face_frames"] == 0 and meta["clips"]["v9$_$noface"]["frames"] > 0
+    rc, out, _ = cli("inspect", extracted["out"], "--json")
+    assert rc == 0 and json.loads(out)["splits"]["train"]["n"] == 2
+
+
+@needs_media
+def test_every_failed_clip_is_reported_with_its_reason(extracted: dict[str, Path]) -> None:
+    report = json.loads(extracted["report"].read_text())
+    assert report["clips"] == N_CLIPS and report["failed_clips"] == len(BAD) and report["on_fail"] == "skip"
+    reasons = {f["clip_id"]: f["reason"] for f in report["failures"]}
+    assert reasons == BAD
+    assert all(
+        f["action"] == "skipped" and f["path"].endswith(f"{f['clip_id']}.mp4") for f in report["failures"]
+    )
+    modality = {f["clip_id"]: f["modality"] for f in report["failures"]}
+    assert modality == {
+        "noface": "vision",
+        "mute": "audio",
+        "empty": "clip",
+        "corrupt": "clip",
+        "truncated": "clip",
+        "missing": "clip",
+    }
+
+
+@needs_media
+def test_on_fail_zero_keeps_failed_clips_with_empty_modalities(
+    extracted: dict[str, Path], media_root: Path, cli, tmp_path: Path
+) -> None:
+    out = tmp_path / "zero.pkl"  # the MMSA pickle form this time
+    rc, stdout, err = cli(
+        "extract-dataset",
+        media_root,
+        "--out",
+        out,
+        "--on-fail",
+        "zero",
+        "--work-dir",
+        extracted["work"],
+        "--workers",
+        "1",
+    )
+    assert rc == 0, err
+    assert f"(0 extracted, {N_CLIPS} resumed" in stdout  # same configs and files: nothing is extracted twice
+    train = load_dataset(out).splits["train"]
+    assert len(train) == 2 + len(BAD)
+    row = {i.split("$_$")[1]: k for k, i in enumerate(train.ids)}
+    a, v, t = train.audio_lengths, train.vision_lengths, train.text_lengths
+    assert v[row["noface"]] == 0 and a[row["noface"]] > 0
+    assert a[row["mute"]] == 0 and v[row["mute"]] > 0
+    for clip in ("empty", "corrupt", "truncated", "missing"):
+        assert a[row[clip]] == 0 and v[row[clip]] == 0 and t[row[clip]] > 0  # the transcript still counts
+        assert not train.audio[row[clip]].any() and not train.vision[row[clip]].any()
+    report = json.loads((tmp_path / "zero.pkl.failures.json").read_text())
+    assert {f["action"] for f in report["failures"]} == {"zero_filled"}
+
+
+@needs_media
+def test_killed_run_resumes_and_matches_a_clean_run(
+    extracted: dict[str, Path], media_root: Path, cli, tmp_path: Path
+) -> None:
+    """SIGKILL a serial run after two clips are saved; the parallel rerun keeps them and ends identical."""
+    out, work = tmp_path / "again.npz", tmp_path / "work"
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    cmd = [sys.executable, "-m", "affectus", "extract-dataset", str(media_root), "--out", str(out)]
+    proc = subprocess.Popen(
+        [*cmd, "--work-dir", str(work), "--workers", "1"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    try:
+        while len(list(work.rglob("*.npz"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    saved = len(list(work.rglob("*.npz")))
+    assert 2 <= saved < N_CLIPS and not out.exists()
+    rc, stdout, err = cli("extract-dataset", media_root, "--out", out, "--work-dir", work, "--workers", "2")
+    assert rc == 0, err
+    assert f"({N_CLIPS - saved} extracted, {saved} resumed" in stdout
+    with np.load(out, allow_pickle=False) as fresh, np.load(extracted["out"], allow_pickle=False) as ref:
+        assert sorted(fresh.files) == sorted(ref.files)
+        for key in ref.files:
+            if key != "__meta__":  # the meta names the source file
+                assert np.array_equal(fresh[key], ref[key]), key
+
+
+@needs_media
+def test_config_of_an_earlier_dataset_extracts_the_same_way(
+    extracted: dict[str, Path], media_root: Path, cli, tmp_path: Path
+) -> None:
+    """--config FILE.extract.json reuses every cached clip (same digest); a different setting does not."""
+    args = ["extract-dataset", media_root, "--work-dir", extracted["work"], "--workers", "1"]
+    rc, stdout, err = cli(*args, "--out", tmp_path / "same.npz", "--config", extracted["meta"])
+    assert rc == 0, err
+    assert f"(0 extracted, {N_CLIPS} resumed" in stdout
+    (tmp_path / "bad.json").write_text('{"decode": {"fps": -1}}')
+    rc, _, err = cli(*args, "--out", tmp_path / "x.npz", "--config", tmp_path / "bad.json")
+    assert rc == 2 and "bad.json: bad DecodeConfig" in err
+    (tmp_path / "junk.json").write_text("{not json")
+    rc, _, err = cli(*args, "--out", tmp_path / "x.npz", "--config", tmp_path / "junk.json")
+    assert rc == 2 and "junk.json: not a readable JSON config" in err
