@@ -238,7 +238,7 @@ def test_extract_dataset_writes_a_file_inspect_reads(
 ) -> None:
     ds = load_dataset(extracted["out"])  # what inspect / train / evaluate read
     assert {k: len(s) for k, s in ds.splits.items()} == {"train": 2, "valid": 1, "test": 1}
-    assert ds.dims == {"text": 64, "audio": 25, "vision": 152}
+    assert ds.dims == {"text": 384, "audio": 25, "vision": 152}  # MiniLM sentence embeddings of the transcripts
     train = ds.splits["train"]
     assert train.ids == ["v1$_$0001", "v1$_$0002"]
     assert train.raw_text == [GOOD[0].text, GOOD[1].text]
@@ -253,7 +253,8 @@ def test_extract_dataset_writes_a_file_inspect_reads(
             steps = np.arange(s.features(m).shape[1])[None, :]
             assert not s.features(m)[steps >= lengths[:, None]].any()  # zeros only after the true length
     meta = json.loads(extracted["meta"].read_text())
-    assert meta["extractors"]["audio"]["kind"] == "opensmile" and "PLACEHOLDER" in meta["text_features"]
+    assert meta["extractors"]["audio"]["kind"] == "opensmile"
+    assert meta["text_features"]["text_encoder"]["encoder"] == "minilm"  # recorded: a run re-encodes the same way
     stats = meta["clips"]["v1$_$0001"]
     assert stats["face_frames"] == stats["frames"] > 0
     assert train.vision_lengths[0] == stats["face_frames"]

@@ -80,6 +80,10 @@ def extract_dataset(
     fps: Annotated[
         float, typer.Option("--fps", help="video frames per second given to the face extractor")
     ] = 10.0,
+    text_encoder: Annotated[
+        str, typer.Option("--text-encoder", help="minilm (packaged, offline), a local BERT folder, or hashed "
+                                                 "(a placeholder needing no text extra)")
+    ] = "minilm",
     config: Annotated[
         Path | None,
         typer.Option(
@@ -95,7 +99,7 @@ def extract_dataset(
         Path | None, typer.Option("--report", help="failure report JSON (default: <out>.failures.json)")
     ] = None,
 ) -> None:
-    """Extract audio, vision and (placeholder) text features of every clip into one MMSA file."""
+    """Extract audio, vision and text (sentence embeddings of the transcripts) of every clip into one MMSA file."""
     import dataclasses
     import json
 
@@ -118,6 +122,7 @@ def extract_dataset(
                 decode=dataclasses.replace(base.decode, fps=fps),
                 audio=AUDIO_KINDS[audio][0](),
                 vision=base.vision,
+                text_encoder=text_encoder,
             )
         except ValueError as err:
             raise AffectusError(f"extract-dataset: {err}") from None

@@ -13,9 +13,9 @@ A clip that fails (missing, empty, corrupt, no audio track, no video track, no f
 listed in the report with its reason and, per `on_fail`, left out (`skip`) or kept with zeros and
 length 0 in the failed modality (`zero`); never silently.
 
-Text: the transcript from label.csv goes to `raw_text`; `text` holds the PLACEHOLDER hashed-word
-features of `hashed_text.py` until the text encoder (`inference/extract/text.py`) is plugged in
-at `_text_extractor` below.
+Text: the transcript from label.csv goes to `raw_text`; `text` holds its sentence embedding from the
+text encoder of `inference/extract/text.py` (`--text-encoder`: the packaged MiniLM by default, a local
+BERT folder, or `hashed`, the hashed-word placeholder of `hashed_text.py` for machines without it).
 """
 
 from __future__ import annotations
@@ -172,14 +172,20 @@ class MediaConfig:
     audio: OpenSmileConfig | LibrosaConfig = dataclasses.field(default_factory=OpenSmileConfig)
     vision: HaarFaceConfig = dataclasses.field(default_factory=HaarFaceConfig)
     text: HashedWordsConfig = dataclasses.field(default_factory=HashedWordsConfig)
+    # the text encoder of inference/extract/text.py: "minilm" (packaged, offline), a local BERT-family
+    # folder, or "hashed" (the hashed-word placeholder alone, for machines without the `text` extra)
+    text_encoder: str = "minilm"
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k).to_dict() for k in ("decode", "audio", "vision", "text")}
+        return {**{k: getattr(self, k).to_dict() for k in ("decode", "audio", "vision", "text")},
+                "text_encoder": self.text_encoder}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> MediaConfig:
-        if not isinstance(d, dict) or set(d) - {"decode", "audio", "vision", "text"}:
-            raise AffectusError(f"{source}: expected an object with decode, audio, vision, text")
+        if not isinstance(d, dict) or set(d) - {"decode", "audio", "vision", "text", "text_encoder"}:
+            raise AffectusError(f"{source}: expected an object with decode, audio, vision, text, text_encoder")
+        if not isinstance(d.get("text_encoder", "minilm"), str):
+            raise AffectusError(f"{source}: text_encoder must be 'minilm', 'hashed' or a folder path")
         audio = d.get("audio", {})
         kind = audio.get("kind", "opensmile") if isinstance(audio, dict) else None
         if kind not in AUDIO_KINDS:
@@ -189,6 +195,7 @@ class MediaConfig:
             audio=AUDIO_KINDS[kind][0].from_dict(audio, source),
             vision=HaarFaceConfig.from_dict(d.get("vision", {}), source),
             text=HashedWordsConfig.from_dict(d.get("text", {}), source),
+            text_encoder=d.get("text_encoder", "minilm"),
         )
 
     def media_digest(self) -> str:
@@ -442,8 +449,8 @@ def extract_clips(
 
 
 def _text_extractor(config: MediaConfig) -> HashedWordsExtractor:
-    # PLUG-IN POINT for the text encoder (inference/extract/text.py): return it here, and record its
-    # config in MediaConfig.text. Until then: the documented placeholder of hashed_text.py.
+    # per clip, the cheap placeholder (it also flags empty transcripts); the text encoder then replaces
+    # these features for the whole dataset at once in build_dataset (MediaConfig.text_encoder)
     return HashedWordsExtractor(config.text)
 
 
@@ -572,6 +579,14 @@ def build_dataset(
     if not raw:
         raise AffectusError(f"folder {root}: no usable clip ({len(failed_ids)} failed; see {report_path})")
     dataset = dataset_from_raw(raw, source=str(out))
+    text_inputs = None
+    if config.text_encoder != "hashed":
+        # the transcripts through the text encoder, all at once (batched, one model load)
+        from affectus.inference.extract.text import reencode_dataset, text_encoder_from_spec, text_inputs_record
+
+        encoder = text_encoder_from_spec(None if config.text_encoder == "minilm" else config.text_encoder)
+        dataset = reencode_dataset(dataset, encoder, text="sentence")
+        text_inputs = text_inputs_record(encoder, text="sentence", bert=False)
     if out.suffix == ".npz":
         write_npz(dataset, out)
     else:
@@ -582,7 +597,7 @@ def build_dataset(
             "extractors": config.to_dict(),
             "versions": _versions(),
             "report": str(report_path),
-            "text_features": "PLACEHOLDER hashed words (inference/extract/hashed_text.py), not a text encoder",
+            "text_features": text_inputs or "hashed words (inference/extract/hashed_text.py), a placeholder",
             "clips": {r.id: results[r.id]["stats"] for r in rows},
         },
     )
