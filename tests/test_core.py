@@ -360,3 +360,14 @@ def test_models_lists_a_models_config_keys(cli):
     assert rc == 0 and "recipe." not in out
     rc, out, _ = cli("models")
     assert rc == 0 and "--variant wo_pfm" in out and "late_fusion" in out
+
+
+def test_evaluate_defaults_to_the_runs_own_data(sim_file, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "lf"
+    monkeypatch.chdir(sim_file.parent)  # a relative --data is recorded as an absolute path
+    assert main(["train", "--data", sim_file.name, "--model", "late_fusion", "--out", str(out), *FAST]) == 0
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["d_test"]["acc2"] == json.loads((out / "metrics.json").read_text())["d_test"]["acc2"]

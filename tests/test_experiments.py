@@ -250,3 +250,19 @@ def test_modality_columns_and_retention_slopes(sims_file: Path, tmp_path: Path) 
                    progress=False)
     md = (tmp_path / "uni" / "results.md").read_text(encoding="utf-8")
     assert "Audio Acc2" in md and "Vision Acc2" in md and "D_test Acc2" not in md
+
+
+def test_data_edited_in_place_is_refused_on_resume(tmp_path: Path, capsys) -> None:
+    """Experiments identify data by content too: edit the file, re-run, and the finished runs are not mixed in."""
+    data = tmp_path / "data.pkl"
+    write_pickle(generate(SynthConfig(n_train=40, n_valid=12, n_test=12, seq_lens={"text": 4, "audio": 6, "vision": 5},
+                                      dims={"text": 12, "audio": 5, "vision": 7}, seed=3)), data)
+    spec = {"name": "one", "seeds": 1, "runs": [{"name": "LF", "model": "late_fusion"}]}
+    out = tmp_path / "exp"
+    run_experiment(spec, out, data=str(data), overrides={"train.epochs": 1, "train.batch_size": 16}, threads=1,
+                   progress=False)
+    write_pickle(generate(SynthConfig(n_train=40, n_valid=12, n_test=12, seq_lens={"text": 4, "audio": 6, "vision": 5},
+                                      dims={"text": 12, "audio": 5, "vision": 7}, seed=4)), data)  # same path, new content
+    with pytest.raises(AffectusError, match="trained on another version of"):
+        run_experiment(spec, out, data=str(data), overrides={"train.epochs": 1, "train.batch_size": 16}, threads=1,
+                       progress=False)

@@ -39,7 +39,7 @@ def train(
 
     Example: `p = affectus.train("synth:sims", "runs/cmc", overrides={"train.epochs": 5})`
     """
-    from affectus.data.load import open_data
+    from affectus.data.load import open_data, source_id
     from affectus.training.config import resolve_config
     from affectus.training.loop import training_log
     from affectus.training.trainer import plan_for, train_run
@@ -50,5 +50,5 @@ def train(
              if v is not None}
     cfg = resolve_config(model, variant, p, config, {**(overrides or {}), **extra})
     with torch_threads(cfg.train.threads), training_log(stream=sys.stdout if verbose else None):
-        train_run(ds, cfg, out, plan_for(ds, p), resume=resume, data_source=str(data))
+        train_run(ds, cfg, out, plan_for(ds, p), resume=resume, data_source=source_id(data))
     return load(out, device=cfg.train.device)

@@ -97,7 +97,7 @@ def train(
     trust_pickle: bool = TrustOpt,
 ) -> None:
     """Train a model (CMC: both stages) and print the paper's metrics; writes OUT/metrics.json."""
-    from affectus.data.load import open_data
+    from affectus.data.load import open_data, source_id
     from affectus.training.config import parse_set, resolve_config
     from affectus.training.trainer import plan_for, train_run
 
@@ -110,7 +110,7 @@ def train(
     apply_threads(cfg.train.threads)
     plan = plan_for(ds, p)
     with epoch_display(quiet) as on_epoch:
-        metrics = train_run(ds, cfg, out, plan, resume=resume, data_source=data, on_epoch=on_epoch)
+        metrics = train_run(ds, cfg, out, plan, resume=resume, data_source=source_id(data), on_epoch=on_epoch)
     _print_metrics(metrics, f"{cfg.model_name}/{cfg.variant} on split '{plan.eval}'")
     console.print(f"wrote {out}/metrics.json")
 
@@ -118,7 +118,7 @@ def train(
 @app.command()
 def evaluate(
     run_dir: Path = typer.Argument(..., help="a finished run directory"),
-    data: str = typer.Option(..., "--data", help="MMSA pickle / .npz file"),
+    data: str | None = typer.Option(None, "--data", help="MMSA pickle / .npz file (default: the run's own data)"),
     split: str | None = typer.Option(None, "--split", help="split to score (default: the run's evaluation split)"),
     as_json: bool = typer.Option(False, "--json"),
     available: str | None = typer.Option(
@@ -142,6 +142,10 @@ def evaluate(
     predictor = load(run_dir)
     recorded = predictor.info.get("config")
     preset = recorded.get("preset") if isinstance(recorded, dict) else None
+    if data is None:
+        data = (predictor.info.get("data") or {}).get("source")
+        if not isinstance(data, str) or not data:
+            raise AffectusError(f"{run_dir}: run.json records no data source; pass --data FILE")
     ds, _ = open_data(data, preset, trust_pickle=trust_pickle)
     name = split or predictor.info.get("metrics_split", "test")
     if name not in ds:
