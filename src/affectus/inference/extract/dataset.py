@@ -582,7 +582,11 @@ def build_dataset(
     text_inputs = None
     if config.text_encoder != "hashed":
         # the transcripts through the text encoder, all at once (batched, one model load)
-        from affectus.inference.extract.text import reencode_dataset, text_encoder_from_spec, text_inputs_record
+        from affectus.inference.extract.text import (
+            reencode_dataset,
+            text_encoder_from_spec,
+            text_inputs_record,
+        )
 
         encoder = text_encoder_from_spec(None if config.text_encoder == "minilm" else config.text_encoder)
         dataset = reencode_dataset(dataset, encoder, text="sentence")
