@@ -10,3 +10,12 @@ class AffectusError(Exception):
     """A user-facing error: its message is one line that says what is wrong and where."""
 
     exit_code = 2
+
+
+class SettingError(AffectusError):
+    """A config value outside its range. `keys` names the setting first (`model.heads`), then any other
+    setting the rule involves (`model.d`), so an experiment spec can point at the line that set it."""
+
+    def __init__(self, key: str, value: object, expected: str, *also: str) -> None:
+        super().__init__(f"{key} = {value!r}: expected {expected}")
+        self.keys = (key, *also)

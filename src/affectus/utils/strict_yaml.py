@@ -226,7 +226,7 @@ def _expected(err: Any) -> str:
     if kind in _EXPECTED:
         return _EXPECTED[kind]
     if kind == "literal_error":
-        return f"one of {err['ctx']['expected']}"
+        return str(err["ctx"]["expected"])
     if kind == "value_error":
         return str(err["ctx"]["error"])
     return re.sub(r"^\w+ should (be |have )?", "", err["msg"])
