@@ -174,7 +174,7 @@ def resolve_config(
     recipe = recipe_cls() if recipe_cls is not None else None
     owners = {"model": entry.config_cls, "train": TrainConfig, "recipe": recipe_cls}
     known = {s: set() if c is None else {f.name for f in dataclasses.fields(c)} for s, c in owners.items()}
-    origin: dict[str, str] = {}  # full key -> where it was last set
+    origin: dict[str, str] = {}  # full key -> where it was last set, in that order
 
     def apply(entries: list[Located]) -> None:
         for key, value, where in entries:
@@ -197,6 +197,7 @@ def resolve_config(
                 model_cfg[name] = value
             else:
                 setattr(train if section == "train" else recipe, name, value)
+            origin.pop(full, None)  # keep the order in which keys were last set
             origin[full] = where
 
     # 1. the model's shipped defaults
@@ -226,8 +227,11 @@ def resolve_config(
         if check is not None:
             check(entry.config_cls(**model_cfg))  # e.g. heads dividing d, before anything is written
     except SettingError as err:
-        where = next((origin[k] for k in err.keys if k in origin), None)
-        if where is None:  # a default out of range: nothing to point at
+        # point at the last place that set one of the keys the rule involves (heads at 4 by default
+        # and d = 30 from a spec: d's line)
+        order = list(origin)
+        set_keys = [k for k in err.keys if k in origin]
+        if not set_keys:  # a default out of range: nothing to point at
             raise
-        raise AffectusError(f"{where}: {err}") from None
+        raise AffectusError(f"{origin[max(set_keys, key=order.index)]}: {err}") from None
     return ResolvedConfig(model_name, variant, model_cfg, train, recipe, None if preset is None else preset.name)
