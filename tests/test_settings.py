@@ -203,3 +203,14 @@ def test_check_value_against_a_dataclass_field() -> None:
         check_value(TrainConfig, "amp", 1, "train.amp")
     with pytest.raises(AffectusError, match=r"^model\.dims\.audio = 2\.5: expected an integer$"):
         check_value(CMCConfig, "dims", {"text": 1, "audio": 2.5, "vision": 3}, "model.dims")
+
+
+def test_variants_file_is_read_strictly() -> None:
+    from affectus.models.variants import read_variants
+
+    text = "base:\n  description: the model\n  overrides: {model.d: 16}\nsmall:\n  description: small\n  overide: {}\n"
+    with pytest.raises(AffectusError, match=re.escape("v.yaml:6: unknown key 'overide' in variant small: expected one of "
+                                                      "description, overrides, preset_model_key (did you mean 'overrides'?)")):
+        read_variants("v.yaml", text)
+    good = read_variants("v.yaml", text.replace("overide", "overrides"))
+    assert list(good) == ["base", "small"] and good["base"] == {"description": "the model", "overrides": {"model.d": 16}}

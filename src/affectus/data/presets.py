@@ -107,7 +107,7 @@ def load_preset(name: str) -> Preset:
         if not res.is_file():
             raise AffectusError(f"unknown preset {name!r} (known: {', '.join(list_presets())})"
                                 f"{did_you_mean(name, list_presets())}")
-        doc = read_yaml(f"preset {name} ({res})", res.read_text(encoding="utf-8"))
+        doc = read_yaml(str(res), res.read_text(encoding="utf-8"))
     preset = validate(Preset, doc, what="a preset")
     _check(preset, doc)
     if not by_path and preset.name != name:  # the file name is the one a user types

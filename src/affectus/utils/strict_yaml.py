@@ -160,8 +160,8 @@ def check_value(owner: type, name: str, value: Any, key: str) -> Any:
     try:
         return adapter.validate_python(value)
     except ValidationError as err:
-        _, message = _problem(None, {name: value}, [_prefixed(e, name) for e in err.errors()], key)
-        raise AffectusError(message.replace(name, key, 1)) from None
+        errors = [{**e, "loc": (key, *e["loc"])} for e in err.errors()]
+        raise AffectusError(_problem(None, {key: value}, errors, key)[1]) from None
 
 
 @functools.cache
@@ -183,10 +183,6 @@ def _lists_for_tuples(hint: Any) -> Any:
 
         return typing.Annotated[hint, BeforeValidator(lambda v: tuple(v) if isinstance(v, list) else v)]
     return hint
-
-
-def _prefixed(err: Any, name: str) -> Any:
-    return {**err, "loc": (name, *err["loc"])}
 
 
 def _at(data: Any, loc: Loc) -> Any:
