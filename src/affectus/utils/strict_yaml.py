@@ -48,15 +48,17 @@ class Doc:
     source: str  # the file, or a name such as "<spec>" for data given as a dict
     lines: dict[Loc, int] = field(default_factory=dict, repr=False)
 
+    def line(self, loc: Loc = ()) -> int | None:
+        """The line of the nearest located node on `loc` (None where nothing is located)."""
+        loc = tuple(loc)
+        while loc not in self.lines and loc:
+            loc = loc[:-1]
+        return self.lines.get(loc)
+
     def where(self, loc: Loc = ()) -> str:
         """`SOURCE:LINE` of the nearest located node on `loc` (just SOURCE where nothing is located)."""
-        loc = tuple(loc)
-        while True:
-            if loc in self.lines:
-                return f"{self.source}:{self.lines[loc]}"
-            if not loc:
-                return self.source
-            loc = loc[:-1]
+        line = self.line(loc)
+        return self.source if line is None else f"{self.source}:{line}"
 
     def error(self, loc: Loc, message: str) -> AffectusError:
         return AffectusError(f"{self.where(loc)}: {message}")
@@ -141,13 +143,8 @@ def validate(schema: type[M], doc: Doc, loc: Loc = (), what: str = "the file") -
     try:
         return schema.model_validate(data)
     except ValidationError as err:
-        at, message = _problem(schema, data, err.errors(), what, lambda at: _line(doc, loc + at))
+        at, message = _problem(schema, data, err.errors(), what, lambda at: doc.line(loc + at) or 0)
         raise doc.error(loc + at, message) from None
-
-
-def _line(doc: Doc, loc: Loc) -> int:
-    where = doc.where(loc).rpartition(":")[2]
-    return int(where) if where.isdigit() else 0
 
 
 def check_value(owner: type, name: str, value: Any, key: str) -> Any:
