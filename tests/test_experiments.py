@@ -102,6 +102,12 @@ runs:
         (GOOD + "  - {name: X, model: nonsense}\n", 7, "unknown model 'nonsense'"),
         (GOOD.replace("variant: wo_mcr", "variant: wo_everything"), 6, "unknown variant 'wo_everything'"),
         (GOOD + "colour: blue\n", 7, "unknown key 'colour'"),
+        (GOOD + "seed: 3\n", 7, ("unknown key 'seed' in the spec: expected one of name, description, preset, data, "
+                                 "seeds, overrides, runs, grid, report (did you mean 'seeds'?)")),
+        (GOOD.replace("- {name: CMC, model: cmc}", "- {name: CMC, modle: cmc}"), 4, "did you mean 'model'?"),
+        (GOOD.replace("- {name: CMC, model: cmc}", "- {name: 3}"), 4, "runs[0].name = 3: expected a string"),
+        (GOOD.replace("    variant: wo_mcr", "    variant: wo_mcr\n    overrides:\n      model.heads: 3"), 8,
+         "run 'other': model.heads = 3: expected a divisor of model.d = 32"),
         (GOOD + "overrides:\n  train.epochs: 2\n  model.nonsense: 1\n", 9, "model.nonsense"),
         (GOOD + "grid:\n  train.epochs: [2, many]\n", 8, "train.epochs = 'many': expected an integer"),
         (GOOD.replace("    variant: wo_mcr", "    variant: wo_mcr\n    overrides: {train.lr: fast}"), 7, "train.lr"),

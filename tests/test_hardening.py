@@ -413,22 +413,22 @@ def test_did_you_mean_in_the_cli(cli, args, needle) -> None:
 def test_did_you_mean_for_sweep_spec_keys(tmp_path: Path) -> None:
     from affectus.experiments.sweep import parse_spec
 
-    with pytest.raises(AffectusError, match=r"unknown key 'sapce' \(did you mean 'space'\?\)"):
+    with pytest.raises(AffectusError, match=r"unknown key 'sapce'.*\(did you mean 'space'\?\)"):
         parse_spec({"name": "x", "sapce": {}})
 
 
 @pytest.mark.parametrize("spec, needle", [
-    ({"runs": [{"name": "a", "variant": "wo_pfn"}]}, "unknown variant 'wo_pfn' (did you mean 'wo_pfm'?)"),
-    ({"runs": [{"name": "a", "modle": "cmc"}]}, "unknown key 'modle' (did you mean 'model'?)"),
-    ({"preset": "sim", "runs": [{"name": "a"}]}, "unknown preset 'sim' (did you mean 'sims'?)"),
-    ({"runs": [{"name": "a", "model": "tfm"}]}, "unknown model 'tfm' (did you mean 'tfn'?)"),
+    ({"runs": [{"name": "a", "variant": "wo_pfn"}]}, ("unknown variant 'wo_pfn'", "(did you mean 'wo_pfm'?)")),
+    ({"runs": [{"name": "a", "modle": "cmc"}]}, ("unknown key 'modle'", "(did you mean 'model'?)")),
+    ({"preset": "sim", "runs": [{"name": "a"}]}, ("unknown preset 'sim'", "(did you mean 'sims'?)")),
+    ({"runs": [{"name": "a", "model": "tfm"}]}, ("unknown model 'tfm'", "(did you mean 'tfn'?)")),
 ])
 def test_did_you_mean_in_experiment_specs(spec, needle) -> None:
     from affectus.experiments.spec import load_spec
 
     with pytest.raises(AffectusError) as info:
         load_spec({"name": "x", **spec})
-    assert needle in str(info.value)
+    assert all(part in str(info.value) for part in needle)
 
 
 # -------------------------------------------------------------------------------------- item 20: umask

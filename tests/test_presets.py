@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from affectus.data.mmsa import dataset_from_raw
@@ -126,20 +128,29 @@ def test_preset_from_path(tmp_path):
 @pytest.mark.parametrize(
     "old,new,message",
     [
-        ("unimodal_labels: false", "unimodal_labels: false\nbatch: 64", "unknown field 'batch'"),
-        ("scheme: mosi", "scheme: has0", "field scheme: unknown label scheme"),
-        ("scheme: mosi", "scheme: {name: categorical, classes: [a]}", "at least 2 distinct class names"),
-        ("unimodal_labels: false\nsplits", "unimodal_labels: 1\nsplits", "field unimodal_labels"),
-        ("{text: 6, audio: 4, vision: 5}", "{text: 6, audio: 4}", "field dims has keys"),
-        ("{text: 6, audio: 4, vision: 5}", "{text: 6, audio: 4.5, vision: 5}", "field dims.audio"),
-        ("layers: 1", "layers: true", "field model.cmc.layers"),
-        ("scheme: mosi\n", "", "missing field 'scheme'"),
+        ("unimodal_labels: false", "unimodal_labels: false\nbatch: 64", ":9: unknown key 'batch' in a preset"),
+        ("splits:", "split:", ":9: unknown key 'split' in a preset: expected one of .* \\(did you mean 'splits'\\?\\)"),
+        ("scheme: mosi", "scheme: has0", ":5: scheme: unknown label scheme"),
+        ("scheme: mosi", "scheme: {name: categorical, classes: [a]}", ":5: .*at least 2 distinct class names"),
+        ("scheme: mosi", "scheme: 3", ":5: scheme = 3: expected a string or a mapping"),
+        ("unimodal_labels: false\nsplits", "unimodal_labels: 1\nsplits", ":8: unimodal_labels = 1: expected true or false"),
+        ("{text: 6, audio: 4, vision: 5}", "{text: 6, audio: 4}", ":6: dims has keys"),
+        ("{text: 6, audio: 4, vision: 5}", "{text: 6, audio: 4.5, vision: 5}", ":6: dims.audio = 4.5: expected an integer"),
+        ("{text: 6, audio: 4, vision: 5}", "{text: 6, audio: 0, vision: 5}", ":6: dims.audio = 0: expected a positive"),
+        ("[-3, 3]", "[3, -3]", ":4: label_range = .*low < high"),
+        ("[-3, 3]", "[-3, 3, 4]", ":4: label_range = .*at most 2 items"),
+        ("layers: 1", "layers: true", ":11: model.cmc.layers = true: expected an integer"),
+        ("layers: 1", "layrs: 1", ":11: unknown key 'layrs' in model.cmc.*did you mean 'layers'"),
+        ("scheme: mosi\n", "", ":2: missing key 'scheme'"),
+        ("dims: {", "dims: {{", ":7: not valid YAML"),
+        ("seq_lens:", "dims:", ":7: duplicate key 'dims'"),
     ],
 )
 def test_bad_preset_yaml_rejected(tmp_path, old, new, message):
     assert old in GOOD
-    with pytest.raises(AffectusError, match=message):
-        load_preset(_yaml(tmp_path, GOOD.replace(old, new)))
+    path = _yaml(tmp_path, GOOD.replace(old, new))
+    with pytest.raises(AffectusError, match=re.escape(path) + message):
+        load_preset(path)
 
 
 def test_check_and_notes(make_raw):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -68,12 +69,17 @@ def test_shipped_grid_is_the_papers() -> None:
 @pytest.mark.parametrize("patch, needle", [
     ({"bogus": 1}, "unknown key 'bogus'"),
     ({"space": {"model.layers": []}}, "space.model.layers: empty list"),
-    ({"space": {"model.layers": {"low": 1}}}, "low < high"),
+    ({"space": {"model.layers": {"low": 1}}}, "missing key 'space.model.layers.high'"),
+    ({"space": {"model.layers": {"low": 3, "high": 1}}}, "expected low < high"),
+    ({"space": {"model.layers": 3}}, "space.model.layers = 3: expected a list or a mapping"),
+    ({"trails": 3}, ("unknown key 'trails' in the sweep spec: expected one of name, model, variant, preset, data, "
+                    "overrides, objective, sampler, space, trials, seed (did you mean 'trials'?)")),
     ({"space": {"model.attn_dropout": {"low": 0.0, "high": 0.2}}, "sampler": "grid"}, "must be a list"),
     ({"space": {"model.attn_dropout": {"low": 0.0, "high": 0.2}}}, "trials: needed"),
     ({"objective": {"metric": "acc2", "direction": "up"}}, "objective.direction"),
     ({"objective": {"metric": "acc2", "goal": 1}}, "unknown key 'goal'"),
-    ({"trials": "many"}, "trials: expected a positive integer"),
+    ({"trials": "many"}, "trials = 'many': expected an integer"),
+    ({"trials": 0}, "trials = 0: expected a positive integer"),
     ({"space": {"model.nonsense": [1, 2]}}, "model.nonsense"),
     ({"space": {"model.layers": ["two"]}}, "model.layers"),
 ])
@@ -85,6 +91,8 @@ def test_bad_specs_fail_in_one_line(sim_file: Path, tmp_path: Path, capsys, patc
     assert sweep(path, tmp_path / "out", sim_file) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and needle in err[0], err
+    if "sweep space" not in err[0]:  # a config value: named by its space key instead
+        assert re.search(rf"{re.escape(str(path))}:\d+: ", err[0]), err  # the line of the problem
     assert not (tmp_path / "out" / "trials").exists()  # nothing trained
 
 

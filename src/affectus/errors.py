@@ -22,3 +22,12 @@ def suggest(name: str, choices) -> str:
     options = {str(c).lower(): str(c) for c in choices}
     close = difflib.get_close_matches(str(name).lower(), list(options), n=1, cutoff=0.6)
     return f" (did you mean {options[close[0]]!r}?)" if close else ""
+
+
+class SettingError(AffectusError):
+    """A config value outside its range. `keys` names the setting first (`model.heads`), then any other
+    setting the rule involves (`model.d`), so an experiment spec can point at the line that set it."""
+
+    def __init__(self, key: str, value: object, expected: str, *also: str) -> None:
+        super().__init__(f"{key} = {value!r}: expected {expected}")
+        self.keys = (key, *also)

@@ -2,22 +2,21 @@
 
 Presets are data, not code: one YAML file per dataset in `affectus/configs/presets/` (Table II's
 feature sizes and Table III's hyperparameters of the CMC paper live there). `load_preset(name)` reads
-one into a typed `Preset`, rejecting unknown keys and wrong types, so a typo in a YAML file fails
-loudly instead of silently falling back to a default.
+one into a typed `Preset` with the strict YAML loader (utils/strict_yaml.py): an unknown key or a
+wrong type fails with the file and line instead of silently falling back to a default.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import yaml
+from pydantic import Field
 
 from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError, suggest
-from affectus.utils.io import read_text_file
+from affectus.utils.strict_yaml import Doc, Strict, read_yaml, validate
 
 if TYPE_CHECKING:
     from affectus.data.types import MERDataset
@@ -25,8 +24,7 @@ if TYPE_CHECKING:
 SPLIT_ROLES = ("train", "select", "eval")
 
 
-@dataclass
-class ModelSettings:
+class ModelSettings(Strict):
     """Per-model hyperparameters of Table III (CMC) and Table VII (CMC-GT)."""
 
     layers: int  # transformer encoder layers per modality
@@ -34,12 +32,12 @@ class ModelSettings:
     output_dropout: float  # dropout inside each unimodal head
 
 
-@dataclass
-class Preset:
+class Preset(Strict):
     name: str
     description: str
-    label_range: tuple[float, float]
-    scheme_spec: str | dict[str, Any]  # the label scheme (evaluation/schemes.py): a name or {name, classes}
+    label_range: Annotated[tuple[float, float], Field(strict=False)]  # [low, high] in YAML
+    # the label scheme (evaluation/schemes.py): a name or {name, classes}
+    scheme_spec: str | dict[str, Any] = Field(alias="scheme")
     dims: dict[str, int]  # modality -> feature dim D
     seq_lens: dict[str, int]  # modality -> padded sequence length L (informative: files may differ)
     unimodal_labels: bool  # regression_labels_T/A/V expected
@@ -101,83 +99,38 @@ def load_preset(name: str) -> Preset:
     """A shipped preset by name, or a preset YAML file by path."""
     by_path = name.endswith((".yaml", ".yml")) and Path(name).is_file()
     if by_path:
-        text, where = read_text_file(name, "preset file"), name
+        doc = read_yaml(name)
     else:
+
         res = _presets_dir().joinpath(f"{name}.yaml")
         if not res.is_file():
             known = list_presets()
             raise AffectusError(f"unknown preset {name!r}{suggest(name, known)} (known: {', '.join(known)})")
-        text, where = res.read_text(encoding="utf-8"), f"preset {name}"
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise AffectusError(f"{where}: not valid YAML ({' '.join(str(err).split())})") from None
-    preset = _parse(where, data)
+        doc = read_yaml(str(res), res.read_text(encoding="utf-8"))
+    preset = validate(Preset, doc, what="a preset")
+    _check(preset, doc)
     if not by_path and preset.name != name:  # the file name is the one a user types
-        raise AffectusError(f"{where}: field name = {preset.name!r}, expected {name!r} (the file name)")
+        raise doc.error(("name",), f"name = {preset.name!r}: expected {name!r} (the file name)")
     return preset
 
 
-# ------------------------------------------------------------------------------------ strict parsing
-
-
-def _parse(where: str, data: Any) -> Preset:
-    if not isinstance(data, dict):
-        raise AffectusError(f"{where}: expected a mapping of preset fields, got {type(data).__name__}")
-    names = [("scheme" if f.name == "scheme_spec" else f.name) for f in fields(Preset)]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise AffectusError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(names)})")
-    missing = [n for n in names if n not in data]
-    if missing:
-        raise AffectusError(f"{where}: missing field {missing[0]!r}")
-
-    def typed(key: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:
-        # bool is an int in Python: reject it where a number is meant
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            raise AffectusError(f"{where}: field {key} = {value!r}, expected {what}")
-        return value
-
-    def per_modality(key: str) -> dict[str, int]:
-        value = typed(key, data[key], dict, "a mapping text/audio/vision -> int")
+def _check(preset: Preset, doc: Doc) -> None:
+    """What the types cannot say: the modalities and roles present, a known label scheme."""
+    for key in ("dims", "seq_lens"):
+        value = getattr(preset, key)
         if set(value) != set(MODALITIES):
-            raise AffectusError(f"{where}: field {key} has keys {sorted(value)}, expected {list(MODALITIES)}")
-        return {m: typed(f"{key}.{m}", value[m], int, "a positive int") for m in MODALITIES}
-
-    label_range = typed("label_range", data["label_range"], list, "[low, high]")
-    if len(label_range) != 2 or not all(isinstance(v, (int, float)) for v in label_range):
-        raise AffectusError(f"{where}: field label_range = {label_range!r}, expected [low, high]")
-    scheme = typed("scheme", data["scheme"], (str, dict), "a label scheme name or {name: ..., classes: [...]}")
+            raise doc.error((key,), f"{key} has keys {sorted(value)}: expected {', '.join(MODALITIES)}")
+        for m, n in value.items():
+            if n < 1:
+                raise doc.error((key, m), f"{key}.{m} = {n}: expected a positive integer")
+    if set(preset.splits) != set(SPLIT_ROLES):
+        raise doc.error(("splits",), f"splits has keys {sorted(preset.splits)}: expected {', '.join(SPLIT_ROLES)}")
+    low, high = preset.label_range
+    if not low < high:
+        raise doc.error(("label_range",), f"label_range = [{low}, {high}]: expected [low, high] with low < high")
     from affectus.evaluation.schemes import get_scheme
 
     try:
-        get_scheme(scheme)
+        get_scheme(preset.scheme_spec)
     except AffectusError as err:
-        raise AffectusError(f"{where}: field scheme: {err}") from None
-    splits = typed("splits", data["splits"], dict, "a mapping train/select/eval -> split name")
-    if set(splits) != set(SPLIT_ROLES) or not all(isinstance(v, str) for v in splits.values()):
-        raise AffectusError(f"{where}: field splits = {splits!r}, expected keys {list(SPLIT_ROLES)} -> str")
-    model_raw = typed("model", data["model"], dict, "a mapping model name -> settings")
-    model = {}
-    for mname, settings in model_raw.items():
-        settings = typed(f"model.{mname}", settings, dict, "a mapping layers/heads/output_dropout")
-        if set(settings) != {"layers", "heads", "output_dropout"}:
-            raise AffectusError(f"{where}: field model.{mname} needs exactly layers, heads, output_dropout")
-        model[mname] = ModelSettings(
-            layers=typed(f"model.{mname}.layers", settings["layers"], int, "an int"),
-            heads=typed(f"model.{mname}.heads", settings["heads"], int, "an int"),
-            output_dropout=float(
-                typed(f"model.{mname}.output_dropout", settings["output_dropout"], (int, float), "a number")
-            ),
-        )
-    return Preset(
-        name=typed("name", data["name"], str, "a str"),
-        description=typed("description", data["description"], str, "a str"),
-        label_range=(float(label_range[0]), float(label_range[1])),
-        scheme_spec=scheme,
-        dims=per_modality("dims"),
-        seq_lens=per_modality("seq_lens"),
-        unimodal_labels=typed("unimodal_labels", data["unimodal_labels"], bool, "true or false"),
-        splits=dict(splits),
-        model=model,
-    )
+        raise doc.error(("scheme",), f"scheme: {err}") from None

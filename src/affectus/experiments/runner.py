@@ -207,7 +207,7 @@ def _run_locked(sp: ExperimentSpec, runs: list[PlannedRun], out: Path, data: str
         "data": data_id, "data_sha256": checksum, "preset": preset_name, "family": plan.family, "scheme": plan.scheme.spec(),
         "eval_split": plan.eval,
         "select_split": plan.select, "seeds": sorted({r.seed for r in runs}), "overrides": dict(overrides or {}),
-        "grid": {k: list(v) for k, v in sp.grid.items()}, "report": dataclasses.asdict(sp.report),
+        "grid": {k: list(v) for k, v in sp.grid.items()}, "report": sp.report.model_dump(),
         "runs": [r.to_dict() for r in runs],
     })
 

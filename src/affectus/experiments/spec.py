@@ -1,9 +1,9 @@
 """Experiment specs: a YAML file that names the rows of a paper table, expanded into runs.
 
-A spec is validated completely before anything trains: its shape (keys, types, seeds) while it
-is read, with the YAML line of every offending key or value (we compose the YAML ourselves to
-keep the node marks); then every model, variant, config key and value by resolving the config of
-every distinct setting with `resolve_config`, the same path `affectus train` takes. A bad spec
+A spec is validated completely before anything trains: its shape (keys, types) by the strict YAML
+loader (utils/strict_yaml.py), which keeps the line of every key and value; then seeds, models and
+variants here; then every config key and value by resolving the config of every run with
+`resolve_config`, the same path `affectus train` takes, each value located at its line. A bad spec
 fails in one line, `SPEC:LINE: what was expected`, before a single run starts.
 
     name: table5_ablation
@@ -34,37 +34,45 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import yaml
+from pydantic import Field
 
 from affectus.errors import AffectusError, suggest
-from affectus.utils.io import read_text_file
+from affectus.utils.strict_yaml import Doc, Loc, Strict, read_yaml, validate
 
-Path_ = tuple[Any, ...]  # a location inside the spec: ("runs", 1, "model")
-
-TOP_KEYS = ("name", "description", "preset", "data", "seeds", "overrides", "runs", "grid", "report")
-ROW_KEYS = ("name", "model", "variant", "overrides")
-REPORT_KEYS = ("columns", "slope_over")
-REPORT_COLUMNS = ("metrics", "modalities")
 # Set by the runner, never by a spec: the seed comes from `seeds`, threads from --threads / --jobs.
 RESERVED_KEYS = ("seed", "threads")
 
 
-@dataclass
-class RowSpec:
-    """One row of the paper's table: a model (and CMC variant) with its own overrides."""
+class RowSpec(Strict):
+    """One row of the paper's table: a model (and variant) with its own overrides."""
 
     name: str
     model: str = "cmc"
     variant: str | None = None  # None: the model's default variant
-    overrides: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = Field(default_factory=dict)  # config keys (model.x / train.x), as --set
 
 
-@dataclass
-class ReportSpec:
-    columns: str = "metrics"
-    slope_over: str | None = None
+class ReportSpec(Strict):
+    """How results.md presents the runs."""
+
+    columns: Literal["metrics", "modalities"] = "metrics"
+    slope_over: str | None = None  # a grid key: least-squares slope of accuracy against it
+
+
+class _SpecFile(Strict):
+    """The keys of a spec file (see the module docstring); `load_spec` checks what types cannot."""
+
+    name: str | None = None
+    description: str = ""
+    preset: str | None = None
+    data: str | None = None
+    seeds: int | list[int] = 1
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    runs: list[RowSpec]
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    report: ReportSpec = Field(default_factory=ReportSpec)
 
 
 @dataclass
@@ -78,16 +86,15 @@ class ExperimentSpec:
     runs: list[RowSpec]
     grid: dict[str, list[Any]]
     report: ReportSpec
-    source: str  # the spec file (or "<spec>" for a dict), for error lines
-    lines: dict[Path_, int] = field(default_factory=dict, repr=False)
+    doc: Doc = field(repr=False)  # the file as read, with its lines (source "<spec>" for a dict)
 
-    def where(self, path: Path_) -> str:
-        """`SOURCE:LINE` of the nearest located node on `path` (just SOURCE for a dict spec)."""
-        while path:
-            if path in self.lines:
-                return f"{self.source}:{self.lines[path]}"
-            path = path[:-1]
-        return f"{self.source}:{self.lines[()]}" if () in self.lines else self.source
+    @property
+    def source(self) -> str:
+        return self.doc.source
+
+    def where(self, loc: Loc) -> str:
+        """`SOURCE:LINE` of the nearest located node on `loc` (just SOURCE for a dict spec)."""
+        return self.doc.where(loc)
 
 
 @dataclass
@@ -131,90 +138,54 @@ def find_spec(spec: str | Path) -> Path:
     raise AffectusError(f"{spec}: no such spec file (shipped specs: {', '.join(list_experiments())})")
 
 
-# ----------------------------------------------------------------------------- YAML with line numbers
+# ------------------------------------------------------------------------------ reading and checks
 
 
-def _plain(node: yaml.Node, path: Path_, lines: dict[Path_, int], source: str, loader: yaml.SafeLoader) -> Any:
-    """A composed YAML node -> plain Python, recording each node's 1-based line under its path."""
-    lines.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = _plain(key_node, path + ("<key>",), {}, source, loader)
-            line = key_node.start_mark.line + 1
-            if isinstance(key, (dict, list)):
-                raise AffectusError(f"{source}:{line}: a key must be a plain value")
-            if key in out:
-                raise AffectusError(f"{source}:{line}: duplicate key '{key}'")
-            # a key's line (not its value's) is where an unknown key or a wrong value is reported
-            lines[path + (key,)] = line
-            out[key] = _plain(value_node, path + (key,), lines, source, loader)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_plain(item, path + (i,), lines, source, loader) for i, item in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
+def load_spec(spec: str | Path | dict[str, Any] | ExperimentSpec) -> ExperimentSpec:
+    """Read and check a spec (a file, a shipped name or a dict); models and variants included."""
+    if isinstance(spec, ExperimentSpec):
+        return spec
+    if isinstance(spec, dict):
+        doc, stem = Doc(copy.deepcopy(spec), "<spec>"), "experiment"
+    else:
+        path = find_spec(spec)
+        doc, stem = read_yaml(path), path.stem
+        if doc.data is None:
+            raise doc.error((), "empty spec: expected a mapping with at least `runs:`")
+    raw = validate(_SpecFile, doc, what="the spec")
+    name = _text(doc, ("name",), raw.name or stem)
+    if raw.preset is not None:
+        from affectus.data.presets import list_presets
+        from affectus.errors import suggest
+
+        if raw.preset not in list_presets():
+            raise doc.error(("preset",), f"unknown preset '{raw.preset}': expected one of {', '.join(list_presets())}"
+                                         f"{suggest(raw.preset, list_presets())}")
+    data_file = raw.data if raw.data is None else _text(doc, ("data",), raw.data)
+    if data_file is not None and not data_file.startswith("synth:") and doc.source != "<spec>":
+        data_file = str(Path(doc.source).parent / data_file)  # relative to the spec's folder
+    seeds = _seeds(raw.seeds, lambda m: doc.error(("seeds",), m))
+    _overrides(doc, raw.overrides, ("overrides",))
+    if not raw.runs:
+        raise doc.error(("runs",), "runs: expected a non-empty list of {name, model, variant, overrides}")
+    _rows(doc, raw.runs)
+    _grid(doc, raw.grid)
+    _report(doc, raw.report, raw.grid)
+    return ExperimentSpec(name, raw.description, raw.preset, data_file, seeds, raw.overrides, raw.runs, raw.grid,
+                          raw.report, doc)
 
 
-def _read_yaml(path: Path) -> tuple[Any, dict[Path_, int]]:
-    source = str(path)
-    text = read_text_file(path, "experiment spec")  # missing, unreadable, not UTF-8: one line
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        line = mark.line + 1 if mark is not None else 1
-        raise AffectusError(f"{source}:{line}: not valid YAML ({err.problem})") from None
-    if node is None:
-        raise AffectusError(f"{source}:1: empty spec: expected a mapping with at least `runs:`")
-    lines: dict[Path_, int] = {}
-    return _plain(node, (), lines, source, yaml.SafeLoader("")), lines
+def _text(doc: Doc, loc: Loc, value: str) -> str:
+    if not value.strip():
+        raise doc.error(loc, f"{loc[-1]}: expected a non-empty string")
+    return value
 
 
-# ------------------------------------------------------------------------------------- shape checks
-
-
-class _Checker:
-    """Raises one-line errors located at a path of the spec."""
-
-    def __init__(self, source: str, lines: dict[Path_, int]) -> None:
-        self.spec = ExperimentSpec("", "", None, None, [], {}, [], {}, ReportSpec(), source, lines)
-
-    def fail(self, path: Path_, message: str) -> AffectusError:
-        return AffectusError(f"{self.spec.where(path)}: {message}")
-
-    def mapping(self, value: Any, path: Path_, what: str) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise self.fail(path, f"{what}: expected a mapping, got {_kind(value)}")
-        for key in value:
-            if not isinstance(key, str):
-                raise self.fail(path + (key,), f"{what}: keys must be strings, got {key!r}")
-        return value
-
-    def keys(self, value: dict[str, Any], allowed: tuple[str, ...], path: Path_, what: str) -> None:
-        for key in value:
-            if key not in allowed:
-                raise self.fail(path + (key,), f"unknown key '{key}'{suggest(key, allowed)} in {what}: expected one of {', '.join(allowed)}")
-
-    def text(self, value: Any, path: Path_, what: str, optional: bool = False) -> str | None:
-        if value is None and optional:
-            return None
-        if not isinstance(value, str) or not value.strip():
-            raise self.fail(path, f"{what}: expected a non-empty string, got {_kind(value)}")
-        return value
-
-    def overrides(self, value: Any, path: Path_) -> dict[str, Any]:
-        out = self.mapping(value, path, "overrides")
-        for key, v in out.items():
-            _check_reserved(key, lambda m, k=key: self.fail(path + (k,), m))
-            if isinstance(v, dict) or (isinstance(v, list) and any(isinstance(x, (dict, list)) for x in v)):
-                raise self.fail(path + (key,), f"override {key}: expected a value or a list of values")
-        return dict(out)
-
-
-def _kind(value: Any) -> str:
-    return "null" if value is None else f"{type(value).__name__} {value!r}"
+def _overrides(doc: Doc, overrides: dict[str, Any], loc: Loc) -> None:
+    for key, v in overrides.items():
+        _check_reserved(key, lambda m, k=key: doc.error(loc + (k,), m))
+        if isinstance(v, dict) or (isinstance(v, list) and any(isinstance(x, (dict, list)) for x in v)):
+            raise doc.error(loc + (key,), f"override {key}: expected a value or a list of values")
 
 
 def _check_reserved(key: str, fail) -> None:
@@ -230,108 +201,60 @@ def _seeds(value: Any, fail) -> list[int]:
             raise fail(f"seeds = {value}: expected at least 1 (n -> seeds 1..n) or a list of seeds")
         return list(range(1, value + 1))
     if isinstance(value, list) and value:
-        if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
-            raise fail(f"seeds = {value!r}: expected a list of non-negative integers")
+        if not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**32 for s in value):
+            raise fail(f"seeds = {value!r}: expected a list of integers in [0, 2**32)")
         if len(set(value)) != len(value):
             raise fail(f"seeds = {value!r}: expected distinct seeds")
         return list(value)
     raise fail(f"seeds = {value!r}: expected a positive integer n (seeds 1..n) or a non-empty list of integers")
 
 
-def load_spec(spec: str | Path | dict[str, Any] | ExperimentSpec) -> ExperimentSpec:
-    """Read and shape-check a spec (a file, a shipped name or a dict); models and variants included."""
-    if isinstance(spec, ExperimentSpec):
-        return spec
-    if isinstance(spec, dict):
-        data, lines, source, stem = copy.deepcopy(spec), {}, "<spec>", "experiment"
-    else:
-        path = find_spec(spec)
-        (data, lines), source, stem = _read_yaml(path), str(path), path.stem
-    c = _Checker(source, lines)
-    if not isinstance(data, dict):
-        raise c.fail((), f"expected a mapping at the top level, got {_kind(data)}")
-    c.keys(data, TOP_KEYS, (), "the spec")
-    name = c.text(data.get("name", stem), ("name",), "name")
-    description = data.get("description") or ""
-    if not isinstance(description, str):
-        raise c.fail(("description",), f"description: expected a string, got {_kind(description)}")
-    preset = c.text(data.get("preset"), ("preset",), "preset", optional=True)
-    if preset is not None:
-        from affectus.data.presets import list_presets
-
-        if preset not in list_presets():
-            raise c.fail(("preset",), f"unknown preset '{preset}'{suggest(preset, list_presets())}: expected one of {', '.join(list_presets())}")
-    data_file = c.text(data.get("data"), ("data",), "data", optional=True)
-    if data_file is not None and not data_file.startswith("synth:") and source != "<spec>":
-        data_file = str(Path(source).parent / data_file)  # relative to the spec's folder
-    seeds = _seeds(data.get("seeds", 1), lambda m: c.fail(("seeds",), m))
-    overrides = c.overrides(data.get("overrides"), ("overrides",))
-    rows = _rows(c, data.get("runs"))
-    grid = _grid(c, data.get("grid"))
-    report = _report(c, data.get("report"), grid)
-    return ExperimentSpec(name, description, preset, data_file, seeds, overrides, rows, grid, report, source, lines)
-
-
-def _rows(c: _Checker, value: Any) -> list[RowSpec]:
+def _rows(doc: Doc, rows: list[RowSpec]) -> None:
+    """Known models and variants, distinct run ids; a row without a variant gets its model's default."""
     from affectus.models.registry import list_models
     from affectus.training.config import list_variants
 
-    if not isinstance(value, list) or not value:
-        raise c.fail(("runs",), f"runs: expected a non-empty list of {{name, model, variant, overrides}}, "
-                                f"got {_kind(value)}")
-    rows: list[RowSpec] = []
     slugs: dict[str, str] = {}
     models = list_models()
-    for i, item in enumerate(value):
-        path = ("runs", i)
-        item = c.mapping(item, path, f"runs[{i}]")
-        c.keys(item, ROW_KEYS, path, f"runs[{i}]")
-        name = c.text(item.get("name"), path + ("name",), f"runs[{i}].name")
-        model = c.text(item.get("model", "cmc"), path + ("model",), f"runs[{i}].model")
-        if model not in models:
-            raise c.fail(path + ("model",), f"unknown model '{model}'{suggest(model, models)}: expected one of {', '.join(models)}")
-        allowed = list_variants(model)
-        variant = c.text(item.get("variant", allowed[0]), path + ("variant",), f"runs[{i}].variant")
-        if variant not in allowed:
-            raise c.fail(path + ("variant",), f"unknown variant '{variant}'{suggest(variant, allowed)} for model "
-                                              f"'{model}': expected one of {', '.join(allowed)}")
-        slug = slugify(name)
+    for i, row in enumerate(rows):
+        loc = ("runs", i)
+        _text(doc, loc + ("name",), row.name)
+        if row.model not in models:
+            raise doc.error(loc + ("model",), f"unknown model '{row.model}': expected one of {', '.join(models)}"
+                                              f"{suggest(row.model, models)}")
+        allowed = list_variants(row.model)
+        row.variant = allowed[0] if row.variant is None else row.variant
+        if row.variant not in allowed:
+            raise doc.error(loc + ("variant",), f"unknown variant '{row.variant}' for model '{row.model}': "
+                                                f"expected one of {', '.join(allowed)}{suggest(row.variant, allowed)}")
+        slug = slugify(row.name)
         if slug in slugs:
-            raise c.fail(path + ("name",), f"run name '{name}' gives the same id '{slug}' as '{slugs[slug]}'")
-        slugs[slug] = name
-        rows.append(RowSpec(name, model, variant, c.overrides(item.get("overrides"), path + ("overrides",))))
-    return rows
+            raise doc.error(loc + ("name",), f"run name '{row.name}' gives the same id '{slug}' as '{slugs[slug]}'")
+        slugs[slug] = row.name
+        _overrides(doc, row.overrides, loc + ("overrides",))
 
 
-def _grid(c: _Checker, value: Any) -> dict[str, list[Any]]:
-    grid = c.mapping(value, ("grid",), "grid")
+def _grid(doc: Doc, grid: dict[str, list[Any]]) -> None:
     for key, values in grid.items():
-        path = ("grid", key)
-        _check_reserved(key, lambda m, p=path: c.fail(p, m))
-        if not isinstance(values, list) or not values:
-            raise c.fail(path, f"grid {key}: expected a non-empty list of values, got {_kind(values)}")
+        loc = ("grid", key)
+        _check_reserved(key, lambda m, at=loc: doc.error(at, m))
+        if not values:
+            raise doc.error(loc, f"grid {key}: expected a non-empty list of values")
         for j, v in enumerate(values):
             if isinstance(v, dict):
-                raise c.fail(path + (j,), f"grid {key}: expected plain values, got {_kind(v)}")
+                raise doc.error(loc + (j,), f"grid {key}: expected plain values, got {v!r}")
         if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
-            raise c.fail(path, f"grid {key}: values repeat")
-    return dict(grid)
+            raise doc.error(loc, f"grid {key}: values repeat")
 
 
-def _report(c: _Checker, value: Any, grid: dict[str, list[Any]]) -> ReportSpec:
-    report = c.mapping(value, ("report",), "report")
-    c.keys(report, REPORT_KEYS, ("report",), "report")
-    columns = report.get("columns", "metrics")
-    if columns not in REPORT_COLUMNS:
-        raise c.fail(("report", "columns"), f"report.columns = {columns!r}: expected one of {', '.join(REPORT_COLUMNS)}")
-    slope = report.get("slope_over")
+def _report(doc: Doc, report: ReportSpec, grid: dict[str, list[Any]]) -> None:
+    slope = report.slope_over
     if slope is not None:
         if slope not in grid:
-            raise c.fail(("report", "slope_over"), f"report.slope_over = {slope!r}: expected a grid key "
-                                                   f"({', '.join(grid) or 'the spec has no grid'})")
+            raise doc.error(("report", "slope_over"), f"report.slope_over = {slope!r}: expected a grid key "
+                                                      f"({', '.join(grid) or 'the spec has no grid'})")
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in grid[slope]):
-            raise c.fail(("grid", slope), f"grid {slope}: report.slope_over needs numeric values")
-    return ReportSpec(columns, slope)
+            raise doc.error(("grid", slope), f"grid {slope}: report.slope_over needs numeric values")
 
 
 # ---------------------------------------------------------------------------------------- expansion
@@ -352,11 +275,6 @@ def _grid_label(point: dict[str, Any], keys: list[str]) -> str:
     short = [k.rpartition(".")[2] for k in keys]
     names = {k: (s if short.count(s) == 1 else k) for k, s in zip(keys, short)}
     return "__".join(f"{names[k]}={_value_text(point[k])}" for k in keys)
-
-
-def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    keys = list(grid)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
 
 
 def expand(
@@ -380,32 +298,32 @@ def expand(
     for key in cli:
         _check_reserved(key, lambda m: AffectusError(f"--set: {m}"))
 
-    def resolve(row: RowSpec, values: dict[str, Any], where: str):
-        try:
-            return resolve_config(row.model, row.variant, preset, None, values)
-        except AffectusError as err:
-            message = str(err).removeprefix("--set: ")
-            raise AffectusError(f"{where}: run '{row.name}': {message}") from None
+    def resolve(i: int, row: RowSpec, point: dict[str, tuple[int, Any]]):
+        # every value located where the spec sets it, in precedence order (later wins), so a bad key or
+        # value, or a setting out of range (heads not dividing d), is reported at its own line
+        def at(loc: Loc) -> str:
+            return f"{spec.where(loc)}: run '{row.name}'"
 
-    # key by key first, so an unknown key or a wrong value is reported at its own line
-    for i, row in enumerate(spec.runs):
-        for key, value in spec.overrides.items():
-            resolve(row, {key: value}, spec.where(("overrides", key)))
-        for key, value in row.overrides.items():
-            resolve(row, {key: value}, spec.where(("runs", i, "overrides", key)))
-        for key, values in spec.grid.items():
-            for j, value in enumerate(values):
-                resolve(row, {key: value}, spec.where(("grid", key, j)))
-        for key, value in cli.items():
-            resolve(row, {key: value}, f"--set {key}")
+        entries = [(k, v, at(("overrides", k))) for k, v in spec.overrides.items()]
+        entries += [(k, v, at(("runs", i, "overrides", k))) for k, v in row.overrides.items()]
+        entries += [(k, v, at(("grid", k, j))) for k, (j, v) in point.items()]
+        entries += [(k, v, f"--set {k}") for k, v in cli.items()]
+        try:
+            return resolve_config(row.model, row.variant, preset, None, entries)
+        except AffectusError as err:
+            if str(err).startswith((spec.source, "--set")):
+                raise
+            raise AffectusError(f"{at(('runs', i))}: {err}") from None
 
     keys = list(spec.grid)
+    indexed = {k: list(enumerate(values)) for k, values in spec.grid.items()}
     planned: list[PlannedRun] = []
     for i, row in enumerate(spec.runs):
-        for point in grid_points(spec.grid):
+        for combo in itertools.product(*(indexed[k] for k in keys)):
+            located = dict(zip(keys, combo))
+            point = {k: v for k, (_, v) in located.items()}
             # one resolve per distinct setting; the seeds only differ in train.seed
-            merged = {**spec.overrides, **row.overrides, **point, **cli}
-            base = resolve(row, merged, spec.where(("runs", i)))
+            base = resolve(i, row, located)
             group = slugify(row.name) + (f"__{_grid_label(point, keys)}" if keys else "")
             for seed in seed_list:
                 cfg = dataclasses.replace(base, train=dataclasses.replace(base.train, seed=seed))

@@ -28,17 +28,16 @@ import warnings
 from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import yaml
+from pydantic import Field
 
-from affectus.errors import AffectusError, suggest
-from affectus.utils.io import lock_dir, read_json_file, read_text_file, write_json_atomic
+from affectus.errors import AffectusError
+from affectus.utils.io import lock_dir, read_json_file, write_json_atomic
+from affectus.utils.strict_yaml import Doc, Strict, read_yaml, validate
 
 REPORT_FORMAT = "affectus-sweep/1"
 CLAIM_FILE = "sweep-study.json"  # the study this sweep directory belongs to
-SPEC_KEYS = ("name", "model", "variant", "preset", "data", "overrides", "objective", "sampler", "space",
-             "trials", "seed")
 SAMPLERS = ("grid", "tpe")
 # machine-local settings: workers on different machines may differ in these and still share a study
 LOCAL_KEYS = {"train.threads", "train.device"}
@@ -106,18 +105,14 @@ def load_spec(source: str | Path) -> SweepSpec:
     """A spec file, or the name of a shipped spec (`cmc_grid`)."""
     path = Path(source)
     if path.is_file():
-        text, where, stem = read_text_file(path, "sweep spec"), str(path), path.stem
+        doc, stem = read_yaml(path), path.stem
     elif str(source) in list_shipped_specs():
-        text = resources.files("affectus").joinpath("configs", "sweeps", f"{source}.yaml").read_text("utf-8")
-        where, stem = f"shipped spec {source}", str(source)
+        res = resources.files("affectus").joinpath("configs", "sweeps", f"{source}.yaml")
+        doc, stem = read_yaml(f"shipped spec {source}", res.read_text("utf-8")), str(source)
     else:
         shipped = ", ".join(list_shipped_specs())
         raise AffectusError(f"sweep spec {source}: no such file or shipped spec ({shipped})")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise AffectusError(f"{where}: cannot read YAML ({type(err).__name__})") from None
-    return parse_spec(data, where, default_name=stem)
+    return parse_spec(doc, default_name=stem)
 
 
 def _check(ok: bool, where: str, msg: str) -> None:
@@ -125,72 +120,81 @@ def _check(ok: bool, where: str, msg: str) -> None:
         raise AffectusError(f"{where}: {msg}")
 
 
-def _unknown(given: Any, allowed: tuple[str, ...] | set[str], where: str, what: str) -> None:
-    extra = sorted(str(k) for k in given if k not in allowed)
-    if extra:
-        expected = ", ".join(sorted(allowed))
-        raise AffectusError(f"{where}: {what}unknown key '{extra[0]}'{suggest(extra[0], allowed)} (expected {expected})")
-
-
 def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _integer(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+class _Objective(Strict):
+    metric: str = "auto"  # a key of run.json "select_metrics"; auto: the label scheme's default
+    direction: Literal["maximize", "minimize"] = "maximize"
 
 
-def _dimension(key: str, value: Any, where: str) -> list[Any] | Range:
-    at = f"space.{key}"
+class _RangeFile(Strict):
+    low: int | float
+    high: int | float
+    log: bool = False
+    step: int | float | None = None
+
+
+class _SweepFile(Strict):
+    """The keys of a sweep spec; `parse_spec` checks what types cannot."""
+
+    name: str | None = None
+    model: str = "cmc"
+    variant: str | None = None
+    preset: str | None = None
+    data: str | None = None
+    overrides: dict[str, Any] = Field(default_factory=dict)  # config keys (model.x / train.x) to values
+    objective: _Objective = Field(default_factory=_Objective)
+    sampler: Literal["grid", "tpe"] | None = None  # None: grid when every space entry is a list, else tpe
+    space: dict[str, list[Any] | _RangeFile]  # config key -> values, or {low, high, log?, step?} (TPE)
+    trials: int | None = None
+    seed: int = 0
+
+
+def _dimension(doc: Doc, key: str, value: list[Any] | _RangeFile) -> list[Any] | Range:
+    def check(ok: bool, msg: str) -> None:
+        if not ok:
+            raise doc.error(("space", key), f"space.{key}: {msg}")
+
     if isinstance(value, list):
-        _check(len(value) > 0, where, f"{at}: empty list")
-        _check(all(v is None or isinstance(v, (str, int, float, bool)) for v in value), where,
-               f"{at}: values must be numbers, strings or booleans")
-        _check(len({json.dumps(v) for v in value}) == len(value), where, f"{at}: repeated values")
+        check(len(value) > 0, "empty list")
+        check(all(v is None or isinstance(v, (str, int, float, bool)) for v in value),
+              "values must be numbers, strings or booleans")
+        check(len({json.dumps(v) for v in value}) == len(value), "repeated values")
         return list(value)
-    _check(isinstance(value, dict), where, f"{at}: expected a list of values or {{low, high, log?, step?}}")
-    _unknown(value, ("low", "high", "log", "step"), where, f"{at}: ")
-    low, high, log, step = value.get("low"), value.get("high"), value.get("log", False), value.get("step")
-    _check(_number(low) and _number(high) and low < high, where, f"{at}: expected numbers low < high")
-    _check(isinstance(log, bool), where, f"{at}.log: expected true or false")
-    _check(step is None or (_number(step) and step > 0), where, f"{at}.step: expected a positive number")
-    _check(not (log and step is not None), where, f"{at}: log and step cannot be combined")
-    _check(not log or low > 0, where, f"{at}: a log range needs low > 0")
+    low, high, log, step = value.low, value.high, value.log, value.step
+    check(low < high, f"expected low < high, got {low} and {high}")
+    check(step is None or step > 0, "step: expected a positive number")
+    check(not (log and step is not None), "log and step cannot be combined")
+    check(not log or low > 0, "a log range needs low > 0")
     return Range(low, high, log, step)
 
 
 def parse_spec(data: Any, where: str = "sweep spec", default_name: str = "sweep") -> SweepSpec:
-    """Check every key and type up front; a one-line AffectusError names the first problem."""
-    _check(isinstance(data, dict), where, "expected a mapping at the top level")
-    _unknown(data, SPEC_KEYS, where, "")
-    for key in ("name", "model", "variant", "preset", "data"):
-        _check(data.get(key) is None or isinstance(data[key], str), where, f"{key}: expected a string")
-    overrides = data.get("overrides") or {}
-    _check(isinstance(overrides, dict) and all(isinstance(k, str) for k in overrides), where,
-           "overrides: expected a mapping of config keys (model.x / train.x) to values")
-    objective = data.get("objective") or {}
-    _check(isinstance(objective, dict), where, "objective: expected {metric, direction}")
-    _unknown(objective, ("metric", "direction"), where, "objective: ")
-    metric, direction = objective.get("metric", "auto"), objective.get("direction", "maximize")
-    _check(isinstance(metric, str) and metric.strip() != "", where, "objective.metric: expected a name")
-    _check(direction in ("maximize", "minimize"), where, "objective.direction: expected maximize or minimize")
-    raw_space = data.get("space")
-    _check(isinstance(raw_space, dict) and len(raw_space) > 0, where, "space: expected config keys")
-    space = {str(k): _dimension(str(k), v, where) for k, v in raw_space.items()}
-    both = sorted(set(space) & set(overrides))
-    _check(not both, where, f"'{both[0] if both else ''}' is both in overrides and in space")
+    """Check every key and type up front (the strict YAML loader); one line names the first problem.
+    `data` is a `Doc` read with its lines, or plain data named `where`."""
+    doc = data if isinstance(data, Doc) else Doc(data, where)
+    raw = validate(_SweepFile, doc, what="the sweep spec")
+    if not raw.objective.metric.strip():
+        raise doc.error(("objective", "metric"), "objective.metric: expected a name")
+    if not raw.space:
+        raise doc.error(("space",), "space: expected config keys")
+    space = {k: _dimension(doc, k, v) for k, v in raw.space.items()}
+    both = sorted(set(space) & set(raw.overrides))
+    if both:
+        raise doc.error(("space", both[0]), f"'{both[0]}' is both in overrides and in space")
     all_lists = all(isinstance(v, list) for v in space.values())
-    sampler = data.get("sampler", "grid" if all_lists else "tpe")
-    _check(sampler in SAMPLERS, where, f"sampler: expected one of {', '.join(SAMPLERS)}")
-    _check(sampler != "grid" or all_lists, where, "sampler grid: every space entry must be a list of values")
-    trials, seed = data.get("trials"), data.get("seed", 0)
-    _check(trials is None or (_integer(trials) and trials >= 1), where, "trials: expected a positive integer")
-    _check(sampler == "grid" or trials is not None, where, "trials: needed with sampler tpe (the budget)")
-    _check(_integer(seed), where, "seed: expected an integer")
-    return SweepSpec(name=data.get("name") or default_name, space=space, model=data.get("model") or "cmc",
-                     variant=data.get("variant"), preset=data.get("preset"), data=data.get("data"),
-                     overrides=dict(overrides), metric=metric, direction=direction, sampler=sampler,
-                     trials=trials, seed=seed)
+    sampler = raw.sampler or ("grid" if all_lists else "tpe")
+    if sampler == "grid" and not all_lists:
+        raise doc.error(("sampler",), "sampler grid: every space entry must be a list of values")
+    if raw.trials is not None and raw.trials < 1:
+        raise doc.error(("trials",), f"trials = {raw.trials}: expected a positive integer")
+    if sampler == "tpe" and raw.trials is None:
+        raise doc.error(("sampler",), "trials: needed with sampler tpe (the budget)")
+    return SweepSpec(name=raw.name or default_name, space=space, model=raw.model, variant=raw.variant,
+                     preset=raw.preset, data=raw.data, overrides=dict(raw.overrides), metric=raw.objective.metric,
+                     direction=raw.objective.direction, sampler=sampler, trials=raw.trials, seed=raw.seed)
 
 
 def with_sampler(spec: SweepSpec, sampler: str) -> SweepSpec:
@@ -209,11 +213,10 @@ def check_config_keys(spec: SweepSpec, preset) -> None:
     first = {k: (v[0] if isinstance(v, list) else v.low) for k, v in spec.space.items()}
     for key, dim in spec.space.items():
         for value in dim if isinstance(dim, list) else [dim.low, dim.high]:
-            try:
-                point = {**spec.overrides, **first, key: value}
-                resolve_config(spec.model, spec.variant, preset, None, point)
-            except AffectusError as err:
-                raise AffectusError(f"sweep space {key}={value!r}: {err}") from None
+            # each value named where the spec sets it; an error names that place and the key
+            entries = [(k, v, "sweep spec overrides") for k, v in spec.overrides.items()]
+            entries += [(k, v, f"sweep space {k}={v!r}") for k, v in {**first, key: value}.items()]
+            resolve_config(spec.model, spec.variant, preset, None, entries)
 
 
 # ---------------------------------------------------------------- storage, lock, heartbeat

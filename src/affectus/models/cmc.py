@@ -19,11 +19,11 @@ from torch import nn
 
 from affectus.data.batches import Batch
 from affectus.data.types import MODALITIES
-from affectus.errors import AffectusError
+from affectus.errors import AffectusError, SettingError
 from affectus.models.attention import KERNELS, AttentionKernel
 from affectus.models.layers import ConsensusRouter, ResidualHead, UnimodalEncoder, pfm
 from affectus.models.output import ModelOutput
-from affectus.models.registry import non_bert_parameter_count, register_model
+from affectus.models.registry import check_model_config, non_bert_parameter_count, register_model
 
 
 @dataclass
@@ -55,6 +55,14 @@ class CMCConfig:
     bert_path: str | None = None  # local directory, or a cached model name (local_files_only)
     bert_finetune: bool = True
     num_classes: int = 3
+
+    def validate(self) -> None:
+        """Ranges a type cannot say, checked before anything is written (resolve_config calls it)."""
+        check_model_config(self, sizes=("d", "layers", "heads", "ff"))
+        if not self.tau > 0:
+            raise SettingError("model.tau", self.tau, "a temperature > 0 (eq. 32 divides by it)")
+        if not 1 <= self.router_topk <= 3:
+            raise SettingError("model.router_topk", self.router_topk, "1, 2 or 3 (of the three modalities)")
 
 
 class CMC(nn.Module):

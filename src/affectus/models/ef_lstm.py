@@ -25,7 +25,7 @@ from torch import nn
 
 from affectus.data.batches import Batch
 from affectus.models.output import ModelOutput
-from affectus.models.registry import register_model
+from affectus.models.registry import check_model_config, register_model
 from affectus.models.tfn import batchnorm_any_batch, check_dims, check_features, lstm_last_hidden
 
 
@@ -38,6 +38,9 @@ class EFLSTMConfig:
     layers: int = 4
     dropout: float = 0.5  # between LSTM layers and before each output Linear
     num_classes: int = 3
+
+    def validate(self) -> None:
+        check_model_config(self, sizes=("hidden", "layers"))
 
 
 def align_to_steps(x: torch.Tensor, src_lengths: torch.Tensor, tgt_lengths: torch.Tensor, steps: int) -> torch.Tensor:

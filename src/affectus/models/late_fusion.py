@@ -22,7 +22,7 @@ from affectus.data.batches import Batch
 from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError
 from affectus.models.output import ModelOutput
-from affectus.models.registry import register_model
+from affectus.models.registry import check_model_config, register_model
 
 
 @dataclass
@@ -33,6 +33,9 @@ class LateFusionConfig:
     hidden: int = 64
     dropout: float = 0.2
     num_classes: int = 3
+
+    def validate(self) -> None:
+        check_model_config(self, sizes=("hidden",))
 
 
 def masked_mean(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ from affectus.data.batches import Batch
 from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError
 from affectus.models.output import ModelOutput
-from affectus.models.registry import register_model
+from affectus.models.registry import check_model_config, register_model
 from affectus.models.tfn import check_dims, check_features
 
 
@@ -52,6 +52,10 @@ class MulTConfig:
     kernel_audio: int = 1
     kernel_vision: int = 1
     num_classes: int = 3
+
+    def validate(self) -> None:
+        check_model_config(self, sizes=("d", "heads", "layers", "mem_layers", "kernel_text", "kernel_audio",
+                                        "kernel_vision"))
 
 
 def sinusoidal_positions(steps: int, d: int, device: torch.device) -> torch.Tensor:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from affectus.errors import AffectusError, suggest
+from affectus.errors import AffectusError, SettingError, suggest
 
 # Modules that register models on import. Listed here so `list_models()` is complete without
 # importing the training stack.
@@ -55,10 +55,10 @@ class ModelEntry:
     def get_variants(self) -> dict[str, dict[str, Any]]:
         if isinstance(self.variants, dict):
             return self.variants
-        import yaml
+        from affectus.models.variants import read_variants
 
-        text = resources.files("affectus").joinpath("configs", "variants", self.variants).read_text(encoding="utf-8")
-        return yaml.safe_load(text)
+        res = resources.files("affectus").joinpath("configs", "variants", self.variants)
+        return read_variants(f"configs/variants/{self.variants}", res.read_text(encoding="utf-8"))
 
     @property
     def default_variant(self) -> str:
@@ -88,6 +88,25 @@ def register_model(name: str, config_cls: type, description: str = "", *, recipe
         return build
 
     return deco
+
+
+def check_model_config(config: Any, sizes: tuple[str, ...] = ()) -> None:
+    """The range checks every model's config `validate()` shares: the named sizes (widths, layers,
+    heads) at least 1, every `*dropout` field in [0, 1) (a dropout of 1 zeroes its input), and heads
+    dividing the width where a config has both `heads` and `d` (the per-head width is d / heads)."""
+    from dataclasses import fields
+
+    for name in sizes:
+        value = getattr(config, name)
+        if not value >= 1:
+            raise SettingError(f"model.{name}", value, "a positive integer")
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if f.name.endswith("dropout") and not 0.0 <= value < 1.0:
+            raise SettingError(f"model.{f.name}", value, "a dropout rate in [0, 1)")
+    heads, d = getattr(config, "heads", None), getattr(config, "d", None)
+    if heads and d and d % heads:
+        raise SettingError("model.heads", heads, f"a divisor of model.d = {d}", "model.d")
 
 
 def _load_all() -> None:

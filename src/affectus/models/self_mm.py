@@ -29,10 +29,10 @@ from torch import nn
 
 from affectus.data.batches import Batch
 from affectus.data.types import MODALITIES
-from affectus.errors import AffectusError
+from affectus.errors import AffectusError, SettingError
 from affectus.models.late_fusion import masked_mean
 from affectus.models.output import ModelOutput
-from affectus.models.registry import register_model
+from affectus.models.registry import check_model_config, register_model
 from affectus.models.tfn import LSTMSubNet, check_dims, check_features
 
 HEADS = ("fusion", "text", "audio", "vision")  # ULGM's bank order: the multimodal head first
@@ -61,6 +61,12 @@ class SelfMMConfig:
     label_bound: float = 0.0  # H: generated labels are clamped to [-H, H]; 0 = max |score| in the training split
     ce_weight: float = 1.0  # weight of the 3-class cross-entropy (our addition)
     num_classes: int = 3
+
+    def validate(self) -> None:
+        check_model_config(self, sizes=("text_hidden", "audio_hidden", "vision_hidden", "audio_out", "vision_out",
+                                        "post_fusion_dim", "post_text_dim", "post_audio_dim", "post_vision_dim"))
+        if self.text_encoder not in ("mean", "lstm"):
+            raise SettingError("model.text_encoder", self.text_encoder, "mean or lstm")
 
 
 @dataclass

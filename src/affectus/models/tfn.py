@@ -28,7 +28,7 @@ from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError
 from affectus.models.late_fusion import masked_mean
 from affectus.models.output import ModelOutput
-from affectus.models.registry import register_model
+from affectus.models.registry import check_model_config, register_model
 
 
 @dataclass
@@ -47,6 +47,9 @@ class TFNConfig:
     text_dropout: float = 0.3
     post_fusion_dropout: float = 0.5
     num_classes: int = 3
+
+    def validate(self) -> None:
+        check_model_config(self, sizes=("text_hidden", "audio_hidden", "vision_hidden", "text_out", "post_fusion_dim"))
 
 
 class PooledSubNet(nn.Module):

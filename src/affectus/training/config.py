@@ -1,8 +1,10 @@
 """One config path: model defaults -> dataset preset (Table III) -> variant -> YAML file -> --set.
 
-The resolved config is two plain sections, `model` (the model's config dataclass) and `train`
-(`TrainConfig`), saved beside every run. Unknown keys and wrong types are rejected with a
-one-line error naming the key.
+The resolved config is three plain sections, `model` (the model's config dataclass), `train`
+(`TrainConfig`) and `recipe` (the recipe's config), saved beside every run. Every YAML is read by the
+strict loader (utils/strict_yaml.py): an unknown key (with a "did you mean"), a wrong type or a value
+out of range (each section's `validate()`) is refused in one line naming the key and where it was set
+(`FILE:LINE`, `--set`, `preset NAME`, `variant NAME`), before anything is written.
 """
 
 from __future__ import annotations
@@ -15,9 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from affectus.errors import AffectusError
+from affectus.errors import AffectusError, SettingError
+from affectus.utils.strict_yaml import Doc, check_value, read_yaml, yaml_value
 
 
 @dataclass
@@ -44,26 +45,24 @@ class TrainConfig:
     bucket: bool = False  # length-bucketed batches (models with masked padding only)
 
     def validate(self) -> None:
+        """Ranges a type cannot say, checked before anything is written."""
         if self.batch_size < 2:
-            raise AffectusError("train.batch_size: expected at least 2 (BatchNorm and SupCon need pairs)")
+            raise SettingError("train.batch_size", self.batch_size, "at least 2 (BatchNorm and SupCon need pairs)")
         if not 0.0 <= self.consistent_retention <= 1.0:
-            raise AffectusError(f"train.consistent_retention = {self.consistent_retention}: expected a value in [0, 1]")
-        if self.epochs < 1 or self.patience < 1:
-            raise AffectusError("train.epochs and train.patience: expected at least 1")
+            raise SettingError("train.consistent_retention", self.consistent_retention, "a share in [0, 1]")
+        for key in ("epochs", "patience"):
+            if getattr(self, key) < 1:
+                raise SettingError(f"train.{key}", getattr(self, key), "at least 1")
         for key in ("lr", "bert_lr", "bert_weight_decay"):
             value = getattr(self, key)
             if not math.isfinite(value) or value < 0:
-                raise AffectusError(f"train.{key} = {value}: expected a finite number >= 0")
+                raise SettingError(f"train.{key}", value, "a finite number >= 0")
         if not 0 <= self.seed < 2**32:
-            raise AffectusError(f"train.seed = {self.seed}: expected an integer in [0, 2**32)")
+            raise SettingError("train.seed", self.seed, "an integer in [0, 2**32)")
         if self.threads < 0:
-            raise AffectusError(f"train.threads = {self.threads}: expected >= 0 (0: torch's default)")
+            raise SettingError("train.threads", self.threads, ">= 0 (0: torch's default)")
         if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", self.device):
-            raise AffectusError(f"train.device = {self.device!r}: expected cpu, cuda, cuda:N or mps")
-
-
-def _config_text(rel: str) -> str:
-    return resources.files("affectus").joinpath("configs", rel).read_text(encoding="utf-8")
+            raise SettingError("train.device", self.device, "cpu, cuda, cuda:N or mps")
 
 
 def load_variants(model_name: str = "cmc") -> dict[str, dict]:
@@ -77,50 +76,14 @@ def list_variants(model_name: str = "cmc") -> list[str]:
     return list(load_variants(model_name))
 
 
-def _coerce(key: str, value: Any, current: Any) -> Any:
-    """Check a value against the type of the default it replaces."""
-    if isinstance(current, bool):
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise AffectusError(f"{key} = {value!r}: expected true or false")
-    if isinstance(current, int) and not isinstance(current, bool):
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise AffectusError(f"{key} = {value!r}: expected an integer")
-        try:
-            return int(value)
-        except ValueError:
-            raise AffectusError(f"{key} = {value!r}: expected an integer") from None
-    if isinstance(current, float):
-        if isinstance(value, bool):
-            raise AffectusError(f"{key} = {value!r}: expected a number")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise AffectusError(f"{key} = {value!r}: expected a number") from None
-    if isinstance(current, list):
-        if isinstance(value, str):
-            value = yaml.safe_load(value)
-        if not isinstance(value, list):
-            raise AffectusError(f"{key} = {value!r}: expected a list")
-        try:
-            return [type(current[0])(v) for v in value] if current else list(value)
-        except (TypeError, ValueError):
-            raise AffectusError(f"{key} = {value!r}: expected a list of numbers") from None
-    if current is None or isinstance(current, (str, dict)):
-        return value
-    return value
-
-
 def parse_set(items: list[str]) -> dict[str, Any]:
-    """`--set key=value` pairs -> {key: value}; values are parsed as YAML scalars."""
+    """`--set key=value` pairs -> {key: value}; a value is read as YAML, like the same value in a file."""
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
             raise AffectusError(f"--set {item!r}: expected key=value")
         key, raw = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        out[key.strip()] = yaml_value(raw)
     return out
 
 
@@ -150,40 +113,39 @@ class ResolvedConfig:
     def from_dict(cls, d: dict[str, Any]) -> ResolvedConfig:
         from affectus.models.registry import get_model_entry
 
-        train = TrainConfig()
-        _apply({f.name for f in dataclasses.fields(TrainConfig)}, train, d.get("train", {}), "train")
         recipe_cls = getattr(get_model_entry(d["model_name"]).get_recipe(), "config_cls", None)
-        recipe = None
-        if recipe_cls is not None:
-            recipe = recipe_cls()
-            _apply({f.name for f in dataclasses.fields(recipe_cls)}, recipe, d.get("recipe", {}), "recipe")
+        train = _section(TrainConfig, d.get("train", {}), "train")
+        recipe = None if recipe_cls is None else _section(recipe_cls, d.get("recipe", {}), "recipe")
         return cls(d["model_name"], d["variant"], dict(d["model"]), train, recipe, d.get("preset"))
 
 
-def _apply(known: set[str], target: Any, values: dict[str, Any], section: str) -> None:
-    for key, value in values.items():
+def _section(config_cls: type, values: dict[str, Any], section: str) -> Any:
+    """A section's dataclass from saved values (run.json), each checked against its field's type."""
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    for key in values:
         if key not in known:
             raise AffectusError(f"unknown config key '{section}.{key}'")
-        setattr(target, key, _coerce(f"{section}.{key}", value, getattr(target, key)))
+    return config_cls(**{k: check_value(config_cls, k, v, f"{section}.{k}") for k, v in values.items()})
 
 
-def _read_config_file(path: Path) -> dict[str, Any]:
-    """A user YAML file: {model: {...}, train: {...}, recipe: {...}} or flat keys, as flat dotted pairs."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError:
-        raise AffectusError(f"config file {path}: not UTF-8 text") from None
-    except (OSError, yaml.YAMLError) as err:
-        raise AffectusError(f"config file {path}: cannot read YAML ({type(err).__name__})") from None
+Located = tuple[str, Any, str]  # (config key, value, where it was set: FILE:LINE, --set, preset NAME, ...)
+
+
+def config_entries(doc: Doc) -> list[Located]:
+    """A config YAML, `{model: {...}, train: {...}, recipe: {...}}` or flat keys (`train.lr`, `lr`),
+    as located (key, value, FILE:LINE) entries."""
+    data = {} if doc.data is None else doc.data
     if not isinstance(data, dict):
-        raise AffectusError(f"config file {path}: expected a mapping at the top level")
-    flat: dict[str, Any] = {}
-    for k, v in data.items():
-        if k in SECTIONS and isinstance(v, dict):
-            flat.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+        raise doc.error((), "expected a mapping of config keys ({model: {...}, train: {...}, recipe: {...}})")
+    out: list[Located] = []
+    for key, value in data.items():
+        if key in SECTIONS and isinstance(value, dict | None):
+            out += [(f"{key}.{k}", v, doc.where((key, k))) for k, v in (value or {}).items()]
+        elif key in SECTIONS:
+            raise doc.error((key,), f"{key}: expected a mapping of {key}.* keys, got {value!r}")
         else:
-            flat[k] = v
-    return flat
+            out.append((str(key), value, doc.where((key,))))
+    return out
 
 
 def resolve_config(
@@ -191,78 +153,86 @@ def resolve_config(
     variant: str | None = None,
     preset=None,
     config_file: str | Path | None = None,
-    overrides: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | list[Located] | None = None,
 ) -> ResolvedConfig:
     """Build the run's config. `preset` is a Preset object (or None for custom data); `variant` None is
-    the model's default variant.
+    the model's default variant; `overrides` are --set values, or located entries (an experiment spec's).
 
     Order: the model's dataclass defaults -> configs/models/NAME.yaml -> the preset's row for the model
-    (Table III) -> the variant -> a YAML file -> --set. Keys are `model.X`, `train.X` or `recipe.X`; a bare
-    X is looked up in that order.
+    (Table III) -> the variant -> a YAML file -> overrides. Keys are `model.X`, `train.X` or `recipe.X`; a
+    bare X is looked up in that order. Every value is checked against its field's type as it is applied,
+    and the ranges (each section's `validate()`) once all are in; an error names where the value was set.
     """
     from affectus.errors import suggest
     from affectus.models.registry import get_model_entry
 
     entry = get_model_entry(model_name)
     model_name = entry.name
-    model_fields = {f.name for f in dataclasses.fields(entry.config_cls)}
     model_cfg: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(entry.config_cls)
                                  if f.default is not dataclasses.MISSING}
     train = TrainConfig()
     recipe_cls = getattr(entry.get_recipe(), "config_cls", None)
     recipe = recipe_cls() if recipe_cls is not None else None
-    known = {
-        "model": model_fields,
-        "train": {f.name for f in dataclasses.fields(TrainConfig)},
-        "recipe": set() if recipe_cls is None else {f.name for f in dataclasses.fields(recipe_cls)},
-    }
+    owners = {"model": entry.config_cls, "train": TrainConfig, "recipe": recipe_cls}
+    known = {s: set() if c is None else {f.name for f in dataclasses.fields(c)} for s, c in owners.items()}
+    origin: dict[str, str] = {}  # full key -> where it was last set, in that order
 
-    def apply_pairs(pairs: dict[str, Any], where: str) -> None:
-        for key, value in pairs.items():
-            section, _, name = key.rpartition(".")
+    def apply(entries: list[Located]) -> None:
+        for key, value, where in entries:
+            section, _, name = str(key).rpartition(".")
             if section == "":
                 section = next((s for s in SECTIONS if name in known[s]), "")
             if section not in SECTIONS:
-                raise AffectusError(f"{where}: unknown config key '{key}' (use model.NAME, train.NAME or recipe.NAME)")
+                raise AffectusError(f"{where}: unknown config key '{key}' (use model.NAME, train.NAME or recipe.NAME)"
+                                    f"{suggest(key, [f'{s}.{n}' for s in SECTIONS for n in known[s]])}")
+            full = f"{section}.{name}"
             if name not in known[section]:
                 everything = [f"{s}.{n}" for s in SECTIONS for n in known[s]]
-                raise AffectusError(f"{where}: unknown config key '{section}.{name}' for model '{model_name}'"
-                                    f"{suggest(f'{section}.{name}', everything)}")
-            full = f"{section}.{name}"
+                raise AffectusError(f"{where}: unknown config key '{full}' for model '{model_name}'"
+                                    f"{suggest(full, everything)}")
+            try:
+                value = check_value(owners[section], name, value, full)
+            except AffectusError as err:
+                raise AffectusError(f"{where}: {err}") from None
             if section == "model":
-                cur = model_cfg.get(name)
-                model_cfg[name] = _coerce(full, value, cur) if cur is not None else value
+                model_cfg[name] = value
             else:
-                target = train if section == "train" else recipe
-                setattr(target, name, _coerce(full, value, getattr(target, name)))
+                setattr(train if section == "train" else recipe, name, value)
+            origin.pop(full, None)  # keep the order in which keys were last set
+            origin[full] = where
 
     # 1. the model's shipped defaults
-    try:
-        shipped = yaml.safe_load(_config_text(f"models/{model_name}.yaml")) or {}
-    except FileNotFoundError:
-        shipped = {}
-    for section in SECTIONS:
-        apply_pairs({f"{section}.{k}": v for k, v in (shipped.get(section) or {}).items()},
-                    f"configs/models/{model_name}.yaml")
+    res = resources.files("affectus").joinpath("configs", "models", f"{model_name}.yaml")
+    if res.is_file():
+        apply(config_entries(read_yaml(f"configs/models/{model_name}.yaml", res.read_text(encoding="utf-8"))))
 
     # 2. the dataset preset (Table III; a variant may ask for another row, e.g. CMC-GT's Table VII)
     variant, spec = entry.variant(variant)
     if preset is not None:
         table = (preset.model or {}).get(spec.get("preset_model_key", model_name)) or (preset.model or {}).get(model_name)
         if table is not None:
-            values = dataclasses.asdict(table) if dataclasses.is_dataclass(table) else dict(table)
-            apply_pairs({f"model.{k}": v for k, v in values.items()}, f"preset {preset.name}")
+            values = table.model_dump() if hasattr(table, "model_dump") else dict(table)
+            apply([(f"model.{k}", v, f"preset {preset.name}") for k, v in values.items()])
     # 3. the variant
-    apply_pairs(spec.get("overrides") or {}, f"variant {variant}")
+    apply([(k, v, f"variant {variant}") for k, v in (spec.get("overrides") or {}).items()])
     # 4. a user YAML file
     if config_file is not None:
-        apply_pairs(_read_config_file(Path(config_file)), f"config file {config_file}")
+        apply(config_entries(read_yaml(config_file)))
     # 5. --set overrides
-    apply_pairs(overrides or {}, "--set")
-    train.validate()
-    if recipe is not None and hasattr(recipe, "validate"):
-        recipe.validate()
-    check = getattr(entry.config_cls, "validate", None)
-    if check is not None:
-        check(entry.config_cls(**model_cfg))  # e.g. heads dividing d, before anything is written
+    apply([(k, v, "--set") for k, v in overrides.items()] if isinstance(overrides, dict) else list(overrides or []))
+    try:
+        train.validate()
+        if recipe is not None and hasattr(recipe, "validate"):
+            recipe.validate()
+        check = getattr(entry.config_cls, "validate", None)
+        if check is not None:
+            check(entry.config_cls(**model_cfg))  # e.g. heads dividing d, before anything is written
+    except SettingError as err:
+        # point at the last place that set one of the keys the rule involves (heads at 4 by default
+        # and d = 30 from a spec: d's line)
+        order = list(origin)
+        set_keys = [k for k in err.keys if k in origin]
+        if not set_keys:  # a default out of range: nothing to point at
+            raise
+        raise AffectusError(f"{origin[max(set_keys, key=order.index)]}: {err}") from None
     return ResolvedConfig(model_name, variant, model_cfg, train, recipe, None if preset is None else preset.name)

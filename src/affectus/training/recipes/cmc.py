@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from affectus.data.types import MODALITIES
-from affectus.errors import AffectusError
+from affectus.errors import AffectusError, SettingError
 from affectus.training.loop import logger
 from affectus.training.recipes.base import RecipeContext, RecipeResult
 from affectus.training.tasks import Stage1Task, Stage2Task
@@ -51,17 +51,17 @@ class CMCRecipeConfig:
     def validate(self) -> None:
         for key, allowed in _CHOICES.items():
             if getattr(self, key) not in allowed:
-                raise AffectusError(f"recipe.{key} = {getattr(self, key)!r}: expected one of {', '.join(allowed)}")
+                raise SettingError(f"recipe.{key}", getattr(self, key), f"one of {', '.join(allowed)}")
         for key in ("label_momentum", "label_gamma", "ema_momentum", "ema_gamma"):
             values = getattr(self, key)
             if len(values) != 3:
-                raise AffectusError(f"recipe.{key}: expected 3 values (text, audio, vision)")
+                raise SettingError(f"recipe.{key}", values, "3 values (text, audio, vision)")
             if "momentum" in key and not all(0.0 <= v <= 1.0 for v in values):
-                raise AffectusError(f"recipe.{key} = {values}: momenta must lie in [0, 1]")
+                raise SettingError(f"recipe.{key}", values, "momenta in [0, 1]")
         if not self.supcon_tau > 0:
-            raise AffectusError(f"recipe.supcon_tau = {self.supcon_tau}: expected a temperature > 0")
+            raise SettingError("recipe.supcon_tau", self.supcon_tau, "a temperature > 0")
         if not self.stage2_lr >= 0:
-            raise AffectusError(f"recipe.stage2_lr = {self.stage2_lr}: expected >= 0 (0: train.lr)")
+            raise SettingError("recipe.stage2_lr", self.stage2_lr, ">= 0 (0: train.lr)")
 
 
 class _FrozenEncoders(torch.nn.Module):
