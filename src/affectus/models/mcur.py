@@ -8,7 +8,9 @@ says why, with the alternative we rejected. The network:
    that have modality k only: h_k (B, d);
 2. an absent modality is replaced by a learned, L2-normalised "missing" vector m_k, so the fusion
    knows which combination it sees: h~_k = h_k if present else m_k;
-3. fusion: z = MLP([h~_t; h~_a; h~_v]) (B, fused); the classifier reads z (logits (B, C)); MCB-CL
+3. fusion: z = MLP(sqrt(d) [h~_t; h~_a; h~_v]) (B, fused): the unit vectors' entries are ~1/sqrt(d), the
+   factor gives the MLP inputs of unit scale (without it training crawled: the logits start near
+   zero and stay there for many epochs); the classifier reads z (logits (B, C)); MCB-CL
    contrasts normalize(z); the SUGR head reads z and gives a per-sample log-variance s (B,),
    bounded to [-s_max, s_max] by s = s_max * tanh(raw / s_max).
 
@@ -108,7 +110,7 @@ class MCUR(nn.Module):
     def represent(self, batch: Batch) -> MCURParts:
         available = batch.availability().to(batch.index.device).bool()  # (B, 3)
         h = self._encode(batch, available)  # (B, 3, d)
-        z = self.fusion(h.reshape(len(batch), -1))  # (B, fused)
+        z = self.fusion(h.reshape(len(batch), -1) * self.config.d**0.5)  # (B, fused), unit-scale inputs
         logits = self.classifier(self.dropout(F.relu(z)))  # (B, C)
         bound = self.config.uncertainty_bound
         log_var = bound * torch.tanh(self.uncertainty(z).squeeze(-1) / bound)  # (B,) in (-s_max, s_max)
