@@ -87,7 +87,7 @@ def synth(
             raw = generate(config, progress=lambda k: bar.advance(task, k))
     else:
         raw = generate(config)
-    summary = summarise(raw)
+    summary = summarise(raw, categorical=bool(config.class_names))
 
     as_npz = npz or out.suffix == ".npz"
     if as_npz:
@@ -108,6 +108,7 @@ def synth(
         f"wrote {out} ({'npz' if as_npz else 'pickle'}, {config.estimate_bytes() / 1e9:.2f} GB of features, "
         f"{seconds:.1f}s): synthetic {config.name} seed {config.seed}, train/valid/test {sizes}, "
         f"dims t/a/v {dims}, seq lens {lens}, {subsets}, audio -inf {summary['audio_neg_inf']}"
+        + (f", classes {'/'.join(config.class_names)}" if config.class_names else "")
     )
 
 

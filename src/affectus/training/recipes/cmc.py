@@ -114,8 +114,9 @@ class CMCRecipe:
         rc, model = ctx.recipe, ctx.model
         init_train, init_val = self._initial_labels(ctx)
         frozen = not rc.plgm or rc.unimodal_labels == "ground_truth"
-        bank = PseudoLabelBank(init_train, frozen=frozen)
-        val_bank = PseudoLabelBank(init_val, frozen=frozen or rc.selection == "fixed")
+        classes = ctx.scheme.num_classes  # 3 sentiment classes, or a categorical scheme's N emotions
+        bank = PseudoLabelBank(init_train, num_classes=classes, frozen=frozen)
+        val_bank = PseudoLabelBank(init_val, num_classes=classes, frozen=frozen or rc.selection == "fixed")
         val_batches = ctx.eval_batches(ctx.select_split)
         summary: dict[str, Any] = {}
 
