@@ -99,6 +99,10 @@ def test_synth_cli_writes_categorical_data(tmp_path, cli, small_iemocap):
     ds = load_dataset(out, "iemocap")
     assert ds.dims == {"text": 300, "audio": 74, "vision": 1024} and ds.seq_lens == {"text": 20, "audio": 20, "vision": 20}
     assert set(np.unique(ds["test"].labels)) <= {0.0, 1.0, 2.0, 3.0}
+    rc, stdout, _ = cli("inspect", out, "--preset", "iemocap", "--json")
+    counts = json.loads(stdout)["splits"]["test"]["classes"]
+    assert list(counts) == ["happy", "sad", "angry", "neutral"] and sum(counts.values()) == 16
+    assert counts == {c: int((ds["test"].labels == k).sum()) for k, c in enumerate(counts)}
     ds2, preset = open_data("synth:iemocap")
     assert preset.name == "iemocap" and np.array_equal(ds2["train"].labels, ds["train"].labels)
 

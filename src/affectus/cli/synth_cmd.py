@@ -21,7 +21,7 @@ _PROGRESS_MIN_VALUES = 20_000_000  # below ~80 MB of features generation takes w
 @app.command()
 def synth(
     preset: Annotated[
-        str, typer.Option("--preset", help="shapes and sizes of: sims, simsv2, mosi, mosei, ...")
+        str, typer.Option("--preset", help="shapes and sizes of: sims, simsv2, mosi, mosei, iemocap, ...")
     ],
     out: Annotated[Path, typer.Option("--out", help="file to write (MMSA pickle; .npz with --npz)")],
     seed: Annotated[int, typer.Option("--seed", help="same seed, same bytes")] = 1111,
