@@ -76,6 +76,8 @@ def test_mcur_ignores_absent_inputs_and_bounds_uncertainty():
         parts = model.represent(next(iter(iterate_batches(with_availability(ds["train"], present), 12))))
         (parts.logits.sum() + parts.log_var.sum()).backward()
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        absent = [k for k, m in enumerate(("text", "audio", "vision")) if m not in present]
+        assert all(model.missing.grad[k].abs().sum() > 0 for k in absent)  # the missing vectors learn
         model.zero_grad()
 
 
