@@ -14,6 +14,7 @@ from affectus.data.batches import iterate_batches
 from affectus.data.missing import CONDITIONS, condition_name, random_availability, with_availability
 from affectus.data.mmsa import dataset_from_raw, load_dataset, write_pickle
 from affectus.data.synthetic import SynthConfig, generate
+from affectus.evaluation.evaluate import router_weights_by_condition
 from affectus.evaluation.schemes import get_scheme
 from affectus.models.cmc import CMC, CMCConfig
 from affectus.models.layers import ConsensusRouter, pfm
@@ -112,7 +113,7 @@ def test_cmc_avail_variant_trains_and_reports_router_shift(ds, tmp_path, capsys)
     assert info["variant"] == "cmc_avail" and info["model_config"]["mask_absent"] is True
     pred = affectus.load(out)
     test = load_dataset(data)["test"]
-    shift = pred.router_by_condition(test)
+    shift = router_weights_by_condition(pred.model, test)
     assert list(shift) == ["{l}", "{a}", "{v}", "{l,a}", "{l,v}", "{a,v}", "{l,a,v}"]
     assert shift["{l}"] == {"text": 1.0, "audio": 0.0, "vision": 0.0}
     assert shift["{a,v}"]["text"] == 0.0 and shift["{a,v}"]["audio"] + shift["{a,v}"]["vision"] == pytest.approx(1)

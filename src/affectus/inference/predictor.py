@@ -118,13 +118,6 @@ class Predictor:
             res = predict_split(self.model, split, batch_size, self.device)
         return _to_prediction(res, self.scheme.class_names, mask)
 
-    def router_by_condition(self, split: Split) -> dict[str, dict[str, float]]:
-        """Mean router weight per modality under each of the 7 availability conditions ({} for a model
-        without a router): how the verdict's reliance shifts when modalities go missing."""
-        from affectus.evaluation.evaluate import router_weights_by_condition
-
-        return router_weights_by_condition(self.model, split, 256, self.device)
-
     def _split_from_arrays(self, arrays: dict[str, np.ndarray]) -> Split:
         try:
             feats = {m: np.asarray(arrays[m], dtype=np.float32) for m in MODALITIES}
