@@ -35,14 +35,16 @@ TINY = {
     "tfn": {"text_hidden": 8, "audio_hidden": 4, "vision_hidden": 4, "text_out": 4, "post_fusion_dim": 8},
     "mult": {"d": 8, "heads": 2, "layers": 1, "mem_layers": 1},
     "self_mm": {"text_encoder": "lstm", "text_hidden": 8},
+    "mcur": {"d": 8, "heads": 2, "ff": 16, "fused": 8},
 }
 # Extra forward passes whose outputs a training task uses besides `forward` (cmc's stage 1, Self-MM's
 # unimodal heads), so the backward test reaches what training reaches.
-EXTRA_FORWARD = {"cmc": "unimodal_forward", "self_mm": "multitask_forward"}
+EXTRA_FORWARD = {"cmc": "unimodal_forward", "self_mm": "multitask_forward", "mcur": "represent"}
 # Parameters that legitimately receive no gradient from these passes, by exact name, per model.
 # None today: MulT builds no key/value LayerNorm for its self-attention blocks, and Self-MM's text
 # LSTM exists only with text_encoder="lstm".
 UNUSED: dict[str, set[str]] = {name: set() for name in TINY}
+UNUSED["mcur"] = {"missing"}  # MCUR's missing-modality vectors: this batch has every modality
 
 
 

@@ -49,6 +49,9 @@ EXPECTED = {  # name: (dims t/a/v, seq lens t/a/v, label range, acc2, unimodal, 
         {"cmc": (2, 4, 0.0)},
     ),
     "mosi-utterance": ((100, 73, 100), (1, 1, 1), (-3.0, 3.0), "mosi", False, None, {"cmc": (2, 4, 0.5)}),
+    # CUMDF's appendix A.2.1: GloVe 300 / COVAREP 74 / MA-Net 1024, 20 word-aligned steps
+    "iemocap": ((300, 74, 1024), (20, 20, 20), (0.0, 3.0), "categorical", False, None, {"cmc": (2, 4, 0.5)}),
+    "iemocap6": ((300, 74, 1024), (20, 20, 20), (0.0, 5.0), "categorical", False, None, {"cmc": (2, 4, 0.5)}),
 }
 
 
@@ -96,7 +99,7 @@ def test_split_roles():
 
 
 def test_unknown_preset_lists_known():
-    with pytest.raises(AffectusError, match=r"unknown preset 'mosii' \(did you mean 'mosi'\?\) \(known: mosei, mosi, mosi-utterance"):
+    with pytest.raises(AffectusError, match=r"unknown preset 'mosii' \(did you mean 'mosi'\?\) \(known: iemocap, iemocap6, mosei, mosi, mosi-utterance"):
         load_preset("mosii")
 
 

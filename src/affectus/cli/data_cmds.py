@@ -51,7 +51,10 @@ def _label_stats(labels: np.ndarray) -> dict[str, Any]:
 
 
 def summarise(dataset: MERDataset, path: Path, preset: str | None = None) -> dict[str, Any]:
-    """Everything `inspect` reports, as one JSON-ready dict (keys are stable: scripts read them)."""
+    """Everything `inspect` reports, as one JSON-ready dict (keys are stable: scripts read them).
+    With a categorical preset each split also counts its samples per class (`classes`)."""
+    scheme = load_preset(preset).scheme if preset else None
+    named = scheme is not None and not scheme.scores  # labels are class indices
     splits: dict[str, Any] = {}
     for name, s in dataset.splits.items():
         d_msc = d_msi = None
@@ -73,6 +76,9 @@ def summarise(dataset: MERDataset, path: Path, preset: str | None = None) -> dic
             "d_msc": d_msc,
             "d_msi": d_msi,
         }
+        if named:
+            counts = np.bincount(scheme.to_classes(s.labels), minlength=scheme.num_classes)
+            splits[name]["classes"] = {c: int(k) for c, k in zip(scheme.class_names, counts)}
     return {
         "file": str(path),
         "format": file_format(path),

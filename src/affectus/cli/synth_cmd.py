@@ -21,7 +21,7 @@ _PROGRESS_MIN_VALUES = 20_000_000  # below ~80 MB of features generation takes w
 @app.command()
 def synth(
     preset: Annotated[
-        str, typer.Option("--preset", help="shapes and sizes of: sims, simsv2, mosi, mosei, ...")
+        str, typer.Option("--preset", help="shapes and sizes of: sims, simsv2, mosi, mosei, iemocap, ...")
     ],
     out: Annotated[Path, typer.Option("--out", help="file to write (MMSA pickle; .npz with --npz)")],
     seed: Annotated[int, typer.Option("--seed", help="same seed, same bytes")] = 1111,
@@ -91,7 +91,7 @@ def synth(
             raw = generate(config, progress=lambda k: bar.advance(task, k))
     else:
         raw = generate(config)
-    summary = summarise(raw)
+    summary = summarise(raw, categorical=bool(config.class_names))
 
     as_npz = npz or out.suffix == ".npz"
     if as_npz:
@@ -112,6 +112,7 @@ def synth(
         f"wrote {out} ({'npz' if as_npz else 'pickle'}, {config.estimate_bytes() / 1e9:.2f} GB of features, "
         f"{seconds:.1f}s): synthetic {config.name} seed {config.seed}, train/valid/test {sizes}, "
         f"dims t/a/v {dims}, seq lens {lens}, {subsets}, audio -inf {summary['audio_neg_inf']}"
+        + (f", classes {'/'.join(config.class_names)}" if config.class_names else "")
     )
 
 

@@ -8,12 +8,12 @@ runs are reproducible by seed; the label scheme turns labels into classes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
 
-from affectus.data.types import Split, to_classes
+from affectus.data.types import MODALITIES, Split, to_classes
 
 
 @dataclass
@@ -48,6 +48,21 @@ class Batch:
 
     def lengths(self, modality: str) -> torch.Tensor:
         return getattr(self, f"{modality}_lengths")
+
+    def with_available(self, present: torch.Tensor) -> Batch:
+        """A copy where modality k of sample b is absent unless present[b, k] (and it was present):
+        zero-filled with length 0, as `data.missing.with_availability` does to a split. (B, 3) bool."""
+        mask = present.to(device=self.index.device, dtype=torch.bool) & self.availability()  # (B, 3)
+        changes: dict = {"available": mask}
+        for k, m in enumerate(MODALITIES):
+            keep = mask[:, k]
+            x = getattr(self, m)  # (B, L, D)
+            changes[m] = torch.where(keep[:, None, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
+            changes[f"{m}_lengths"] = torch.where(keep, self.lengths(m), torch.zeros_like(self.lengths(m)))
+        if self.text_bert is not None:
+            changes["text_bert"] = torch.where(mask[:, 0, None, None], self.text_bert,
+                                               torch.zeros((), dtype=self.text_bert.dtype, device=self.index.device))
+        return replace(self, **changes)
 
 
 def make_batch(split: Split, rows: np.ndarray, with_labels: bool = True, scheme=None) -> Batch:

@@ -31,6 +31,22 @@ def condition_name(present: tuple[str, ...] | list[str]) -> str:
     return "{" + ",".join(short[m] for m in MODALITIES if m in present) + "}"
 
 
+def random_availability(n: int, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """(n, 3) bool: each (sample, modality) absent with probability `rate`, at least one kept per sample.
+
+    A sample that loses all three keeps one modality drawn uniformly, so a modality is absent with
+    probability rate - rate**3 / 3, a little below `rate`. Training recipes use it for modality dropout;
+    the same generator state, n and rate give the same mask.
+    """
+    if not 0.0 <= rate <= 1.0:
+        raise AffectusError(f"missing rate {rate}: expected a value in [0, 1]")
+    mask = rng.random((n, 3)) >= rate  # (n, 3) True = present
+    keep = rng.integers(0, 3, size=n)  # drawn for every sample, so the stream does not depend on the mask
+    empty = ~mask.any(axis=1)
+    mask[np.flatnonzero(empty), keep[empty]] = True
+    return mask
+
+
 def parse_available(text: str) -> tuple[str, ...]:
     """'text,audio' / 'l,a' / 'la' / '{l,a}' -> ('text', 'audio'), in text / audio / vision order."""
     raw = str(text).strip().strip("{}").replace(" ", "")

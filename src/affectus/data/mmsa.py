@@ -168,7 +168,9 @@ def load_dataset(
 ) -> MERDataset:
     """Read an MMSA pickle or an affectus .npz, validate it, and return the in-memory form.
 
-    `preset` (a name or a `Preset`) additionally checks the feature dims against the preset's.
+    `preset` (a name or a `Preset`) says which key holds the labels (its scheme's `label_keys`: class
+    indices may come from `classification_labels`) and checks the feature dims and the labels against
+    the preset's.
     Non-finite feature values are replaced by 0 and counted in `MERDataset.sanitised`.
     """
     spath = str(path)
@@ -191,20 +193,24 @@ def load_dataset(
         if trust_pickle:
             _log.warning("warning: --trust-pickle: reading %s with Python's own unpickler, which runs any code the file holds", spath)
         raw, prior = _read_pickle(spath, trust_pickle), {}
-    dataset = dataset_from_raw(raw, source=spath)
+    p = None if preset is None else (preset if isinstance(preset, Preset) else load_preset(preset))
+    dataset = dataset_from_raw(raw, source=spath, label_keys=None if p is None else p.scheme.label_keys)
     # Values already replaced when the npz was written still count: the npz holds the cleaned arrays.
     for k, v in prior.items():
         dataset.sanitised[k] = dataset.sanitised.get(k, 0) + v
-    if preset is not None:
-        (preset if isinstance(preset, Preset) else load_preset(preset)).check(dataset)
+    if p is not None:
+        p.check(dataset)
     return dataset
 
 
 # ------------------------------------------------------------------------------------------ validation
 
 
-def dataset_from_raw(raw: Any, source: str = "<memory>") -> MERDataset:
-    """Validate an MMSA-layout dict into a `MERDataset` (never modifies the arrays it is given)."""
+def dataset_from_raw(raw: Any, source: str = "<memory>", label_keys: tuple[str, ...] | None = None) -> MERDataset:
+    """Validate an MMSA-layout dict into a `MERDataset` (never modifies the arrays it is given).
+
+    `label_keys`: where the labels are, first present key wins (a label scheme's `label_keys`);
+    None: `regression_labels`, the sentiment score of MMSA files."""
     if not isinstance(raw, dict):
         raise _fail(_where(source), f"expected a dict of splits (train/valid/test), got {type(raw).__name__}")
     unknown = [k for k in raw if k not in SPLIT_NAMES]
@@ -217,29 +223,35 @@ def dataset_from_raw(raw: Any, source: str = "<memory>") -> MERDataset:
     dataset = MERDataset(splits={}, source=source)
     for name in SPLIT_NAMES:  # canonical order, whatever order the file used
         if name in raw:
-            dataset.splits[name] = _build_split(source, name, raw[name], dataset.sanitised)
+            dataset.splits[name] = _build_split(source, name, raw[name], dataset.sanitised,
+                                                label_keys or ("regression_labels",))
     _check_across_splits(source, dataset)
     return dataset
 
 
-def _build_split(source: str, name: str, d: Any, sanitised: dict[tuple[str, str], int]) -> Split:
+def _build_split(source: str, name: str, d: Any, sanitised: dict[tuple[str, str], int],
+                 label_keys: tuple[str, ...] = ("regression_labels",)) -> Split:
     if not isinstance(d, dict):
         raise _fail(_where(source, name), f"expected a dict of arrays, got {type(d).__name__}")
-    for key in ("id", "text", "audio", "vision", "regression_labels"):
+    for key in ("id", "text", "audio", "vision"):
         if key not in d:
             raise _fail(_where(source, name, key), "missing required key")
+    label_key = next((k for k in label_keys if d.get(k) is not None), None)
+    if label_key is None:
+        hint = ""
+        if "classification_labels" in d and "classification_labels" not in label_keys:
+            hint = " (the file has classification_labels: class labels need a categorical preset, e.g. --preset iemocap)"
+        raise _fail(_where(source, name, " or ".join(label_keys)), "missing required key" + hint)
 
-    labels = _numeric(source, name, "regression_labels", d["regression_labels"], ndim=1)
+    labels = _numeric(source, name, label_key, d[label_key], ndim=1)
     n = labels.shape[0]
     if n == 0:
         raise _fail(_where(source, name), "empty split (0 samples)")
-    labels = _finite_labels(source, name, "regression_labels", labels)
+    labels = _finite_labels(source, name, label_key, labels)
 
     def rows_ok(key: str, arr: np.ndarray | list) -> None:
         if len(arr) != n:
-            raise _fail(
-                _where(source, name, key), f"{len(arr)} rows, but regression_labels has {n} (N mismatch)"
-            )
+            raise _fail(_where(source, name, key), f"{len(arr)} rows, but {label_key} has {n} (N mismatch)")
 
     feats: dict[str, np.ndarray] = {}
     for m in FEATURE_KEYS:

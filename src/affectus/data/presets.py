@@ -52,8 +52,11 @@ class Preset(Strict):
         return get_scheme(self.scheme_spec)
 
     def check(self, dataset: MERDataset) -> None:
-        """Raise if a feature dim differs from the preset's (the model's input layers would not fit)."""
+        """Raise if a feature dim differs from the preset's (the model's input layers would not fit), or
+        a label does not fit the preset's scheme (a categorical label outside its classes)."""
+        scheme = self.scheme
         for split in dataset.splits.values():
+            scheme.check_labels(split.labels, f"file {dataset.source} split {split.name}")
             for m in MODALITIES:
                 got = int(split.features(m).shape[2])
                 if got != self.dims[m]:

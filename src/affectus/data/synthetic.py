@@ -34,6 +34,15 @@ The generative story, per sample (all draws from numpy Generators seeded by `Syn
    is padded only when `text_bert` is written, since its mask is where loaders read text lengths).
    A fraction `audio_neg_inf_rate` of the true audio values is -inf, as in real MMSA audio.
 
+Categorical presets (a scheme with named classes, e.g. `iemocap`) tell the same story with N emotion
+classes instead of the sentiment sign: the multimodal class c_m is drawn from the preset's class
+prior (`_CLASS_PRIORS`, else uniform), the same conflict pattern decides who contradicts it, and a
+contradicting modality takes one of the other N - 1 classes uniformly. Each modality has N class
+directions and one intensity direction; the intensity fraction u plays the role of |y| / bound.
+Labels are class indices: `classification_labels` (int64) and, for readers that need it,
+`regression_labels` (float32, the same indices); unimodal labels (when asked) are class indices too.
+The raw text names the text modality's emotion ("i feel really furious").
+
 Memory: features are float32, (N * sum_k L_k * D_k * 4) bytes; see `SynthConfig.estimate_bytes`.
 CH-SIMS at full scale is ~0.75 GB, CH-SIMS v2 ~1.8 GB, CMU-MOSI ~0.44 GB, CMU-MOSEI ~8.5 GB:
 use `scale` for MOSEI (`generate_dataset` and the CLI refuse more than 4 GB unless told). Features
@@ -74,6 +83,13 @@ _MOSI_STORY = {
     "positive_rate": 0.5,
 }
 _PRESET_INCONSISTENCY = {"sims": 699 / 1368, "simsv2": 1246 / 2722}
+# Categorical presets: prior of the multimodal class, in the preset's class order. IEMOCAP counts of the
+# usual 4-class set (happy 1636 with excited merged, sad 1084, angry 1103, neutral 1708) and of the
+# 6-class set (happy 648, sad 1084, neutral 1708, angry 1103, excited 1041, frustrated 1849).
+_CLASS_PRIORS = {
+    "iemocap": (1636, 1084, 1103, 1708),
+    "iemocap6": (648, 1084, 1708, 1103, 1041, 1849),
+}
 # Split sizes (train, valid, test): Table I of the paper; mosi-utterance from its README (no test split).
 # Presets name splits but do not size them, so the sizes live here.
 PRESET_SIZES: dict[str, tuple[int, int, int]] = {
@@ -82,6 +98,9 @@ PRESET_SIZES: dict[str, tuple[int, int, int]] = {
     "mosi": (1284, 229, 686),
     "mosei": (16326, 1871, 4659),
     "mosi-utterance": (1447, 369, 0),
+    # CUMDF's Table 1 (its appendix); the 6-class set: sessions 1-4 (5810, a tenth held out to select) / 5
+    "iemocap": (2717, 798, 938),
+    "iemocap6": (5229, 581, 1623),
 }
 
 
@@ -112,6 +131,10 @@ class SynthConfig:
     with_unimodal_labels: bool = True  # write regression_labels_T/A/V
     with_raw_text: bool = True
     with_text_bert: bool = False  # write text_bert (N, 3, Lt): ids < 100, mask, zeros
+    # The categorical story (see the module docstring): N >= 2 class names, labels are class indices;
+    # () tells the sentiment story. `class_probs`: prior of the multimodal class, None = uniform.
+    class_names: tuple[str, ...] = ()
+    class_probs: tuple[float, ...] | None = None
 
     @classmethod
     def from_preset(cls, name: str, scale: float = 1.0, seq_scale: float = 1.0, **overrides) -> SynthConfig:
@@ -132,7 +155,13 @@ class SynthConfig:
                 f"synth: no split sizes known for preset {preset.name!r}; give n_train, n_valid and n_test"
             )
         sizes = dict(zip(SPLITS, table or (0, 0, 0)))
-        story = dict({"sims": _SIMS_STORY, "mosi": _MOSI_STORY}[preset.scheme.name])
+        scheme = preset.scheme
+        if scheme.scores:  # sentiment scores: the dataset family's label steps and class rates
+            story = dict({"sims": _SIMS_STORY, "mosi": _MOSI_STORY}[scheme.name])
+        else:  # named classes: the categorical story
+            prior = _CLASS_PRIORS.get(preset.name)
+            story = {"class_names": tuple(scheme.class_names),
+                     "class_probs": None if prior is None else tuple(c / sum(prior) for c in prior)}
         story["inconsistency"] = _PRESET_INCONSISTENCY.get(preset.name, 0.5)
         config = cls(
             name=preset.name,
@@ -175,16 +204,10 @@ class SynthConfig:
                 not isinstance(v, (int, np.integer)) or v < 1 for v in d.values()
             ):
                 raise bad(f"{what} must map text/audio/vision to integers >= 1 (got {d})")
-        lo, hi = self.label_range
-        if not lo < 0 < hi:
-            raise bad(f"label_range must satisfy lo < 0 < hi (got {self.label_range})")
-        if not self.label_steps or any(not 0 < s <= min(-lo, hi) for s in self.label_steps):
-            raise bad(f"label_steps must be in (0, {min(-lo, hi)}] (got {self.label_steps})")
-        if self.label_step_probs is not None and (
-            len(self.label_step_probs) != len(self.label_steps)
-            or not math.isclose(sum(self.label_step_probs), 1.0)
-        ):
-            raise bad("label_step_probs must match label_steps and sum to 1")
+        if self.class_names:
+            self._validate_classes(bad)
+        else:
+            self._validate_scores(bad)
         for name in (
             "neutral_rate",
             "positive_rate",
@@ -199,6 +222,26 @@ class SynthConfig:
         for name in ("text_strength", "audio_strength", "vision_strength", "noise"):
             if not getattr(self, name) >= 0.0:
                 raise bad(f"{name} must be >= 0 (got {getattr(self, name)})")
+
+    def _validate_scores(self, bad: Callable[[str], AffectusError]) -> None:
+        lo, hi = self.label_range
+        if not lo < 0 < hi:
+            raise bad(f"label_range must satisfy lo < 0 < hi (got {self.label_range})")
+        if not self.label_steps or any(not 0 < s <= min(-lo, hi) for s in self.label_steps):
+            raise bad(f"label_steps must be in (0, {min(-lo, hi)}] (got {self.label_steps})")
+        if self.label_step_probs is not None and (
+            len(self.label_step_probs) != len(self.label_steps)
+            or not math.isclose(sum(self.label_step_probs), 1.0)
+        ):
+            raise bad("label_step_probs must match label_steps and sum to 1")
+
+    def _validate_classes(self, bad: Callable[[str], AffectusError]) -> None:
+        names = self.class_names
+        if len(names) < 2 or len(set(names)) != len(names):
+            raise bad(f"class_names must hold at least 2 distinct names (got {list(names)})")
+        probs = self.class_probs
+        if probs is not None and (len(probs) != len(names) or min(probs) < 0 or not math.isclose(sum(probs), 1.0)):
+            raise bad(f"class_probs must give {len(names)} non-negative shares summing to 1 (got {probs})")
 
 
 Progress = Callable[[int], None]  # called with the number of feature values just generated
@@ -260,13 +303,15 @@ def total_values(config: SynthConfig) -> int:
     return config.estimate_bytes() // 4
 
 
-def consistent_mask(split: dict) -> np.ndarray:
-    """(N,) bool: True for D_msc (y_m and every y_k share one sign class), False for D_msi."""
-    cls_m = to_classes(split["regression_labels"])
-    return np.all([to_classes(split[UNIMODAL_KEYS[m]]) == cls_m for m in MODALITIES], axis=0)
+def consistent_mask(split: dict, categorical: bool = False) -> np.ndarray:
+    """(N,) bool: True for D_msc (y_m and every y_k share one sign class, or with `categorical` one
+    class index), False for D_msi."""
+    classes = (lambda y: np.asarray(y).astype(np.int64)) if categorical else to_classes
+    cls_m = classes(split["regression_labels"])
+    return np.all([classes(split[UNIMODAL_KEYS[m]]) == cls_m for m in MODALITIES], axis=0)
 
 
-def summarise(raw: dict) -> dict:
+def summarise(raw: dict, categorical: bool = False) -> dict:
     """Sizes, shapes, D_msc / D_msi counts (when unimodal labels are present) and -inf counts."""
     first = next(iter(raw.values()))
     out: dict = {
@@ -276,7 +321,7 @@ def summarise(raw: dict) -> dict:
         "audio_neg_inf": int(sum(np.isneginf(d["audio"]).sum() for d in raw.values())),
     }
     if all(UNIMODAL_KEYS["text"] in d for d in raw.values()):
-        msc = [int(consistent_mask(d).sum()) for d in raw.values()]
+        msc = [int(consistent_mask(d, categorical).sum()) for d in raw.values()]
         out["msc"] = sum(msc)
         out["msi"] = sum(out["sizes"].values()) - out["msc"]
     return out
@@ -287,15 +332,17 @@ def summarise(raw: dict) -> dict:
 
 
 def _make_world(config: SynthConfig, seq: np.random.SeedSequence) -> dict[str, np.ndarray]:
-    """Per modality a (4, D) matrix: rows 0..2 the class directions, row 3 the intensity direction.
+    """Per modality a (K + 1, D) matrix: rows 0..K-1 the class directions (K = 3 sentiment classes, or
+    the categorical story's N), row K the intensity direction.
 
-    Orthonormal when D >= 4 (QR of a Gaussian matrix), so classes are equally far apart; for D < 4
+    Orthonormal when D >= K + 1 (QR of a Gaussian matrix), so classes are equally far apart; else
     random unit vectors (classes then overlap, as they would in so few dimensions)."""
+    rows = (len(config.class_names) or 3) + 1
     world = {}
     for m, mseq in zip(MODALITIES, seq.spawn(len(MODALITIES))):  # one stream per modality
         d = config.dims[m]
-        g = np.random.default_rng(mseq).standard_normal((d, 4))
-        if d >= 4:
+        g = np.random.default_rng(mseq).standard_normal((d, rows))
+        if d >= rows:
             q, _ = np.linalg.qr(g)
             dirs = q.T
         else:
@@ -322,6 +369,35 @@ def _scores(cls: np.ndarray, frac: np.ndarray, step: np.ndarray, lo: float, hi: 
     return (sign * k * step).astype(np.float32)
 
 
+def _conflict_pattern(config: SynthConfig, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Step 2 of the story: per modality, (N,) bool, whether it contradicts the multimodal class."""
+    inconsistent = rng.random(n) < config.inconsistency
+    text_wrong = inconsistent & (rng.random(n) < config.text_misleading)
+    audio_pick = rng.random(n) < 0.5
+    return {
+        "text": text_wrong,
+        "audio": inconsistent & ~text_wrong & audio_pick,
+        "vision": inconsistent & ~text_wrong & ~audio_pick,
+    }
+
+
+def _categorical_labels(config: SynthConfig, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The categorical story: class indices (N,) int64 keyed 'm', 'text', 'audio', 'vision', and each
+    one's intensity fraction in (0, 1] keyed 'u_m', 'u_text', ..."""
+    k = len(config.class_names)
+    cls_m = rng.choice(k, size=n, p=config.class_probs)
+    frac_m = 1.0 - rng.random(n)  # (0, 1]
+    wrong = _conflict_pattern(config, n, rng)
+    out = {"m": cls_m.astype(np.int64), "u_m": frac_m}
+    for m in MODALITIES:  # every draw for every sample, as in the sentiment story
+        other = (cls_m + rng.integers(1, k, size=n)) % k  # one of the other k - 1 classes, uniformly
+        jitter = np.clip(frac_m + rng.normal(0.0, _MAG_JITTER, n), 0.0, 1.0)
+        fresh = 1.0 - rng.random(n)
+        out[m] = np.where(wrong[m], other, cls_m).astype(np.int64)
+        out[f"u_{m}"] = np.where(wrong[m], fresh, jitter)
+    return out
+
+
 def _labels(config: SynthConfig, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Multimodal and unimodal scores (N,) float32, keyed 'm', 'text', 'audio', 'vision'."""
     lo, hi = config.label_range
@@ -329,16 +405,7 @@ def _labels(config: SynthConfig, n: int, rng: np.random.Generator) -> dict[str, 
     cls_m = rng.choice(3, size=n, p=[1 - config.neutral_rate - p_pos, config.neutral_rate, p_pos])
     step = rng.choice(np.asarray(config.label_steps), size=n, p=config.label_step_probs)
     frac_m = 1.0 - rng.random(n)  # (0, 1]
-
-    # Conflict pattern (step 2 of the story): who contradicts the multimodal class.
-    inconsistent = rng.random(n) < config.inconsistency
-    text_wrong = inconsistent & (rng.random(n) < config.text_misleading)
-    audio_pick = rng.random(n) < 0.5
-    wrong = {
-        "text": text_wrong,
-        "audio": inconsistent & ~text_wrong & audio_pick,
-        "vision": inconsistent & ~text_wrong & ~audio_pick,
-    }
+    wrong = _conflict_pattern(config, n, rng)
 
     out = {"m": _scores(cls_m, frac_m, step, lo, hi)}
     for m in MODALITIES:  # every draw happens for every sample, so patterns do not shift the streams
@@ -365,19 +432,20 @@ def _lengths(config: SynthConfig, m: str, n: int, rng: np.random.Generator) -> n
 def _features(
     config: SynthConfig,
     m: str,
-    scores: np.ndarray,
+    classes: np.ndarray,
+    intensity: np.ndarray,
     lengths: np.ndarray,
     direction: np.ndarray,
     rng: np.random.Generator,
     progress: Progress | None,
 ) -> np.ndarray:
-    """(N, L, D) float32 per step 4 and 5 of the story, filled chunk by chunk."""
-    n, seq_len, dim = scores.shape[0], config.seq_lens[m], config.dims[m]
+    """(N, L, D) float32 per step 4 and 5 of the story, filled chunk by chunk. classes (N,) int,
+    intensity (N,) float32 (y / bound, or the categorical story's fraction), direction (K + 1, D)."""
+    n, seq_len, dim = classes.shape[0], config.seq_lens[m], config.dims[m]
     strength = getattr(config, f"{m}_strength")
-    bound = np.where(scores > 0, config.label_range[1], -config.label_range[0]).astype(np.float32)
     # (N, D) per-sample signal: class direction + intensity along d_k, scaled so that the mean over
     # L steps has norm strength * (D / 32) ** 0.25 along e_k (step 4 of the story says why).
-    signal = direction[to_classes(scores)] + (scores / bound)[:, None] * direction[3]
+    signal = direction[classes] + intensity[:, None] * direction[-1]
     signal *= np.float32(strength * (dim / _REF_DIM) ** 0.25 / math.sqrt(seq_len))
     out = np.empty((n, seq_len, dim), dtype=np.float32)
     chunk = max(1, _CHUNK_VALUES // (seq_len * dim))
@@ -460,6 +528,51 @@ def _sentences(scores: np.ndarray, bound: float, rng: np.random.Generator) -> li
     return out
 
 
+# The categorical story's words: per emotion (mild, strong) adjectives; an unknown class name is its own word.
+_EMOTION_WORDS = {
+    "happy": (("glad", "pleased", "cheerful"), ("thrilled", "delighted", "overjoyed")),
+    "sad": (("down", "low", "gloomy"), ("heartbroken", "miserable", "devastated")),
+    "angry": (("annoyed", "irritated", "cross"), ("furious", "enraged", "livid")),
+    "neutral": (("fine", "okay", "calm"), ("fine", "okay", "calm")),
+    "excited": (("eager", "keen", "lively"), ("ecstatic", "electrified", "pumped")),
+    "frustrated": (("bothered", "stuck", "tired"), ("exasperated", "defeated", "thwarted")),
+}
+_EMOTION_OPENERS = ("", "honestly", "well", "right now", "today")
+_EMOTION_VERBS = ("feel", "felt", "am", "was")
+_EMOTION_ADVERBS = (("rather", "somewhat", "quite"), ("really", "so", "very"))
+_EMOTION_VOCAB = sorted(
+    (
+        {w for mild, strong in _EMOTION_WORDS.values() for w in (*mild, *strong)}
+        | {w for p in (*_EMOTION_OPENERS, *_EMOTION_VERBS) for w in p.split()}
+        | {w for group in _EMOTION_ADVERBS for w in group}
+        | {"i"}
+    )
+    - set(_WORD_ID)
+)
+# ids after the sentiment vocabulary's, so sentiment files keep theirs; 1 more for unknown words
+_EMOTION_ID = {w: 3 + len(_VOCAB) + i for i, w in enumerate(_EMOTION_VOCAB)}
+_UNKNOWN_ID = 3 + len(_VOCAB) + len(_EMOTION_VOCAB)
+
+
+def _emotion_sentences(classes: np.ndarray, intensity: np.ndarray, names: tuple[str, ...],
+                       rng: np.random.Generator) -> list[str]:
+    """One short sentence per text class: the emotion's word, strong if its intensity is above 1/2."""
+    picks = rng.integers(0, 1 << 30, size=(len(classes), 4))
+    out = []
+    for c, u, (a, v, w, j) in zip(classes, intensity, picks):
+        strong = int(u > 0.5)
+        name = names[int(c)]
+        words = _EMOTION_WORDS.get(name.lower(), ((name,), (name,)))[strong]
+        parts = [_EMOTION_OPENERS[a % len(_EMOTION_OPENERS)], "i", _EMOTION_VERBS[v % len(_EMOTION_VERBS)],
+                 _EMOTION_ADVERBS[strong][w % 3], words[j % len(words)]]
+        out.append(" ".join(x for x in parts if x))
+    return out
+
+
+def _word_id(word: str) -> int:
+    return _WORD_ID.get(word) or _EMOTION_ID.get(word, _UNKNOWN_ID)
+
+
 def _text_bert(
     sentences: list[str], lengths: np.ndarray, seq_len: int, rng: np.random.Generator
 ) -> np.ndarray:
@@ -468,7 +581,7 @@ def _text_bert(
     filler = rng.integers(3, 3 + len(_VOCAB), size=(len(sentences), seq_len))
     for i, (sentence, length) in enumerate(zip(sentences, lengths)):
         ids = filler[i, :length].copy()
-        words = [_WORD_ID[w] for w in sentence.split()][: max(0, length - 2)]
+        words = [_word_id(w) for w in sentence.split()][: max(0, length - 2)]
         ids[1 : 1 + len(words)] = words
         ids[0] = _CLS
         if length > 1:
@@ -487,22 +600,41 @@ def _generate_split(
 ) -> dict:
     n = config.sizes[split]
     label_seq, word_seq, *mod_seqs = seq.spawn(2 + len(MODALITIES))
-    labels = _labels(config, n, np.random.default_rng(label_seq))
+    categorical = bool(config.class_names)
+    label_rng = np.random.default_rng(label_seq)
+    labels = _categorical_labels(config, n, label_rng) if categorical else _labels(config, n, label_rng)
     data: dict = {"id": [f"{config.name}-{split}-{i:05d}" for i in range(n)]}
     lengths = {}
     for m, mseq in zip(MODALITIES, mod_seqs):
         rng = np.random.default_rng(mseq)
         lengths[m] = _lengths(config, m, n, rng)
-        data[m] = _features(config, m, labels[m], lengths[m], world[m], rng, progress)
+        if categorical:
+            classes, intensity = labels[m], labels[f"u_{m}"].astype(np.float32)
+        else:
+            scores = labels[m]
+            bound = np.where(scores > 0, config.label_range[1], -config.label_range[0]).astype(np.float32)
+            classes, intensity = to_classes(scores), scores / bound
+        data[m] = _features(config, m, classes, intensity, lengths[m], world[m], rng, progress)
     data["audio_lengths"] = lengths["audio"]
     data["vision_lengths"] = lengths["vision"]
     if config.with_raw_text or config.with_text_bert:
         word_rng = np.random.default_rng(word_seq)
-        sentences = _sentences(labels["text"], max(-config.label_range[0], config.label_range[1]), word_rng)
+        if categorical:
+            sentences = _emotion_sentences(labels["text"], labels["u_text"], config.class_names, word_rng)
+        else:
+            sentences = _sentences(labels["text"], max(-config.label_range[0], config.label_range[1]), word_rng)
         if config.with_raw_text:
             data["raw_text"] = sentences
         if config.with_text_bert:
             data["text_bert"] = _text_bert(sentences, lengths["text"], config.seq_lens["text"], word_rng)
+    if categorical:  # class indices: int64 for classification_labels, float32 for MMSA's regression key
+        data["regression_labels"] = labels["m"].astype(np.float32)
+        if config.with_unimodal_labels:
+            for m in MODALITIES:
+                data[UNIMODAL_KEYS[m]] = labels[m].astype(np.float32)
+        data["classification_labels"] = labels["m"]
+        data["annotations"] = [config.class_names[c].capitalize() for c in labels["m"]]
+        return data
     data["regression_labels"] = labels["m"]
     if config.with_unimodal_labels:
         for m in MODALITIES:

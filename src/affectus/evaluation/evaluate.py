@@ -52,3 +52,20 @@ def evaluate_split(model, split: Split, scheme, batch_size: int, device,
 
 def _flat(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+
+
+def router_weights_by_condition(model, split: Split, batch_size: int = 256,
+                                device: torch.device | str = "cpu") -> dict[str, dict[str, float]]:
+    """How the router's weights shift with availability: for each of the 7 conditions ({l}, ..., {l,a,v}),
+    the mean router weight of text / audio / vision over `split` scored under that condition.
+    {condition: {modality: mean weight}}; empty when the model has no router weights."""
+    from affectus.data.missing import CONDITIONS, condition_name, with_availability
+
+    out: dict[str, dict[str, float]] = {}
+    for present in CONDITIONS:
+        pred = predict_split(model, with_availability(split, present), batch_size, device)
+        if "router_weights" not in pred:
+            return {}
+        w = pred["router_weights"].mean(axis=0)  # (3,)
+        out[condition_name(present)] = {m: float(w[k]) for k, m in enumerate(MODALITIES)}
+    return out

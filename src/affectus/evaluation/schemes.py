@@ -39,6 +39,8 @@ class LabelScheme:
     objective: str = "acc"  # the sweep's `metric: auto`
     has_subsets: bool = False  # D_msc / D_msi from unimodal labels apply
     scores: bool = False  # labels are continuous scores (regression outputs can be scored)
+    # the keys of an MMSA-style file that hold the labels, first present wins (data/mmsa.py)
+    label_keys: tuple[str, ...] = ("regression_labels",)
 
     @property
     def num_classes(self) -> int:
@@ -209,6 +211,8 @@ def _categorical(classes: list[str] | tuple[str, ...] = ()) -> LabelScheme:
         raise AffectusError(f"label scheme categorical: expected at least 2 distinct class names, got {list(names)}")
     return CategoricalScheme(
         name="categorical", class_names=names, objective="f1",
+        # class indices: MMSA-style emotion files keep them in classification_labels; ours also in regression_labels
+        label_keys=("classification_labels", "regression_labels"),
         columns=(("Acc", "acc"), ("W-F1", "f1"), ("UAR", "uar"), *((f"F1 {c}", f"f1_{c}") for c in names)),
         modality_columns=_modality_columns((("Acc", "acc"), ("W-F1", "f1"))),
         slope_keys=(("Acc", "acc"), ("W-F1", "f1")),

@@ -51,6 +51,9 @@ class CMCConfig:
     # BatchNorm on the text features too. Off, as the paper (BERT states need none, eq. 2); worth
     # switching on for handcrafted / CNN text features whose scale is arbitrary.
     text_batchnorm: bool = False
+    # cmc_avail: PFM fuses the present modalities only and the router's softmax ignores absent ones
+    # (weight exactly 0), read from `batch.available`. False: the paper's CMC, blind to availability.
+    mask_absent: bool = False
     text_input: Literal["features", "bert"] = "features"
     bert_path: str | None = None  # local directory, or a cached model name (local_files_only)
     bert_finetune: bool = True
@@ -150,14 +153,25 @@ class CMC(nn.Module):
     def forward(self, batch: Batch) -> ModelOutput:
         """Stage 2: PFM -> per-modality logits (eq. 11) -> router (eq. 13) -> fused logits (eq. 14)."""
         h = self.embed(batch)  # (B, 3, d), eq. 10
-        fused = pfm(h, self.config.tau) if self.config.use_pfm else h  # (B, 3, d)
+        avail = self._present(batch)  # (B, 3) bool, None unless mask_absent
+        fused = pfm(h, self.config.tau, avail) if self.config.use_pfm else h  # (B, 3, d)
         logits = self._head_logits(fused)  # eq. 11: (B, 3, C)
         if self.config.use_router:
-            w = self.router(fused)  # (B, 3)
-        else:
+            w = self.router(fused, avail)  # (B, 3)
+        elif avail is None:
             w = torch.full(logits.shape[:2], 1.0 / len(MODALITIES), dtype=logits.dtype, device=logits.device)
+        else:  # "w/o MCR" over the present modalities: their plain mean
+            w = avail.to(logits.dtype) / avail.sum(dim=1, keepdim=True).to(logits.dtype)
         final = (w.unsqueeze(-1) * logits).sum(dim=1)  # eq. 14: (B, C)
         return ModelOutput(logits=final, modality_logits=logits, router_weights=w, embeddings=h)
+
+    def _present(self, batch: Batch) -> torch.Tensor | None:
+        """Which modalities fusion may read, (B, 3) bool: None (all) unless `mask_absent`. A sample
+        marked with none present (never produced by data/missing.py) is read as fully present."""
+        if not self.config.mask_absent or batch.available is None:
+            return None
+        avail = batch.available.to(batch.index.device).bool()
+        return avail | ~avail.any(dim=1, keepdim=True)
 
     # -- size ---------------------------------------------------------------------------------------
     def non_bert_parameter_count(self) -> int:

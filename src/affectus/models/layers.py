@@ -258,10 +258,19 @@ class ResidualHead(nn.Module):
         return self.out(self.proj2(self.dropout(F.relu(self.proj1(h)))) + h)
 
 
-def pfm(x: torch.Tensor, tau: float) -> torch.Tensor:
+def pfm(x: torch.Tensor, tau: float, available: torch.Tensor | None = None) -> torch.Tensor:
     """Parameter-free fusion (eqs. 31-33): X' = softmax(X Xᵀ / τ) X, rows of X L2-normalised.
-    (B, M, d) -> (B, M, d)."""
-    s = torch.softmax(x @ x.transpose(1, 2) / tau, dim=-1)  # (B, M, M) cosine similarities / τ
+    (B, M, d) -> (B, M, d).
+
+    `available` (B, M) bool (cmc_avail): a present modality fuses over the present ones only (absent
+    columns of the similarity matrix are masked out of the softmax); an absent row keeps its own vector,
+    so no row is ever all-masked. None: the paper's fusion over every modality."""
+    logits = x @ x.transpose(1, 2) / tau  # (B, M, M) cosine similarities / τ
+    if available is not None:
+        eye = torch.eye(x.shape[1], dtype=torch.bool, device=x.device)
+        allowed = available[:, None, :] & available[:, :, None] | eye  # (B, M, M): present j, or j == i
+        logits = logits.masked_fill(~allowed, float("-inf"))
+    s = torch.softmax(logits, dim=-1)
     return s @ x
 
 
@@ -277,8 +286,15 @@ class ConsensusRouter(nn.Module):
         self.linear = nn.Linear(d, n_modalities)
         self.topk = topk
 
-    def forward(self, fused: torch.Tensor) -> torch.Tensor:
-        w = torch.softmax(self.linear(fused.sum(dim=1)), dim=-1)  # eqs. 12, 34, 35: (B, M)
+    def forward(self, fused: torch.Tensor, available: torch.Tensor | None = None) -> torch.Tensor:
+        """`available` (B, M) bool (cmc_avail): the router reads the sum of the present modalities' fused
+        vectors and its softmax runs over them only, so an absent modality's weight is exactly 0."""
+        if available is None:
+            w = torch.softmax(self.linear(fused.sum(dim=1)), dim=-1)  # eqs. 12, 34, 35: (B, M)
+        else:
+            present = available.to(fused.dtype).unsqueeze(-1)  # (B, M, 1)
+            scores = self.linear((fused * present).sum(dim=1))  # eq. 12 over the present rows: (B, M)
+            w = torch.softmax(scores.masked_fill(~available, float("-inf")), dim=-1)  # masked eq. 13
         if self.topk < w.shape[-1]:
             top, idx = w.topk(self.topk, dim=-1)
             w = torch.zeros_like(w).scatter(-1, idx, top / top.sum(dim=-1, keepdim=True))

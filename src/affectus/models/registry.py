@@ -26,6 +26,7 @@ _MODEL_MODULES = (
     "affectus.models.tfn",
     "affectus.models.mult",
     "affectus.models.self_mm",
+    "affectus.models.mcur",
 )
 
 SUPERVISED = "affectus.training.recipes.supervised:SupervisedRecipe"

@@ -182,10 +182,12 @@ class PseudoLabelBank:
         index: torch.Tensor | np.ndarray | Sequence[int],
         logits: torch.Tensor,
         momenta: torch.Tensor | Sequence[float] | float,
+        keep: torch.Tensor | None = None,
     ) -> None:
         """Move the soft labels of a batch towards the model's predictions (eqs. 21-28).
 
-        logits: (B, K, C) detached unimodal logits; momenta: (K,) label momentum per modality, m_kp.
+        logits: (B, K, C) detached unimodal logits; momenta: (K,) label momentum per modality, m_kp;
+        keep: (B, K) bool, the (sample, modality) entries to move (modality dropout: absent ones stay).
         The target in eq. 21 is the argmax of the soft label as currently stored, which may already
         differ from the initial label. Call it before the optimiser step (authors' order). A sample
         index repeated within one batch keeps its last update.
@@ -203,7 +205,10 @@ class PseudoLabelBank:
         stored = self.soft[idx]  # (B, K, C)
         candidate, _, _ = refine_labels(logits, stored.argmax(dim=-1))  # eqs. 20-27
         m = m[None, :, None]
-        self.soft[idx] = m * stored + (1 - m) * candidate  # eq. 28
+        moved = m * stored + (1 - m) * candidate  # eq. 28
+        if keep is not None:
+            moved = torch.where(keep.bool()[..., None], moved, stored)
+        self.soft[idx] = moved
 
     # -- what PLGM changed ------------------------------------------------------------------
 

@@ -22,12 +22,27 @@ from affectus.training.losses import supcon_loss
 from affectus.training.plgm import ModalityEMA, MomentumSchedule, PseudoLabelBank
 
 
-def _supcon(embeddings: torch.Tensor, classes: torch.Tensor, scheme, tau: float, form: str) -> torch.Tensor:
+def _supcon(embeddings: torch.Tensor, classes: torch.Tensor, scheme, tau: float, form: str,
+            present: torch.Tensor | None = None) -> torch.Tensor:
     """SupCon on [h_t; h_a; h_v] (eq. 8): (B, 3, d) embeddings, (B, 3) per-modality classes; the label
-    scheme says which classes count as positives of each other (sentiment: the binary Acc2 split)."""
+    scheme says which classes count as positives of each other (sentiment: the binary Acc2 split).
+    `present` (B, 3) bool (modality dropout): absent modalities' rows take no part."""
     feats = embeddings.transpose(0, 1).reshape(-1, embeddings.shape[-1])  # (3B, d), modality-major
     labels = scheme.supcon_labels(classes.transpose(0, 1).reshape(-1))  # (3B,)
+    if present is not None:
+        rows = present.transpose(0, 1).reshape(-1)  # (3B,)
+        feats, labels = feats[rows], labels[rows]
     return supcon_loss(feats, labels, temperature=tau, form=form)
+
+
+def _modality_ce(logits: torch.Tensor, targets: torch.Tensor, present: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy of one modality's (B, C) logits, over the samples where it is present (B,) bool
+    (None: all). No present sample: 0, attached to the graph."""
+    if present is None:
+        return F.cross_entropy(logits, targets)
+    if not bool(present.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[present], targets[present])
 
 
 class Stage1Task:
@@ -65,11 +80,15 @@ class Stage1Task:
         out = model.unimodal_forward(batch)  # modality_logits (B, 3, C)
         index = batch.index.cpu()
         targets = self.bank.targets(index).to(out.modality_logits.device)  # (B, 3), before this batch's update
-        # eqs. 21-28: move the soft labels from the detached predictions, before the optimiser step
+        present = batch.available  # (B, 3) under modality dropout (cmc_avail); None: all present
+        # eqs. 21-28: move the soft labels from the detached predictions, before the optimiser step;
+        # an absent modality's prediction (from zeros) moves nothing
         if self.cfg.plgm and self.cfg.unimodal_labels == "pseudo":
-            self.bank.update(index, out.modality_logits.detach().float().cpu(), self.label_m)
-        ce = [F.cross_entropy(out.modality_logits[:, k], targets[:, k]) for k in range(3)]
-        sc = _supcon(out.embeddings, targets, self.scheme, self.cfg.supcon_tau, self.cfg.supcon_form)
+            self.bank.update(index, out.modality_logits.detach().float().cpu(), self.label_m,
+                             keep=None if present is None else present.cpu())
+        ce = [_modality_ce(out.modality_logits[:, k], targets[:, k], None if present is None else present[:, k])
+              for k in range(3)]
+        sc = _supcon(out.embeddings, targets, self.scheme, self.cfg.supcon_tau, self.cfg.supcon_form, present)
         total = ce[0] + ce[1] + ce[2] + sc  # eq. 9, weights all 1
         # detached tensors, not floats: the loop reads them once per epoch (each .item() is a device sync)
         parts = {"loss": total.detach(), "supcon": sc.detach()}
@@ -210,8 +229,10 @@ class Stage2Task(_SelectsBestState):
         lm = F.cross_entropy(out.logits, batch.classes)  # eq. 15
         if self.cfg.stage2_loss == "single":
             return lm, {"loss": lm.detach(), "ce_m": lm.detach()}
-        lk = [F.cross_entropy(out.modality_logits[:, k], targets[:, k]) for k in range(3)]  # eq. 16
-        sc = _supcon(out.embeddings, targets, self.scheme, self.cfg.supcon_tau, self.cfg.supcon_form)
+        present = batch.available  # (B, 3) under modality dropout (cmc_avail); None: all present
+        lk = [_modality_ce(out.modality_logits[:, k], targets[:, k], None if present is None else present[:, k])
+              for k in range(3)]  # eq. 16, over the samples that have modality k
+        sc = _supcon(out.embeddings, targets, self.scheme, self.cfg.supcon_tau, self.cfg.supcon_form, present)
         total = lm + lk[0] + lk[1] + lk[2] + sc  # eqs. 17-18
         parts = {"loss": total.detach(), "ce_m": lm.detach(), "supcon": sc.detach()}
         parts.update({f"ce_{m}": v.detach() for m, v in zip(MODALITIES, lk)})

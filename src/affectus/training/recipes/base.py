@@ -54,16 +54,24 @@ class RecipeContext:
     def state_path(self) -> Path:
         return self.out / "state.pt"
 
-    def batches(self, split: Split, stage: int) -> Callable[[int], Iterable[Batch]]:
+    def batches(self, split: Split, stage: int, missing_rate: float = 0.0) -> Callable[[int], Iterable[Batch]]:
         """Epoch -> training batches. Shuffling and dropout are seeded from (seed, stage, epoch), so
-        resuming an interrupted run gives bit-identical weights."""
+        resuming an interrupted run gives bit-identical weights.
+
+        `missing_rate` > 0: modality dropout. Each batch loses every (sample, modality) with that
+        probability, at least one modality kept per sample (`data.missing.random_availability`), from
+        its own generator seeded by (seed, stage, epoch): the same masks on a resume, and the shuffling
+        stream is untouched, so a rate of 0 draws nothing and changes nothing."""
         tc = self.train
 
         def make(epoch: int):
             torch.manual_seed(tc.seed * 1_000_003 + stage * 1009 + epoch)
             rng = np.random.default_rng([tc.seed, stage, epoch])
-            return iterate_batches(split, tc.batch_size, order=self._order(split, rng), scheme=self.scheme,
-                                   drop_single=True)
+            batches = iterate_batches(split, tc.batch_size, order=self._order(split, rng), scheme=self.scheme,
+                                      drop_single=True)
+            if missing_rate > 0:
+                return _drop_modalities(batches, missing_rate, np.random.default_rng([tc.seed, stage, epoch, 1]))
+            return batches
 
         return make
 
@@ -105,10 +113,11 @@ class RecipeContext:
         return self.saved is not None and self.saved.get("stage") == stage
 
     def run_stage(self, stage: int, task, optimizer, *, model: torch.nn.Module | None = None,
-                  extra: dict[str, Any] | None = None) -> LoopState:
+                  extra: dict[str, Any] | None = None, missing_rate: float = 0.0) -> LoopState:
         """Train `task` in the generic loop as stage number `stage`, resuming it when the saved state is
         this stage's. `extra` tensors/values are saved with every epoch's resume state (what a later
-        stage needs from an earlier one). `model` may wrap `ctx.model` (e.g. to keep parts in eval mode)."""
+        stage needs from an earlier one). `model` may wrap `ctx.model` (e.g. to keep parts in eval mode).
+        `missing_rate`: modality dropout on the training batches (see `batches`)."""
         loop_state = None
         if self.resumes(stage):
             saved = self.saved
@@ -126,5 +135,13 @@ class RecipeContext:
             })
 
         tc = self.train
-        return run_loop(task, model or self.model, optimizer, self.batches(self.train_split, stage), tc.epochs,
+        return run_loop(task, model or self.model, optimizer, self.batches(self.train_split, stage, missing_rate), tc.epochs,
                         tc.patience, self.device, state=loop_state, save_state=save, amp=tc.amp, on_epoch=self.on_epoch)
+
+
+def _drop_modalities(batches: Iterable[Batch], rate: float, rng: np.random.Generator) -> Iterable[Batch]:
+    """Each batch with a random availability mask applied (modality dropout)."""
+    from affectus.data.missing import random_availability
+
+    for batch in batches:
+        yield batch.with_available(torch.from_numpy(random_availability(len(batch), rate, rng)))

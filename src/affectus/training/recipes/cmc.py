@@ -47,6 +47,9 @@ class CMCRecipeConfig:
     stage2_freeze_unimodal: bool = False  # CMC-variant: only the router trains
     stage2_lr: float = 0.0  # 0: same as train.lr (the authors); else stage 2's own learning rate
     stage2_select: str = "total"  # total: lowest validation loss of eq. 18 (the authors); multimodal: of eq. 15
+    # cmc_avail: modality dropout in both stages. Each training batch loses every (sample, modality)
+    # with this probability, at least one modality kept (seeded per stage and epoch). 0: the paper.
+    modality_dropout: float = 0.0
 
     def validate(self) -> None:
         for key, allowed in _CHOICES.items():
@@ -60,6 +63,8 @@ class CMCRecipeConfig:
                 raise SettingError(f"recipe.{key}", values, "momenta in [0, 1]")
         if not self.supcon_tau > 0:
             raise SettingError("recipe.supcon_tau", self.supcon_tau, "a temperature > 0")
+        if not 0.0 <= self.modality_dropout < 1.0:
+            raise SettingError("recipe.modality_dropout", self.modality_dropout, "a value in [0, 1)")
         if not self.stage2_lr >= 0:
             raise SettingError("recipe.stage2_lr", self.stage2_lr, ">= 0 (0: train.lr)")
 
@@ -109,15 +114,16 @@ class CMCRecipe:
         rc, model = ctx.recipe, ctx.model
         init_train, init_val = self._initial_labels(ctx)
         frozen = not rc.plgm or rc.unimodal_labels == "ground_truth"
-        bank = PseudoLabelBank(init_train, frozen=frozen)
-        val_bank = PseudoLabelBank(init_val, frozen=frozen or rc.selection == "fixed")
+        classes = ctx.scheme.num_classes  # 3 sentiment classes, or a categorical scheme's N emotions
+        bank = PseudoLabelBank(init_train, num_classes=classes, frozen=frozen)
+        val_bank = PseudoLabelBank(init_val, num_classes=classes, frozen=frozen or rc.selection == "fixed")
         val_batches = ctx.eval_batches(ctx.select_split)
         summary: dict[str, Any] = {}
 
         # ---- stage 1: unimodal pretraining ----
         if ctx.saved is None or ctx.resumes(1):
             stage1 = Stage1Task(model, bank, val_bank, val_batches, rc, ctx.scheme)
-            loop1 = ctx.run_stage(1, stage1, ctx.optimizer())
+            loop1 = ctx.run_stage(1, stage1, ctx.optimizer(), missing_rate=rc.modality_dropout)
             # the hand-over: each modality's best EMA weights into the model, the pseudo labels fixed
             train_targets, val_targets = stage1.handover(model)
             stage1_summary = {
@@ -148,7 +154,7 @@ class CMCRecipe:
         opt2 = ctx.optimizer(lr=rc.stage2_lr or ctx.train.lr)
         extra = {"stage1_summary": stage1_summary, "bank_tensors": bank_tensors, "train_targets": train_targets,
                  "val_targets": val_targets}
-        loop2 = ctx.run_stage(2, stage2, opt2, model=wrapped, extra=extra)
+        loop2 = ctx.run_stage(2, stage2, opt2, model=wrapped, extra=extra, missing_rate=rc.modality_dropout)
         if wrapped is not None:
             model.branches.requires_grad_(True)
         summary["stage2"] = {"epochs": loop2.epoch, "best_epoch": stage2.best_epoch,
