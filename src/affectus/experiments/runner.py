@@ -299,7 +299,9 @@ def aggregate(out_dir: str | Path) -> list[dict[str, Any]]:
             values = _flatten(info.get("metrics", {}))
             values.update(_flatten(info.get("select_metrics", {}), "select."))
             runs.append({**planned, "values": values, "family": info.get("family"),
-                         "params": parameter_count(info["model_name"], info["model_config"])})
+                         "params": parameter_count(info["model_name"], info["model_config"]),
+                         # one class predicted for every sample of the reported split (trainer's check)
+                         "degenerate": exp["eval_split"] in (info.get("degenerate") or {})})
     groups: dict[str, dict[str, Any]] = {}
     for planned in exp["runs"]:
         g = groups.setdefault(planned["group"], {"group": planned["group"], "row": planned["row"],
@@ -317,7 +319,7 @@ def aggregate(out_dir: str | Path) -> list[dict[str, Any]]:
             mean[key], std[key], _ = mean_std(r["values"].get(key) for r in done)
         rows.append({**g, "n_seeds": len(done), "seeds": [r["seed"] for r in done],
                      "family": done[0]["family"] if done else None, "params": done[0]["params"] if done else None,
-                     "mean": mean, "std": std})
+                     "n_degenerate": sum(r["degenerate"] for r in done), "mean": mean, "std": std})
     write_text_atomic(out / "results.csv", _csv(exp, runs, rows, metric_keys))
     write_text_atomic(out / "results.md", _markdown(exp, rows, len(runs)))
     return rows
@@ -363,13 +365,25 @@ def _markdown(exp: dict[str, Any], rows: list[dict], n_finished: int) -> str:
     header = ["Run", *grid_keys, *[c for c, _ in columns], "Params", "Seeds"]
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for g in rows:
-        cells = [g["row"], *[_num(g["grid"][k]) for k in grid_keys],
+        cells = [g["row"] + (" ⚠" if g.get("n_degenerate") else ""), *[_num(g["grid"][k]) for k in grid_keys],
                  *[format_mean_std(g["mean"].get(key), g["std"].get(key)) for _, key in columns],
                  f"{g['params']:,}" if g["params"] is not None else "-", str(g["n_seeds"])]
         lines.append("| " + " | ".join(cells) + " |")
+    flagged = [g for g in rows if g.get("n_degenerate")]
+    if flagged:
+        lines += ["", f"⚠ degenerate: the model predicted one class for every sample of split `{exp['eval_split']}` "
+                      "(its scores there are that class's share; see the run's run.json `warnings`) in "
+                  + "; ".join(f"{g['row']}{_grid_text(g, grid_keys)}: {g['n_degenerate']} of {g['n_seeds']} seeds"
+                              for g in flagged) + "."]
     if report.get("slope_over"):
         lines += ["", *_slopes(rows, report["slope_over"], grid_keys, scheme.slope_keys)]
     return "\n".join(lines) + "\n"
+
+
+def _grid_text(g: dict[str, Any], grid_keys: list[str]) -> str:
+    if not grid_keys:
+        return ""
+    return " (" + ", ".join(f"{k}={_num(g['grid'][k])}" for k in grid_keys) + ")"
 
 
 def _slopes(rows: list[dict], x_key: str, grid_keys: list[str], keys) -> list[str]:
