@@ -179,3 +179,108 @@ def test_results_md_marks_degenerate_rows(tmp_path: Path) -> None:
     good_line = next(line for line in md.splitlines() if line.startswith("| good"))
     assert "⚠" in flat_line and "⚠" not in good_line
     assert "1 of 2 seeds" in md
+
+
+# ------------------------------------------------------------------------------ item 16: Prediction, README
+
+
+def test_prediction_gives_the_acc2_label(data_file: Path, finished: Path) -> None:
+    import affectus
+    from affectus.data.mmsa import load_dataset
+
+    test = load_dataset(data_file)["test"]
+    pred = affectus.load(finished).predict(test)
+    assert pred.binary_names == ("non-positive", "positive")  # CH-SIMS family (scores in [-1, 1])
+    # the rule metrics.py scores Acc2 with: positive iff the positive logit beats the negative one
+    np.testing.assert_array_equal(pred.binary, pred.probabilities[:, 2] > pred.probabilities[:, 0])
+    assert pred.binary_labels() == ["positive" if b else "non-positive" for b in pred.binary]
+    assert pred.explain(0)["acc2"] == pred.binary_labels()[0]
+    assert pred.scores is None and "score" not in pred.explain(0)  # late fusion regresses no score
+
+
+def test_prediction_scores_and_schemes_without_a_binary_rule() -> None:
+    from affectus.errors import AffectusError
+    from affectus.evaluation.schemes import get_scheme
+    from affectus.inference.predictor import _to_prediction
+
+    logits = np.array([[0.0, 1.0, 2.0], [3.0, 0.0, 0.5]], dtype=np.float32)
+    pred = _to_prediction({"logits": logits, "regression": np.array([0.7, -1.2], np.float32)}, get_scheme("mosi"))
+    assert pred.binary_labels() == ["non-negative", "negative"]
+    np.testing.assert_allclose(pred.scores, [0.7, -1.2])
+    assert pred.explain(1)["score"] == pytest.approx(-1.2)
+    categorical = _to_prediction({"logits": logits}, get_scheme({"name": "categorical", "classes": ["a", "b", "c"]}))
+    assert categorical.binary is None and categorical.labels() == ["c", "a"]
+    with pytest.raises(AffectusError, match="no binary"):
+        categorical.binary_labels()
+
+
+def test_self_mm_prediction_carries_its_regression_score(data_file: Path, tmp_path: Path) -> None:
+    import affectus
+    from affectus.data.mmsa import load_dataset
+
+    out = tmp_path / "selfmm"
+    assert main(["train", "--data", str(data_file), "--out", str(out), "--model", "self_mm", "--set",
+                 "model.text_encoder=lstm", "--set", "model.text_hidden=8", "--set", "train.epochs=1",
+                 "--set", "train.batch_size=8", "--threads", "1", "--quiet"]) == 0
+    test = load_dataset(data_file)["test"]
+    pred = affectus.load(out).predict(test)
+    assert pred.scores is not None and pred.scores.shape == (len(test),) and np.isfinite(pred.scores).all()
+
+
+def _readme_python() -> str:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
+    assert len(blocks) == 1, "README.md: expected one Python example"
+    return blocks[0]
+
+
+def test_readme_python_example_runs_as_written(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(_readme_python(), "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    pred = namespace["pred"]
+    assert len(pred.labels()) == 4 and set(pred.binary_labels()) <= {"negative", "non-negative"}
+    assert (tmp_path / "runs" / "cmc-sim" / "run.json").exists()
+    printed = capsys.readouterr().out
+    assert "verdict" in printed and "weight" in printed  # explain(0) was printed
+
+
+# ------------------------------------------------------------------------------ item 19: params
+
+
+def test_params_of_a_run_directory(finished: Path, capsys) -> None:
+    import affectus
+    from affectus.models.registry import non_bert_parameter_count
+
+    capsys.readouterr()
+    assert main(["params", str(finished)]) == 0
+    assert int(capsys.readouterr().out) == non_bert_parameter_count(affectus.load(finished).model)
+    assert main(["params", str(finished), "--model", "cmc"]) == 2
+    assert "drop --model" in _error_line(capsys)
+
+
+def test_params_for_custom_dims(capsys) -> None:
+    from affectus.models.cmc import CMC, CMCConfig
+
+    capsys.readouterr()
+    assert main(["params", "--preset", "sims", "--dims", "768,25,177"]) == 0  # sims settings, other dims
+    expected = CMC(CMCConfig(dims={"text": 768, "audio": 25, "vision": 177}, layers=5, heads=4))
+    assert int(capsys.readouterr().out) == expected.non_bert_parameter_count()
+    assert main(["params", "--dims", "768,33,709"]) == 0  # no preset: the model's own defaults
+    assert int(capsys.readouterr().out) > 0
+    assert main(["params", "--dims", "768,33"]) == 2
+    assert "T,A,V" in _error_line(capsys)
+    assert main(["params"]) == 2
+    assert "--dims" in _error_line(capsys)
+
+
+def test_predicting_imports_no_training_code_or_sklearn(data_file: Path, finished: Path) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, affectus; from affectus.data.mmsa import load_dataset; "
+            "p = affectus.load(sys.argv[1]).predict(load_dataset(sys.argv[2])['test']); p.binary_labels(); "
+            "print(sorted(m for m in sys.modules if m.startswith(('affectus.training', 'sklearn'))))")
+    proc = subprocess.run([sys.executable, "-c", code, str(finished), str(data_file)], capture_output=True,
+                          text=True, check=True)
+    assert proc.stdout.strip() == "[]"

@@ -264,19 +264,12 @@ def parameter_count(model_name: str, model_config: dict[str, Any]) -> int | None
     """Non-BERT parameters of the model a run trained (the paper's "Size"), rebuilt from its config."""
     key = json.dumps([model_name, model_config], sort_keys=True)
     if key not in _PARAMS_CACHE:
-        from affectus.models.registry import create_model, make_config, non_bert_parameter_count
+        from affectus.models.registry import size_from_config
 
-        values = dict(model_config)
-        if values.get("text_input") == "bert":
-            # BERT is not counted; build with 768-d text features (BERT-base's hidden size) instead of
-            # loading BERT, which gives the same non-BERT layers without needing its weights
-            values.update(text_input="features", dims={**values["dims"], "text": 768})
         try:
-            model = create_model(model_name, make_config(model_name, values))
+            _PARAMS_CACHE[key] = size_from_config(model_name, model_config)
         except (AffectusError, TypeError, ValueError):
             _PARAMS_CACHE[key] = None
-        else:
-            _PARAMS_CACHE[key] = non_bert_parameter_count(model)
     return _PARAMS_CACHE[key]
 
 
