@@ -129,6 +129,7 @@ def test_single_class_names_the_class_or_the_acc2_side() -> None:
 
     varied = np.array([[2.0, 0, 0], [0, 0, 2.0], [0, 2.0, 0]])
     assert single_class(varied, "sims") is None
+    assert single_class(np.array([[0.3], [-0.2]]), "sims") is None  # a score output has no classes
     assert single_class(np.array([[0, 2.0, 0], [0, 3.0, 1.0]]), "sims") == "neutral"
     # argmax varies (negative, neutral) but the Acc2 rule says non-positive for both
     assert single_class(np.array([[2.0, 0, 0], [0, 2.0, -1.0]]), "sims") == "non-positive under the Acc2 rule"

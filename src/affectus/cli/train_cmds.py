@@ -92,7 +92,7 @@ def train(
     seed: int | None = typer.Option(None, "--seed"),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda[:N]"),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch"),
-    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in --out"),
+    resume: bool = typer.Option(False, "--resume", help="continue the interrupted run in --out (same model, config and data, else refused)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar or epoch lines (for logs: errors and the result only)"),
     trust_pickle: bool = TrustOpt,
 ) -> None:

@@ -65,7 +65,7 @@ def single_class(logits: np.ndarray, scheme) -> str | None:
 
     scheme = get_scheme(scheme)
     logits = np.asarray(logits)
-    if logits.shape[0] < 2:
+    if logits.ndim != 2 or logits.shape[0] < 2 or logits.shape[1] < 2:  # (N, 1): a score, no classes
         return None
     classes = logits.argmax(-1)
     if (classes == classes[0]).all():
