@@ -34,7 +34,8 @@ def train(
     config / overrides: a YAML file and {"model.layers": 3, "train.lr": 1e-3, "recipe.plgm": False, ...}.
     seed / device / threads: shortcuts for train.seed, train.device ("cpu", "cuda:0") and train.threads
         (torch CPU threads for this call; the caller's setting is restored afterwards).
-    resume: continue an interrupted run in `out`. trust_pickle: read a pickle with Python's own unpickler
+    resume: continue an interrupted run in `out` (refused in one line if the model, config or data
+        differ from what it started with; threads and device may change). trust_pickle: read a pickle with Python's own unpickler
         (runs any code in the file; see docs/security.md).
 
     Example: `p = affectus.train("synth:sims", "runs/cmc", overrides={"train.epochs": 5})`

@@ -92,7 +92,7 @@ def train(
     seed: int | None = typer.Option(None, "--seed"),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda[:N]"),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch"),
-    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in --out"),
+    resume: bool = typer.Option(False, "--resume", help="continue the interrupted run in --out (same model, config and data, else refused)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar or epoch lines (for logs: errors and the result only)"),
     trust_pickle: bool = TrustOpt,
 ) -> None:
@@ -168,21 +168,47 @@ def evaluate(
 
 @app.command()
 def params(
-    model: str = typer.Option("cmc", "--model"),
-    preset: str = typer.Option(..., "--preset"),
+    run_dir: Path | None = typer.Argument(None, help="a trained run directory: its model and config"),
+    model: str | None = typer.Option(None, "--model", help="model name (default cmc)"),
+    preset: str | None = typer.Option(None, "--preset", help="dataset preset: its dims and published settings"),
+    dims: str | None = typer.Option(None, "--dims", help="feature dims T,A,V (custom data; over a preset's)"),
     variant: str | None = typer.Option(None, "--variant"),
 ) -> None:
-    """Print the model's parameter count without BERT (the paper's "Size" column)."""
+    """Print the model's parameter count without BERT (the paper's "Size" column): of a trained run
+    (`params RUN`), or of a model built for a preset (`--preset`) or custom feature dims (`--dims T,A,V`)."""
+    from affectus.models.registry import size_from_config
+
+    if run_dir is not None:
+        if model or preset or dims or variant:
+            raise AffectusError(f"params {run_dir}: the run fixes its model and dims; drop --model, --preset, "
+                                f"--dims and --variant")
+        from affectus.inference.checkpoints import read_run
+
+        info = read_run(run_dir)
+        if not isinstance(info.get("model_config"), dict) or not isinstance(info.get("model_name"), str):
+            raise AffectusError(f"{run_dir}/run.json: lacks the model name or config")
+        print(size_from_config(info["model_name"], info["model_config"]))
+        return
+    if preset is None and dims is None:
+        raise AffectusError("params: give a run directory, --preset NAME or --dims T,A,V")
     from affectus.data.presets import load_preset
-    from affectus.models.registry import create_model, make_config, non_bert_parameter_count
     from affectus.training.config import resolve_config
 
-    p = load_preset(preset)
-    cfg = resolve_config(model, variant, p)
+    p = load_preset(preset) if preset is not None else None
+    cfg = resolve_config(model or "cmc", variant, p)
     values = dict(cfg.model)
-    values["dims"] = dict(p.dims)
-    m = create_model(model, make_config(model, values))
-    print(non_bert_parameter_count(m))
+    values["dims"] = _dims_option(dims) if dims is not None else dict(p.dims)
+    if p is not None and "num_classes" in values:  # as training builds it: the preset's label scheme
+        values["num_classes"] = p.scheme.num_classes
+    print(size_from_config(cfg.model_name, values))
+
+
+def _dims_option(text: str) -> dict[str, int]:
+    """--dims '768,33,709' -> {'text': 768, 'audio': 33, 'vision': 709}."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise AffectusError(f"--dims {text!r}: expected three positive integers T,A,V (text, audio, vision)")
+    return dict(zip(("text", "audio", "vision"), map(int, parts)))
 
 
 @app.command("models")

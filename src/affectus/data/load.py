@@ -8,8 +8,9 @@ data: for `synth:NAME` it is NAME's, unless a preset was given.
 from __future__ import annotations
 
 import os
+from typing import Any
 
-from affectus.data.mmsa import load_dataset
+from affectus.data.mmsa import load_dataset, sha256_file
 from affectus.data.presets import Preset, load_preset
 from affectus.data.types import MERDataset
 
@@ -25,6 +26,25 @@ def source_id(source: str | os.PathLike) -> str:
     """How a source is recorded in a run: `synth:NAME` as given, a file by its absolute path."""
     text = str(source)
     return text if is_synth(text) else os.path.abspath(text)
+
+
+# (absolute path, size, mtime_ns, inode) -> sha256: an experiment's runs hash a multi-GB file once
+_SHA256_CACHE: dict[tuple[str, int, int, int], str] = {}
+
+
+def data_identity(source: str | os.PathLike) -> dict[str, Any]:
+    """What identifies a run's data: `{"source": as given, "sha256": hex digest of the file}`.
+
+    `synth:NAME` data is generated from its name alone, so the name is its identity (sha256 None); so is
+    a source that is no file (e.g. data built in memory). A file edited in place gets a new digest."""
+    text = str(source)
+    if is_synth(text) or not os.path.isfile(text):
+        return {"source": text, "sha256": None}
+    st = os.stat(text)
+    key = (os.path.abspath(text), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _SHA256_CACHE:
+        _SHA256_CACHE[key] = sha256_file(text)
+    return {"source": text, "sha256": _SHA256_CACHE[key]}
 
 
 def open_data(

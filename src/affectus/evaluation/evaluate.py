@@ -35,10 +35,15 @@ def evaluate_split(model, split: Split, scheme, batch_size: int, device,
 
     `masks` (D_msc, D_msi) replaces the subsets computed from unimodal labels, e.g. the authors' files.
     """
+    return score_predictions(predict_split(model, split, batch_size, device), split, scheme, masks)
+
+
+def score_predictions(pred: dict[str, np.ndarray], split: Split, scheme,
+                      masks: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+    """Score `predict_split`'s outputs against the split's labels under the label scheme."""
     from affectus.evaluation.schemes import get_scheme
 
     scheme = get_scheme(scheme)
-    pred = predict_split(model, split, batch_size, device)
     metrics = scheme.metrics(logits=pred["logits"], pred_scores=pred.get("regression") if scheme.scores else None,
                              labels=split.labels, unimodal=split.unimodal_labels, masks=masks)
     if "modality_logits" in pred:
@@ -48,6 +53,27 @@ def evaluate_split(model, split: Split, scheme, batch_size: int, device,
             for k, m in enumerate(MODALITIES)
         }
     return metrics
+
+
+def single_class(logits: np.ndarray, scheme) -> str | None:
+    """The one class a model predicts for every row of (N, C) `logits` (N >= 2), else None.
+
+    A degenerate model (e.g. one that collapsed to the majority class) scores the majority rate; this
+    names it: the class under argmax, or the side of the scheme's Acc2 rule when only that is constant.
+    """
+    from affectus.evaluation.schemes import get_scheme
+
+    scheme = get_scheme(scheme)
+    logits = np.asarray(logits)
+    if logits.ndim != 2 or logits.shape[0] < 2 or logits.shape[1] < 2:  # (N, 1): a score, no classes
+        return None
+    classes = logits.argmax(-1)
+    if (classes == classes[0]).all():
+        return scheme.class_names[int(classes[0])]
+    binary = scheme.binary(logits)
+    if binary is not None and (binary == binary[0]).all():
+        return f"{scheme.binary_names[int(binary[0])]} under the Acc2 rule"
+    return None
 
 
 def _flat(metrics: dict[str, Any]) -> dict[str, Any]:

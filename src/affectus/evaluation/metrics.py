@@ -29,7 +29,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import f1_score
 
 from affectus.data.types import to_classes
 from affectus.errors import AffectusError
@@ -105,6 +104,9 @@ def _accuracy(truth: np.ndarray, pred: np.ndarray) -> float | None:
 def _weighted_f1(truth: np.ndarray, pred: np.ndarray) -> float | None:
     if truth.size == 0:
         return None
+    # imported here: predictions (affectus.load(...).predict) use the Acc2 rule below without scikit-learn
+    from sklearn.metrics import f1_score
+
     # zero_division=0: a class present in the truth but never predicted gets F1 0 (sklearn's
     # default value too, minus the warning).
     return float(100.0 * f1_score(truth, pred, average="weighted", zero_division=0))

@@ -41,6 +41,8 @@ class LabelScheme:
     scores: bool = False  # labels are continuous scores (regression outputs can be scored)
     # the keys of an MMSA-style file that hold the labels, first present wins (data/mmsa.py)
     label_keys: tuple[str, ...] = ("regression_labels",)
+    # the Acc2 rule's two sides (False, True) where the scheme has one; () for none (categorical)
+    binary_names: tuple[str, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -66,6 +68,14 @@ class LabelScheme:
 
     def show(self, class_id: int) -> str:
         return self.class_names[int(class_id)]
+
+    def binary(self, logits: np.ndarray) -> np.ndarray | None:
+        """(N, C) logits -> (N,) bool under the Acc2 rule (True: `binary_names[1]`); None without a rule."""
+        if not self.binary_names:
+            return None
+        from affectus.evaluation.metrics import binary_from_logits
+
+        return binary_from_logits(np.asarray(logits))
 
 
 @dataclass(frozen=True)
@@ -185,6 +195,7 @@ def get_scheme(spec: str | Mapping[str, Any] | LabelScheme) -> LabelScheme:
 def _sims() -> LabelScheme:
     return SentimentScheme(
         name="sims", class_names=SENTIMENT_CLASSES, family="sims", scores=True, has_subsets=True, objective="acc2",
+        binary_names=("non-positive", "positive"),  # Acc2 on CH-SIMS: positive vs non-positive
         columns=(("D_test Acc2", "d_test.acc2"), ("D_test F1", "d_test.f1"), ("D_msc Acc2", "d_msc.acc2"),
                  ("D_msc F1", "d_msc.f1"), ("D_msi Acc2", "d_msi.acc2"), ("D_msi F1", "d_msi.f1"),
                  ("Acc3", "acc3"), *_REGRESSION_COLUMNS),
@@ -197,6 +208,7 @@ def _sims() -> LabelScheme:
 def _mosi() -> LabelScheme:
     return SentimentScheme(
         name="mosi", class_names=SENTIMENT_CLASSES, family="mosi", scores=True, objective="has0_acc2",
+        binary_names=("negative", "non-negative"),  # Has0 Acc2: non-negative vs negative
         columns=(("Has0 Acc2", "has0_acc2"), ("Has0 F1", "has0_f1"), ("Non0 Acc2", "non0_acc2"),
                  ("Non0 F1", "non0_f1"), ("Acc3", "acc3"), *_REGRESSION_COLUMNS),
         modality_columns=_modality_columns((("Has0 Acc2", "has0_acc2"), ("Non0 Acc2", "non0_acc2"))),

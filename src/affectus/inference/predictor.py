@@ -1,7 +1,8 @@
 """Load a finished run directory and query it. Needs nothing but the run directory.
 
 `load(run_dir).predict(...)` accepts a `Split`, a `Batch`, or raw arrays and returns a
-`Prediction`: the final class and probabilities, each modality's own prediction, and the MCR
+`Prediction`: the final class and probabilities, the label under the scheme's Acc2 rule, a
+continuous score where the model regresses one, each modality's own prediction, and the MCR
 router weights (how much each modality counted in the verdict).
 """
 
@@ -33,15 +34,30 @@ class Prediction:
     router_weights: np.ndarray | None  # (N, 3): text / audio / vision weights, sum to 1
     class_names: tuple[str, ...] = CLASS_NAMES
     available: np.ndarray | None = None  # (N, 3) bool: which modalities each sample had; None: all
+    # (N,) bool under the scheme's Acc2 rule, True meaning binary_names[1] (CH-SIMS family: positive vs
+    # non-positive; MOSI family: non-negative vs negative); None for schemes without one (categorical)
+    binary: np.ndarray | None = None
+    binary_names: tuple[str, ...] = ()
+    scores: np.ndarray | None = None  # (N,) continuous score, for models with a regression output (Self-MM)
 
     def labels(self) -> list[str]:
         return [self.class_names[c] for c in self.classes]
+
+    def binary_labels(self) -> list[str]:
+        """Each sample's label under the Acc2 rule, e.g. 'positive' / 'non-positive' (CH-SIMS family)."""
+        if self.binary is None:
+            raise AffectusError("this run's label scheme has no binary (Acc2) rule; use labels()")
+        return [self.binary_names[int(b)] for b in self.binary]
 
     def explain(self, i: int) -> dict[str, Any]:
         """One sample's verdict with its per-modality explanation (absent modalities are left out)."""
         names = self.class_names
         out: dict[str, Any] = {"verdict": names[int(self.classes[i])],
                                "probabilities": dict(zip(names, map(float, self.probabilities[i])))}
+        if self.binary is not None:
+            out["acc2"] = self.binary_names[int(self.binary[i])]
+        if self.scores is not None:
+            out["score"] = float(self.scores[i])
         if self.modality_classes is not None:
             out["modalities"] = {
                 m: {"prediction": names[int(self.modality_classes[i, k])],
@@ -113,12 +129,14 @@ class Predictor:
                 res["modality_logits"] = o.modality_logits.cpu().numpy()
             if o.router_weights is not None:
                 res["router_weights"] = o.router_weights.cpu().numpy()
+            if o.regression is not None:
+                res["regression"] = o.regression.float().cpu().numpy()
         else:
             split = data if isinstance(data, Split) else self._split_from_arrays(data)
             split = _restrict(split, available)
             mask = split.available
             res = predict_split(self.model, split, batch_size, self.device)
-        return _to_prediction(res, self.run_dir, self.scheme.class_names, mask)
+        return _to_prediction(res, self.run_dir, self.scheme, mask)
 
     def _split_from_arrays(self, arrays: Any) -> Split:
         if not isinstance(arrays, Mapping):
@@ -250,8 +268,7 @@ def _lengths(m: str, value: Any, n: int, seq_len: int) -> np.ndarray:
     return a.astype(np.int64)
 
 
-def _to_prediction(res: dict[str, np.ndarray], run_dir: Path, class_names: tuple[str, ...] = CLASS_NAMES,
-                   available: np.ndarray | None = None) -> Prediction:
+def _to_prediction(res: dict[str, np.ndarray], run_dir: Path, scheme, available: np.ndarray | None = None) -> Prediction:
     bad = ~np.isfinite(res["logits"]).all(-1)
     if bad.any():
         # argmax of NaN is 0 ("negative"): a silent wrong verdict, so stop here instead
@@ -259,14 +276,18 @@ def _to_prediction(res: dict[str, np.ndarray], run_dir: Path, class_names: tuple
                             f"row {int(np.flatnonzero(bad)[0])}); check the inputs' scale and the run's weights")
     probs = _softmax(res["logits"])
     ml = res.get("modality_logits")
+    reg = res.get("regression")
     return Prediction(
         classes=probs.argmax(-1),
         probabilities=probs,
         modality_classes=None if ml is None else ml.argmax(-1),
         modality_probabilities=None if ml is None else _softmax(ml),
         router_weights=res.get("router_weights"),
-        class_names=tuple(class_names),
+        class_names=tuple(scheme.class_names),
         available=available,
+        binary=scheme.binary(res["logits"]),
+        binary_names=tuple(scheme.binary_names),
+        scores=None if reg is None else reg.reshape(-1),
     )
 
 

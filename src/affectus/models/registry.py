@@ -153,6 +153,17 @@ def non_bert_parameter_count(model) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if not is_bert_parameter(n))
 
 
+def size_from_config(model_name: str, model_config: dict[str, Any]) -> int:
+    """The non-BERT parameter count of the model a config describes (with `dims`), built without weights.
+
+    A BERT text path is built as 768-d text features instead (BERT-base's hidden size): the same non-BERT
+    layers, without loading BERT. Raises AffectusError for a config the model refuses."""
+    values = dict(model_config)
+    if values.get("text_input") == "bert":
+        values.update(text_input="features", dims={**values["dims"], "text": 768})
+    return non_bert_parameter_count(create_model(model_name, make_config(model_name, values)))
+
+
 def create_model(name: str, config, **extras):
     """Build a registered model. `extras` go to its builder (CMC: `bert_config` for a BERT shell)."""
     return get_model_entry(name).build(config, **extras)

@@ -19,14 +19,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from affectus.data.load import data_identity
 from affectus.data.types import MERDataset, Split
 from affectus.errors import AffectusError
-from affectus.evaluation.evaluate import evaluate_split
+from affectus.evaluation.evaluate import predict_split, score_predictions, single_class
 from affectus.evaluation.schemes import LabelScheme, infer_scheme
 from affectus.evaluation.tensorboard import EpochLogger
 from affectus.inference import checkpoints as ckpt
 from affectus.models.registry import create_model, get_model_entry, make_config
 from affectus.training.config import ResolvedConfig
+from affectus.training.identity import check_same_run, run_identity, write_identity
+from affectus.training.loop import logger
 from affectus.training.recipes.base import RecipeContext
 from affectus.utils.io import lock_dir, write_json_atomic
 
@@ -113,15 +116,18 @@ def _locked_run(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume:
         raise AffectusError(f"{out}: already holds a finished run; choose another --out or delete it")
     if (out / "state.pt").exists() and not resume:
         raise AffectusError(f"{out}: holds an interrupted run; pass --resume to continue it, or choose another --out")
+    identity = run_identity(cfg, data_identity(data_source or dataset.source))
+    if resume:  # the same model, config and data, or nothing: two runs must never be mixed in one
+        check_same_run(out, identity)
     if resume and (out / "run.json").exists():
         info = ckpt.read_run(out)
         return info.get("metrics", {})
     # The run's seeds must not leak into the caller's process: fork the global RNG for the run.
     with torch.random.fork_rng(devices=[]):
-        return _train(dataset, cfg, out, plan, resume, data_source, on_epoch)
+        return _train(dataset, cfg, out, plan, resume, identity, on_epoch)
 
 
-def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool, data_source,
+def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool, identity: dict[str, Any],
            on_epoch) -> dict[str, Any]:
     tc = cfg.train
     device = _device(tc.device)
@@ -134,6 +140,7 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
     model, model_cfg = build_model(cfg, dataset, plan.scheme)
     model.to(device)
     write_json_atomic(out / "config.json", cfg.to_dict())
+    write_identity(out, identity)
 
     state_path = out / "state.pt"
     saved = ckpt.load_state(state_path) if resume and state_path.exists() else None
@@ -155,11 +162,20 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
     model.load_state_dict(result.state)
 
     eval_split = dataset[plan.eval] if plan.eval in dataset else None
-    score = lambda split: evaluate_split(model, split, plan.scheme, tc.batch_size, device)
-    metrics = score(eval_split) if eval_split is not None else {}
+    scored: dict[str, tuple[dict[str, Any], np.ndarray]] = {}  # split name -> (metrics, logits (N, C))
+    for name, split in ((plan.eval, eval_split), (plan.select, select_split)):
+        if split is not None and name not in scored:  # e.g. mosi-utterance scores valid: scored once
+            pred = predict_split(model, split, tc.batch_size, device)
+            scored[name] = (score_predictions(pred, split, plan.scheme), pred["logits"])
+    metrics = scored[plan.eval][0] if eval_split is not None else {}
     # the selection split's scores: what sweeps and model choice may look at (never the test scores)
-    same = plan.select == plan.eval and eval_split is not None  # e.g. mosi-utterance scores valid
-    select_metrics = metrics if same else score(select_split)
+    select_metrics = scored[plan.select][0]
+    degenerate = {name: what for name, (_, logits) in scored.items()
+                  if (what := single_class(logits, plan.scheme)) is not None}
+    warnings = [f"degenerate run: the model predicts one class ({what}) for every sample of split '{name}'; "
+                f"its scores there are that class's share" for name, what in degenerate.items()]
+    for line in warnings:
+        logger.warning(line)
     info = {
         "model_name": cfg.model_name,
         "variant": cfg.variant,
@@ -171,13 +187,15 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
         "scheme": plan.scheme.spec(),
         "family": plan.family,
         "plan": plan.to_dict(),
-        "data": {"source": data_source or dataset.source},
+        "data": identity["data"],  # source and sha256 (None for synth:NAME data)
         "stages": result.summary,
         "train_seconds": round(time.perf_counter() - started, 2),
         "metrics": metrics,
         "metrics_split": plan.eval,
         "select_metrics": select_metrics,
         "select_split": plan.select,
+        "degenerate": degenerate,  # split -> the one class predicted for all its samples
+        "warnings": warnings,
     }
     if result.tensors:
         ckpt.save_tensors(out / "bank.safetensors", result.tensors)
