@@ -6,7 +6,7 @@ every choice the paper leaves open, beside the equation it completes.
 forward(batch), per modality m in text (L) / audio (A) / vision (V):
 1. X'_m = Conv1D(X_m) + PE (eq. 1), cut to `max_lengths[m]` steps.
 2. MKE (sec. 2.2): AMSKE, a one-layer Transformer per modality -> X_m_spe (eq. 2); GMCKE, the
-   parameter-free cross-modal products of eq. 4 -> X_m_com (4d); X~_m = Linear([X_m_spe; X_m_com]).
+   parameter-free cross-modal products of eq. 4 -> X_m_com (4d); X~_m = X_m_spe + W_com X_m_com.
 3. LG-MMT (sec. 2.3): a label embedding e (eq. 5's E_y[y]) gates every modality's sequence (eq. 5) and is
    the one attention query (eq. 6) over the valid tokens of each pair (L,A), (L,V), (A,V) (eqs. 7-8);
    residual + FFN + LayerNorm (eq. 9); global average pooling; H = [H_LA; H_LV; H_AV].
@@ -47,7 +47,7 @@ class CUMDFConfig:
     dims: dict[str, int] = field(default_factory=lambda: {"text": 300, "audio": 74, "vision": 1024})
     hidden: int = 300  # d, "hidden size" (appendix Table 2)
     heads: int = 4  # attention heads of AMSKE and LG-MMT (paper silent; 300 = 4 x 75)
-    ff: int = 600  # feed-forward width of AMSKE and LG-MMT (paper silent)
+    ff: int = 300  # feed-forward width of AMSKE and LG-MMT (paper silent; = hidden keeps a step cheap)
     # Appendix Table 2's "dropout rate 0.8", read as the probability of KEEPING a unit (TensorFlow's
     # keep_prob convention of the setting it was copied from), i.e. nn.Dropout(p=0.2); docs/cumdf.md.
     dropout_keep: float = 0.8
@@ -117,7 +117,8 @@ class CUMDF(nn.Module):
         self.drop = nn.Dropout(p)
         if c.use_mke:
             self.amske = nn.ModuleDict({m: EncoderLayer(d, c.heads, c.ff, p) for m in MODALITIES})  # eq. 2
-            self.combine = nn.ModuleDict({m: nn.Linear(5 * d, d) for m in MODALITIES})  # [spe (d); com (4d)] -> d
+            # X~_m = X_m_spe + W_com X_m_com: the common knowledge (4d) mapped by one map shared by the modalities
+            self.common = nn.Linear(4 * d, d)
         # LG-MMT
         self.label_embedding = nn.Embedding(c.num_classes, d)  # E_y (sec. 2.3.1)
         self.first_head = nn.Linear(d, c.num_classes)  # first-pass prediction (our completion)
@@ -178,7 +179,7 @@ class CUMDF(nn.Module):
                 scores = torch.tanh(xs[k] @ xs[j].transpose(1, 2))  # (B, T_m, T_n)
                 r = _masked_softmax(scores, valids[j][:, None, :]) @ xs[j]  # (B, T_m, d)
                 com += [r, r * xs[k]]
-            out.append(self.combine[m](torch.cat([spe, *com], dim=-1)))  # X~_m (B, T_m, d)
+            out.append(spe + self.common(torch.cat(com, dim=-1)))  # X~_m (B, T_m, d)
         return out
 
     # ------------------------------------------------------------------------------------ LG-MMT
