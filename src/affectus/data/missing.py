@@ -97,3 +97,38 @@ def with_availability(split: Split, present: tuple[str, ...] | list[str] | np.nd
                 bert[gone] = 0  # no ids, an all-zero attention mask
                 changes["text_bert"] = bert
     return replace(split, available=mask, **changes)
+
+
+def mrms(split: Split, p: float, seed: int) -> Split:
+    """CUMDF's Modality Random Missing Strategy: a copy of `split` where each valid frame of each present
+    modality is dropped (set to a zero vector) with probability `p`, independently, seeded by `seed`.
+
+    Lengths stay as they were (a dropped frame is a zero frame in its place). A modality that loses every
+    frame of a sample becomes absent (zeros, length 0, False in `available`). A sample that would lose
+    all its modalities keeps one it had, chosen uniformly, with all its frames: at least one modality
+    remains per sample. The paper's drop ratios are 0.1 to 0.7; text given as BERT ids (`text_bert`)
+    follows only whole-modality absence.
+    """
+    if not 0.0 <= p < 1.0:
+        raise AffectusError(f"MRMS drop ratio p = {p}: expected a value in [0, 1)")
+    n = len(split)
+    rng = np.random.default_rng([int(seed), 0x4D524D53])  # "MRMS": a stream of its own for this seed
+    had = np.ones((n, 3), dtype=bool) if split.available is None else split.available.copy()
+    drops, kept = [], np.zeros((n, 3), dtype=bool)
+    for k, m in enumerate(MODALITIES):
+        steps = split.features(m).shape[1]
+        valid = (np.arange(steps)[None, :] < np.clip(split.lengths(m), 0, steps)[:, None]) & had[:, k:k + 1]
+        drop = (rng.random((n, steps)) < p) & valid  # (N, T_m)
+        drops.append(drop)
+        kept[:, k] = (valid & ~drop).any(axis=1)
+    lost = ~kept.any(axis=1)
+    choice = np.argmax(rng.random((n, 3)) * had, axis=1)  # a modality each sample had, uniformly
+    changes = {}
+    for k, m in enumerate(MODALITIES):
+        restore = lost & (choice == k)
+        drops[k][restore] = False
+        kept[restore, k] = True
+        feats = split.features(m).copy()
+        feats[drops[k]] = 0.0
+        changes[m] = feats
+    return with_availability(replace(split, **changes), kept)

@@ -27,6 +27,7 @@ _MODEL_MODULES = (
     "affectus.models.mult",
     "affectus.models.self_mm",
     "affectus.models.mcur",
+    "affectus.models.cumdf",
 )
 
 SUPERVISED = "affectus.training.recipes.supervised:SupervisedRecipe"
