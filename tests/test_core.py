@@ -371,3 +371,13 @@ def test_evaluate_defaults_to_the_runs_own_data(sim_file, tmp_path, capsys, monk
     assert main(["evaluate", str(out), "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
     assert got["d_test"]["acc2"] == json.loads((out / "metrics.json").read_text())["d_test"]["acc2"]
+
+
+def test_train_refuses_to_replace_files_it_did_not_write(sim_file, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.json").write_text('{"my": "settings"}')
+    assert main(["train", "--data", str(sim_file), "--model", "late_fusion", "--out", str(out), *FAST]) == 2
+    assert "not an affectus run but holds config.json" in capsys.readouterr().err
+    assert (out / "config.json").read_text() == '{"my": "settings"}'
+    assert main(["train", "--data", str(sim_file), "--model", "late_fusion", "--out", str(out), "--overwrite", *FAST]) == 0

@@ -94,6 +94,8 @@ def train(
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch"),
     resume: bool = typer.Option(False, "--resume", help="continue the interrupted run in --out (same model, config and data, else refused)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar or epoch lines (for logs: errors and the result only)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="train into a folder whose config.json / metrics.json "
+                                                              "are not an affectus run's, replacing them"),
     trust_pickle: bool = TrustOpt,
 ) -> None:
     """Train a model (CMC: both stages) and print the paper's metrics; writes OUT/metrics.json."""
@@ -110,7 +112,8 @@ def train(
     apply_threads(cfg.train.threads)
     plan = plan_for(ds, p)
     with epoch_display(quiet) as on_epoch:
-        metrics = train_run(ds, cfg, out, plan, resume=resume, data_source=source_id(data), on_epoch=on_epoch)
+        metrics = train_run(ds, cfg, out, plan, resume=resume, data_source=source_id(data), on_epoch=on_epoch,
+                            overwrite=overwrite)
     _print_metrics(metrics, f"{cfg.model_name}/{cfg.variant} on split '{plan.eval}'")
     console.print(f"wrote {out}/metrics.json")
 

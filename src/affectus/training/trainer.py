@@ -98,8 +98,12 @@ def train_run(
     resume: bool = False,
     data_source: str | None = None,
     on_epoch: Callable[[str, dict[str, float], int], None] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train with the model's recipe, evaluate on the plan's eval split, write the run directory.
+
+    A folder holding files a run would replace (config.json, metrics.json, ...) that it did not write
+    itself is refused unless `overwrite`.
 
     Epoch lines go to the `affectus.training` logger; `on_epoch(stage, record, max_epochs)` observes
     each epoch (the CLI's progress bar)."""
@@ -107,7 +111,25 @@ def train_run(
     # the run directory is locked while this process writes it (a second `train --out` there gets one
     # error line); the check below and the writes cannot interleave with another process's
     with lock_dir(out, "run directory"):
+        if not resume and not overwrite:
+            _refuse_foreign_files(out)
         return _locked_run(dataset, cfg, out, plan, resume, data_source, on_epoch)
+
+
+# what a run writes; a folder with one of these but no identity.json holds someone else's files
+_RUN_FILES = ("config.json", "metrics.json", "run.json", "model.safetensors", "bank.safetensors", "pseudo_labels.csv",
+              "bert_config.json")
+
+
+def _refuse_foreign_files(out: Path) -> None:
+    from affectus.training.identity import IDENTITY_FILE
+
+    if (out / IDENTITY_FILE).exists():
+        return  # an affectus run: the finished / interrupted checks below decide
+    clash = [name for name in _RUN_FILES if (out / name).exists()]
+    if clash:
+        raise AffectusError(f"{out}: is not an affectus run but holds {', '.join(clash)}, which training would "
+                            f"replace; choose another --out or pass --overwrite")
 
 
 def _locked_run(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool, data_source,
