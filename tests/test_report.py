@@ -279,3 +279,15 @@ def test_tensorboard_from_run_json(tiny_run: tuple[Path, Path]) -> None:
     assert set(scalars) == expected
     assert [step for step, _ in scalars["stage2/val_loss"]] == [e["epoch"] for e in stages["stage2"]["history"]]
     assert scalars["stage1/train_loss"][0][1] == pytest.approx(stages["stage1"]["history"][0]["train_loss"])
+
+
+def test_degenerate_rows_are_marked_and_ties_not_highlighted(tmp_path: Path) -> None:
+    """A row whose runs predicted one class is flagged; two rows tied for the best mean are not bold."""
+    for variant, value in (("cmc", 70.0), ("wo_pfm", 70.0), ("wo_mcr", 50.0)):
+        fake_run(tmp_path / variant, variant=variant, metrics=subsets(value, value, value))
+    info = json.loads((tmp_path / "wo_mcr" / "run.json").read_text())
+    info.update(degenerate={"test": 1}, warnings=["predicted one class"])
+    (tmp_path / "wo_mcr" / "run.json").write_text(json.dumps(info))
+    results = section(build_report(tmp_path, tensorboard=False).read_text(), "Results")
+    assert "cmc/wo_mcr ⚠" in results and "1 of 1 run(s) predicted a single class" in results
+    assert "<b>" not in results and "<strong>" not in results and 'class="best"' not in results

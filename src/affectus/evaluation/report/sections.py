@@ -108,15 +108,23 @@ def results(runs: list[Run], axes: list[str]) -> list[Block]:
                 if present.count(top) == 1:  # a tie for best is no best: nothing is highlighted
                     best[p] = top
         lines = []
+        degenerate: list[str] = []
         for row in rows:
-            cells: list[Any] = [row.row, *[short(row.axes.get(k, "–")) for k in axes], len(row.runs)]
+            # a run that predicted one class everywhere (run.json "degenerate"): its scores are that class's share
+            single = sum(bool(r.info.get("degenerate")) for r in row.runs)
+            label = row.row if not single else f"{row.row} ⚠"
+            if single:
+                degenerate.append(f"⚠ {row.row}: {single} of {len(row.runs)} run(s) predicted a single class on a "
+                                  f"scored split (see their run.json 'warnings')")
+            cells: list[Any] = [label, *[short(row.axes.get(k, "–")) for k in axes], len(row.runs)]
             for p, _ in cols:
                 mean, std, n = mean_std([r.metric(p) for r in row.runs])
                 cells.append(Cell(fmt(mean, std, n), best=mean is not None and p in best and mean == best[p]))
             lines.append(cells)
         splits = sorted({str(r.info.get("metrics_split", "?")) for r in fam_runs})
         blocks += [heading(f"label scheme {family} (scored on {', '.join(splits)})"),
-                   table(["row", *axes, "n", *[name for _, name in cols]], lines, left=1 + len(axes))]
+                   table(["row", *axes, "n", *[name for _, name in cols]], lines, left=1 + len(axes)),
+                   *[note(text) for text in degenerate]]
     return blocks
 
 
