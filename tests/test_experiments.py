@@ -272,3 +272,29 @@ def test_data_edited_in_place_is_refused_on_resume(tmp_path: Path, capsys) -> No
     with pytest.raises(AffectusError, match="trained on another version of"):
         run_experiment(spec, out, data=str(data), overrides={"train.epochs": 1, "train.batch_size": 16}, threads=1,
                        progress=False)
+
+
+def test_condition_table_scores_every_run_under_the_same_masks(sims_file: Path, tmp_path: Path) -> None:
+    """report.conditions / drop_ratios: each finished run is also scored under every availability condition
+    and MRMS drop ratio; results.md shows F1 per condition and the average over the conditions."""
+    spec = {"name": "cond", "seeds": 1,
+            "runs": [{"name": "LF", "model": "late_fusion"},
+                     {"name": "CMC-avail", "variant": "cmc_avail", "overrides": {"model.layers": 1, "model.heads": 2}}],
+            "report": {"columns": "conditions", "conditions": ["l", "a", "v", "la", "lv", "av", "lav"],
+                       "drop_ratios": [0.3]}}
+    out = tmp_path / "cond"
+    fast = {"train.epochs": 2, "train.patience": 1, "train.batch_size": 32}
+    run_experiment(spec, out, data=str(sims_file), overrides=fast, threads=1, progress=False)
+    md = (out / "results.md").read_text(encoding="utf-8")
+    assert "| {l} F1 | {a} F1 | {v} F1 | {l,a} F1 | {l,v} F1 | {a,v} F1 | {l,a,v} F1 | p=0.3 F1 | Avg F1 |" in md
+    scores = {d.name: json.loads((d / "conditions.json").read_text()) for d in (out / "runs").iterdir()}
+    assert all(len(s) == 8 for s in scores.values())
+    for s in scores.values():
+        # {l,a,v} is the complete data: the same score as the run's own evaluation
+        assert s["{l,a,v}"]["d_test"]["n"] == 24
+    lf = next(s for name, s in scores.items() if name.startswith("lf"))
+    full = json.loads((out / "runs" / next(n for n in scores if n.startswith("lf")) / "metrics.json").read_text())
+    assert lf["{l,a,v}"]["d_test"]["acc2"] == full["d_test"]["acc2"]
+    bad = {**spec, "report": {"columns": "conditions", "conditions": ["l", "x"]}}
+    with pytest.raises(AffectusError, match="unknown modality 'x'"):
+        run_experiment(bad, tmp_path / "bad", data=str(sims_file), overrides=fast, threads=1, progress=False)

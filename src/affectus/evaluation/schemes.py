@@ -37,6 +37,7 @@ class LabelScheme:
     modality_columns: tuple[tuple[str, str], ...] = ()  # per-modality columns (Table VI)
     slope_keys: tuple[tuple[str, str], ...] = ()  # what retention slopes are fitted on (Figs. 4-5)
     objective: str = "acc"  # the sweep's `metric: auto`
+    f1_key: str = "f1"  # the headline (weighted) F1: what condition tables (CUMDF Tables 1-2) average
     has_subsets: bool = False  # D_msc / D_msi from unimodal labels apply
     scores: bool = False  # labels are continuous scores (regression outputs can be scored)
     # the keys of an MMSA-style file that hold the labels, first present wins (data/mmsa.py)
@@ -207,7 +208,7 @@ def _sims() -> LabelScheme:
 @register_scheme("mosi")
 def _mosi() -> LabelScheme:
     return SentimentScheme(
-        name="mosi", class_names=SENTIMENT_CLASSES, family="mosi", scores=True, objective="has0_acc2",
+        name="mosi", class_names=SENTIMENT_CLASSES, family="mosi", scores=True, objective="has0_acc2", f1_key="has0_f1",
         binary_names=("negative", "non-negative"),  # Has0 Acc2: non-negative vs negative
         columns=(("Has0 Acc2", "has0_acc2"), ("Has0 F1", "has0_f1"), ("Non0 Acc2", "non0_acc2"),
                  ("Non0 F1", "non0_f1"), ("Acc3", "acc3"), *_REGRESSION_COLUMNS),

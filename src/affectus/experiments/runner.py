@@ -222,10 +222,52 @@ def _run_locked(sp: ExperimentSpec, runs: list[PlannedRun], out: Path, data: str
             del ds  # each worker loads its own copy
             _run_parallel(pending, out, (data, preset_name, per_run, trust_pickle), jobs, run_seconds, progress,
                           len(finished), len(runs))
+            ds = None
+    if sp.report.conditions or sp.report.drop_ratios:
+        if ds is None:
+            ds = open_data(data, preset_obj, trust_pickle=trust_pickle)[0]
+        _score_conditions(out, runs, ds[plan.eval], sp.report)
     groups = aggregate(out)
     return {"name": sp.name, "out": str(out), "runs": len(runs), "finished_before": len(finished),
             "resumed": resumed, "trained": len(pending), "run_seconds": run_seconds,
             "wall_seconds": time.perf_counter() - started, "groups": groups}
+
+
+CONDITIONS_FILE = "conditions.json"
+
+
+def condition_keys(report: Any) -> list[str]:
+    """The names a run's conditions.json uses: '{l,a}' per availability condition, 'p=0.2' per drop ratio."""
+    from affectus.data.missing import condition_name, parse_available
+
+    return ([condition_name(parse_available(c)) for c in report.get("conditions", [])]
+            + [f"p={p:g}" for p in report.get("drop_ratios", [])])
+
+
+def _score_conditions(out: Path, runs: list[PlannedRun], split, report) -> None:
+    """Score every finished run on the evaluation split under each availability condition and MRMS drop
+    ratio of the spec (prediction only; the masks are the same for every model: conditions are fixed,
+    drop ratios seeded by the run's seed). Results go to RUN/conditions.json; a re-run fills in what is new."""
+    from affectus.data.missing import mrms, parse_available
+    from affectus.inference.predictor import load
+
+    wanted = dict(zip(condition_keys(report.model_dump()), [*report.conditions, *report.drop_ratios]))
+    for run in runs:
+        run_dir = out / "runs" / run.id
+        if not (run_dir / "run.json").exists():
+            continue
+        path = run_dir / CONDITIONS_FILE
+        have = read_json_file(path, "condition scores") if path.exists() else {}
+        todo = {k: v for k, v in wanted.items() if k not in have}
+        if not todo:
+            continue
+        predictor = load(run_dir)
+        for key, what in todo.items():
+            if isinstance(what, str):
+                have[key] = predictor.evaluate(split, available=parse_available(what))
+            else:
+                have[key] = predictor.evaluate(mrms(split, float(what), seed=run.seed))
+        write_json_atomic(path, have)
 
 
 def _progress_bar(enabled: bool):
@@ -320,6 +362,7 @@ def aggregate(out_dir: str | Path) -> list[dict[str, Any]]:
             info = read_json_file(info_path, "run file")
             values = _flatten(info.get("metrics", {}))
             values.update(_flatten(info.get("select_metrics", {}), "select."))
+            values.update(_condition_values(out / planned["dir"], exp))
             runs.append({**planned, "values": values, "family": info.get("family"),
                          "params": parameter_count(info["model_name"], info["model_config"]),
                          # one class predicted for every sample of the reported split (trainer's check)
@@ -345,6 +388,25 @@ def aggregate(out_dir: str | Path) -> list[dict[str, Any]]:
     write_text_atomic(out / "results.csv", _csv(exp, runs, rows, metric_keys))
     write_text_atomic(out / "results.md", _markdown(exp, rows, len(runs)))
     return rows
+
+
+def _condition_values(run_dir: Path, exp: dict[str, Any]) -> dict[str, float | None]:
+    """A run's condition scores, flattened as cond.{l,a}.has0_f1, plus cond.avg_f1: the mean headline F1
+    over the spec's availability conditions (CUMDF's "average over the 7 conditions")."""
+    path = run_dir / CONDITIONS_FILE
+    report = exp.get("report") or {}
+    if not path.exists() or not (report.get("conditions") or report.get("drop_ratios")):
+        return {}
+    scores = read_json_file(path, "condition scores")
+    out = _flatten({k: v for k, v in scores.items() if isinstance(v, dict)}, "cond.")
+    f1 = get_scheme(exp.get("scheme") or exp.get("family") or "sims").f1_key
+    from affectus.data.missing import condition_name, parse_available
+
+    conds = [condition_name(parse_available(c)) for c in report.get("conditions", [])]
+    vals = [out.get(f"cond.{c}.{f1}") for c in conds]
+    if conds and all(v is not None for v in vals):
+        out["cond.avg_f1"] = float(np.mean(vals))
+    return out
 
 
 def _num(x: Any, digits: int | None = None) -> str:
@@ -374,7 +436,12 @@ def _markdown(exp: dict[str, Any], rows: list[dict], n_finished: int) -> str:
     scheme = get_scheme(exp.get("scheme") or exp.get("family") or "sims")  # older experiments: the family name
     report = exp.get("report") or {}
     grid_keys = list(exp.get("grid", {}))
-    columns = scheme.modality_columns if report.get("columns") == "modalities" else scheme.columns
+    if report.get("columns") == "conditions":
+        columns = [(f"{k} F1", f"cond.{k}.{scheme.f1_key}") for k in condition_keys(report)]
+        if report.get("conditions"):
+            columns.append(("Avg F1", "cond.avg_f1"))
+    else:
+        columns = scheme.modality_columns if report.get("columns") == "modalities" else scheme.columns
     # a column no row has a value for (e.g. MAE without a regression output) is left out
     columns = [(title, key) for title, key in columns if any(g["mean"].get(key) is not None for g in rows)] or columns
     lines = [f"# {exp['name']}", ""]

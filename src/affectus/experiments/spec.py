@@ -19,7 +19,10 @@ fails in one line, `SPEC:LINE: what was expected`, before a single run starts.
       model.tau: [0.05, 0.07, 0.1]
     report:                 # optional: how results.md presents the runs
       columns: metrics      # metrics (the paper's subsets) | modalities (Table VI: each modality alone)
+                            # | conditions (F1 under each availability condition / drop ratio, CUMDF)
       slope_over: null      # a grid key: least-squares slope of accuracy against it (Figs. 4-5)
+      conditions: []        # availability conditions each run is also scored under: [l, a, v, la, lv, av, lav]
+      drop_ratios: []       # MRMS frame-drop ratios each run is also scored under: [0.1, 0.2, ..., 0.7]
 
 Override precedence (later wins): spec `overrides` -> the row's `overrides` -> the grid point ->
 `--set` -> the seed (`train.seed`, which only `seeds` may set).
@@ -55,10 +58,16 @@ class RowSpec(Strict):
 
 
 class ReportSpec(Strict):
-    """How results.md presents the runs."""
+    """How results.md presents the runs, and what each finished run is also scored under."""
 
-    columns: Literal["metrics", "modalities"] = "metrics"
+    # metrics: the scheme's columns; modalities: each modality alone (Table VI); conditions: the headline
+    # F1 under each availability condition and each MRMS drop ratio, and their average (CUMDF Tables 1-2)
+    columns: Literal["metrics", "modalities", "conditions"] = "metrics"
     slope_over: str | None = None  # a grid key: least-squares slope of accuracy against it
+    # availability conditions (data/missing.py: "l", "la", "{l,a,v}", "text,audio") every run is scored under
+    conditions: list[str] = Field(default_factory=list)
+    # MRMS frame-drop ratios every run is scored under (CUMDF's drop-ratio figure), seeded by the run's seed
+    drop_ratios: list[float] = Field(default_factory=list)
 
 
 class _SpecFile(Strict):
@@ -248,6 +257,21 @@ def _grid(doc: Doc, grid: dict[str, list[Any]]) -> None:
 
 
 def _report(doc: Doc, report: ReportSpec, grid: dict[str, list[Any]]) -> None:
+    from affectus.data.missing import condition_name, parse_available
+
+    names = []
+    for j, text in enumerate(report.conditions):
+        try:
+            names.append(condition_name(parse_available(text)))
+        except AffectusError as err:
+            raise doc.error(("report", "conditions", j), str(err).replace("--available", "condition")) from None
+    if len(set(names)) != len(names):
+        raise doc.error(("report", "conditions"), "report.conditions: a condition repeats")
+    for j, p in enumerate(report.drop_ratios):
+        if not 0.0 <= p < 1.0:
+            raise doc.error(("report", "drop_ratios", j), f"report.drop_ratios: {p} is not a ratio in [0, 1)")
+    if report.columns == "conditions" and not (report.conditions or report.drop_ratios):
+        raise doc.error(("report", "columns"), "report.columns = conditions needs report.conditions or drop_ratios")
     slope = report.slope_over
     if slope is not None:
         if slope not in grid:
