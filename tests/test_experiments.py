@@ -281,14 +281,17 @@ def test_condition_table_scores_every_run_under_the_same_masks(sims_file: Path, 
             "runs": [{"name": "LF", "model": "late_fusion"},
                      {"name": "CMC-avail", "variant": "cmc_avail", "overrides": {"model.layers": 1, "model.heads": 2}}],
             "report": {"columns": "conditions", "conditions": ["l", "a", "v", "la", "lv", "av", "lav"],
-                       "drop_ratios": [0.3]}}
+                       "drop_ratios": [0.3], "missing_rates": [0.0, 0.5, 1.0]}}
     out = tmp_path / "cond"
     fast = {"train.epochs": 2, "train.patience": 1, "train.batch_size": 32}
     run_experiment(spec, out, data=str(sims_file), overrides=fast, threads=1, progress=False)
     md = (out / "results.md").read_text(encoding="utf-8")
-    assert "| {l} F1 | {a} F1 | {v} F1 | {l,a} F1 | {l,v} F1 | {a,v} F1 | {l,a,v} F1 | p=0.3 F1 | Avg F1 |" in md
+    assert ("| {l} F1 | {a} F1 | {v} F1 | {l,a} F1 | {l,v} F1 | {a,v} F1 | {l,a,v} F1 | p=0.3 F1 | r=0 F1 | r=0.5 F1 "
+            "| r=1 F1 | Avg F1 | AUC F1 |") in md
     scores = {d.name: json.loads((d / "conditions.json").read_text()) for d in (out / "runs").iterdir()}
-    assert all(len(s) == 8 for s in scores.values())
+    assert all(len(s) == 11 for s in scores.values())
+    for s in scores.values():  # r = 0 removes nothing: the complete data's score
+        assert s["r=0"]["d_test"]["acc2"] == s["{l,a,v}"]["d_test"]["acc2"]
     for s in scores.values():
         # {l,a,v} is the complete data: the same score as the run's own evaluation
         assert s["{l,a,v}"]["d_test"]["n"] == 24

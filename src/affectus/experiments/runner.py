@@ -223,7 +223,7 @@ def _run_locked(sp: ExperimentSpec, runs: list[PlannedRun], out: Path, data: str
             _run_parallel(pending, out, (data, preset_name, per_run, trust_pickle), jobs, run_seconds, progress,
                           len(finished), len(runs))
             ds = None
-    if sp.report.conditions or sp.report.drop_ratios:
+    if sp.report.conditions or sp.report.drop_ratios or sp.report.missing_rates:
         if ds is None:
             ds = open_data(data, preset_obj, trust_pickle=trust_pickle)[0]
         _score_conditions(out, runs, ds[plan.eval], sp.report)
@@ -241,17 +241,19 @@ def condition_keys(report: Any) -> list[str]:
     from affectus.data.missing import condition_name, parse_available
 
     return ([condition_name(parse_available(c)) for c in report.get("conditions", [])]
-            + [f"p={p:g}" for p in report.get("drop_ratios", [])])
+            + [f"p={p:g}" for p in report.get("drop_ratios", [])]
+            + [f"r={r:g}" for r in report.get("missing_rates", [])])
 
 
 def _score_conditions(out: Path, runs: list[PlannedRun], split, report) -> None:
     """Score every finished run on the evaluation split under each availability condition and MRMS drop
     ratio of the spec (prediction only; the masks are the same for every model: conditions are fixed,
     drop ratios seeded by the run's seed). Results go to RUN/conditions.json; a re-run fills in what is new."""
-    from affectus.data.missing import mrms, parse_available
+    from affectus.data.missing import mrms, parse_available, random_availability, with_availability
     from affectus.inference.predictor import load
 
-    wanted = dict(zip(condition_keys(report.model_dump()), [*report.conditions, *report.drop_ratios]))
+    kinds = [*report.conditions, *(("p", p) for p in report.drop_ratios), *(("r", r) for r in report.missing_rates)]
+    wanted = dict(zip(condition_keys(report.model_dump()), kinds))
     for run in runs:
         run_dir = out / "runs" / run.id
         if not (run_dir / "run.json").exists():
@@ -265,8 +267,11 @@ def _score_conditions(out: Path, runs: list[PlannedRun], split, report) -> None:
         for key, what in todo.items():
             if isinstance(what, str):
                 have[key] = predictor.evaluate(split, available=parse_available(what))
-            else:
-                have[key] = predictor.evaluate(mrms(split, float(what), seed=run.seed))
+            elif what[0] == "p":
+                have[key] = predictor.evaluate(mrms(split, float(what[1]), seed=run.seed))
+            else:  # the same masks for every model of a seed: the generator depends on the seed and r only
+                rng = np.random.default_rng([run.seed, int(round(what[1] * 1000)), 4241])
+                have[key] = predictor.evaluate(with_availability(split, random_availability(len(split), what[1], rng)))
         write_json_atomic(path, have)
 
 
@@ -395,7 +400,7 @@ def _condition_values(run_dir: Path, exp: dict[str, Any]) -> dict[str, float | N
     over the spec's availability conditions (CUMDF's "average over the 7 conditions")."""
     path = run_dir / CONDITIONS_FILE
     report = exp.get("report") or {}
-    if not path.exists() or not (report.get("conditions") or report.get("drop_ratios")):
+    if not path.exists() or not (report.get("conditions") or report.get("drop_ratios") or report.get("missing_rates")):
         return {}
     scores = read_json_file(path, "condition scores")
     out = _flatten({k: v for k, v in scores.items() if isinstance(v, dict)}, "cond.")
@@ -406,6 +411,11 @@ def _condition_values(run_dir: Path, exp: dict[str, Any]) -> dict[str, float | N
     vals = [out.get(f"cond.{c}.{f1}") for c in conds]
     if conds and all(v is not None for v in vals):
         out["cond.avg_f1"] = float(np.mean(vals))
+    rates = sorted(report.get("missing_rates", []))
+    points = [out.get(f"cond.r={r:g}.{f1}") for r in rates]
+    if len(rates) >= 2 and all(v is not None for v in points):
+        # area under F1(r) over the rates given, divided by their span: a mean F1 across missing rates
+        out["cond.auc_f1"] = float(np.trapezoid(points, rates) / (rates[-1] - rates[0]))
     return out
 
 
@@ -440,6 +450,8 @@ def _markdown(exp: dict[str, Any], rows: list[dict], n_finished: int) -> str:
         columns = [(f"{k} F1", f"cond.{k}.{scheme.f1_key}") for k in condition_keys(report)]
         if report.get("conditions"):
             columns.append(("Avg F1", "cond.avg_f1"))
+        if len(report.get("missing_rates", [])) >= 2:
+            columns.append(("AUC F1", "cond.auc_f1"))
     else:
         columns = scheme.modality_columns if report.get("columns") == "modalities" else scheme.columns
     # a column no row has a value for (e.g. MAE without a regression output) is left out

@@ -23,6 +23,7 @@ fails in one line, `SPEC:LINE: what was expected`, before a single run starts.
       slope_over: null      # a grid key: least-squares slope of accuracy against it (Figs. 4-5)
       conditions: []        # availability conditions each run is also scored under: [l, a, v, la, lv, av, lav]
       drop_ratios: []       # MRMS frame-drop ratios each run is also scored under: [0.1, 0.2, ..., 0.7]
+      missing_rates: []     # random missing rates r (per sample and modality): [0, 0.1, ..., 1]; + AUC
 
 Override precedence (later wins): spec `overrides` -> the row's `overrides` -> the grid point ->
 `--set` -> the seed (`train.seed`, which only `seeds` may set).
@@ -68,6 +69,9 @@ class ReportSpec(Strict):
     conditions: list[str] = Field(default_factory=list)
     # MRMS frame-drop ratios every run is scored under (CUMDF's drop-ratio figure), seeded by the run's seed
     drop_ratios: list[float] = Field(default_factory=list)
+    # random missing rates r: each (sample, modality) absent with probability r, at least one kept, seeded
+    # by the run's seed; summarised as the area under the F1-vs-r curve (AUC F1)
+    missing_rates: list[float] = Field(default_factory=list)
 
 
 class _SpecFile(Strict):
@@ -270,8 +274,12 @@ def _report(doc: Doc, report: ReportSpec, grid: dict[str, list[Any]]) -> None:
     for j, p in enumerate(report.drop_ratios):
         if not 0.0 <= p < 1.0:
             raise doc.error(("report", "drop_ratios", j), f"report.drop_ratios: {p} is not a ratio in [0, 1)")
-    if report.columns == "conditions" and not (report.conditions or report.drop_ratios):
-        raise doc.error(("report", "columns"), "report.columns = conditions needs report.conditions or drop_ratios")
+    for j, r in enumerate(report.missing_rates):
+        if not 0.0 <= r <= 1.0:
+            raise doc.error(("report", "missing_rates", j), f"report.missing_rates: {r} is not a rate in [0, 1]")
+    if report.columns == "conditions" and not (report.conditions or report.drop_ratios or report.missing_rates):
+        raise doc.error(("report", "columns"), "report.columns = conditions needs report.conditions, drop_ratios "
+                                               "or missing_rates")
     slope = report.slope_over
     if slope is not None:
         if slope not in grid:
