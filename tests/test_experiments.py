@@ -301,3 +301,18 @@ def test_condition_table_scores_every_run_under_the_same_masks(sims_file: Path, 
     bad = {**spec, "report": {"columns": "conditions", "conditions": ["l", "x"]}}
     with pytest.raises(AffectusError, match="unknown modality 'x'"):
         run_experiment(bad, tmp_path / "bad", data=str(sims_file), overrides=fast, threads=1, progress=False)
+
+
+def test_report_shows_the_condition_table_and_curves(sims_file: Path, tmp_path: Path) -> None:
+    from affectus.evaluation.report import build_report
+
+    spec = {"name": "cond", "seeds": 1, "runs": [{"name": "LF", "model": "late_fusion"}],
+            "report": {"columns": "conditions", "conditions": ["l", "av", "lav"], "drop_ratios": [0.2, 0.5],
+                       "missing_rates": [0.0, 0.5]}}
+    out = tmp_path / "cond"
+    run_experiment(spec, out, data=str(sims_file), overrides={"train.epochs": 1, "train.batch_size": 32}, threads=1,
+                   progress=False)
+    page = build_report(out, tensorboard=False).read_text()
+    assert "Missing modalities" in page and "F1 per availability condition" in page
+    assert "{a,v}" in page and "average" in page
+    assert (out / "report" / "missing_p_sims.png").is_file() and (out / "report" / "missing_r_sims.png").is_file()

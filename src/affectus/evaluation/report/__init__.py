@@ -54,7 +54,8 @@ def build_report(root: str | Path, data: Any = None, out: str | Path | None = No
     for key in sections.curve_axes(runs, axes):
         title = sections.CURVES[key][1] if key in sections.CURVES else f"Metrics against {key}"
         page.section(title, sections.curve(page, runs, axes, key))
-    optional = [("Training curves", sections.training(page, runs, axes)),
+    optional = [("Missing modalities (CUMDF Tables 1-2, drop-ratio figure)", sections.missing_modalities(page, runs, axes)),
+                ("Training curves", sections.training(page, runs, axes)),
                 ("PLGM pseudo-label flips (Fig. 6)", sections.flips(page, runs, axes, dataset, max_samples)),
                 ("MCR router weights on D_msi samples (Fig. 7)",
                  sections.router(page, runs, axes, dataset, max_samples))]

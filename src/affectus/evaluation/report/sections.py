@@ -9,6 +9,7 @@ Everything read here is evaluation output: test labels are used for scoring and 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from affectus.evaluation.report.runs import (
     is_number,
     least_squares_slope,
     mean_std,
+    metric_value,
     short,
 )
 from affectus.experiments.spec import slugify
@@ -125,6 +127,73 @@ def results(runs: list[Run], axes: list[str]) -> list[Block]:
         blocks += [heading(f"label scheme {family} (scored on {', '.join(splits)})"),
                    table(["row", *axes, "n", *[name for _, name in cols]], lines, left=1 + len(axes)),
                    *[note(text) for text in degenerate]]
+    return blocks
+
+
+# ============================================================================ missing modalities
+
+
+def _conditions(run: Run) -> dict[str, Any]:
+    """RUN/conditions.json (the runner's scores under availability conditions / drop ratios / missing rates)."""
+    path = run.path / "conditions.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def missing_modalities(page: Page, runs: list[Run], axes: list[str]) -> list[Block] | None:
+    """The condition table (headline F1 per availability condition, mean ± std over seeds) and the F1 curves
+    against the MRMS drop ratio p and the random missing rate r; None when no run was scored that way."""
+    scored = [r for r in runs if _conditions(r)]
+    if not scored:
+        return None
+    blocks: list[Block] = [note("each run scored on its evaluation split with modalities removed (zeros, length 0; "
+                                "the same masks for every model): headline F1, mean ± std over seeds")]
+    for family in sorted({r.family for r in scored}):
+        fam = [r for r in scored if r.family == family]
+        f1 = fam[0].scheme.f1_key
+        keys = list(dict.fromkeys(k for r in fam for k in _conditions(r)))
+        fixed = [k for k in keys if k.startswith("{")]
+        rows = group_rows(fam, axes)
+
+        def value(run: Run, key: str, f1: str = f1) -> float | None:
+            return metric_value(_conditions(run).get(key) or {}, f1)
+
+        if fixed:
+            lines = []
+            for row in rows:
+                cells: list[Any] = [row.row, len(row.runs)]
+                for k in fixed:
+                    mean, std, n = mean_std([value(r, k) for r in row.runs])
+                    cells.append(fmt(mean, std, n))
+                per_run = [[value(r, k) for k in fixed] for r in row.runs]
+                avg = [float(np.mean(v)) for v in per_run if all(x is not None for x in v)]
+                cells.append(fmt(*mean_std(avg)))
+                lines.append(cells)
+            blocks += [heading(f"F1 per availability condition ({family}; l = text, a = audio, v = vision)"),
+                       table(["row", "n", *fixed, "average"], lines, left=1)]
+        for prefix, label in (("p=", "MRMS drop ratio p"), ("r=", "random missing rate r")):
+            points = sorted({float(k[2:]) for k in keys if k.startswith(prefix)})
+            if len(points) < 2:
+                continue
+            panel = plots.Panel(f"{f1} vs {label}", f"{f1} (%)")
+            for row in rows:
+                xs, means, stds = [], [], []
+                for x in points:
+                    mean, std, _ = mean_std([value(r, f"{prefix}{x:g}") for r in row.runs])
+                    if mean is not None:
+                        xs.append(x)
+                        means.append(mean)
+                        stds.append(std or 0.0)
+                if xs:
+                    panel.series.append(plots.Series(row.row, xs, means, stds))
+            name = f"missing_{prefix[0]}_{family}"
+            blocks.append(page.figure(name, plots.curves([panel], label, f"{family}: F1 against {label}"),
+                                      f"{family}: mean ± std over seeds against {label}"))
     return blocks
 
 
