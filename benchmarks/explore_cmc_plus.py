@@ -48,10 +48,16 @@ MODS = ("text", "audio", "vision")
 
 # ---------------------------------------------------------------------------------------- data
 
+POOL = {"mode": "masked"}
+
+
 def pooled(split, m: str) -> np.ndarray:
-    """Masked mean over each sample's true length: (N, L, D) -> (N, D). Padding never enters."""
+    """Masked mean over each sample's true length: (N, L, D) -> (N, D). Padding never enters.
+    With POOL["mode"] == "full" (the faithful CMC's mean): the mean over all L steps, padding included."""
     x = split.features(m)
     _n, steps, _ = x.shape
+    if POOL["mode"] == "full":
+        return x.mean(1)
     lens = np.clip(split.lengths(m), 1, steps)
     mask = (np.arange(steps)[None, :] < lens[:, None]).astype(np.float32)
     return (x * mask[..., None]).sum(1) / lens[:, None]
@@ -417,10 +423,12 @@ def main() -> None:
     ap.add_argument("--wd", type=float, default=1e-3)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--smooth", type=float, default=0.0)
+    ap.add_argument("--pool", default="masked", choices=("masked", "full"), help="mean over true steps or all")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", default="/tmp/cmcplus")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    POOL["mode"] = args.pool
     from affectus.training.plgm import enable_flush_denormal
     from affectus.training.trainer import plan_for
 
