@@ -67,7 +67,7 @@ def load_mosi(text: str, cache: Path):
     from affectus.data.load import open_data
 
     ds, preset = open_data(str(MOSI), "mosi-utterance")
-    if text in ("minilm", "minilm+file"):
+    if text in ("minilm", "minilm+file", "minilm|file"):
         f = cache / "mosi_minilm_sentence.npz"
         if not f.exists():
             from affectus.inference.extract.text import reencode_dataset, text_encoder_from_spec
@@ -82,6 +82,8 @@ def load_mosi(text: str, cache: Path):
         d = {m: pooled(sp, m) for m in MODS}
         if text == "minilm":
             d["text"] = emb[s]
+        elif text == "minilm|file":  # one text branch reading both, concatenated
+            d["text"] = np.concatenate([emb[s], d["text"]], axis=1)
         elif text == "minilm+file":  # MiniLM is the text branch; the file's text-CNN feature a 4th branch
             d["text_file"] = d["text"]
             d["text"] = emb[s]
@@ -347,6 +349,10 @@ def run_cmc_plus(args, feats, ds, plan_eval: str, seed: int) -> dict:
         text_wrong = classes(ev_split.unimodal_labels["text"]) != yc
         out["router_text_weight"] = {"text_contradicts": round(float(w[text_wrong, 0].mean()), 3),
                                      "text_agrees": round(float(w[~text_wrong, 0].mean()), 3)}
+        pred = logits.argmax(1)
+        out["by_group"] = {g: {"n": int(rows.sum()), "weights": w[rows].mean(0).round(3).tolist(),
+                               "acc3": round(100 * float((pred[rows] == yc[rows]).mean()), 2)}
+                           for g, rows in (("text_contradicts", text_wrong), ("text_agrees", ~text_wrong))}
     out["consensus_s"] = round(time.perf_counter() - t0, 1)
     return out
 
@@ -401,7 +407,7 @@ def main() -> None:
     ap.add_argument("--exp", required=True, help="label for the table")
     ap.add_argument("--method", default="cmc_plus", choices=("cmc_plus", "logreg", "affectus"))
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--text", default="file", choices=("file", "minilm", "minilm+file"), help="mosi text input")
+    ap.add_argument("--text", default="file", choices=("file", "minilm", "minilm+file", "minilm|file"), help="mosi text input")
     ap.add_argument("--mods", default="text,audio,vision", help="logreg: modalities to concatenate")
     ap.add_argument("--task", default="binary", choices=("binary", "3class"), help="logreg target")
     ap.add_argument("--model", default="cmc", help="affectus: registered model")
