@@ -381,3 +381,27 @@ def test_train_refuses_to_replace_files_it_did_not_write(sim_file, tmp_path, cap
     assert "not an affectus run but holds config.json" in capsys.readouterr().err
     assert (out / "config.json").read_text() == '{"my": "settings"}'
     assert main(["train", "--data", str(sim_file), "--model", "late_fusion", "--out", str(out), "--overwrite", *FAST]) == 0
+
+
+def test_predict_explains_every_sample_of_a_features_file(sim_file, tmp_path, capsys):
+    out = tmp_path / "cmc"
+    assert main(["train", "--data", str(sim_file), "--out", str(out), "--set", "model.layers=1", "--set",
+                 "model.heads=2", *FAST]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(out), str(sim_file), "--split", "test", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    test = load_dataset(sim_file)["test"]
+    assert [r["id"] for r in rows] == test.ids and rows[0]["transcript"] == test.raw_text[0]
+    for r in rows:
+        assert set(r["modalities"]) == {"text", "audio", "vision"} and r["acc2"] in ("non-positive", "positive")
+        assert abs(sum(r["probabilities"].values()) - 1) < 1e-5
+        agreeing = [m for m, v in r["modalities"].items() if v["prediction"] == r["verdict"]]
+        if agreeing:  # the followed modality agrees with the verdict and has the largest weight among those
+            assert r["followed"] == max(agreeing, key=lambda m: r["modalities"][m]["weight"])
+        else:
+            assert r["followed"] is None
+    assert main(["predict", str(out), str(sim_file), "--split", "test", "--json", "--available", "l,a"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert all(set(r["modalities"]) == {"text", "audio"} for r in rows)
+    assert main(["predict", str(out), "clip.mp4"]) == 2
+    assert "extract its features first" in capsys.readouterr().err

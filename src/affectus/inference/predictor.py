@@ -65,7 +65,24 @@ class Prediction:
                 for k, m in enumerate(MODALITIES)
                 if self.available is None or self.available[i, k]
             }
+            out["followed"] = self.followed(i)
         return out
+
+    def followed(self, i: int) -> str | None:
+        """The modality the verdict followed: of the present modalities whose own prediction is the verdict,
+        the one with the largest router weight (without a router, the most confident one); None when no
+        modality's own call agrees with the consensus."""
+        if self.modality_classes is None:
+            return None
+        agree = [k for k in range(len(MODALITIES)) if self.modality_classes[i, k] == self.classes[i]
+                 and (self.available is None or self.available[i, k])]
+        if not agree:
+            return None
+        if self.router_weights is not None:
+            score = self.router_weights[i]
+        else:
+            score = self.modality_probabilities[i, :, int(self.classes[i])]
+        return MODALITIES[max(agree, key=lambda k: float(score[k]))]
 
 
 class Predictor:
