@@ -24,7 +24,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--variant", default="cmc")
+    ap.add_argument("--variant", default=None, help="the model's variant (default: its default)")
     ap.add_argument("--model", default="cmc")
     ap.add_argument("--set", dest="sets", action="append", default=[])
     ap.add_argument("--out", default=None)
@@ -37,6 +37,7 @@ def main() -> None:
     from affectus.training.config import parse_set, resolve_config
     from affectus.training.plgm import enable_flush_denormal
     from affectus.training.trainer import plan_for, train_run
+    from affectus.utils.threads import torch_threads
 
     enable_flush_denormal()
     preset = load_preset("mosi-utterance")
@@ -48,7 +49,8 @@ def main() -> None:
         overrides = {**parse_set(args.sets), "train.seed": seed, "train.threads": args.threads}
         cfg = resolve_config(args.model, args.variant, preset, None, overrides)
         t0 = time.perf_counter()
-        m = train_run(ds, cfg, root / f"seed{seed}", plan, data_source=args.data)
+        with torch_threads(args.threads):  # train_run leaves torch's thread count to its caller
+            m = train_run(ds, cfg, root / f"seed{seed}", plan, data_source=args.data)
         runs.append({"seed": seed, "seconds": round(time.perf_counter() - t0, 1), **{k: m[k] for k in KEYS}})
 
     def agg(rows):
