@@ -404,4 +404,4 @@ def test_predict_explains_every_sample_of_a_features_file(sim_file, tmp_path, ca
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert all(set(r["modalities"]) == {"text", "audio"} for r in rows)
     assert main(["predict", str(out), "clip.mp4"]) == 2
-    assert "extract its features first" in capsys.readouterr().err
+    assert "does not know how to extract a clip" in capsys.readouterr().err

@@ -25,7 +25,7 @@ from affectus.inference.extract.base import MediaError
 from affectus.inference.extract.dataset import MediaConfig, read_label_csv
 from affectus.inference.extract.decode import DecodeConfig
 from affectus.inference.extract.vision import HaarFaceConfig
-from media_clips import GOOD, ClipSpec, face_frames, make_dataset, missing_tools
+from media_clips import GOOD, ClipSpec, face_frames, make_clip, make_dataset, missing_tools
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 HEADER = "video_id,clip_id,text,label,label_T,label_A,label_V,annotation,mode\n"
@@ -363,3 +363,29 @@ def test_config_of_an_earlier_dataset_extracts_the_same_way(
     (tmp_path / "junk.json").write_text("{not json")
     rc, _, err = cli(*args, "--out", tmp_path / "x.npz", "--config", tmp_path / "junk.json")
     assert rc == 2 and "junk.json: not a readable JSON config" in err
+
+
+def test_predict_a_clip_the_run_never_saw(extracted: dict[str, Path], tmp_path: Path, cli) -> None:
+    """extract-dataset -> train -> `affectus predict RUN clip.mp4`: the run's recorded extractors are applied
+    to a new clip; the JSON holds the verdict, each modality's call and weight, the transcript and the
+    frame / face counts. A clip without a face predicts from the modalities it has."""
+    run = tmp_path / "run"
+    rc, _, err = cli("train", "--data", extracted["out"], "--model", "late_fusion", "--out", run,
+                     "--set", "train.epochs=1", "--set", "train.batch_size=2", "--quiet")
+    assert rc == 0, err
+    assert json.loads((run / "run.json").read_text())["extraction"]["extractors"]["audio"]["kind"] == "opensmile"
+    clip = tmp_path / "new.mp4"
+    make_clip(ClipSpec("v7", "new", "A lovely, happy surprise.", 0.7, "test"), clip)
+    rc, out, err = cli("predict", run, clip, "--json", "--transcript", "A lovely, happy surprise.")
+    assert rc == 0, err
+    got = json.loads(out)
+    assert got["verdict"] in ("negative", "neutral", "positive") and set(got["modalities"]) == {"text", "audio", "vision"}
+    assert got["transcript"] == "A lovely, happy surprise." and got["stats"]["face_frames"] > 0
+    assert got["followed"] in (None, "text", "audio", "vision")
+    faceless = tmp_path / "faceless.mp4"
+    make_clip(ClipSpec("v7", "faceless", "Nobody here.", 0.0, "test", face=False), faceless)
+    rc, out, err = cli("predict", run, faceless, "--json")
+    assert rc == 0, err
+    got = json.loads(out)
+    assert set(got["modalities"]) == {"audio"}  # no face, no transcript: audio alone
+    assert got["stats"]["face_frames"] == 0 and any(f["reason"] == "no_face" for f in got["failures"])

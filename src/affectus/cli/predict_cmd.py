@@ -2,8 +2,8 @@
 
 For each sample: the verdict and class probabilities, the label scheme's Acc2 call (and the score where
 the model regresses), each present modality's own prediction and router weight, which modality the
-consensus followed, and the transcript. Clips (video / audio files) go through `affectus extract-dataset`
-first; predicting a clip directly is not built yet.
+consensus followed, and the transcript. A clip (mp4, webm, wav, ...) is extracted with the extractors the
+run's training features were made with (recorded in run.json), plus frame and face counts.
 """
 
 from __future__ import annotations
@@ -32,15 +32,23 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per sample, one per line")] = False,
     limit: Annotated[int, typer.Option("--limit", min=1, help="at most this many samples in the table (not JSON)")] = 20,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help=TRUST_PICKLE_HELP)] = False,
+    transcript: Annotated[str | None, typer.Option(
+        "--transcript", help="a clip's transcript (speech recognition is not built yet: without it, text is absent)")] = None,
 ) -> None:
     """Explained verdicts for the samples of DATA: verdict, probabilities, each modality's call and weight."""
     from affectus.data.load import open_data
     from affectus.inference.predictor import load
 
-    if Path(data).suffix.lower() in _CLIP_SUFFIXES:
-        raise AffectusError(f"{data}: a clip; extract its features first (affectus extract-dataset, docs/media.md), "
-                            "then predict the features file")
     predictor = load(run_dir)
+    if Path(data).suffix.lower() in _CLIP_SUFFIXES:
+        from affectus.inference.extract.clip import predict_clip
+
+        row = predict_clip(predictor, data, transcript)
+        if as_json:
+            print(json.dumps(row, ensure_ascii=False))
+        else:
+            Console().print_json(json.dumps(row, ensure_ascii=False))
+        return
     recorded = predictor.info.get("config")
     preset = recorded.get("preset") if isinstance(recorded, dict) else None
     ds, _ = open_data(data, preset, trust_pickle=trust_pickle)

@@ -7,7 +7,9 @@ data: for `synth:NAME` it is NAME's, unless a preset was given.
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 from affectus.data.mmsa import load_dataset, sha256_file
@@ -63,3 +65,23 @@ def open_data(
         name = text[len(SYNTH_PREFIX) :] or (p.name if p is not None else DEFAULT_SYNTH)
         return generate_dataset(name), p or load_preset(name)
     return load_dataset(text, preset=p, trust_pickle=trust_pickle), p
+
+
+def extraction_record(source: str | os.PathLike) -> dict[str, Any] | None:
+    """The extractors that made a features file, from `FILE.extract.json` beside it (`affectus
+    extract-dataset` writes it): {"extractors": ..., "text_features": ...}, or None for other files.
+
+    A run records it, so `affectus predict RUN clip.mp4` extracts a new clip the same way."""
+    text = str(source)
+    if is_synth(text):
+        return None
+    meta = Path(text + ".extract.json") if not text.endswith(".extract.json") else Path(text)
+    if not meta.is_file():
+        return None
+    try:
+        data = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("extractors"), dict):
+        return None
+    return {"extractors": data["extractors"], "text_features": data.get("text_features")}

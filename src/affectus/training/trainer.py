@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from affectus.data.load import data_identity
+from affectus.data.load import data_identity, extraction_record
 from affectus.data.types import MERDataset, Split
 from affectus.errors import AffectusError
 from affectus.evaluation.evaluate import predict_split, score_predictions, single_class
@@ -210,6 +210,8 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
         "family": plan.family,
         "plan": plan.to_dict(),
         "data": identity["data"],  # source and sha256 (None for synth:NAME data)
+        # the extractors that made the features (FILE.extract.json), so a clip is predicted the same way
+        "extraction": extraction_record(identity["data"]["source"]),
         "stages": result.summary,
         "train_seconds": round(time.perf_counter() - started, 2),
         "metrics": metrics,
