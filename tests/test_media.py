@@ -389,3 +389,28 @@ def test_predict_a_clip_the_run_never_saw(extracted: dict[str, Path], tmp_path: 
     got = json.loads(out)
     assert set(got["modalities"]) == {"audio"}  # no face, no transcript: audio alone
     assert got["stats"]["face_frames"] == 0 and any(f["reason"] == "no_face" for f in got["failures"])
+
+
+def test_serve_predicts_an_uploaded_clip(extracted: dict[str, Path], tmp_path: Path, cli) -> None:
+    """POST /predict with a clip the run never saw: the same fields as `affectus predict RUN clip.mp4`."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from affectus.inference.service import Limits, create_app
+
+    run = tmp_path / "run"
+    rc, _, err = cli("train", "--data", extracted["out"], "--model", "late_fusion", "--out", run,
+                     "--set", "train.epochs=1", "--set", "train.batch_size=2", "--quiet")
+    assert rc == 0, err
+    clip = tmp_path / "upload.mp4"
+    make_clip(ClipSpec("v8", "up", "What a wonderful day.", 0.7, "test"), clip)
+    client = TestClient(create_app(run))
+    r = client.post("/predict", files={"file": ("upload.mp4", clip.read_bytes())},
+                    data={"transcript": "What a wonderful day."})
+    assert r.status_code == 200, r.text
+    got = r.json()["predictions"][0]
+    assert got["transcript"] == "What a wonderful day." and got["stats"]["face_frames"] > 0
+    assert set(got["modalities"]) == {"text", "audio", "vision"}
+    short = TestClient(create_app(run, Limits(max_clip_s=0.1)))
+    r = short.post("/predict", files={"file": ("upload.mp4", clip.read_bytes())})
+    assert r.status_code == 413 and "longer than" in r.json()["error"]

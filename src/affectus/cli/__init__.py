@@ -58,6 +58,7 @@ from affectus.cli import (
     extract_cmd,  # noqa: F401
     predict_cmd,  # noqa: F401
     report_cmd,  # noqa: F401
+    serve_cmd,  # noqa: F401
     sweep_cmd,  # noqa: F401
     synth_cmd,  # noqa: F401
     train_cmds,  # noqa: F401
