@@ -2,13 +2,15 @@
 # Debian packages the tests need, installed only when missing (CI runs as root on Debian):
 #   ffmpeg     muxes the generated test clips (tests/media_clips.py); PyAV decodes without it
 #   espeak-ng  speaks the test clips' sentences
+#   chromium   the service page's browser test (tests/test_browser.py, driven by Playwright; Playwright's
+#              own browser download is not reachable, so Debian's browser is used)
 # Usage: bash .ci/apt.sh   (prints what it installs on stderr; exits 1 with a reason on failure)
 set -euo pipefail
 
 say() { echo "apt.sh: $*" >&2; }
 
 # package -> the command that shows it is there
-declare -A needs=([ffmpeg]=ffmpeg [espeak-ng]=espeak-ng)
+declare -A needs=([ffmpeg]=ffmpeg [espeak-ng]=espeak-ng [chromium]=chromium)
 missing=()
 for pkg in "${!needs[@]}"; do
   command -v "${needs[$pkg]}" >/dev/null 2>&1 || missing+=("$pkg")
