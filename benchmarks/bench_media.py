@@ -44,7 +44,12 @@ def main() -> None:
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     from affectus.cli import main as cli
-    from affectus.inference.extract.audio import LibrosaConfig, LibrosaExtractor, OpenSmileConfig, OpenSmileExtractor
+    from affectus.inference.extract.audio import (
+        LibrosaConfig,
+        LibrosaExtractor,
+        OpenSmileConfig,
+        OpenSmileExtractor,
+    )
     from affectus.inference.extract.clip import predict_clip
     from affectus.inference.extract.decode import DecodeConfig, Decoder
     from affectus.inference.extract.vision import HaarFaceConfig, HaarFaceExtractor
