@@ -6,7 +6,8 @@ milliseconds; nothing is downloaded.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +122,29 @@ def tiny_batch(b: int = 4, seed: int = 0) -> Batch:
         scores=torch.tensor([-1.5, 0.0, 0.6, 2.0][:b]),
         classes=torch.tensor([0, 1, 2, 2][:b]),
     )
+
+
+@contextmanager
+def served_on_loopback(app: Any) -> Iterator[str]:
+    """Run an ASGI app with uvicorn in a daemon thread on a free loopback port; yields its base URL and
+    stops the server afterwards (the browser and load tests talk to it over a real socket)."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

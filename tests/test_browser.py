@@ -4,24 +4,17 @@ upload a features file, press Predict, see the verdicts, no console errors."""
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
-import time
 
 import pytest
 
+from conftest import served_on_loopback
+
 pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("uvicorn")
 sync_api = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-headless-shell")) if p), None)
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/apt.sh installs it)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -39,17 +32,8 @@ def server(tmp_path_factory):
     assert main(["train", "--data", str(root / "tiny.pkl"), "--out", str(root / "run"), "--set", "model.layers=1",
                  "--set", "model.heads=2", "--set", "train.epochs=1", "--set", "train.batch_size=16", "--threads", "1",
                  "--quiet"]) == 0
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(root / "run"), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(100):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    yield {"url": f"http://127.0.0.1:{port}/", "npz": root / "tiny.npz"}
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with served_on_loopback(create_app(root / "run")) as url:
+        yield {"url": f"{url}/", "npz": root / "tiny.npz"}
 
 
 def test_upload_shows_the_verdict_without_console_errors(server):

@@ -5,23 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import resource
-import socket
-import threading
 import time
 
 import pytest
 
+from conftest import served_on_loopback
+
 pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 CLIENTS, ROUNDS = 50, 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rss_mb() -> float:
@@ -42,15 +36,6 @@ def test_fifty_concurrent_clients(tmp_path):
     body = (tmp_path / "req.npz").read_bytes()
     assert main(["train", "--data", str(tmp_path / "tiny.pkl"), "--model", "late_fusion", "--out", str(tmp_path / "run"),
                  "--set", "train.epochs=1", "--set", "train.batch_size=16", "--threads", "1", "--quiet"]) == 0
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(tmp_path / "run"), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(100):
-        if srv.started:
-            break
-        time.sleep(0.05)
-
     async def client(c: httpx.AsyncClient) -> list[int]:
         codes = []
         for _ in range(ROUNDS):
@@ -60,20 +45,17 @@ def test_fifty_concurrent_clients(tmp_path):
         return codes
 
     async def run_all() -> list[int]:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as c:
             results = await asyncio.wait_for(asyncio.gather(*(client(c) for _ in range(CLIENTS))), timeout=120)
         return [code for codes in results for code in codes]
 
-    try:
+    with served_on_loopback(create_app(tmp_path / "run")) as url:
         asyncio.run(run_all())  # warm-up round: imports, first allocations
         before = _rss_mb()
         started = time.perf_counter()
         codes = asyncio.run(run_all())
         seconds = time.perf_counter() - started
         grown = _rss_mb() - before
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
     assert codes == [200] * (CLIENTS * ROUNDS)
     assert grown < 200, f"peak memory grew {grown:.0f} MB over {CLIENTS * ROUNDS} requests"
     print(f"{CLIENTS * ROUNDS} requests from {CLIENTS} clients in {seconds:.1f} s "
