@@ -160,8 +160,9 @@ def evaluate(
             raise AffectusError(f"--subsets {subsets!r}: expected MSC_FILE,MSI_FILE")
     metrics = predictor.evaluate(ds[name], available=available, subset_files=files)
     if predictions is not None:
-        scored = ds[name] if available is None else _restricted(ds[name], available)
-        write_text_atomic(predictions, predictions_csv(scored, predictor.predict(scored), predictor.scheme))
+        # ids and labels are the split's; the predictor removes the absent modalities itself
+        pred = predictor.predict(ds[name], available=available)
+        write_text_atomic(predictions, predictions_csv(ds[name], pred, predictor.scheme))
         Console(stderr=True).print(f"wrote {predictions} ({len(ds[name])} rows)", markup=False, highlight=False)
     if as_json:
         print(json.dumps({"split": name, **metrics}, indent=2, sort_keys=True))
@@ -247,12 +248,6 @@ def _print_config_keys(name: str) -> None:
     for section, values in sections.items():
         for key, value in values.items():
             print(f"  {section}.{key} = {json.dumps(value)}")
-
-
-def _restricted(split, available: str):
-    from affectus.data.missing import parse_available, with_availability
-
-    return with_availability(split, parse_available(available))
 
 
 def apply_threads(threads: int) -> None:

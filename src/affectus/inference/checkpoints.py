@@ -29,7 +29,6 @@ from affectus.utils.io import read_json_file, write_bytes_atomic, write_json_ato
 RUN_FORMAT = "affectus-run/1"
 # what inference needs from run.json, with its JSON type (read_run refuses a run.json without them)
 RUN_FIELDS: dict[str, type] = {"model_name": str, "model_config": dict, "dims": dict}
-LABEL_MAPPING = {"0": "negative (score < 0)", "1": "neutral (score = 0)", "2": "positive (score > 0)"}
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> str:
