@@ -43,6 +43,8 @@ class Preset(Strict):
     unimodal_labels: bool  # regression_labels_T/A/V expected
     splits: dict[str, str]  # role (train / select / eval) -> split name in the file
     model: dict[str, ModelSettings]  # model name ('cmc', 'cmc-gt') -> settings
+    # model name -> config keys (model.X / train.X / recipe.X) this dataset sets for it beyond Table III
+    settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @property
     def scheme(self):

@@ -63,6 +63,10 @@ class LabelScheme:
         """Classes (torch or numpy ints) -> the labels SupCon contrasts (positives share a label)."""
         return classes
 
+    def binary_targets(self, classes: Any) -> Any:
+        """Classes (torch ints) -> the Acc2 rule's truth (1: `binary_names[1]`); None without a rule."""
+        return None
+
     def metrics(self, logits: Any = None, pred_scores: Any = None, labels: Any = None,
                 unimodal: Mapping[str, Any] | None = None, masks: tuple[Any, Any] | None = None) -> dict[str, Any]:
         raise NotImplementedError
@@ -91,6 +95,10 @@ class SentimentScheme(LabelScheme):
     def supcon_labels(self, classes: Any) -> Any:
         # The authors binarise along the dataset's Acc2 split: neutral goes with negative on CH-SIMS
         # (positive vs non-positive), with positive on MOSI (non-negative vs negative).
+        return self.binary_targets(classes)
+
+    def binary_targets(self, classes: Any) -> Any:
+        # the Acc2 rule on classes: neutral is non-positive on CH-SIMS, non-negative on MOSI (Has0)
         return (classes > 1).long() if self.family == "sims" else (classes >= 1).long()
 
     def metrics(self, logits=None, pred_scores=None, labels=None, unimodal=None, masks=None) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from affectus.data.batches import Batch
-from affectus.data.types import MODALITIES, Split, to_classes
+from affectus.data.types import MODALITIES, MERDataset, Split, to_classes
 from affectus.errors import AffectusError, suggest
 from affectus.inference import checkpoints as ckpt
 from affectus.models.registry import create_model, make_config
@@ -121,6 +121,16 @@ class Predictor:
 
         # runs written before label schemes recorded only the family name
         self.scheme = get_scheme(self.info.get("scheme") or self.info.get("family", "mosi"))
+
+    def prepare(self, dataset: MERDataset) -> MERDataset:
+        """`dataset` as this run reads it: when the run re-encoded transcripts (`train.text_inputs`), the
+        same encoder re-encodes `dataset`'s `raw_text`; otherwise `dataset` itself."""
+        record = self.info.get("text_inputs")
+        if not record:
+            return dataset
+        from affectus.inference.extract.text import reencode_from_record
+
+        return reencode_from_record(dataset, record)
 
     @torch.no_grad()
     def predict(self, data: Split | Batch | dict[str, np.ndarray], batch_size: int = 256,

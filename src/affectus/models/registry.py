@@ -21,6 +21,7 @@ from affectus.errors import AffectusError, SettingError, suggest
 # importing the training stack.
 _MODEL_MODULES = (
     "affectus.models.cmc",
+    "affectus.models.cmc_plus",
     "affectus.models.late_fusion",
     "affectus.models.ef_lstm",
     "affectus.models.tfn",

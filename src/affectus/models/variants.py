@@ -17,6 +17,8 @@ class Variant(Strict):
     description: str
     overrides: dict[str, Any] = Field(default_factory=dict)  # config keys (model.x / train.x / recipe.x), as --set
     preset_model_key: str | None = None  # the preset's `model` row to use (CMC-GT: cmc-gt); None: the model's
+    # another registered model this variant selects (its own default variant), e.g. cmc's `cmc_plus`
+    model: str | None = None
 
 
 def read_variants(source: str, text: str) -> dict[str, dict[str, Any]]:

@@ -21,6 +21,9 @@ from affectus.errors import AffectusError, SettingError
 from affectus.utils.strict_yaml import Doc, check_value, read_yaml, yaml_value
 
 
+TEXT_INPUTS = ("file", "sentence", "states", "sentence+file", "bert")
+
+
 @dataclass
 class TrainConfig:
     """Generic training settings, the same for every model: optimiser, epochs, patience, batch, seed, device.
@@ -43,9 +46,24 @@ class TrainConfig:
     # unimodal labels in the training split; the selection and evaluation splits are untouched)
     consistent_retention: float = 1.0
     bucket: bool = False  # length-bucketed batches (models with masked padding only)
+    # Where the text input comes from (inference/extract/text.py): "file" (the file's text features, as
+    # they are), or re-encoded from each split's transcripts (raw_text) by `text_encoder`: "sentence"
+    # (one sentence vector per sample), "states" (token states), "sentence+file" (the sentence vector
+    # next to the file's own text feature averaged over its steps, as two text views) or "bert" (token
+    # ids for a BERT text path, `text_bert`). The run records the encoder, so evaluating or predicting on
+    # another file re-encodes that file's transcripts the same way.
+    text_inputs: str = "file"
+    text_encoder: str = "minilm"  # the packaged MiniLM, or a local BERT-family directory
 
     def validate(self) -> None:
         """Ranges a type cannot say, checked before anything is written."""
+        self._validate_ranges()
+        if self.text_inputs not in TEXT_INPUTS:
+            raise SettingError("train.text_inputs", self.text_inputs, f"one of {', '.join(TEXT_INPUTS)}")
+        if not self.text_encoder:
+            raise SettingError("train.text_encoder", self.text_encoder, "minilm or a local model directory")
+
+    def _validate_ranges(self) -> None:
         if self.batch_size < 2:
             raise SettingError("train.batch_size", self.batch_size, "at least 2 (BatchNorm and SupCon need pairs)")
         if not 0.0 <= self.consistent_retention <= 1.0:
@@ -208,11 +226,15 @@ def resolve_config(
 
     # 2. the dataset preset (Table III; a variant may ask for another row, e.g. CMC-GT's Table VII)
     variant, spec = entry.variant(variant)
+    if spec.get("model"):  # a variant that names another registered model (cmc's cmc_plus)
+        return resolve_config(spec["model"], None, preset, config_file, overrides)
     if preset is not None:
         table = (preset.model or {}).get(spec.get("preset_model_key", model_name)) or (preset.model or {}).get(model_name)
         if table is not None:
             values = table.model_dump() if hasattr(table, "model_dump") else dict(table)
             apply([(f"model.{k}", v, f"preset {preset.name}") for k, v in values.items()])
+        # settings the dataset needs for this model beyond Table III (e.g. CMC+ reading transcripts)
+        apply([(k, v, f"preset {preset.name}") for k, v in (preset.settings.get(model_name) or {}).items()])
     # 3. the variant
     apply([(k, v, f"variant {variant}") for k, v in (spec.get("overrides") or {}).items()])
     # 4. a user YAML file

@@ -74,12 +74,22 @@ def plan_for(dataset: MERDataset, preset=None) -> DataPlan:
     return DataPlan(*names, scheme)
 
 
-def build_model(cfg: ResolvedConfig, dataset: MERDataset, scheme: LabelScheme | None = None):
+def build_model(cfg: ResolvedConfig, dataset: MERDataset, scheme: LabelScheme | None = None,
+                text_views: dict[str, int] | None = None, text_model_dir: str | None = None):
+    """The run's model for `dataset`'s feature sizes. What the data decides is filled into the model's
+    config where the model has the field: `num_classes` (the scheme's), `text_views` (the text feature's
+    columns as views, from `train.text_inputs`), and `bert_path` (the encoder that made `text_bert`, when
+    the model reads BERT ids and names no BERT of its own)."""
     values = dict(cfg.model)
     values["dims"] = dataset.dims
     entry = get_model_entry(cfg.model_name)
-    if scheme is not None and "num_classes" in {f.name for f in dataclasses.fields(entry.config_cls)}:
+    known = {f.name for f in dataclasses.fields(entry.config_cls)}
+    if scheme is not None and "num_classes" in known:
         values["num_classes"] = scheme.num_classes
+    if text_views and "text_views" in known:
+        values["text_views"] = dict(text_views)
+    if text_model_dir and "bert_path" in known and values.get("text_input") == "bert" and not values.get("bert_path"):
+        values["bert_path"] = text_model_dir
     config = make_config(cfg.model_name, values)
     return create_model(cfg.model_name, config), config
 
@@ -153,13 +163,14 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
            on_epoch) -> dict[str, Any]:
     tc = cfg.train
     device = _device(tc.device)
+    dataset, text_record, text_views, text_model_dir = _text_inputs(dataset, tc)
     torch.manual_seed(tc.seed)
     train_split, select_split = dataset[plan.train], dataset[plan.select]
     if tc.consistent_retention < 1.0:
         train_split = retain_consistent(train_split, tc.consistent_retention, tc.seed)
     if len(train_split) < 2 or len(select_split) < 1:
         raise AffectusError(f"{dataset.source}: train split needs at least 2 samples and '{plan.select}' at least 1")
-    model, model_cfg = build_model(cfg, dataset, plan.scheme)
+    model, model_cfg = build_model(cfg, dataset, plan.scheme, text_views, text_model_dir)
     model.to(device)
     write_json_atomic(out / "config.json", cfg.to_dict())
     write_identity(out, identity)
@@ -212,6 +223,9 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
         "data": identity["data"],  # source and sha256 (None for synth:NAME data)
         # the extractors that made the features (FILE.extract.json), so a clip is predicted the same way
         "extraction": extraction_record(identity["data"]["source"]),
+        # the text encoder that re-encoded the transcripts (train.text_inputs); evaluate / predict on another
+        # file re-encode its transcripts from this record (None: the file's text features were used as they are)
+        "text_inputs": text_record,
         "stages": result.summary,
         "train_seconds": round(time.perf_counter() - started, 2),
         "metrics": metrics,
@@ -232,6 +246,17 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
     if state_path.exists():
         state_path.unlink()
     return metrics
+
+
+def _text_inputs(dataset: MERDataset, tc) -> tuple[MERDataset, dict[str, Any] | None, dict[str, int], str | None]:
+    """`train.text_inputs` applied: the dataset with re-encoded text, the record, the views, the model dir."""
+    if tc.text_inputs == "file":
+        return dataset, None, {}, None
+    from affectus.inference.extract.text import apply_text_inputs
+
+    dataset, record, views, encoder = apply_text_inputs(dataset, tc.text_inputs, tc.text_encoder)
+    logger.info(f"text inputs: {tc.text_inputs} from the transcripts, encoder {tc.text_encoder}")
+    return dataset, record, views, None if encoder is None else str(encoder.model_dir)
 
 
 def retain_consistent(split: Split, rate: float, seed: int) -> Split:

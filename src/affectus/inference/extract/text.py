@@ -334,7 +334,25 @@ def text_encoder_from_record(record: dict[str, Any] | str | os.PathLike) -> Bert
 
 # ------------------------------------------------------------------------------------ datasets
 
-TextOutput = Literal["states", "sentence"]
+TextOutput = Literal["states", "sentence", "sentence+file"]
+_TEXT_OUTPUTS = ("states", "sentence", "sentence+file")
+
+# Sentence vectors of the transcripts already encoded in this process, keyed by (encoder record, texts):
+# benchmarks and experiments train many runs on one file, and MiniLM on CPU is the slow part.
+_SENTENCE_CACHE: dict[tuple[str, str], np.ndarray] = {}
+_CACHE_LIMIT = 16
+
+
+def _sentences(encoder: BertTextEncoder, texts: list[str], where: str) -> np.ndarray:
+    key = (json.dumps(encoder.record(), sort_keys=True),
+           hashlib.sha256("\x1f".join(_check_texts(texts, where)).encode()).hexdigest())
+    hit = _SENTENCE_CACHE.get(key)
+    if hit is None:
+        hit = encoder.sentence_embeddings(texts, where=where)
+        if len(_SENTENCE_CACHE) >= _CACHE_LIMIT:
+            _SENTENCE_CACHE.pop(next(iter(_SENTENCE_CACHE)))
+        _SENTENCE_CACHE[key] = hit
+    return hit
 
 
 def reencode_dataset(
@@ -343,13 +361,15 @@ def reencode_dataset(
     """A new dataset whose text inputs come from `encoder` run on each split's `raw_text`.
 
     text="states": `text` becomes (N, L, D) token states; "sentence": (N, 1, D) sentence embeddings;
-    None: the file's text features stay. bert=True also sets `text_bert` (N, 3, L).
+    "sentence+file": (N, 1, D + Df), the sentence embedding followed by the file's own text feature
+    averaged over its true steps (two text views, `text_views` splits them again); None: the file's
+    text features stay. bert=True also sets `text_bert` (N, 3, L).
     `text_lengths` follow the `text_bert` mask when it is set (what the BERT path reads; models
     clamp lengths to their own sequence), else the new text features. Audio, vision, labels and
     ids are shared with `dataset`, not copied; `dims` reflect the new text.
     """
-    if text not in ("states", "sentence", None):
-        raise AffectusError(f"reencode_dataset text must be 'states', 'sentence' or None, got {text!r}")
+    if text not in (*_TEXT_OUTPUTS, None):
+        raise AffectusError(f"reencode_dataset text must be one of {', '.join(_TEXT_OUTPUTS)} or None, got {text!r}")
     if text is None and not bert:
         raise AffectusError("reencode_dataset: nothing to encode (text=None and bert=False)")
     splits: dict[str, Split] = {}
@@ -357,26 +377,37 @@ def reencode_dataset(
         where = f"file {dataset.source} split {name} key raw_text"
         if split.raw_text is None:
             raise AffectusError(f"{where}: missing; re-encoding text needs the transcripts")
-        enc = encoder.encode(split.raw_text, bert=True, states=text == "states",
-                             sentence=text == "sentence", where=where)
         feats, lengths = split.text, split.text_lengths
-        if text == "states":
-            feats, lengths = enc.states, enc.lengths
-        elif text == "sentence":
-            feats = enc.sentence[:, None, :]  # type: ignore[index]  # (N, 1, D)
-            lengths = np.ones(len(split), np.int64)
         text_bert = split.text_bert
-        if bert:
-            text_bert = enc.text_bert
-            lengths = enc.text_bert[:, 1].sum(axis=1).astype(np.int64)  # type: ignore[index]
+        if text in ("sentence", "sentence+file"):
+            sentence = _sentences(encoder, split.raw_text, where)
+            if text == "sentence+file":
+                sentence = np.concatenate([sentence, _masked_mean(split.text, split.text_lengths)], axis=1)
+            feats = sentence[:, None, :].astype(np.float32)  # (N, 1, D)
+            lengths = np.ones(len(split), np.int64)
+        if text == "states" or bert:
+            enc = encoder.encode(split.raw_text, bert=True, states=text == "states", where=where)
+            if text == "states":
+                feats, lengths = enc.states, enc.lengths
+            if bert:
+                text_bert = enc.text_bert
+                lengths = enc.text_bert[:, 1].sum(axis=1).astype(np.int64)  # type: ignore[index]
         splits[name] = replace(split, text=feats, text_lengths=lengths, text_bert=text_bert)
     return MERDataset(splits=splits, source=dataset.source, sanitised=dict(dataset.sanitised))
 
 
+def _masked_mean(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """(N, L, D) -> (N, D): the mean over each sample's true steps (a sample of length 0 gives zeros)."""
+    steps = x.shape[1]
+    lens = np.clip(np.asarray(lengths), 0, steps)
+    mask = (np.arange(steps)[None, :] < lens[:, None]).astype(np.float32)
+    return (x * mask[..., None]).sum(1) / np.maximum(lens, 1)[:, None].astype(np.float32)
+
+
 def text_inputs_record(encoder: BertTextEncoder, *, text: TextOutput | None, bert: bool) -> dict[str, Any]:
     """What a run stores to re-encode a new file as `reencode_dataset(d, encoder, text=, bert=)` did."""
-    if text not in ("states", "sentence", None) or not isinstance(bert, bool):
-        raise AffectusError(f"text inputs: text must be 'states', 'sentence' or None and bert a bool, "
+    if text not in (*_TEXT_OUTPUTS, None) or not isinstance(bert, bool):
+        raise AffectusError(f"text inputs: text must be one of {', '.join(_TEXT_OUTPUTS)} or None and bert a bool, "
                             f"got text={text!r} bert={bert!r}")
     return {"text_encoder": encoder.record(), "text": text, "bert": bert}
 
@@ -388,6 +419,22 @@ def reencode_from_record(dataset: MERDataset, record: dict[str, Any]) -> MERData
         raise AffectusError(f"text inputs record: expected keys bert, text, text_encoder, got {got}")
     encoder = text_encoder_from_record(record["text_encoder"])
     return reencode_dataset(dataset, encoder, text=record["text"], bert=record["bert"])
+
+
+def apply_text_inputs(dataset: MERDataset, text_inputs: str, encoder_spec: str
+                      ) -> tuple[MERDataset, dict[str, Any] | None, dict[str, int], BertTextEncoder | None]:
+    """`train.text_inputs` applied to a dataset: (dataset, record for run.json, text views, encoder).
+
+    "file" returns the dataset untouched (no record, no views). The views name the columns of the new
+    text feature: {"transcript": D, "file": Df} for "sentence+file", else {}."""
+    if text_inputs == "file":
+        return dataset, None, {}, None
+    encoder = text_encoder_from_spec(None if encoder_spec == MiniLMEncoderConfig.name else encoder_spec)
+    text = None if text_inputs == "bert" else text_inputs
+    file_dim = dataset.dims["text"]
+    out = reencode_dataset(dataset, encoder, text=text, bert=text_inputs == "bert")  # type: ignore[arg-type]
+    views = {"transcript": encoder.hidden_size, "file": file_dim} if text_inputs == "sentence+file" else {}
+    return out, text_inputs_record(encoder, text=text, bert=text_inputs == "bert"), views, encoder
 
 
 # ------------------------------------------------------------------------------------ helpers

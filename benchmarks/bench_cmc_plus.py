@@ -1,0 +1,258 @@
+"""CMC+ against the strong simple baselines (issue 9), through affectus's own trainer. JSON out.
+
+    python benchmarks/bench_cmc_plus.py sim  [--mislead 0.5] [--seeds 5] [--models cmc_plus,logreg,late_fusion]
+    python benchmarks/bench_cmc_plus.py mosi [--seeds 5] [--models cmc_plus,logreg,minilm_probe]
+    python benchmarks/bench_cmc_plus.py sim --models cmc_plus --variants cmc_plus,global_router,...  (ablation)
+
+Each row is a model (or a CMC+ variant); prints one JSON object (mean +- std over seeds, per-seed numbers,
+paired differences against logistic regression) and a markdown table on stderr.
+
+sim: the conflict simulator, `sims` preset shapes and split sizes with sequences x0.25, inconsistency 0.5,
+  `--mislead` = text_misleading (1/3: the preset default, text contradicts the clip's label in about 1/6
+  of the clips; 0.5: in about a quarter). Data seed = model seed = 1..seeds. train trains, valid selects,
+  test is reported (D_test / D_msi / D_msc Acc2, CH-SIMS rule). Test labels score only; the D_msi mask
+  comes from test's unimodal labels at scoring time. Also the router's text share and the 3-class accuracy
+  on test clips whose text contradicts the label vs the others.
+
+mosi: the shared CMU-MOSI utterance set (train + valid; valid is the reported split). Every model is
+  scored by 5-fold cross-fitting over valid, folds grouped by video: for fold f, the model trains on
+  train, selects (early stopping, C, the CMC+ consensus) on valid minus f, and predicts f; the score is
+  over all of valid's held-out predictions. So no reported prediction comes from anything that saw its
+  label. (`--protocol preset`: valid both selects and is reported, as the mosi-utterance preset runs.)
+
+Baselines: `logreg`, logistic regression on the standardised concatenated pooled features, trained on the
+Acc2 truth (the stronger target for it), C in {0.001 .. 10} chosen on the selection rows; `minilm_probe`,
+the same on frozen MiniLM sentence vectors of the transcripts alone; `late_fusion` (MMSA's LF-DNN) and
+`cmc` (faithful) through `train_run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+MOSI = ROOT.parent / "shared" / "data" / "mosi-utterance" / "mosi_utterance_trainval.pkl"
+MODS = ("text", "audio", "vision")
+
+
+def pooled(split, m: str) -> np.ndarray:
+    x = split.features(m)
+    lens = np.clip(split.lengths(m), 1, x.shape[1])
+    mask = (np.arange(x.shape[1])[None, :] < lens[:, None]).astype(np.float32)
+    return (x * mask[..., None]).sum(1) / lens[:, None]
+
+
+def logreg(train, select, evals, scheme, seed: int, features) -> np.ndarray:
+    """Binary LR (the scheme's Acc2 truth), C chosen on `select`; returns 3-class-shaped logits for `evals`."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    import torch
+
+    truth = lambda s: scheme.binary_targets(torch.from_numpy(scheme.to_classes(s.labels))).numpy()  # noqa: E731
+    best = None
+    for c in (0.001, 0.01, 0.1, 1.0, 10.0):
+        m = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000, random_state=seed))
+        m.fit(features(train), truth(train))
+        acc = float(np.mean(m.predict(features(select)) == truth(select)))
+        if best is None or acc > best[0]:
+            best = (acc, m)
+    p = best[1].predict_log_proba(features(evals))
+    return np.stack([p[:, 0], np.full(len(p), -1e9), p[:, 1]], 1)  # neg / (no neutral) / pos
+
+
+def train_model(ds, plan, preset, model: str, variant: str | None, seed: int, sets: dict):
+    """Train through affectus's trainer; returns the run's predictor and its prediction on the eval split."""
+    from affectus.inference.predictor import load
+    from affectus.training.config import resolve_config
+    from affectus.training.trainer import train_run
+
+    cfg = resolve_config(model, variant, preset, None, {"train.seed": seed, **sets})
+    with tempfile.TemporaryDirectory(prefix="bench-cmcplus-") as d:
+        t0 = time.perf_counter()
+        train_run(ds, cfg, Path(d) / "run", plan)
+        seconds = time.perf_counter() - t0
+        predictor = load(Path(d) / "run")
+        split = predictor.prepare(ds)[plan.eval]
+        pred = predictor.predict(split)
+        stages = predictor.info["stages"]
+    return pred, seconds, stages
+
+
+def logits_of(pred) -> np.ndarray:
+    return np.log(np.clip(pred.probabilities, 1e-12, None))
+
+
+# ------------------------------------------------------------------------------------------ sim
+
+def run_sim(args, model: str, seed: int) -> dict:
+    from affectus.data.presets import load_preset
+    from affectus.data.synthetic import generate_dataset
+    from affectus.data.types import to_classes
+    from affectus.training.trainer import plan_for
+
+    ds = generate_dataset("sims", seq_scale=args.seq_scale, seed=seed, inconsistency=0.5, text_misleading=args.mislead)
+    preset = load_preset("sims")
+    plan = plan_for(ds, preset)
+    test = ds[plan.eval]
+    out: dict = {}
+    if model == "logreg":
+        feats = lambda s: np.concatenate([pooled(s, m) for m in MODS], 1)  # noqa: E731
+        logits = logreg(ds[plan.train], ds[plan.select], test, plan.scheme, seed, feats)
+        weights = None
+        seconds = 0.0
+    else:
+        name, _, variant = model.partition("/")
+        pred, seconds, _ = train_model(ds, plan, preset, name, variant or None, seed, {"train.threads": args.threads})
+        logits, weights = logits_of(pred), pred.router_weights
+    m = plan.scheme.metrics(logits=logits, labels=test.labels, unimodal=test.unimodal_labels)
+    out["final"] = {"d_test_acc2": m["d_test"]["acc2"], "d_msi_acc2": m["d_msi"]["acc2"],
+                    "d_msc_acc2": m["d_msc"]["acc2"], "d_test_f1": m["d_test"]["f1"]}
+    y = to_classes(test.labels)
+    contra = to_classes(test.unimodal_labels["text"]) != y
+    verdict = logits.argmax(1)
+    out["groups"] = {g: {"n": int(rows.sum()), "acc3": round(100 * float((verdict[rows] == y[rows]).mean()), 2),
+                         "text_share": None if weights is None else round(float(weights[rows, 0].mean()), 3)}
+                     for g, rows in (("text_contradicts", contra), ("text_agrees", ~contra))}
+    out["seconds"] = round(seconds, 1)
+    return out
+
+
+# ----------------------------------------------------------------------------------------- mosi
+
+def video_folds(ids, k: int, seed: int) -> list[np.ndarray]:
+    videos = np.array([i.rsplit("_", 1)[0] for i in ids])
+    names = np.random.default_rng(seed).permutation(sorted(set(videos)))
+    return [np.flatnonzero(np.isin(videos, part)) for part in np.array_split(names, k)]
+
+
+def run_mosi(args, model: str, seed: int, cache: dict) -> dict:
+    from affectus.data.load import open_data
+    from affectus.data.types import MERDataset
+    from affectus.training.trainer import DataPlan
+
+    if "ds" not in cache:
+        cache["ds"], cache["preset"] = open_data(str(MOSI), "mosi-utterance")
+    ds, preset = cache["ds"], cache["preset"]
+    scheme = preset.scheme
+    valid = ds["valid"]
+    if args.protocol == "preset":
+        parts = [(np.arange(len(valid)), np.arange(len(valid)))]
+    else:  # the folds depend on the seed too, so seeds differ in the split as well as the model
+        parts = [(np.setdiff1d(np.arange(len(valid)), f), f) for f in video_folds(valid.ids, args.folds, seed)]
+    logits = np.zeros((len(valid), 3), np.float32)
+    seconds = 0.0
+    for sel_rows, eval_rows in parts:
+        fold = MERDataset(splits={"train": ds["train"], "select": valid.subset(sel_rows, "select"),
+                                  "eval": valid.subset(eval_rows, "eval")}, source=ds.source)
+        plan = DataPlan("train", "select", "eval", scheme)
+        if model in ("logreg", "minilm_probe"):
+            if model == "minilm_probe":
+                feats = lambda s: minilm(s, cache)  # noqa: E731
+            else:
+                feats = lambda s: np.concatenate([pooled(s, m) for m in MODS], 1)  # noqa: E731
+            lg = logreg(fold["train"], fold["select"], fold["eval"], scheme, seed, feats)
+        else:
+            name, _, variant = model.partition("/")
+            pred, s, _ = train_model(fold, plan, preset, name, variant or None, seed, {"train.threads": args.threads})
+            lg, seconds = logits_of(pred), seconds + s
+        logits[eval_rows] = lg
+    m = scheme.metrics(logits=logits, labels=valid.labels)
+    return {"final": {k: m[k] for k in ("has0_acc2", "has0_f1", "non0_acc2", "acc3")}, "seconds": round(seconds, 1)}
+
+
+def minilm(split, cache: dict) -> np.ndarray:
+    from affectus.inference.extract.text import _sentences, text_encoder_from_spec
+
+    enc = cache.setdefault("encoder", text_encoder_from_spec(None))
+    return _sentences(enc, split.raw_text, "transcripts")
+
+
+# ----------------------------------------------------------------------------------------- main
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("data", choices=("sim", "mosi"))
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--models", default=None, help="comma list: cmc_plus, logreg, minilm_probe, late_fusion, cmc, "
+                                                     "or MODEL/VARIANT")
+    ap.add_argument("--variants", default=None, help="cmc_plus variants to run as extra rows (ablation)")
+    ap.add_argument("--mislead", type=float, default=1 / 3)
+    ap.add_argument("--seq-scale", type=float, default=0.25)
+    ap.add_argument("--protocol", default="crossfit", choices=("crossfit", "preset"))
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    import torch
+
+    from affectus.training.plgm import enable_flush_denormal
+
+    torch.set_num_threads(args.threads)
+    enable_flush_denormal()
+    default = "cmc_plus,logreg,late_fusion" if args.data == "sim" else "cmc_plus,logreg,minilm_probe"
+    models = (args.models or default).split(",")
+    models += [f"cmc_plus/{v}" for v in (args.variants or "").split(",") if v]
+    cache: dict = {}
+    rows = {}
+    t_all = time.perf_counter()
+    for model in models:
+        runs = []
+        for seed in range(1, args.seeds + 1):
+            r = run_sim(args, model, seed) if args.data == "sim" else run_mosi(args, model, seed, cache)
+            r["seed"] = seed
+            runs.append(r)
+            print(json.dumps({"model": model, **r}), file=sys.stderr, flush=True)
+        keys = list(runs[0]["final"])
+        agg = {k: {"mean": round(statistics.mean(r["final"][k] for r in runs), 2),
+                   "std": round(statistics.stdev(r["final"][k] for r in runs), 2) if len(runs) > 1 else 0.0}
+               for k in keys}
+        rows[model] = {"mean_std": agg, "runs": runs}
+        if args.data == "sim":
+            rows[model]["groups"] = {g: {k: _mean([r["groups"][g][k] for r in runs]) for k in ("acc3", "text_share")}
+                                     for g in ("text_contradicts", "text_agrees")}
+    if "logreg" in rows:  # paired differences (same data and folds per seed)
+        for model, row in rows.items():
+            if model != "logreg":
+                row["minus_logreg"] = {k: _paired(row["runs"], rows["logreg"]["runs"], k) for k in row["mean_std"]}
+    result = {"bench": "cmc_plus", "data": args.data, "argv": sys.argv[1:], "seeds": args.seeds,
+              "protocol": args.protocol if args.data == "mosi" else "train/valid/test",
+              "mislead": args.mislead if args.data == "sim" else None, "rows": rows,
+              "wall_s": round(time.perf_counter() - t_all, 1)}
+    print(json.dumps(result, indent=1))
+    _table(rows, file=sys.stderr)
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return round(statistics.mean(values), 3) if values else None
+
+
+def _paired(runs, base, key) -> dict:
+    diffs = [r["final"][key] - b["final"][key] for r, b in zip(runs, base)]
+    return {"mean": round(statistics.mean(diffs), 2),
+            "std": round(statistics.stdev(diffs), 2) if len(diffs) > 1 else 0.0,
+            "per_seed": [round(d, 2) for d in diffs]}
+
+
+def _table(rows, file) -> None:
+    keys = list(next(iter(rows.values()))["mean_std"])
+    print("| model | " + " | ".join(keys) + " | paired vs logreg (first two) |", file=file)
+    print("|---" * (len(keys) + 2) + "|", file=file)
+    for model, row in rows.items():
+        cells = [f"{row['mean_std'][k]['mean']:.2f} ± {row['mean_std'][k]['std']:.2f}" for k in keys]
+        paired = row.get("minus_logreg")
+        diff = ", ".join(f"{paired[k]['mean']:+.2f} ± {paired[k]['std']:.2f}" for k in keys[:2]) if paired else ""
+        print(f"| {model} | " + " | ".join(cells) + f" | {diff} |", file=file)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+"""CMC+'s recipe (docs/cmc_plus.md): independent experts, temperature scaling, then the evidence router.
+
+Stage 1, experts: each expert (models/cmc_plus.py) trains alone on its modality's pooled inputs, on the
+multimodal class (or, with `targets=ground_truth`, its modality's own labels from the training split),
+and keeps the epoch with the lowest cross-entropy against the selection split's *fixed* multimodal
+labels. Experts share no parameters, so they train side by side in one loop with one optimiser
+(AdamW is per-parameter: the same as training them one by one) while each keeps its own best epoch.
+
+Stage 2, consensus: the rows the temperatures and the router are fitted on (`consensus_fit`):
+- `oof` (default): out-of-fold expert predictions on the training split. Experts refitted on 4/5 of
+  train predict the other 1/5; the final experts are the ones fitted on all of train. No label beyond
+  train's and the experts' early stopping is read.
+- `select`: the selection split's predictions and labels. For data whose training features encode
+  their training labels (the shared MOSI utterance set: its extractors were trained on train), where
+  no train-side fit can tell which expert generalises. On a preset whose selection split is also the
+  reported one, the run's own scores on it are then in-sample for the consensus (run.json says so);
+  `benchmarks/bench_cmc_plus.py` cross-fits instead.
+- `train`: in-sample predictions on train (an ablation: over-confident where features leak).
+
+Training inputs are pooled once (the experts read utterance vectors), so the whole recipe runs on
+in-memory tensors; it is fast enough that an interrupted run simply starts again (no resume state).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from affectus.data.types import MODALITIES
+from affectus.errors import AffectusError, SettingError
+from affectus.training.loop import logger
+from affectus.training.recipes.base import RecipeContext, RecipeResult
+
+_CHOICES = {"targets": ("multimodal", "ground_truth"), "consensus_fit": ("oof", "select", "train")}
+_TEMPERATURES = np.exp(np.linspace(np.log(0.05), np.log(50.0), 121))  # the temperature-scaling grid
+
+
+@dataclass
+class CMCPlusRecipeConfig:
+    targets: str = "multimodal"  # what experts learn: multimodal | ground_truth (unimodal labels, train split only)
+    expert_epochs: int = 150
+    expert_patience: int = 15  # epochs without a lower validation CE before an expert's best epoch is final
+    expert_weight_decay: float = 1e-3  # AdamW; the learning rate and batch size are train.lr / train.batch_size
+    consensus_fit: str = "oof"  # oof | select | train (module docstring)
+    folds: int = 5  # for consensus_fit=oof
+    calibrate: bool = True  # temperature scaling per expert; False: T = 1
+    router_steps: int = 300  # full-batch Adam steps on the fitting rows
+    router_lr: float = 0.02
+    router_weight_decay: float = 1e-2  # L2 on the evidence MLP
+    # weight of the label scheme's Acc2 rule as a loss on the verdict: BCE on logit_pos - logit_neg against
+    # the binary truth, so the neutral class lands on the scheme's side of the cut (0: off; no effect on
+    # schemes without an Acc2 rule)
+    acc2_loss: float = 1.0
+    # while fitting the router, each sample hides one expert's modality with this probability
+    modality_dropout: float = 0.0
+
+    def validate(self) -> None:
+        for key, allowed in _CHOICES.items():
+            if getattr(self, key) not in allowed:
+                raise SettingError(f"recipe.{key}", getattr(self, key), f"one of {', '.join(allowed)}")
+        for key in ("expert_epochs", "expert_patience", "router_steps"):
+            if getattr(self, key) < 1:
+                raise SettingError(f"recipe.{key}", getattr(self, key), "at least 1")
+        if self.folds < 2:
+            raise SettingError("recipe.folds", self.folds, "at least 2")
+        for key in ("expert_weight_decay", "router_lr", "router_weight_decay", "acc2_loss"):
+            value = getattr(self, key)
+            if not (np.isfinite(value) and value >= 0):
+                raise SettingError(f"recipe.{key}", value, "a finite number >= 0")
+        if not 0.0 <= self.modality_dropout < 1.0:
+            raise SettingError("recipe.modality_dropout", self.modality_dropout, "a value in [0, 1)")
+
+
+@dataclass
+class _Inputs:
+    x: list[torch.Tensor]  # per expert (N, D_k)
+    y: torch.Tensor  # (N,) multimodal class
+    targets: torch.Tensor  # (N, K) what each expert learns
+
+    def rows(self, idx: torch.Tensor) -> _Inputs:
+        return _Inputs([v[idx] for v in self.x], self.y[idx], self.targets[idx])
+
+
+class CMCPlusRecipe:
+    config_cls = CMCPlusRecipeConfig
+
+    @staticmethod
+    def needs_unimodal_labels(rc: CMCPlusRecipeConfig) -> bool:
+        return rc.targets == "ground_truth"
+
+    def train(self, ctx: RecipeContext) -> RecipeResult:
+        rc, model, tc = ctx.recipe, ctx.model, ctx.train
+        train, select = self._inputs(ctx, ctx.train_split, rc.targets), self._inputs(ctx, ctx.select_split, None)
+        for k, expert in enumerate(model.experts):  # standardisation: the training split's statistics
+            expert.mean.copy_(train.x[k].mean(0))
+            expert.std.copy_(train.x[k].std(0, unbiased=False) + 1e-6)
+        initial = copy.deepcopy(model.experts.state_dict())
+
+        # ---- stage 1: the experts, on all of train ----
+        experts_summary = self._fit_experts(ctx, train, select, fold=0, observe=True)
+        final_experts = copy.deepcopy(model.experts.state_dict())
+        names = model.names
+        logger.info("experts: best epochs " + ", ".join(f"{n} {e}" for n, e in
+                                                        zip(names, experts_summary["best_epoch"])))
+
+        # ---- the consensus's fitting rows ----
+        if rc.consensus_fit == "oof":
+            n = len(train.y)
+            order = torch.from_numpy(np.random.default_rng([tc.seed, 4242]).permutation(n))
+            z_fit = torch.zeros(n, len(names), ctx.scheme.num_classes, device=ctx.device)
+            for f, held in enumerate(torch.tensor_split(order, rc.folds), start=1):
+                keep = torch.from_numpy(np.setdiff1d(np.arange(n), held.numpy())).to(ctx.device)
+                held = held.to(ctx.device)
+                model.experts.load_state_dict(initial)
+                self._fit_experts(ctx, train.rows(keep), select, fold=f, observe=False)
+                z_fit[held] = self._logits(model, train.rows(held))
+            model.experts.load_state_dict(final_experts)
+            y_fit = train.y
+        else:
+            fit = select if rc.consensus_fit == "select" else train
+            z_fit, y_fit = self._logits(model, fit), fit.y
+
+        # ---- stage 2: temperatures, then the router ----
+        temps = [_temperature(z_fit[:, k], y_fit) if rc.calibrate else 1.0 for k in range(len(names))]
+        model.temperature.copy_(torch.tensor(temps, dtype=model.temperature.dtype))
+        router_summary = self._fit_router(ctx, z_fit, y_fit) if model.config.use_router else {}
+        summary = {
+            "experts": {"names": names, **experts_summary},
+            "consensus": {"fit": rc.consensus_fit, "rows": int(len(y_fit)),
+                          "temperatures": dict(zip(names, [round(t, 4) for t in temps])), **router_summary},
+        }
+        if rc.consensus_fit == "select":
+            summary["consensus"]["note"] = (f"temperatures and router fitted on split '{ctx.select_split.name}' "
+                                            f"labels: scores on that split are in-sample for the consensus")
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return RecipeResult(state, summary)
+
+    # -- pieces ---------------------------------------------------------------------------------------
+    @staticmethod
+    def _inputs(ctx: RecipeContext, split, targets: str | None) -> _Inputs:
+        """Pooled expert inputs for a whole split (in split order) with its classes and expert targets."""
+        model, scheme = ctx.model, ctx.scheme
+        parts: list[list[torch.Tensor]] = []
+        model.eval()
+        with torch.no_grad():
+            for batch in ctx.eval_batches(split)():
+                parts.append(model.pooled(batch.to(ctx.device)))
+        x = [torch.cat([p[k] for p in parts]) for k in range(len(parts[0]))]
+        y = torch.from_numpy(scheme.to_classes(split.labels)).long().to(ctx.device)
+        modality = model.modality.cpu().tolist()
+        if targets == "ground_truth":
+            if split.unimodal_labels is None:
+                raise AffectusError("recipe.targets=ground_truth needs unimodal labels (regression_labels_T/A/V) in "
+                                    "the training split, which this data lacks")
+            own = [torch.from_numpy(scheme.to_classes(split.unimodal_labels[m])).long() for m in MODALITIES]
+            t = torch.stack([own[i] for i in modality], 1).to(ctx.device)
+        else:
+            t = y[:, None].repeat(1, len(modality))
+        return _Inputs(x, y, t)
+
+    @staticmethod
+    def _logits(model, data: _Inputs) -> torch.Tensor:
+        model.eval()
+        with torch.no_grad():
+            return model.expert_logits(data.x)
+
+    def _fit_experts(self, ctx: RecipeContext, train: _Inputs, select: _Inputs, fold: int, observe: bool) -> dict[str, Any]:
+        """Train every expert on `train`; each keeps its epoch of lowest CE on `select`'s fixed labels."""
+        rc, tc, model = ctx.recipe, ctx.train, ctx.model
+        experts = model.experts
+        k = len(experts)
+        torch.manual_seed(tc.seed * 1_000_003 + 7919 * fold)  # dropout
+        rng = np.random.default_rng([tc.seed, fold, 11])  # shuffling
+        opt = torch.optim.AdamW(experts.parameters(), lr=tc.lr, weight_decay=rc.expert_weight_decay)
+        best = [float("inf")] * k
+        best_epoch = [0] * k
+        best_state = [copy.deepcopy(e.state_dict()) for e in experts]
+        waited = [0] * k
+        n = len(train.y)
+        epoch = 0
+        for epoch in range(1, rc.expert_epochs + 1):
+            experts.train()
+            order = torch.from_numpy(rng.permutation(n)).to(ctx.device)
+            total, steps = 0.0, 0
+            for start in range(0, n, tc.batch_size):
+                idx = order[start:start + tc.batch_size]
+                loss = sum(F.cross_entropy(e(x[idx]), train.targets[idx, j])
+                           for j, (e, x) in enumerate(zip(experts, train.x)))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total, steps = total + float(loss.detach()) / k, steps + 1
+            experts.eval()
+            with torch.no_grad():
+                ce = [float(F.cross_entropy(e(x), select.y)) for e, x in zip(experts, select.x)]
+            improved = False
+            for j in range(k):
+                if waited[j] >= rc.expert_patience:
+                    continue  # this expert's best epoch is final; it may keep moving, its best state does not
+                if ce[j] < best[j] - 1e-4:
+                    best[j], best_epoch[j], waited[j], improved = ce[j], epoch, 0, True
+                    best_state[j] = copy.deepcopy(experts[j].state_dict())
+                else:
+                    waited[j] += 1
+            if observe and ctx.on_epoch is not None:
+                record = {"epoch": epoch, "train_loss": total / max(steps, 1), "improved": improved,
+                          **{f"val_{name}": v for name, v in zip(model.names, ce)}}
+                ctx.on_epoch("experts", record, rc.expert_epochs)
+            if all(w >= rc.expert_patience for w in waited):
+                break
+        for e, s in zip(experts, best_state):
+            e.load_state_dict(s)
+        return {"epochs": epoch, "best_epoch": best_epoch, "best_val_ce": [round(b, 5) for b in best]}
+
+    def _fit_router(self, ctx: RecipeContext, z: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        """Full-batch Adam on the router: CE on the verdict (+ the scheme's Acc2 rule as a BCE)."""
+        rc, model, scheme = ctx.recipe, ctx.model, ctx.scheme
+        torch.manual_seed(ctx.train.seed * 1_000_003 + 31)
+        gen = torch.Generator().manual_seed(ctx.train.seed)
+        router = model.router
+        opt = torch.optim.Adam(router.parameters(), lr=rc.router_lr)
+        binary = scheme.binary_targets(y) if scheme.binary_names and scheme.num_classes == 3 else None
+        present_all = torch.ones(z.shape[:2], dtype=torch.bool, device=z.device)
+        loss = torch.tensor(0.0)
+        router.train()
+        for _ in range(rc.router_steps):
+            present = present_all
+            if rc.modality_dropout > 0:
+                hide = torch.rand(len(y), generator=gen) < rc.modality_dropout
+                which = torch.randint(0, len(MODALITIES), (len(y),), generator=gen)
+                gone = torch.zeros(len(y), len(MODALITIES), dtype=torch.bool)
+                gone[hide, which[hide]] = True
+                present = ~gone.to(z.device)[:, model.modality]
+            logits, _, _ = model.consensus(z, present)
+            loss = F.cross_entropy(logits, y)
+            if binary is not None and rc.acc2_loss > 0:
+                loss = loss + rc.acc2_loss * F.binary_cross_entropy_with_logits(logits[:, 2] - logits[:, 0],
+                                                                                binary.float())
+            if router.mlp is not None:
+                loss = loss + rc.router_weight_decay * sum((p ** 2).sum() for p in router.mlp.parameters())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        router.eval()
+        with torch.no_grad():
+            _, _, w = model.consensus(z, present_all)
+        return {"loss": round(float(loss), 5),
+                "mean_weights": dict(zip(model.names, [round(float(v), 4) for v in w.mean(0)]))}
+
+
+def _temperature(z: torch.Tensor, y: torch.Tensor) -> float:
+    """Temperature scaling: the T of the grid minimising the NLL of softmax(z / T) on the fitting rows."""
+    with torch.no_grad():
+        nll = [float(F.cross_entropy(z / t, y)) for t in _TEMPERATURES]
+    return float(_TEMPERATURES[int(np.argmin(nll))])
