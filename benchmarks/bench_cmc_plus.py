@@ -52,13 +52,12 @@ def pooled(split, m: str) -> np.ndarray:
 
 def logreg(train, select, evals, scheme, seed: int, features) -> np.ndarray:
     """Binary LR (the scheme's Acc2 truth), C chosen on `select`; returns 3-class-shaped logits for `evals`."""
+    import torch
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    import torch
-
-    truth = lambda s: scheme.binary_targets(torch.from_numpy(scheme.to_classes(s.labels))).numpy()  # noqa: E731
+    truth = lambda s: scheme.binary_targets(torch.from_numpy(scheme.to_classes(s.labels))).numpy()
     best = None
     for c in (0.001, 0.01, 0.1, 1.0, 10.0):
         m = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000, random_state=seed))
@@ -106,7 +105,7 @@ def run_sim(args, model: str, seed: int) -> dict:
     test = ds[plan.eval]
     out: dict = {}
     if model == "logreg":
-        feats = lambda s: np.concatenate([pooled(s, m) for m in MODS], 1)  # noqa: E731
+        feats = lambda s: np.concatenate([pooled(s, m) for m in MODS], 1)
         logits = logreg(ds[plan.train], ds[plan.select], test, plan.scheme, seed, feats)
         weights = None
         seconds = 0.0
@@ -157,9 +156,9 @@ def run_mosi(args, model: str, seed: int, cache: dict) -> dict:
         plan = DataPlan("train", "select", "eval", scheme)
         if model in ("logreg", "minilm_probe"):
             if model == "minilm_probe":
-                feats = lambda s: minilm(s, cache)  # noqa: E731
+                feats = lambda s: minilm(s, cache)
             else:
-                feats = lambda s: np.concatenate([pooled(s, m) for m in MODS], 1)  # noqa: E731
+                feats = lambda s: np.concatenate([pooled(s, m) for m in MODS], 1)
             lg = logreg(fold["train"], fold["select"], fold["eval"], scheme, seed, feats)
         else:
             name, _, variant = model.partition("/")

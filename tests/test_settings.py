@@ -210,7 +210,7 @@ def test_variants_file_is_read_strictly() -> None:
 
     text = "base:\n  description: the model\n  overrides: {model.d: 16}\nsmall:\n  description: small\n  overide: {}\n"
     with pytest.raises(AffectusError, match=re.escape("v.yaml:6: unknown key 'overide' in variant small: expected one of "
-                                                      "description, overrides, preset_model_key (did you mean 'overrides'?)")):
+                                                      "description, overrides, preset_model_key, model (did you mean 'overrides'?)")):
         read_variants("v.yaml", text)
     good = read_variants("v.yaml", text.replace("overide", "overrides"))
     assert list(good) == ["base", "small"] and good["base"] == {"description": "the model", "overrides": {"model.d": 16}}

@@ -35,14 +35,14 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 TEXTS = ["the movie is good", "i liked it", "the acting was very awful and the plot was bad", "great"]
 
 
-def _write_tiny_bert(folder, seed: int = 0, model_type_override: str | None = None) -> str:
+def _write_tiny_bert(folder, seed: int = 0, model_type_override: str | None = None, positions: int = 32) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     vocab = folder / "vocab.txt"
     vocab.write_text("\n".join(SPECIAL + WORDS) + "\n", encoding="utf-8")
     transformers.BertTokenizer(str(vocab)).save_pretrained(str(folder))  # positional: v4 and v5 alike
     config = transformers.BertConfig(
         vocab_size=len(SPECIAL) + len(WORDS), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=32,
+        intermediate_size=32, max_position_embeddings=positions,
     )
     torch.manual_seed(seed)
     transformers.BertModel(config).save_pretrained(str(folder))

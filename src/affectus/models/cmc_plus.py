@@ -43,10 +43,10 @@ from affectus.models.registry import check_model_config, register_model
 @dataclass
 class CMCPlusConfig:
     dims: dict[str, int] = field(default_factory=lambda: {"text": 768, "audio": 5, "vision": 20})
-    # The text feature's columns split into views, each its own expert, in column order: name -> width
-    # (the widths sum to dims.text). Empty: one text expert. Set by training from `train.text_inputs`
-    # (e.g. {"transcript": 384, "file": 100} for `sentence+file`).
-    text_views: dict[str, int] = field(default_factory=dict)
+    # The text feature's columns split into views, each its own expert, in column order: [name, width]
+    # pairs (the widths sum to dims.text). Empty: one text expert. Set by training from
+    # `train.text_inputs` (e.g. [["transcript", 384], ["file", 100]] for `sentence+file`).
+    text_views: list[tuple[str, int]] = field(default_factory=list)
     hidden: int = 64  # expert MLP width; 0: a linear expert (best on utterance-level features)
     in_dropout: float = 0.1  # dropout on an expert's standardised input
     dropout: float = 0.3  # dropout inside an MLP expert
@@ -62,13 +62,13 @@ class CMCPlusConfig:
                 raise SettingError(f"model.{key}", getattr(self, key), "an integer >= 0 (0: linear / global)")
         if self.pool not in ("masked", "full"):
             raise SettingError("model.pool", self.pool, "masked or full")
-        if any(not (isinstance(w, int) and w > 0) for w in self.text_views.values()):
+        if any(len(v) != 2 or not (isinstance(v[1], int) and v[1] > 0) for v in self.text_views):
             raise SettingError("model.text_views", self.text_views, "positive widths per view")
 
 
 def expert_names(config: CMCPlusConfig) -> list[str]:
     """Expert names in order: text (or text:VIEW per view), audio, vision."""
-    text = [f"text:{v}" for v in config.text_views] if config.text_views else ["text"]
+    text = [f"text:{name}" for name, _ in config.text_views] if config.text_views else ["text"]
     return [*text, "audio", "vision"]
 
 
@@ -129,12 +129,12 @@ class CMCPlus(nn.Module):
         missing = [m for m in MODALITIES if m not in config.dims]
         if missing:
             raise AffectusError(f"cmc_plus config dims lack {', '.join(missing)}: expected text, audio, vision")
-        if config.text_views and sum(config.text_views.values()) != config.dims["text"]:
+        if config.text_views and sum(w for _, w in config.text_views) != config.dims["text"]:
             raise AffectusError(f"cmc_plus text_views {config.text_views} do not add up to the text dim "
                                 f"{config.dims['text']}")
         self.config = config
         self.names = expert_names(config)
-        widths = list(config.text_views.values()) or [config.dims["text"]]
+        widths = [w for _, w in config.text_views] or [config.dims["text"]]
         widths += [config.dims["audio"], config.dims["vision"]]
         self.experts = nn.ModuleList(Expert(int(w), config) for w in widths)
         # which modality (0 text, 1 audio, 2 vision) each expert reads
@@ -159,7 +159,7 @@ class CMCPlus(nn.Module):
                 mask = (torch.arange(steps, device=x.device)[None, :] < lengths[:, None]).to(x.dtype)  # (B, L)
                 v = (x * mask.unsqueeze(-1)).sum(1) / lengths.clamp(min=1).to(x.dtype)[:, None]
             if m == "text" and self.config.text_views:
-                out += list(torch.split(v, list(self.config.text_views.values()), dim=1))
+                out += list(torch.split(v, [w for _, w in self.config.text_views], dim=1))
             else:
                 out.append(v)
         return out

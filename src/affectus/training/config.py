@@ -20,7 +20,6 @@ from typing import Any
 from affectus.errors import AffectusError, SettingError
 from affectus.utils.strict_yaml import Doc, check_value, read_yaml, yaml_value
 
-
 TEXT_INPUTS = ("file", "sentence", "states", "sentence+file", "bert")
 
 

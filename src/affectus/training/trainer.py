@@ -75,7 +75,7 @@ def plan_for(dataset: MERDataset, preset=None) -> DataPlan:
 
 
 def build_model(cfg: ResolvedConfig, dataset: MERDataset, scheme: LabelScheme | None = None,
-                text_views: dict[str, int] | None = None, text_model_dir: str | None = None):
+                text_views: list[tuple[str, int]] | None = None, text_model_dir: str | None = None):
     """The run's model for `dataset`'s feature sizes. What the data decides is filled into the model's
     config where the model has the field: `num_classes` (the scheme's), `text_views` (the text feature's
     columns as views, from `train.text_inputs`), and `bert_path` (the encoder that made `text_bert`, when
@@ -87,7 +87,7 @@ def build_model(cfg: ResolvedConfig, dataset: MERDataset, scheme: LabelScheme | 
     if scheme is not None and "num_classes" in known:
         values["num_classes"] = scheme.num_classes
     if text_views and "text_views" in known:
-        values["text_views"] = dict(text_views)
+        values["text_views"] = [[name, width] for name, width in text_views]
     if text_model_dir and "bert_path" in known and values.get("text_input") == "bert" and not values.get("bert_path"):
         values["bert_path"] = text_model_dir
     config = make_config(cfg.model_name, values)
@@ -248,10 +248,10 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
     return metrics
 
 
-def _text_inputs(dataset: MERDataset, tc) -> tuple[MERDataset, dict[str, Any] | None, dict[str, int], str | None]:
+def _text_inputs(dataset: MERDataset, tc) -> tuple[MERDataset, dict[str, Any] | None, list, str | None]:
     """`train.text_inputs` applied: the dataset with re-encoded text, the record, the views, the model dir."""
     if tc.text_inputs == "file":
-        return dataset, None, {}, None
+        return dataset, None, [], None
     from affectus.inference.extract.text import apply_text_inputs
 
     dataset, record, views, encoder = apply_text_inputs(dataset, tc.text_inputs, tc.text_encoder)

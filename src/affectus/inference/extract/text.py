@@ -422,18 +422,18 @@ def reencode_from_record(dataset: MERDataset, record: dict[str, Any]) -> MERData
 
 
 def apply_text_inputs(dataset: MERDataset, text_inputs: str, encoder_spec: str
-                      ) -> tuple[MERDataset, dict[str, Any] | None, dict[str, int], BertTextEncoder | None]:
+                      ) -> tuple[MERDataset, dict[str, Any] | None, list[tuple[str, int]], BertTextEncoder | None]:
     """`train.text_inputs` applied to a dataset: (dataset, record for run.json, text views, encoder).
 
     "file" returns the dataset untouched (no record, no views). The views name the columns of the new
-    text feature: {"transcript": D, "file": Df} for "sentence+file", else {}."""
+    text feature in order: [("transcript", D), ("file", Df)] for "sentence+file", else []."""
     if text_inputs == "file":
-        return dataset, None, {}, None
+        return dataset, None, [], None
     encoder = text_encoder_from_spec(None if encoder_spec == MiniLMEncoderConfig.name else encoder_spec)
     text = None if text_inputs == "bert" else text_inputs
     file_dim = dataset.dims["text"]
     out = reencode_dataset(dataset, encoder, text=text, bert=text_inputs == "bert")  # type: ignore[arg-type]
-    views = {"transcript": encoder.hidden_size, "file": file_dim} if text_inputs == "sentence+file" else {}
+    views = [("transcript", encoder.hidden_size), ("file", file_dim)] if text_inputs == "sentence+file" else []
     return out, text_inputs_record(encoder, text=text, bert=text_inputs == "bert"), views, encoder
 
 

@@ -131,7 +131,7 @@ class CMCPlusRecipe:
         router_summary = self._fit_router(ctx, z_fit, y_fit) if model.config.use_router else {}
         summary = {
             "experts": {"names": names, **experts_summary},
-            "consensus": {"fit": rc.consensus_fit, "rows": int(len(y_fit)),
+            "consensus": {"fit": rc.consensus_fit, "rows": len(y_fit),
                           "temperatures": dict(zip(names, [round(t, 4) for t in temps])), **router_summary},
         }
         if rc.consensus_fit == "select":
@@ -249,7 +249,7 @@ class CMCPlusRecipe:
         router.eval()
         with torch.no_grad():
             _, _, w = model.consensus(z, present_all)
-        return {"loss": round(float(loss), 5),
+        return {"loss": round(float(loss.detach()), 5),
                 "mean_weights": dict(zip(model.names, [round(float(v), 4) for v in w.mean(0)]))}
 
 

