@@ -110,8 +110,8 @@ def run_sim(args, model: str, seed: int) -> dict:
         weights = None
         seconds = 0.0
     else:
-        name, _, variant = model.partition("/")
-        pred, seconds, _ = train_model(ds, plan, preset, name, variant or None, seed, {"train.threads": args.threads})
+        name, variant, sets = parse_row(model)
+        pred, seconds, _ = train_model(ds, plan, preset, name, variant, seed, {"train.threads": args.threads, **sets})
         logits, weights = logits_of(pred), pred.router_weights
     m = plan.scheme.metrics(logits=logits, labels=test.labels, unimodal=test.unimodal_labels)
     out["final"] = {"d_test_acc2": m["d_test"]["acc2"], "d_msi_acc2": m["d_msi"]["acc2"],
@@ -161,12 +161,21 @@ def run_mosi(args, model: str, seed: int, cache: dict) -> dict:
                 feats = lambda s: np.concatenate([pooled(s, m) for m in MODS], 1)
             lg = logreg(fold["train"], fold["select"], fold["eval"], scheme, seed, feats)
         else:
-            name, _, variant = model.partition("/")
-            pred, s, _ = train_model(fold, plan, preset, name, variant or None, seed, {"train.threads": args.threads})
+            name, variant, sets = parse_row(model)
+            pred, s, _ = train_model(fold, plan, preset, name, variant, seed, {"train.threads": args.threads, **sets})
             lg, seconds = logits_of(pred), seconds + s
         logits[eval_rows] = lg
     m = scheme.metrics(logits=logits, labels=valid.labels)
     return {"final": {k: m[k] for k in ("has0_acc2", "has0_f1", "non0_acc2", "acc3")}, "seconds": round(seconds, 1)}
+
+
+def parse_row(spec: str) -> tuple[str, str | None, dict]:
+    """"MODEL[/VARIANT][@key=value,key=value]" -> (model, variant, config overrides)."""
+    from affectus.training.config import parse_set
+
+    head, _, sets = spec.partition("@")
+    name, _, variant = head.partition("/")
+    return name, variant or None, parse_set(sets.split(",")) if sets else {}
 
 
 def minilm(split, cache: dict) -> np.ndarray:
@@ -182,8 +191,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("data", choices=("sim", "mosi"))
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--models", default=None, help="comma list: cmc_plus, logreg, minilm_probe, late_fusion, cmc, "
-                                                     "or MODEL/VARIANT")
+    ap.add_argument("--models", default=None, help="semicolon list: cmc_plus, logreg, minilm_probe, late_fusion, cmc, "
+                                                     "or MODEL[/VARIANT][@key=value,...]")
     ap.add_argument("--variants", default=None, help="cmc_plus variants to run as extra rows (ablation)")
     ap.add_argument("--mislead", type=float, default=1 / 3)
     ap.add_argument("--seq-scale", type=float, default=0.25)
@@ -198,7 +207,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     enable_flush_denormal()
     default = "cmc_plus,logreg,late_fusion" if args.data == "sim" else "cmc_plus,logreg,minilm_probe"
-    models = (args.models or default).split(",")
+    models = (args.models or default.replace(",", ";")).split(";")
     models += [f"cmc_plus/{v}" for v in (args.variants or "").split(",") if v]
     cache: dict = {}
     rows = {}

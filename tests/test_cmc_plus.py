@@ -171,3 +171,42 @@ def test_mosi_utterance_preset_reads_transcripts_with_the_packaged_minilm(tmp_pa
     assert info["text_inputs"]["text_encoder"]["encoder"] == "minilm" and info["dims"]["text"] == 384 + 100
     code, out, err = cli("evaluate", tmp_path / "run", "--data", other, "--split", "test", "--json")
     assert code == 0, err
+
+
+def test_explain_names_each_text_expert_when_a_modality_has_two(tmp_path):
+    """Two text views: the explanation lists each expert's call and weight share beside the modalities."""
+    from affectus.inference.predictor import Prediction
+
+    probs = np.array([[[0.1, 0.1, 0.8], [0.7, 0.2, 0.1], [0.2, 0.2, 0.6], [0.3, 0.3, 0.4]]])
+    pred = Prediction(classes=np.array([2]), probabilities=np.array([[0.1, 0.2, 0.7]]),
+                      modality_classes=np.array([[2, 2, 2]]), modality_probabilities=probs[:, [0, 2, 3]],
+                      router_weights=np.array([[0.6, 0.2, 0.2]]),
+                      experts=("text:transcript", "text:file", "audio", "vision"), expert_probabilities=probs,
+                      expert_weights=np.array([[0.5, 0.1, 0.2, 0.2]]))
+    ex = pred.explain(0)
+    assert ex["experts"]["text:file"] == {"prediction": "negative", "weight": 0.1}
+    assert ex["followed"] == "text" and set(ex["modalities"]) == {"text", "audio", "vision"}
+
+
+def test_faithful_cmc_fine_tunes_the_encoder_named_by_train_text_encoder(tmp_path, cli):
+    """train.text_inputs=bert: the transcripts become BERT ids, CMC's BERT text path loads the encoder's
+    weights from that directory and fine-tunes them (the paper's lr 5e-5); evaluate re-tokenises."""
+    from transformers import BertModel
+
+    from test_text_encoder import _write_tiny_bert
+
+    bert = _write_tiny_bert(tmp_path / "bert", positions=64)
+    write_pickle(build_raw(sizes={"train": 24, "valid": 8, "test": 8}), tmp_path / "d.pkl")
+    code, _, err = cli("train", "--data", tmp_path / "d.pkl", "--out", tmp_path / "run", "--model", "cmc",
+                       "--set", "train.text_inputs=bert", "--set", f"train.text_encoder={bert}",
+                       "--set", "model.text_input=bert", "--set", "train.epochs=1", "--set", "train.batch_size=8",
+                       "--quiet", "--threads", "1")
+    assert code == 0, err
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["model_config"]["bert_path"] == bert and info["text_inputs"]["bert"] is True
+    tuned = load_file(str(tmp_path / "run" / "model.safetensors"))
+    start = BertModel.from_pretrained(bert).state_dict()
+    name = "encoder.layer.0.attention.self.query.weight"
+    assert not np.allclose(tuned[f"branches.text.bert.{name}"], start[name].numpy())  # fine-tuned
+    code, out, err = cli("evaluate", tmp_path / "run", "--data", tmp_path / "d.pkl", "--split", "test", "--json")
+    assert code == 0, err

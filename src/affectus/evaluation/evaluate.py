@@ -19,7 +19,8 @@ from affectus.data.types import MODALITIES, Split
 def predict_split(model, split: Split, batch_size: int, device) -> dict[str, np.ndarray]:
     """Run a model over a split with every label withheld; returns stacked outputs."""
     model.eval()
-    outs: dict[str, list] = {"logits": [], "modality_logits": [], "router_weights": [], "regression": []}
+    outs: dict[str, list] = {"logits": [], "modality_logits": [], "router_weights": [], "regression": [],
+                             "expert_logits": [], "expert_weights": []}
     for batch in iterate_batches(split, batch_size, with_labels=False):
         o = model(batch.to(device))
         for key in outs:

@@ -39,6 +39,11 @@ class Prediction:
     binary: np.ndarray | None = None
     binary_names: tuple[str, ...] = ()
     scores: np.ndarray | None = None  # (N,) continuous score, for models with a regression output (Self-MM)
+    # models with experts (CMC+: a modality may have two, e.g. text:transcript and text:file): their names,
+    # each expert's own probabilities (N, K, C) and its share of the router's weight (N, K)
+    experts: tuple[str, ...] = ()
+    expert_probabilities: np.ndarray | None = None
+    expert_weights: np.ndarray | None = None
 
     def labels(self) -> list[str]:
         return [self.class_names[c] for c in self.classes]
@@ -66,6 +71,14 @@ class Prediction:
                 if self.available is None or self.available[i, k]
             }
             out["followed"] = self.followed(i)
+        if self.expert_probabilities is not None and len(self.experts) > len(MODALITIES):
+            # only where a modality has several experts: otherwise "modalities" already says it all
+            out["experts"] = {
+                e: {"prediction": names[int(self.expert_probabilities[i, k].argmax())],
+                    "weight": None if self.expert_weights is None else float(self.expert_weights[i, k])}
+                for k, e in enumerate(self.experts)
+                if self.expert_weights is None or self.expert_weights[i, k] > 0
+            }
         return out
 
     def followed(self, i: int) -> str | None:
@@ -158,12 +171,15 @@ class Predictor:
                 res["router_weights"] = o.router_weights.cpu().numpy()
             if o.regression is not None:
                 res["regression"] = o.regression.float().cpu().numpy()
+            for key in ("expert_logits", "expert_weights"):
+                if getattr(o, key) is not None:
+                    res[key] = getattr(o, key).float().cpu().numpy()
         else:
             split = data if isinstance(data, Split) else self._split_from_arrays(data)
             split = _restrict(split, available)
             mask = split.available
             res = predict_split(self.model, split, batch_size, self.device)
-        return _to_prediction(res, self.run_dir, self.scheme, mask)
+        return _to_prediction(res, self.run_dir, self.scheme, mask, tuple(getattr(self.model, "names", ())))
 
     def _split_from_arrays(self, arrays: Any) -> Split:
         if not isinstance(arrays, Mapping):
@@ -295,7 +311,8 @@ def _lengths(m: str, value: Any, n: int, seq_len: int) -> np.ndarray:
     return a.astype(np.int64)
 
 
-def _to_prediction(res: dict[str, np.ndarray], run_dir: Path, scheme, available: np.ndarray | None = None) -> Prediction:
+def _to_prediction(res: dict[str, np.ndarray], run_dir: Path, scheme, available: np.ndarray | None = None,
+                   experts: tuple[str, ...] = ()) -> Prediction:
     bad = ~np.isfinite(res["logits"]).all(-1)
     if bad.any():
         # argmax of NaN is 0 ("negative"): a silent wrong verdict, so stop here instead
@@ -315,7 +332,17 @@ def _to_prediction(res: dict[str, np.ndarray], run_dir: Path, scheme, available:
         binary=scheme.binary(res["logits"]),
         binary_names=tuple(scheme.binary_names),
         scores=None if reg is None else reg.reshape(-1),
+        experts=experts if "expert_logits" in res else (),
+        expert_probabilities=None if "expert_logits" not in res else _softmax(res["expert_logits"]),
+        expert_weights=_shares(res.get("expert_weights")),
     )
+
+
+def _shares(w: np.ndarray | None) -> np.ndarray | None:
+    """Effective weights (N, K) -> each one's share of the sample's total (rows sum to 1)."""
+    if w is None:
+        return None
+    return w / np.clip(w.sum(-1, keepdims=True), 1e-12, None)
 
 
 def load(run_dir: str | Path, device: str = "cpu") -> Predictor:
