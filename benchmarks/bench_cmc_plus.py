@@ -81,7 +81,7 @@ def train_model(ds, plan, preset, model: str, variant: str | None, seed: int, se
         train_run(ds, cfg, Path(d) / "run", plan)
         seconds = time.perf_counter() - t0
         predictor = load(Path(d) / "run")
-        split = predictor.prepare(ds)[plan.eval]
+        split = ds[plan.eval]  # the predictor re-encodes its transcripts if the run did
         pred = predictor.predict(split)
         stages = predictor.info["stages"]
     return pred, seconds, stages

@@ -210,3 +210,20 @@ def test_faithful_cmc_fine_tunes_the_encoder_named_by_train_text_encoder(tmp_pat
     assert not np.allclose(tuned[f"branches.text.bert.{name}"], start[name].numpy())  # fine-tuned
     code, out, err = cli("evaluate", tmp_path / "run", "--data", tmp_path / "d.pkl", "--split", "test", "--json")
     assert code == 0, err
+
+
+def test_an_absent_text_stays_absent_when_the_run_re_encodes_transcripts(tmp_path, cli):
+    """Re-encoding happens before the availability mask: evaluating without text really has no text."""
+    from test_text_encoder import _write_tiny_bert
+
+    bert = _write_tiny_bert(tmp_path / "bert", positions=64)
+    write_pickle(_mosi_like(1, {"train": 40, "valid": 16}), tmp_path / "train.pkl")
+    code, _, err = cli("train", "--data", tmp_path / "train.pkl", "--preset", "mosi-utterance", "--model", "cmc",
+                       "--variant", "cmc_plus", "--out", tmp_path / "run", "--set", f"train.text_encoder={bert}", *FAST)
+    assert code == 0, err
+    predictor = affectus.load(tmp_path / "run")
+    valid = load_dataset(tmp_path / "train.pkl")["valid"]
+    without = predictor.predict(valid, available="audio,vision")
+    assert (without.expert_weights[:, :2] == 0).all() and "text" not in without.explain(0)["modalities"]
+    full = predictor.predict(valid)
+    assert (full.expert_weights > 0).all()

@@ -52,7 +52,6 @@ def predict(
     recorded = predictor.info.get("config")
     preset = recorded.get("preset") if isinstance(recorded, dict) else None
     ds, _ = open_data(data, preset, trust_pickle=trust_pickle)
-    ds = predictor.prepare(ds)  # the run's text encoder re-encodes this file's transcripts, if it used one
     name = split or predictor.info.get("metrics_split", "test")
     if name not in ds:
         raise AffectusError(f"{data}: no split '{name}' (has {', '.join(ds.splits)})")

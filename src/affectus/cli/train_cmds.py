@@ -150,7 +150,6 @@ def evaluate(
         if not isinstance(data, str) or not data:
             raise AffectusError(f"{run_dir}: run.json records no data source; pass --data FILE")
     ds, _ = open_data(data, preset, trust_pickle=trust_pickle)
-    ds = predictor.prepare(ds)  # the run's text encoder re-encodes this file's transcripts, if it used one
     name = split or predictor.info.get("metrics_split", "test")
     if name not in ds:
         raise AffectusError(f"{data}: no split '{name}' (has {', '.join(ds.splits)})")

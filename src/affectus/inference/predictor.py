@@ -135,15 +135,22 @@ class Predictor:
         # runs written before label schemes recorded only the family name
         self.scheme = get_scheme(self.info.get("scheme") or self.info.get("family", "mosi"))
 
-    def prepare(self, dataset: MERDataset) -> MERDataset:
-        """`dataset` as this run reads it: when the run re-encoded transcripts (`train.text_inputs`), the
-        same encoder re-encodes `dataset`'s `raw_text`; otherwise `dataset` itself."""
+    def reads(self, split: Split) -> Split:
+        """`split` as this run reads it. When the run re-encoded transcripts (`train.text_inputs`, recorded
+        in run.json), the same encoder re-encodes the split's `raw_text` (then any modality the split
+        marks absent is absent again); otherwise the split itself. `predict` and `evaluate` call this
+        on every Split they get, so callers pass files' splits as they are."""
         record = self.info.get("text_inputs")
         if not record:
-            return dataset
+            return split
+        if split.available is not None and not split.available[:, 0].any():
+            return split  # no sample has text: nothing to encode (e.g. a clip without a transcript)
+        from affectus.data.missing import with_availability
         from affectus.inference.extract.text import reencode_from_record
 
-        return reencode_from_record(dataset, record)
+        encoded = reencode_from_record(MERDataset(splits={split.name: split}, source=self.run_dir.name), record)
+        out = encoded[split.name]
+        return out if split.available is None else with_availability(out, split.available)
 
     @torch.no_grad()
     def predict(self, data: Split | Batch | dict[str, np.ndarray], batch_size: int = 256,
@@ -175,7 +182,7 @@ class Predictor:
                 if getattr(o, key) is not None:
                     res[key] = getattr(o, key).float().cpu().numpy()
         else:
-            split = data if isinstance(data, Split) else self._split_from_arrays(data)
+            split = self.reads(data) if isinstance(data, Split) else self._split_from_arrays(data)
             split = _restrict(split, available)
             mask = split.available
             res = predict_split(self.model, split, batch_size, self.device)
@@ -228,7 +235,7 @@ class Predictor:
 
             msc, msi = (load_subset_ids(f, split.name) for f in subset_files)
             masks = masks_from_ids(split.ids, msc, msi)
-        split = _restrict(split, available)
+        split = _restrict(self.reads(split), available)
         for m in MODALITIES:
             if split.features(m).shape[2] != self.dims[m]:
                 raise AffectusError(f"split {split.name} {m}: feature dim {split.features(m).shape[2]}, "
