@@ -70,11 +70,11 @@ SHAPES = {"text": (50, 768), "audio": (375, 5), "vision": (500, 20)}  # CMU-MOSI
 N_TRAIN = 1284
 
 
-def simulate(n: int, seed: int) -> dict[str, np.ndarray]:
+def simulate(n: int, seed: int, shapes: dict[str, tuple[int, int]] = SHAPES) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     u = rng.uniform(0.1, 1.0, size=n)
     data: dict[str, np.ndarray] = {}
-    for m, (steps, dim) in SHAPES.items():
+    for m, (steps, dim) in shapes.items():
         lengths = np.clip(np.rint(u * rng.uniform(0.95, 1.05, size=n) * steps), 1, steps).astype(np.int64)
         x = rng.standard_normal((n, steps, dim), dtype=np.float32)
         if m != "text":
@@ -90,7 +90,7 @@ def make_batch(data: dict[str, np.ndarray], rows: np.ndarray, cut: bool) -> Batc
     parts = {}
     for m in SHAPES:
         lengths = data[f"{m}_lengths"][rows]
-        width = int(lengths.max()) if cut else SHAPES[m][0]
+        width = int(lengths.max()) if cut else data[m].shape[1]
         parts[m] = t(np.ascontiguousarray(data[m][rows, :width]))
         parts[f"{m}_lengths"] = t(lengths)
     return Batch(index=t(rows.astype(np.int64)), classes=t(data["classes"][rows]), **parts)
@@ -109,16 +109,23 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: Batch,
     opt.step()
 
 
-def cmc_plus_step(model: CMCPlus, opt: torch.optim.Optimizer, batch: Batch, rc: CMCPlusRecipeConfig) -> None:
-    """One CMC+ stage-2 step on a batch: the recipe's router loss (`CMCPlusRecipe._fit_router`) on the
-    verdict of a forward through the whole model; only the router's parameters are in `opt`."""
+def cmc_plus_loss(model: CMCPlus, batch: Batch, rc: CMCPlusRecipeConfig) -> torch.Tensor:
+    """The recipe's router loss (`CMCPlusRecipe._fit_router`) on the verdict of a forward through the
+    whole model: CE + the MOSI Acc2 rule as a BCE on logit_pos - logit_neg + L2 on the evidence MLP."""
     out = model(batch)
     y = batch.classes
     binary = get_scheme("mosi").binary_targets(y)  # the Acc2 rule (Has0: non-negative)
-    loss = F.cross_entropy(out.logits, y)
-    loss = loss + rc.acc2_loss * F.binary_cross_entropy_with_logits(out.logits[:, 2] - out.logits[:, 0], binary.float())
+    logits = out.logits.float()
+    loss = F.cross_entropy(logits, y)
+    loss = loss + rc.acc2_loss * F.binary_cross_entropy_with_logits(logits[:, 2] - logits[:, 0], binary.float())
     if model.router.mlp is not None:
         loss = loss + rc.router_weight_decay * sum((p**2).sum() for p in model.router.mlp.parameters())
+    return loss
+
+
+def cmc_plus_step(model: CMCPlus, opt: torch.optim.Optimizer, batch: Batch, rc: CMCPlusRecipeConfig) -> None:
+    """One CMC+ stage-2 step on a batch; only the router's parameters are in `opt` (experts frozen)."""
+    loss = cmc_plus_loss(model, batch, rc)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
