@@ -125,17 +125,15 @@ def timed_epoch(steps: list[Callable[[np.ndarray], None]], batches: list[np.ndar
 
 
 @torch.no_grad()
-def max_diff(cpu_model, dev_model, data, batches, device, amp: Callable) -> float:
-    cpu_model.eval()
+def max_diff(ref: list, dev_model, data, batches, device, amp: Callable) -> float:
+    """Largest |CPU - device| over the outputs `ref` (the CPU model's, eval mode, on `batches`)."""
     dev_model.eval()
     diff = 0.0
-    for rows in batches:
-        b = make_batch(data, rows, cut=False)
-        ref = cpu_model(b)
+    for rows, want in zip(batches, ref):
         with amp():
-            got = dev_model(b.to(device))
+            got = dev_model(make_batch(data, rows, cut=False).to(device))
         for key in ("logits", "modality_logits", "router_weights"):
-            x, y = getattr(ref, key), getattr(got, key)
+            x, y = getattr(want, key), getattr(got, key)
             if x is not None and y is not None:
                 diff = max(diff, float((x - y.float().cpu()).abs().max()))
     return diff
@@ -180,26 +178,30 @@ def train_epoch(kind: str, model: torch.nn.Module, data: dict, batches: list[np.
     return entry
 
 
-def check(kind: str, set_name: str, args, device: torch.device) -> dict:
+def check(kind: str, set_name: str, data: dict, args, device: torch.device) -> dict:
     shapes, n, cmc_kw = SETS[set_name]
-    data = simulate(n, args.seed, shapes)
     perm = np.random.default_rng(args.seed).permutation(n)
     batches = [perm[i : i + BATCH] for i in range(0, n, BATCH)]
     if args.batches:
         batches = batches[: args.batches]
-    cpu_model = build(kind, shapes, cmc_kw, args.seed)
+    cpu_model = build(kind, shapes, cmc_kw, args.seed).eval()
+    with torch.no_grad():  # the CPU's outputs, once: both device runs compare against them
+        ref = [cpu_model(make_batch(data, rows, cut=False)) for rows in batches[:3]]
     amp_dtype = getattr(torch, args.amp_dtype)
     result: dict = {"batches": len(batches), "samples": int(sum(len(b) for b in batches))}
     for label, on in (("fp32", False), ("amp", True)):
         amp = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if on else contextlib.nullcontext
         try:
             model = copy.deepcopy(cpu_model).to(device)
-            result[f"max_abs_diff_cpu_vs_device_eval_{label}"] = max_diff(cpu_model, model, data, batches[:3],
-                                                                         device, amp)
+            result[f"max_abs_diff_cpu_vs_device_eval_{label}"] = max_diff(ref, model, data, batches[:3], device, amp)
             scaler = torch.amp.GradScaler(device.type) if on and amp_dtype == torch.float16 else None
             result[label] = train_epoch(kind, model, data, batches, device, amp, scaler)
         except Exception as err:  # noqa: BLE001 - record it, let the other configurations run
             result[label] = {"error": f"{type(err).__name__}: {' '.join(str(err).split())[:400]}"}
+        finally:
+            model = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     return result
 
 
@@ -223,8 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         report["gpu"] = torch.cuda.get_device_name(device)
         report["tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
-    report["results"] = {s: {k: check(k, s, args, device) for k in args.models.split(",")}
-                         for s in args.sets.split(",")}
+    report["results"] = {}
+    for name in args.sets.split(","):
+        data = simulate(SETS[name][1], args.seed, SETS[name][0])  # (L, D) shapes, training samples
+        report["results"][name] = {k: check(k, name, data, args, device) for k in args.models.split(",")}
     report["total_s"] = round(time.perf_counter() - t0, 1)
     failed = [f"{s}/{k}/{label}" for s, r in report["results"].items() for k, v in r.items()
               for label in ("fp32", "amp") if "error" in v.get(label, {})]
