@@ -22,9 +22,9 @@ Variants, timed in the same process, interleaved batch by batch so machine noise
                     logit_neg + the router's L2 term, backward, Adam (lr 0.02) on the router's parameters
                     only (experts frozen, in eval mode). So its ratio says how much faster a CMC+ stage-2
                     epoch is than the reference CMC's stage-2 epoch, not that one network got faster.
-                    (The recipe itself pools each split once and fits the router full-batch on the
-                    precomputed expert logits, cheaper still: `cmc_plus_recipe_router_fit_s` times that,
-                    its 300 full-batch Adam steps on 1,284 rows.)
+                    (The recipe itself pools each split once and fits the router with 300 full-batch
+                    Adam steps on the precomputed expert logits: `cmc_plus_recipe_router_fit_s` times
+                    that whole fit on 1,284 rows.)
 Each round times `--batches` batches per variant (all of an epoch by default; with fewer, batches are
 chosen evenly over the epoch, for the bucketed variant evenly over the length-sorted buckets) and
 extrapolates to the epoch. Ratios are medians over rounds of (our samples/s) / (reference samples/s).
