@@ -1,4 +1,4 @@
-"""Speed of one stage-2 CMC training epoch: plain PyTorch reference vs our encoder.
+"""Speed of one stage-2 training epoch: plain PyTorch CMC reference vs our CMC encoder, and CMC+.
 
     python benchmarks/bench_speed.py            # one full epoch per variant (~5 min on 2 cores)
     python benchmarks/bench_speed.py --quick    # 4 batches per variant, 3 rounds, extrapolated
@@ -12,7 +12,19 @@ batch 64; a step = stage-2 forward + CE(final) + sum_k CE(unimodal) + backward +
 Variants, timed in the same process, interleaved batch by batch so machine noise hits all alike:
   reference         benchmarks/reference_cmc.py (nn.TransformerEncoder), shuffled batches;
   faithful          our CMC, padding="faithful" (compaction on), the same batches;
-  masked_bucketed   our CMC, padding="masked", batches from `bucket_order`, cut to their longest sample.
+  masked_bucketed   our CMC, padding="masked", batches from `bucket_order`, cut to their longest sample;
+  cmc_plus          CMC+ (models/cmc_plus.py; hidden 64, router_hidden 16: the model's defaults), the
+                    reference's batches. Not the same network: its step is CMC+'s stage 2 as the recipe
+                    runs it (training/recipes/cmc_plus.py, `_fit_router`), done batch by batch on the raw
+                    sequences: a forward through the whole model (masked-mean pooling of text 50x768, audio
+                    375x5, vision 500x20 -> standardisation -> three frozen 64-unit MLP experts -> calibration
+                    -> evidence router), loss = CE(verdict) + BCE of the MOSI Acc2 rule on logit_pos -
+                    logit_neg + the router's L2 term, backward, Adam (lr 0.02) on the router's parameters
+                    only (experts frozen, in eval mode). So its ratio says how much faster a CMC+ stage-2
+                    epoch is than the reference CMC's stage-2 epoch, not that one network got faster.
+                    (The recipe itself pools each split once and fits the router with 300 full-batch
+                    Adam steps on the precomputed expert logits: `cmc_plus_recipe_router_fit_s` times
+                    that whole fit on 1,284 rows.)
 Each round times `--batches` batches per variant (all of an epoch by default; with fewer, batches are
 chosen evenly over the epoch, for the bucketed variant evenly over the length-sorted buckets) and
 extrapolates to the epoch. Ratios are medians over rounds of (our samples/s) / (reference samples/s).
@@ -38,6 +50,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -47,18 +60,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_cmc import PlainCMC, reference_to_cmc_state
 
 from affectus.data.batches import Batch
+from affectus.evaluation.schemes import get_scheme
 from affectus.models.cmc import CMC, CMCConfig
+from affectus.models.cmc_plus import CMCPlus, CMCPlusConfig
 from affectus.models.layers import bucket_order
+from affectus.training.recipes.cmc_plus import CMCPlusRecipe, CMCPlusRecipeConfig
 
 SHAPES = {"text": (50, 768), "audio": (375, 5), "vision": (500, 20)}  # CMU-MOSI (MMSA unaligned)
 N_TRAIN = 1284
 
 
-def simulate(n: int, seed: int) -> dict[str, np.ndarray]:
+def simulate(n: int, seed: int, shapes: dict[str, tuple[int, int]] = SHAPES) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     u = rng.uniform(0.1, 1.0, size=n)
     data: dict[str, np.ndarray] = {}
-    for m, (steps, dim) in SHAPES.items():
+    for m, (steps, dim) in shapes.items():
         lengths = np.clip(np.rint(u * rng.uniform(0.95, 1.05, size=n) * steps), 1, steps).astype(np.int64)
         x = rng.standard_normal((n, steps, dim), dtype=np.float32)
         if m != "text":
@@ -74,7 +90,7 @@ def make_batch(data: dict[str, np.ndarray], rows: np.ndarray, cut: bool) -> Batc
     parts = {}
     for m in SHAPES:
         lengths = data[f"{m}_lengths"][rows]
-        width = int(lengths.max()) if cut else SHAPES[m][0]
+        width = int(lengths.max()) if cut else data[m].shape[1]
         parts[m] = t(np.ascontiguousarray(data[m][rows, :width]))
         parts[f"{m}_lengths"] = t(lengths)
     return Batch(index=t(rows.astype(np.int64)), classes=t(data["classes"][rows]), **parts)
@@ -91,6 +107,43 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: Batch,
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
+
+
+def cmc_plus_loss(model: CMCPlus, batch: Batch, rc: CMCPlusRecipeConfig) -> torch.Tensor:
+    """The recipe's router loss (`CMCPlusRecipe._fit_router`) on the verdict of a forward through the
+    whole model: CE + the MOSI Acc2 rule as a BCE on logit_pos - logit_neg + L2 on the evidence MLP."""
+    out = model(batch)
+    y = batch.classes
+    binary = get_scheme("mosi").binary_targets(y)  # the Acc2 rule (Has0: non-negative)
+    logits = out.logits.float()
+    loss = F.cross_entropy(logits, y)
+    loss = loss + rc.acc2_loss * F.binary_cross_entropy_with_logits(logits[:, 2] - logits[:, 0], binary.float())
+    if model.router.mlp is not None:
+        loss = loss + rc.router_weight_decay * sum((p**2).sum() for p in model.router.mlp.parameters())
+    return loss
+
+
+def cmc_plus_step(model: CMCPlus, opt: torch.optim.Optimizer, batch: Batch, rc: CMCPlusRecipeConfig) -> None:
+    """One CMC+ stage-2 step on a batch; only the router's parameters are in `opt` (experts frozen)."""
+    loss = cmc_plus_loss(model, batch, rc)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def recipe_router_fit_seconds(model: CMCPlus, data: dict[str, np.ndarray], rc: CMCPlusRecipeConfig) -> float:
+    """Seconds of the recipe's own stage 2 (`_fit_router`: `router_steps` full-batch Adam steps) on the
+    frozen experts' logits for all N_TRAIN rows, pooled once beforehand (not timed, as in the recipe)."""
+    model.eval()
+    with torch.no_grad():
+        rows = np.arange(N_TRAIN)
+        z = torch.cat([model.expert_logits(model.pooled(make_batch(data, r, cut=False)))
+                       for r in np.array_split(rows, 8)])  # (N, K, C)
+    ctx = SimpleNamespace(recipe=rc, model=model, scheme=get_scheme("mosi"), train=SimpleNamespace(seed=0))
+    y = torch.from_numpy(data["classes"]).long()
+    t0 = time.perf_counter()
+    CMCPlusRecipe()._fit_router(ctx, z, y)  # type: ignore[arg-type]
+    return time.perf_counter() - t0
 
 
 def spread(batches: list[np.ndarray], k: int) -> list[np.ndarray]:
@@ -159,18 +212,27 @@ def main(argv: list[str] | None = None) -> int:
     for m in (faithful, masked):
         m.load_state_dict(reference_to_cmc_state(ref.state_dict()))
     diff = max_output_diff(ref, faithful, data, shuffled[:3])
+    # CMC+ at its defaults (64-unit MLP experts, a 16-unit evidence router), stage 2: experts frozen
+    plus = CMCPlus(CMCPlusConfig(dims=dims, hidden=64, router_hidden=16))
+    plus_rc = CMCPlusRecipeConfig()
     models = {
         "reference": (ref, True, spread(shuffled, n_batches), False),
         "faithful": (faithful, False, spread(shuffled, n_batches), False),
         "masked_bucketed": (masked, False, spread(buckets_by_length, n_batches), True),
+        "cmc_plus": (plus, False, spread(shuffled, n_batches), False),
     }
     steps: dict[str, Callable[[np.ndarray], None]] = {}
     for name, (model, plain, _, cut) in models.items():
         model.train()
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        steps[name] = lambda rows, model=model, opt=opt, plain=plain, cut=cut: train_step(
-            model, opt, make_batch(data, rows, cut), plain
-        )
+        if name == "cmc_plus":
+            plus.experts.eval().requires_grad_(False)
+            opt = torch.optim.Adam(plus.router.parameters(), lr=plus_rc.router_lr)
+            steps[name] = lambda rows, opt=opt: cmc_plus_step(plus, opt, make_batch(data, rows, False), plus_rc)
+        else:
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+            steps[name] = lambda rows, model=model, opt=opt, plain=plain, cut=cut: train_step(
+                model, opt, make_batch(data, rows, cut), plain
+            )
         steps[name](models[name][2][0])  # warm-up, not timed
 
     per_round: dict[str, list[float]] = {name: [] for name in models}  # samples/s
@@ -190,8 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     med = {name: statistics.median(v) for name, v in per_round.items()}
     ratio = {
         name: statistics.median(a / r for a, r in zip(per_round[name], per_round["reference"]))
-        for name in ("faithful", "masked_bucketed")
+        for name in ("faithful", "masked_bucketed", "cmc_plus")
     }
+    router_fit_s = statistics.median(recipe_router_fit_seconds(plus, data, plus_rc) for _ in range(rounds))
     result = {
         "benchmark": "CMC stage-2 training epoch, simulated CMU-MOSI shapes",
         "device": f"cpu ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads",
@@ -204,10 +267,15 @@ def main(argv: list[str] | None = None) -> int:
         "extrapolated": n_batches < epoch_batches,
         "rounds": rounds,
         "samples_per_s": {k: round(v, 2) for k, v in med.items()},
-        "epoch_s": {k: round(N_TRAIN / v, 1) for k, v in med.items()},
+        "epoch_s": {k: round(N_TRAIN / v, 3) for k, v in med.items()},
         "speedup_vs_reference": {k: round(v, 2) for k, v in ratio.items()},
         "samples_per_s_per_round": {k: [round(x, 2) for x in v] for k, v in per_round.items()},
         "max_abs_diff_faithful_vs_reference_eval": diff,
+        "cmc_plus_config": {"hidden": plus.config.hidden, "router_hidden": plus.config.router_hidden,
+                            "pool": plus.config.pool, "router_lr": plus_rc.router_lr,
+                            "step": "stage 2: whole-model forward, CE + Acc2 BCE, Adam on the router (experts frozen)"},
+        "cmc_plus_recipe_router_fit_s": round(router_fit_s, 3),
+        "cmc_plus_recipe_router_steps": plus_rc.router_steps,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "lengths": "u ~ U(0.1, 1) per sample, x U(0.95, 1.05) per modality, x padded length",
     }
