@@ -155,3 +155,20 @@ def test_keep_mask_is_inverted_dropout_and_seeded():
     x = torch.ones(3, 4, 5)
     y = layers._dropout(x, 0.5, rows)
     assert torch.equal(y[rows], x[rows])  # many-copies tokens keep their expectation
+
+
+def test_fast_kernel_trains_under_autocast():
+    """Mixed precision (bf16 autocast on CPU, the same code path as CUDA AMP): forward and backward of the
+    dropout kernel run, and the gradients are finite."""
+    from affectus.models.cmc import CMC, CMCConfig
+    from conftest import TINY_BATCH_DIMS, tiny_batch
+
+    torch.manual_seed(0)
+    model = CMC(CMCConfig(dims=dict(TINY_BATCH_DIMS), d=8, heads=2, ff=16, layers=1, attention="fast")).train()
+    batch = tiny_batch(4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batch)
+        loss = torch.nn.functional.cross_entropy(out.logits.float(), batch.classes)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)

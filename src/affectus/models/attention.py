@@ -142,7 +142,12 @@ class SelfAttention(nn.Module):
                 keep4[bi, :, ti, :] = 1.0
                 keep4[bi, :, :, ti] = 1.0
             bias3 = None if bias is None else bias.expand(b, h, 1, steps).reshape(b * h, 1, steps)
-            out = _DropoutAttention.apply(q * hd**-0.5, k, v, bias3, keep).view(b, h, steps, hd)
+            # The hand-written kernel runs in float32 with autocast off: under AMP its float32 dropout
+            # multipliers would meet bf16/fp16 probabilities in one bmm (a dtype error). A no-op without AMP.
+            with torch.autocast(x.device.type, enabled=False):
+                out = _DropoutAttention.apply((q * hd**-0.5).float(), k.float(), v.float(),
+                                              None if bias3 is None else bias3.float(), keep)
+            out = out.to(q.dtype).view(b, h, steps, hd)
         else:
             q, k, v = qkv.unbind(0)  # each (B, H, L, hd)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)  # (B, H, L, hd)
