@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -59,6 +61,18 @@ def test_ray_without_the_package_is_one_error_line(tmp_path: Path, cli, monkeypa
 
 
 @needs_ray
+def test_importing_affectus_never_imports_ray() -> None:
+    code = (
+        "import sys, affectus, affectus.cli, affectus.utils.executors, affectus.inference.extract.dataset; "
+        "print('ray' in sys.modules)"
+    )
+    src = str(Path(affectus.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
+@needs_ray
 def test_ray_address_nobody_answers_is_one_error_line(tmp_path: Path, cli) -> None:
     """ray.init would retry such an address for minutes; we check it first. A missing clip is still a task."""
     if missing_tools():
@@ -73,14 +87,14 @@ def test_ray_address_nobody_answers_is_one_error_line(tmp_path: Path, cli) -> No
 
 @needs_ray
 def test_ray_matches_local_and_a_killed_worker_loses_no_finished_clip(tmp_path: Path, cli, monkeypatch) -> None:
-    """Local reference -> a clean Ray run (same file) -> a run where one clip's worker is killed on its
-    first try (Ray retries it) and another's on every try: the run ends in one error, every other clip
-    is in the store, and the resumed run extracts only the lost clip and gives the same file."""
+    """A local reference; then on one Ray instance: a run where one clip's worker is killed and not retried
+    (one error; every other clip is in the store), the resumed run where it is killed once more and Ray's
+    retry saves it (only that clip extracted; the local file), and a clean `--ray local` run (the local file)."""
     if missing_tools():
         pytest.skip(f"media tools missing: {', '.join(missing_tools())}")
     import ray
 
-    root = make_dataset(tmp_path / "clips", GOOD)  # 4 clips: train 2, valid 1, test 1
+    root = make_dataset(tmp_path / "clips", GOOD[:3])  # 3 clips: train 2, valid 1
     local = tmp_path / "local.npz"
     rc, _, err = cli("extract-dataset", root, "--out", local, "--workers", "1", "--text-encoder", "hashed")
     assert rc == 0, err
@@ -88,48 +102,44 @@ def test_ray_matches_local_and_a_killed_worker_loses_no_finished_clip(tmp_path: 
     src = str(Path(affectus.__file__).resolve().parents[1])
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])))
     before = _descendants()
-
-    once, always = tmp_path / "kill-once", tmp_path / "kill-always"
-    victim_once, victim_always = "v1/0002.mp4", "v2/0001.mp4"
+    marker, victim = tmp_path / "kill", "v1/0002.mp4"
 
     class KillingExecutor(RayExecutor):
-        """Ray tasks whose worker process dies on the clips the marker files name (os._exit: no cleanup)."""
+        """Ray tasks whose worker process dies (os._exit: no cleanup) on the victim clip while the marker
+        file exists; the attempt that dies removes it, so a retry runs."""
 
-        def run(self, fn, tasks, on_done):  # noqa: ANN001, ANN202
-            def task(config, path):  # noqa: ANN001, ANN202 - a closure: Ray ships it by value
-                if path.endswith(victim_once) and os.path.exists(once):
-                    os.remove(once)  # the retry finds no marker and runs
-                    os._exit(1)
-                if path.endswith(victim_always) and os.path.exists(always):
+        def run(self, fn, tasks, on_done):
+            def task(config, path):  # a closure: Ray ships it by value
+                if path.endswith(victim) and os.path.exists(marker):
+                    os.remove(marker)
                     os._exit(1)
                 return fn(config, path)
 
             return super().run(task, tasks, on_done)
 
     config = MediaConfig(text_encoder="hashed")
-    with RayExecutor("local", num_cpus=2) as executor:
-        clean = build_dataset(root, tmp_path / "ray.npz", config, executor=executor)  # starts Ray
-        assert ray.is_initialized() and clean.computed == 4
-        _same_arrays(tmp_path / "ray.npz", local)
-
-        once.touch()
-        always.touch()
-        out, work = tmp_path / "again.npz", tmp_path / "again.work"
-        with KillingExecutor("local", retries=1) as killing:  # joins the running instance
-            with pytest.raises(AffectusError, match=r"^1 clip\(s\) lost a worker process .*v2/0001\.mp4"):
-                build_dataset(root, out, config, work_dir=work, executor=killing)
-        assert not once.exists()  # that clip's first worker was killed...
+    out, work = tmp_path / "ray.npz", tmp_path / "ray.work"
+    with KillingExecutor("local", num_cpus=2, retries=0) as killing:  # starts Ray on its first run
+        marker.touch()
+        with pytest.raises(AffectusError, match=r"^1 clip\(s\) lost a worker process .*v1/0002\.mp4"):
+            build_dataset(root, out, config, work_dir=work, executor=killing)
+        assert ray.is_initialized() and not marker.exists() and not out.exists()
         saved = sorted(str(p.relative_to(p.parents[1])) for p in work.rglob("*.npz"))
-        assert saved == ["v1/0001.npz", "v1/0002.npz", "v3/0001.npz"]  # ...and its retry saved it
-        assert not out.exists()
+        assert saved == ["v1/0001.npz", "v2/0001.npz"]  # every clip but the victim
 
-        always.unlink()
+        marker.touch()
+        killing.retries = 2
+        again = build_dataset(root, out, config, work_dir=work, executor=killing)
+        assert not marker.exists()  # its worker died again, and the retry ran it
+        assert (again.computed, again.cached) == (1, 2)
+        _same_arrays(out, local)
+
         rc, stdout, err = cli(
-            "extract-dataset", root, "--out", out, "--work-dir", work, "--ray", "local", "--text-encoder", "hashed"
+            "extract-dataset", root, "--out", tmp_path / "clean.npz", "--ray", "local", "--text-encoder", "hashed"
         )
         assert rc == 0, err
-        assert "(1 extracted, 3 resumed" in stdout
-        _same_arrays(out, local)
+        assert "(3 extracted, 0 resumed" in stdout
+        _same_arrays(tmp_path / "clean.npz", local)
         assert ray.is_initialized()  # the CLI used the running instance and left it to its owner
     assert not ray.is_initialized()
     deadline = time.monotonic() + 20
