@@ -1,8 +1,9 @@
-"""`affectus extract-dataset --ray`: clips as Ray tasks (utils/executors.py, docs/media.md "Executors").
+"""Executors (utils/executors.py, docs/media.md "Executors"): `affectus extract-dataset --ray`, clips as Ray tasks.
 
 One local Ray instance (2 CPUs) serves the main test: it must write the same file as the local
 executor, and a worker killed mid-run must lose no finished clip. Ray's own start-up is most of its
-time. Skipped when `ray` (the `ray` extra) or the media tools are missing; the error lines need neither.
+time. Skipped when `ray` (the `ray` extra) or the media tools are missing; the missing-package error
+line and the local executor's dead-worker test need neither.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 import affectus
 from affectus.errors import AffectusError
 from affectus.inference.extract.dataset import MediaConfig, build_dataset
-from affectus.utils.executors import RayExecutor
+from affectus.utils.executors import LocalExecutor, RayExecutor
 from media_clips import GOOD, make_dataset, missing_tools
 
 HAS_RAY = importlib.util.find_spec("ray") is not None
@@ -50,6 +51,21 @@ def _descendants() -> set[int]:
         frontier = {p for p, pp in parent.items() if pp in frontier} - found
         found |= frontier
     return found
+
+
+def _exit_on_two(i: int) -> int:
+    if i == 2:
+        os._exit(1)  # the worker process dies, as when killed
+    return 10 * i
+
+
+def test_local_executor_returns_the_tasks_a_dead_worker_lost() -> None:
+    """A dead process breaks a local pool: its task and every unfinished one come back as lost, and
+    every finished one was handed back (never both, never neither)."""
+    got: dict[int, int] = {}
+    lost = LocalExecutor(2).run(_exit_on_two, [(i,) for i in range(4)], got.__setitem__)
+    assert 2 in lost and sorted([*got, *lost]) == [0, 1, 2, 3]
+    assert all(v == 10 * i for i, v in got.items())
 
 
 def test_ray_without_the_package_is_one_error_line(tmp_path: Path, cli, monkeypatch) -> None:

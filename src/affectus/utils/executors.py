@@ -3,7 +3,8 @@
 An executor calls `fn(*args)` for every task of a batch and hands each result back to the calling
 process as soon as that task finishes (`on_done`), so the caller can save it at once: whatever has
 been handed back survives a worker, or the caller itself, being killed afterwards. Tasks must be
-independent and `fn` a module-level function (it is pickled by reference into the workers).
+independent; `fn` is pickled into the workers, by reference when it is a module-level function (so
+the workers import it from their own installed affectus).
 
 * `LocalExecutor(workers)`: a pool of spawned processes on this machine (1: in this process).
 * `RayExecutor(address)`: one Ray task per item, on a local Ray instance (`"local"`) or an existing
@@ -102,6 +103,7 @@ class LocalExecutor(Executor):
         pool = ProcessPoolExecutor(
             max_workers=min(self.workers, len(tasks)), mp_context=multiprocessing.get_context("spawn")
         )
+        lost: list[int] = []
         try:
             with single_threaded_children():  # the pool spawns its processes during the submits
                 pending: dict[Future, int] = {pool.submit(fn, *args): i for i, args in enumerate(tasks)}
@@ -112,16 +114,17 @@ class LocalExecutor(Executor):
                     try:
                         result = fut.result()
                     except BrokenProcessPool:
-                        # a dead process breaks the whole pool: every task not handed back is lost
-                        pool.shutdown(wait=False, cancel_futures=True)
-                        return sorted([i, *pending.values()])
+                        # a dead process breaks the whole pool: it fails every task not finished yet at
+                        # once, while the ones that did finish are still handed back
+                        lost.append(i)
+                        continue
                     on_done(i, result)
         except BaseException:
             # stop at once; every result handed back so far is already the caller's
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         pool.shutdown(wait=True)
-        return []
+        return sorted(lost)
 
 
 def import_ray() -> Any:
@@ -204,9 +207,15 @@ class RayExecutor(Executor):
                 i = index.pop(ready[0])
                 try:
                     result = ray.get(ready[0])
-                except ray.exceptions.RayTaskError as err:  # fn itself raised: the caller's error
-                    cause = err.cause
-                    raise cause if isinstance(cause, Exception) else err from None
+                except ray.exceptions.RayTaskError as err:  # fn itself raised, on a worker
+                    if isinstance(err.cause, AffectusError):
+                        raise err.cause from None
+                    # e.g. affectus missing, or another version, on a cluster's node: one line here (the
+                    # traceback is in the worker's log, in Ray's session folder)
+                    cause = err.cause if isinstance(err.cause, Exception) else err
+                    raise AffectusError(
+                        f"a task failed on {self.describe}: {type(cause).__name__}: {' '.join(str(cause).split())[:300]}"
+                    ) from None
                 except ray.exceptions.RayError:  # worker or node died on every try (Ray logged why)
                     lost.append(i)
                     continue
