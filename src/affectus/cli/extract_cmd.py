@@ -74,7 +74,7 @@ def extract_dataset(
         str | None,
         typer.Option(
             "--ray",
-            metavar="ADDRESS",
+            metavar="<address>",
             help="run each clip as a Ray task: 'local' starts Ray here, HOST:PORT / ray://HOST:10001 / auto joins "
             "a cluster (needs the ray extra; clips and affectus on every node)",
             show_default=False,
@@ -111,7 +111,11 @@ def extract_dataset(
         Path | None, typer.Option("--report", help="failure report JSON (default: <out>.failures.json)")
     ] = None,
 ) -> None:
-    """Extract audio, vision and text (sentence embeddings of the transcripts) of every clip into one MMSA file."""
+    """Extract audio, vision and text (sentence embeddings of the transcripts) of every clip into one MMSA file.
+
+    Clips run in local processes (--workers), or as Ray tasks (--ray). Each finished clip is saved in the
+    work folder at once: a killed run, or one that lost a worker, resumes when run again (docs/media.md).
+    """
     import dataclasses
     import json
 
