@@ -6,8 +6,9 @@
 Steps (docs/media.md): read and check `label.csv`; extract audio and vision features of every clip
 as one task of an executor (local worker processes, or Ray: utils/executors.py), each clip's result
 saved atomically in a work folder as soon as it comes back (a killed run resumes where it stopped; a
-changed extractor config or a changed clip file is computed again); then pad the sequences and write one MMSA pickle or affectus .npz, plus a failure report
-and a sidecar `<out>.extract.json` with the extractor configs and per-clip frame / face counts.
+changed extractor config or a changed clip file is computed again); then pad the sequences and
+write one MMSA pickle or affectus .npz, plus a failure report and a sidecar `<out>.extract.json`
+with the extractor configs and per-clip frame / face counts.
 
 A clip that fails (missing, empty, corrupt, no audio track, no video track, no face, too long) is
 listed in the report with its reason and, per `on_fail`, left out (`skip`) or kept with zeros and
