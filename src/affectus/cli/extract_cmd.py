@@ -66,7 +66,19 @@ def extract_dataset(
     out: Annotated[Path, typer.Option("--out", help="file to write: .npz (pickle-free) or an MMSA pickle")],
     workers: Annotated[
         int | None,
-        typer.Option("--workers", help="extraction processes (default: all cores; 1: this process)"),
+        typer.Option(
+            "--workers", help="extraction processes (default: all cores; 1: this process); with --ray local: its CPUs"
+        ),
+    ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="<address>",
+            help="run each clip as a Ray task: 'local' starts Ray here, HOST:PORT / ray://HOST:10001 / auto joins "
+            "a cluster (needs the ray extra; clips and affectus on every node)",
+            show_default=False,
+        ),
     ] = None,
     on_fail: Annotated[
         str,
@@ -99,11 +111,16 @@ def extract_dataset(
         Path | None, typer.Option("--report", help="failure report JSON (default: <out>.failures.json)")
     ] = None,
 ) -> None:
-    """Extract audio, vision and text (sentence embeddings of the transcripts) of every clip into one MMSA file."""
+    """Extract audio, vision and text (sentence embeddings of the transcripts) of every clip into one MMSA file.
+
+    Clips run in local processes (--workers), or as Ray tasks (--ray). Each finished clip is saved in the
+    work folder at once: a killed run, or one that lost a worker, resumes when run again (docs/media.md).
+    """
     import dataclasses
     import json
 
     from affectus.inference.extract.dataset import AUDIO_KINDS, MediaConfig, build_dataset
+    from affectus.utils.executors import Executor, LocalExecutor, RayExecutor
 
     if config is not None:
         try:
@@ -129,19 +146,29 @@ def extract_dataset(
     n_workers = workers if workers is not None else (os.cpu_count() or 1)
     if n_workers < 1:
         raise AffectusError(f"--workers must be >= 1 (got {n_workers})")
+    executor: Executor
+    if ray is None:
+        executor = LocalExecutor(n_workers)
+    elif ray == "local":
+        executor = RayExecutor(ray, num_cpus=n_workers)
+    elif workers is not None:
+        raise AffectusError("--workers sets local processes or the CPUs of --ray local; a cluster's own CPUs set its pace")
+    else:
+        executor = RayExecutor(ray)
 
     bar = _Bar()
     try:
-        summary = build_dataset(
-            root,
-            out,
-            media,
-            workers=n_workers,
-            on_fail=on_fail,
-            work_dir=work_dir,
-            report=report,
-            progress=bar.update,
-        )
+        with executor:
+            summary = build_dataset(
+                root,
+                out,
+                media,
+                on_fail=on_fail,
+                work_dir=work_dir,
+                report=report,
+                progress=bar.update,
+                executor=executor,
+            )
     finally:
         bar.close()
     written = "/".join(str(summary.written.get(s, 0)) for s in ("train", "valid", "test"))

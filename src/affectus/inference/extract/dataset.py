@@ -4,10 +4,11 @@
     DIR/Raw/<video_id>/<clip_id>.mp4
 
 Steps (docs/media.md): read and check `label.csv`; extract audio and vision features of every clip
-in worker processes, each clip's result saved atomically in a work folder as soon as it is done (a
-killed run resumes where it stopped; a changed extractor config or a changed clip file is computed
-again); then pad the sequences and write one MMSA pickle or affectus .npz, plus a failure report
-and a sidecar `<out>.extract.json` with the extractor configs and per-clip frame / face counts.
+as one task of an executor (local worker processes, or Ray: utils/executors.py), each clip's result
+saved atomically in a work folder as soon as it comes back (a killed run resumes where it stopped; a
+changed extractor config or a changed clip file is computed again); then pad the sequences and
+write one MMSA pickle or affectus .npz, plus a failure report and a sidecar `<out>.extract.json`
+with the extractor configs and per-clip frame / face counts.
 
 A clip that fails (missing, empty, corrupt, no audio track, no video track, no face, too long) is
 listed in the report with its reason and, per `on_fail`, left out (`skip`) or kept with zeros and
@@ -20,17 +21,13 @@ BERT folder, or `hashed`, the hashed-word placeholder of `hashed_text.py` for ma
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import json
 import logging
 import math
-import multiprocessing
 import os
-from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +45,7 @@ from affectus.inference.extract.base import MediaError
 from affectus.inference.extract.decode import DecodeConfig, Decoder
 from affectus.inference.extract.hashed_text import HashedWordsConfig, HashedWordsExtractor
 from affectus.inference.extract.vision import HaarFaceConfig, HaarFaceExtractor
+from affectus.utils.executors import Executor, LocalExecutor
 from affectus.utils.io import atomic_path, write_json_atomic
 
 _log = logging.getLogger(__name__)
@@ -307,43 +305,22 @@ def _load_result(cache: Path, stamp: list[int]) -> dict[str, Any] | None:
         return None
 
 
-# one pipeline per worker process, built once by the pool's initializer
-_WORKER: MediaPipeline | None = None
+# one pipeline per worker process, built on its first clip and kept for the next ones (a process
+# pool's worker or a Ray worker runs many clips); keyed by the config, so a new config rebuilds it
+_PIPELINE: tuple[str, MediaPipeline] | None = None
 
 
-def _init_worker(config: dict[str, Any]) -> None:
-    global _WORKER
-    _WORKER = MediaPipeline(MediaConfig.from_dict(config))
+def extract_clip(config: dict[str, Any], path: str) -> tuple[dict[str, Any], list[int]]:
+    """One clip's task, run by an executor's worker: (MediaPipeline's result, the file's stamp as read).
 
-
-# thread pools of numeric libraries, one thread each in workers: the processes are the parallelism
-_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
-
-
-@contextlib.contextmanager
-def _single_threaded_children() -> Iterator[None]:
-    """Spawned children copy os.environ when they start, before they load numpy: set it around the
-    pool's start (a user's own setting wins) and restore the parent's afterwards."""
-    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
-    for k in _THREAD_VARS:
-        os.environ.setdefault(k, "1")
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def _work(path: str, cache: str) -> str:
-    """Extract one clip in a worker and save it; returns the cache path (the parent re-reads it)."""
-    assert _WORKER is not None
+    The stamp is taken before reading, so a file replaced while it is read no longer matches it."""
+    global _PIPELINE
+    key = json.dumps(config, sort_keys=True)
+    if _PIPELINE is None or _PIPELINE[0] != key:
+        _PIPELINE = (key, MediaPipeline(MediaConfig.from_dict(config)))
     p = Path(path)
     stamp = _stamp(p)
-    _save_result(Path(cache), _WORKER(p), stamp)
-    return cache
+    return _PIPELINE[1](p), stamp
 
 
 # ------------------------------------------------------------------------------------------ building
@@ -376,10 +353,13 @@ def extract_clips(
     work_dir: Path,
     workers: int = 1,
     progress: Progress | None = None,
+    executor: Executor | None = None,
 ) -> tuple[dict[str, dict[str, Any]], int]:
     """Every clip's result (from the work folder or extracted now) by id, and how many were computed.
 
-    workers <= 1 runs in this process; more uses a process pool (spawned: no forked library state).
+    Each clip is one task of `executor` (default: LocalExecutor(workers); workers <= 1 runs in this
+    process). Its result is saved in the work folder here, by this process, the moment it arrives:
+    a worker or this process killed later loses none of the clips already handed back.
     """
     cache_dir = work_dir / config.media_digest()
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -397,54 +377,33 @@ def extract_clips(
     if progress:
         progress(done, len(rows))
 
-    def collect(r: ClipRow) -> None:
+    def save(i: int, got: tuple[dict[str, Any], list[int]]) -> None:
         nonlocal done
-        got = _load_result(cache_of[r.id], _stamp(r.path(root)))
-        if got is None:  # the clip file changed while it was read: the saved result no longer matches it
+        r = todo[i]
+        result, stamp = got
+        try:
+            _save_result(cache_of[r.id], result, stamp)
+        except OSError as err:
+            raise AffectusError(f"folder {work_dir}: cannot save a clip's result ({err})") from None
+        # read back as a resumed run would, so both give the very same arrays
+        again = _load_result(cache_of[r.id], _stamp(r.path(root)))
+        if again is None:  # the clip file changed while it was read: the saved result no longer matches it
             raise AffectusError(f"file {r.path(root)}: changed during extraction; run again")
-        results[r.id] = got
+        results[r.id] = again
         done += 1
         if progress:
             progress(done, len(rows))
 
-    if workers <= 1 or len(todo) <= 1:
-        pipeline = MediaPipeline(config) if todo else None
-        for r in todo:
-            path = r.path(root)
-            stamp = _stamp(path)
-            _save_result(cache_of[r.id], pipeline(path), stamp)  # type: ignore[misc]
-            collect(r)
-        return results, len(todo)
-
-    ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(
-        max_workers=min(workers, len(todo)),
-        mp_context=ctx,
-        initializer=_init_worker,
-        initargs=(config.to_dict(),),
-    )
-    try:
-        with _single_threaded_children():  # the executor spawns its processes during the submits
-            pending = {pool.submit(_work, str(r.path(root)), str(cache_of[r.id])): r for r in todo}
-        while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                r = pending.pop(fut)
-                try:
-                    fut.result()
-                except BrokenProcessPool:
-                    raise AffectusError(
-                        f"a worker process died (killed, or out of memory); finished clips are saved in {work_dir}: "
-                        "run again to resume (--workers 1 uses less memory)"
-                    ) from None
-                except OSError as err:
-                    raise AffectusError(f"folder {work_dir}: cannot save a clip's result ({err})") from None
-                collect(r)
-    except BaseException:
-        # stop at once; every clip finished so far is already saved in the work folder
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
+    executor = executor or LocalExecutor(workers)
+    tasks = [(config.to_dict(), str(r.path(root))) for r in todo]
+    lost = executor.run(extract_clip, tasks, save)
+    if lost:
+        first = todo[lost[0]]
+        raise AffectusError(
+            f"{len(lost)} clip(s) lost a worker process (killed, out of memory; first: {first.path(root)}) "
+            f"on {executor.describe}; {done} finished clips are saved in {work_dir}: run again to resume"
+            + (" (--workers 1 uses less memory)" if isinstance(executor, LocalExecutor) else "")
+        )
     return results, len(todo)
 
 
@@ -548,6 +507,7 @@ def build_dataset(
     work_dir: str | os.PathLike | None = None,
     report: str | os.PathLike | None = None,
     progress: Progress | None = None,
+    executor: Executor | None = None,
 ) -> BuildSummary:
     """`affectus extract-dataset`: folder of clips -> MMSA file (.npz by suffix, else pickle) + report."""
     root, out = Path(root), Path(out)
@@ -562,7 +522,9 @@ def build_dataset(
     meta_path = out.with_name(out.name + ".extract.json")
 
     check_modules(config)
-    results, computed = extract_clips(root, rows, config, work, workers=workers, progress=progress)
+    results, computed = extract_clips(
+        root, rows, config, work, workers=workers, progress=progress, executor=executor
+    )
     raw, failures = assemble(rows, results, config, root, on_fail)
     failed_ids = {f["id"] for f in failures}
     # the report first: when nothing is usable, it is what the user needs to read
