@@ -123,3 +123,59 @@ def test_train_end_to_end_on_synth_iemocap_with_categorical_metrics(tmp_path, cl
     assert info["model_config"]["num_classes"] == 4
     rc, stdout, _ = cli("evaluate", out, "--data", "synth:iemocap", "--available", "a,v", "--json")
     assert rc == 0 and set(json.loads(stdout)) >= keys
+
+
+# ------------------------------------------------------------------------------ scaled synth: sources
+
+@pytest.mark.parametrize(("source", "name", "options", "identity"), [
+    ("synth:iemocap", "iemocap", {}, "synth:iemocap"),
+    ("synth:iemocap?scale=0.1&seq_scale=0.25", "iemocap", {"scale": 0.1, "seq_scale": 0.25},
+     "synth:iemocap?scale=0.1&seq_scale=0.25"),
+    # one identity per generated data: option order, spelling of numbers and defaults do not matter
+    ("synth:iemocap?seq_scale=0.250&scale=1&seed=1111", "iemocap", {"seq_scale": 0.25, "scale": 1.0, "seed": 1111},
+     "synth:iemocap?seq_scale=0.25"),
+    ("synth:?seed=3&inconsistency=0.8", "", {"seed": 3, "inconsistency": 0.8}, "synth:?seed=3&inconsistency=0.8"),
+])
+def test_synth_source_options_parse_to_one_identity(source, name, options, identity):
+    from affectus.data.load import data_identity, parse_synth, source_id
+
+    assert parse_synth(source) == (name, options)
+    assert source_id(source) == identity and data_identity(source) == {"source": identity, "sha256": None}
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    ("synth:iemocap?", "nothing after '?'"),
+    ("synth:iemocap?scal=0.1", "unknown option 'scal' (did you mean 'scale'?)"),
+    ("synth:iemocap?scale=0", "scale='0': expected a number > 0"),
+    ("synth:iemocap?seq_scale=nan", "seq_scale='nan': expected a number > 0"),
+    ("synth:iemocap?scale=big", "scale='big': expected a number > 0"),
+    ("synth:iemocap?seed=1.5", "seed='1.5': expected an integer >= 0"),
+    ("synth:iemocap?inconsistency=2", "inconsistency='2': expected a number in [0, 1]"),
+    ("synth:iemocap?scale", "expected key=value pairs"),
+    ("synth:iemocap?scale=0.1&scale=0.2", "option 'scale' given twice"),
+])
+def test_bad_synth_source_is_one_line_exit_2(tmp_path, cli, source, message):
+    rc, out, err = cli("train", "--data", source, "--model", "late_fusion", "--out", tmp_path / "r", *FAST)
+    assert rc == 2 and out == "" and not (tmp_path / "r").exists()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: data source {source!r}: ") and message in lines[0]
+
+
+def test_scaled_synth_source_trains_via_the_cli_and_is_recorded(tmp_path, cli):
+    """The full preset at scale 0.02, sequences at 0.1: the scaled sizes, the same data as `affectus synth`
+    with --scale / --seq-scale, and the run records the source as given."""
+    source = "synth:iemocap?scale=0.02&seq_scale=0.1&seed=5"
+    ds, preset = open_data(source)
+    assert preset.name == "iemocap" and ds.source == source
+    assert {k: len(v.labels) for k, v in ds.splits.items()} == {"train": 54, "valid": 16, "test": 19}
+    assert ds.seq_lens == {"text": 2, "audio": 2, "vision": 2}
+    same = synthetic.generate_dataset("iemocap", scale=0.02, seq_scale=0.1, seed=5)
+    assert np.array_equal(same["test"].vision, ds["test"].vision)
+    out = tmp_path / "run"
+    rc, _, err = cli("train", "--data", source, "--model", "late_fusion", "--out", out, "--set", "train.epochs=1",
+                     "--set", "train.batch_size=32", "--threads", "1", "--quiet")
+    assert rc == 0, err
+    info = json.loads((out / "run.json").read_text())
+    assert info["data"] == {"source": source, "sha256": None}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["split"] == "test" and 0 <= metrics["f1"] <= 100
