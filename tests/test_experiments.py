@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -344,7 +345,11 @@ def test_router_weights_per_condition_in_results_and_report(condition_experiment
     assert "router.{a,v}.text" in header
     page = build_report(out, tensorboard=False).read_text()
     assert "Router weight per availability condition" in page
-    assert f"{lav['text']:.2f}" in page.split("Router weight per availability condition")[1]
+    section = re.sub(r"<[^>]+>", " ", page.split("Router weight per availability condition")[1]).split()
+    # the conditions in CUMDF's order, {l} first; the full-data row holds the run's {l,a,v} weights
+    assert section.index("{l}") < section.index("{a,v}") < section.index("{l,a,v}")
+    at = section.index("{l,a,v}")
+    assert section[at + 1:at + 4] == [f"{lav[m]:.2f}" for m in MODALITIES]
 
 
 def test_report_shows_the_condition_table_and_curves(sims_file: Path, tmp_path: Path) -> None:

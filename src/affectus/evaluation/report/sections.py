@@ -168,7 +168,7 @@ def missing_modalities(page: Page, runs: list[Run], axes: list[str]) -> list[Blo
         fam = [r for r in scored if r.family == family]
         f1 = fam[0].scheme.f1_key
         keys = list(dict.fromkeys(k for r in fam for k in _conditions(r)))
-        fixed = [k for k in keys if k.startswith("{")]
+        fixed = sorted((k for k in keys if k.startswith("{")), key=_condition_order)
         rows = group_rows(fam, axes)
 
         def value(run: Run, key: str, f1: str = f1) -> float | None:
@@ -207,6 +207,15 @@ def missing_modalities(page: Page, runs: list[Run], axes: list[str]) -> list[Blo
             blocks.append(page.figure(name, plots.curves([panel], label, f"{family}: F1 against {label}"),
                                       f"{family}: mean ± std over seeds against {label}"))
     return blocks
+
+
+def _condition_order(name: str) -> int:
+    """Position of '{l,a}' among the 7 conditions ({l}, {a}, {v}, {l,a}, {l,v}, {a,v}, {l,a,v}): the runner
+    writes conditions.json with sorted keys, tables list them in CUMDF's order."""
+    from affectus.data.missing import CONDITIONS, condition_name
+
+    order = [condition_name(c) for c in CONDITIONS]
+    return order.index(name) if name in order else len(order)
 
 
 def _router_shift_table(rows: list[Any], conditions: list[str], family: str) -> list[Block]:
