@@ -163,7 +163,8 @@ def test_bad_synth_source_is_one_line_exit_2(tmp_path, cli, source, message):
 
 def test_scaled_synth_source_trains_via_the_cli_and_is_recorded(tmp_path, cli):
     """The full preset at scale 0.02, sequences at 0.1: the scaled sizes, the same data as `affectus synth`
-    with --scale / --seq-scale, and the run records the source as given."""
+    with --scale / --seq-scale; `affectus experiment` trains on it, records the source and prints the
+    per-class F1 of each availability condition (CUMDF Table 2's layout)."""
     source = "synth:iemocap?scale=0.02&seq_scale=0.1&seed=5"
     ds, preset = open_data(source)
     assert preset.name == "iemocap" and ds.source == source
@@ -171,11 +172,19 @@ def test_scaled_synth_source_trains_via_the_cli_and_is_recorded(tmp_path, cli):
     assert ds.seq_lens == {"text": 2, "audio": 2, "vision": 2}
     same = synthetic.generate_dataset("iemocap", scale=0.02, seq_scale=0.1, seed=5)
     assert np.array_equal(same["test"].vision, ds["test"].vision)
-    out = tmp_path / "run"
-    rc, _, err = cli("train", "--data", source, "--model", "late_fusion", "--out", out, "--set", "train.epochs=1",
-                     "--set", "train.batch_size=32", "--threads", "1", "--quiet")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: t2\npreset: iemocap\nseeds: 1\nruns: [{name: LF, model: late_fusion}]\n"
+                    "report: {columns: conditions, conditions: [l, av, lav]}\n")
+    out = tmp_path / "exp"
+    rc, stdout, err = cli("experiment", spec, "--data", source, "--out", out, "--set", "train.epochs=1",
+                          "--set", "train.batch_size=32", "--threads", "1")
     assert rc == 0, err
-    info = json.loads((out / "run.json").read_text())
+    assert json.loads((out / "experiment.json").read_text())["data"] == source
+    info = json.loads((out / "runs" / "lf__seed=1" / "run.json").read_text())
     assert info["data"] == {"source": source, "sha256": None}
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["split"] == "test" and 0 <= metrics["f1"] <= 100
+    assert "## Per-class F1 per availability condition" in stdout
+    assert "| Condition | Run | F1 happy | F1 sad | F1 angry | F1 neutral | W-F1 |" in stdout
+    scores = json.loads((out / "runs" / "lf__seed=1" / "conditions.json").read_text())
+    row = next(line for line in stdout.splitlines() if line.startswith("| {a,v} | LF |"))
+    assert row.split(" | ")[2:6] == [f"{scores['{a,v}'][f'f1_{c}']:.2f}" for c in ("happy", "sad", "angry", "neutral")]
+    assert "## Router weight" not in stdout  # late fusion has no router
