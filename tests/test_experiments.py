@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -274,17 +276,28 @@ def test_data_edited_in_place_is_refused_on_resume(tmp_path: Path, capsys) -> No
                        progress=False)
 
 
-def test_condition_table_scores_every_run_under_the_same_masks(sims_file: Path, tmp_path: Path) -> None:
+COND_SPEC = {"name": "cond", "seeds": 1,
+             "runs": [{"name": "LF", "model": "late_fusion"},
+                      {"name": "CMC-avail", "variant": "cmc_avail", "overrides": {"model.layers": 1, "model.heads": 2}}],
+             "report": {"columns": "conditions", "conditions": ["l", "a", "v", "la", "lv", "av", "lav"],
+                        "drop_ratios": [0.3], "missing_rates": [0.0, 0.5, 1.0]}}
+COND_FAST = {"train.epochs": 2, "train.patience": 1, "train.batch_size": 32}
+
+
+@pytest.fixture(scope="module")
+def condition_experiment(sims_file: Path, tmp_path_factory) -> Path:
+    """Late fusion and CMC-avail, one seed, scored under the 7 availability conditions, a drop ratio and
+    three missing rates."""
+    out = tmp_path_factory.mktemp("cond") / "cond"
+    run_experiment(COND_SPEC, out, data=str(sims_file), overrides=COND_FAST, threads=1, progress=False)
+    return out
+
+
+def test_condition_table_scores_every_run_under_the_same_masks(condition_experiment: Path, sims_file: Path,
+                                                               tmp_path: Path) -> None:
     """report.conditions / drop_ratios: each finished run is also scored under every availability condition
     and MRMS drop ratio; results.md shows F1 per condition and the average over the conditions."""
-    spec = {"name": "cond", "seeds": 1,
-            "runs": [{"name": "LF", "model": "late_fusion"},
-                     {"name": "CMC-avail", "variant": "cmc_avail", "overrides": {"model.layers": 1, "model.heads": 2}}],
-            "report": {"columns": "conditions", "conditions": ["l", "a", "v", "la", "lv", "av", "lav"],
-                       "drop_ratios": [0.3], "missing_rates": [0.0, 0.5, 1.0]}}
-    out = tmp_path / "cond"
-    fast = {"train.epochs": 2, "train.patience": 1, "train.batch_size": 32}
-    run_experiment(spec, out, data=str(sims_file), overrides=fast, threads=1, progress=False)
+    out = condition_experiment
     md = (out / "results.md").read_text(encoding="utf-8")
     assert ("| {l} F1 | {a} F1 | {v} F1 | {l,a} F1 | {l,v} F1 | {a,v} F1 | {l,a,v} F1 | p=0.3 F1 | r=0 F1 | r=0.5 F1 "
             "| r=1 F1 | Avg F1 | AUC F1 |") in md
@@ -298,9 +311,45 @@ def test_condition_table_scores_every_run_under_the_same_masks(sims_file: Path, 
     lf = next(s for name, s in scores.items() if name.startswith("lf"))
     full = json.loads((out / "runs" / next(n for n in scores if n.startswith("lf")) / "metrics.json").read_text())
     assert lf["{l,a,v}"]["d_test"]["acc2"] == full["d_test"]["acc2"]
-    bad = {**spec, "report": {"columns": "conditions", "conditions": ["l", "x"]}}
+    bad = {**COND_SPEC, "report": {"columns": "conditions", "conditions": ["l", "x"]}}
     with pytest.raises(AffectusError, match="unknown modality 'x'"):
-        run_experiment(bad, tmp_path / "bad", data=str(sims_file), overrides=fast, threads=1, progress=False)
+        run_experiment(bad, tmp_path / "bad", data=str(sims_file), overrides=COND_FAST, threads=1, progress=False)
+
+
+def test_router_weights_per_condition_in_results_and_report(condition_experiment: Path) -> None:
+    """A model with a router (CMC-avail) gets its mean router weight per modality under each availability
+    condition: an absent modality weighs 0, the present ones sum to 1; late fusion has no router, no rows.
+    results.md, results.csv and the HTML report show it."""
+    from affectus.data.missing import CONDITIONS, condition_name
+    from affectus.data.types import MODALITIES
+    from affectus.evaluation.report import build_report
+
+    out = condition_experiment
+    cmc_dir = next(d for d in (out / "runs").iterdir() if d.name.startswith("cmc-avail"))
+    lf_dir = next(d for d in (out / "runs").iterdir() if d.name.startswith("lf"))
+    assert json.loads((lf_dir / "router_conditions.json").read_text()) == {"weights": None}
+    weights = json.loads((cmc_dir / "router_conditions.json").read_text())["weights"]
+    assert set(weights) == {condition_name(c) for c in CONDITIONS}  # the file is written with sorted keys
+    for present in CONDITIONS:
+        w = weights[condition_name(present)]
+        assert all(w[m] == 0.0 for m in MODALITIES if m not in present)
+        assert sum(w[m] for m in present) == pytest.approx(1.0, abs=1e-5)
+        assert all(w[m] > 0 for m in present)
+    assert weights["{l}"]["text"] == pytest.approx(1.0)
+    md = (out / "results.md").read_text(encoding="utf-8")
+    assert "## Router weight per availability condition" in md and "| Run | Condition | text | audio | vision |" in md
+    assert "| CMC-avail | {a,v} | 0.00 | " in md and "| LF | {a,v} |" not in md.split("## Router weight")[1]
+    lav = weights["{l,a,v}"]
+    assert f"| CMC-avail | {{l,a,v}} | {lav['text']:.2f} | {lav['audio']:.2f} | {lav['vision']:.2f} |" in md
+    header = next(csv.reader((out / "results.csv").read_text().splitlines()))
+    assert "router.{a,v}.text" in header
+    page = build_report(out, tensorboard=False).read_text()
+    assert "Router weight per availability condition" in page
+    section = re.sub(r"<[^>]+>", " ", page.split("Router weight per availability condition")[1]).split()
+    # the conditions in CUMDF's order, {l} first; the full-data row holds the run's {l,a,v} weights
+    assert section.index("{l}") < section.index("{a,v}") < section.index("{l,a,v}")
+    at = section.index("{l,a,v}")
+    assert section[at + 1:at + 4] == [f"{lav[m]:.2f}" for m in MODALITIES]
 
 
 def test_report_shows_the_condition_table_and_curves(sims_file: Path, tmp_path: Path) -> None:

@@ -123,3 +123,68 @@ def test_train_end_to_end_on_synth_iemocap_with_categorical_metrics(tmp_path, cl
     assert info["model_config"]["num_classes"] == 4
     rc, stdout, _ = cli("evaluate", out, "--data", "synth:iemocap", "--available", "a,v", "--json")
     assert rc == 0 and set(json.loads(stdout)) >= keys
+
+
+# ------------------------------------------------------------------------------ scaled synth: sources
+
+@pytest.mark.parametrize(("source", "name", "options", "identity"), [
+    ("synth:iemocap", "iemocap", {}, "synth:iemocap"),
+    ("synth:iemocap?scale=0.1&seq_scale=0.25", "iemocap", {"scale": 0.1, "seq_scale": 0.25},
+     "synth:iemocap?scale=0.1&seq_scale=0.25"),
+    # one identity per generated data: option order, spelling of numbers and defaults do not matter
+    ("synth:iemocap?seq_scale=0.250&scale=1&seed=1111", "iemocap", {"seq_scale": 0.25, "scale": 1.0, "seed": 1111},
+     "synth:iemocap?seq_scale=0.25"),
+    ("synth:?seed=3&inconsistency=0.8", "", {"seed": 3, "inconsistency": 0.8}, "synth:?seed=3&inconsistency=0.8"),
+])
+def test_synth_source_options_parse_to_one_identity(source, name, options, identity):
+    from affectus.data.load import data_identity, parse_synth, source_id
+
+    assert parse_synth(source) == (name, options)
+    assert source_id(source) == identity and data_identity(source) == {"source": identity, "sha256": None}
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    ("synth:iemocap?", "nothing after '?'"),
+    ("synth:iemocap?scal=0.1", "unknown option 'scal' (did you mean 'scale'?)"),
+    ("synth:iemocap?scale=0", "scale='0': expected a number > 0"),
+    ("synth:iemocap?seq_scale=nan", "seq_scale='nan': expected a number > 0"),
+    ("synth:iemocap?scale=big", "scale='big': expected a number > 0"),
+    ("synth:iemocap?seed=1.5", "seed='1.5': expected an integer >= 0"),
+    ("synth:iemocap?inconsistency=2", "inconsistency='2': expected a number in [0, 1]"),
+    ("synth:iemocap?scale", "expected key=value pairs"),
+    ("synth:iemocap?scale=0.1&scale=0.2", "option 'scale' given twice"),
+])
+def test_bad_synth_source_is_one_line_exit_2(tmp_path, cli, source, message):
+    rc, out, err = cli("train", "--data", source, "--model", "late_fusion", "--out", tmp_path / "r", *FAST)
+    assert rc == 2 and out == "" and not (tmp_path / "r").exists()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: data source {source!r}: ") and message in lines[0]
+
+
+def test_scaled_synth_source_trains_via_the_cli_and_is_recorded(tmp_path, cli):
+    """The full preset at scale 0.02, sequences at 0.1: the scaled sizes, the same data as `affectus synth`
+    with --scale / --seq-scale; `affectus experiment` trains on it, records the source and prints the
+    per-class F1 of each availability condition (CUMDF Table 2's layout)."""
+    source = "synth:iemocap?scale=0.02&seq_scale=0.1&seed=5"
+    ds, preset = open_data(source)
+    assert preset.name == "iemocap" and ds.source == source
+    assert {k: len(v.labels) for k, v in ds.splits.items()} == {"train": 54, "valid": 16, "test": 19}
+    assert ds.seq_lens == {"text": 2, "audio": 2, "vision": 2}
+    same = synthetic.generate_dataset("iemocap", scale=0.02, seq_scale=0.1, seed=5)
+    assert np.array_equal(same["test"].vision, ds["test"].vision)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: t2\npreset: iemocap\nseeds: 1\nruns: [{name: LF, model: late_fusion}]\n"
+                    "report: {columns: conditions, conditions: [l, av, lav]}\n")
+    out = tmp_path / "exp"
+    rc, stdout, err = cli("experiment", spec, "--data", source, "--out", out, "--set", "train.epochs=1",
+                          "--set", "train.batch_size=32", "--threads", "1")
+    assert rc == 0, err
+    assert json.loads((out / "experiment.json").read_text())["data"] == source
+    info = json.loads((out / "runs" / "lf__seed=1" / "run.json").read_text())
+    assert info["data"] == {"source": source, "sha256": None}
+    assert "## Per-class F1 per availability condition" in stdout
+    assert "| Condition | Run | F1 happy | F1 sad | F1 angry | F1 neutral | W-F1 |" in stdout
+    scores = json.loads((out / "runs" / "lf__seed=1" / "conditions.json").read_text())
+    row = next(line for line in stdout.splitlines() if line.startswith("| {a,v} | LF |"))
+    assert row.split(" | ")[2:6] == [f"{scores['{a,v}'][f'f1_{c}']:.2f}" for c in ("happy", "sad", "angry", "neutral")]
+    assert "## Router weight" not in stdout  # late fusion has no router

@@ -24,7 +24,7 @@ def experiment(
     spec: Annotated[str, typer.Argument(help="spec YAML file, or a shipped spec name (table5_ablation, ...)")],
     out: Annotated[Path, typer.Option("--out", help="experiment directory (runs/, results.csv, results.md)")],
     data: Annotated[
-        str | None, typer.Option("--data", help="MMSA pickle / .npz (or synth:PRESET); overrides the spec's")
+        str | None, typer.Option("--data", help="MMSA pickle / .npz (or synth:PRESET[?scale=S&seq_scale=Q]); overrides the spec's")
     ] = None,
     preset: Annotated[str | None, typer.Option("--preset", help="dataset preset; overrides the spec's")] = None,
     seeds: Annotated[int | None, typer.Option("--seeds", help="N: seeds 1..N (overrides the spec's seeds)")] = None,

@@ -82,7 +82,7 @@ TrustOpt = typer.Option(False, "--trust-pickle", help=TRUST_PICKLE_HELP)
 
 @app.command()
 def train(
-    data: str = typer.Option(..., "--data", help="MMSA pickle / .npz file (or synth:PRESET for simulated data)"),
+    data: str = typer.Option(..., "--data", help="MMSA pickle / .npz file (or synth:PRESET[?scale=S&seq_scale=Q] for simulated data)"),
     out: Path = typer.Option(..., "--out", help="run directory to write"),
     model: str = typer.Option("cmc", "--model", help="model name (see `affectus models`)"),
     variant: str | None = typer.Option(None, "--variant", help="the model's variant (default: its first; see `affectus models`)"),

@@ -274,18 +274,20 @@ def generate_dataset(
     seq_scale: float = 1.0,
     max_gb: float | None = DEFAULT_MAX_GB,
     progress: Progress | None = None,
+    source: str | None = None,
     **overrides,
 ) -> MERDataset:
     """Generate and validate in memory: a `SynthConfig`, or a preset name (+ scale, overrides).
 
     Goes through the same validation as a file (`dataset_from_raw`), so the -inf audio values come
-    back as zeros counted in `MERDataset.sanitised`. Refuses configs above `max_gb` of features."""
+    back as zeros counted in `MERDataset.sanitised`. Refuses configs above `max_gb` of features.
+    `source` names the data (default `synth:NAME`; `open_data` passes the full `synth:NAME?options`)."""
     if isinstance(config, str):
         config = SynthConfig.from_preset(config, scale=scale, seq_scale=seq_scale, **overrides)
     elif overrides or scale != 1.0 or seq_scale != 1.0:
         raise AffectusError("synth: scale / seq_scale / overrides apply to a preset name, not a SynthConfig")
     check_size(config, max_gb)
-    return dataset_from_raw(generate(config, progress), source=f"synth:{config.name}")
+    return dataset_from_raw(generate(config, progress), source=source or f"synth:{config.name}")
 
 
 def check_size(config: SynthConfig, max_gb: float | None = DEFAULT_MAX_GB) -> None:

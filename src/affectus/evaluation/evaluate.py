@@ -6,6 +6,7 @@ training stack.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -81,18 +82,20 @@ def _flat(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if not isinstance(v, dict)}
 
 
-def router_weights_by_condition(model, split: Split, batch_size: int = 256,
-                                device: torch.device | str = "cpu") -> dict[str, dict[str, float]]:
-    """How the router's weights shift with availability: for each of the 7 conditions ({l}, ..., {l,a,v}),
-    the mean router weight of text / audio / vision over `split` scored under that condition.
-    {condition: {modality: mean weight}}; empty when the model has no router weights."""
+def router_weights_by_condition(model, split: Split, batch_size: int = 256, device: torch.device | str = "cpu",
+                                conditions: Sequence[tuple[str, ...]] | None = None) -> dict[str, dict[str, float]]:
+    """How the router's weights shift with availability: for each condition (default the 7: {l}, ...,
+    {l,a,v}; tuples of present modalities), the mean router weight of text / audio / vision over `split`
+    scored under that condition. {condition: {modality: mean weight}}; empty when the model has no router
+    weights. An absent modality keeps whatever weight the router gives its zero-filled input (exactly 0
+    for a router that masks absent modalities, e.g. CMC-avail)."""
     from affectus.data.missing import CONDITIONS, condition_name, with_availability
 
     out: dict[str, dict[str, float]] = {}
-    for present in CONDITIONS:
+    for present in CONDITIONS if conditions is None else conditions:
         pred = predict_split(model, with_availability(split, present), batch_size, device)
         if "router_weights" not in pred:
             return {}
-        w = pred["router_weights"].mean(axis=0)  # (3,)
+        w = pred["router_weights"].mean(axis=0)  # (N, 3) -> (3,)
         out[condition_name(present)] = {m: float(w[k]) for k, m in enumerate(MODALITIES)}
     return out

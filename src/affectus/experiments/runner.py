@@ -234,6 +234,8 @@ def _run_locked(sp: ExperimentSpec, runs: list[PlannedRun], out: Path, data: str
 
 
 CONDITIONS_FILE = "conditions.json"
+# {"weights": {condition: {modality: mean router weight}}}, or {"weights": null} for a model without a router
+ROUTER_FILE = "router_conditions.json"
 
 
 def condition_keys(report: Any) -> list[str]:
@@ -248,31 +250,43 @@ def condition_keys(report: Any) -> list[str]:
 def _score_conditions(out: Path, runs: list[PlannedRun], split, report) -> None:
     """Score every finished run on the evaluation split under each availability condition and MRMS drop
     ratio of the spec (prediction only; the masks are the same for every model: conditions are fixed,
-    drop ratios seeded by the run's seed). Results go to RUN/conditions.json; a re-run fills in what is new."""
+    drop ratios seeded by the run's seed). Results go to RUN/conditions.json; a re-run fills in what is new.
+    A model whose output has router weights (CMC, CMC-avail, CMC+) also gets the mean weight per modality
+    under each availability condition in RUN/router_conditions.json (how its router shifts with availability)."""
     from affectus.data.missing import mrms, parse_available, random_availability, with_availability
+    from affectus.evaluation.evaluate import router_weights_by_condition
     from affectus.inference.predictor import load
 
     kinds = [*report.conditions, *(("p", p) for p in report.drop_ratios), *(("r", r) for r in report.missing_rates)]
     wanted = dict(zip(condition_keys(report.model_dump()), kinds))
+    available = {k: parse_available(v) for k, v in wanted.items() if isinstance(v, str)}
     for run in runs:
         run_dir = out / "runs" / run.id
         if not (run_dir / "run.json").exists():
             continue
-        path = run_dir / CONDITIONS_FILE
+        path, router_path = run_dir / CONDITIONS_FILE, run_dir / ROUTER_FILE
         have = read_json_file(path, "condition scores") if path.exists() else {}
         todo = {k: v for k, v in wanted.items() if k not in have}
-        if not todo:
+        router = read_json_file(router_path, "router weights") if router_path.exists() else {}
+        weights = router.get("weights", {}) if isinstance(router, dict) else {}
+        router_todo = [] if weights is None else [v for k, v in available.items() if k not in weights]
+        if not todo and not router_todo:
             continue
         predictor = load(run_dir)
         for key, what in todo.items():
             if isinstance(what, str):
-                have[key] = predictor.evaluate(split, available=parse_available(what))
+                have[key] = predictor.evaluate(split, available=available[key])
             elif what[0] == "p":
                 have[key] = predictor.evaluate(mrms(split, float(what[1]), seed=run.seed))
             else:  # the same masks for every model of a seed: the generator depends on the seed and r only
                 rng = np.random.default_rng([run.seed, int(round(what[1] * 1000)), 4241])
                 have[key] = predictor.evaluate(with_availability(split, random_availability(len(split), what[1], rng)))
-        write_json_atomic(path, have)
+        if todo:
+            write_json_atomic(path, have)
+        if router_todo:
+            shift = router_weights_by_condition(predictor.model, split, device=predictor.device,
+                                                conditions=router_todo)
+            write_json_atomic(router_path, {"weights": {**weights, **shift} if shift else None})
 
 
 def _progress_bar(enabled: bool):
@@ -368,6 +382,7 @@ def aggregate(out_dir: str | Path) -> list[dict[str, Any]]:
             values = _flatten(info.get("metrics", {}))
             values.update(_flatten(info.get("select_metrics", {}), "select."))
             values.update(_condition_values(out / planned["dir"], exp))
+            values.update(_router_values(out / planned["dir"], exp))
             runs.append({**planned, "values": values, "family": info.get("family"),
                          "params": parameter_count(info["model_name"], info["model_config"]),
                          # one class predicted for every sample of the reported split (trainer's check)
@@ -417,6 +432,17 @@ def _condition_values(run_dir: Path, exp: dict[str, Any]) -> dict[str, float | N
         # area under F1(r) over the rates given, divided by their span: a mean F1 across missing rates
         out["cond.auc_f1"] = float(np.trapezoid(points, rates) / (rates[-1] - rates[0]))
     return out
+
+
+def _router_values(run_dir: Path, exp: dict[str, Any]) -> dict[str, float | None]:
+    """A run's mean router weights per availability condition of the spec, flattened as router.{l,a}.text
+    (none for a model without a router, or before the runner scored the conditions)."""
+    path = run_dir / ROUTER_FILE
+    if not path.exists() or not (exp.get("report") or {}).get("conditions"):
+        return {}
+    weights = read_json_file(path, "router weights")
+    weights = weights.get("weights") if isinstance(weights, dict) else None
+    return _flatten(weights, "router.") if isinstance(weights, dict) else {}
 
 
 def _num(x: Any, digits: int | None = None) -> str:
@@ -480,7 +506,52 @@ def _markdown(exp: dict[str, Any], rows: list[dict], n_finished: int) -> str:
                               for g in flagged) + "."]
     if report.get("slope_over"):
         lines += ["", *_slopes(rows, report["slope_over"], grid_keys, scheme.slope_keys)]
+    conditions = [k for k in condition_keys(report) if k.startswith("{")]
+    if conditions:
+        lines += _per_class_by_condition(rows, conditions, scheme, grid_keys)
+        lines += _router_by_condition(rows, conditions, grid_keys)
     return "\n".join(lines) + "\n"
+
+
+def _per_class_by_condition(rows: list[dict], conditions: list[str], scheme, grid_keys: list[str]) -> list[str]:
+    """CUMDF Table 2's layout for a scheme with per-class F1 (categorical): per availability condition and
+    row, each class's F1 and the weighted F1 (mean ± std over seeds)."""
+    per_class = [(title, key) for title, key in scheme.columns if key.startswith("f1_")]
+    if not per_class:
+        return []
+    columns = [*per_class, ("W-F1", scheme.f1_key)]
+    lines = ["", "## Per-class F1 per availability condition (l = text, a = audio, v = vision)", "",
+             "| " + " | ".join(["Condition", "Run", *grid_keys, *[t for t, _ in columns]]) + " |",
+             "|" + "|".join(["---"] * 2 + ["---:"] * (len(grid_keys) + len(columns))) + "|"]
+    for cond in conditions:
+        for g in rows:
+            cells = [cond, g["row"], *[_num(g["grid"][k]) for k in grid_keys],
+                     *[format_mean_std(g["mean"].get(f"cond.{cond}.{key}"), g["std"].get(f"cond.{cond}.{key}"))
+                       for _, key in columns]]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _router_by_condition(rows: list[dict], conditions: list[str], grid_keys: list[str]) -> list[str]:
+    """Rows whose model has a router: its mean weight per modality under each availability condition."""
+    from affectus.data.types import MODALITIES
+
+    routed = [g for g in rows if any(k.startswith("router.") and v is not None for k, v in g["mean"].items())]
+    if not routed:
+        return []
+    lines = ["", "## Router weight per availability condition", "",
+             ("Mean router weight of each modality over the scored split (mean ± std over seeds). An absent "
+              "modality's weight is what the router still gives its zero-filled input: 0 for a router that masks "
+              "absent modalities (CMC-avail), not for faithful CMC."), "",
+             "| " + " | ".join(["Run", *grid_keys, "Condition", *MODALITIES]) + " |",
+             "|" + "|".join(["---"] * (2 + len(grid_keys)) + ["---:"] * len(MODALITIES)) + "|"]
+    for g in routed:
+        for cond in conditions:
+            cells = [g["row"], *[_num(g["grid"][k]) for k in grid_keys], cond,
+                     *[format_mean_std(g["mean"].get(f"router.{cond}.{m}"), g["std"].get(f"router.{cond}.{m}"))
+                       for m in MODALITIES]]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def _grid_text(g: dict[str, Any], grid_keys: list[str]) -> str:

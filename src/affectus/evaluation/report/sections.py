@@ -135,7 +135,18 @@ def results(runs: list[Run], axes: list[str]) -> list[Block]:
 
 def _conditions(run: Run) -> dict[str, Any]:
     """RUN/conditions.json (the runner's scores under availability conditions / drop ratios / missing rates)."""
-    path = run.path / "conditions.json"
+    return _run_json(run, "conditions.json")
+
+
+def _router_shift(run: Run) -> dict[str, Any]:
+    """RUN/router_conditions.json's weights: {condition: {modality: mean router weight}}; {} without a router."""
+    weights = _run_json(run, "router_conditions.json").get("weights")
+    return weights if isinstance(weights, dict) else {}
+
+
+def _run_json(run: Run, name: str) -> dict[str, Any]:
+    """A JSON object the runner wrote into the run directory; {} when absent or unreadable."""
+    path = run.path / name
     if not path.is_file():
         return {}
     try:
@@ -157,7 +168,7 @@ def missing_modalities(page: Page, runs: list[Run], axes: list[str]) -> list[Blo
         fam = [r for r in scored if r.family == family]
         f1 = fam[0].scheme.f1_key
         keys = list(dict.fromkeys(k for r in fam for k in _conditions(r)))
-        fixed = [k for k in keys if k.startswith("{")]
+        fixed = sorted((k for k in keys if k.startswith("{")), key=_condition_order)
         rows = group_rows(fam, axes)
 
         def value(run: Run, key: str, f1: str = f1) -> float | None:
@@ -176,6 +187,7 @@ def missing_modalities(page: Page, runs: list[Run], axes: list[str]) -> list[Blo
                 lines.append(cells)
             blocks += [heading(f"F1 per availability condition ({family}; l = text, a = audio, v = vision)"),
                        table(["row", "n", *fixed, "average"], lines, left=1)]
+            blocks += _router_shift_table(rows, fixed, family)
         for prefix, label in (("p=", "MRMS drop ratio p"), ("r=", "random missing rate r")):
             points = sorted({float(k[2:]) for k in keys if k.startswith(prefix)})
             if len(points) < 2:
@@ -195,6 +207,41 @@ def missing_modalities(page: Page, runs: list[Run], axes: list[str]) -> list[Blo
             blocks.append(page.figure(name, plots.curves([panel], label, f"{family}: F1 against {label}"),
                                       f"{family}: mean ± std over seeds against {label}"))
     return blocks
+
+
+def _condition_order(name: str) -> int:
+    """Position of '{l,a}' among the 7 conditions ({l}, {a}, {v}, {l,a}, {l,v}, {a,v}, {l,a,v}): the runner
+    writes conditions.json with sorted keys, tables list them in CUMDF's order."""
+    from affectus.data.missing import CONDITIONS, condition_name
+
+    order = [condition_name(c) for c in CONDITIONS]
+    return order.index(name) if name in order else len(order)
+
+
+def _router_shift_table(rows: list[Any], conditions: list[str], family: str) -> list[Block]:
+    """For rows whose model has a router: the mean weight per modality under each availability condition
+    (mean ± std over seeds); empty when no row has one."""
+    from affectus.data.types import MODALITIES
+
+    lines = []
+    for row in rows:
+        shifts = [_router_shift(r) for r in row.runs]
+        if not any(shifts):
+            continue
+        for cond in conditions:
+            cells: list[Any] = [row.row, cond]
+            for m in MODALITIES:
+                vals = [(s.get(cond) or {}).get(m) for s in shifts]
+                cells.append(fmt(*mean_std([float(v) for v in vals if is_number(v)])))
+            cells.append(sum(cond in s for s in shifts))
+            lines.append(cells)
+    if not lines:
+        return []
+    return [heading(f"Router weight per availability condition ({family})"),
+            note("mean router weight of each modality over the scored split, mean ± std over seeds; an absent "
+                 "modality's weight is what the router still gives its zero-filled input (0 for a router that "
+                 "masks absent modalities, e.g. CMC-avail)"),
+            table(["row", "condition", *MODALITIES, "n"], lines, left=2)]
 
 
 # ============================================================================ curves over a grid axis
