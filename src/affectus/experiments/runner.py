@@ -45,8 +45,23 @@ def cpu_cores() -> int:
 
 
 def _comparable(config: dict[str, Any]) -> str:
-    """A config as JSON, without what does not change results (threads: set per worker)."""
+    """A config as JSON, without what does not change results (threads: set per worker), and with the
+    defaults of keys added to the config since a run was trained filled in, so such a run still matches."""
+    import dataclasses
+
+    from affectus.models.registry import get_model_entry
+    from affectus.training.config import ResolvedConfig
+
     d = json.loads(json.dumps(config))
+    try:
+        model = dict(d.get("model") or {})
+        d = ResolvedConfig.from_dict(d).to_dict()
+        for f in dataclasses.fields(get_model_entry(d["model_name"]).config_cls):
+            if f.name not in model and f.default is not dataclasses.MISSING:
+                model[f.name] = f.default
+        d["model"] = json.loads(json.dumps(model))
+    except (AffectusError, KeyError, TypeError):
+        pass  # a config that does not parse is compared as it is (and will not match)
     d.get("train", {}).pop("threads", None)
     return json.dumps(d, sort_keys=True)
 

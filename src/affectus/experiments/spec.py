@@ -293,8 +293,9 @@ def _report(doc: Doc, report: ReportSpec, grid: dict[str, list[Any]]) -> None:
 
 
 def slugify(text: str) -> str:
-    """'w/o PLGM' -> 'w-o-plgm': lower case, runs of other characters -> '-'."""
-    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-") or "run"
+    """'w/o PLGM' -> 'w-o-plgm', 'CMC+' -> 'cmc-plus': lower case, '+' spelt out (CMC+ is not CMC), runs of
+    other characters -> '-'."""
+    return re.sub(r"[^a-z0-9.]+", "-", text.lower().replace("+", "-plus")).strip("-") or "run"
 
 
 def _value_text(value: Any) -> str:
