@@ -20,6 +20,7 @@ import pytest
 
 from affectus.data.mmsa import load_dataset
 from affectus.errors import AffectusError
+from affectus.inference.extract.asr import MoonshineConfig
 from affectus.inference.extract.audio import LibrosaConfig, OpenSmileConfig
 from affectus.inference.extract.base import MediaError
 from affectus.inference.extract.dataset import MediaConfig, read_label_csv
@@ -96,6 +97,12 @@ def test_configs_round_trip_through_json(tmp_path: Path) -> None:
     again = MediaConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg and again.media_digest() == cfg.media_digest()
     assert MediaConfig().media_digest() != cfg.media_digest()  # a changed setting never reuses the cache
+    with_asr = MediaConfig(asr=MoonshineConfig())
+    assert MediaConfig.from_dict(json.loads(json.dumps(with_asr.to_dict()))) == with_asr
+    assert with_asr.media_digest() == MediaConfig().media_digest()  # text side: the audio/vision cache still serves
+    assert MediaConfig.from_dict({k: v for k, v in MediaConfig().to_dict().items() if k != "asr"}).asr is None
+    with pytest.raises(AffectusError, match="bad MoonshineConfig"):
+        MediaConfig.from_dict({"asr": {"kind": "moonshine", "model": "tiny-xx"}})
     HaarFaceConfig(min_neighbors=3).save(tmp_path / "v.json")
     assert HaarFaceConfig.load(tmp_path / "v.json").min_neighbors == 3
     (tmp_path / "bad.json").write_text('{"kind": "haar_face", "min_neighbours": 3}')
@@ -360,6 +367,8 @@ def test_config_of_an_earlier_dataset_extracts_the_same_way(
     (tmp_path / "bad.json").write_text('{"decode": {"fps": -1}}')
     rc, _, err = cli(*args, "--out", tmp_path / "x.npz", "--config", tmp_path / "bad.json")
     assert rc == 2 and "bad.json: bad DecodeConfig" in err
+    rc, _, err = cli(*args, "--out", tmp_path / "x.npz", "--asr", "whisper")
+    assert rc == 2 and "--asr must be none or one of moonshine, not 'whisper'" in err
     (tmp_path / "junk.json").write_text("{not json")
     rc, _, err = cli(*args, "--out", tmp_path / "x.npz", "--config", tmp_path / "junk.json")
     assert rc == 2 and "junk.json: not a readable JSON config" in err

@@ -64,7 +64,7 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
         return JSONResponse({"error": str(err)}, status_code=err.status)
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:  # async: nothing here blocks, so no trip through the thread pool
         return {"status": "ok", "model": predictor.model_name, "variant": predictor.info.get("variant"),
                 "scheme": predictor.scheme.name, "classes": list(predictor.scheme.class_names),
                 "clips": isinstance(predictor.info.get("extraction"), dict)}
@@ -91,9 +91,11 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
         if not is_npz and not slots.acquire(blocking=False):
             raise _Refused(429, f"{limits.max_concurrent} clip extraction(s) already running; retry shortly")
         try:
-            args = (predictor, data, name, transcript) if is_npz else (idle, predictor, data, name, transcript, limits)
-            work = _predict_npz if is_npz else _predict_clip
-            return await asyncio.wait_for(asyncio.to_thread(work, *args), timeout=limits.timeout_s)
+            if is_npz:
+                job = asyncio.to_thread(_predict_npz, predictor, data, name, transcript)
+            else:
+                job = asyncio.to_thread(_predict_clip, idle, predictor, data, name, transcript, limits)
+            return await asyncio.wait_for(job, timeout=limits.timeout_s)
         except asyncio.TimeoutError:
             raise _Refused(504, f"prediction took longer than {limits.timeout_s:g} s") from None
         except AffectusError as err:
@@ -123,8 +125,8 @@ def _predict_npz(predictor: Any, data: bytes, name: str, transcript: str | None)
     return {"predictions": out}
 
 
-def _predict_clip(idle: queue.SimpleQueue[Any], predictor: Any, data: bytes, name: str, transcript: str | None,
-                  limits: Limits) -> dict[str, Any]:
+def _predict_clip(idle: queue.SimpleQueue[Any], predictor: Any, data: bytes, name: str,
+                  transcript: str | None, limits: Limits) -> dict[str, Any]:
     from affectus.inference.extract.clip import ClipPredictor
     from affectus.inference.extract.decode import DecodeConfig, Decoder
 

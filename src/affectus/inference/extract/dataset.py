@@ -16,6 +16,7 @@ length 0 in the failed modality (`zero`); never silently.
 Text: the transcript from label.csv goes to `raw_text`; `text` holds its sentence embedding from the
 text encoder of `inference/extract/text.py` (`--text-encoder`: the packaged MiniLM by default, a local
 BERT folder, or `hashed`, the hashed-word placeholder of `hashed_text.py` for machines without it).
+With `asr` in the config, a row whose transcript is empty gets one from speech recognition (`asr.py`).
 """
 
 from __future__ import annotations
