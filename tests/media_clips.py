@@ -98,3 +98,30 @@ GOOD = [
     ClipSpec("v2", "0001", "What a great and happy day.", 0.6, "valid"),
     ClipSpec("v3", "0001", "This is sad and terrible.", -0.6, "test"),
 ]
+
+
+def media_run(root: Path, asr: bool = False) -> Path:
+    """A run that predicts clips, made in seconds without extracting any: random features of the widths
+    the default extractors give (openSMILE 25, Haar faces 152, hashed words 64) plus the `FILE.extract.json`
+    that records those extractors, trained for one epoch (late fusion). Its verdicts mean nothing; it
+    carries the extraction record, so `predict` / `serve` put a clip through the real extractors (with
+    `asr`, speech recognition too, for clips given without a transcript)."""
+    import json
+
+    from affectus.cli import main
+    from affectus.data.mmsa import dataset_from_raw, write_npz
+    from affectus.data.synthetic import SynthConfig, generate
+    from affectus.inference.extract.asr import MoonshineConfig
+    from affectus.inference.extract.dataset import MediaConfig
+
+    root.mkdir(parents=True, exist_ok=True)
+    raw = generate(SynthConfig(n_train=24, n_valid=8, n_test=8, seed=3, seq_lens={"text": 6, "audio": 20, "vision": 8},
+                               dims={"text": 64, "audio": 25, "vision": 152}))
+    feats = root / "media.npz"
+    write_npz(dataset_from_raw(raw), feats)
+    record = {"extractors": MediaConfig(text_encoder="hashed", asr=MoonshineConfig() if asr else None).to_dict(), "text_features": "hashed words"}
+    (root / "media.npz.extract.json").write_text(json.dumps(record), encoding="utf-8")
+    run = root / "run"
+    assert main(["train", "--data", str(feats), "--model", "late_fusion", "--out", str(run), "--set", "train.epochs=1",
+                 "--set", "train.batch_size=8", "--threads", "1", "--quiet"]) == 0
+    return run

@@ -3,6 +3,7 @@ upload a features file, press Predict, see the verdicts, no console errors."""
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -52,4 +53,73 @@ def test_upload_shows_the_verdict_without_console_errors(server):
         browser.close()
     assert len(verdicts) == 20 and all(v.split(": ")[1].split(" ")[0] in ("negative", "neutral", "positive")
                                        for v in verdicts)
+    assert errors == []
+
+
+@pytest.fixture(scope="module")
+def clip_server(tmp_path_factory):
+    """A served run that predicts clips (media_clips.media_run), and a clip with a face."""
+    from media_clips import ClipSpec, make_clip, media_run, missing_tools
+
+    if missing_tools():
+        pytest.skip(f"media tools missing: {', '.join(missing_tools())}")
+    from affectus.inference.service import create_app
+
+    root = tmp_path_factory.mktemp("browser-clips")
+    run = media_run(root)
+    clip = root / "face.mp4"
+    make_clip(ClipSpec("b", "face", "What a wonderful day.", 0.7, "test"), clip)
+    with served_on_loopback(create_app(run)) as url:
+        yield {"url": f"{url}/", "clip": clip}
+
+
+def _page(pw, errors: list[str], args: tuple[str, ...] = ()):
+    browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", *args])
+    page = browser.new_page()
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    return browser, page
+
+
+def test_clip_upload_shows_face_thumbnails(clip_server):
+    errors: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        browser, page = _page(pw, errors)
+        page.goto(clip_server["url"])
+        page.set_input_files("#file", str(clip_server["clip"]))
+        page.click("button[type=submit]")
+        page.wait_for_selector("h2.verdict", timeout=60_000)
+        faces = page.locator("img.face")
+        n = faces.count()
+        # each thumbnail is a decoded 64 x 64 picture (naturalWidth is 0 for an image that failed to load)
+        sizes = [faces.nth(i).evaluate("img => [img.naturalWidth, img.naturalHeight]") for i in range(n)]
+        browser.close()
+    assert 1 <= n <= 4 and sizes == [[64, 64]] * n
+    assert errors == []
+
+
+def test_record_a_clip_in_the_page(clip_server):
+    """Record ~2 s from Chromium's fake camera and microphone (a test pattern and a beep; no face in it),
+    upload it as WebM, and see the verdict: from the audio alone, as the pattern has no face."""
+    errors: list[str] = []
+    fake = ("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream")
+    with sync_api.sync_playwright() as pw:
+        browser, page = _page(pw, errors, fake)
+        page.goto(clip_server["url"])
+        page.click("#record")
+        page.wait_for_function("document.getElementById('rec-status').textContent === 'recording...'",
+                               timeout=10_000)
+        page.wait_for_timeout(2_000)
+        page.click("#record")  # stop: the recording is sent
+        page.wait_for_selector("h2.verdict", timeout=60_000)
+        verdict = page.locator("h2.verdict").inner_text()
+        status = page.locator("#rec-status").inner_text()
+        text = page.locator("#out").inner_text()
+        browser.close()
+    assert verdict.startswith("recording.webm: ") and verdict.split(": ")[1].split(" ")[0] in (
+        "negative", "neutral", "positive")
+    frames = re.search(r"frames (\d+), with a face (\d+)", text)
+    # frames of the WebM were decoded (fewer than 10 fps x 2 s: a busy headless camera drops some); no face in the pattern
+    assert status.startswith("recorded ") and frames and int(frames[1]) >= 3 and frames[2] == "0"
+    assert "\naudio" in text and "\nvision" not in text  # audio's own call is shown, vision is absent
     assert errors == []

@@ -20,6 +20,7 @@ import pytest
 
 from affectus.data.mmsa import load_dataset
 from affectus.errors import AffectusError
+from affectus.inference.extract.asr import MoonshineConfig
 from affectus.inference.extract.audio import LibrosaConfig, OpenSmileConfig
 from affectus.inference.extract.base import MediaError
 from affectus.inference.extract.dataset import MediaConfig, read_label_csv
@@ -96,6 +97,12 @@ def test_configs_round_trip_through_json(tmp_path: Path) -> None:
     again = MediaConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg and again.media_digest() == cfg.media_digest()
     assert MediaConfig().media_digest() != cfg.media_digest()  # a changed setting never reuses the cache
+    with_asr = MediaConfig(asr=MoonshineConfig())
+    assert MediaConfig.from_dict(json.loads(json.dumps(with_asr.to_dict()))) == with_asr
+    assert with_asr.media_digest() == MediaConfig().media_digest()  # text side: the audio/vision cache still serves
+    assert MediaConfig.from_dict({k: v for k, v in MediaConfig().to_dict().items() if k != "asr"}).asr is None
+    with pytest.raises(AffectusError, match="bad MoonshineConfig"):
+        MediaConfig.from_dict({"asr": {"kind": "moonshine", "model": "tiny-xx"}})
     HaarFaceConfig(min_neighbors=3).save(tmp_path / "v.json")
     assert HaarFaceConfig.load(tmp_path / "v.json").min_neighbors == 3
     (tmp_path / "bad.json").write_text('{"kind": "haar_face", "min_neighbours": 3}')
@@ -360,19 +367,29 @@ def test_config_of_an_earlier_dataset_extracts_the_same_way(
     (tmp_path / "bad.json").write_text('{"decode": {"fps": -1}}')
     rc, _, err = cli(*args, "--out", tmp_path / "x.npz", "--config", tmp_path / "bad.json")
     assert rc == 2 and "bad.json: bad DecodeConfig" in err
+    rc, _, err = cli(*args, "--out", tmp_path / "x.npz", "--asr", "whisper")
+    assert rc == 2 and "--asr must be none or one of moonshine, not 'whisper'" in err
     (tmp_path / "junk.json").write_text("{not json")
     rc, _, err = cli(*args, "--out", tmp_path / "x.npz", "--config", tmp_path / "junk.json")
     assert rc == 2 and "junk.json: not a readable JSON config" in err
 
 
-def test_predict_a_clip_the_run_never_saw(extracted: dict[str, Path], tmp_path: Path, cli) -> None:
+@pytest.fixture(scope="module")
+def clip_run(extracted: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A late-fusion run trained (1 epoch) on the extracted test bed: it records the extractors."""
+    from affectus.cli import main
+
+    run = tmp_path_factory.mktemp("cliprun") / "run"
+    assert main(["train", "--data", str(extracted["out"]), "--model", "late_fusion", "--out", str(run),
+                 "--set", "train.epochs=1", "--set", "train.batch_size=2", "--quiet"]) == 0
+    return run
+
+
+def test_predict_a_clip_the_run_never_saw(clip_run: Path, tmp_path: Path, cli) -> None:
     """extract-dataset -> train -> `affectus predict RUN clip.mp4`: the run's recorded extractors are applied
     to a new clip; the JSON holds the verdict, each modality's call and weight, the transcript and the
     frame / face counts. A clip without a face predicts from the modalities it has."""
-    run = tmp_path / "run"
-    rc, _, err = cli("train", "--data", extracted["out"], "--model", "late_fusion", "--out", run,
-                     "--set", "train.epochs=1", "--set", "train.batch_size=2", "--quiet")
-    assert rc == 0, err
+    run = clip_run
     assert json.loads((run / "run.json").read_text())["extraction"]["extractors"]["audio"]["kind"] == "opensmile"
     clip = tmp_path / "new.mp4"
     make_clip(ClipSpec("v7", "new", "A lovely, happy surprise.", 0.7, "test"), clip)
@@ -381,27 +398,55 @@ def test_predict_a_clip_the_run_never_saw(extracted: dict[str, Path], tmp_path: 
     got = json.loads(out)
     assert got["verdict"] in ("negative", "neutral", "positive") and set(got["modalities"]) == {"text", "audio", "vision"}
     assert got["transcript"] == "A lovely, happy surprise." and got["stats"]["face_frames"] > 0
+    assert got["transcript_source"] == "given" and "thumbnails" not in got  # images only in the service
     assert got["followed"] in (None, "text", "audio", "vision")
     faceless = tmp_path / "faceless.mp4"
     make_clip(ClipSpec("v7", "faceless", "Nobody here.", 0.0, "test", face=False), faceless)
     rc, out, err = cli("predict", run, faceless, "--json")
     assert rc == 0, err
     got = json.loads(out)
-    assert set(got["modalities"]) == {"audio"}  # no face, no transcript: audio alone
+    assert set(got["modalities"]) == {"audio"}  # no face, no transcript (and no speech recognition): audio alone
     assert got["stats"]["face_frames"] == 0 and any(f["reason"] == "no_face" for f in got["failures"])
+    assert got["transcript"] is None and got["transcript_source"] is None
 
 
-def test_serve_predicts_an_uploaded_clip(extracted: dict[str, Path], tmp_path: Path, cli) -> None:
-    """POST /predict with a clip the run never saw: the same fields as `affectus predict RUN clip.mp4`."""
+def test_predict_several_clips_in_one_call(clip_run: Path, media_root: Path, tmp_path: Path, cli) -> None:
+    """`affectus predict RUN a.mp4 b.mp4 ...`: one JSON line per clip in the given order; a clip that fails
+    gets its own `error:` line and an {"id", "error"} line in its place, the others are still predicted,
+    and the exit code is 2 at the end."""
+    raw = media_root / "Raw"
+    clips = [raw / "v1" / "0001.mp4", raw / "v9" / "corrupt.mp4", tmp_path / "gone.mp4", raw / "v9" / "noface.mp4"]
+    rc, out, err = cli("predict", clip_run, *clips, "--json")
+    assert rc == 2
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [row["id"] for row in lines] == ["0001.mp4", "corrupt.mp4", "gone.mp4", "noface.mp4"]
+    assert lines[0]["stats"]["face_frames"] > 0 and set(lines[0]["modalities"]) == {"audio", "vision"}
+    assert "not a readable media file" in lines[1]["error"] and "no such clip" in lines[2]["error"]
+    assert set(lines[3]["modalities"]) == {"audio"} and "error" not in lines[3]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 3 and "corrupt.mp4" in errors[0] and "gone.mp4" in errors[1]
+    assert errors[2] == "error: 2 of 4 clip(s) failed"
+    # all good: exit 0, one line each; a features file among clips, or --transcript for several: one error line
+    rc, out, err = cli("predict", clip_run, clips[0], clips[3], "--json")
+    assert rc == 0 and len(out.splitlines()) == 2, err
+    rc, _, err = cli("predict", clip_run, clips[0], tmp_path / "feats.npz")
+    assert rc == 2 and err.splitlines()[0].startswith("error: predict: ") and "feats.npz" in err
+    rc, _, err = cli("predict", clip_run, clips[0], clips[3], "--transcript", "hello")
+    assert rc == 2 and "--transcript is for one clip, got 2 clips" in err
+
+
+def test_serve_predicts_an_uploaded_clip(clip_run: Path, media_root: Path, tmp_path: Path) -> None:
+    """POST /predict with a clip the run never saw: the same fields as `affectus predict RUN clip.mp4`, plus
+    up to 4 face thumbnails (64 px JPEGs of the detected face); a clip without a face has none."""
     pytest.importorskip("fastapi")
+    import base64
+
+    import cv2
     from fastapi.testclient import TestClient
 
     from affectus.inference.service import Limits, create_app
 
-    run = tmp_path / "run"
-    rc, _, err = cli("train", "--data", extracted["out"], "--model", "late_fusion", "--out", run,
-                     "--set", "train.epochs=1", "--set", "train.batch_size=2", "--quiet")
-    assert rc == 0, err
+    run = clip_run
     clip = tmp_path / "upload.mp4"
     make_clip(ClipSpec("v8", "up", "What a wonderful day.", 0.7, "test"), clip)
     client = TestClient(create_app(run))
@@ -411,6 +456,16 @@ def test_serve_predicts_an_uploaded_clip(extracted: dict[str, Path], tmp_path: P
     got = r.json()["predictions"][0]
     assert got["transcript"] == "What a wonderful day." and got["stats"]["face_frames"] > 0
     assert set(got["modalities"]) == {"text", "audio", "vision"}
+    thumbs = got["thumbnails"]
+    assert 1 <= len(thumbs) <= min(4, got["stats"]["face_frames"])
+    for url in thumbs:
+        head, b64 = url.split(",", 1)
+        assert head == "data:image/jpeg;base64"
+        img = cv2.imdecode(np.frombuffer(base64.b64decode(b64), np.uint8), cv2.IMREAD_COLOR)
+        assert img.shape == (64, 64, 3) and img.std() > 10  # a real picture, not a flat fill
+    r = client.post("/predict", files={"file": ("noface.mp4", (media_root / "Raw" / "v9" / "noface.mp4").read_bytes())})
+    assert r.status_code == 200, r.text
+    assert r.json()["predictions"][0]["thumbnails"] == []
     short = TestClient(create_app(run, Limits(max_clip_s=0.1)))
     r = short.post("/predict", files={"file": ("upload.mp4", clip.read_bytes())})
     assert r.status_code == 413 and "longer than" in r.json()["error"]

@@ -96,6 +96,10 @@ def extract_dataset(
         str, typer.Option("--text-encoder", help="minilm (packaged, offline), a local BERT folder, or hashed "
                                                  "(a placeholder needing no text extra)")
     ] = "minilm",
+    asr: Annotated[
+        str, typer.Option("--asr", help="speech recognition for clips with an empty transcript: none, or moonshine "
+                                        "(packaged English model; the asr extra)")
+    ] = "none",
     config: Annotated[
         Path | None,
         typer.Option(
@@ -119,6 +123,7 @@ def extract_dataset(
     import dataclasses
     import json
 
+    from affectus.inference.extract.asr import ASR_KINDS, MoonshineConfig
     from affectus.inference.extract.dataset import AUDIO_KINDS, MediaConfig, build_dataset
     from affectus.utils.executors import Executor, LocalExecutor, RayExecutor
 
@@ -133,6 +138,8 @@ def extract_dataset(
     else:
         if audio not in AUDIO_KINDS:
             raise AffectusError(f"--audio must be one of {', '.join(AUDIO_KINDS)}, not {audio!r}")
+        if asr not in ("none", *ASR_KINDS):
+            raise AffectusError(f"--asr must be none or one of {', '.join(ASR_KINDS)}, not {asr!r}")
         try:
             base = MediaConfig()
             media = MediaConfig(
@@ -140,6 +147,7 @@ def extract_dataset(
                 audio=AUDIO_KINDS[audio][0](),
                 vision=base.vision,
                 text_encoder=text_encoder,
+                asr=MoonshineConfig() if asr == "moonshine" else None,
             )
         except ValueError as err:
             raise AffectusError(f"extract-dataset: {err}") from None

@@ -4,11 +4,16 @@ For each sample: the verdict and class probabilities, the label scheme's Acc2 ca
 the model regresses), each present modality's own prediction and router weight, which modality the
 consensus followed, and the transcript. A clip (mp4, webm, wav, ...) is extracted with the extractors the
 run's training features were made with (recorded in run.json), plus frame and face counts.
+
+Several clips in one call (`affectus predict RUN a.mp4 b.webm ...`) share one load of the run and of the
+extractors. A clip that fails does not stop the others: it gets an `error:` line on stderr (and, with
+--json, a `{"id": ..., "error": ...}` line in its place on stdout), and the command exits 2 at the end.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -25,7 +30,8 @@ _CLIP_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".wav", ".mp3", ".fla
 @app.command()
 def predict(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="a finished run directory")],
-    data: Annotated[str, typer.Argument(metavar="DATA", help="a features file (MMSA pickle / .npz) or synth:PRESET")],
+    data: Annotated[list[str], typer.Argument(
+        metavar="DATA...", help="a features file (MMSA pickle / .npz), synth:PRESET, or one or more clips")],
     split: Annotated[str | None, typer.Option("--split", help="the split to predict (default: the run's evaluation split)")] = None,
     available: Annotated[str | None, typer.Option(
         "--available", help="predict with only these modalities present, e.g. text,audio or l,a")] = None,
@@ -33,28 +39,30 @@ def predict(
     limit: Annotated[int, typer.Option("--limit", min=1, help="at most this many samples in the table (not JSON)")] = 20,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help=TRUST_PICKLE_HELP)] = False,
     transcript: Annotated[str | None, typer.Option(
-        "--transcript", help="a clip's transcript (speech recognition is not built yet: without it, text is absent)")] = None,
+        "--transcript", help="the transcript of a single clip (without it: speech recognition where the run's "
+                             "extraction used it, else text is absent)")] = None,
 ) -> None:
     """Explained verdicts for the samples of DATA: verdict, probabilities, each modality's call and weight."""
     from affectus.data.load import open_data
     from affectus.inference.predictor import load
 
+    clips = [d for d in data if Path(d).suffix.lower() in _CLIP_SUFFIXES]
+    if (clips and len(clips) != len(data)) or (not clips and len(data) > 1):
+        other = next(d for d in data if d not in clips) if clips else data[1]
+        raise AffectusError(f"predict: {other}: give one features file, or clips only ({', '.join(_CLIP_SUFFIXES)})")
+    if transcript is not None and len(clips) > 1:
+        raise AffectusError(f"predict: --transcript is for one clip, got {len(clips)} clips")
     predictor = load(run_dir)
-    if Path(data).suffix.lower() in _CLIP_SUFFIXES:
-        from affectus.inference.extract.clip import predict_clip
-
-        row = predict_clip(predictor, data, transcript)
-        if as_json:
-            print(json.dumps(row, ensure_ascii=False))
-        else:
-            Console().print_json(json.dumps(row, ensure_ascii=False))
+    if clips:
+        _predict_clips(predictor, clips, transcript, as_json)
         return
+    source = data[0]
     recorded = predictor.info.get("config")
     preset = recorded.get("preset") if isinstance(recorded, dict) else None
-    ds, _ = open_data(data, preset, trust_pickle=trust_pickle)
+    ds, _ = open_data(source, preset, trust_pickle=trust_pickle)
     name = split or predictor.info.get("metrics_split", "test")
     if name not in ds:
-        raise AffectusError(f"{data}: no split '{name}' (has {', '.join(ds.splits)})")
+        raise AffectusError(f"{source}: no split '{name}' (has {', '.join(ds.splits)})")
     samples = ds[name]
     pred = predictor.predict(samples, available=available)
     rows = []
@@ -67,7 +75,7 @@ def predict(
         for row in rows:
             print(json.dumps(row, ensure_ascii=False))
         return
-    table = Table(title=f"{run_dir} on {data} ({name}, {len(rows)} samples)")
+    table = Table(title=f"{run_dir} on {source} ({name}, {len(rows)} samples)")
     for col in ("id", "verdict", "p", "followed", "modalities (prediction @ weight)", "transcript"):
         table.add_column(col)
     for row in rows[:limit]:
@@ -76,3 +84,28 @@ def predict(
         table.add_row(row["id"], row["verdict"], f"{row['probabilities'][row['verdict']]:.2f}",
                       str(row.get("followed") or "-"), mods, (row.get("transcript") or "")[:40])
     Console().print(table)
+
+
+def _predict_clips(predictor: object, clips: list[str], transcript: str | None, as_json: bool) -> None:
+    """Every clip predicted in order; a failing clip is reported and skipped, exit 2 at the end if any failed."""
+    from affectus.inference.extract.clip import ClipPredictor
+
+    explain = ClipPredictor(predictor)  # one load of the extractors (and text encoder) for all clips
+    console = Console()
+    failed = 0
+    for clip in clips:
+        try:
+            row = explain(clip, transcript)
+        except AffectusError as err:
+            failed += 1
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            if as_json:
+                print(json.dumps({"id": Path(clip).name, "path": clip, "error": str(err)}, ensure_ascii=False))
+            continue
+        if as_json:
+            print(json.dumps(row, ensure_ascii=False), flush=True)
+        else:
+            console.print_json(json.dumps(row, ensure_ascii=False))
+    if failed:
+        print(f"error: {failed} of {len(clips)} clip(s) failed", file=sys.stderr)
+        raise typer.Exit(2)

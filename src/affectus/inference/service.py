@@ -3,7 +3,8 @@
     GET  /          a page: upload a clip (or a features .npz), see the verdict and each modality's call
     GET  /health    {"status": "ok", model, variant, scheme, classes}
     POST /predict   multipart `file` (+ optional `transcript`): a clip (mp4 / webm / wav ...) or an affectus
-                    features .npz; never a pickle. Returns {"predictions": [explanation, ...]}.
+                    features .npz; never a pickle. Returns {"predictions": [explanation, ...]}; a clip's
+                    explanation carries up to 4 face thumbnails (64 px JPEG data URLs).
     GET  /docs      OpenAPI docs (FastAPI's own)
 
 Limits, each a 4xx with a JSON {"error": ...}: the upload size (413), pickles and unknown types (415),
@@ -13,6 +14,7 @@ takes longer than the timeout (504). Uploads live in a temporary folder removed 
 
 
 import asyncio
+import queue
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ class Limits:
     max_clip_s: float = 60.0
     max_concurrent: int = 2  # clip extractions at once (each decodes video and runs the extractors)
     timeout_s: float = 120.0
+    thumbnails: int = 4  # face crops returned per clip (64 px JPEGs)
 
 
 class _Refused(Exception):
@@ -51,6 +54,9 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
     limits = limits or Limits()
     predictor = load(run_dir)
     slots = threading.BoundedSemaphore(limits.max_concurrent)
+    # built extractors, reused across requests: at most max_concurrent exist, one per running extraction
+    # (an extractor is used by one thread at a time)
+    idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
     app = FastAPI(title="affectus", description=f"Multimodal emotion recognition: run {Path(run_dir).name}")
 
     @app.exception_handler(_Refused)
@@ -58,7 +64,7 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
         return JSONResponse({"error": str(err)}, status_code=err.status)
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:  # async: nothing here blocks, so no trip through the thread pool
         return {"status": "ok", "model": predictor.model_name, "variant": predictor.info.get("variant"),
                 "scheme": predictor.scheme.name, "classes": list(predictor.scheme.class_names),
                 "clips": isinstance(predictor.info.get("extraction"), dict)}
@@ -85,9 +91,11 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
         if not is_npz and not slots.acquire(blocking=False):
             raise _Refused(429, f"{limits.max_concurrent} clip extraction(s) already running; retry shortly")
         try:
-            work = _predict_npz if is_npz else _predict_clip
-            return await asyncio.wait_for(asyncio.to_thread(work, predictor, data, name, transcript, limits),
-                                          timeout=limits.timeout_s)
+            if is_npz:
+                job = asyncio.to_thread(_predict_npz, predictor, data, name, transcript)
+            else:
+                job = asyncio.to_thread(_predict_clip, idle, predictor, data, name, transcript, limits)
+            return await asyncio.wait_for(job, timeout=limits.timeout_s)
         except asyncio.TimeoutError:
             raise _Refused(504, f"prediction took longer than {limits.timeout_s:g} s") from None
         except AffectusError as err:
@@ -99,7 +107,7 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
     return app
 
 
-def _predict_npz(predictor: Any, data: bytes, name: str, transcript: str | None, limits: Limits) -> dict[str, Any]:
+def _predict_npz(predictor: Any, data: bytes, name: str, transcript: str | None) -> dict[str, Any]:
     from affectus.data.mmsa import load_dataset
 
     with tempfile.TemporaryDirectory(prefix="affectus-serve-") as tmp:
@@ -117,8 +125,9 @@ def _predict_npz(predictor: Any, data: bytes, name: str, transcript: str | None,
     return {"predictions": out}
 
 
-def _predict_clip(predictor: Any, data: bytes, name: str, transcript: str | None, limits: Limits) -> dict[str, Any]:
-    from affectus.inference.extract.clip import predict_clip
+def _predict_clip(idle: queue.SimpleQueue[Any], predictor: Any, data: bytes, name: str,
+                  transcript: str | None, limits: Limits) -> dict[str, Any]:
+    from affectus.inference.extract.clip import ClipPredictor
     from affectus.inference.extract.decode import DecodeConfig, Decoder
 
     with tempfile.TemporaryDirectory(prefix="affectus-serve-") as tmp:
@@ -127,4 +136,11 @@ def _predict_clip(predictor: Any, data: bytes, name: str, transcript: str | None
         duration = Decoder(DecodeConfig()).probe(path).get("duration_s") or 0.0
         if duration > limits.max_clip_s:
             raise _Refused(413, f"clip of {duration:.1f} s, longer than the {limits.max_clip_s:g} s limit")
-        return {"predictions": [predict_clip(predictor, path, transcript)]}
+        try:
+            explain = idle.get_nowait()
+        except queue.Empty:
+            explain = ClipPredictor(predictor, thumbnails=limits.thumbnails)
+        try:
+            return {"predictions": [explain(path, transcript)]}
+        finally:
+            idle.put(explain)

@@ -3,7 +3,8 @@
 The run records the extractors of its features file (`run.json` "extraction", from `FILE.extract.json`),
 so the clip goes through the same decoder, audio and face extractors and the same text encoder. A modality
 the clip does not yield (no audio track, no face in any frame, no transcript) is absent: zeros, length 0,
-marked in the availability mask, and left out of the explanation; it is never filled with a guess.
+marked in the availability mask, and left out of the explanation; it is never filled with a guess. A clip
+without a transcript is transcribed by speech recognition when the run's extraction used it (`asr`).
 """
 
 from __future__ import annotations
@@ -17,48 +18,96 @@ from affectus.data.types import MODALITIES, Split
 from affectus.errors import AffectusError
 
 
-def predict_clip(predictor: Any, path: str | Path, transcript: str | None = None) -> dict[str, Any]:
-    """{id, verdict, probabilities, acc2, modalities, followed, transcript, stats, failures} for one clip."""
-    from affectus.inference.extract.dataset import MediaConfig, MediaPipeline, check_modules
-    from affectus.inference.extract.hashed_text import HashedWordsExtractor
+class ClipPredictor:
+    """The run's extractors, built once, and `__call__(path, transcript)` -> one clip's explained verdict.
 
-    path = Path(path)
-    record = predictor.info.get("extraction")
-    if not isinstance(record, dict) or not isinstance(record.get("extractors"), dict):
-        raise AffectusError(f"{predictor.run_dir}: the run was not trained on features from `affectus "
-                            f"extract-dataset`, so it does not know how to extract a clip; predict a features file")
-    if not path.is_file():
-        raise AffectusError(f"file {path}: no such clip")
-    config = MediaConfig.from_dict(record["extractors"], source=f"{predictor.run_dir}/run.json")
-    check_modules(config)
-    result = MediaPipeline(config)(path)
-    feats: dict[str, np.ndarray | None] = {"audio": result["audio"], "vision": result["vision"], "text": None}
-    if transcript is not None and transcript.strip():
-        text_inputs = record.get("text_features")
-        if isinstance(text_inputs, dict):
+    `thumbnails` > 0 adds up to that many face crops (`thumbnail_px` square JPEGs as data URLs), spread
+    over the clip's face frames, so a person can see which face the vision features describe.
+    """
+
+    def __init__(self, predictor: Any, thumbnails: int = 0, thumbnail_px: int = 64) -> None:
+        from affectus.inference.extract.dataset import MediaConfig, MediaPipeline, check_modules
+
+        record = predictor.info.get("extraction")
+        if not isinstance(record, dict) or not isinstance(record.get("extractors"), dict):
+            raise AffectusError(f"{predictor.run_dir}: the run was not trained on features from `affectus "
+                                f"extract-dataset`, so it does not know how to extract a clip; predict a features file")
+        self.predictor = predictor
+        self.config = MediaConfig.from_dict(record["extractors"], source=f"{predictor.run_dir}/run.json")
+        check_modules(self.config)
+        self.pipeline = MediaPipeline(self.config)
+        self.thumbnails, self.thumbnail_px = thumbnails, thumbnail_px
+        self._text_record = record.get("text_features")
+        self._encoder: Any = None
+
+    def _text(self, transcript: str, where: str) -> np.ndarray:
+        """(L, D) text features of the transcript, made as the run's training text was."""
+        if not isinstance(self._text_record, dict):
+            from affectus.inference.extract.hashed_text import HashedWordsExtractor
+
+            return HashedWordsExtractor(self.config.text)(transcript)
+        if self._encoder is None:
             from affectus.inference.extract.text import text_encoder_from_record
 
-            encoder = text_encoder_from_record(text_inputs["text_encoder"])
-            feats["text"] = encoder.sentence_embeddings([transcript], where=f"transcript of {path}")  # (1, D)
+            self._encoder = text_encoder_from_record(self._text_record["text_encoder"])
+        return self._encoder.sentence_embeddings([transcript], where=where)  # (1, D)
+
+    def __call__(self, path: str | Path, transcript: str | None = None) -> dict[str, Any]:
+        """{id, verdict, probabilities, acc2, modalities, followed, transcript, transcript_source, stats,
+        failures[, thumbnails]} for one clip."""
+        path = Path(path)
+        if not path.is_file():
+            raise AffectusError(f"file {path}: no such clip")
+        given = transcript is not None and bool(transcript.strip())
+        # speech recognition only where no transcript was given, and only if the run's extraction had it
+        result = self.pipeline(path, thumbnails=self.thumbnails, transcribe=not given)
+        if not given and result.get("transcript"):
+            transcript, source = result["transcript"], "asr"
         else:
-            feats["text"] = HashedWordsExtractor(config.text)(transcript)
-    arrays: dict[str, np.ndarray] = {}
-    present = np.zeros((1, 3), dtype=bool)
-    for k, m in enumerate(MODALITIES):
-        dim = predictor.dims[m]
-        f = feats[m]
-        if f is not None and f.shape[0] > 0:
-            if f.shape[1] != dim:
-                raise AffectusError(f"{path}: {m} features of width {f.shape[1]}, the run expects {dim}")
-            arrays[m] = f.astype(np.float32)[None]  # (1, L, D)
-            present[0, k] = True
-        else:
-            arrays[m] = np.zeros((1, 1, dim), np.float32)  # absent: zeros, length 0
-    if not present.any():
-        raise AffectusError(f"{path}: no modality could be extracted ({'; '.join(f['detail'] for f in result['failures'])})")
-    lengths = {f"{m}_lengths": np.array([arrays[m].shape[1] if present[0, k] else 0]) for k, m in enumerate(MODALITIES)}
-    split = Split(name="clip", **arrays, **lengths, labels=np.zeros(1, np.float32), ids=[path.stem],
-                  raw_text=[transcript or ""], available=present)
-    pred = predictor.predict(split)
-    return {"id": path.name, **pred.explain(0), "transcript": transcript,
-            "stats": result["stats"], "failures": result["failures"]}
+            source = "given" if given else None
+        predictor = self.predictor
+        feats: dict[str, np.ndarray | None] = {"audio": result["audio"], "vision": result["vision"], "text": None}
+        if source is not None:
+            feats["text"] = self._text(transcript, where=f"transcript of {path}")
+        arrays: dict[str, np.ndarray] = {}
+        present = np.zeros((1, 3), dtype=bool)
+        for k, m in enumerate(MODALITIES):
+            dim = predictor.dims[m]
+            f = feats[m]
+            if f is not None and f.shape[0] > 0:
+                if f.shape[1] != dim:
+                    raise AffectusError(f"{path}: {m} features of width {f.shape[1]}, the run expects {dim}")
+                arrays[m] = f.astype(np.float32)[None]  # (1, L, D)
+                present[0, k] = True
+            else:
+                arrays[m] = np.zeros((1, 1, dim), np.float32)  # absent: zeros, length 0
+        if not present.any():
+            raise AffectusError(f"{path}: no modality could be extracted "
+                                f"({'; '.join(f['detail'] for f in result['failures'])})")
+        lengths = {f"{m}_lengths": np.array([arrays[m].shape[1] if present[0, k] else 0])
+                   for k, m in enumerate(MODALITIES)}
+        split = Split(name="clip", **arrays, **lengths, labels=np.zeros(1, np.float32), ids=[path.stem],
+                      raw_text=[transcript or ""], available=present)
+        pred = predictor.predict(split)
+        row = {"id": path.name, **pred.explain(0), "transcript": transcript if source else None,
+               "transcript_source": source, "stats": result["stats"], "failures": result["failures"]}
+        if self.thumbnails:
+            row["thumbnails"] = [_jpeg_data_url(t) for t in result["thumbnails"]]
+        return row
+
+
+def predict_clip(predictor: Any, path: str | Path, transcript: str | None = None, thumbnails: int = 0) -> dict[str, Any]:
+    """One clip's explained verdict (`ClipPredictor`; build one of those to predict many clips)."""
+    return ClipPredictor(predictor, thumbnails=thumbnails)(path, transcript)
+
+
+def _jpeg_data_url(rgb: np.ndarray) -> str:
+    """(S, S, 3) uint8 RGB -> 'data:image/jpeg;base64,...' (a few kB at 64 px)."""
+    import base64
+
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    if not ok:
+        raise AffectusError("could not encode a face thumbnail as JPEG")
+    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode("ascii")

@@ -17,6 +17,7 @@ length 0 in the failed modality (`zero`); never silently.
 Text: the transcript from label.csv goes to `raw_text`; `text` holds its sentence embedding from the
 text encoder of `inference/extract/text.py` (`--text-encoder`: the packaged MiniLM by default, a local
 BERT folder, or `hashed`, the hashed-word placeholder of `hashed_text.py` for machines without it).
+With `asr` in the config, a row whose transcript is empty gets one from speech recognition (`asr.py`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import numpy as np
 
 from affectus.data.mmsa import SPLIT_NAMES, dataset_from_raw, dataset_to_raw, write_npz, write_pickle
 from affectus.errors import AffectusError
+from affectus.inference.extract.asr import MoonshineConfig
 from affectus.inference.extract.audio import (
     LibrosaConfig,
     LibrosaExtractor,
@@ -173,15 +175,17 @@ class MediaConfig:
     # the text encoder of inference/extract/text.py: "minilm" (packaged, offline), a local BERT-family
     # folder, or "hashed" (the hashed-word placeholder alone, for machines without the `text` extra)
     text_encoder: str = "minilm"
+    # speech recognition for clips without a transcript (inference/extract/asr.py); None: such a clip has no text
+    asr: MoonshineConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {**{k: getattr(self, k).to_dict() for k in ("decode", "audio", "vision", "text")},
-                "text_encoder": self.text_encoder}
+                "text_encoder": self.text_encoder, "asr": None if self.asr is None else self.asr.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> MediaConfig:
-        if not isinstance(d, dict) or set(d) - {"decode", "audio", "vision", "text", "text_encoder"}:
-            raise AffectusError(f"{source}: expected an object with decode, audio, vision, text, text_encoder")
+        if not isinstance(d, dict) or set(d) - {"decode", "audio", "vision", "text", "text_encoder", "asr"}:
+            raise AffectusError(f"{source}: expected an object with decode, audio, vision, text, text_encoder, asr")
         if not isinstance(d.get("text_encoder", "minilm"), str):
             raise AffectusError(f"{source}: text_encoder must be 'minilm', 'hashed' or a folder path")
         audio = d.get("audio", {})
@@ -194,6 +198,7 @@ class MediaConfig:
             vision=HaarFaceConfig.from_dict(d.get("vision", {}), source),
             text=HashedWordsConfig.from_dict(d.get("text", {}), source),
             text_encoder=d.get("text_encoder", "minilm"),
+            asr=None if d.get("asr") is None else MoonshineConfig.from_dict(d["asr"], source),
         )
 
     def media_digest(self) -> str:
@@ -221,10 +226,25 @@ class MediaPipeline:
         self.decoder = Decoder(config.decode)
         self.audio = AUDIO_KINDS[config.audio.kind][1](config.audio, sample_rate=config.decode.sample_rate)
         self.vision = HaarFaceExtractor(config.vision)
+        self._asr: Any = None  # built on first use: only clips without a transcript need it
 
-    def __call__(self, path: Path) -> dict[str, Any]:
-        """{'audio': array | None, 'vision': array | None, 'failures': [...], 'stats': {...}}."""
+    def transcriber(self) -> Any:
+        """The config's speech recognizer (loaded once), or None when the config has none."""
+        if self.config.asr is not None and self._asr is None:
+            from affectus.inference.extract.asr import MoonshineTranscriber
+
+            self._asr = MoonshineTranscriber(self.config.asr)
+        return self._asr
+
+    def __call__(self, path: Path, thumbnails: int = 0, transcribe: bool = False) -> dict[str, Any]:
+        """{'audio': array | None, 'vision': array | None, 'failures': [...], 'stats': {...}}, plus
+        'thumbnails' (up to that many face crops) when asked, and 'transcript' when `transcribe` and the
+        config has speech recognition (None when the clip has no audio)."""
         out: dict[str, Any] = {"audio": None, "vision": None, "failures": [], "stats": {}}
+        if thumbnails:
+            out["thumbnails"] = []
+        if transcribe and self.config.asr is not None:
+            out["transcript"] = None
 
         def fail(modality: str, err: Exception) -> None:
             reason = err.reason if isinstance(err, MediaError) else "failed"
@@ -238,14 +258,22 @@ class MediaPipeline:
         except Exception as err:  # noqa: BLE001 - MediaError, or anything odd in a container's header
             fail("clip", err)
             return out
+        samples = None
         try:
             samples = self.decoder.audio(path)  # (S,)
             out["stats"]["audio_s"] = samples.size / self.config.decode.sample_rate
             out["audio"] = self.audio(samples)  # (Ta, Da)
         except Exception as err:  # noqa: BLE001 - one bad clip must not end a run of thousands
             fail("audio", err)
+        if "transcript" in out and samples is not None:
+            try:
+                out["transcript"] = self.transcriber()(samples, where=f"file {path}")
+            except Exception as err:  # noqa: BLE001
+                fail("text", err)
         try:
-            v = self.vision(self.decoder.frames(path))
+            v = self.vision(self.decoder.frames(path), thumbnails=thumbnails)
+            if thumbnails:
+                out["thumbnails"] = v.thumbnails
             out["stats"].update(frames=int(v.face.size), face_frames=int(v.face.sum()))
             if v.face.size == 0:
                 raise MediaError("no_video", f"file {path}: the video track holds no frames")
@@ -407,6 +435,35 @@ def extract_clips(
     return results, len(todo)
 
 
+def transcribe_missing(root: Path, rows: list[ClipRow], config: MediaConfig) -> tuple[list[ClipRow], dict[str, str]]:
+    """Rows whose label.csv text is empty get the transcript of their audio when the config has speech
+    recognition; the rest are returned as they are. Also returns {clip id: transcript} of those filled.
+
+    Runs in this process after the parallel extraction (the clips are decoded again: a second, cheaper
+    pass than the extractors); a clip whose audio cannot be read keeps its empty text (`no_text`).
+    """
+    if config.asr is None or all(r.text for r in rows):
+        return rows, {}
+    from affectus.inference.extract.asr import MoonshineTranscriber
+
+    asr = MoonshineTranscriber(config.asr)
+    decoder = Decoder(config.decode)
+    out: list[ClipRow] = []
+    filled: dict[str, str] = {}
+    for r in rows:
+        if not r.text:
+            try:
+                text = asr(decoder.audio(r.path(root)), where=f"file {r.path(root)}")
+            except MediaError as err:
+                _log.warning("speech recognition skipped: %s", err)
+                text = ""
+            if text:
+                filled[r.id] = text
+                r = dataclasses.replace(r, text=text)
+        out.append(r)
+    return out, filled
+
+
 def _text_extractor(config: MediaConfig) -> HashedWordsExtractor:
     # per clip, the cheap placeholder (it also flags empty transcripts); the text encoder then replaces
     # these features for the whole dataset at once in build_dataset (MediaConfig.text_encoder)
@@ -525,6 +582,7 @@ def build_dataset(
     results, computed = extract_clips(
         root, rows, config, work, workers=workers, progress=progress, executor=executor
     )
+    rows, transcribed = transcribe_missing(root, rows, config)
     raw, failures = assemble(rows, results, config, root, on_fail)
     failed_ids = {f["id"] for f in failures}
     # the report first: when nothing is usable, it is what the user needs to read
@@ -565,6 +623,7 @@ def build_dataset(
             "report": str(report_path),
             "text_features": text_inputs or "hashed words (inference/extract/hashed_text.py), a placeholder",
             "clips": {r.id: results[r.id]["stats"] for r in rows},
+            "transcribed": transcribed,  # clip id -> transcript from speech recognition (empty text in label.csv)
         },
     )
     return BuildSummary(

@@ -14,6 +14,9 @@ offline with no model download. For each frame:
 A frame without a face is kept as such: `VisionFeatures.face[t]` is False and its row is all zeros.
 Callers must use the mask (the dataset builder keeps face frames only); a no-face row is never a
 feature of the face, so it must never be averaged in.
+
+On request (`thumbnails=K`) the extractor also keeps K small colour crops of the detected face, spread
+evenly over the clip's face frames, for a person to see what the features were computed from.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class VisionFeatures:
     features: np.ndarray  # (T, D) float32; rows where face is False are zeros
     face: np.ndarray  # (T,) bool: a face was found in frame t
     times: np.ndarray  # (T,) float64 seconds
+    thumbnails: list[np.ndarray] = dataclasses.field(default_factory=list)  # [(S, S, 3) uint8 RGB face crops]
 
     @property
     def face_frames(self) -> np.ndarray:
@@ -81,6 +85,11 @@ class HaarFaceExtractor:
 
     def frame(self, rgb: np.ndarray) -> np.ndarray | None:
         """(H, W, 3) uint8 RGB -> (dim,) float32 features of the largest face, or None without one."""
+        found = self._face_of(rgb)
+        return None if found is None else found[0]
+
+    def _face_of(self, rgb: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
+        """(features (dim,), face box (x, y, w, h) in px) of the largest face, or None without one."""
         import cv2
 
         c = self.config
@@ -107,16 +116,58 @@ class HaarFaceExtractor:
             float(patch.std()) / 255.0,
         ]
         hog = self._hog.compute(patch).reshape(-1)  # (144,)
-        return np.concatenate([np.asarray(head, np.float32), hog.astype(np.float32)])
+        return np.concatenate([np.asarray(head, np.float32), hog.astype(np.float32)]), (x, y, w, h)
 
-    def __call__(self, frames: Iterable[tuple[float, np.ndarray]]) -> VisionFeatures:
+    def __call__(self, frames: Iterable[tuple[float, np.ndarray]], thumbnails: int = 0,
+                 thumbnail_px: int = 64) -> VisionFeatures:
+        """Every frame's features; with `thumbnails` > 0, up to that many face crops of `thumbnail_px`."""
         rows: list[np.ndarray] = []
         face: list[bool] = []
         times: list[float] = []
+        crops = _EvenSample(thumbnails)
         for t, rgb in frames:
-            vec = self.frame(rgb)
-            face.append(vec is not None)
-            rows.append(vec if vec is not None else np.zeros(self.dim, np.float32))
+            found = self._face_of(rgb)
+            face.append(found is not None)
+            rows.append(found[0] if found is not None else np.zeros(self.dim, np.float32))
             times.append(t)
+            if found is not None and thumbnails > 0 and crops.next_is_kept():
+                crops.keep(_crop(rgb, found[1], thumbnail_px))
         feats = np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
-        return VisionFeatures(feats, np.asarray(face, dtype=bool), np.asarray(times, dtype=np.float64))
+        return VisionFeatures(feats, np.asarray(face, dtype=bool), np.asarray(times, dtype=np.float64),
+                              crops.pick())
+
+
+def _crop(rgb: np.ndarray, box: tuple[int, int, int, int], px: int) -> np.ndarray:
+    """The face box of an (H, W, 3) frame as a (px, px, 3) uint8 thumbnail."""
+    import cv2
+
+    x, y, w, h = box
+    return cv2.resize(rgb[y : y + h, x : x + w], (px, px), interpolation=cv2.INTER_AREA)
+
+
+class _EvenSample:
+    """Keeps about `k` items spread evenly over a stream of unknown length, in O(k) memory.
+
+    Items are kept at every `stride`-th position; when more than 2k are held, every other one is
+    dropped and the stride doubles, so the kept positions stay evenly spaced. `pick()` takes k of them.
+    `next_is_kept()` counts a position and says whether to make its item, so skipped ones cost nothing.
+    """
+
+    def __init__(self, k: int) -> None:
+        self.k, self.stride, self.seen = k, 1, 0
+        self.kept: list[np.ndarray] = []
+
+    def next_is_kept(self) -> bool:
+        self.seen += 1
+        return (self.seen - 1) % self.stride == 0
+
+    def keep(self, item: np.ndarray) -> None:
+        self.kept.append(item)
+        if len(self.kept) > 2 * self.k:
+            self.kept = self.kept[::2]
+            self.stride *= 2
+
+    def pick(self) -> list[np.ndarray]:
+        if len(self.kept) <= self.k:
+            return self.kept
+        return [self.kept[int(i)] for i in np.linspace(0, len(self.kept) - 1, self.k).round()]
