@@ -12,7 +12,7 @@ from safetensors.numpy import load_file
 from affectus.cli import main
 from affectus.data.mmsa import write_pickle
 from affectus.data.synthetic import SynthConfig, generate
-from affectus.training.config import list_variants, load_variants
+from affectus.training.config import load_variants
 
 FAST = ["--set", "train.epochs=2", "--set", "train.patience=1", "--set", "model.layers=1", "--set", "model.heads=2",
         "--set", "train.batch_size=32", "--threads", "1", "--quiet"]
