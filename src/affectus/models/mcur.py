@@ -12,10 +12,13 @@ says why, with the alternative we rejected. The network:
    factor gives the MLP inputs of unit scale (without it training crawled: the logits start near
    zero and stay there for many epochs); the classifier reads z (logits (B, C)); MCB-CL
    contrasts normalize(z); the SUGR head reads z and gives a per-sample log-variance s (B,),
-   bounded to [-s_max, s_max] by s = s_max * tanh(raw / s_max).
+   bounded to (s_min, s_max) = (0, 3) by a tanh (s_min = -s_max: s = s_max * tanh(raw / s_max));
+4. per-modality heads u_k(h_k) (B, 3, C) (`unimodal_heads`, trained in the recipe's stage 0), and the
+   verdict logits = classifier(z) + sum of u_k over the present modalities (`unimodal_prior`): the
+   fused path corrects what each present modality says alone.
 
 `forward(batch)` -> ModelOutput(logits, embeddings=h~ (B, 3, d)); the recipe
-(training/recipes/mcur.py) calls `represent(batch)` for z and s as well. Prediction never reads a
+(training/recipes/mcur.py) calls `represent(batch)` for z, s and the heads' logits as well. Prediction never reads a
 label: labels enter the loss only.
 """
 

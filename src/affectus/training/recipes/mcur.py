@@ -1,5 +1,7 @@
-"""MCUR's recipe (docs/mcur.md): one stage under random missingness, task loss weighted per sample by
-SUGR plus the MCB-CL contrastive term.
+"""MCUR's recipe (docs/mcur.md): stage 0 pretrains each encoder with its own head, each kept at its own
+best epoch and then frozen (`pretrain`); stage 1 trains the rest under random missingness, task loss
+weighted per sample by SUGR plus the MCB-CL contrastive term (`pretrain: false`: stage 1 alone, on the
+whole network, as the first reading did).
 
     L = mean_i [ exp(-s_i) * CE_i + s_i / 2 ]  +  lambda * MCB-CL(normalize(z), (class, combination))
 
@@ -10,10 +12,12 @@ SUGR plus the MCB-CL contrastive term.
 - MCB-CL: SupCon (Khosla et al., the L_out form) on the fused representation; positives of an anchor
   are the other samples of the batch with the same emotion class AND the same available-modality
   combination (code t + 2a + 4v).
-- Random missingness: every training batch draws an availability mask (each modality absent with
-  `missing_rate`, at least one kept), seeded by (seed, stage, epoch); the selection split gets one
-  fixed mask drawn the same way from its own seed, so model selection scores the condition mix the
-  model trains for, identically every epoch and for every model.
+- Random missingness: every training batch draws an availability mask, seeded by (seed, stage, epoch):
+  one of the 7 conditions per sample, uniformly (`missing: conditions`), or each modality absent with
+  `missing_rate`, at least one kept (`missing: rate`).
+- Selection: the mean over the 7 conditions of the unweighted cross-entropy on the selection split
+  (`select: conditions`), or the cross-entropy under one fixed mask drawn at `missing_rate` from the
+  run's seed (`select: mask`); either way identical every epoch and for every model.
 """
 
 from __future__ import annotations
@@ -152,22 +156,29 @@ class UnimodalTask:
     def after_step(self, model) -> None:
         pass
 
+    @staticmethod
+    def _ce(model, batch) -> list[torch.Tensor]:
+        """Per modality, the summed cross-entropy of its head over the samples that have it (a file may
+        lack a modality for some samples: the head would read the missing vector there)."""
+        parts = model.represent(batch)
+        uni, present = parts.unimodal_logits.float(), parts.available  # (B, 3, C), (B, 3)
+        return [F.cross_entropy(uni[present[:, k], k], batch.classes[present[:, k]], reduction="sum")
+                for k in range(len(MODALITIES))]
+
     def loss(self, model, batch):
-        uni = model.represent(batch).unimodal_logits  # (B, 3, C)
-        ce = [F.cross_entropy(uni[:, k].float(), batch.classes) for k in range(len(MODALITIES))]
+        counts = batch.availability().to(batch.index.device).sum(dim=0).clamp(min=1)  # (3,)
+        ce = [c / counts[k] for k, c in enumerate(self._ce(model, batch))]
         total = ce[0] + ce[1] + ce[2]
         return total, {"loss": total.detach(), **{f"ce_{m}": c.detach() for m, c in zip(MODALITIES, ce)}}
 
     def validate(self, model) -> dict[str, float]:
         device = next(model.parameters()).device
-        sums, n = torch.zeros(len(MODALITIES)), 0
+        sums, counts = torch.zeros(len(MODALITIES)), torch.zeros(len(MODALITIES))
         for batch in self.val_batches():
             batch = batch.to(device)
-            uni = model.represent(batch).unimodal_logits  # (B, 3, C)
-            for k in range(len(MODALITIES)):
-                sums[k] += F.cross_entropy(uni[:, k].float(), batch.classes, reduction="sum").item()
-            n += len(batch)
-        ce = (sums / max(n, 1)).tolist()
+            sums += torch.tensor([c.item() for c in self._ce(model, batch)])
+            counts += batch.availability().sum(dim=0).float().cpu()
+        ce = (sums / counts.clamp(min=1)).tolist()
         return {"loss": float(np.sum(ce)), **{f"ce_{m}": c for m, c in zip(MODALITIES, ce)}}
 
     def end_epoch(self, epoch: int, model, val: dict[str, float]) -> bool:
