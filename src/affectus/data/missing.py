@@ -47,6 +47,16 @@ def random_availability(n: int, rate: float, rng: np.random.Generator) -> np.nda
     return mask
 
 
+def random_conditions(n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, 3) bool: each sample gets one of the 7 conditions (`CONDITIONS`), drawn uniformly.
+
+    The evaluation protocol of CUMDF's Tables 1-2 averages over the 7 conditions with equal weight; this
+    draws training masks from exactly that distribution (a per-modality rate gives a single modality
+    1/7 of the samples only near rate 0.5, and never the complete set 1/7 of the time)."""
+    table = np.array([[m in c for m in MODALITIES] for c in CONDITIONS])  # (7, 3)
+    return table[rng.integers(0, len(CONDITIONS), size=n)]
+
+
 def parse_available(text: str) -> tuple[str, ...]:
     """'text,audio' / 'l,a' / 'la' / '{l,a}' -> ('text', 'audio'), in text / audio / vision order."""
     raw = str(text).strip().strip("{}").replace(" ", "")

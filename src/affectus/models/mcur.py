@@ -12,10 +12,13 @@ says why, with the alternative we rejected. The network:
    factor gives the MLP inputs of unit scale (without it training crawled: the logits start near
    zero and stay there for many epochs); the classifier reads z (logits (B, C)); MCB-CL
    contrasts normalize(z); the SUGR head reads z and gives a per-sample log-variance s (B,),
-   bounded to [-s_max, s_max] by s = s_max * tanh(raw / s_max).
+   bounded to (s_min, s_max) = (0, 3) by a tanh (s_min = -s_max: s = s_max * tanh(raw / s_max));
+4. per-modality heads u_k(h_k) (B, 3, C) (`unimodal_heads`, trained in the recipe's stage 0), and the
+   verdict logits = classifier(z) + sum of u_k over the present modalities (`unimodal_prior`): the
+   fused path corrects what each present modality says alone.
 
 `forward(batch)` -> ModelOutput(logits, embeddings=h~ (B, 3, d)); the recipe
-(training/recipes/mcur.py) calls `represent(batch)` for z and s as well. Prediction never reads a
+(training/recipes/mcur.py) calls `represent(batch)` for z, s and the heads' logits as well. Prediction never reads a
 label: labels enter the loss only.
 """
 
@@ -45,15 +48,28 @@ class MCURConfig:
     attn_dropout: float = 0.1
     fused: int = 64  # width of the fused representation z
     output_dropout: float = 0.3  # before the classifier
-    uncertainty_bound: float = 3.0  # s_max: per-sample weights exp(-s) stay in [e^-3, e^3]
+    uncertainty_bound: float = 3.0  # s_max: per-sample weights exp(-s) stay in [e^-s_max, e^-s_min]
+    # s_min: the lower end of s. 0 (ours): SUGR only attenuates, weights in [e^-3, 1]; -s_max (the
+    # first, symmetric reading, variant `faithful`): easy samples can weigh up to e^3 (docs/mcur.md)
+    uncertainty_floor: float = 0.0
+    unimodal_heads: bool = True  # a linear classifier per modality on h_k (trained in the recipe's stage 0)
+    # the verdict adds the present modalities' head logits to the fused classifier's (a product of
+    # experts: the fused path learns a correction to what each modality says on its own)
+    unimodal_prior: bool = True
     text_batchnorm: bool = False  # as CMC: BERT-like text states need none
     num_classes: int = 3
 
     def validate(self) -> None:
         if self.d % self.heads:
             raise AffectusError(f"mcur: model.d = {self.d} must be a multiple of model.heads = {self.heads}")
+        if self.unimodal_prior and not self.unimodal_heads:
+            raise AffectusError("mcur: model.unimodal_prior needs model.unimodal_heads = true")
         if not self.uncertainty_bound > 0:
             raise AffectusError(f"mcur: model.uncertainty_bound = {self.uncertainty_bound}: expected > 0")
+        if not -self.uncertainty_bound <= self.uncertainty_floor < self.uncertainty_bound:
+            raise AffectusError(f"mcur: model.uncertainty_floor = {self.uncertainty_floor}: expected a value in "
+                                f"[-uncertainty_bound, uncertainty_bound) = [{-self.uncertainty_bound}, "
+                                f"{self.uncertainty_bound})")
 
 
 @dataclass
@@ -65,6 +81,7 @@ class MCURParts:
     log_var: torch.Tensor  # (B,) s_i, SUGR's per-sample log-variance; weight exp(-s_i)
     h: torch.Tensor  # (B, 3, d) unimodal vectors, absent ones replaced by the missing vectors
     available: torch.Tensor  # (B, 3) bool
+    unimodal_logits: torch.Tensor | None = None  # (B, 3, C) per-modality heads on h_k (absent rows: unused)
 
 
 class MCUR(nn.Module):
@@ -87,6 +104,9 @@ class MCUR(nn.Module):
         self.dropout = nn.Dropout(config.output_dropout)
         self.classifier = nn.Linear(config.fused, config.num_classes)
         self.uncertainty = nn.Linear(config.fused, 1)
+        # auxiliary per-modality classifiers: training signal for each encoder on its own (docs/mcur.md)
+        self.unimodal = (nn.ModuleList(nn.Linear(config.d, config.num_classes) for _ in MODALITIES)
+                         if config.unimodal_heads else None)
 
     def _encode(self, batch: Batch, available: torch.Tensor) -> torch.Tensor:
         """h~ (B, 3, d): each encoder runs on the samples that have its modality (absent inputs would
@@ -112,9 +132,18 @@ class MCUR(nn.Module):
         h = self._encode(batch, available)  # (B, 3, d)
         z = self.fusion(h.reshape(len(batch), -1) * self.config.d**0.5)  # (B, fused), unit-scale inputs
         logits = self.classifier(self.dropout(F.relu(z)))  # (B, C)
-        bound = self.config.uncertainty_bound
-        log_var = bound * torch.tanh(self.uncertainty(z).squeeze(-1) / bound)  # (B,) in (-s_max, s_max)
-        return MCURParts(logits, z, log_var, h, available)
+        # s in (s_min, s_max): centre c and half-width r of the range, s = c + r tanh((raw - c) / r); with
+        # s_min = -s_max this is s_max tanh(raw / s_max); raw = c maps to c, as raw = 0 did there
+        lo, hi = self.config.uncertainty_floor, self.config.uncertainty_bound
+        c, r = (hi + lo) / 2, (hi - lo) / 2
+        log_var = c + r * torch.tanh((self.uncertainty(z).squeeze(-1) - c) / r)  # (B,)
+        uni = None
+        if self.unimodal is not None:
+            uni = torch.stack([head(self.dropout(h[:, k] * self.config.d**0.5))
+                               for k, head in enumerate(self.unimodal)], dim=1)  # (B, 3, C)
+            if self.config.unimodal_prior:  # absent modalities' heads read m_k: left out
+                logits = logits + (uni * available.unsqueeze(-1).to(uni.dtype)).sum(dim=1)  # (B, C)
+        return MCURParts(logits, z, log_var, h, available, uni)
 
     def forward(self, batch: Batch) -> ModelOutput:
         parts = self.represent(batch)

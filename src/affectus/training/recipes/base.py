@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,10 +19,14 @@ import numpy as np
 import torch
 
 from affectus.data.batches import Batch, iterate_batches
+from affectus.data.missing import random_availability
 from affectus.data.types import MODALITIES, Split
 from affectus.inference import checkpoints as ckpt
 from affectus.models.registry import is_bert_parameter
 from affectus.training.loop import LoopState, run_loop
+
+# draws an availability mask: (n samples, generator) -> (n, 3) bool, True = present
+Sampler = Callable[..., np.ndarray]
 
 
 class Recipe(Protocol):
@@ -54,14 +59,17 @@ class RecipeContext:
     def state_path(self) -> Path:
         return self.out / "state.pt"
 
-    def batches(self, split: Split, stage: int, missing_rate: float = 0.0) -> Callable[[int], Iterable[Batch]]:
+    def batches(self, split: Split, stage: int, missing_rate: float = 0.0,
+                availability: Sampler | None = None) -> Callable[[int], Iterable[Batch]]:
         """Epoch -> training batches. Shuffling and dropout are seeded from (seed, stage, epoch), so
         resuming an interrupted run gives bit-identical weights.
 
         `missing_rate` > 0: modality dropout. Each batch loses every (sample, modality) with that
         probability, at least one modality kept per sample (`data.missing.random_availability`), from
         its own generator seeded by (seed, stage, epoch): the same masks on a resume, and the shuffling
-        stream is untouched, so a rate of 0 draws nothing and changes nothing."""
+        stream is untouched, so a rate of 0 draws nothing and changes nothing. `availability` (n, rng) ->
+        (n, 3) bool mask: another way to draw the masks (e.g. `data.missing.random_conditions`), from the
+        same generator; it replaces `missing_rate`."""
         tc = self.train
 
         def make(epoch: int):
@@ -69,8 +77,9 @@ class RecipeContext:
             rng = np.random.default_rng([tc.seed, stage, epoch])
             batches = iterate_batches(split, tc.batch_size, order=self._order(split, rng), scheme=self.scheme,
                                       drop_single=True)
-            if missing_rate > 0:
-                return _drop_modalities(batches, missing_rate, np.random.default_rng([tc.seed, stage, epoch, 1]))
+            sampler = availability or (partial(random_availability, rate=missing_rate) if missing_rate > 0 else None)
+            if sampler is not None:
+                return _drop_modalities(batches, sampler, np.random.default_rng([tc.seed, stage, epoch, 1]))
             return batches
 
         return make
@@ -113,11 +122,12 @@ class RecipeContext:
         return self.saved is not None and self.saved.get("stage") == stage
 
     def run_stage(self, stage: int, task, optimizer, *, model: torch.nn.Module | None = None,
-                  extra: dict[str, Any] | None = None, missing_rate: float = 0.0) -> LoopState:
+                  extra: dict[str, Any] | None = None, missing_rate: float = 0.0,
+                  availability: Sampler | None = None) -> LoopState:
         """Train `task` in the generic loop as stage number `stage`, resuming it when the saved state is
         this stage's. `extra` tensors/values are saved with every epoch's resume state (what a later
         stage needs from an earlier one). `model` may wrap `ctx.model` (e.g. to keep parts in eval mode).
-        `missing_rate`: modality dropout on the training batches (see `batches`)."""
+        `missing_rate` / `availability`: modality dropout on the training batches (see `batches`)."""
         loop_state = None
         if self.resumes(stage):
             saved = self.saved
@@ -135,13 +145,12 @@ class RecipeContext:
             })
 
         tc = self.train
-        return run_loop(task, model or self.model, optimizer, self.batches(self.train_split, stage, missing_rate), tc.epochs,
+        batches = self.batches(self.train_split, stage, missing_rate, availability)
+        return run_loop(task, model or self.model, optimizer, batches, tc.epochs,
                         tc.patience, self.device, state=loop_state, save_state=save, amp=tc.amp, on_epoch=self.on_epoch)
 
 
-def _drop_modalities(batches: Iterable[Batch], rate: float, rng: np.random.Generator) -> Iterable[Batch]:
+def _drop_modalities(batches: Iterable[Batch], sampler: Sampler, rng: np.random.Generator) -> Iterable[Batch]:
     """Each batch with a random availability mask applied (modality dropout)."""
-    from affectus.data.missing import random_availability
-
     for batch in batches:
-        yield batch.with_available(torch.from_numpy(random_availability(len(batch), rate, rng)))
+        yield batch.with_available(torch.from_numpy(sampler(len(batch), rng=rng)))

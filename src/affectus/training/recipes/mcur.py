@@ -1,5 +1,7 @@
-"""MCUR's recipe (docs/mcur.md): one stage under random missingness, task loss weighted per sample by
-SUGR plus the MCB-CL contrastive term.
+"""MCUR's recipe (docs/mcur.md): stage 0 pretrains each encoder with its own head, each kept at its own
+best epoch and then frozen (`pretrain`); stage 1 trains the rest under random missingness, task loss
+weighted per sample by SUGR plus the MCB-CL contrastive term (`pretrain: false`: stage 1 alone, on the
+whole network, as the first reading did).
 
     L = mean_i [ exp(-s_i) * CE_i + s_i / 2 ]  +  lambda * MCB-CL(normalize(z), (class, combination))
 
@@ -10,10 +12,12 @@ SUGR plus the MCB-CL contrastive term.
 - MCB-CL: SupCon (Khosla et al., the L_out form) on the fused representation; positives of an anchor
   are the other samples of the batch with the same emotion class AND the same available-modality
   combination (code t + 2a + 4v).
-- Random missingness: every training batch draws an availability mask (each modality absent with
-  `missing_rate`, at least one kept), seeded by (seed, stage, epoch); the selection split gets one
-  fixed mask drawn the same way from its own seed, so model selection scores the condition mix the
-  model trains for, identically every epoch and for every model.
+- Random missingness: every training batch draws an availability mask, seeded by (seed, stage, epoch):
+  one of the 7 conditions per sample, uniformly (`missing: conditions`), or each modality absent with
+  `missing_rate`, at least one kept (`missing: rate`).
+- Selection: the mean over the 7 conditions of the unweighted cross-entropy on the selection split
+  (`select: conditions`), or the cross-entropy under one fixed mask drawn at `missing_rate` from the
+  run's seed (`select: mask`); either way identical every epoch and for every model.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from affectus.data.missing import random_availability, with_availability
+from affectus.data.missing import CONDITIONS, random_availability, random_conditions, with_availability
+from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError
 from affectus.training.losses import supcon_loss
 from affectus.training.recipes.base import RecipeContext, RecipeResult
@@ -33,14 +38,31 @@ from affectus.training.tasks import _SelectsBestState
 _COMBINATION_CODE = torch.tensor([1, 2, 4])  # text, audio, vision bits: {l} = 1, ..., {l,a,v} = 7
 
 
+MISSING_KINDS = ("conditions", "rate")
+SELECT_KINDS = ("conditions", "mask")
+
+
 @dataclass
 class MCURRecipeConfig:
-    missing_rate: float = 0.3  # per (sample, modality) in training; 0: complete data only
+    # training masks: "conditions", each sample one of the 7 conditions drawn uniformly (the evaluation's
+    # weighting); "rate", each (sample, modality) absent with `missing_rate`, at least one kept
+    missing: str = "conditions"
+    missing_rate: float = 0.3  # for missing = "rate"; 0: complete data only
+    # model selection on the selection split: "conditions", the mean over the 7 conditions of the
+    # unweighted cross-entropy; "mask", the cross-entropy under one fixed random mask at `missing_rate`
+    select: str = "conditions"
     contrast_weight: float = 0.1  # lambda on MCB-CL; 0: "w/o MCB-CL"
     contrast_tau: float = 0.1  # MCB-CL temperature
     sugr: bool = True  # False: "w/o SUGR", unweighted cross-entropy
+    # stage 0: each encoder with its own head on complete data, each kept at its own best epoch, then
+    # frozen for the MCUR stage (needs model.unimodal_heads); False: one stage trains everything
+    pretrain: bool = True
 
     def validate(self) -> None:
+        if self.missing not in MISSING_KINDS:
+            raise AffectusError(f"recipe.missing = {self.missing!r}: expected one of {', '.join(MISSING_KINDS)}")
+        if self.select not in SELECT_KINDS:
+            raise AffectusError(f"recipe.select = {self.select!r}: expected one of {', '.join(SELECT_KINDS)}")
         if not 0.0 <= self.missing_rate < 1.0:
             raise AffectusError(f"recipe.missing_rate = {self.missing_rate}: expected a value in [0, 1)")
         if not self.contrast_weight >= 0:
@@ -73,12 +95,13 @@ def sugr(ce: torch.Tensor, log_var: torch.Tensor) -> tuple[torch.Tensor, torch.T
 class MCURTask(_SelectsBestState):
     """Training loss above; selects the epoch with the lowest unweighted validation cross-entropy (the
     learned weights must not grade themselves: a model could lower its weighted loss by claiming
-    uncertainty)."""
+    uncertainty), averaged over the selection sets (the 7 conditions, or the one fixed mask)."""
 
     name = "mcur"
 
-    def __init__(self, val_batches, rc: MCURRecipeConfig) -> None:
-        super().__init__(val_batches)
+    def __init__(self, val_sets: list, rc: MCURRecipeConfig) -> None:
+        super().__init__(val_sets[0])
+        self.val_sets = val_sets
         self.rc = rc
 
     def loss(self, model, batch):
@@ -98,25 +121,150 @@ class MCURTask(_SelectsBestState):
         return total, out
 
     def validate(self, model) -> dict[str, float]:
-        total, n = 0.0, 0
         device = next(model.parameters()).device
+        losses = []
+        for batches in self.val_sets:  # each set weighs the same, whatever its size
+            total, n = 0.0, 0
+            for batch in batches():
+                batch = batch.to(device)
+                total += F.cross_entropy(model(batch).logits.float(), batch.classes, reduction="sum").item()
+                n += len(batch)
+            losses.append(total / max(n, 1))
+        return {"loss": float(np.mean(losses))}
+
+
+class UnimodalTask:
+    """Stage 0 (`recipe.pretrain`): every encoder with its own linear head, on complete data; the loss is
+    the sum of the three cross-entropies, and each modality keeps the weights (encoder + head) of the
+    epoch with its own lowest selection-split cross-entropy. Why per modality: the modalities learn at
+    different speeds (a strong or train-leaky one overfits in a couple of epochs, a weak one is still
+    learning), and one stopping epoch for the whole network leaves the weak ones untrained, which is
+    what the single-non-text conditions then see. Training stops when no modality improved for
+    `train.patience` epochs."""
+
+    name = "uni"
+
+    def __init__(self, val_batches) -> None:
+        self.val_batches = val_batches
+        self.best_loss = {m: float("inf") for m in MODALITIES}
+        self.best_epoch = {m: 0 for m in MODALITIES}
+        self.best_state: dict[str, dict[str, torch.Tensor]] = {}
+
+    def start_epoch(self, epoch: int) -> None:
+        pass
+
+    def after_step(self, model) -> None:
+        pass
+
+    @staticmethod
+    def _ce(model, batch) -> list[torch.Tensor]:
+        """Per modality, the summed cross-entropy of its head over the samples that have it (a file may
+        lack a modality for some samples: the head would read the missing vector there)."""
+        parts = model.represent(batch)
+        uni, present = parts.unimodal_logits.float(), parts.available  # (B, 3, C), (B, 3)
+        return [F.cross_entropy(uni[present[:, k], k], batch.classes[present[:, k]], reduction="sum")
+                for k in range(len(MODALITIES))]
+
+    def loss(self, model, batch):
+        counts = batch.availability().to(batch.index.device).sum(dim=0).clamp(min=1)  # (3,)
+        ce = [c / counts[k] for k, c in enumerate(self._ce(model, batch))]
+        total = ce[0] + ce[1] + ce[2]
+        return total, {"loss": total.detach(), **{f"ce_{m}": c.detach() for m, c in zip(MODALITIES, ce)}}
+
+    def validate(self, model) -> dict[str, float]:
+        device = next(model.parameters()).device
+        sums, counts = torch.zeros(len(MODALITIES)), torch.zeros(len(MODALITIES))
         for batch in self.val_batches():
             batch = batch.to(device)
-            total += F.cross_entropy(model(batch).logits.float(), batch.classes, reduction="sum").item()
-            n += len(batch)
-        return {"loss": total / max(n, 1)}
+            sums += torch.tensor([c.item() for c in self._ce(model, batch)])
+            counts += batch.availability().sum(dim=0).float().cpu()
+        ce = (sums / counts.clamp(min=1)).tolist()
+        return {"loss": float(np.sum(ce)), **{f"ce_{m}": c for m, c in zip(MODALITIES, ce)}}
+
+    def end_epoch(self, epoch: int, model, val: dict[str, float]) -> bool:
+        improved = False
+        for k, m in enumerate(MODALITIES):
+            if val[f"ce_{m}"] < self.best_loss[m]:
+                self.best_loss[m], self.best_epoch[m], improved = val[f"ce_{m}"], epoch, True
+                self.best_state[m] = {k2: v.detach().clone() for k2, v in _branch(model, k).state_dict().items()}
+        return improved
+
+    def handover(self, model) -> None:
+        """Each modality's best encoder and head into the model."""
+        for k, m in enumerate(MODALITIES):
+            _branch(model, k).load_state_dict(self.best_state[m])
+
+    def state_dict(self) -> dict:
+        return {"best_loss": self.best_loss, "best_epoch": self.best_epoch, "best_state": self.best_state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_loss, self.best_epoch, self.best_state = state["best_loss"], state["best_epoch"], state["best_state"]
+
+
+def _branch(model, k: int) -> torch.nn.ModuleDict:
+    """Modality k's encoder and head, as one module (what stage 0 trains and keeps)."""
+    return torch.nn.ModuleDict({"encoder": model.encoders[MODALITIES[k]], "head": model.unimodal[k]})
+
+
+class _FrozenEncoders(torch.nn.Module):
+    """The MCUR stage after stage 0: the encoders (and heads) keep their stage-0 weights and stay in eval
+    mode (no dropout, fixed BatchNorm statistics)."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.model.encoders.eval()
+        return self
+
+    def represent(self, batch):
+        return self.model.represent(batch)
+
+    def forward(self, batch):
+        return self.model(batch)
+
+    def state_dict(self, *args, **kwargs):
+        return self.model.state_dict(*args, **kwargs)
 
 
 class MCURRecipe:
     config_cls = MCURRecipeConfig
 
     def train(self, ctx: RecipeContext) -> RecipeResult:
-        rc = ctx.recipe
+        rc, model = ctx.recipe, ctx.model
+        summary: dict = {}
+        stage = 1
+        if rc.pretrain:
+            if getattr(model, "unimodal", None) is None:
+                raise AffectusError("mcur: recipe.pretrain needs model.unimodal_heads = true")
+            if ctx.saved is None or ctx.resumes(0):
+                uni = UnimodalTask(ctx.eval_batches(ctx.select_split))
+                loop0 = ctx.run_stage(0, uni, ctx.optimizer())
+                uni.handover(model)
+                summary["pretrain"] = {"epochs": loop0.epoch, "best_epoch": dict(uni.best_epoch),
+                                       "best_val_ce": dict(uni.best_loss), "history": loop0.history}
+                ctx.saved = None
+            else:
+                summary["pretrain"] = ctx.saved["pretrain_summary"]
+            model.encoders.requires_grad_(False)
+            model.unimodal.requires_grad_(False)
         select = ctx.select_split
-        if rc.missing_rate > 0:
-            rng = np.random.default_rng([ctx.train.seed, 104729])  # the selection split's one fixed mask
-            select = with_availability(select, random_availability(len(select), rc.missing_rate, rng))
-        task = MCURTask(ctx.eval_batches(select), rc)
-        loop = ctx.run_stage(1, task, ctx.optimizer(), missing_rate=rc.missing_rate)
-        return RecipeResult(task.best_state, {"train": {"epochs": loop.epoch, "best_epoch": task.best_epoch,
-                                                        "best_val_loss": task.best_loss, "history": loop.history}})
+        if rc.select == "conditions":  # every condition the model is evaluated under, equally weighted
+            val_sets = [ctx.eval_batches(with_availability(select, c)) for c in CONDITIONS]
+        else:
+            if rc.missing_rate > 0:
+                rng = np.random.default_rng([ctx.train.seed, 104729])  # the selection split's one fixed mask
+                select = with_availability(select, random_availability(len(select), rc.missing_rate, rng))
+            val_sets = [ctx.eval_batches(select)]
+        task = MCURTask(val_sets, rc)
+        sampler = random_conditions if rc.missing == "conditions" else None
+        wrapped = _FrozenEncoders(model) if rc.pretrain else None
+        extra = {"pretrain_summary": summary["pretrain"]} if rc.pretrain else None
+        loop = ctx.run_stage(stage, task, ctx.optimizer(), model=wrapped, extra=extra, missing_rate=rc.missing_rate,
+                             availability=sampler)
+        model.requires_grad_(True)
+        summary["train"] = {"epochs": loop.epoch, "best_epoch": task.best_epoch, "best_val_loss": task.best_loss,
+                            "history": loop.history}
+        return RecipeResult(task.best_state, summary)
