@@ -150,6 +150,35 @@ class RecipeContext:
                         tc.patience, self.device, state=loop_state, save_state=save, amp=tc.amp, on_epoch=self.on_epoch)
 
 
+class FrozenPart(torch.nn.Module):
+    """`model` with one of its parts frozen in eval mode (no dropout, fixed BatchNorm statistics) while the
+    rest trains: CMC-variant's frozen branches, MCUR's encoders after stage 0. Freezing the parameters
+    (requires_grad) is the recipe's; this keeps `model.<part>` out of train mode whenever the loop calls
+    `train()`. Everything else (forward, state_dict, the model's own methods) is the model's."""
+
+    def __init__(self, model: torch.nn.Module, part: str) -> None:
+        super().__init__()
+        self.model = model
+        self.part = part
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        getattr(self.model, self.part).eval()
+        return self
+
+    def forward(self, batch):
+        return self.model(batch)
+
+    def state_dict(self, *args, **kwargs):
+        return self.model.state_dict(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:  # the wrapped model's own methods (e.g. MCUR's `represent`)
+            return getattr(self._modules["model"], name)
+
+
 def _drop_modalities(batches: Iterable[Batch], sampler: Sampler, rng: np.random.Generator) -> Iterable[Batch]:
     """Each batch with a random availability mask applied (modality dropout)."""
     for batch in batches:

@@ -16,7 +16,7 @@ import torch
 from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError, SettingError
 from affectus.training.loop import logger
-from affectus.training.recipes.base import RecipeContext, RecipeResult
+from affectus.training.recipes.base import FrozenPart, RecipeContext, RecipeResult
 from affectus.training.tasks import Stage1Task, Stage2Task
 
 _CHOICES = {
@@ -67,25 +67,6 @@ class CMCRecipeConfig:
             raise SettingError("recipe.modality_dropout", self.modality_dropout, "a value in [0, 1)")
         if not self.stage2_lr >= 0:
             raise SettingError("recipe.stage2_lr", self.stage2_lr, ">= 0 (0: train.lr)")
-
-
-class _FrozenEncoders(torch.nn.Module):
-    """CMC-variant: the frozen unimodal models stay in eval mode (no dropout, fixed BN statistics)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.model.branches.eval()
-        return self
-
-    def forward(self, batch):
-        return self.model(batch)
-
-    def state_dict(self, *args, **kwargs):
-        return self.model.state_dict(*args, **kwargs)
 
 
 class CMCRecipe:
@@ -150,7 +131,7 @@ class CMCRecipe:
         wrapped = None
         if rc.stage2_freeze_unimodal:  # CMC-variant (Fig. 3) trains the router alone
             model.branches.requires_grad_(False)
-            wrapped = _FrozenEncoders(model)
+            wrapped = FrozenPart(model, "branches")
         opt2 = ctx.optimizer(lr=rc.stage2_lr or ctx.train.lr)
         extra = {"stage1_summary": stage1_summary, "bank_tensors": bank_tensors, "train_targets": train_targets,
                  "val_targets": val_targets}

@@ -32,7 +32,7 @@ from affectus.data.missing import CONDITIONS, random_availability, random_condit
 from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError
 from affectus.training.losses import supcon_loss
-from affectus.training.recipes.base import RecipeContext, RecipeResult
+from affectus.training.recipes.base import FrozenPart, RecipeContext, RecipeResult
 from affectus.training.tasks import _SelectsBestState
 
 _COMBINATION_CODE = torch.tensor([1, 2, 4])  # text, audio, vision bits: {l} = 1, ..., {l,a,v} = 7
@@ -206,29 +206,6 @@ def _branch(model, k: int) -> torch.nn.ModuleDict:
     return torch.nn.ModuleDict({"encoder": model.encoders[MODALITIES[k]], "head": model.unimodal[k]})
 
 
-class _FrozenEncoders(torch.nn.Module):
-    """The MCUR stage after stage 0: the encoders (and heads) keep their stage-0 weights and stay in eval
-    mode (no dropout, fixed BatchNorm statistics)."""
-
-    def __init__(self, model) -> None:
-        super().__init__()
-        self.model = model
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.model.encoders.eval()
-        return self
-
-    def represent(self, batch):
-        return self.model.represent(batch)
-
-    def forward(self, batch):
-        return self.model(batch)
-
-    def state_dict(self, *args, **kwargs):
-        return self.model.state_dict(*args, **kwargs)
-
-
 class MCURRecipe:
     config_cls = MCURRecipeConfig
 
@@ -260,7 +237,7 @@ class MCURRecipe:
             val_sets = [ctx.eval_batches(select)]
         task = MCURTask(val_sets, rc)
         sampler = random_conditions if rc.missing == "conditions" else None
-        wrapped = _FrozenEncoders(model) if rc.pretrain else None
+        wrapped = FrozenPart(model, "encoders") if rc.pretrain else None
         extra = {"pretrain_summary": summary["pretrain"]} if rc.pretrain else None
         loop = ctx.run_stage(stage, task, ctx.optimizer(), model=wrapped, extra=extra, missing_rate=rc.missing_rate,
                              availability=sampler)
