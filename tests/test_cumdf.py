@@ -1,6 +1,7 @@
 """CUMDF (models/cumdf.py, training/recipes/cumdf.py) and MRMS (data/missing.py): every availability
 condition without NaN, absent modalities ignored, MACI attributions, MRMS by seed, test labels never
-reaching a prediction, the CLI end to end, resume, categorical labels, the Table 3 variants."""
+reaching a prediction, the CLI end to end, recorded fixed-seed outputs, resume, categorical labels, the Table 3
+variants."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
+import affectus
 from affectus.cli import main
 from affectus.data.batches import iterate_batches
 from affectus.data.missing import CONDITIONS, condition_name, mrms, with_availability
@@ -218,6 +220,26 @@ def test_cli_trains_and_evaluates_under_every_condition(sim_file, tmp_path, caps
     assert set(results) == {"l", "a", "v", "l,a", "l,v", "a,v", "l,a,v"}
     assert all(0 <= r["acc2"] <= 100 and r["mae"] is not None for r in results.values())
     assert len({r["mae"] for r in results.values()}) > 1  # the conditions really differ
+
+
+# First four test-sample probabilities of a fixed-seed FAST run on `sim_file`, printed before the speed-ups
+# of issue 10 (commit c3c09fb): a change to what CUMDF computes (an equation, the order of its random
+# draws) fails here; faster code that computes the same function passes.
+RECORDED = {
+    "cumdf": [[0.48904, 0.17094, 0.34003], [0.42849, 0.19318, 0.37833], [0.38525, 0.16784, 0.44691],
+              [0.48739, 0.12742, 0.38519]],
+    "base": [[0.29679, 0.176, 0.52721], [0.38877, 0.21968, 0.39155], [0.32131, 0.24444, 0.43425],
+             [0.34036, 0.21184, 0.4478]],
+}
+
+
+@pytest.mark.parametrize("variant", list(RECORDED))
+def test_fixed_seed_run_matches_recorded_values(sim_file, tmp_path, variant):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(sim_file), "--model", "cumdf", "--variant", variant, "--out", str(out),
+                 *FAST]) == 0
+    got = affectus.load(out).predict(load_dataset(sim_file)["test"]).probabilities[:4]
+    np.testing.assert_allclose(got, np.array(RECORDED[variant]), atol=2e-5)
 
 
 def test_interrupted_student_resumes_to_the_same_weights(sim_file, tmp_path, monkeypatch):
