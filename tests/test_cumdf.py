@@ -1,9 +1,11 @@
 """CUMDF (models/cumdf.py, training/recipes/cumdf.py) and MRMS (data/missing.py): every availability
 condition without NaN, absent modalities ignored, MACI attributions, MRMS by seed, test labels never
-reaching a prediction, the CLI end to end, resume, categorical labels, the Table 3 variants."""
+reaching a prediction, the CLI end to end, recorded fixed-seed outputs, resume, categorical labels, the Table 3
+variants."""
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
+import affectus
 from affectus.cli import main
 from affectus.data.batches import iterate_batches
 from affectus.data.missing import CONDITIONS, condition_name, mrms, with_availability
@@ -20,13 +23,15 @@ from affectus.data.mmsa import dataset_from_raw, load_dataset, write_pickle
 from affectus.data.synthetic import SynthConfig, generate
 from affectus.errors import AffectusError
 from affectus.evaluation.schemes import get_scheme
-from affectus.models.cumdf import CUMDF, CUMDFConfig
+from affectus.models.cumdf import CUMDF, CUMDFConfig, _gmcke, _gmcke_same_length
 from affectus.training.config import resolve_config
 from affectus.training.recipes.cumdf import (
     CUMDFRecipeConfig,
     CUMDFTask,
+    _Distiller,
     distillation_weights,
     maci_attribution,
+    teacher_targets,
 )
 from affectus.training.trainer import DataPlan, train_run
 
@@ -95,6 +100,17 @@ def test_an_absent_modality_is_never_read(data):
     changed = replace(batch, vision=batch.vision + 1.0)
     with torch.no_grad():
         assert not torch.allclose(model(changed).logits, a.logits)
+
+
+def test_gmcke_at_one_length_is_the_per_pair_loop():
+    """Modalities of one length (utterance-level data) take the batched GMCKE; it computes the loop's eq. 4."""
+    g = torch.Generator().manual_seed(0)
+    for steps in (1, 3):
+        xs = [torch.randn(5, steps, 8, generator=g, dtype=torch.float64) for _ in range(3)]
+        valids = [torch.rand(5, steps, generator=g) > 0.3 for _ in range(3)]
+        valids[1][0] = False  # a sample without audio
+        looped = torch.stack([_gmcke(xs, valids, k) for k in range(3)])  # (3, B, T, 4d)
+        torch.testing.assert_close(_gmcke_same_length(torch.stack(xs), torch.stack(valids)), looped)
 
 
 def test_config_is_checked():
@@ -218,6 +234,66 @@ def test_cli_trains_and_evaluates_under_every_condition(sim_file, tmp_path, caps
     assert set(results) == {"l", "a", "v", "l,a", "l,v", "a,v", "l,a,v"}
     assert all(0 <= r["acc2"] <= 100 and r["mae"] is not None for r in results.values())
     assert len({r["mae"] for r in results.values()}) > 1  # the conditions really differ
+
+
+# First four test-sample probabilities of a fixed-seed FAST run on `sim_file`, printed before the speed-ups
+# of issue 10 (commit c3c09fb): a change to what CUMDF computes (an equation, the order of its random
+# draws) fails here; faster code that computes the same function passes.
+RECORDED = {
+    "cumdf": [[0.48904, 0.17094, 0.34003], [0.42849, 0.19318, 0.37833], [0.38525, 0.16784, 0.44691],
+              [0.48739, 0.12742, 0.38519]],
+    "base": [[0.29679, 0.176, 0.52721], [0.38877, 0.21968, 0.39155], [0.32131, 0.24444, 0.43425],
+             [0.34036, 0.21184, 0.4478]],
+}
+
+
+@pytest.mark.parametrize("variant", list(RECORDED))
+def test_fixed_seed_run_matches_recorded_values(sim_file, tmp_path, variant):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(sim_file), "--model", "cumdf", "--variant", variant, "--out", str(out),
+                 *FAST]) == 0
+    got = affectus.load(out).predict(load_dataset(sim_file)["test"]).probabilities[:4]
+    np.testing.assert_allclose(got, np.array(RECORDED[variant]), atol=2e-5)
+
+
+# One teacher step and one student step of `tiny_model` (seeded dropout, MRMS-dropped batch): losses, MACI
+# attributions, gradient norms and eval probabilities, printed by the code before issue 10's speed-ups.
+# Unlike a whole training run (where float rounding grows from step to step), these hold to 1e-4 under
+# any reordering of the sums, and move by percents when an equation or the dropout draws change.
+STEP_RECORDED = {
+    True: {"teacher": [3.14217353, 3.95172620], "probs": [0.26988173, 0.28904986, 0.44106838],
+           "student": [3.08337808, 0.14992152, 0.13303304, 0.60745740, 0.33825538, 0.05428727, 2.91790247]},
+    False: {"teacher": [2.87308693, 2.00358510], "probs": [0.45774573, 0.18440093, 0.35785335],
+            "student": [2.68915105, 0.16921930, 0.13317904, 0.61751217, 0.36157295, 0.02091487, 3.84209394]},
+}
+
+
+@pytest.mark.parametrize("use_lgmmt", [True, False])
+def test_one_step_matches_recorded_values(data, use_lgmmt):
+    model, scheme, rc = tiny_model(use_lgmmt=use_lgmmt), get_scheme("mosi"), CUMDFRecipeConfig()
+    batch = next(iter(iterate_batches(mrms(data["train"], 0.3, 0), 12, scheme=scheme)))
+
+    def grad_norm(module):
+        return torch.sqrt(sum(p.grad.pow(2).sum() for p in module.parameters() if p.grad is not None)).item()
+
+    model.train()
+    torch.manual_seed(1)
+    loss, parts = CUMDFTask("teacher", rc, scheme, None).loss(model, batch)
+    loss.backward()
+    teacher = [parts["loss"], grad_norm(model)]
+    model.zero_grad()
+    targets = teacher_targets(copy.deepcopy(model), data["train"], 5, torch.device("cpu"))
+    distiller = _Distiller(model).train()
+    torch.manual_seed(2)
+    loss, parts = CUMDFTask("student", rc, scheme, None, targets, distiller).loss(distiller, batch)
+    loss.backward()
+    student = [parts[k] for k in ("loss", "srd", "cou", "attr_text", "attr_audio", "attr_vision")] + [grad_norm(distiller)]
+    with torch.no_grad():
+        probs = model.eval()(batch).logits.softmax(-1)[0].tolist()
+    want = STEP_RECORDED[use_lgmmt]
+    np.testing.assert_allclose(teacher, want["teacher"], rtol=1e-4)
+    np.testing.assert_allclose(student, want["student"], rtol=1e-4)
+    np.testing.assert_allclose(probs, want["probs"], rtol=1e-4)
 
 
 def test_interrupted_student_resumes_to_the_same_weights(sim_file, tmp_path, monkeypatch):

@@ -136,6 +136,8 @@ class CUMDF(nn.Module):
         for i, (a, b) in enumerate(PAIRS):
             member[i, a] = member[i, b] = True
         self.register_buffer("member", member, persistent=False)
+        self.register_buffer("pair_first", torch.tensor([a for a, _ in PAIRS]), persistent=False)  # m1 of each pair
+        self._position_cache: dict[tuple[int, str], torch.Tensor] = {}
 
     # ------------------------------------------------------------------------------------- MKE
 
@@ -150,8 +152,8 @@ class CUMDF(nn.Module):
             lengths = batch.lengths(m).to(x.device).long().clamp(min=0, max=steps)
             valid = (torch.arange(steps, device=x.device)[None, :] < lengths[:, None]) & available[:, k:k + 1]
             x = x * valid.unsqueeze(-1)  # the convolution must not read padding values
-            x = self.proj[m](x.transpose(1, 2)).transpose(1, 2)  # (B, T_m, d)
-            x = x + sinusoidal_positions(steps, self.config.hidden, x.device)  # eq. 1
+            x = self._project(m, x)  # (B, T_m, d)
+            x = x + self._positions(steps, x.device)  # eq. 1
             xs.append(self.drop(x))
             valids.append(valid)
         if self.config.use_mke:
@@ -161,26 +163,38 @@ class CUMDF(nn.Module):
         valid = torch.stack([F.pad(v, (0, steps - v.shape[1])) for v in valids])  # (3, B, T)
         return Encoded(seqs * valid.unsqueeze(-1), valid)
 
+    def _project(self, m: str, x: torch.Tensor) -> torch.Tensor:
+        """Eq. 1's Conv1D: x (B, T, D_m) -> (B, T, d). A width-1 kernel is a per-step linear map, run as
+        one matrix product (the same sums; torch's convolution costs ~4x more on these small batches).
+        The result keeps the convolution's memory layout, (B, d, T) transposed: dropout draws its mask
+        in memory order, so a seed drops the same units either way."""
+        conv = self.proj[m]
+        if conv.kernel_size[0] > 1:
+            return conv(x.transpose(1, 2)).transpose(1, 2)
+        return F.linear(x, conv.weight[:, :, 0], conv.bias).transpose(1, 2).contiguous().transpose(1, 2)
+
+    def _positions(self, steps: int, device: torch.device) -> torch.Tensor:
+        """(steps, d) sinusoidal codes of eq. 1, built once per length and device."""
+        key = (steps, str(device))
+        if key not in self._position_cache:
+            self._position_cache[key] = sinusoidal_positions(steps, self.config.hidden, device)
+        return self._position_cache[key]
+
     def _mke(self, xs: list[torch.Tensor], valids: list[torch.Tensor]) -> list[torch.Tensor]:
-        out = []
+        spe = []
         for k, m in enumerate(MODALITIES):
             # AMSKE (eq. 2): keys beyond the valid steps are masked; a sample without any keeps its first
             # key (its output is zeroed afterwards), so no softmax row is empty.
             keys = valids[k].clone()
             keys[:, 0] = True
             bias = torch.zeros(keys.shape, device=keys.device).masked_fill(~keys, float("-inf"))[:, None, None, :]
-            spe = self.amske[m](xs[k], bias)  # (B, T_m, d)
-            # GMCKE (eq. 4): for each other modality n, S = softmax(tanh(X'_m X'_n^T)) over n's valid steps,
-            # R = S X'_n, [R; R * X'_m]; X_m_com = the two of them side by side (B, T_m, 4d).
-            com = []
-            for j in range(3):
-                if j == k:
-                    continue
-                scores = torch.tanh(xs[k] @ xs[j].transpose(1, 2))  # (B, T_m, T_n)
-                r = _masked_softmax(scores, valids[j][:, None, :]) @ xs[j]  # (B, T_m, d)
-                com += [r, r * xs[k]]
-            out.append(spe + self.common(torch.cat(com, dim=-1)))  # X~_m (B, T_m, d)
-        return out
+            spe.append(self.amske[m](xs[k], bias))  # (B, T_m, d)
+        # X~_m = X_m_spe + W_com X_m_com (GMCKE draws no random numbers, so running it after the three
+        # AMSKE layers keeps the dropout draws in their order)
+        if len({x.shape[1] for x in xs}) == 1:  # one length: the three modalities' W_com in one product
+            com = self.common(_gmcke_same_length(torch.stack(xs), torch.stack(valids)))  # (3, B, T, d)
+            return [a + c for a, c in zip(spe, com.unbind(0))]
+        return [a + self.common(_gmcke(xs, valids, k)) for k, a in enumerate(spe)]
 
     # ------------------------------------------------------------------------------------ LG-MMT
 
@@ -196,7 +210,6 @@ class CUMDF(nn.Module):
         # first pass: the mean of the present modalities' pooled features -> class probabilities
         overall = (pooled * present.unsqueeze(-1)).sum(1) / present.sum(1, keepdim=True).clamp(min=1)  # (B, d)
         first_logits = self.first_head(self.drop(overall))  # (B, C)
-        tokens = seqs.permute(1, 0, 2, 3).reshape(b, n_mod * steps, d)  # (B, 3T, d), modality-major
         token_valid = valid.permute(1, 0, 2).reshape(b, n_mod * steps)  # (B, 3T)
         pair_valid = token_valid[:, None, :] & self.member.repeat_interleave(steps, dim=1)[None]  # (B, P, 3T)
         if self.config.use_lgmmt:
@@ -209,23 +222,25 @@ class CUMDF(nn.Module):
             query = self.w_q(e)[:, None, :].expand(b, len(PAIRS), d)  # eq. 6: one query per sample, every pair
         else:
             gated = seqs
+            tokens = seqs.permute(1, 0, 2, 3).reshape(b, n_mod * steps, d)  # (B, 3T, d), modality-major
             pair_tokens = pair_valid.to(seqs.dtype)
             mean_token = (pair_tokens @ tokens) / pair_tokens.sum(-1, keepdim=True).clamp(min=1)  # (B, P, d)
             query = self.w_q(mean_token)
         keys = torch.cat([self.w_k[m](gated[k]) for k, m in enumerate(MODALITIES)], dim=1)  # (B, 3T, d)
         values = torch.cat([self.w_v[m](gated[k]) for k, m in enumerate(MODALITIES)], dim=1)  # (B, 3T, d)
         h, hd = self.config.heads, d // self.config.heads
-        q = query.view(b, -1, h, hd).transpose(1, 2)  # (B, h, P, hd)
-        kk = keys.view(b, -1, h, hd).transpose(1, 2)  # (B, h, 3T, hd)
-        vv = values.view(b, -1, h, hd).transpose(1, 2)
+        # contiguous heads: batched matrix products over strided (or, for the shared query, expanded)
+        # operands fall back to one small product per (sample, head), ~10x slower on CPU
+        q = query.reshape(b, -1, h, hd).transpose(1, 2).contiguous()  # (B, h, P, hd)
+        kk = keys.view(b, -1, h, hd).transpose(1, 2).contiguous()  # (B, h, 3T, hd)
+        vv = values.view(b, -1, h, hd).transpose(1, 2).contiguous()
         att = _masked_softmax(q @ kk.transpose(-1, -2) * hd**-0.5, pair_valid[:, None])  # eqs. 7-8: (B, h, P, 3T)
         heads_out = (att @ vv).transpose(1, 2).reshape(b, -1, d)  # (B, P, d)
         f = self.ffn(self.w_o(heads_out))  # (B, P, d)
         # eq. 9: H_{m1 m2} = LayerNorm(Z~_m1 + FFN(...)) at m1's steps, averaged over them (GAP); an absent
         # m1 leaves LayerNorm(FFN(...)).
-        first = torch.tensor([a for a, _ in PAIRS], device=seqs.device)
-        resid = gated[first].transpose(0, 1)  # (B, P, T, d)
-        res_valid = valid[first].transpose(0, 1)  # (B, P, T)
+        resid = gated[self.pair_first].transpose(0, 1)  # (B, P, T, d)
+        res_valid = valid[self.pair_first].transpose(0, 1)  # (B, P, T)
         hseq = self.norm(resid + f[:, :, None, :])  # (B, P, T, d)
         none = ~res_valid.any(-1, keepdim=True)  # (B, P, 1): pool the residual-free first step instead
         pair_h = masked_pool(hseq, res_valid | (none & (torch.arange(steps, device=seqs.device) == 0)))  # (B, P, d)
@@ -269,6 +284,37 @@ class CUMDF(nn.Module):
     def attention_weights(self) -> list[torch.Tensor]:
         """W_Q^LE, W_K^m, W_V^m: the matrices L_reg (eq. 17) penalises, in that order."""
         return [self.w_q.weight, *(self.w_k[m].weight for m in MODALITIES), *(self.w_v[m].weight for m in MODALITIES)]
+
+
+# GMCKE's other modalities n of each modality m, in the order their blocks enter X_m_com
+OTHERS: tuple[tuple[int, int], ...] = ((1, 2), (0, 2), (0, 1))
+
+
+def _gmcke(xs: list[torch.Tensor], valids: list[torch.Tensor], k: int) -> torch.Tensor:
+    """GMCKE (eq. 4) for modality k: for each other modality n, S = softmax(tanh(X'_k X'_n^T)) over n's valid
+    steps, R = S X'_n, and [R; R * X'_k]; X_k_com = the two of them side by side. xs[m] (B, T_m, d),
+    valids[m] (B, T_m) -> (B, T_k, 4d)."""
+    com = []
+    for j in OTHERS[k]:
+        scores = torch.tanh(xs[k] @ xs[j].transpose(1, 2))  # (B, T_k, T_n)
+        r = _masked_softmax(scores, valids[j][:, None, :]) @ xs[j]  # (B, T_k, d)
+        com += [r, r * xs[k]]
+    return torch.cat(com, dim=-1)
+
+
+def _gmcke_same_length(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """`_gmcke` for the three modalities at once when they share one length T (utterance-level features,
+    aligned sequences): the pairwise products run as batched products (a few calls in place of ~60; the
+    m = n pairs are computed and dropped). x (3, B, T, d), valid (3, B, T) -> X_com (3, B, T, 4d)."""
+    n_mod, b, steps, d = x.shape
+    scores = torch.tanh(x[:, None] @ x[None].transpose(-1, -2))  # (3 m, 3 n, B, T, T)
+    r = _masked_softmax(scores, valid[None, :, :, None, :]) @ x[None]  # (3, 3, B, T, d): R of (m, n)
+    rx = r * x[:, None]  # R * X'_m
+    m_idx = [k for k in range(n_mod) for _ in OTHERS[k]]
+    n_idx = [n for k in range(n_mod) for n in OTHERS[k]]
+    blocks = torch.stack([r[m_idx, n_idx], rx[m_idx, n_idx]], dim=1)  # (6 (m, n), 2 [R; R * X'_m], B, T, d)
+    # -> (3, B, T, 4d): per m, [R_n1; R_n1 * X'_m; R_n2; R_n2 * X'_m] along the features, as `_gmcke`
+    return blocks.view(n_mod, 2, 2, b, steps, d).permute(0, 3, 4, 1, 2, 5).reshape(n_mod, b, steps, 4 * d)
 
 
 def _masked_softmax(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:

@@ -235,6 +235,15 @@ class CUMDFTask(_SelectsBestState):
 
 # --------------------------------------------------------------------------------------- recipe
 
+# Passes without gradients (selection-split losses every epoch, the teacher's targets) run in batches of
+# this many training batches: in eval mode every sample's outputs are independent of its batch, so the
+# losses are the same (up to float rounding) in a quarter of the calls.
+EVAL_BATCH_FACTOR = 4
+
+
+def eval_batches(ctx: RecipeContext, split: Split):
+    return lambda: iterate_batches(split, ctx.train.batch_size * EVAL_BATCH_FACTOR, scheme=ctx.scheme)
+
 
 def fused_adam(ctx: RecipeContext, model: nn.Module | None = None) -> torch.optim.Optimizer:
     """`ctx.optimizer`'s Adam (its parameter groups, learning rates, decay) as torch's fused kernel where
@@ -257,7 +266,7 @@ class CUMDFRecipe:
 
         # ---- stage 1: the teacher, on complete data ----
         if ctx.saved is None or ctx.resumes(1):
-            teacher_task = CUMDFTask("teacher", rc, ctx.scheme, ctx.eval_batches(ctx.select_split))
+            teacher_task = CUMDFTask("teacher", rc, ctx.scheme, eval_batches(ctx, ctx.select_split))
             teacher_ctx = ctx
             if rc.teacher_epochs:
                 teacher_ctx = dataclasses.replace(ctx, train=dataclasses.replace(tc, epochs=rc.teacher_epochs))
@@ -274,7 +283,7 @@ class CUMDFRecipe:
         teacher = copy.deepcopy(model)
         teacher.load_state_dict(teacher_state)
         teacher.requires_grad_(False)
-        targets = teacher_targets(teacher, ctx.train_split, tc.batch_size, ctx.device)
+        targets = teacher_targets(teacher, ctx.train_split, tc.batch_size * EVAL_BATCH_FACTOR, ctx.device)
 
         # ---- stage 2: the student, on MRMS-dropped data, distilled from the teacher ----
         resuming = ctx.resumes(2)
@@ -290,7 +299,8 @@ class CUMDFRecipe:
         dropped = mrms(ctx.train_split, rc.drop_ratio, tc.seed)
         dropped_select = mrms(ctx.select_split, rc.drop_ratio, tc.seed + 1)
         student_ctx = dataclasses.replace(ctx, train_split=dropped)
-        student_task = CUMDFTask("student", rc, ctx.scheme, ctx.eval_batches(dropped_select), targets, distiller)
+        student_task = CUMDFTask("student", rc, ctx.scheme, eval_batches(ctx, dropped_select), targets,
+                                 distiller)
         extra = {"teacher_state": teacher_state, "teacher_summary": teacher_summary}
         loop2 = student_ctx.run_stage(2, student_task, fused_adam(ctx, distiller), model=distiller, extra=extra)
         history = loop2.history
