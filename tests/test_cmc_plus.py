@@ -227,3 +227,25 @@ def test_an_absent_text_stays_absent_when_the_run_re_encodes_transcripts(tmp_pat
     assert (without.expert_weights[:, :2] == 0).all() and "text" not in without.explain(0)["modalities"]
     full = predictor.predict(valid)
     assert (full.expert_weights > 0).all()
+
+
+def test_experiment_scores_conditions_and_router_weights_on_re_encoded_text(tmp_path):
+    """An experiment's condition scoring and router-weight table read the split the way the run does
+    (transcripts re-encoded first, then the availability mask)."""
+    from affectus.experiments.runner import run_experiment
+    from test_text_encoder import _write_tiny_bert
+
+    bert = _write_tiny_bert(tmp_path / "bert", positions=64)
+    data = tmp_path / "d.pkl"
+    write_pickle(_mosi_like(1, {"train": 40, "valid": 16}), data)
+    spec = {"name": "cp", "description": "CMC+ under conditions", "seeds": 1,
+            "runs": [{"name": "CMC+", "model": "cmc", "variant": "cmc_plus"}],
+            "report": {"columns": "conditions", "conditions": ["l", "av", "lav"]}}
+    overrides = {"train.text_encoder": bert, "recipe.expert_epochs": 10, "recipe.router_steps": 20}
+    run_experiment(spec, tmp_path / "exp", data=str(data), preset="mosi-utterance", overrides=overrides, threads=1,
+                   progress=False)
+    run = next((tmp_path / "exp" / "runs").iterdir())
+    weights = json.loads((run / "router_conditions.json").read_text())["weights"]
+    assert weights["{a,v}"]["text"] == 0.0 and weights["{l}"]["audio"] == 0.0
+    assert abs(sum(weights["{l,a,v}"].values()) - 1.0) < 1e-6
+    assert "{l,a,v}" in json.loads((run / "conditions.json").read_text())

@@ -299,7 +299,8 @@ def _score_conditions(out: Path, runs: list[PlannedRun], split, report) -> None:
         if todo:
             write_json_atomic(path, have)
         if router_todo:
-            shift = router_weights_by_condition(predictor.model, split, device=predictor.device,
+            # the split as the run reads it (a run that re-encoded transcripts re-encodes this one too)
+            shift = router_weights_by_condition(predictor.model, predictor.reads(split), device=predictor.device,
                                                 conditions=router_todo)
             write_json_atomic(router_path, {"weights": {**weights, **shift} if shift else None})
 
