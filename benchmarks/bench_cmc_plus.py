@@ -40,33 +40,15 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 MOSI = ROOT.parent / "shared" / "data" / "mosi-utterance" / "mosi_utterance_trainval.pkl"
-MODS = ("text", "audio", "vision")
 
 
-def pooled(split, m: str) -> np.ndarray:
-    x = split.features(m)
-    lens = np.clip(split.lengths(m), 1, x.shape[1])
-    mask = (np.arange(x.shape[1])[None, :] < lens[:, None]).astype(np.float32)
-    return (x * mask[..., None]).sum(1) / lens[:, None]
+def logreg(train, select, evals, scheme, seed: int, features=None) -> np.ndarray:
+    """affectus's logistic-regression baseline (evaluation/linear_baseline.py) on the Acc2 truth, C chosen on
+    `select`; its (N, 3) log-probabilities on `evals`. `features`: None for the pooled modalities."""
+    from affectus.evaluation.linear_baseline import logreg_baseline, pooled_features
 
-
-def logreg(train, select, evals, scheme, seed: int, features) -> np.ndarray:
-    """Binary LR (the scheme's Acc2 truth), C chosen on `select`; returns 3-class-shaped logits for `evals`."""
-    import torch
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    truth = lambda s: scheme.binary_targets(torch.from_numpy(scheme.to_classes(s.labels))).numpy()
-    best = None
-    for c in (0.001, 0.01, 0.1, 1.0, 10.0):
-        m = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000, random_state=seed))
-        m.fit(features(train), truth(train))
-        acc = float(np.mean(m.predict(features(select)) == truth(select)))
-        if best is None or acc > best[0]:
-            best = (acc, m)
-    p = best[1].predict_log_proba(features(evals))
-    return np.stack([p[:, 0], np.full(len(p), -1e9), p[:, 1]], 1)  # neg / (no neutral) / pos
+    return logreg_baseline(train, evals, select_split=select, family=scheme.family, task="binary", seed=seed,
+                           max_iter=3000, features=features or pooled_features)["logits"]
 
 
 def train_model(ds, plan, preset, model: str, variant: str | None, seed: int, sets: dict):
@@ -105,8 +87,7 @@ def run_sim(args, model: str, seed: int) -> dict:
     test = ds[plan.eval]
     out: dict = {}
     if model == "logreg":
-        feats = lambda s: np.concatenate([pooled(s, m) for m in MODS], 1)
-        logits = logreg(ds[plan.train], ds[plan.select], test, plan.scheme, seed, feats)
+        logits = logreg(ds[plan.train], ds[plan.select], test, plan.scheme, seed)
         weights = None
         seconds = 0.0
     else:
@@ -155,10 +136,7 @@ def run_mosi(args, model: str, seed: int, cache: dict) -> dict:
                                   "eval": valid.subset(eval_rows, "eval")}, source=ds.source)
         plan = DataPlan("train", "select", "eval", scheme)
         if model in ("logreg", "minilm_probe"):
-            if model == "minilm_probe":
-                feats = lambda s: minilm(s, cache)
-            else:
-                feats = lambda s: np.concatenate([pooled(s, m) for m in MODS], 1)
+            feats = (lambda s: minilm(s, cache)) if model == "minilm_probe" else None
             lg = logreg(fold["train"], fold["select"], fold["eval"], scheme, seed, feats)
         else:
             name, variant, sets = parse_row(model)

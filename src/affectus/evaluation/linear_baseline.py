@@ -9,7 +9,7 @@ train when none is given, never on the split being reported. The reported metric
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -69,13 +69,16 @@ def logreg_baseline(
     task: str = "3class",
     seed: int = 0,
     max_iter: int = 2000,
+    features: Callable[[Split], np.ndarray] = pooled_features,
 ) -> dict[str, Any]:
     """Fit on train, pick C on select_split (accuracy of the fitted task), report metrics on eval_split.
 
     family: 'sims' or 'mosi' (decides the metrics and the binary labels). task: '3class' (labels
     from `to_classes`) or 'binary' (the family's Acc2 truth). Returns {'metrics': compute_metrics(...)
-    on eval_split (nested D_msc/D_msi when eval_split has unimodal labels), 'C': the chosen C,
-    'selection': {str(C): accuracy in %}, 'selected_on': the split name or 'train-cv', 'task', 'family'}.
+    on eval_split (nested D_msc/D_msi when eval_split has unimodal labels), 'logits': its (N, 3)
+    log-probabilities, 'C': the chosen C, 'selection': {str(C): accuracy in %}, 'selected_on': the split
+    name or 'train-cv', 'task', 'family'}. `features` turns a split into the (N, F) inputs (default: the
+    pooled, concatenated modalities; e.g. sentence vectors of the transcripts for a text probe).
     """
     fam = metric_family(family)
     if task not in ("3class", "binary"):
@@ -87,14 +90,14 @@ def logreg_baseline(
     if not Cs:
         raise AffectusError("logreg_baseline: Cs is empty")
 
-    x_train = pooled_features(train_split)
+    x_train = features(train_split)
     y_train = _targets(np.asarray(train_split.labels), fam, task)
     if np.unique(y_train).size < 2:
         raise AffectusError(f"logreg_baseline: the training split '{train_split.name}' holds one class only")
 
     selection: dict[str, float] = {}
     if select_split is not None:
-        x_sel = pooled_features(select_split)
+        x_sel = features(select_split)
         y_sel = _targets(np.asarray(select_split.labels), fam, task)
         for c in Cs:
             selection[str(c)] = 100.0 * float(
@@ -119,15 +122,16 @@ def logreg_baseline(
     # Highest accuracy wins; on a tie the smaller C (stronger regularisation), i.e. the first in sorted order.
     best_c = max(sorted(Cs), key=lambda c: selection[str(c)])
     model = _fit(x_train, y_train, best_c, seed, max_iter)
-    x_eval = pooled_features(eval_split)
+    logits = _as_logits(model, features(eval_split), task)
     metrics = compute_metrics(
         fam,
-        logits=_as_logits(model, x_eval, task),
+        logits=logits,
         scores=np.asarray(eval_split.labels),
         unimodal_scores=eval_split.unimodal_labels,
     )
     return {
         "metrics": metrics,
+        "logits": logits,
         "C": float(best_c),
         "selection": selection,
         "selected_on": selected_on,
