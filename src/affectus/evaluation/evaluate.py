@@ -20,15 +20,20 @@ from affectus.data.types import MODALITIES, Split
 def predict_split(model, split: Split, batch_size: int, device) -> dict[str, np.ndarray]:
     """Run a model over a split with every label withheld; returns stacked outputs."""
     model.eval()
-    outs: dict[str, list] = {"logits": [], "modality_logits": [], "router_weights": [], "regression": [],
-                             "expert_logits": [], "expert_weights": []}
+    outs: dict[str, list] = {key: [] for key in OUTPUT_KEYS}
     for batch in iterate_batches(split, batch_size, with_labels=False):
-        o = model(batch.to(device))
-        for key in outs:
-            v = getattr(o, key)
-            if v is not None:
-                outs[key].append(v.float().cpu().numpy())
+        for key, value in output_arrays(model(batch.to(device))).items():
+            outs[key].append(value)
     return {k: np.concatenate(v) for k, v in outs.items() if v}
+
+
+# the ModelOutput fields predictions carry (those a model leaves None are left out)
+OUTPUT_KEYS = ("logits", "modality_logits", "router_weights", "regression", "expert_logits", "expert_weights")
+
+
+def output_arrays(output) -> dict[str, np.ndarray]:
+    """A ModelOutput's prediction fields as float32 numpy arrays, the fields it left None dropped."""
+    return {key: v.float().cpu().numpy() for key in OUTPUT_KEYS if (v := getattr(output, key)) is not None}
 
 
 def evaluate_split(model, split: Split, scheme, batch_size: int, device,

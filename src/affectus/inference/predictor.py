@@ -162,7 +162,7 @@ class Predictor:
         `available` ('text,audio', 'l,a' or a tuple of names) scores as if the other modalities were
         absent: they are zero-filled with length 0 and marked absent (data/missing.py).
         """
-        from affectus.evaluation.evaluate import predict_split
+        from affectus.evaluation.evaluate import output_arrays, predict_split
 
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise AffectusError(f"predict: batch_size {batch_size!r}: expected a positive integer")
@@ -170,17 +170,7 @@ class Predictor:
             raise AffectusError("predict: available= applies to arrays or a Split, not a Batch")
         mask = None
         if isinstance(data, Batch):
-            o = self.model(data.to(self.device))
-            res = {"logits": o.logits.cpu().numpy()}
-            if o.modality_logits is not None:
-                res["modality_logits"] = o.modality_logits.cpu().numpy()
-            if o.router_weights is not None:
-                res["router_weights"] = o.router_weights.cpu().numpy()
-            if o.regression is not None:
-                res["regression"] = o.regression.float().cpu().numpy()
-            for key in ("expert_logits", "expert_weights"):
-                if getattr(o, key) is not None:
-                    res[key] = getattr(o, key).float().cpu().numpy()
+            res = output_arrays(self.model(data.to(self.device)))
         else:
             split = self.reads(data) if isinstance(data, Split) else self._split_from_arrays(data)
             split = _restrict(split, available)
