@@ -134,6 +134,7 @@ class Predictor:
 
         # runs written before label schemes recorded only the family name
         self.scheme = get_scheme(self.info.get("scheme") or self.info.get("family", "mosi"))
+        self._text_inputs: tuple[Any, Any, bool] | None = None  # the run's text encoder, built on first use
 
     def reads(self, split: Split) -> Split:
         """`split` as this run reads it. When the run re-encoded transcripts (`train.text_inputs`, recorded
@@ -146,9 +147,13 @@ class Predictor:
         if split.available is not None and not split.available[:, 0].any():
             return split  # no sample has text: nothing to encode (e.g. a clip without a transcript)
         from affectus.data.missing import with_availability
-        from affectus.inference.extract.text import reencode_from_record
+        from affectus.inference.extract.text import reencode_dataset, text_inputs_from_record
 
-        encoded = reencode_from_record(MERDataset(splits={split.name: split}, source=self.run_dir.name), record)
+        if self._text_inputs is None:  # built once: every request or condition reuses the encoder
+            self._text_inputs = text_inputs_from_record(record)
+        encoder, text, bert = self._text_inputs
+        encoded = reencode_dataset(MERDataset(splits={split.name: split}, source=self.run_dir.name), encoder,
+                                   text=text, bert=bert)
         out = encoded[split.name]
         return out if split.available is None else with_availability(out, split.available)
 

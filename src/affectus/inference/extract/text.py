@@ -135,6 +135,7 @@ class BertTextEncoder:
         self.tokenizer.padding_side = "right"
         self.tokenizer.truncation_side = "right"
         self._model: torch.nn.Module | None = None
+        self._fingerprint: str | None = None
 
     def _model_dir(self) -> Path:
         return _check_model_dir(self.config.path)
@@ -165,7 +166,11 @@ class BertTextEncoder:
         return self._model
 
     def fingerprint(self) -> str:
-        return _fingerprint(self.model_dir)
+        """A hash of the model directory's files, computed once per encoder (it is read on every `record()`,
+        and `record()` keys the sentence cache)."""
+        if self._fingerprint is None:
+            self._fingerprint = _fingerprint(self.model_dir)
+        return self._fingerprint
 
     def record(self) -> dict[str, Any]:
         """The JSON a run stores so `text_encoder_from_record` rebuilds this exact encoder."""
@@ -412,13 +417,19 @@ def text_inputs_record(encoder: BertTextEncoder, *, text: TextOutput | None, ber
     return {"text_encoder": encoder.record(), "text": text, "bert": bert}
 
 
-def reencode_from_record(dataset: MERDataset, record: dict[str, Any]) -> MERDataset:
-    """Re-encode `dataset`'s transcripts as the run that wrote `record` (`text_inputs_record`) did."""
+def text_inputs_from_record(record: dict[str, Any]) -> tuple[BertTextEncoder, TextOutput | None, bool]:
+    """(encoder, text, bert) of a run's `text_inputs_record`: what `reencode_dataset` needs to encode a new
+    file as that run's training data was. Build it once and reuse it (the encoder loads its tokenizer)."""
     if not isinstance(record, dict) or set(record) != {"text_encoder", "text", "bert"}:
         got = sorted(record) if isinstance(record, dict) else type(record).__name__
         raise AffectusError(f"text inputs record: expected keys bert, text, text_encoder, got {got}")
-    encoder = text_encoder_from_record(record["text_encoder"])
-    return reencode_dataset(dataset, encoder, text=record["text"], bert=record["bert"])
+    return text_encoder_from_record(record["text_encoder"]), record["text"], record["bert"]
+
+
+def reencode_from_record(dataset: MERDataset, record: dict[str, Any]) -> MERDataset:
+    """Re-encode `dataset`'s transcripts as the run that wrote `record` (`text_inputs_record`) did."""
+    encoder, text, bert = text_inputs_from_record(record)
+    return reencode_dataset(dataset, encoder, text=text, bert=bert)
 
 
 def apply_text_inputs(dataset: MERDataset, text_inputs: str, encoder_spec: str
