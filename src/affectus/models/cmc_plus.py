@@ -26,6 +26,7 @@ Training (stage 1 experts, temperature, stage 2 router) is the recipe's: trainin
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -177,7 +178,7 @@ class CMCPlus(nn.Module):
     def consensus(self, z: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Raw expert logits (B, K, C) -> (verdict logits, calibrated log-probs, effective weights)."""
         lp = F.log_softmax(z / self.temperature[:, None], -1)
-        uniform = torch.full_like(lp, -float(torch.log(torch.tensor(float(lp.shape[-1])))))
+        uniform = torch.full_like(lp, -math.log(lp.shape[-1]))  # log(1/C)
         lp = torch.where(present.unsqueeze(-1), lp, uniform)  # an absent expert says nothing
         if self.config.use_router:
             logits, w = self.router(lp, present)

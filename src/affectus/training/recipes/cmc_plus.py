@@ -226,7 +226,6 @@ class CMCPlusRecipe:
         opt = torch.optim.Adam(router.parameters(), lr=rc.router_lr)
         binary = scheme.binary_targets(y) if scheme.binary_names and scheme.num_classes == 3 else None
         present_all = torch.ones(z.shape[:2], dtype=torch.bool, device=z.device)
-        loss = torch.tensor(0.0)
         router.train()
         for _ in range(rc.router_steps):
             present = present_all
