@@ -29,6 +29,7 @@ from affectus.evaluation.report.runs import (
     short,
 )
 from affectus.experiments.spec import slugify
+from affectus.inference.checkpoints import IN_SAMPLE_MARK, split_fits
 
 TAU, RETENTION = "model.tau", "train.consistent_retention"
 # grid axes with a paper figure of their own: (file prefix, section title); other numeric axes get a plain curve
@@ -111,6 +112,8 @@ def results(runs: list[Run], axes: list[str]) -> list[Block]:
                     best[p] = top
         lines = []
         degenerate: list[str] = []
+        marked: list[str] = []  # footnotes of the rows marked in-sample
+        selected: list[str] = []
         for row in rows:
             # a run that predicted one class everywhere (run.json "degenerate"): its scores are that class's share
             single = sum(bool(r.info.get("degenerate")) for r in row.runs)
@@ -118,6 +121,12 @@ def results(runs: list[Run], axes: list[str]) -> list[Block]:
             if single:
                 degenerate.append(f"⚠ {row.row}: {single} of {len(row.runs)} run(s) predicted a single class on a "
                                   f"scored split (see their run.json 'warnings')")
+            fitted, chose = _fits(row.runs)  # parts fitted / selections made on the split the row is scored on
+            if fitted:
+                label += f" {IN_SAMPLE_MARK}"
+                marked.append(f"{IN_SAMPLE_MARK} in-sample: {row.label}: {fitted}; its scores there are not held out")
+            if chose:
+                selected.append(f"{row.label}: {chose}")
             cells: list[Any] = [label, *[short(row.axes.get(k, "–")) for k in axes], len(row.runs)]
             for p, _ in cols:
                 mean, std, n = mean_std([r.metric(p) for r in row.runs])
@@ -127,7 +136,24 @@ def results(runs: list[Run], axes: list[str]) -> list[Block]:
         blocks += [heading(f"label scheme {family} (scored on {', '.join(splits)})"),
                    table(["row", *axes, "n", *[name for _, name in cols]], lines, left=1 + len(axes)),
                    *[note(text) for text in degenerate]]
+        blocks += [note(text) for text in marked]
+        if selected:
+            blocks.append(note("selection on the scored split (the field's norm; not marked): " + "; ".join(selected)))
     return blocks
+
+
+def _fits(runs: list[Run]) -> tuple[str, str]:
+    """(what the runs fitted on the split they are scored on, e.g. "consensus fitted on split 'valid'";
+    the selection parts that chose there, e.g. "early_stopping on 'valid'"), '' where none."""
+    fitted: list[str] = []
+    chose: list[str] = []
+    for r in runs:
+        split = str(r.info.get("metrics_split", "?"))
+        fits = split_fits(r.info, split)
+        parts = ["unknown (run.json records no fits)"] if fits["in_sample"] is None else fits["in_sample"]
+        fitted += [t for t in (f"{p} fitted on split '{split}'" for p in parts) if t not in fitted]
+        chose += [t for t in (f"{p} on '{split}'" for p in fits["selection"]) if t not in chose]
+    return ", ".join(fitted), ", ".join(chose)
 
 
 # ============================================================================ missing modalities
