@@ -163,7 +163,7 @@ def test_results_md_csv_and_report_mark_an_in_sample_row(tmp_path):
     out = tmp_path / "exp"
     run_experiment(spec, out, data=DATA, threads=1, progress=False)
     md = (out / "results.md").read_text(encoding="utf-8")
-    assert re.search(r"^\| CMC\+ † \|", md, re.M) and re.search(r"^\| LF \|", md, re.M)
+    assert re.search(r"^\| CMC\+ † \|", md, re.MULTILINE) and re.search(r"^\| LF \|", md, re.MULTILINE)
     footnote = next(line for line in md.splitlines() if line.startswith("† in-sample"))
     assert "CMC+: " in footnote and "consensus" in footnote and "temperatures" in footnote and "LF" not in footnote
     assert "early_stopping chose on it" in md  # named, for every row: valid also selects
@@ -174,3 +174,24 @@ def test_results_md_csv_and_report_mark_an_in_sample_row(tmp_path):
     text = re.sub(r"<[^>]+>", " ", page)
     assert "CMC+ †" in text and "† in-sample: CMC+" in text and "LF †" not in text
     assert "selection on the scored split" in text
+
+
+def test_sweep_says_when_its_validation_and_reported_scores_are_in_sample(tmp_path, capsys):
+    """A CMC+ sweep under mosi-utterance: the objective (valid) is in-sample for the consensus, and the
+    'reported' split is the one that chose the trial: the summary and sweep.json say both."""
+    import yaml
+
+    from affectus.cli import main, sweep_cmd  # noqa: F401  (registers `sweep`)
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"name": "cp", "model": "cmc_plus", "preset": "mosi-utterance",
+                                    "overrides": FAST_OVERRIDES, "space": {"recipe.router_lr": [0.02]}}))
+    capsys.readouterr()
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "sw"), "--data", DATA, "--threads", "1",
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "† in-sample" in out and "the split that chose the trial: not held out" in out
+    assert "not used to choose" not in out
+    best = json.loads((tmp_path / "sw" / "sweep.json").read_text())["best"]
+    assert set(best["validation_in_sample"]) == {"consensus", "temperatures"}
+    assert best["test"]["chose_trial"] and set(best["test"]["in_sample"]["parts"]) == {"consensus", "temperatures"}
