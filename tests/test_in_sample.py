@@ -159,7 +159,8 @@ def test_results_md_csv_and_report_mark_an_in_sample_row(tmp_path):
 
     spec = {"name": "insample", "seeds": 1, "preset": "mosi-utterance",
             "runs": [{"name": "CMC+", "model": "cmc_plus", "overrides": FAST_OVERRIDES},
-                     {"name": "LF", "model": "late_fusion", "overrides": {"train.epochs": 2}}]}
+                     {"name": "LF", "model": "late_fusion", "overrides": {"train.epochs": 2}}],
+            "report": {"columns": "conditions", "conditions": ["l", "lav"]}}
     out = tmp_path / "exp"
     run_experiment(spec, out, data=DATA, threads=1, progress=False)
     md = (out / "results.md").read_text(encoding="utf-8")
@@ -174,6 +175,9 @@ def test_results_md_csv_and_report_mark_an_in_sample_row(tmp_path):
     text = re.sub(r"<[^>]+>", " ", page)
     assert "CMC+ †" in text and "† in-sample: CMC+" in text and "LF †" not in text
     assert "selection on the scored split" in text
+    # the availability-condition table is scored on the same split: its CMC+ row is marked as well
+    conditions = text.split("F1 per availability condition")[1]
+    assert "CMC+ †" in conditions and "LF †" not in conditions
 
 
 def test_sweep_says_when_its_validation_and_reported_scores_are_in_sample(tmp_path, capsys):

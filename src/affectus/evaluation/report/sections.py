@@ -203,7 +203,8 @@ def missing_modalities(page: Page, runs: list[Run], axes: list[str]) -> list[Blo
         if fixed:
             lines = []
             for row in rows:
-                cells: list[Any] = [row.row, len(row.runs)]
+                # scored on the evaluation split: in-sample where the row fitted parts there (the Results footnote)
+                cells: list[Any] = [row.row + (f" {IN_SAMPLE_MARK}" if _fits(row.runs)[0] else ""), len(row.runs)]
                 for k in fixed:
                     mean, std, n = mean_std([value(r, k) for r in row.runs])
                     cells.append(fmt(mean, std, n))
