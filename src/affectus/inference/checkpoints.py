@@ -3,7 +3,8 @@
 A finished run directory holds everything inference needs, nothing else required:
   model.safetensors   the selected weights
   run.json            format tag, model name + config, training config, feature dims, label
-                      mapping, metric family, data source, stage summaries, metrics, and
+                      mapping, metric family, data source, stage summaries, metrics, `fitted_on`
+                      (each part that learned something -> the split it saw; `split_fits` below), and
                       `weights_sha256`, the sha256 of model.safetensors, checked on every load
   bank.safetensors    the PLGM pseudo-label bank (CMC), initial and final soft labels
   metrics.json        the evaluation metrics

@@ -30,7 +30,7 @@ from affectus.models.registry import create_model, get_model_entry, make_config
 from affectus.training.config import ResolvedConfig
 from affectus.training.identity import check_same_run, run_identity, write_identity
 from affectus.training.loop import logger
-from affectus.training.recipes.base import RecipeContext
+from affectus.training.recipes.base import RecipeContext, RecipeResult
 from affectus.utils.io import lock_dir, write_json_atomic
 
 
@@ -252,7 +252,7 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
     return metrics
 
 
-def fitted_parts(result, plan: DataPlan) -> dict[str, str]:
+def fitted_parts(result: RecipeResult, plan: DataPlan) -> dict[str, str]:
     """run.json's `fitted_on`: every model's weights learn from the train split and its early stopping
     chooses on the selection split; the recipe adds (or drops, with None) its own parts by split role."""
     roles = {"train": plan.train, "select": plan.select}
