@@ -143,17 +143,19 @@ def results(runs: list[Run], axes: list[str]) -> list[Block]:
 
 
 def _fits(runs: list[Run]) -> tuple[str, str]:
-    """(what the runs fitted on the split they are scored on, e.g. "consensus fitted on split 'valid'";
-    the selection parts that chose there, e.g. "early_stopping on 'valid'"), '' where none."""
-    fitted: list[str] = []
-    chose: list[str] = []
+    """(what the runs fitted on the split they are scored on, e.g. "consensus, temperatures fitted on split
+    'valid'"; the selection parts that chose there, e.g. "early_stopping on 'valid'"), '' where none."""
+    fitted: dict[str, list[str]] = {}  # split -> parts
+    chose: dict[str, list[str]] = {}
     for r in runs:
         split = str(r.info.get("metrics_split", "?"))
         fits = split_fits(r.info, split)
         parts = ["unknown (run.json records no fits)"] if fits["in_sample"] is None else fits["in_sample"]
-        fitted += [t for t in (f"{p} fitted on split '{split}'" for p in parts) if t not in fitted]
-        chose += [t for t in (f"{p} on '{split}'" for p in fits["selection"]) if t not in chose]
-    return ", ".join(fitted), ", ".join(chose)
+        for into, found in ((fitted, parts), (chose, fits["selection"])):
+            into.setdefault(split, [])
+            into[split] += [p for p in found if p not in into[split]]
+    return ("; ".join(f"{', '.join(p)} fitted on split '{s}'" for s, p in fitted.items() if p),
+            "; ".join(f"{', '.join(p)} on '{s}'" for s, p in chose.items() if p))
 
 
 # ============================================================================ missing modalities
