@@ -43,7 +43,8 @@ def predict(
                              "extraction used it, else text is absent)")] = None,
 ) -> None:
     """Explained verdicts for the samples of DATA: verdict, probabilities, each modality's call and weight."""
-    from affectus.data.load import open_data
+    from affectus.data.load import data_identity, open_data, source_id
+    from affectus.inference.checkpoints import fits_legend, in_sample_json, split_fits
     from affectus.inference.predictor import load
 
     clips = [d for d in data if Path(d).suffix.lower() in _CLIP_SUFFIXES]
@@ -65,9 +66,12 @@ def predict(
         raise AffectusError(f"{source}: no split '{name}' (has {', '.join(ds.splits)})")
     samples = ds[name]
     pred = predictor.predict(samples, available=available)
+    # a split the run fitted parts on (its consensus, say): every row says so, the table in its legend
+    fits = split_fits(predictor.info, name, data_identity(source_id(source)))
+    marks = in_sample_json(fits)
     rows = []
     for i, sample_id in enumerate(samples.ids):
-        row = {"id": sample_id, **pred.explain(i)}
+        row = {"id": sample_id, **pred.explain(i), **marks}
         if samples.raw_text is not None:
             row["transcript"] = samples.raw_text[i]
         rows.append(row)
@@ -75,7 +79,8 @@ def predict(
         for row in rows:
             print(json.dumps(row, ensure_ascii=False))
         return
-    table = Table(title=f"{run_dir} on {source} ({name}, {len(rows)} samples)")
+    table = Table(title=f"{run_dir} on {source} ({name}, {len(rows)} samples)",
+                  caption="\n".join(fits_legend(fits, name)) or None, caption_justify="left")
     for col in ("id", "verdict", "p", "followed", "modalities (prediction @ weight)", "transcript"):
         table.add_column(col)
     for row in rows[:limit]:

@@ -37,15 +37,28 @@ def print_summary(report: dict[str, Any], path: Path) -> None:
     else:
         params = " ".join(f"{k}={v}" for k, v in best["params"].items())
         line = f"best trial {best['trial']} by validation {obj['metric']} = {_fmt(best['validation'])}"
+        fitted = best.get("validation_in_sample")
+        if fitted is None or fitted:  # the run fitted parts on its selection split (None: it does not say)
+            line += f" † in-sample ({', '.join(fitted) if fitted else 'unknown'} fitted on the selection split)"
         print(f"{line}: {params}")
         test = best["test"]
         if test.get("metrics") is None:
             print(f"its test score: not shown ({test.get('note')})")
+        elif test.get("chose_trial"):  # a preset that reports its selection split: not a held-out number
+            print(f"its {obj['metric']} on split '{test['split']}' (the split that chose the trial: not held out"
+                  f"{_in_sample(test)}): {_fmt(test['value'])}")
         else:
             # reported once, for the chosen trial only; it played no part in the choice
-            print(f"its {obj['metric']} on split '{test['split']}' (reported once, not used to choose): "
-                  f"{_fmt(test['value'])}")
+            print(f"its {obj['metric']} on split '{test['split']}' (reported once, not used to choose"
+                  f"{_in_sample(test)}): {_fmt(test['value'])}")
     print(f"wrote {path}")
+
+
+def _in_sample(test: dict[str, Any]) -> str:
+    if "in_sample" not in test:
+        return ""
+    parts = test["in_sample"]["parts"]
+    return f"; † in-sample: {', '.join(parts) if parts else 'unknown'} fitted on it"
 
 
 Opt = typer.Option

@@ -17,8 +17,14 @@ from affectus.errors import AffectusError
 console = Console(stderr=True)
 
 
-def _print_metrics(metrics: dict, title: str) -> None:
-    table = Table(title=title)
+def _print_metrics(metrics: dict, title: str, fits: dict | None = None, split: str = "") -> None:
+    """The scores as a table. `fits` (checkpoints.split_fits for the scored split): an in-sample score gets
+    the mark on its subset cell and one legend line; selection parts that chose on the split are named."""
+    from affectus.inference.checkpoints import IN_SAMPLE_MARK, fits_legend
+
+    fits = fits or {"in_sample": [], "selection": []}
+    marked = fits["in_sample"] is None or bool(fits["in_sample"])
+    table = Table(title=title, caption="\n".join(fits_legend(fits, split)) or None, caption_justify="left")
     table.add_column("subset")
     rows: list[tuple[str, dict]] = []
     if "d_test" in metrics:  # the scheme scored D_msc / D_msi subsets
@@ -31,7 +37,7 @@ def _print_metrics(metrics: dict, title: str) -> None:
     for k in keys:
         table.add_column(k, justify="right")
     for name, m in rows:
-        table.add_row(name, *[_fmt(k, m.get(k)) for k in keys])
+        table.add_row(f"{name} {IN_SAMPLE_MARK} in-sample" if marked else name, *[_fmt(k, m.get(k)) for k in keys])
     Console().print(table)
 
 
@@ -114,7 +120,10 @@ def train(
     with epoch_display(quiet) as on_epoch:
         metrics = train_run(ds, cfg, out, plan, resume=resume, data_source=source_id(data), on_epoch=on_epoch,
                             overwrite=overwrite)
-    _print_metrics(metrics, f"{cfg.model_name}/{cfg.variant} on split '{plan.eval}'")
+    from affectus.inference.checkpoints import read_run, split_fits
+
+    _print_metrics(metrics, f"{cfg.model_name}/{cfg.variant} on split '{plan.eval}'",
+                   split_fits(read_run(out), plan.eval), plan.eval)
     console.print(f"wrote {out}/metrics.json")
 
 
@@ -137,6 +146,7 @@ def evaluate(
 ) -> None:
     """Score a trained run on a split of DATA."""
     from affectus.data.load import open_data
+    from affectus.inference.checkpoints import in_sample_json
     from affectus.inference.predictor import load, predictions_csv
     from affectus.utils.io import refuse_overwrite, write_text_atomic
 
@@ -164,10 +174,19 @@ def evaluate(
         pred = predictor.predict(ds[name], available=available)
         write_text_atomic(predictions, predictions_csv(ds[name], pred, predictor.scheme))
         Console(stderr=True).print(f"wrote {predictions} ({len(ds[name])} rows)", markup=False, highlight=False)
+    fits = _fits(predictor.info, data, name)
     if as_json:
-        print(json.dumps({"split": name, **metrics}, indent=2, sort_keys=True))
+        print(json.dumps({"split": name, **metrics, **in_sample_json(fits)}, indent=2, sort_keys=True))
     else:
-        _print_metrics(metrics, f"{run_dir} on {name}" + (f" with {available} only" if available else ""))
+        _print_metrics(metrics, f"{run_dir} on {name}" + (f" with {available} only" if available else ""), fits, name)
+
+
+def _fits(info: dict, data: str, split: str) -> dict:
+    """What the run fitted on split `split` of DATA (compared by content with the run's own data)."""
+    from affectus.data.load import data_identity, source_id
+    from affectus.inference.checkpoints import split_fits
+
+    return split_fits(info, split, data_identity(source_id(data)))
 
 
 @app.command()

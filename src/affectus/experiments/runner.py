@@ -30,6 +30,7 @@ from affectus.errors import AffectusError
 from affectus.evaluation.results import format_mean_std, mean_std
 from affectus.evaluation.schemes import get_scheme
 from affectus.experiments.spec import ExperimentSpec, PlannedRun, expand, load_spec
+from affectus.inference.checkpoints import IN_SAMPLE_MARK, split_fits
 from affectus.utils.io import lock_dir, read_json_file, write_json_atomic, write_text_atomic
 from affectus.utils.threads import torch_threads
 
@@ -402,7 +403,10 @@ def aggregate(out_dir: str | Path) -> list[dict[str, Any]]:
             runs.append({**planned, "values": values, "family": info.get("family"),
                          "params": parameter_count(info["model_name"], info["model_config"]),
                          # one class predicted for every sample of the reported split (trainer's check)
-                         "degenerate": exp["eval_split"] in (info.get("degenerate") or {})})
+                         "degenerate": exp["eval_split"] in (info.get("degenerate") or {}),
+                         # parts fitted on the scored split (None: the run does not record its fits), and
+                         # the selection parts that chose on it (early stopping where it also selects)
+                         **split_fits(info, exp["eval_split"])})
     groups: dict[str, dict[str, Any]] = {}
     for planned in exp["runs"]:
         g = groups.setdefault(planned["group"], {"group": planned["group"], "row": planned["row"],
@@ -420,10 +424,22 @@ def aggregate(out_dir: str | Path) -> list[dict[str, Any]]:
             mean[key], std[key], _ = mean_std(r["values"].get(key) for r in done)
         rows.append({**g, "n_seeds": len(done), "seeds": [r["seed"] for r in done],
                      "family": done[0]["family"] if done else None, "params": done[0]["params"] if done else None,
-                     "n_degenerate": sum(r["degenerate"] for r in done), "mean": mean, "std": std})
+                     "n_degenerate": sum(r["degenerate"] for r in done), "mean": mean, "std": std,
+                     "in_sample": _union(r["in_sample"] for r in done),
+                     "selection": _union(r["selection"] for r in done)})
     write_text_atomic(out / "results.csv", _csv(exp, runs, rows, metric_keys))
     write_text_atomic(out / "results.md", _markdown(exp, rows, len(runs)))
     return rows
+
+
+def _union(parts_per_run) -> list[str] | None:
+    """The parts any run fitted on the scored split, in first-seen order (None: some run does not say)."""
+    out: list[str] = []
+    for parts in parts_per_run:
+        if parts is None:
+            return None
+        out += [p for p in parts if p not in out]
+    return out
 
 
 def _condition_values(run_dir: Path, exp: dict[str, Any]) -> dict[str, float | None]:
@@ -473,15 +489,23 @@ def _csv(exp: dict[str, Any], runs: list[dict], rows: list[dict], metric_keys: l
     grid_keys = list(exp.get("grid", {}))
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["kind", "group", "row", "model", "variant", *grid_keys, "seed", "n_seeds", "params", *metric_keys])
+    # in_sample: the parts fitted on the scored split, '+'-joined ('unknown' for a run that does not record them)
+    w.writerow(["kind", "group", "row", "model", "variant", *grid_keys, "seed", "n_seeds", "params", *metric_keys,
+                "in_sample"])
     for r in runs:
         w.writerow(["run", r["group"], r["row"], r["model"], r["variant"], *[_num(r["grid"][k]) for k in grid_keys],
-                    r["seed"], "", _num(r["params"]), *[_num(r["values"].get(k)) for k in metric_keys]])
+                    r["seed"], "", _num(r["params"]), *[_num(r["values"].get(k)) for k in metric_keys],
+                    _parts(r["in_sample"])])
     for g in rows:
         for kind in ("mean", "std"):
             w.writerow([kind, g["group"], g["row"], g["model"], g["variant"], *[_num(g["grid"][k]) for k in grid_keys],
-                        "", g["n_seeds"], _num(g["params"]), *[_num(g[kind][k], 6) for k in metric_keys]])
+                        "", g["n_seeds"], _num(g["params"]), *[_num(g[kind][k], 6) for k in metric_keys],
+                        _parts(g["in_sample"])])
     return buf.getvalue()
+
+
+def _parts(parts: list[str] | None) -> str:
+    return "unknown" if parts is None else "+".join(parts)
 
 
 def _markdown(exp: dict[str, Any], rows: list[dict], n_finished: int) -> str:
@@ -504,13 +528,18 @@ def _markdown(exp: dict[str, Any], rows: list[dict], n_finished: int) -> str:
     lines += [f"Data `{exp['data']}`" + (f" (preset {exp['preset']})" if exp.get("preset") else "")
               + f", scored on split `{exp['eval_split']}`, label scheme `{scheme.name}`. Cells: mean ± sample std "
               f"over seeds (percent); Params: non-BERT parameters.", ""]
+    chose = _union(g["selection"] for g in rows)
+    if chose:
+        lines += [f"Split `{exp['eval_split']}` also selects: {', '.join(chose)} chose on it (the field's norm; "
+                  + "not marked).", ""]
     total = len(exp["runs"])
     if n_finished < total:
         lines += [f"**{n_finished} of {total} runs finished**: re-run the same command to complete the experiment.", ""]
     header = ["Run", *grid_keys, *[c for c, _ in columns], "Params", "Seeds"]
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for g in rows:
-        cells = [g["row"] + (" ⚠" if g.get("n_degenerate") else ""), *[_num(g["grid"][k]) for k in grid_keys],
+        marks = (" ⚠" if g.get("n_degenerate") else "") + (f" {IN_SAMPLE_MARK}" if g.get("in_sample") != [] else "")
+        cells = [g["row"] + marks, *[_num(g["grid"][k]) for k in grid_keys],
                  *[format_mean_std(g["mean"].get(key), g["std"].get(key)) for _, key in columns],
                  f"{g['params']:,}" if g["params"] is not None else "-", str(g["n_seeds"])]
         lines.append("| " + " | ".join(cells) + " |")
@@ -520,6 +549,13 @@ def _markdown(exp: dict[str, Any], rows: list[dict], n_finished: int) -> str:
                       "(its scores there are that class's share; see the run's run.json `warnings`) in "
                   + "; ".join(f"{g['row']}{_grid_text(g, grid_keys)}: {g['n_degenerate']} of {g['n_seeds']} seeds"
                               for g in flagged) + "."]
+    in_sample = [g for g in rows if g.get("in_sample") != []]
+    if in_sample:
+        lines += ["", f"{IN_SAMPLE_MARK} in-sample: scored on split `{exp['eval_split']}`, which these rows fitted "
+                      "parts on (their scores there are not held out): "
+                  + "; ".join(f"{g['row']}{_grid_text(g, grid_keys)}: "
+                              + ("unknown (run.json records no fits)" if g["in_sample"] is None
+                                 else ", ".join(g["in_sample"])) for g in in_sample) + "."]
     if report.get("slope_over"):
         lines += ["", *_slopes(rows, report["slope_over"], grid_keys, scheme.slope_keys)]
     conditions = [k for k in condition_keys(report) if k.startswith("{")]

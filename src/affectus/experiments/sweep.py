@@ -394,6 +394,16 @@ def lookup(metrics: dict[str, Any], path: str) -> Any:
     return node
 
 
+def validation_in_sample(run_dir: str | None) -> list[str] | None:
+    """The parts a trial's run fitted on its selection split: its validation value is in-sample for them."""
+    from affectus.inference.checkpoints import in_sample_parts, read_run
+
+    if not run_dir or not (Path(run_dir) / "run.json").is_file():
+        return []
+    info = read_run(run_dir)
+    return in_sample_parts(info, str(info.get("select_split")))
+
+
 def validation_score(run_dir: Path, metric: str) -> tuple[float, dict[str, Any]]:
     """The objective: `metric` in run.json "select_metrics" (validation). The test scores are not read."""
     from affectus.inference.checkpoints import read_run
@@ -412,14 +422,18 @@ def validation_score(run_dir: Path, metric: str) -> tuple[float, dict[str, Any]]
 
 def _test_report(run_dir: str | None, metric: str) -> dict[str, Any]:
     """The chosen trial's evaluation-split scores, read here for the report and nowhere else."""
-    from affectus.inference.checkpoints import read_run
+    from affectus.inference.checkpoints import in_sample_json, read_run, split_fits
 
     if not run_dir or not (Path(run_dir) / "run.json").is_file():
         return {"metrics": None, "note": "the trial's run.json is not reachable from this machine"}
     info = read_run(run_dir)
     value = lookup(info.get("metrics") or {}, metric)
-    return {"split": info.get("metrics_split"), "metric": metric,
-            "value": None if value is _MISSING else value, "metrics": info.get("metrics")}
+    split = info.get("metrics_split")
+    # a preset that reports its selection split (mosi-utterance): the trial was chosen on this very score,
+    # and whatever the run fitted there (run.json `fitted_on`) makes it in-sample too
+    return {"split": split, "metric": metric, "value": None if value is _MISSING else value,
+            "metrics": info.get("metrics"), "chose_trial": split == info.get("select_split"),
+            **in_sample_json(split_fits(info, str(split)))}
 
 
 def build_report(study, spec: SweepSpec, metric: str, storage_url: str) -> dict[str, Any]:
@@ -440,7 +454,7 @@ def build_report(study, spec: SweepSpec, metric: str, storage_url: str) -> dict[
         run_dir = top.user_attrs.get("run_dir")
         best = {"trial": top.number, "params": top.params, "validation": top.value,
                 "validation_metrics": top.user_attrs.get("select_metrics"), "run_dir": run_dir,
-                "test": _test_report(run_dir, metric)}
+                "validation_in_sample": validation_in_sample(run_dir), "test": _test_report(run_dir, metric)}
     counts: dict[str, int] = {}
     for t in trials:
         counts[t.state.name] = counts.get(t.state.name, 0) + 1

@@ -30,7 +30,7 @@ from affectus.models.registry import create_model, get_model_entry, make_config
 from affectus.training.config import ResolvedConfig
 from affectus.training.identity import check_same_run, run_identity, write_identity
 from affectus.training.loop import logger
-from affectus.training.recipes.base import RecipeContext
+from affectus.training.recipes.base import RecipeContext, RecipeResult
 from affectus.utils.io import lock_dir, write_json_atomic
 
 
@@ -227,6 +227,9 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
         # file re-encode its transcripts from this record (None: the file's text features were used as they are)
         "text_inputs": text_record,
         "stages": result.summary,
+        # part -> the split it learned from; `selection_parts` chose on theirs (named, not marked in-sample)
+        "fitted_on": fitted_parts(result, plan),
+        "selection_parts": [*ckpt.SELECTION_PARTS, *result.selection_parts],
         "train_seconds": round(time.perf_counter() - started, 2),
         "metrics": metrics,
         "metrics_split": plan.eval,
@@ -241,11 +244,23 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
     if bert is not None:
         # BERT's architecture beside its weights (in model.safetensors): loading needs no hub or path
         write_json_atomic(out / "bert_config.json", bert.config.to_dict())
-    write_json_atomic(out / "metrics.json", {"split": plan.eval, **metrics})
+    write_json_atomic(out / "metrics.json", {"split": plan.eval, **metrics,
+                                             **ckpt.in_sample_json(ckpt.split_fits(info, plan.eval))})
     ckpt.write_run(out, info, dict(model.state_dict()))
     if state_path.exists():
         state_path.unlink()
     return metrics
+
+
+def fitted_parts(result: RecipeResult, plan: DataPlan) -> dict[str, str]:
+    """run.json's `fitted_on`: every model's weights learn from the train split and its early stopping
+    chooses on the selection split; the recipe adds (or drops, with None) its own parts by split role."""
+    roles = {"train": plan.train, "select": plan.select}
+    declared = {"weights": "train", "early_stopping": "select", **result.fitted_on}
+    unknown = {role for role in declared.values() if role is not None and role not in roles}
+    if unknown:  # a recipe bug, not bad input: say which role
+        raise ValueError(f"fitted_on: unknown split role(s) {sorted(unknown)}; expected train or select")
+    return {part: roles[role] for part, role in declared.items() if role is not None}
 
 
 def _text_inputs(dataset: MERDataset, tc) -> tuple[MERDataset, dict[str, Any] | None, list, str | None]:

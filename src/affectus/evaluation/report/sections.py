@@ -29,6 +29,7 @@ from affectus.evaluation.report.runs import (
     short,
 )
 from affectus.experiments.spec import slugify
+from affectus.inference.checkpoints import IN_SAMPLE_MARK, split_fits
 
 TAU, RETENTION = "model.tau", "train.consistent_retention"
 # grid axes with a paper figure of their own: (file prefix, section title); other numeric axes get a plain curve
@@ -111,6 +112,8 @@ def results(runs: list[Run], axes: list[str]) -> list[Block]:
                     best[p] = top
         lines = []
         degenerate: list[str] = []
+        marked: list[str] = []  # footnotes of the rows marked in-sample
+        selected: list[str] = []
         for row in rows:
             # a run that predicted one class everywhere (run.json "degenerate"): its scores are that class's share
             single = sum(bool(r.info.get("degenerate")) for r in row.runs)
@@ -118,6 +121,12 @@ def results(runs: list[Run], axes: list[str]) -> list[Block]:
             if single:
                 degenerate.append(f"⚠ {row.row}: {single} of {len(row.runs)} run(s) predicted a single class on a "
                                   f"scored split (see their run.json 'warnings')")
+            fitted, chose = _fits(row.runs)  # parts fitted / selections made on the split the row is scored on
+            if fitted:
+                label += f" {IN_SAMPLE_MARK}"
+                marked.append(f"{IN_SAMPLE_MARK} in-sample: {row.label}: {fitted}; its scores there are not held out")
+            if chose:
+                selected.append(f"{row.label}: {chose}")
             cells: list[Any] = [label, *[short(row.axes.get(k, "–")) for k in axes], len(row.runs)]
             for p, _ in cols:
                 mean, std, n = mean_std([r.metric(p) for r in row.runs])
@@ -127,7 +136,26 @@ def results(runs: list[Run], axes: list[str]) -> list[Block]:
         blocks += [heading(f"label scheme {family} (scored on {', '.join(splits)})"),
                    table(["row", *axes, "n", *[name for _, name in cols]], lines, left=1 + len(axes)),
                    *[note(text) for text in degenerate]]
+        blocks += [note(text) for text in marked]
+        if selected:
+            blocks.append(note("selection on the scored split (the field's norm; not marked): " + "; ".join(selected)))
     return blocks
+
+
+def _fits(runs: list[Run]) -> tuple[str, str]:
+    """(what the runs fitted on the split they are scored on, e.g. "consensus, temperatures fitted on split
+    'valid'"; the selection parts that chose there, e.g. "early_stopping on 'valid'"), '' where none."""
+    fitted: dict[str, list[str]] = {}  # split -> parts
+    chose: dict[str, list[str]] = {}
+    for r in runs:
+        split = str(r.info.get("metrics_split", "?"))
+        fits = split_fits(r.info, split)
+        parts = ["unknown (run.json records no fits)"] if fits["in_sample"] is None else fits["in_sample"]
+        for into, found in ((fitted, parts), (chose, fits["selection"])):
+            into.setdefault(split, [])
+            into[split] += [p for p in found if p not in into[split]]
+    return ("; ".join(f"{', '.join(p)} fitted on split '{s}'" for s, p in fitted.items() if p),
+            "; ".join(f"{', '.join(p)} on '{s}'" for s, p in chose.items() if p))
 
 
 # ============================================================================ missing modalities
@@ -177,7 +205,8 @@ def missing_modalities(page: Page, runs: list[Run], axes: list[str]) -> list[Blo
         if fixed:
             lines = []
             for row in rows:
-                cells: list[Any] = [row.row, len(row.runs)]
+                # scored on the evaluation split: in-sample where the row fitted parts there (the Results footnote)
+                cells: list[Any] = [row.row + (f" {IN_SAMPLE_MARK}" if _fits(row.runs)[0] else ""), len(row.runs)]
                 for k in fixed:
                     mean, std, n = mean_std([value(r, k) for r in row.runs])
                     cells.append(fmt(mean, std, n))

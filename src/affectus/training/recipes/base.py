@@ -40,6 +40,13 @@ class RecipeResult:
     state: dict[str, torch.Tensor]  # the selected weights, loaded into the model before evaluation
     summary: dict[str, Any]  # per-stage summaries for run.json ({stage: {epochs, best_epoch, history, ...}})
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # extra tensors saved as bank.safetensors
+    # what else learned from data, by the role of the split it saw ("train" | "select"; None drops a default):
+    # the trainer adds {"weights": "train", "early_stopping": "select"} and writes run.json `fitted_on` with
+    # the split names, so a score on a split any part was fitted on is marked in-sample (docs/training.md)
+    fitted_on: dict[str, str | None] = field(default_factory=dict)
+    # parts that choose among candidates by a score on their split (named beside a score there, not marked),
+    # beyond early stopping
+    selection_parts: tuple[str, ...] = ()
 
 
 @dataclass

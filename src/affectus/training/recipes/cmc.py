@@ -140,4 +140,7 @@ class CMCRecipe:
             model.branches.requires_grad_(True)
         summary["stage2"] = {"epochs": loop2.epoch, "best_epoch": stage2.best_epoch,
                              "best_val_loss": stage2.best_loss, "history": loop2.history}
-        return RecipeResult(stage2.best_state, summary, bank_tensors)
+        # PLGM's pseudo labels (bank.safetensors) learn from the training split; the selection split's own
+        # pseudo labels only choose epochs (early stopping)
+        return RecipeResult(stage2.best_state, summary, bank_tensors,
+                            fitted_on={"pseudo_labels": None if frozen else "train"})

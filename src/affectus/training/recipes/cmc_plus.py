@@ -138,7 +138,11 @@ class CMCPlusRecipe:
             summary["consensus"]["note"] = (f"temperatures and router fitted on split '{ctx.select_split.name}' "
                                             f"labels: scores on that split are in-sample for the consensus")
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        return RecipeResult(state, summary)
+        # what learned from which split, beyond the experts' weights and early stopping (run.json `fitted_on`)
+        where = "select" if rc.consensus_fit == "select" else "train"
+        fitted = {"scaler": "train", "temperatures": where if rc.calibrate else None,
+                  "consensus": where if model.config.use_router else None}
+        return RecipeResult(state, summary, fitted_on=fitted)
 
     # -- pieces ---------------------------------------------------------------------------------------
     @staticmethod
