@@ -146,7 +146,7 @@ def non0_acc2_authors_bug(logits: Any, scores: Any) -> float | None:
 
     It compares 3-class truths {0, 2} with binary predictions {0, 1}, so a positive sample never
     counts as correct: the value is (negatives predicted negative) / (non-zero samples). Use
-    `mosi_metrics_from_logits`'s ``non0_acc2`` for the real metric.
+    `metrics_from_logits("mosi", ...)`'s ``non0_acc2`` for the real metric.
     """
     truth, pred = _authors_non0(logits, scores)
     return _accuracy(truth, pred)
