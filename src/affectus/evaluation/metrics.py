@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from affectus.data.schemes import LabelScheme, get_scheme
+from affectus.data.schemes import Acc2Rule, LabelScheme, get_scheme
 from affectus.data.types import to_classes
 from affectus.errors import AffectusError
 
@@ -105,7 +105,7 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.clip(np.sum(da * db) / denom, -1.0, 1.0))
 
 
-def _rule(rule: Any, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _rule(rule: Acc2Rule, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(kept rows, truth on the positive side) of an `Acc2Rule` on (N,) classes."""
     keep = ~np.isin(classes, rule.dropped)
     return keep, np.isin(classes, rule.positive)
