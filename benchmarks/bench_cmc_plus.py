@@ -79,6 +79,7 @@ def run_sim(args, model: str, seed: int) -> dict:
     from affectus.data.presets import load_preset
     from affectus.data.synthetic import generate_dataset
     from affectus.data.types import to_classes
+    from affectus.evaluation.metrics import compute_metrics
     from affectus.training.trainer import plan_for
 
     ds = generate_dataset("sims", seq_scale=args.seq_scale, seed=seed, inconsistency=0.5, text_misleading=args.mislead)
@@ -94,7 +95,7 @@ def run_sim(args, model: str, seed: int) -> dict:
         name, variant, sets = parse_row(model)
         pred, seconds, _ = train_model(ds, plan, preset, name, variant, seed, {"train.threads": args.threads, **sets})
         logits, weights = logits_of(pred), pred.router_weights
-    m = plan.scheme.metrics(logits=logits, labels=test.labels, unimodal=test.unimodal_labels)
+    m = compute_metrics(plan.scheme, logits=logits, scores=test.labels, unimodal_scores=test.unimodal_labels)
     out["final"] = {"d_test_acc2": m["d_test"]["acc2"], "d_msi_acc2": m["d_msi"]["acc2"],
                     "d_msc_acc2": m["d_msc"]["acc2"], "d_test_f1": m["d_test"]["f1"]}
     y = to_classes(test.labels)
@@ -118,6 +119,7 @@ def video_folds(ids, k: int, seed: int) -> list[np.ndarray]:
 def run_mosi(args, model: str, seed: int, cache: dict) -> dict:
     from affectus.data.load import open_data
     from affectus.data.types import MERDataset
+    from affectus.evaluation.metrics import compute_metrics
     from affectus.training.trainer import DataPlan
 
     if "ds" not in cache:
@@ -143,7 +145,7 @@ def run_mosi(args, model: str, seed: int, cache: dict) -> dict:
             pred, s, _ = train_model(fold, plan, preset, name, variant, seed, {"train.threads": args.threads, **sets})
             lg, seconds = logits_of(pred), seconds + s
         logits[eval_rows] = lg
-    m = scheme.metrics(logits=logits, labels=valid.labels)
+    m = compute_metrics(scheme, logits=logits, scores=valid.labels)
     return {"final": {k: m[k] for k in ("has0_acc2", "has0_f1", "non0_acc2", "acc3")}, "seconds": round(seconds, 1)}
 
 

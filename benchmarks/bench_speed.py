@@ -60,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_cmc import PlainCMC, reference_to_cmc_state
 
 from affectus.data.batches import Batch
-from affectus.evaluation.schemes import get_scheme
+from affectus.data.schemes import get_scheme
 from affectus.models.cmc import CMC, CMCConfig
 from affectus.models.cmc_plus import CMCPlus, CMCPlusConfig
 from affectus.models.layers import bucket_order

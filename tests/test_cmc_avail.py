@@ -13,9 +13,9 @@ from affectus.cli import main
 from affectus.data.batches import iterate_batches
 from affectus.data.missing import CONDITIONS, condition_name, random_availability, with_availability
 from affectus.data.mmsa import dataset_from_raw, load_dataset, write_pickle
+from affectus.data.schemes import get_scheme
 from affectus.data.synthetic import SynthConfig, generate
 from affectus.evaluation.evaluate import router_weights_by_condition
-from affectus.evaluation.schemes import get_scheme
 from affectus.models.cmc import CMC, CMCConfig
 from affectus.models.layers import ConsensusRouter, pfm
 from affectus.training.config import resolve_config

@@ -20,9 +20,9 @@ from affectus.cli import main
 from affectus.data.batches import iterate_batches
 from affectus.data.missing import CONDITIONS, condition_name, mrms, with_availability
 from affectus.data.mmsa import dataset_from_raw, load_dataset, write_pickle
+from affectus.data.schemes import get_scheme
 from affectus.data.synthetic import SynthConfig, generate
 from affectus.errors import AffectusError
-from affectus.evaluation.schemes import get_scheme
 from affectus.models.cumdf import CUMDF, CUMDFConfig, _gmcke, _gmcke_same_length
 from affectus.training.config import resolve_config
 from affectus.training.recipes.cumdf import (

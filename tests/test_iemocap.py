@@ -12,6 +12,7 @@ from affectus.data import synthetic
 from affectus.data.load import open_data
 from affectus.data.mmsa import dataset_from_raw, load_dataset, write_pickle
 from affectus.data.presets import load_preset
+from affectus.data.schemes import get_scheme
 from affectus.data.synthetic import SynthConfig, consistent_mask, generate
 from affectus.errors import AffectusError
 
@@ -42,7 +43,7 @@ def test_categorical_story_labels_and_conflicts():
     # the multimodal class is held by at least two modalities; about `inconsistency` of samples conflict
     uni = np.stack([d[f"regression_labels_{k}"].astype(np.int64) for k in "TAV"], 1)
     assert ((uni == y[:, None]).sum(1) >= 2).all()
-    msi = ~consistent_mask(d, categorical=True)
+    msi = ~consistent_mask(d, get_scheme({"name": "categorical", "classes": list(cfg.class_names)}))
     assert abs(msi.mean() - cfg.inconsistency) < 0.04
     text_wrong = uni[:, 0] != y
     assert abs(text_wrong.mean() - cfg.inconsistency * cfg.text_misleading) < 0.03

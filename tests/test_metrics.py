@@ -12,21 +12,19 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
+from affectus.data.schemes import get_scheme
 from affectus.data.types import Split
 from affectus.errors import AffectusError
 from affectus.evaluation.linear_baseline import logreg_baseline, pooled_features
 from affectus.evaluation.metrics import (
     compute_metrics,
-    metric_family,
-    mosi_metrics_from_logits,
-    mosi_metrics_from_scores,
+    metrics_from_logits,
+    metrics_from_scores,
     non0_acc2_authors_bug,
     non0_f1_authors_bug,
     pearson,
-    sims_metrics_from_logits,
-    sims_metrics_from_scores,
 )
-from affectus.evaluation.subsets import consistency_masks, load_subset_ids, masks_from_ids
+from affectus.evaluation.subsets import load_subset_ids, masks_from_ids
 
 # ------------------------------------------------------------------------------------------------
 # From logits
@@ -50,7 +48,7 @@ SIMS_LOGITS = np.array(
 
 
 def test_sims_from_logits_by_hand():
-    m = sims_metrics_from_logits(SIMS_LOGITS, SIMS_SCORES)
+    m = metrics_from_logits("sims", SIMS_LOGITS, SIMS_SCORES)
     assert m["acc2"] == pytest.approx(75.0)  # rows 0,1,3,4,5,7 right: 6/8
     assert m["acc3"] == pytest.approx(62.5)  # rows 0,3,4,5,7 right: 5/8
     # positive: TP 4,5; FP 2; FN 6 -> P = R = 2/3 -> F1 2/3 (support 3)
@@ -62,7 +60,7 @@ def test_sims_from_logits_by_hand():
 
 def test_sims_from_logits_accepts_torch():
     torch = pytest.importorskip("torch")
-    m = sims_metrics_from_logits(torch.tensor(SIMS_LOGITS, requires_grad=True), torch.tensor(SIMS_SCORES))
+    m = metrics_from_logits("sims", torch.tensor(SIMS_LOGITS, requires_grad=True), torch.tensor(SIMS_SCORES))
     assert m["acc2"] == pytest.approx(75.0)
 
 
@@ -84,7 +82,7 @@ MOSI_LOGITS = np.array(
 
 
 def test_mosi_from_logits_by_hand():
-    m = mosi_metrics_from_logits(MOSI_LOGITS, MOSI_SCORES)
+    m = metrics_from_logits("mosi", MOSI_LOGITS, MOSI_SCORES)
     # Has0: wrong rows 1 (F vs T), 3 (T vs F), 6 (T vs F): 5/8
     assert m["has0_acc2"] == pytest.approx(62.5)
     # non-negative: TP 2,4,5; FP 1; FN 3,6 -> P 3/4, R 3/5, F1 2/3 (support 5)
@@ -106,7 +104,7 @@ def test_non0_authors_bug_differs_from_the_correct_value():
     # F1 over labels {0, 1, 2}: class 0 TP 0,7, FP 6, FN 1 -> 2/3 (support 3); class 2 never predicted
     # -> 0 (support 3); class 1 has support 0. Weighted: (3 * 2/3) / 6 = 1/3.
     assert non0_f1_authors_bug(MOSI_LOGITS, MOSI_SCORES) == pytest.approx(100 / 3)
-    correct = mosi_metrics_from_logits(MOSI_LOGITS, MOSI_SCORES)["non0_acc2"]
+    correct = metrics_from_logits("mosi", MOSI_LOGITS, MOSI_SCORES)["non0_acc2"]
     assert correct == pytest.approx(100 * 4 / 6)
     assert correct != pytest.approx(non0_acc2_authors_bug(MOSI_LOGITS, MOSI_SCORES))
 
@@ -114,7 +112,7 @@ def test_non0_authors_bug_differs_from_the_correct_value():
 def test_non0_bug_counts_no_positive_even_when_all_right():
     scores = np.array([1.0, 2.0, -1.0, -2.0])
     perfect = np.array([[0, 0, 1], [0, 0, 1], [1, 0, 0], [1, 0, 0]])
-    assert mosi_metrics_from_logits(perfect, scores)["non0_acc2"] == pytest.approx(100.0)
+    assert metrics_from_logits("mosi", perfect, scores)["non0_acc2"] == pytest.approx(100.0)
     assert non0_acc2_authors_bug(perfect, scores) == pytest.approx(50.0)  # the two positives never count
 
 
@@ -123,20 +121,20 @@ def test_logits_binary_metrics_agree_with_sklearn():
     scores = rng.choice([-2.0, -1.0, 0.0, 1.0, 2.0], size=200)
     logits = rng.normal(size=(200, 3))
     pred = logits[:, 2] > logits[:, 0]
-    m = mosi_metrics_from_logits(logits, scores)
+    m = metrics_from_logits("mosi", logits, scores)
     assert m["has0_acc2"] == pytest.approx(100 * accuracy_score(scores >= 0, pred))
     assert m["has0_f1"] == pytest.approx(100 * f1_score(scores >= 0, pred, average="weighted"))
     nz = scores != 0
     assert m["non0_f1"] == pytest.approx(100 * f1_score(scores[nz] > 0, pred[nz], average="weighted"))
-    s = sims_metrics_from_logits(logits, scores)
+    s = metrics_from_logits("sims", logits, scores)
     assert s["f1"] == pytest.approx(100 * f1_score(scores > 0, pred, average="weighted"))
 
 
 def test_logits_shape_and_nan_are_errors():
     with pytest.raises(AffectusError):
-        sims_metrics_from_logits(np.zeros((3, 2)), np.zeros(3))
+        metrics_from_logits("sims", np.zeros((3, 2)), np.zeros(3))
     with pytest.raises(AffectusError):
-        sims_metrics_from_logits(np.full((2, 3), np.nan), np.zeros(2))
+        metrics_from_logits("sims", np.full((2, 3), np.nan), np.zeros(2))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -148,7 +146,7 @@ def test_sims_from_scores_by_hand():
     truth = np.array([-1.0, -0.6, -0.2, 0.0, 0.2, 0.8, 0.4, 0.0], dtype=np.float32)
     pred = np.array([-1.4, -0.05, -0.1, 0.1, 0.15, 0.75, 0.7, -0.3], dtype=np.float32)
     # clipped pred: -1.0 -0.05 -0.1 0.1 0.15 0.75 0.7 -0.3
-    m = sims_metrics_from_scores(pred, truth)
+    m = metrics_from_scores("sims", pred, truth)
     # acc2 (> 0): truth F F F F T T T F, pred F F F T T T T F -> only row 3 wrong: 7/8
     assert m["acc2"] == pytest.approx(87.5)
     # positive: TP 4,5,6; FP 3 -> P 3/4, R 1, F1 6/7 (support 3); negative: TP 0,1,2,7; FN 3 -> F1 8/9 (5)
@@ -166,7 +164,7 @@ def test_sims_from_scores_by_hand():
 def test_mosi_from_scores_by_hand():
     truth = np.array([-3.2, -1.5, -0.5, 0.0, 0.0, 0.5, 1.5, 2.6])
     pred = np.array([-2.4, -0.4, 0.0, 0.0, -0.6, 1.4, 2.5, 3.4])
-    m = mosi_metrics_from_scores(pred, truth)
+    m = metrics_from_scores("mosi", pred, truth)
     # Has0 (>= 0): truth F F F T T T T T, pred F F T T F T T T -> rows 2, 4 wrong: 6/8
     assert m["has0_acc2"] == pytest.approx(75.0)
     # non-negative: TP 3,5,6,7; FP 2; FN 4 -> F1 0.8 (support 5); negative: TP 0,1 -> F1 2/3 (support 3)
@@ -189,15 +187,18 @@ def test_pearson_constant_and_empty():
     assert pearson(np.ones(5), np.arange(5.0)) == 0.0
     assert pearson(np.array([]), np.array([])) is None
     assert pearson(np.arange(4.0), -np.arange(4.0)) == pytest.approx(-1.0)
-    m = mosi_metrics_from_scores(np.zeros(4), np.array([-1.0, 1.0, 2.0, -2.0]))
+    m = metrics_from_scores("mosi", np.zeros(4), np.array([-1.0, 1.0, 2.0, -2.0]))
     assert m["corr"] == 0.0
 
 
-def test_family_names():
-    assert metric_family("CH-SIMS-v2") == "sims"
-    assert metric_family("mosei") == "mosi"
+def test_dataset_names_read_as_schemes():
+    # the one alias table lives in data/schemes.py; compute_metrics reads names through it
+    assert get_scheme("CH-SIMS-v2").name == "sims"
+    assert get_scheme("mosei").name == "mosi"
     with pytest.raises(AffectusError):
-        metric_family("iemocap")
+        get_scheme("iemocap")
+    assert compute_metrics("ch_sims", logits=SIMS_LOGITS, scores=SIMS_SCORES) == compute_metrics(
+        "sims", logits=SIMS_LOGITS, scores=SIMS_SCORES)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -224,11 +225,22 @@ SUB_LOGITS = np.array(
 
 
 def test_consistency_masks_by_hand():
-    msc, msi = consistency_masks(SUB_SCORES, SUB_UNIMODAL)
+    msc, msi = get_scheme("sims").consistency_masks(SUB_SCORES, SUB_UNIMODAL)
     assert msc.tolist() == [True, True, True, False, False, False]
     assert (msi == ~msc).all()
     with pytest.raises(AffectusError):
-        consistency_masks(SUB_SCORES, {"text": SUB_SCORES})
+        get_scheme("sims").consistency_masks(SUB_SCORES, {"text": SUB_SCORES})
+
+
+def test_consistency_of_class_labels_compares_the_classes_not_their_signs():
+    """D_msc is the scheme's one rule: class indices 1 and 2 are different emotions, although both are > 0
+    (the old sign rule in evaluation/subsets.py called them consistent, the simulator did not)."""
+    emotions = get_scheme({"name": "categorical", "classes": ["happy", "sad", "angry"]})
+    labels = np.array([1, 2, 0, 2])
+    uni = {"text": np.array([1, 1, 0, 2]), "audio": np.array([1, 2, 0, 2]), "vision": np.array([1, 2, 0, 1])}
+    msc, msi = emotions.consistency_masks(labels, uni)
+    assert msc.tolist() == [True, False, True, False]
+    assert (msi == ~msc).all()
 
 
 def test_compute_metrics_nested_for_sims():

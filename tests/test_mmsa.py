@@ -18,9 +18,9 @@ from affectus.data.mmsa import (
     write_npz,
     write_pickle,
 )
+from affectus.data.schemes import get_scheme
 from affectus.data.types import MODALITIES, MERDataset
 from affectus.errors import AffectusError
-from affectus.evaluation.subsets import consistency_masks
 
 
 def assert_same(a: MERDataset, b: MERDataset) -> None:
@@ -160,15 +160,15 @@ def test_consistency_mask():
         }
     }
     split = dataset_from_raw(raw)["train"]
-    mask, _ = consistency_masks(split.labels, split.unimodal_labels)
+    mask, _ = get_scheme("sims").consistency_masks(split.labels, split.unimodal_labels)
     # all positive / all negative -> D_msc; a zero against a positive -> D_msi
     assert mask.tolist() == [True, True, False, False]
 
 
 def test_consistency_mask_needs_unimodal_labels(make_raw):
-    with pytest.raises(AffectusError, match="unimodal scores"):
+    with pytest.raises(AffectusError, match="need unimodal labels"):
         split = dataset_from_raw(make_raw())["train"]
-        consistency_masks(split.labels, split.unimodal_labels)
+        get_scheme("sims").consistency_masks(split.labels, split.unimodal_labels)
 
 
 class _Sneaky:

@@ -8,8 +8,8 @@ import pytest
 
 from affectus.data.mmsa import dataset_from_raw
 from affectus.data.presets import ModelSettings, Preset, list_presets, load_preset
+from affectus.data.schemes import LabelScheme
 from affectus.errors import AffectusError
-from affectus.evaluation.schemes import LabelScheme
 
 EXPECTED = {  # name: (dims t/a/v, seq lens t/a/v, label range, acc2, unimodal, bert, {model: (layers, heads, dropout)})
     "sims": (

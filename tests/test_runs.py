@@ -200,8 +200,8 @@ def test_prediction_gives_the_acc2_label(data_file: Path, finished: Path) -> Non
 
 
 def test_prediction_scores_and_schemes_without_a_binary_rule() -> None:
+    from affectus.data.schemes import get_scheme
     from affectus.errors import AffectusError
-    from affectus.evaluation.schemes import get_scheme
     from affectus.inference.predictor import _to_prediction
 
     logits = np.array([[0.0, 1.0, 2.0], [3.0, 0.0, 0.5]], dtype=np.float32)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from affectus.evaluation.schemes import get_scheme
+from affectus.data.schemes import get_scheme
 from affectus.training.losses import supcon_loss
 
 # Four 2-d unit vectors, labels [0, 0, 0, 1], tau = 1:

@@ -11,9 +11,12 @@ import pytest
 import affectus.cli.synth_cmd  # noqa: F401  (registers `synth` on the app)
 from affectus.data import synthetic
 from affectus.data.mmsa import load_dataset, write_npz, write_pickle
+from affectus.data.schemes import get_scheme
 from affectus.data.synthetic import PRESET_SIZES, SynthConfig, consistent_mask, generate, generate_dataset
 from affectus.data.types import MODALITIES, UNIMODAL_KEYS, to_classes
 from affectus.errors import AffectusError
+
+SIMS = get_scheme("sims")
 
 REAL_PRESETS = ("sims", "simsv2", "mosi", "mosei")
 TABLE_I = {  # the paper's Table I: train / valid / test
@@ -265,13 +268,13 @@ def test_d_msc_d_msi_proportions_follow_inconsistency(rate):
     d = generate(tiny(n_train=2000, inconsistency=rate, seq_lens={"text": 1, "audio": 1, "vision": 1}))[
         "train"
     ]
-    msi = ~consistent_mask(d)
+    msi = ~consistent_mask(d, SIMS)
     assert msi.mean() == pytest.approx(rate, abs=0.04)
 
 
 def test_table_i_like_split_has_both_subsets():
     d = generate(SynthConfig.from_preset("sims", seq_scale=0.01))["train"]
-    msc = consistent_mask(d)
+    msc = consistent_mask(d, SIMS)
     assert 0.4 < msc.mean() < 0.6  # Table I: 669 consistent / 699 inconsistent
 
 
@@ -310,7 +313,7 @@ def test_text_beats_audio_and_all_three_beat_text_on_d_msi():
     )
     raw = generate(config)
     train, test = raw["train"], raw["test"]
-    msi = ~consistent_mask(test)
+    msi = ~consistent_mask(test, SIMS)
 
     def accuracy(mods: tuple[str, ...]) -> tuple[float, float]:
         def pooled(d):

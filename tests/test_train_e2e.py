@@ -208,19 +208,20 @@ def test_bert_text_path_trains_and_reloads_without_the_bert_directory(tmp_path: 
 
 def test_consistent_retention_keeps_every_inconsistent_sample() -> None:
     from affectus.data.mmsa import dataset_from_raw
+    from affectus.data.schemes import get_scheme
     from affectus.errors import AffectusError
-    from affectus.evaluation.subsets import consistency_masks
     from affectus.training.trainer import retain_consistent
 
+    sims = get_scheme("sims")
     train = dataset_from_raw(generate(tiny_config(n_train=200)))["train"]
-    msc, msi = consistency_masks(train.labels, train.unimodal_labels)
-    kept = retain_consistent(train, 0.25, seed=1)
-    kmsc, kmsi = consistency_masks(kept.labels, kept.unimodal_labels)
+    msc, msi = sims.consistency_masks(train.labels, train.unimodal_labels)
+    kept = retain_consistent(train, 0.25, seed=1, scheme=sims)
+    kmsc, kmsi = sims.consistency_masks(kept.labels, kept.unimodal_labels)
     assert int(kmsi.sum()) == int(msi.sum())
     assert int(kmsc.sum()) == round(0.25 * int(msc.sum()))
     assert set(kept.ids) <= set(train.ids)
-    assert retain_consistent(train, 0.25, seed=1).ids == kept.ids  # deterministic by seed
-    assert len(retain_consistent(train, 0.0, seed=1)) == int(msi.sum())
+    assert retain_consistent(train, 0.25, seed=1, scheme=sims).ids == kept.ids  # deterministic by seed
+    assert len(retain_consistent(train, 0.0, seed=1, scheme=sims)) == int(msi.sum())
     no_uni = dataset_from_raw(generate(tiny_config(with_unimodal_labels=False)))["train"]
     with pytest.raises(AffectusError, match="unimodal labels"):
-        retain_consistent(no_uni, 0.5, seed=1)
+        retain_consistent(no_uni, 0.5, seed=1, scheme=sims)

@@ -16,9 +16,9 @@ import typer
 from affectus.cli import app
 from affectus.data.mmsa import file_format, load_dataset, sha256_file, write_npz
 from affectus.data.presets import load_preset
+from affectus.data.schemes import infer_scheme
 from affectus.data.types import MODALITIES, MERDataset
 from affectus.errors import AffectusError
-from affectus.evaluation.subsets import consistency_masks
 from affectus.utils.io import refuse_overwrite
 
 DataArg = Annotated[Path, typer.Argument(help="MMSA pickle or affectus .npz", show_default=False)]
@@ -59,7 +59,9 @@ def summarise(dataset: MERDataset, path: Path, preset: str | None = None) -> dic
     for name, s in dataset.splits.items():
         d_msc = d_msi = None
         if s.unimodal_labels is not None:
-            mask = consistency_masks(s.labels, s.unimodal_labels)[0]
+            # without a preset, the scheme unimodal labels imply (the CH-SIMS family's)
+            uni_scheme = scheme or infer_scheme(s.labels, s.labels[:0], unimodal=True)
+            mask = uni_scheme.consistency_masks(s.labels, s.unimodal_labels)[0]
             d_msc, d_msi = int(mask.sum()), int((~mask).sum())
         splits[name] = {
             "n": len(s),

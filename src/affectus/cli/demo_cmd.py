@@ -44,9 +44,8 @@ def demo(
 ) -> None:
     """Train faithful CMC, CMC+ and late fusion on simulated conflicting data; show how the routers shift."""
     from affectus.cli.train_cmds import apply_threads
-    from affectus.data.types import MODALITIES, to_classes
-    from affectus.evaluation.schemes import get_scheme
-    from affectus.evaluation.subsets import consistency_masks
+    from affectus.data.schemes import get_scheme
+    from affectus.data.types import MODALITIES
     from affectus.inference.predictor import load
     from affectus.training.config import resolve_config
     from affectus.training.loop import training_log
@@ -76,9 +75,10 @@ def demo(
 
     # Where do the routers look when text contradicts the multimodal label, and who gets those clips right?
     test = ds["test"]
-    cls_m = to_classes(test.labels)
-    text_wrong = to_classes(test.unimodal_labels["text"]) != cls_m
-    msc, _ = consistency_masks(test.labels, test.unimodal_labels)
+    scheme = plan.scheme
+    cls_m = scheme.to_classes(test.labels)
+    text_wrong = scheme.to_classes(test.unimodal_labels["text"]) != cls_m
+    msc, _ = scheme.consistency_masks(test.labels, test.unimodal_labels)
     groups = (("consistent", msc), ("text contra", text_wrong))
     preds = {model: load(root / model).predict(test) for model in results}
     weights = Table(title="Router weights (mean share) and 3-class accuracy on test: consistent (D_msc) clips vs clips whose text contradicts the label")

@@ -52,6 +52,7 @@ def synth(
     The same data without a file: --data 'synth:PRESET?scale=0.1&seq_scale=0.25&seed=1111&inconsistency=0.5'
     in train, evaluate, experiment, sweep and report (any of the keys; docs/simulator.md)."""
     from affectus.data.mmsa import dataset_from_raw, write_npz, write_pickle
+    from affectus.data.presets import load_preset
     from affectus.data.synthetic import SynthConfig, check_size, generate, summarise, total_values
     from affectus.utils.io import refuse_overwrite
 
@@ -94,7 +95,7 @@ def synth(
             raw = generate(config, progress=lambda k: bar.advance(task, k))
     else:
         raw = generate(config)
-    summary = summarise(raw, categorical=bool(config.class_names))
+    summary = summarise(raw, load_preset(preset).scheme)
 
     as_npz = npz or out.suffix == ".npz"
     if as_npz:

@@ -8,6 +8,7 @@ wrong type fails with the file and line instead of silently falling back to a de
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -36,7 +37,7 @@ class Preset(Strict):
     name: str
     description: str
     label_range: Annotated[tuple[float, float], Field(strict=False)]  # [low, high] in YAML
-    # the label scheme (evaluation/schemes.py): a name or {name, classes}
+    # the label scheme (data/schemes.py): a name or {name, classes}
     scheme_spec: str | dict[str, Any] = Field(alias="scheme")
     dims: dict[str, int]  # modality -> feature dim D
     seq_lens: dict[str, int]  # modality -> padded sequence length L (informative: files may differ)
@@ -49,7 +50,7 @@ class Preset(Strict):
     @property
     def scheme(self):
         """The preset's `LabelScheme` (imported lazily: presets are read by light code paths too)."""
-        from affectus.evaluation.schemes import get_scheme
+        from affectus.data.schemes import get_scheme
 
         return get_scheme(self.scheme_spec)
 
@@ -95,9 +96,19 @@ def _presets_dir() -> Any:
     return resources.files("affectus").joinpath("configs", "presets")
 
 
+PRESETS_ENV = "AFFECTUS_PRESETS"
+
+
+def _preset_dirs() -> list[Any]:
+    """The shipped presets first, then each directory named in $AFFECTUS_PRESETS (separated like PATH):
+    a dataset of your own (or a test's) is found by name without editing the package."""
+    extra = [Path(d) for d in os.environ.get(PRESETS_ENV, "").split(os.pathsep) if d]
+    return [_presets_dir(), *(d for d in extra if d.is_dir())]
+
+
 def list_presets() -> list[str]:
-    """Names of the shipped presets, sorted."""
-    return sorted(p.name[: -len(".yaml")] for p in _presets_dir().iterdir() if p.name.endswith(".yaml"))
+    """Names of the known presets (shipped and from $AFFECTUS_PRESETS), sorted."""
+    return sorted({p.name[: -len(".yaml")] for d in _preset_dirs() for p in d.iterdir() if p.name.endswith(".yaml")})
 
 
 def load_preset(name: str) -> Preset:
@@ -106,9 +117,8 @@ def load_preset(name: str) -> Preset:
     if by_path:
         doc = read_yaml(name)
     else:
-
-        res = _presets_dir().joinpath(f"{name}.yaml")
-        if not res.is_file():
+        res = next((r for r in (d.joinpath(f"{name}.yaml") for d in _preset_dirs()) if r.is_file()), None)
+        if res is None:
             known = list_presets()
             raise AffectusError(f"unknown preset {name!r}{suggest(name, known)} (known: {', '.join(known)})")
         doc = read_yaml(str(res), res.read_text(encoding="utf-8"))
@@ -133,7 +143,7 @@ def _check(preset: Preset, doc: Doc) -> None:
     low, high = preset.label_range
     if not low < high:
         raise doc.error(("label_range",), f"label_range = [{low}, {high}]: expected [low, high] with low < high")
-    from affectus.evaluation.schemes import get_scheme
+    from affectus.data.schemes import get_scheme
 
     try:
         get_scheme(preset.scheme_spec)

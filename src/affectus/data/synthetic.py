@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from affectus.data.mmsa import dataset_from_raw
+from affectus.data.schemes import LabelScheme
 from affectus.data.types import MODALITIES, UNIMODAL_KEYS, MERDataset, to_classes
 from affectus.errors import AffectusError
 
@@ -71,17 +72,9 @@ _MAG_JITTER = 0.2  # std of the jitter of an agreeing modality's intensity (frac
 _REF_DIM = 32  # feature width at which `strength` is exactly the pooled SNR (see _features)
 _OPPOSITE_SHARE = 0.6  # a contradicting modality flips polarity (else goes neutral)
 
-# Per-preset story knobs the presets do not carry. Inconsistency rates from Table I of the paper
-# (training split: CH-SIMS 699/1368, CH-SIMS v2 1246/2722); MOSI / MOSEI have no unimodal labels, so
-# 0.5 is a guess. Label steps: averaged ratings of 5 annotators (multiples of 0.2); MOSI-like data
-# also has a few multiples of 1/4, 1/3 and 1/2 (fewer annotators), as in the shared MOSI pickle.
-_SIMS_STORY = {"label_steps": (0.2,), "label_step_probs": None, "neutral_rate": 0.15, "positive_rate": 0.4}
-_MOSI_STORY = {
-    "label_steps": (0.2, 0.25, 1 / 3, 0.5),
-    "label_step_probs": (0.85, 0.06, 0.03, 0.06),
-    "neutral_rate": 0.05,
-    "positive_rate": 0.5,
-}
+# Per-preset story knobs the presets do not carry (a score scheme's label steps and class rates are the
+# scheme's `synth_story`, data/schemes.py). Inconsistency rates from Table I of the paper (training split:
+# CH-SIMS 699/1368, CH-SIMS v2 1246/2722); MOSI / MOSEI have no unimodal labels, so 0.5 is a guess.
 _PRESET_INCONSISTENCY = {"sims": 699 / 1368, "simsv2": 1246 / 2722}
 # Categorical presets: prior of the multimodal class, in the preset's class order. IEMOCAP counts of the
 # usual 4-class set (happy 1636 with excited merged, sad 1084, angry 1103, neutral 1708) and of the
@@ -156,8 +149,8 @@ class SynthConfig:
             )
         sizes = dict(zip(SPLITS, table or (0, 0, 0)))
         scheme = preset.scheme
-        if scheme.scores:  # sentiment scores: the dataset family's label steps and class rates
-            story = dict({"sims": _SIMS_STORY, "mosi": _MOSI_STORY}[scheme.name])
+        if scheme.scores:  # sentiment scores: the scheme's label steps and class rates (defaults without)
+            story = dict(scheme.synth_story)
         else:  # named classes: the categorical story
             prior = _CLASS_PRIORS.get(preset.name)
             story = {"class_names": tuple(scheme.class_names),
@@ -305,16 +298,15 @@ def total_values(config: SynthConfig) -> int:
     return config.estimate_bytes() // 4
 
 
-def consistent_mask(split: dict, categorical: bool = False) -> np.ndarray:
-    """(N,) bool: True for D_msc (y_m and every y_k share one sign class, or with `categorical` one
-    class index), False for D_msi."""
-    classes = (lambda y: np.asarray(y).astype(np.int64)) if categorical else to_classes
-    cls_m = classes(split["regression_labels"])
-    return np.all([classes(split[UNIMODAL_KEYS[m]]) == cls_m for m in MODALITIES], axis=0)
+def consistent_mask(split: dict, scheme: LabelScheme) -> np.ndarray:
+    """(N,) bool of a raw split: True for D_msc, False for D_msi, by the label scheme's one rule
+    (`LabelScheme.consistency_masks`: y_m and every y_k fall in one of the scheme's classes)."""
+    unimodal = {m: split[UNIMODAL_KEYS[m]] for m in MODALITIES}
+    return scheme.consistency_masks(split["regression_labels"], unimodal)[0]
 
 
-def summarise(raw: dict, categorical: bool = False) -> dict:
-    """Sizes, shapes, D_msc / D_msi counts (when unimodal labels are present) and -inf counts."""
+def summarise(raw: dict, scheme: LabelScheme) -> dict:
+    """Sizes, shapes, D_msc / D_msi counts under `scheme` (when unimodal labels are present), -inf counts."""
     first = next(iter(raw.values()))
     out: dict = {
         "sizes": {s: len(d["regression_labels"]) for s, d in raw.items()},
@@ -323,7 +315,7 @@ def summarise(raw: dict, categorical: bool = False) -> dict:
         "audio_neg_inf": int(sum(np.isneginf(d["audio"]).sum() for d in raw.values())),
     }
     if all(UNIMODAL_KEYS["text"] in d for d in raw.values()):
-        msc = [int(consistent_mask(d, categorical).sum()) for d in raw.values()]
+        msc = [int(consistent_mask(d, scheme).sum()) for d in raw.values()]
         out["msc"] = sum(msc)
         out["msi"] = sum(out["sizes"].values()) - out["msc"]
     return out

@@ -48,15 +48,17 @@ def evaluate_split(model, split: Split, scheme, batch_size: int, device,
 def score_predictions(pred: dict[str, np.ndarray], split: Split, scheme,
                       masks: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     """Score `predict_split`'s outputs against the split's labels under the label scheme."""
-    from affectus.evaluation.schemes import get_scheme
+    from affectus.data.schemes import get_scheme
+    from affectus.evaluation.metrics import compute_metrics
 
     scheme = get_scheme(scheme)
-    metrics = scheme.metrics(logits=pred["logits"], pred_scores=pred.get("regression") if scheme.scores else None,
-                             labels=split.labels, unimodal=split.unimodal_labels, masks=masks)
+    metrics = compute_metrics(scheme, logits=pred["logits"], pred_scores=pred.get("regression") if scheme.scores
+                              else None, scores=split.labels,
+                              unimodal_scores=split.unimodal_labels if scheme.has_subsets else None, masks=masks)
     if "modality_logits" in pred:
         # each modality's own prediction against the multimodal label (Table VI: audio-/vision-only quality)
         metrics["modalities"] = {
-            m: _flat(scheme.metrics(logits=pred["modality_logits"][:, k], labels=split.labels))
+            m: _flat(compute_metrics(scheme, logits=pred["modality_logits"][:, k], scores=split.labels))
             for k, m in enumerate(MODALITIES)
         }
     return metrics
@@ -68,7 +70,7 @@ def single_class(logits: np.ndarray, scheme) -> str | None:
     A degenerate model (e.g. one that collapsed to the majority class) scores the majority rate; this
     names it: the class under argmax, or the side of the scheme's Acc2 rule when only that is constant.
     """
-    from affectus.evaluation.schemes import get_scheme
+    from affectus.data.schemes import get_scheme
 
     scheme = get_scheme(scheme)
     logits = np.asarray(logits)

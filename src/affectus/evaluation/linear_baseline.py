@@ -18,9 +18,10 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from affectus.data.types import MODALITIES, Split, to_classes
+from affectus.data.schemes import LabelScheme, get_scheme
+from affectus.data.types import MODALITIES, Split
 from affectus.errors import AffectusError
-from affectus.evaluation.metrics import compute_metrics, metric_family
+from affectus.evaluation.metrics import compute_metrics
 
 _LOG_EPS = 1e-12  # probability floor before the log, so an absent class gets a finite logit
 
@@ -37,11 +38,10 @@ def pooled_features(split: Split) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
-def _targets(scores: np.ndarray, family: str, task: str) -> np.ndarray:
-    if task == "3class":
-        return to_classes(scores)
-    # Binary labels follow each family's Acc2 truth: SIMS positive vs non-positive, MOSI non-negative vs negative.
-    return (scores > 0 if family == "sims" else scores >= 0).astype(np.int64)
+def _targets(scores: np.ndarray, scheme: LabelScheme, task: str) -> np.ndarray:
+    classes = scheme.to_classes(scores)
+    # binary labels follow the scheme's Acc2 truth: SIMS positive vs non-positive, MOSI non-negative vs negative
+    return classes if task == "3class" else scheme.binary_targets(classes)
 
 
 def _fit(x: np.ndarray, y: np.ndarray, c: float, seed: int, max_iter: int) -> Pipeline:
@@ -80,7 +80,8 @@ def logreg_baseline(
     name or 'train-cv', 'task', 'family'}. `features` turns a split into the (N, F) inputs (default: the
     pooled, concatenated modalities; e.g. sentence vectors of the transcripts for a text probe).
     """
-    fam = metric_family(family)
+    scheme = get_scheme(family)
+    fam = scheme.name
     if task not in ("3class", "binary"):
         raise AffectusError(f"unknown task '{task}': expected '3class' or 'binary'")
     if select_split is not None and select_split.name == "test":
@@ -91,14 +92,14 @@ def logreg_baseline(
         raise AffectusError("logreg_baseline: Cs is empty")
 
     x_train = features(train_split)
-    y_train = _targets(np.asarray(train_split.labels), fam, task)
+    y_train = _targets(np.asarray(train_split.labels), scheme, task)
     if np.unique(y_train).size < 2:
         raise AffectusError(f"logreg_baseline: the training split '{train_split.name}' holds one class only")
 
     selection: dict[str, float] = {}
     if select_split is not None:
         x_sel = features(select_split)
-        y_sel = _targets(np.asarray(select_split.labels), fam, task)
+        y_sel = _targets(np.asarray(select_split.labels), scheme, task)
         for c in Cs:
             selection[str(c)] = 100.0 * float(
                 np.mean(_fit(x_train, y_train, c, seed, max_iter).predict(x_sel) == y_sel)
@@ -124,7 +125,7 @@ def logreg_baseline(
     model = _fit(x_train, y_train, best_c, seed, max_iter)
     logits = _as_logits(model, features(eval_split), task)
     metrics = compute_metrics(
-        fam,
+        scheme,
         logits=logits,
         scores=np.asarray(eval_split.labels),
         unimodal_scores=eval_split.unimodal_labels,

@@ -1,20 +1,22 @@
-"""Sentiment metrics as the CMC paper (sec. IV-A-3) and MMSA report them.
+"""Metrics: a label scheme's outputs turned into numbers, as the CMC paper (sec. IV-A-3) and MMSA report them.
 
-Two dataset families, two binary conventions:
+What is scored is the scheme's to say (data/schemes.py): its classes and bins, its Acc2 rules, how a
+predicted score is clipped, binned or rounded. This module applies those declarations; it never asks
+which scheme it is scoring. The shipped sentiment schemes:
 
-- ``"sims"`` (CH-SIMS, CH-SIMS v2): Acc2 is non-positive (score <= 0) vs positive (> 0).
-- ``"mosi"`` (CMU-MOSI, CMU-MOSEI): "Has0" Acc2 is negative (< 0) vs non-negative (>= 0);
+- ``sims`` (CH-SIMS, CH-SIMS v2): Acc2 is non-positive (score <= 0) vs positive (> 0).
+- ``mosi`` (CMU-MOSI, CMU-MOSEI): "Has0" Acc2 is negative (< 0) vs non-negative (>= 0);
   "Non0" drops the samples whose score is exactly 0 and scores negative vs positive.
 
 Two kinds of model output:
 
-- 3-class logits (CMC and every classifier here). The binary prediction uses the negative and
-  positive logits only, as the authors' ``eval_metrics.py`` does: positive iff ``logit[2] > logit[0]``;
-  the neutral logit is ignored, and a tie counts as negative (``np.argmax`` over ``[neg, pos]``
-  returns the first index). Acc3 is the argmax of all three logits (ties -> the lower class index)
-  against the 3-class truth of ``to_classes``.
-- A regression score (MMSA-style models). Acc2 from signs, Acc3/Acc5/Acc7 by clipping and rounding
-  or by MMSA's fixed bins, MAE and Pearson correlation: see the two ``*_from_scores`` functions.
+- Class logits (CMC and every classifier here). The binary prediction compares the scheme's two
+  logit sides, as the authors' ``eval_metrics.py`` does on 3 classes: positive iff
+  ``logit[2] > logit[0]``; the neutral logit is ignored, and a tie counts as negative. ``acc{C}``
+  (Acc3 for 3 classes) is the argmax of all C logits (ties -> the lower class index) against the
+  scheme's classes of the true labels.
+- A regression score (MMSA-style models). Acc2 by the same rules on the predicted score, the
+  scheme's bins or rounding for Acc3/Acc5/Acc7, MAE and Pearson correlation: `metrics_from_scores`.
 
 Values: accuracies and F1 in percent (0-100); MAE and correlation as they are. F1 is weighted F1
 (sklearn ``average='weighted'``). A metric that has no samples to be computed on (an empty D_msi, a
@@ -30,41 +32,11 @@ from typing import Any
 
 import numpy as np
 
+from affectus.data.schemes import Acc2Rule, LabelScheme, get_scheme
 from affectus.data.types import to_classes
 from affectus.errors import AffectusError
 
 Metrics = dict[str, Any]
-
-# Dataset names accepted by `metric_family` (lower case, '_' read as '-').
-_FAMILY_ALIASES = {
-    "sims": "sims",
-    "ch-sims": "sims",
-    "simsv2": "sims",
-    "sims-v2": "sims",
-    "ch-sims-v2": "sims",
-    "ch-simsv2": "sims",
-    "mosi": "mosi",
-    "mosei": "mosi",
-    "cmu-mosi": "mosi",
-    "cmu-mosei": "mosi",
-}
-
-# MMSA's SIMS regression bins (metricsTop.py, ``__eval_sims_regression``), on scores clipped to
-# [-1, 1]: a value falls in class k when it lies above exactly k thresholds, i.e. bins are
-# closed on the right: [-1, -0.1] -> 0, (-0.1, 0.1] -> 1, (0.1, 1] -> 2.
-_SIMS_BINS = {
-    "acc2": (0.0,),
-    "acc3": (-0.1, 0.1),
-    "acc5": (-0.7, -0.1, 0.1, 0.7),
-}
-
-
-def metric_family(name: str) -> str:
-    """'sims' or 'mosi' for a family or dataset name (CH-SIMS, SIMS-v2, MOSI, MOSEI, ...)."""
-    key = str(name).strip().lower().replace("_", "-")
-    if key not in _FAMILY_ALIASES:
-        raise AffectusError(f"unknown metric family '{name}': expected 'sims' or 'mosi' (or a dataset name)")
-    return _FAMILY_ALIASES[key]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -86,13 +58,17 @@ def _vector(x: Any, what: str) -> np.ndarray:
     return a
 
 
-def _logits(x: Any, n: int) -> np.ndarray:
+def _logits(x: Any, n: int, c: int = 3, order: str = " (neg, neu, pos)") -> np.ndarray:
     a = _numpy(x).astype(np.float64)
-    if a.ndim != 2 or a.shape[1] != 3 or a.shape[0] != n:
-        raise AffectusError(f"logits must have shape ({n}, 3) (neg, neu, pos), got {tuple(a.shape)}")
+    if a.ndim != 2 or a.shape[1] != c or a.shape[0] != n:
+        raise AffectusError(f"logits must have shape ({n}, {c}){order}, got {tuple(a.shape)}")
     if np.isnan(a).any():
         raise AffectusError(f"logits contain NaN in {int(np.isnan(a).any(axis=1).sum())} of {n} rows")
     return a
+
+
+def _order(scheme: LabelScheme) -> str:
+    return f" ({', '.join(scheme.short(c).lower() for c in range(scheme.num_classes))})"
 
 
 def _accuracy(truth: np.ndarray, pred: np.ndarray) -> float | None:
@@ -129,45 +105,30 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.clip(np.sum(da * db) / denom, -1.0, 1.0))
 
 
-def binary_from_logits(logits: np.ndarray) -> np.ndarray:
-    """Positive iff the positive logit beats the negative one (neutral ignored; tie -> negative)."""
-    return logits[:, 2] > logits[:, 0]
+def _rule(rule: Acc2Rule, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(kept rows, truth on the positive side) of an `Acc2Rule` on (N,) classes."""
+    keep = ~np.isin(classes, rule.dropped)
+    return keep, np.isin(classes, rule.positive)
 
 
-# ----------------------------------------------------------------------------------------------
-# From 3-class logits (CMC and other classifiers)
-# ----------------------------------------------------------------------------------------------
-
-
-def sims_metrics_from_logits(logits: Any, scores: Any) -> Metrics:
-    """CH-SIMS family: ``acc2``/``f1`` (non-positive vs positive) and ``acc3``. logits (N, 3), scores (N,)."""
+def metrics_from_logits(scheme: Any, logits: Any, scores: Any) -> Metrics:
+    """A score scheme's metrics from (N, C) logits against (N,) true scores: per Acc2 rule
+    ``{prefix}acc2`` / ``{prefix}f1``, then ``acc{C}`` (argmax against the scheme's classes)."""
+    scheme = get_scheme(scheme)
     scores = _vector(scores, "scores")
-    logits = _logits(logits, scores.size)
-    truth2, pred2 = scores > 0, binary_from_logits(logits)
-    return {
-        "acc2": _accuracy(truth2, pred2),
-        "f1": _weighted_f1(truth2, pred2),
-        "acc3": _accuracy(to_classes(scores), np.argmax(logits, axis=1)),
-    }
-
-
-def mosi_metrics_from_logits(logits: Any, scores: Any) -> Metrics:
-    """MOSI family: Has0 (negative vs non-negative), Non0 (zeros dropped, negative vs positive), acc3."""
-    scores = _vector(scores, "scores")
-    logits = _logits(logits, scores.size)
-    pred2 = binary_from_logits(logits)
-    has0_truth = scores >= 0
-    nonzero = scores != 0
-    # Non0 done right: the truth is binary (score > 0) like the prediction. The authors' code compares
-    # 3-class truths {0, 2} with binary predictions {0, 1}; see `non0_acc2_authors_bug`.
-    non0_truth, non0_pred = scores[nonzero] > 0, pred2[nonzero]
-    return {
-        "has0_acc2": _accuracy(has0_truth, pred2),
-        "has0_f1": _weighted_f1(has0_truth, pred2),
-        "non0_acc2": _accuracy(non0_truth, non0_pred),
-        "non0_f1": _weighted_f1(non0_truth, non0_pred),
-        "acc3": _accuracy(to_classes(scores), np.argmax(logits, axis=1)),
-    }
+    logits = _logits(logits, scores.size, scheme.num_classes, _order(scheme))
+    classes = scheme.to_classes(scores)
+    out: Metrics = {}
+    if scheme.acc2_rules:
+        pred2 = scheme.binary(logits)
+        # Non0 done right: the truth is binary (score > 0) like the prediction. The authors' code compares
+        # 3-class truths {0, 2} with binary predictions {0, 1}; see `non0_acc2_authors_bug`.
+        for rule in scheme.acc2_rules:
+            keep, truth = _rule(rule, classes)
+            out[f"{rule.prefix}acc2"] = _accuracy(truth[keep], pred2[keep])
+            out[f"{rule.prefix}f1"] = _weighted_f1(truth[keep], pred2[keep])
+    out[f"acc{scheme.num_classes}"] = _accuracy(classes, np.argmax(logits, axis=1))
+    return out
 
 
 def _authors_non0(logits: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -185,7 +146,7 @@ def non0_acc2_authors_bug(logits: Any, scores: Any) -> float | None:
 
     It compares 3-class truths {0, 2} with binary predictions {0, 1}, so a positive sample never
     counts as correct: the value is (negatives predicted negative) / (non-zero samples). Use
-    `mosi_metrics_from_logits`'s ``non0_acc2`` for the real metric.
+    `metrics_from_logits("mosi", ...)`'s ``non0_acc2`` for the real metric.
     """
     truth, pred = _authors_non0(logits, scores)
     return _accuracy(truth, pred)
@@ -214,49 +175,62 @@ def _rounded(x: np.ndarray, bound: float) -> np.ndarray:
     return np.round(np.clip(x.astype(np.float32), -bound, bound))
 
 
-def sims_metrics_from_scores(pred: Any, scores: Any) -> Metrics:
-    """CH-SIMS family from a predicted score: ``acc2``, ``f1``, ``acc3``, ``acc5``, ``mae``, ``corr``.
+def metrics_from_scores(scheme: Any, pred: Any, scores: Any) -> Metrics:
+    """A score scheme's metrics from (N,) predicted scores against (N,) true scores, as MMSA's
+    ``metricsTop.py`` does for its datasets.
 
-    As MMSA: both sides clipped to [-1, 1] first (MAE and correlation included); acc2 = (x > 0);
-    acc3 bins [-1, -0.1] / (-0.1, 0.1] / (0.1, 1]; acc5 thresholds -0.7, -0.1, 0.1, 0.7.
+    Both sides clipped to ``scheme.score_clip`` first when set (CH-SIMS: [-1, 1], MAE and correlation
+    included); then each Acc2 rule on both sides (CH-SIMS: x > 0; MOSI Has0: x >= 0, Non0: x > 0 on the
+    samples whose truth is not 0, so a prediction of exactly 0 is non-negative for Has0 but negative for
+    Non0); then ``score_bins`` (CH-SIMS acc3 [-1, -0.1] / (-0.1, 0.1] / (0.1, 1], acc5 thresholds -0.7,
+    -0.1, 0.1, 0.7) and ``score_rounding`` (MOSI acc3/acc5/acc7: clip to [-1, 1] / [-2, 2] / [-3, 3] and
+    round half to even); MAE and correlation last.
     """
-    truth = np.clip(_vector(scores, "scores"), -1.0, 1.0)
-    pred = np.clip(_vector(pred, "predicted scores"), -1.0, 1.0)
+    scheme = get_scheme(scheme)
+    truth = _vector(scores, "scores")
+    pred = _vector(pred, "predicted scores")
     if pred.size != truth.size:
         raise AffectusError(f"{pred.size} predicted scores for {truth.size} true scores")
+    if scheme.score_clip is not None:
+        truth, pred = (np.clip(x, *scheme.score_clip) for x in (truth, pred))
     out: Metrics = {}
-    for name, thresholds in _SIMS_BINS.items():
-        t, p = _bin(truth, thresholds), _bin(pred, thresholds)
-        out[name] = _accuracy(t, p)
-        if name == "acc2":
-            out["f1"] = _weighted_f1(t, p)
+    truth_classes, pred_classes = scheme.to_classes(truth), scheme.to_classes(pred)
+    for rule in scheme.acc2_rules:
+        keep, t = _rule(rule, truth_classes)
+        p = np.isin(pred_classes, rule.positive)
+        out[f"{rule.prefix}acc2"] = _accuracy(t[keep], p[keep])
+        out[f"{rule.prefix}f1"] = _weighted_f1(t[keep], p[keep])
+    for name, thresholds in scheme.score_bins:
+        out[name] = _accuracy(_bin(truth, thresholds), _bin(pred, thresholds))
+    for name, bound in scheme.score_rounding:
+        out[name] = _accuracy(_rounded(truth, bound), _rounded(pred, bound))
     out["mae"] = _mae(pred, truth)
     out["corr"] = pearson(pred, truth)
     return out
 
 
-def mosi_metrics_from_scores(pred: Any, scores: Any) -> Metrics:
-    """MOSI family from a predicted score, as MMSA's ``__eval_mosei_regression``.
+def categorical_metrics(scheme: Any, logits: Any, labels: Any) -> Metrics:
+    """Named classes (labels are class indices): ``acc``, weighted ``f1``, ``uar`` and ``f1_<class>``."""
+    from sklearn.metrics import f1_score, recall_score
 
-    Has0: (pred >= 0) vs (truth >= 0). Non0: samples with truth != 0, (pred > 0) vs (truth > 0) (so a
-    prediction of exactly 0 is non-negative for Has0 but negative for Non0). acc3/acc5/acc7: clip both
-    to [-1, 1] / [-2, 2] / [-3, 3] and round half to even. MAE and correlation on the unclipped values.
-    """
-    truth = _vector(scores, "scores")
-    pred = _vector(pred, "predicted scores")
-    if pred.size != truth.size:
-        raise AffectusError(f"{pred.size} predicted scores for {truth.size} true scores")
-    nonzero = truth != 0
-    out: Metrics = {
-        "has0_acc2": _accuracy(truth >= 0, pred >= 0),
-        "has0_f1": _weighted_f1(truth >= 0, pred >= 0),
-        "non0_acc2": _accuracy(truth[nonzero] > 0, pred[nonzero] > 0),
-        "non0_f1": _weighted_f1(truth[nonzero] > 0, pred[nonzero] > 0),
+    scheme = get_scheme(scheme)
+    if logits is None:
+        raise AffectusError(f"scheme {scheme.name}: needs class logits (a model without a classifier output)")
+    truth = scheme.to_classes(np.asarray(labels))
+    lg = _logits(logits, truth.size, scheme.num_classes, order="")
+    pred = lg.argmax(axis=1)
+    if truth.size == 0:
+        return {"acc": None, "f1": None, "uar": None, **{f"f1_{c}": None for c in scheme.class_names}}
+    ids = list(range(scheme.num_classes))
+    per_class = f1_score(truth, pred, labels=ids, average=None, zero_division=0)
+    out = {
+        "acc": float(100.0 * np.mean(truth == pred)),
+        "f1": float(100.0 * f1_score(truth, pred, labels=ids, average="weighted", zero_division=0)),
+        # unweighted average recall over the classes present in the truth (absent classes have no recall)
+        "uar": float(100.0 * recall_score(truth, pred, labels=sorted(set(truth.tolist())), average="macro",
+                                          zero_division=0)),
     }
-    for name, bound in (("acc3", 1.0), ("acc5", 2.0), ("acc7", 3.0)):
-        out[name] = _accuracy(_rounded(truth, bound), _rounded(pred, bound))
-    out["mae"] = _mae(pred, truth)
-    out["corr"] = pearson(pred, truth)
+    out.update({f"f1_{c}": float(100.0 * v) for c, v in zip(scheme.class_names, per_class)})
     return out
 
 
@@ -265,62 +239,63 @@ def mosi_metrics_from_scores(pred: Any, scores: Any) -> Metrics:
 # ----------------------------------------------------------------------------------------------
 
 
-def _metrics_on(family: str, rows: np.ndarray, scores: np.ndarray, logits, pred_scores) -> Metrics:
+def _metrics_on(scheme: LabelScheme, rows: np.ndarray, scores: np.ndarray, logits, pred_scores) -> Metrics:
     """Metrics on the rows selected by a boolean mask: classification metrics from logits when given,
-    else the regression set from pred_scores; with both, logits decide and pred_scores add mae/corr."""
+    else the regression set from pred_scores; with both, logits decide and pred_scores add the rest."""
     s = scores[rows]
     if logits is not None:
-        fn = sims_metrics_from_logits if family == "sims" else mosi_metrics_from_logits
-        out = fn(logits[rows], s)
+        out = metrics_from_logits(scheme, logits[rows], s)
         if pred_scores is not None:
-            reg = (sims_metrics_from_scores if family == "sims" else mosi_metrics_from_scores)(
-                pred_scores[rows], s
-            )
             # the regression output's own multi-class accuracies, MAE and correlation, as MMSA reports them
-            out.update({k: reg[k] for k in ("acc5", "acc7", "mae", "corr") if k in reg})
+            reg = metrics_from_scores(scheme, pred_scores[rows], s)
+            out.update({k: v for k, v in reg.items() if k not in out})
         return out
-    fn = sims_metrics_from_scores if family == "sims" else mosi_metrics_from_scores
-    return fn(pred_scores[rows], s)
+    return metrics_from_scores(scheme, pred_scores[rows], s)
 
 
 def compute_metrics(
-    family: str,
+    scheme: LabelScheme | str | Mapping[str, Any],
     logits: Any = None,
     pred_scores: Any = None,
     scores: Any = None,
     unimodal_scores: Mapping[str, Any] | None = None,
     masks: tuple[Any, Any] | None = None,
 ) -> Metrics:
-    """All metrics for one prediction run.
+    """All metrics for one prediction run, under the label scheme's rules.
 
-    family: 'sims' or 'mosi' (dataset names such as 'ch-sims-v2' or 'mosei' are accepted).
-    logits: (N, 3) 3-class logits (neg, neu, pos), or None for a regression model.
-    pred_scores: (N,) predicted scores, or None. At least one of logits / pred_scores is needed.
-    scores: (N,) true multimodal scores (required; a keyword in practice).
-    unimodal_scores: {'text','audio','vision'} -> (N,) true unimodal scores. When given (or when
-        `masks` = (msc_mask, msi_mask) is given, e.g. from the authors' subset files), the result is
-        nested: {'d_test': {...}, 'd_msc': {...}, 'd_msi': {...}}, each with its sample count 'n',
-        plus every D_test metric repeated at the top level (so 'acc2' etc. always sit at the top).
-        Without them the result is flat.
+    scheme: a `LabelScheme`, or what `get_scheme` reads (a name such as 'sims', a dataset alias such as
+        'ch-sims-v2' or 'mosei', a recorded spec).
+    logits: (N, C) class logits (sentiment: neg, neu, pos), or None for a regression model.
+    pred_scores: (N,) predicted scores, or None. A score scheme needs at least one of logits / pred_scores;
+        a scheme of named classes needs logits and ignores pred_scores.
+    scores: (N,) true labels (required; a keyword in practice).
+    unimodal_scores: {'text','audio','vision'} -> (N,) true unimodal labels (callers pass them where the
+        scheme has subsets, `has_subsets`). When given (or when `masks` = (msc_mask, msi_mask) is given, e.g. from
+        the authors' subset files) a score scheme's result is nested: {'d_test': {...}, 'd_msc': {...},
+        'd_msi': {...}}, each with its sample count 'n', plus every D_test metric repeated at the top
+        level (so 'acc2' etc. always sit at the top). Without them the result is flat.
 
     Keys: sims -> acc2, f1, acc3 (logits) or acc2, f1, acc3, acc5, mae, corr (scores);
     mosi -> has0_acc2, has0_f1, non0_acc2, non0_f1, acc3 (+ acc5, acc7 from scores); mae and corr
-    whenever pred_scores is given. A metric with no samples (an empty D_msi) is None.
+    whenever pred_scores is given; categorical -> acc, f1, uar, f1_<class>. A metric with no samples
+    (an empty D_msi) is None.
     """
-    fam = metric_family(family)
+    scheme = get_scheme(scheme)
     if scores is None:
         raise TypeError("compute_metrics needs the true scores (scores=...)")
+    if not scheme.scores:  # named classes: no scores to regress, no subsets
+        return categorical_metrics(scheme, logits, scores)
     if logits is None and pred_scores is None:
         raise TypeError("compute_metrics needs logits=..., pred_scores=... or both")
     y = _vector(scores, "scores")
     n = y.size
-    lg = None if logits is None else _logits(logits, n)
+    lg = None if logits is None else _logits(logits, n, scheme.num_classes, _order(scheme))
     ps = None if pred_scores is None else _vector(pred_scores, "predicted scores")
     if ps is not None and ps.size != n:
         raise AffectusError(f"{ps.size} predicted scores for {n} true scores")
 
     everything = np.ones(n, dtype=bool)
-    top = _metrics_on(fam, everything, y, lg, ps)
+    top = _metrics_on(scheme, everything, y, lg, ps)
     if unimodal_scores is None and masks is None:
         return top
 
@@ -329,12 +304,10 @@ def compute_metrics(
         if msc.size != n or msi.size != n:
             raise AffectusError(f"subset masks have {msc.size} / {msi.size} entries for {n} samples")
     else:
-        from affectus.evaluation.subsets import consistency_masks
-
-        msc, msi = consistency_masks(y, unimodal_scores)
+        msc, msi = scheme.consistency_masks(y, unimodal_scores)
 
     out: Metrics = dict(top)
     out["d_test"] = {"n": n, **top}
-    out["d_msc"] = {"n": int(msc.sum()), **_metrics_on(fam, msc, y, lg, ps)}
-    out["d_msi"] = {"n": int(msi.sum()), **_metrics_on(fam, msi, y, lg, ps)}
+    out["d_msc"] = {"n": int(msc.sum()), **_metrics_on(scheme, msc, y, lg, ps)}
+    out["d_msi"] = {"n": int(msi.sum()), **_metrics_on(scheme, msi, y, lg, ps)}
     return out

@@ -6,7 +6,8 @@ Every other sample is *inconsistent* (D_msi); D_test = D_msc ∪ D_msi. Only CH-
 carry unimodal scores.
 
 Two ways to get the subsets:
-- `consistency_masks` computes them from the scores (what the footnote defines);
+- the label scheme computes them from the labels (`LabelScheme.consistency_masks` in data/schemes.py:
+  what the footnote defines, with the scheme's own classes);
 - the authors also ship the subsets as separate files, ``[test]D_msc.pkl`` / ``[test]D_msi.pkl`` (an
   MMSA-style pickle holding ``{'test': {'id': [...], ...}}``): `load_subset_ids` reads the ids from
   such a file and `masks_from_ids` turns them into masks over a test split's ids.
@@ -21,30 +22,7 @@ from typing import Any
 import numpy as np
 
 from affectus.data.safe_pickle import load_untrusted
-from affectus.data.types import MODALITIES, to_classes
 from affectus.errors import AffectusError
-
-
-def consistency_masks(scores: Any, unimodal_scores: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(msc_mask, msi_mask), boolean (N,) each, complementary.
-
-    scores: (N,) multimodal scores; unimodal_scores: 'text', 'audio', 'vision' -> (N,) scores.
-    Sign classes come from `to_classes` (< 0, = 0, > 0), so "all = 0" counts as consistent.
-    """
-    if unimodal_scores is None:
-        raise AffectusError("D_msc / D_msi need unimodal scores (only CH-SIMS and CH-SIMS v2 have them)")
-    missing = [m for m in MODALITIES if m not in unimodal_scores]
-    if missing:
-        raise AffectusError(f"unimodal scores lack {', '.join(missing)}: expected keys text, audio, vision")
-    multimodal = to_classes(np.asarray(scores).reshape(-1))
-    msc = np.ones(multimodal.shape[0], dtype=bool)
-    for m in MODALITIES:
-        uni = np.asarray(unimodal_scores[m]).reshape(-1)
-        if uni.shape[0] != multimodal.shape[0]:
-            raise AffectusError(f"{uni.shape[0]} {m} scores for {multimodal.shape[0]} multimodal scores")
-        msc &= to_classes(uni) == multimodal
-    return msc, ~msc
-
 
 # ----------------------------------------------------------------------------------------------
 # The authors' subset files

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 
 from affectus.data.load import open_data, source_id
+from affectus.data.schemes import get_scheme
 from affectus.errors import AffectusError
 from affectus.evaluation.results import format_mean_std, mean_std
-from affectus.evaluation.schemes import get_scheme
 from affectus.experiments.spec import ExperimentSpec, PlannedRun, expand, load_spec
 from affectus.inference.checkpoints import IN_SAMPLE_MARK, split_fits
 from affectus.utils.io import lock_dir, read_json_file, write_json_atomic, write_text_atomic

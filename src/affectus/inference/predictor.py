@@ -130,7 +130,7 @@ class Predictor:
             raise AffectusError(f"{self.run_dir}/model.safetensors does not match the model config "
                                 f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
         self.model.to(self.device).eval()
-        from affectus.evaluation.schemes import get_scheme
+        from affectus.data.schemes import get_scheme
 
         # runs written before label schemes recorded only the family name
         self.scheme = get_scheme(self.info.get("scheme") or self.info.get("family", "mosi"))

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from affectus.data.load import data_identity, extraction_record
+from affectus.data.schemes import LabelScheme, infer_scheme
 from affectus.data.types import MERDataset, Split
 from affectus.errors import AffectusError
 from affectus.evaluation.evaluate import predict_split, score_predictions, single_class
-from affectus.evaluation.schemes import LabelScheme, infer_scheme
 from affectus.evaluation.tensorboard import EpochLogger
 from affectus.inference import checkpoints as ckpt
 from affectus.models.registry import create_model, get_model_entry, make_config
@@ -167,7 +167,7 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
     torch.manual_seed(tc.seed)
     train_split, select_split = dataset[plan.train], dataset[plan.select]
     if tc.consistent_retention < 1.0:
-        train_split = retain_consistent(train_split, tc.consistent_retention, tc.seed)
+        train_split = retain_consistent(train_split, tc.consistent_retention, tc.seed, plan.scheme)
     if len(train_split) < 2 or len(select_split) < 1:
         raise AffectusError(f"{dataset.source}: train split needs at least 2 samples and '{plan.select}' at least 1")
     model, model_cfg = build_model(cfg, dataset, plan.scheme, text_views, text_model_dir)
@@ -274,13 +274,12 @@ def _text_inputs(dataset: MERDataset, tc) -> tuple[MERDataset, dict[str, Any] | 
     return dataset, record, views, None if encoder is None else str(encoder.model_dir)
 
 
-def retain_consistent(split: Split, rate: float, seed: int) -> Split:
-    """Keep a random share `rate` of the modality-consistent (D_msc) samples, all the others (Figs. 4-5)."""
-    from affectus.evaluation.subsets import consistency_masks
-
+def retain_consistent(split: Split, rate: float, seed: int, scheme: LabelScheme) -> Split:
+    """Keep a random share `rate` of the modality-consistent (D_msc, by the scheme's classes) samples, all
+    the others (Figs. 4-5)."""
     if split.unimodal_labels is None:
         raise AffectusError("train.consistent_retention needs unimodal labels in the training split")
-    msc, _ = consistency_masks(split.labels, split.unimodal_labels)
+    msc, _ = scheme.consistency_masks(split.labels, split.unimodal_labels)
     consistent = np.flatnonzero(msc)
     rng = np.random.default_rng([seed, 7919])
     keep = rng.choice(consistent, size=int(round(rate * len(consistent))), replace=False)

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 MODALITY_COLORS = {"text": "#4C72B0", "audio": "#DD8452", "vision": "#55A868"}
-CLASS_SHORT = ("Neg", "Neu", "Pos")  # the paper's Figs. 6-7 labels
 
 
 def _figure(width: float, height: float) -> Any:

@@ -43,7 +43,7 @@ class Run:
 
     @property
     def scheme(self):
-        from affectus.evaluation.schemes import get_scheme
+        from affectus.data.schemes import get_scheme
 
         return get_scheme(self.info.get("scheme") or self.info.get("family", "mosi"))
 

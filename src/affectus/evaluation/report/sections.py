@@ -36,7 +36,7 @@ TAU, RETENTION = "model.tau", "train.consistent_retention"
 CURVES = {TAU: ("temperature", "Temperature of PFM (Table VIII)"),
           RETENTION: ("retention", "Retention of D_msc training samples (Figs. 4-5)")}
 
-# Columns come from each run's label scheme (evaluation/schemes.py): the table results.md and the sweep use.
+# Columns come from each run's label scheme (data/schemes.py): the table results.md and the sweep use.
 MAX_CURVE_ROWS = 12  # more rows than this: the per-run curves are in TensorBoard
 
 
@@ -395,13 +395,13 @@ def flips(page: Page, runs: list[Run], axes: list[str], dataset: Any, max_sample
     if truth is None:
         blocks.append(note("with --data holding unimodal labels (CH-SIMS family), flips are also checked "
                            "against the dataset's own unimodal labels"))
-    names = plots.CLASS_SHORT
+    names = [run.scheme.short(c) for c in range(run.scheme.num_classes)]
     count_rows = []
     for m in MODALITIES:
         flipped_m = [s for s in samples if s.get(f"flipped_{m}") == "1"]
         moved = [(int(s[f"initial_{m}"]), int(s[f"label_{m}"])) for s in flipped_m]
         directions = ", ".join(f"{names[a]}→{names[b]}: {moved.count((a, b))}"
-                               for a in range(3) for b in range(3) if a != b and (a, b) in moved)
+                               for a in range(len(names)) for b in range(len(names)) if a != b and (a, b) in moved)
         row = [m, len(moved), f"{100 * len(moved) / max(len(samples), 1):.1f}", directions or "–"]
         if truth is not None:
             known = [s for s in flipped_m if s["id"] in truth]
@@ -414,7 +414,7 @@ def flips(page: Page, runs: list[Run], axes: list[str], dataset: Any, max_sample
     if flipped:
         rows = []
         for s in flipped[:max_samples]:
-            soft = " / ".join(f"{names[c]} {float(s[f'soft_text_{c}']):.2f}" for c in range(3))
+            soft = " / ".join(f"{names[c]} {float(s[f'soft_text_{c}']):.2f}" for c in range(len(names)))
             known = truth.get(s["id"]) if truth is not None else None
             rows.append([s["id"], f"{names[int(s['initial_text'])]} → {names[int(s['label_text'])]}", soft,
                          *([names[known["text"]] if known else "–"] if truth is not None else []),
@@ -435,13 +435,13 @@ def flips(page: Page, runs: list[Run], axes: list[str], dataset: Any, max_sample
 
 def _unimodal_truth(run: Run, dataset: Any) -> dict[str, dict[str, int]] | None:
     """id -> {modality: class} of the run's training split, from the data's unimodal labels (or None)."""
-    from affectus.data.types import MODALITIES, to_classes
+    from affectus.data.types import MODALITIES
 
     name = str((run.info.get("plan") or {}).get("train", "train"))
     if dataset is None or name not in dataset or dataset[name].unimodal_labels is None:
         return None
     split = dataset[name]
-    classes = {m: to_classes(np.asarray(split.unimodal_labels[m])) for m in MODALITIES}
+    classes = {m: run.scheme.to_classes(np.asarray(split.unimodal_labels[m])) for m in MODALITIES}
     return {str(sid): {m: int(classes[m][i]) for m in MODALITIES} for i, sid in enumerate(split.ids)}
 
 
@@ -488,16 +488,16 @@ def router(page: Page, runs: list[Run], axes: list[str], dataset: Any, max_sampl
 
 def _router_blocks(page: Page, run: Run, title: tuple[str, str], split: Any, pred: Any,
                    max_samples: int) -> list[Block]:
-    from affectus.data.types import MODALITIES, to_classes
-    from affectus.evaluation.subsets import consistency_masks
+    from affectus.data.types import MODALITIES
 
     label, stem = title
-    names = plots.CLASS_SHORT
-    truth = to_classes(split.labels)
+    scheme = run.scheme
+    names = [scheme.short(c) for c in range(scheme.num_classes)]
+    truth = scheme.to_classes(split.labels)
     uni = split.unimodal_labels
     blocks: list[Block] = [heading(f"{label} ({run.run_id}) on split '{split.name}'")]
     if uni is not None:
-        msc, msi = consistency_masks(split.labels, uni)
+        msc, msi = scheme.consistency_masks(split.labels, uni)
         subsets = {"D_msc": msc, "D_msi": msi}
         rows_idx, what = np.flatnonzero(msi)[:max_samples], "D_msi"
     else:
@@ -519,7 +519,7 @@ def _router_blocks(page: Page, run: Run, title: tuple[str, str], split: Any, pre
     def describe(i: int) -> str:
         own = " ".join(f"{m[0].upper()}:{names[int(pred.modality_classes[i, k])]}" for k, m in enumerate(MODALITIES))
         uni_truth = "" if uni is None else " (" + " ".join(
-            f"{m[0].upper()}:{names[int(to_classes(np.asarray(uni[m][i:i + 1]))[0])]}" for m in MODALITIES) + ")"
+            f"{m[0].upper()}:{names[int(scheme.to_classes(np.asarray(uni[m][i:i + 1]))[0])]}" for m in MODALITIES) + ")"
         return f"truth {names[truth[i]]}{uni_truth} | pred {names[pred.classes[i]]} | own {own}"
 
     notes = [describe(int(i)) for i in rows_idx]

@@ -1,10 +1,15 @@
-"""Label schemes: what the labels of a dataset mean and how predictions against them are scored.
+"""Label schemes: what the labels of a dataset mean. Every label rule lives here, nowhere else.
 
-A scheme is a small registered object (like a model): it knows its classes and their names, how a
-label becomes a class, the Acc2 rule, the binary labels SupCon contrasts, which metrics and table
-columns apply, the sweep's default objective and how a prediction is shown. Generic code asks the
-scheme; it never compares a family string. A new dataset with new labels is one YAML preset
-(`scheme: NAME` or `scheme: {name: categorical, classes: [...]}`) and at most one new scheme here.
+A scheme is a small registered object (like a model). It knows its classes and their names, how a
+label becomes a class (its bins), the Acc2 rule(s), the binary labels SupCon contrasts, when a sample
+is modality-consistent (D_msc), which metrics and table columns apply, the sweep's default objective,
+how a prediction is shown, and which label story the simulator tells for it. Generic code asks the
+scheme; it never compares a scheme's name. `evaluation/metrics.py` turns outputs into numbers by
+reading these declarations.
+
+A new dataset with new labels is one YAML preset (`scheme: NAME` or `scheme: {name: categorical,
+classes: [...]}`); a new kind of labels is one `@register_scheme` factory (see docs/architecture.md,
+"Add a label scheme").
 
 Shipped:
 - `sims`: CH-SIMS family sentiment scores in [-1, 1]; Acc2 = non-positive vs positive; D_msc / D_msi.
@@ -20,10 +25,24 @@ from typing import Any
 
 import numpy as np
 
-from affectus.data.types import to_classes
+from affectus.data.types import MODALITIES, to_classes
 from affectus.errors import AffectusError
 
 SENTIMENT_CLASSES = ("negative", "neutral", "positive")
+
+
+@dataclass(frozen=True)
+class Acc2Rule:
+    """One binary accuracy: which classes count as the positive side, which are left out.
+
+    `prefix` names its keys (`{prefix}acc2`, `{prefix}f1`). The truth of a label is
+    `to_classes(label) in positive`; a predicted score is binarised by the same rule, a prediction
+    from logits by the scheme's `logit_sides`. Samples whose true class is in `dropped` are not scored.
+    """
+
+    prefix: str
+    positive: tuple[int, ...]
+    dropped: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -44,6 +63,15 @@ class LabelScheme:
     label_keys: tuple[str, ...] = ("regression_labels",)
     # the Acc2 rule's two sides (False, True) where the scheme has one; () for none (categorical)
     binary_names: tuple[str, ...] = ()
+    # the Acc2 rules, the first one is *the* rule (binary_targets, SupCon, predictions); () for none
+    acc2_rules: tuple[Acc2Rule, ...] = ()
+    # a prediction from logits is on the positive side iff the best logit of the second group beats the
+    # best of the first (the authors' rule on 3 classes: pos > neg, neutral ignored, a tie is negative)
+    logit_sides: tuple[tuple[int, ...], tuple[int, ...]] = ((0,), (2,))
+    short_names: tuple[str, ...] = ()  # class names in figures (default: class_names)
+    # SynthConfig fields of the simulator's score story for this scheme (label steps, class rates);
+    # a scheme without scores is simulated by the categorical story from its class names
+    synth_story: tuple[tuple[str, Any], ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -54,6 +82,7 @@ class LabelScheme:
         return {"name": self.name}
 
     def to_classes(self, labels: np.ndarray) -> np.ndarray:
+        """(N,) labels -> (N,) int64 class indices (the scheme's bins)."""
         raise NotImplementedError
 
     def check_labels(self, labels: np.ndarray, where: str) -> None:
@@ -64,30 +93,66 @@ class LabelScheme:
         return classes
 
     def binary_targets(self, classes: Any) -> Any:
-        """Classes (torch ints) -> the Acc2 rule's truth (1: `binary_names[1]`); None without a rule."""
-        return None
+        """Classes (torch or numpy ints) -> the Acc2 rule's truth as int64 (1: `binary_names[1]`);
+        None without a rule."""
+        if not self.acc2_rules:
+            return None
+        table = [int(c in self.acc2_rules[0].positive) for c in range(self.num_classes)]
+        if hasattr(classes, "new_tensor"):  # torch, without importing it here
+            return classes.new_tensor(table).long()[classes.long()]
+        return np.asarray(table, dtype=np.int64)[np.asarray(classes)]
 
-    def metrics(self, logits: Any = None, pred_scores: Any = None, labels: Any = None,
-                unimodal: Mapping[str, Any] | None = None, masks: tuple[Any, Any] | None = None) -> dict[str, Any]:
-        raise NotImplementedError
+    def binary(self, logits: np.ndarray) -> np.ndarray | None:
+        """(N, C) logits -> (N,) bool under the Acc2 rule (True: `binary_names[1]`); None without a rule."""
+        if not self.acc2_rules:
+            return None
+        logits = np.asarray(logits)
+        neg, pos = self.logit_sides
+        return logits[:, list(pos)].max(axis=1) > logits[:, list(neg)].max(axis=1)
 
     def show(self, class_id: int) -> str:
         return self.class_names[int(class_id)]
 
-    def binary(self, logits: np.ndarray) -> np.ndarray | None:
-        """(N, C) logits -> (N,) bool under the Acc2 rule (True: `binary_names[1]`); None without a rule."""
-        if not self.binary_names:
-            return None
-        from affectus.evaluation.metrics import binary_from_logits
+    def short(self, class_id: int) -> str:
+        """A class's name in figures and compact tables."""
+        return (self.short_names or self.class_names)[int(class_id)]
 
-        return binary_from_logits(np.asarray(logits))
+    def consistency_masks(self, labels: Any, unimodal: Mapping[str, Any] | None) -> tuple[np.ndarray, np.ndarray]:
+        """(msc_mask, msi_mask), boolean (N,) each, complementary (CMC paper, footnote 3).
+
+        A sample is modality-consistent (D_msc) when its multimodal label and its three unimodal labels
+        (text, audio, vision) fall in one class of this scheme (`to_classes`); else inconsistent (D_msi).
+        """
+        if unimodal is None:
+            raise AffectusError("D_msc / D_msi need unimodal labels (only CH-SIMS and CH-SIMS v2 have them)")
+        missing = [m for m in MODALITIES if m not in unimodal]
+        if missing:
+            raise AffectusError(f"unimodal labels lack {', '.join(missing)}: expected keys text, audio, vision")
+        multimodal = self.to_classes(np.asarray(labels).reshape(-1))
+        msc = np.ones(multimodal.shape[0], dtype=bool)
+        for m in MODALITIES:
+            uni = np.asarray(unimodal[m]).reshape(-1)
+            if uni.shape[0] != multimodal.shape[0]:
+                raise AffectusError(f"{uni.shape[0]} {m} labels for {multimodal.shape[0]} multimodal labels")
+            msc &= self.to_classes(uni) == multimodal
+        return msc, ~msc
 
 
 @dataclass(frozen=True)
 class SentimentScheme(LabelScheme):
-    """Sentiment scores -> 3 classes (< 0, = 0, > 0). `family` picks the Acc2 rule (metrics.py)."""
+    """Sentiment scores -> 3 classes by sign (< 0, = 0, > 0); a subclass may bin them otherwise.
 
-    family: str = "sims"
+    How a *predicted score* is scored (MMSA's regression conventions, read by evaluation/metrics.py):
+    both sides are clipped to `score_clip` first when set (MAE and correlation included); then each
+    Acc2 rule, then `score_bins` (name -> thresholds: the class is how many thresholds a value lies
+    above, compared in float32) and `score_rounding` (name -> bound: clip to [-bound, bound], round half
+    to even), then MAE and Pearson correlation.
+    """
+
+    scores: bool = True
+    score_clip: tuple[float, float] | None = None
+    score_bins: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    score_rounding: tuple[tuple[str, float], ...] = ()
 
     def to_classes(self, labels: np.ndarray) -> np.ndarray:
         return to_classes(labels)
@@ -97,22 +162,13 @@ class SentimentScheme(LabelScheme):
         # (positive vs non-positive), with positive on MOSI (non-negative vs negative).
         return self.binary_targets(classes)
 
-    def binary_targets(self, classes: Any) -> Any:
-        # the Acc2 rule on classes: neutral is non-positive on CH-SIMS, non-negative on MOSI (Has0)
-        return (classes > 1).long() if self.family == "sims" else (classes >= 1).long()
-
-    def metrics(self, logits=None, pred_scores=None, labels=None, unimodal=None, masks=None) -> dict[str, Any]:
-        from affectus.evaluation.metrics import compute_metrics
-
-        return compute_metrics(self.family, logits=logits, pred_scores=pred_scores, scores=labels,
-                               unimodal_scores=unimodal if self.has_subsets else None, masks=masks)
-
 
 # a model with a regression output adds these (MMSA's); tables drop columns no run has a value for
 _REGRESSION_COLUMNS = (("Acc5", "acc5"), ("Acc7", "acc7"), ("MAE", "mae"), ("Corr", "corr"))
 
 
-def _modality_columns(pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+def modality_columns(pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """Per-modality table columns (title, metric path) for (title, key) pairs."""
     return tuple((f"{m.capitalize()} {title}", f"modalities.{m}.{key}")
                  for m in ("text", "audio", "vision") for title, key in pairs)
 
@@ -135,42 +191,19 @@ class CategoricalScheme(LabelScheme):
     def to_classes(self, labels: np.ndarray) -> np.ndarray:
         return np.asarray(labels).astype(np.int64)
 
-    def metrics(self, logits=None, pred_scores=None, labels=None, unimodal=None, masks=None) -> dict[str, Any]:
-        from sklearn.metrics import f1_score, recall_score
-
-        if logits is None:
-            raise AffectusError(f"scheme {self.name}: needs class logits (a model without a classifier output)")
-        truth = self.to_classes(np.asarray(labels))
-        lg = np.asarray(logits, dtype=np.float64)
-        if lg.ndim != 2 or lg.shape != (truth.size, self.num_classes):
-            raise AffectusError(f"logits must have shape ({truth.size}, {self.num_classes}), got {tuple(lg.shape)}")
-        if np.isnan(lg).any():
-            raise AffectusError(f"logits contain NaN in {int(np.isnan(lg).any(axis=1).sum())} of {truth.size} rows")
-        pred = lg.argmax(axis=1)
-        if truth.size == 0:
-            return {"acc": None, "f1": None, "uar": None, **{f"f1_{c}": None for c in self.class_names}}
-        ids = list(range(self.num_classes))
-        per_class = f1_score(truth, pred, labels=ids, average=None, zero_division=0)
-        out = {
-            "acc": float(100.0 * np.mean(truth == pred)),
-            "f1": float(100.0 * f1_score(truth, pred, labels=ids, average="weighted", zero_division=0)),
-            # unweighted average recall over the classes present in the truth (absent classes have no recall)
-            "uar": float(100.0 * recall_score(truth, pred, labels=sorted(set(truth.tolist())), average="macro",
-                                              zero_division=0)),
-        }
-        out.update({f"f1_{c}": float(100.0 * v) for c, v in zip(self.class_names, per_class)})
-        return out
-
 
 # ------------------------------------------------------------------------------------------- registry
 
 _SCHEMES: dict[str, Callable[..., LabelScheme]] = {}
-# Dataset names accepted for the two sentiment schemes (lower case, '_' read as '-').
+# Dataset names accepted for the two sentiment schemes (lower case, '_' read as '-'). The only alias table.
 _ALIASES = {"ch-sims": "sims", "simsv2": "sims", "sims-v2": "sims", "ch-sims-v2": "sims", "ch-simsv2": "sims",
             "mosei": "mosi", "cmu-mosi": "mosi", "cmu-mosei": "mosi"}
 
 
 def register_scheme(name: str):
+    """Register a factory (keyword arguments: the spec's other keys) under `name`. A later registration
+    of the same name replaces the earlier one (a test or a plugin may redefine its own scheme)."""
+
     def deco(factory: Callable[..., LabelScheme]):
         _SCHEMES[name] = factory
         return factory
@@ -200,28 +233,49 @@ def get_scheme(spec: str | Mapping[str, Any] | LabelScheme) -> LabelScheme:
         raise AffectusError(f"label scheme '{key}': {err}") from None
 
 
+# The simulator's score stories (data/synthetic.py reads `synth_story`). Label steps: averaged ratings of
+# 5 annotators (multiples of 0.2); MOSI-like data also has a few multiples of 1/4, 1/3 and 1/2 (fewer
+# annotators), as in the shared MOSI pickle.
+_SIMS_STORY = (("label_steps", (0.2,)), ("label_step_probs", None), ("neutral_rate", 0.15), ("positive_rate", 0.4))
+_MOSI_STORY = (("label_steps", (0.2, 0.25, 1 / 3, 0.5)), ("label_step_probs", (0.85, 0.06, 0.03, 0.06)),
+               ("neutral_rate", 0.05), ("positive_rate", 0.5))
+SENTIMENT_SHORT = ("Neg", "Neu", "Pos")  # the paper's Figs. 6-7 labels
+
+
 @register_scheme("sims")
 def _sims() -> LabelScheme:
     return SentimentScheme(
-        name="sims", class_names=SENTIMENT_CLASSES, family="sims", scores=True, has_subsets=True, objective="acc2",
+        name="sims", class_names=SENTIMENT_CLASSES, short_names=SENTIMENT_SHORT, has_subsets=True, objective="acc2",
         binary_names=("non-positive", "positive"),  # Acc2 on CH-SIMS: positive vs non-positive
+        acc2_rules=(Acc2Rule("", positive=(2,)),),
+        # MMSA's SIMS regression bins (metricsTop.py, `__eval_sims_regression`) on scores clipped to [-1, 1]:
+        # closed on the right, [-1, -0.1] -> 0, (-0.1, 0.1] -> 1, (0.1, 1] -> 2
+        score_clip=(-1.0, 1.0), score_bins=(("acc3", (-0.1, 0.1)), ("acc5", (-0.7, -0.1, 0.1, 0.7))),
         columns=(("D_test Acc2", "d_test.acc2"), ("D_test F1", "d_test.f1"), ("D_msc Acc2", "d_msc.acc2"),
                  ("D_msc F1", "d_msc.f1"), ("D_msi Acc2", "d_msi.acc2"), ("D_msi F1", "d_msi.f1"),
                  ("Acc3", "acc3"), *_REGRESSION_COLUMNS),
-        modality_columns=_modality_columns((("Acc2", "acc2"), ("F1", "f1"))),
+        modality_columns=modality_columns((("Acc2", "acc2"), ("F1", "f1"))),
         slope_keys=(("D_test", "d_test.acc2"), ("D_msc", "d_msc.acc2"), ("D_msi", "d_msi.acc2")),
+        synth_story=_SIMS_STORY,
     )
 
 
 @register_scheme("mosi")
 def _mosi() -> LabelScheme:
     return SentimentScheme(
-        name="mosi", class_names=SENTIMENT_CLASSES, family="mosi", scores=True, objective="has0_acc2", f1_key="has0_f1",
+        name="mosi", class_names=SENTIMENT_CLASSES, short_names=SENTIMENT_SHORT, objective="has0_acc2",
+        f1_key="has0_f1",
         binary_names=("negative", "non-negative"),  # Has0 Acc2: non-negative vs negative
+        # Has0: non-negative vs negative; Non0: zeros dropped, positive vs negative (MMSA's
+        # `__eval_mosei_regression`; the authors' code gets Non0 wrong, see metrics.non0_acc2_authors_bug)
+        acc2_rules=(Acc2Rule("has0_", positive=(1, 2)), Acc2Rule("non0_", positive=(2,), dropped=(1,))),
+        # MMSA's multiclass rule: clip to [-b, b], round half to even; MAE and correlation unclipped
+        score_rounding=(("acc3", 1.0), ("acc5", 2.0), ("acc7", 3.0)),
         columns=(("Has0 Acc2", "has0_acc2"), ("Has0 F1", "has0_f1"), ("Non0 Acc2", "non0_acc2"),
                  ("Non0 F1", "non0_f1"), ("Acc3", "acc3"), *_REGRESSION_COLUMNS),
-        modality_columns=_modality_columns((("Has0 Acc2", "has0_acc2"), ("Non0 Acc2", "non0_acc2"))),
+        modality_columns=modality_columns((("Has0 Acc2", "has0_acc2"), ("Non0 Acc2", "non0_acc2"))),
         slope_keys=(("Has0 Acc2", "has0_acc2"), ("Non0 Acc2", "non0_acc2")),
+        synth_story=_MOSI_STORY,
     )
 
 
@@ -235,7 +289,7 @@ def _categorical(classes: list[str] | tuple[str, ...] = ()) -> LabelScheme:
         # class indices: MMSA-style emotion files keep them in classification_labels; ours also in regression_labels
         label_keys=("classification_labels", "regression_labels"),
         columns=(("Acc", "acc"), ("W-F1", "f1"), ("UAR", "uar"), *((f"F1 {c}", f"f1_{c}") for c in names)),
-        modality_columns=_modality_columns((("Acc", "acc"), ("W-F1", "f1"))),
+        modality_columns=modality_columns((("Acc", "acc"), ("W-F1", "f1"))),
         slope_keys=(("Acc", "acc"), ("W-F1", "f1")),
     )
 

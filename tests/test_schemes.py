@@ -1,0 +1,127 @@
+"""A label scheme of one's own: registered inside this file with its own bins, named by a preset written
+here (found through $AFFECTUS_PRESETS), then simulated, trained, evaluated and reported through the CLI
+without any change under src/ (docs/architecture.md, "Add a label scheme")."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from affectus.data import schemes
+from affectus.data.mmsa import load_dataset
+from affectus.data.presets import PRESETS_ENV, list_presets, load_preset
+from affectus.data.schemes import Acc2Rule, SentimentScheme, get_scheme, register_scheme
+from affectus.evaluation.metrics import compute_metrics
+
+FIVE = ("strongly negative", "negative", "neutral", "positive", "strongly positive")
+FAST = ["--set", "train.epochs=2", "--set", "train.patience=1", "--set", "train.batch_size=16", "--threads", "1",
+        "--quiet"]
+
+
+@dataclass(frozen=True)
+class FiveBins(SentimentScheme):
+    """Scores in [-3, 3] binned into 5 classes: (< -1.5), [-1.5, 0), 0, (0, 1.5], (> 1.5)."""
+
+    def to_classes(self, labels: np.ndarray) -> np.ndarray:
+        y = np.asarray(labels, dtype=np.float64)
+        return np.select([y < -1.5, y < 0, y == 0, y <= 1.5], [0, 1, 2, 3], 4).astype(np.int64)
+
+
+@register_scheme("sentiment5")
+def _sentiment5() -> FiveBins:
+    return FiveBins(
+        name="sentiment5", class_names=FIVE, short_names=("--", "-", "0", "+", "++"), objective="acc5",
+        f1_key="has0_f1", binary_names=("negative", "non-negative"),
+        acc2_rules=(Acc2Rule("has0_", positive=(2, 3, 4)),), logit_sides=((0, 1), (3, 4)),
+        columns=(("Has0 Acc2", "has0_acc2"), ("Has0 F1", "has0_f1"), ("Acc5", "acc5"), ("MAE", "mae")),
+        modality_columns=schemes.modality_columns((("Acc5", "acc5"),)),
+        slope_keys=(("Acc5", "acc5"),),
+        synth_story=(("label_steps", (0.5,)), ("neutral_rate", 0.1), ("positive_rate", 0.5)),
+    )
+
+
+PRESET = """\
+name: sentiment5
+description: "a test's dataset: MOSI-like scores in [-3, 3], scored in five bins"
+label_range: [-3.0, 3.0]
+scheme: sentiment5
+dims: {text: 12, audio: 5, vision: 7}
+seq_lens: {text: 4, audio: 6, vision: 5}
+unimodal_labels: true
+splits: {train: train, select: valid, eval: test}
+model:
+  cmc: {layers: 1, heads: 2, output_dropout: 0.1}
+"""
+
+
+@pytest.fixture
+def presets_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "presets"
+    folder.mkdir()
+    (folder / "sentiment5.yaml").write_text(PRESET)
+    monkeypatch.setenv(PRESETS_ENV, str(folder))
+    return folder
+
+
+def test_the_scheme_owns_its_bins_acc2_rule_and_consistency():
+    s = get_scheme("sentiment5")
+    labels = np.array([-2.4, -0.5, 0.0, 0.5, 2.5, 1.0])
+    assert s.to_classes(labels).tolist() == [0, 1, 2, 3, 4, 3]
+    # the Acc2 rule on classes (SupCon's labels too) and on logits (best of --/- against best of +/++)
+    assert s.binary_targets(s.to_classes(labels)).tolist() == [0, 0, 1, 1, 1, 1]
+    logits = np.eye(5)[[0, 1, 3, 4, 2, 1]]
+    assert s.binary(logits).tolist() == [False, False, True, True, False, False]
+    m = compute_metrics(s, logits=logits, scores=labels)
+    assert list(m) == ["has0_acc2", "has0_f1", "acc5"]
+    assert m["acc5"] == pytest.approx(100 * 2 / 6)  # rows 0 and 1 only
+    assert m["has0_acc2"] == pytest.approx(100 * 4 / 6)  # rows 0 to 3
+    # D_msc by the scheme's own classes: 0.5 and 2.0 share a sign but not a bin
+    uni = {"text": np.array([0.5, 2.0]), "audio": np.array([0.5, 1.0]), "vision": np.array([1.5, 0.5])}
+    msc, _ = s.consistency_masks(np.array([0.5, 1.0]), uni)
+    assert msc.tolist() == [True, False]
+    assert get_scheme("sims").consistency_masks(np.array([0.5, 1.0]), uni)[0].tolist() == [True, True]
+
+
+def test_a_preset_dir_adds_a_preset_by_name(presets_dir: Path):
+    assert "sentiment5" in list_presets() and "sims" in list_presets()
+    preset = load_preset("sentiment5")
+    assert preset.scheme.name == "sentiment5" and preset.scheme.num_classes == 5
+
+
+def test_train_evaluate_report_a_registered_scheme_through_the_cli(presets_dir: Path, tmp_path: Path, cli):
+    data = tmp_path / "five.pkl"
+    # the simulator tells the scheme's own score story (label steps of 0.5) from `synth_story`
+    rc, stdout, err = cli("synth", "--preset", "sentiment5", "--n-train", 64, "--n-valid", 24, "--n-test", 24,
+                          "--seed", 5, "--out", data)
+    assert rc == 0, err
+    ds = load_dataset(data, "sentiment5")
+    labels = np.concatenate([s.labels for s in ds.splits.values()])
+    assert np.allclose(labels * 2, np.round(labels * 2)) and labels.min() >= -3 and labels.max() <= 3
+    # the summary's D_msc counts use the scheme's bins
+    five = get_scheme("sentiment5")
+    msc = sum(int(five.consistency_masks(s.labels, s.unimodal_labels)[0].sum()) for s in ds.splits.values())
+    assert f"D_msc {msc} " in stdout
+
+    run = tmp_path / "run"
+    rc, _, err = cli("train", "--data", data, "--preset", "sentiment5", "--model", "late_fusion", "--out", run, *FAST)
+    assert rc == 0, err
+    info = json.loads((run / "run.json").read_text())
+    assert info["scheme"] == {"name": "sentiment5"} and info["model_config"]["num_classes"] == 5
+    metrics = json.loads((run / "metrics.json").read_text())
+    keys = {"has0_acc2", "has0_f1", "acc5"}
+    assert keys <= set(metrics) and all(0 <= metrics[k] <= 100 for k in keys)
+    assert "acc3" not in metrics and "non0_acc2" not in metrics
+
+    rc, stdout, err = cli("evaluate", run, "--data", data, "--json")  # the recorded preset is found by name
+    assert rc == 0, err
+    evaluated = json.loads(stdout)
+    assert keys <= set(evaluated) and evaluated["acc5"] == pytest.approx(metrics["acc5"])
+
+    rc, _, err = cli("report", run, "--data", data, "--no-tensorboard")
+    assert rc == 0, err
+    page = (run / "report" / "report.html").read_text()
+    assert "Acc5" in page and "Has0 Acc2" in page
