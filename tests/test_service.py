@@ -83,3 +83,99 @@ def test_upload_size_and_concurrency_limits(served):
     r = client.post("/predict", files={"file": ("clip.mp4", b"\x00\x00\x00\x18ftypmp42")})
     assert r.status_code == 422 and "does not know how to extract a clip" in r.json()["error"]
     assert str(served["run"].parent) not in r.json()["error"]
+
+
+# ------------------------------------------------------------------------------------------ issue 15, in process
+
+
+@pytest.mark.parametrize("filename", ["a\x00b.mp4", "x" * 300 + ".mp4", "../../etc/" + "y" * 300 + ".npz"])
+def test_odd_file_names_get_a_json_answer(served, filename):
+    """A NUL byte or a name longer than the file system allows never reaches the disk: the answer is the
+    usual JSON (here a 422: the run takes no clips; a 200 for the features file), never a plain-text 500."""
+    client = _client(served["run"])
+    body = served["npz"].read_bytes() if filename.endswith(".npz") else b"\x00\x00\x00\x18ftypmp42"
+    r = client.post("/predict", files={"file": (filename, body)})
+    assert r.status_code in (200, 422) and r.headers["content-type"] == "application/json", r.text
+    if r.status_code == 200:
+        assert len(r.json()["predictions"]) == 64
+
+
+def test_errors_name_the_upload_not_a_server_path(served):
+    client = _client(served["run"])
+    r = client.post("/predict", files={"file": ("broken.npz", b"PK\x03\x04 not really a zip")})
+    error = r.json()["error"]
+    assert r.status_code == 422 and "broken.npz" in error
+    assert tempfile.gettempdir() not in error and "affectus-serve" not in error
+
+
+def test_nan_features_are_reported_in_the_response(served, tmp_path):
+    import numpy as np
+
+    with np.load(served["npz"]) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["test.audio"] = arrays["test.audio"].copy()
+    arrays["test.audio"][0, 0, :3] = [np.nan, np.inf, -np.inf]
+    path = tmp_path / "nan.npz"
+    np.savez(path, **arrays)
+    r = _client(served["run"]).post("/predict", files={"file": ("nan.npz", path.read_bytes())})
+    assert r.status_code == 200, r.text
+    assert r.json()["warnings"] == ["test audio: 3 NaN/inf feature value(s) set to 0 before predicting"]
+    clean = _client(served["run"]).post("/predict", files={"file": ("tiny.npz", served["npz"].read_bytes())})
+    assert clean.json()["warnings"] == []
+
+
+def _npz(members: dict[str, bytes], compression: int = 0) -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=compression) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _npy(array, shape=None, descr=None) -> bytes:
+    """An .npy of `array`; `shape` / `descr` override the header's (a lying header)."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    if shape is None:
+        np.save(buf, array)
+    else:
+        header = {"descr": descr or array.dtype.str, "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(buf, header)
+        buf.write(array.tobytes())
+    return buf.getvalue()
+
+
+def test_npz_check_refuses_before_reading(served):
+    """Every refusal comes from the zip directory and .npy headers; none reads an array."""
+    import zipfile
+
+    import numpy as np
+
+    from affectus.data.npz_check import NpzTooLarge, check_npz
+
+    def check(data: bytes, **kw) -> None:
+        limits = {"max_bytes": 10 * 2**20, "max_samples": 100, "max_seq_len": 50, **kw}
+        check_npz(data, "up.npz", **limits)
+
+    check(served["npz"].read_bytes())  # a real affectus .npz passes
+    f32 = np.zeros((3, 4, 5), np.float32)
+    cases = [
+        (_npz({"test.audio.npy": _npy(f32)}), {"max_bytes": 100}, NpzTooLarge, "once decompressed"),
+        (_npz({"test.audio.npy": _npy(np.zeros((101, 1, 1), np.float32))}), {}, NpzTooLarge, "101 samples"),
+        (_npz({"test.audio.npy": _npy(np.zeros((1, 51, 1), np.float32))}), {}, NpzTooLarge, "51 steps"),
+        (_npz({f"m{i}.npy": _npy(f32) for i in range(300)}), {}, NpzTooLarge, "at most 256"),
+        (_npz({"test.audio.npy": _npy(f32, shape=(3000, 4000, 5))}), {}, Exception, "header declares"),
+        (_npz({"test.id.npy": _npy(np.zeros(8, np.uint8), shape=(1,), descr="|O")}), {}, Exception, "object array"),
+        (_npz({"test.audio.npy": _npy(f32)}, zipfile.ZIP_BZIP2), {}, Exception, "compression method"),
+        (_npz({"notes.txt": b"hello"}), {}, Exception, "not a .npy"),
+        (b"PK\x03\x04 not really a zip", {}, Exception, "not a readable affectus .npz"),
+    ]
+    for data, kw, kind, needle in cases:
+        with pytest.raises(kind, match=needle):
+            check(data, **kw)
