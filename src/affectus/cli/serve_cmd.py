@@ -34,7 +34,7 @@ def serve(
     body_timeout_s: Annotated[float, typer.Option(
         "--body-timeout-s", min=0.1, help="a request's body must arrive within this")] = 60.0,
     max_connections: Annotated[int, typer.Option(
-        "--max-connections", min=1, help="open connections at once (503 beyond)")] = 32,
+        "--max-connections", min=1, help="open connections at once (503 beyond)")] = 100,
     allowed_host: Annotated[list[str] | None, typer.Option(
         "--allowed-host", help="a Host header name to accept, repeatable (default: localhost, 127.0.0.1, ::1 "
                                "and the --host address); '*' accepts any, which lets DNS-rebinding pages in")] = None,

@@ -70,7 +70,7 @@ class Limits:
     max_seq_len: int = 1024  # steps of one modality's feature sequence in a features upload
     header_timeout_s: float = 10.0  # from connection (or the previous response) to complete request headers
     body_timeout_s: float = 60.0  # from complete headers to the end of the body
-    max_connections: int = 32  # open connections and running requests (uvicorn's limit_concurrency; 503 beyond)
+    max_connections: int = 100  # open connections and running requests (uvicorn's limit_concurrency; 503 beyond)
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host header names accepted; "*" accepts any
 
 
@@ -106,7 +106,9 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
         clip_error = str(err)
     pool = _ClipPool(Path(run_dir), limits)
     temps = _TempDirs()
-    npz_slots = threading.BoundedSemaphore(limits.max_npz_concurrent)
+    # a features upload waits for one of these (bounded by the connection limit; its upload stays spooled
+    # on disk meanwhile), a clip does not: it gets a 429 at once
+    npz_slots = asyncio.Semaphore(limits.max_npz_concurrent)
 
     @asynccontextmanager
     async def lifespan(_app: Any) -> Any:
@@ -175,10 +177,20 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
         return await _clip(file.file, name, suffix, transcript, limit, start)
 
     async def _features(upload: Any, name: str, limit: int, start: float) -> dict[str, Any]:
-        if not npz_slots.acquire(blocking=False):
-            raise _Refused(429, f"{limits.max_npz_concurrent} features upload(s) already running; retry shortly")
-        # the thread frees the slot when its work has ended, not when the request gives up waiting
-        job = asyncio.to_thread(_predict_npz, npz_slots, predictor, upload, name, limit, limits)
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(npz_slots.acquire(), timeout=max(0.0, limits.timeout_s - (time.monotonic() - start)))
+        except TimeoutError:
+            raise _Refused(429, f"{limits.max_npz_concurrent} features upload(s) running for {limits.timeout_s:g} s; "
+                                f"retry shortly") from None
+
+        def done() -> None:  # called by the thread when its work has ended, not when the request gave up
+            try:
+                loop.call_soon_threadsafe(npz_slots.release)
+            except RuntimeError:
+                pass  # the server (its event loop) is gone
+
+        job = asyncio.to_thread(_predict_npz, done, predictor, upload, name, limit, limits)
         try:
             return await asyncio.wait_for(job, timeout=max(0.0, limits.timeout_s - (time.monotonic() - start)))
         except TimeoutError:
@@ -272,9 +284,8 @@ def _copy_upload(upload: Any, path: Path, limit: int) -> bool:
     return True
 
 
-def _predict_npz(slots: threading.BoundedSemaphore, predictor: Any, upload: Any, name: str, limit: int,
-                 limits: Limits) -> dict[str, Any]:
-    """A features upload's explained predictions; frees its slot when done, however it ends."""
+def _predict_npz(done: Any, predictor: Any, upload: Any, name: str, limit: int, limits: Limits) -> dict[str, Any]:
+    """A features upload's explained predictions; calls `done()` (frees its slot) however it ends."""
     from affectus.data.mmsa import load_npz_bytes
     from affectus.data.npz_check import check_npz
 
@@ -301,7 +312,7 @@ def _predict_npz(slots: threading.BoundedSemaphore, predictor: Any, upload: Any,
                     for (split, key), count in sorted(ds.sanitised.items()) if count]
         return {"predictions": out, "warnings": warnings}
     finally:
-        slots.release()
+        done()
 
 
 class _TempDirs:
