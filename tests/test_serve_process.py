@@ -161,7 +161,7 @@ def zip_bomb(declared_gb: float = 1.0) -> bytes:
     """An affectus-looking .npz (a valid __meta__) whose test.audio member is `declared_gb` GB of zeros,
     honestly declared: ~1 MB compressed."""
     n, length, dim = 1000, 1000, int(declared_gb * 1024**3 / (1000 * 1000 * 4))
-    meta = {"format": "affectus-npz", "version": 1, "keys": {"test": ["id", "text", "audio", "vision", "regression_labels"]},
+    meta = {"format": "affectus-npz", "version": 1, "keys": {"test": ["audio", "id", "text", "vision", "regression_labels"]},
             "sanitised": {}}
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
@@ -170,8 +170,10 @@ def zip_bomb(declared_gb: float = 1.0) -> bytes:
         with zf.open("test.audio.npy", "w", force_zip64=True) as f:
             np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (n, length, dim)})
             zeros = bytes(16 * MB)
-            for _ in range(n * length * dim * 4 // len(zeros)):
+            size = n * length * dim * 4
+            for _ in range(size // len(zeros)):
                 f.write(zeros)
+            f.write(bytes(size % len(zeros)))
     return buf.getvalue()
 
 
@@ -337,6 +339,17 @@ def test_a_timed_out_clip_really_stops_and_sigterm_leaves_no_temp_folder(clips):
             assert server.leftovers() == []  # the upload's folder went with the request
         time.sleep(0.5)
         assert _workers(pid) == []  # the timed-out work was killed, not left running
+        # while the one worker is busy, a second clip is a 429 at once
+        first = threading.Thread(target=lambda: _post_quietly(server, clips["live"]), daemon=True)
+        first.start()
+        deadline = time.monotonic() + 10
+        while not _workers(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        r = _post(server, "second.webm", clips["live"].read_bytes())
+        assert r.status_code == 429 and "already running" in r.json()["error"]
+        first.join(timeout=20)
+        time.sleep(0.5)
+        assert _workers(pid) == [] and server.leftovers() == []
         cpu = _cpu_s(pid)
         time.sleep(1.5)
         assert _cpu_s(pid) - cpu < 0.5  # nothing goes on computing behind the 504s

@@ -179,3 +179,23 @@ def test_npz_check_refuses_before_reading(served):
     for data, kw, kind, needle in cases:
         with pytest.raises(kind, match=needle):
             check(data, **kw)
+
+
+@pytest.mark.parametrize(("host", "name"), [
+    ("localhost:8000", "localhost"), ("LocalHost", "localhost"), ("127.0.0.1:80", "127.0.0.1"), ("[::1]:8000", "::1"),
+    ("[::1]", "::1"), ("::1", None), ("127.0.0.1:8000:1", None), ("localhost:abc", None), ("[::1]x", None), ("", None),
+])
+def test_host_header_names(host, name):
+    from affectus.inference.service import _host_name
+
+    assert _host_name(host) == name
+
+
+@pytest.mark.parametrize(("origin", "same"), [
+    ("http://127.0.0.1:8000", True), ("HTTP://127.0.0.1:8000", True), ("http://127.0.0.1:8001", False),
+    ("http://localhost:8000", False), ("null", False), ("file://", False), ("http://evil.example", False),
+])
+def test_same_origin(origin, same):
+    from affectus.inference.service import _same_origin
+
+    assert _same_origin(origin, "127.0.0.1:8000") is same
