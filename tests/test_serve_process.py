@@ -313,6 +313,14 @@ def test_docs_load_nothing_from_another_host(server):
 
 def test_a_clip_without_a_stated_duration_is_stopped_at_the_limit(clips):
     with serving(clips["run"], clips["root"] / "limit", "--max-clip-s", "1") as server:
+        # a client that gives up (here while the first worker is still loading) has its work killed
+        with pytest.raises(httpx.ReadTimeout):
+            _post(server, "impatient.webm", clips["live"].read_bytes(), timeout=1)
+        deadline = time.monotonic() + 5
+        while (_workers(server.proc.pid) or server.leftovers()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _workers(server.proc.pid) == [] and server.leftovers() == []
+
         r = _post(server, "recording.webm", clips["live"].read_bytes())
         assert r.status_code == 413 and "longer than the 1 s limit" in r.json()["error"], r.text
         err = r.json()["error"]

@@ -20,7 +20,8 @@ What the service guarantees (docs/security.md, "The service", lists the limits a
   size, samples, sequence length); it is parsed from memory and runs in its own bounded slots, and a
   slot is freed only when its work has really ended.
 * A clip is decoded and predicted in a worker process (at most `max_concurrent`, each holding one copy
-  of the run and its extractors), killed at the deadline or when the request is cancelled; its length
+  of the run and its extractors), killed at the deadline, when the client disconnects or when the
+  request is cancelled; its length
   is enforced while decoding, so a clip that states no duration is stopped at the limit too.
 * Uploads live in per-request `affectus-serve-*` folders under the temporary directory, removed when
   the request ends in any way and at shutdown (SIGTERM / SIGINT included).
@@ -88,7 +89,7 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
     app's shutdown (its lifespan: a TestClient used as a context manager, or uvicorn)."""
     from contextlib import asynccontextmanager
 
-    from fastapi import File, Form, UploadFile
+    from fastapi import File, Form, Request, UploadFile
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse
     from starlette.exceptions import HTTPException
@@ -151,7 +152,7 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
         return resources.files("affectus.inference").joinpath("templates", "index.html").read_text(encoding="utf-8")
 
     @app.post("/predict")
-    async def predict(file: Annotated[UploadFile, File()],
+    async def predict(request: Request, file: Annotated[UploadFile, File()],
                       transcript: Annotated[str | None, Form()] = None) -> dict[str, Any]:
         start = time.monotonic()
         name = _display_name(file.filename)
@@ -174,7 +175,7 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
             raise _Refused(415, f"{name}: expected a clip ({', '.join(_CLIP_SUFFIXES)}) or an affectus .npz")
         if clip_error is not None:
             raise _Refused(422, _scrub(clip_error, {str(Path(run_dir)): Path(run_dir).name}))
-        return await _clip(file.file, name, suffix, transcript, limit, start)
+        return await _clip(request, file.file, name, suffix, transcript, limit, start)
 
     async def _features(upload: Any, name: str, limit: int, start: float) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
@@ -200,7 +201,7 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
 
             raise _Refused(413 if isinstance(err, NpzTooLarge) else 422, str(err)) from None
 
-    async def _clip(upload: Any, name: str, suffix: str, transcript: str | None, limit: int,
+    async def _clip(request: Any, upload: Any, name: str, suffix: str, transcript: str | None, limit: int,
                     start: float) -> dict[str, Any]:
         if not pool.reserve():
             raise _Refused(429, f"{limits.max_concurrent} clip extraction(s) already running; retry shortly")
@@ -214,11 +215,14 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
                 raise _Refused(413, f"{name}: upload larger than {limits.max_upload_mb:g} MB")
             worker = pool.take()
             try:
-                reply = await asyncio.to_thread(worker.run, str(path), transcript, start + limits.timeout_s)
+                reply = await _unless_gone(request, asyncio.to_thread(worker.run, str(path), transcript,
+                                                                      start + limits.timeout_s))
             except TimeoutError:
                 raise _Refused(504, f"{name}: prediction took longer than {limits.timeout_s:g} s") from None
             except (EOFError, OSError):
                 raise _Refused(500, f"{name}: the clip worker stopped unexpectedly") from None
+            except _ClientGone:
+                raise _Refused(400, f"{name}: the client closed the connection before the answer") from None
             healthy = reply[0] != "failed"
             paths = {str(path): name, str(folder): "<upload>", str(Path(run_dir)): Path(run_dir).name}
             if reply[0] != "ok":
@@ -229,11 +233,29 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
             row = _scrub(reply[1], paths)
             row["id"] = name
             return {"predictions": [row], "warnings": []}
-        finally:  # a timeout or a cancelled request (client gone, shutdown) kills the worker: its work stops
+        finally:  # a timeout, a client gone or a cancelled request (shutdown) kills the worker: its work stops
             pool.release(worker, healthy)
             temps.remove(folder)
 
     return app
+
+
+async def _unless_gone(request: Any, job: Any, every_s: float = 0.5) -> Any:
+    """Await `job`; if the client disconnects first, raise `_ClientGone` (the caller then kills the work)."""
+    task = asyncio.ensure_future(job)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=every_s)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise _ClientGone
+    finally:
+        task.cancel()  # a no-op once done; else the thread keeps polling until the worker is killed
+
+
+class _ClientGone(Exception):
+    pass
 
 
 def _fastapi(**kwargs: Any) -> Any:
