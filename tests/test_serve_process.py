@@ -334,6 +334,20 @@ def test_a_clip_without_a_stated_duration_is_stopped_at_the_limit(clips):
         assert server.leftovers() == []
 
 
+def test_a_clip_over_the_limit_is_refused_whole(clips):
+    """In process: ClipPredictor(max_duration_s=...) stops decoding at the limit, and a clip whose audio is
+    over it is refused, not predicted from the video that was decoded before."""
+    from affectus.inference.extract.base import MediaError
+    from affectus.inference.extract.clip import ClipPredictor
+    from affectus.inference.predictor import load
+
+    explain = ClipPredictor(load(clips["run"]), max_duration_s=2.0)
+    with pytest.raises(MediaError, match="longer than 2 s") as err:
+        explain(clips["live"])  # 20 s, no duration stated
+    assert err.value.reason == "too_long"
+    assert explain(clips["face"])["verdict"]  # a 1.4 s clip still goes through
+
+
 def test_a_timed_out_clip_really_stops_and_sigterm_leaves_no_temp_folder(clips):
     with serving(clips["run"], clips["root"] / "timeout", "--timeout-s", "1", "--max-concurrent", "1") as server:
         pid = server.proc.pid
