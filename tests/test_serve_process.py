@@ -286,6 +286,10 @@ def test_slow_headers_and_slow_bodies_are_cut_off(server):
             f"boundary=x\r\nContent-Length: 1000\r\n\r\n--x\r\n").encode()
     got = _raw(server, head, wait_s=8)  # 5 of 1000 bytes, then nothing
     assert got.startswith(b"HTTP/1.1 408") and b"did not arrive within 1 s" in got and got.endswith(b"<closed>")
+    # a route that reads no body (405 here) answers and closes, rather than reading what the client sends
+    head = f"POST /health HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n"
+    got = _raw(server, head.encode(), wait_s=8)
+    assert got.startswith(b"HTTP/1.1 405") and got.endswith(b"<closed>")
 
 
 def test_foreign_hosts_and_origins_are_refused(server, features_run):

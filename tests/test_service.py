@@ -176,6 +176,9 @@ def test_npz_check_refuses_before_reading(served):
         (_npz({"notes.txt": b"hello"}), {}, Exception, "not a .npy"),
         (b"PK\x03\x04 not really a zip", {}, Exception, "not a readable affectus .npz"),
     ]
+    real = served["npz"].read_bytes()
+    end = real.rfind(b"PK\x05\x06")
+    cases.append((real[:end] + b"PK\x06\x07" + bytes(16) + real[end:], {}, NpzTooLarge, "zip64"))
     for data, kw, kind, needle in cases:
         with pytest.raises(kind, match=needle):
             check(data, **kw)

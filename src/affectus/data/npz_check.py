@@ -31,6 +31,7 @@ MAX_MEMBERS = 256  # an affectus .npz has __meta__ plus at most ~16 keys for eac
 MAX_DIRECTORY_BYTES = 1 << 20  # the central directory's size: 256 entries with long names fit many times over
 _EOCD = b"PK\x05\x06"
 _EOCD_SIZE = 22  # the end-of-central-directory record without its comment
+_ZIP64_LOCATOR = b"PK\x06\x07"  # the zip64 end-record locator, 20 bytes right before the end record
 _SEQUENCE_KEYS = ("text", "audio", "vision")
 
 
@@ -51,6 +52,10 @@ def _directory(data: bytes, source: str) -> None:
     if start < 0 or len(data) - start < _EOCD_SIZE:
         raise _bad(source, "no zip end-of-directory record; truncated or not a zip")
     _sig, _disk, _first, _here, entries, size, _offset, _comment = struct.unpack("<4s4H2LH", data[start:start + _EOCD_SIZE])
+    if start >= 20 and data[start - 20:start - 16] == _ZIP64_LOCATOR:
+        # zip64 end records (whose counts override the ones checked here) are for archives over 4 GB or
+        # 65,535 members; numpy writes them only then
+        raise NpzTooLarge(f"file {source}: a zip64 archive; an affectus .npz upload never needs one")
     if entries > MAX_MEMBERS or size > MAX_DIRECTORY_BYTES:
         raise NpzTooLarge(f"file {source}: a zip directory of {entries} entries / {size} bytes; an affectus .npz "
                           f"has at most {MAX_MEMBERS} entries")

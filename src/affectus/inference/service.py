@@ -557,12 +557,18 @@ class _Guard:
                 state["body_done"] = not message.get("more_body", False)
             return message
 
+        expects_body = int(_header(scope, b"content-length") or b"0") > 0 or _header(scope, b"transfer-encoding") is not None
+
         async def guarded_send(message: dict[str, Any]) -> None:
             if state["refused"]:
                 return
             if message["type"] == "http.response.start":
                 state["started"] = True
-                message = {**message, "headers": [*message.get("headers", []), *_SECURITY_HEADERS]}
+                extra = list(_SECURITY_HEADERS)
+                if expects_body and not state["body_done"]:
+                    # answered without reading the body (a 404, a 405): close rather than read the rest
+                    extra.append((b"connection", b"close"))
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
         try:
@@ -570,6 +576,10 @@ class _Guard:
         except Exception:
             if not state["refused"]:
                 raise  # the app's own failure (its handlers already answered what they could)
+
+
+def _header(scope: dict[str, Any], name: bytes) -> bytes | None:
+    return next((value for key, value in scope["headers"] if key.lower() == name), None)
 
 
 _SECURITY_HEADERS = [
