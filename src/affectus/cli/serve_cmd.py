@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -51,7 +52,7 @@ def serve(
         hosts.append(host)  # the address the server was asked to listen on is a name it can be reached by
     elif not allowed_host:
         print(f"warning: listening on {host}, but only Host headers localhost / 127.0.0.1 / ::1 are accepted; "
-              f"add --allowed-host NAME for each name or address clients use")
+              f"add --allowed-host NAME for each name or address clients use", file=sys.stderr)
     limits = Limits(max_upload_mb=max_upload_mb, max_clip_s=max_clip_s, max_concurrent=max_concurrent,
                     timeout_s=timeout_s, max_npz_concurrent=max_npz_concurrent, max_samples=max_samples,
                     max_decompressed_mb=max_decompressed_mb, max_seq_len=max_seq_len,
