@@ -215,8 +215,7 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
                 raise _Refused(413, f"{name}: upload larger than {limits.max_upload_mb:g} MB")
             worker = pool.take()
             try:
-                reply = await _unless_gone(request, asyncio.to_thread(worker.run, str(path), transcript,
-                                                                      start + limits.timeout_s))
+                reply = await _unless_gone(request, worker.run(str(path), transcript, start + limits.timeout_s))
             except TimeoutError:
                 raise _Refused(504, f"{name}: prediction took longer than {limits.timeout_s:g} s") from None
             except (EOFError, OSError):
@@ -251,7 +250,9 @@ async def _unless_gone(request: Any, job: Any, every_s: float = 0.5) -> Any:
             if await request.is_disconnected():
                 raise _ClientGone
     finally:
-        task.cancel()  # a no-op once done; else the thread keeps polling until the worker is killed
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})  # its own cleanup (the pipe's reader) runs before the worker is killed
 
 
 class _ClientGone(Exception):
@@ -426,24 +427,30 @@ class _ClipWorker:
         child.close()
         self.ready = False
 
-    def run(self, path: str, transcript: str | None, deadline: float) -> tuple[Any, ...]:
+    async def run(self, path: str, transcript: str | None, deadline: float) -> tuple[Any, ...]:
         """("ok", row) or ("refused" | "failed", status, message). Raises TimeoutError at the deadline
-        (monotonic seconds) and EOFError / OSError when the process is gone."""
+        (monotonic seconds) and EOFError / OSError when the process is gone. Waits on the event loop
+        (no thread is held while the worker works)."""
         if not self.ready:
-            reply = self._receive(deadline)
+            reply = await self._receive(deadline)
             if reply[0] != "ready":
                 return reply
             self.ready = True
         self.conn.send((path, transcript))
-        return self._receive(deadline)
+        return await self._receive(deadline)
 
-    def _receive(self, deadline: float) -> tuple[Any, ...]:
-        if not self.conn.poll(max(0.0, deadline - time.monotonic())):
-            raise TimeoutError
-        return self.conn.recv()
+    async def _receive(self, deadline: float) -> tuple[Any, ...]:
+        loop = asyncio.get_running_loop()
+        readable = loop.create_future()
+        fd = self.conn.fileno()
+        loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
+        try:
+            await asyncio.wait_for(readable, timeout=max(0.0, deadline - time.monotonic()))
+        finally:
+            loop.remove_reader(fd)
+        return self.conn.recv()  # the worker sends each reply whole; EOFError if it died
 
     def kill(self) -> None:
-        # the pipe is left to the garbage collector: a thread may still be polling it, and gets EOF
         if self.process.is_alive():
             self.process.kill()
         self.process.join(timeout=5)
