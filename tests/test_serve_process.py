@@ -241,6 +241,8 @@ def test_zip_bomb_npz_is_refused_before_it_is_read(server, features_run):
         codes = [f.result().status_code for f in [pool.submit(_post, server, f"b{i}.npz", bomb) for i in range(3)]]
     assert all(c in (413, 429) for c in codes) and 413 in codes
     grown = _status(server.proc.pid)["VmHWM"] - before
+    print(f"zip bomb: {len(bomb) / MB:.2f} MB upload declaring 512 MB, sent 4 times: server peak RSS "
+          f"{grown / MB:.0f} MB above its RSS before")
     assert grown < 300 * MB, f"the server's peak memory grew by {grown / MB:.0f} MB"
     # a real features file still goes through
     r = _post(server, "tiny.npz", features_run["npz"].read_bytes())
@@ -334,6 +336,7 @@ def test_a_clip_without_a_stated_duration_is_stopped_at_the_limit(clips):
         peak = sum(_status(p)["VmHWM"] for p in [server.proc.pid, *workers])
         rss = sum(_status(p)["VmRSS"] for p in [server.proc.pid, *workers])
         # the worker decoded 1 s and stopped: nothing like a 20 s clip's audio and frames stayed around
+        print(f"live WebM: server + worker peak RSS {(peak - rss) / MB:.0f} MB above their RSS after the 413")
         assert peak - rss < 300 * MB
         assert server.leftovers() == []
 
@@ -379,7 +382,9 @@ def test_a_timed_out_clip_really_stops_and_sigterm_leaves_no_temp_folder(clips):
         cpu = _cpu_s(pid)
         time.sleep(1.5)
         assert _cpu_s(pid) - cpu < 0.5  # nothing goes on computing behind the 504s
-        assert _status(pid)["VmRSS"] - before < 100 * MB  # no predictor piled up per request
+        grown = _status(pid)["VmRSS"] - before
+        print(f"timeouts: server RSS {grown / MB:+.0f} MB after 4 timed-out clips and a 429")
+        assert grown < 100 * MB  # no predictor piled up per request
 
         # SIGTERM while a request is running: the server ends it, kills its worker and removes its folder
         thread = threading.Thread(target=lambda: _post_quietly(server, clips["live"]), daemon=True)
