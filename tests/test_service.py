@@ -1,5 +1,7 @@
 """`affectus serve`: the HTTP service in-process (FastAPI's TestClient, no socket): health, the page,
-features uploads, and the refusals (pickles, unknown types, size, concurrency), each a 4xx with JSON."""
+features uploads, and the refusals (pickles, unknown types, size), each a 4xx with JSON; odd file names,
+errors without server paths, NaN warnings, the .npz pre-read check and the Host / Origin parsing.
+tests/test_serve_process.py runs it as a real process (uploads, timeouts, slow clients, SIGTERM)."""
 
 from __future__ import annotations
 
@@ -169,6 +171,7 @@ def test_npz_check_refuses_before_reading(served):
         (_npz({"test.audio.npy": _npy(f32)}), {"max_bytes": 100}, NpzTooLarge, "once decompressed"),
         (_npz({"test.audio.npy": _npy(np.zeros((101, 1, 1), np.float32))}), {}, NpzTooLarge, "101 samples"),
         (_npz({"test.audio.npy": _npy(np.zeros((1, 51, 1), np.float32))}), {}, NpzTooLarge, "51 steps"),
+        (_npz({"test.text_bert.npy": _npy(np.zeros((1, 3, 51), np.int64))}), {}, NpzTooLarge, "51 steps"),
         (_npz({f"m{i}.npy": _npy(f32) for i in range(300)}), {}, NpzTooLarge, "at most 256"),
         (_npz({"test.audio.npy": _npy(f32, shape=(3000, 4000, 5))}), {}, Exception, "header declares"),
         (_npz({"test.id.npy": _npy(np.zeros(8, np.uint8), shape=(1,), descr="|O")}), {}, Exception, "object array"),

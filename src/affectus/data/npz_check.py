@@ -12,8 +12,8 @@ bytes, decompressed with a bounded output size) and refuses, before anything lar
 * a member that is not a .npy array, has an object dtype, or whose header disagrees with its
   declared size;
 * declared sizes adding up to more than `max_bytes`;
-* more samples than `max_samples` (the first axis, added over the splits), or a feature sequence
-  longer than `max_seq_len` steps (a model's attention grows with its square).
+* more samples than `max_samples` (the first axis, added over the splits), or a feature or token
+  sequence longer than `max_seq_len` steps (a model's attention grows with its square).
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ MAX_DIRECTORY_BYTES = 1 << 20  # the central directory's size: 256 entries with 
 _EOCD = b"PK\x05\x06"
 _EOCD_SIZE = 22  # the end-of-central-directory record without its comment
 _ZIP64_LOCATOR = b"PK\x06\x07"  # the zip64 end-record locator, 20 bytes right before the end record
-_SEQUENCE_KEYS = ("text", "audio", "vision")
+# the axis of each (3-d) sequence array that counts steps: (N, L, D) features, (N, 3, L) BERT token ids
+_SEQUENCE_KEYS = {"text": 1, "audio": 1, "vision": 1, "text_bert": 2}
 
 
 class NpzTooLarge(AffectusError):
@@ -121,8 +122,9 @@ def check_npz(data: bytes, source: str, *, max_bytes: int, max_samples: int, max
             split, _, key = name.partition(".")
             if key and shape:
                 samples[split] = max(samples.get(split, 0), shape[0])
-            if key in _SEQUENCE_KEYS and len(shape) == 3 and shape[1] > max_seq_len:
-                raise NpzTooLarge(f"file {source}: {split} {key} sequences of {shape[1]} steps, over the "
+            steps = shape[_SEQUENCE_KEYS[key]] if key in _SEQUENCE_KEYS and len(shape) == 3 else 0
+            if steps > max_seq_len:
+                raise NpzTooLarge(f"file {source}: {split} {key} sequences of {steps} steps, over the "
                                   f"{max_seq_len} step limit")
         total = sum(samples.values())
         if total > max_samples:
