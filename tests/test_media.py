@@ -449,9 +449,11 @@ def test_serve_predicts_an_uploaded_clip(clip_run: Path, media_root: Path, tmp_p
     run = clip_run
     clip = tmp_path / "upload.mp4"
     make_clip(ClipSpec("v8", "up", "What a wonderful day.", 0.7, "test"), clip)
-    client = TestClient(create_app(run))
-    r = client.post("/predict", files={"file": ("upload.mp4", clip.read_bytes())},
-                    data={"transcript": "What a wonderful day."})
+    # a loopback base URL: the service refuses Host headers off its allow-list; `with` stops its clip workers
+    with TestClient(create_app(run), base_url="http://localhost") as client:
+        r = client.post("/predict", files={"file": ("upload.mp4", clip.read_bytes())},
+                        data={"transcript": "What a wonderful day."})
+        noface = client.post("/predict", files={"file": ("noface.mp4", (media_root / "Raw" / "v9" / "noface.mp4").read_bytes())})
     assert r.status_code == 200, r.text
     got = r.json()["predictions"][0]
     assert got["transcript"] == "What a wonderful day." and got["stats"]["face_frames"] > 0
@@ -463,9 +465,8 @@ def test_serve_predicts_an_uploaded_clip(clip_run: Path, media_root: Path, tmp_p
         assert head == "data:image/jpeg;base64"
         img = cv2.imdecode(np.frombuffer(base64.b64decode(b64), np.uint8), cv2.IMREAD_COLOR)
         assert img.shape == (64, 64, 3) and img.std() > 10  # a real picture, not a flat fill
-    r = client.post("/predict", files={"file": ("noface.mp4", (media_root / "Raw" / "v9" / "noface.mp4").read_bytes())})
-    assert r.status_code == 200, r.text
-    assert r.json()["predictions"][0]["thumbnails"] == []
-    short = TestClient(create_app(run, Limits(max_clip_s=0.1)))
-    r = short.post("/predict", files={"file": ("upload.mp4", clip.read_bytes())})
+    assert noface.status_code == 200, noface.text
+    assert noface.json()["predictions"][0]["thumbnails"] == []
+    with TestClient(create_app(run, Limits(max_clip_s=0.1)), base_url="http://localhost") as short:
+        r = short.post("/predict", files={"file": ("upload.mp4", clip.read_bytes())})
     assert r.status_code == 413 and "longer than" in r.json()["error"]

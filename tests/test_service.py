@@ -1,5 +1,7 @@
 """`affectus serve`: the HTTP service in-process (FastAPI's TestClient, no socket): health, the page,
-features uploads, and the refusals (pickles, unknown types, size, concurrency), each a 4xx with JSON."""
+features uploads, and the refusals (pickles, unknown types, size), each a 4xx with JSON; odd file names,
+errors without server paths, NaN warnings, the .npz pre-read check and the Host / Origin parsing.
+tests/test_serve_process.py runs it as a real process (uploads, timeouts, slow clients, SIGTERM)."""
 
 from __future__ import annotations
 
@@ -35,8 +37,13 @@ def served(tmp_path_factory) -> dict[str, Path]:
     return {"run": run, "npz": npz, "pkl": data}
 
 
+def _client(run: Path, limits: Limits | None = None) -> TestClient:
+    # a loopback name: the service refuses Host headers off its allow-list (TestClient's default is "testserver")
+    return TestClient(create_app(run, limits), base_url="http://localhost")
+
+
 def test_health_page_and_docs(served):
-    client = TestClient(create_app(served["run"]))
+    client = _client(served["run"])
     h = client.get("/health").json()
     assert h["status"] == "ok" and h["model"] == "cmc" and h["classes"] == ["negative", "neutral", "positive"]
     page = client.get("/")
@@ -45,7 +52,7 @@ def test_health_page_and_docs(served):
 
 
 def test_features_upload_is_explained(served):
-    client = TestClient(create_app(served["run"]))
+    client = _client(served["run"])
     before = set(Path(tempfile.gettempdir()).glob("affectus-serve-*"))
     r = client.post("/predict", files={"file": ("tiny.npz", served["npz"].read_bytes())})
     assert r.status_code == 200, r.text
@@ -63,31 +70,138 @@ def test_features_upload_is_explained(served):
     ("broken.npz", b"PK\x03\x04 not really a zip", 422, "not a readable affectus .npz"),
 ])
 def test_refusals_are_4xx_with_a_json_error(served, name, payload, status, needle):
-    client = TestClient(create_app(served["run"]))
+    client = _client(served["run"])
     body = served["pkl"].read_bytes() if payload is None else payload
     r = client.post("/predict", files={"file": (name, body)})
     assert r.status_code == status and needle in r.json()["error"]
 
 
 def test_upload_size_and_concurrency_limits(served):
-    client = TestClient(create_app(served["run"], Limits(max_upload_mb=0.001)))
+    client = _client(served["run"], Limits(max_upload_mb=0.001))
     r = client.post("/predict", files={"file": ("tiny.npz", served["npz"].read_bytes())})
     assert r.status_code == 413 and "larger than" in r.json()["error"]
-    app = create_app(served["run"], Limits(max_concurrent=1))
-    client = TestClient(app)
-    # a clip while the only extraction slot is taken: 429 at once, no extraction started
-    from affectus.inference import service
-
-    slot = service.threading.BoundedSemaphore(1)
-    assert slot.acquire()
-    original = service.threading.BoundedSemaphore
-    service.threading.BoundedSemaphore = lambda n: slot  # type: ignore[assignment]
-    try:
-        busy = TestClient(create_app(served["run"], Limits(max_concurrent=1)))
-        r = busy.post("/predict", files={"file": ("clip.mp4", b"\x00\x00\x00\x18ftypmp42")})
-        assert r.status_code == 429 and "already running" in r.json()["error"]
-    finally:
-        service.threading.BoundedSemaphore = original
-    # a clip for a run not trained on extract-dataset features: one clear 422
+    # a clip for a run not trained on extract-dataset features: one clear 422 naming no server path
+    client = _client(served["run"])
     r = client.post("/predict", files={"file": ("clip.mp4", b"\x00\x00\x00\x18ftypmp42")})
-    assert r.status_code in (413, 422) and "error" in r.json()
+    assert r.status_code == 422 and "does not know how to extract a clip" in r.json()["error"]
+    assert str(served["run"].parent) not in r.json()["error"]
+
+
+# ------------------------------------------------------------------------------------------ issue 15, in process
+
+
+@pytest.mark.parametrize("filename", ["a\x00b.mp4", "x" * 300 + ".mp4", "../../etc/" + "y" * 300 + ".npz"])
+def test_odd_file_names_get_a_json_answer(served, filename):
+    """A NUL byte or a name longer than the file system allows never reaches the disk: the answer is the
+    usual JSON (here a 422: the run takes no clips; a 200 for the features file), never a plain-text 500."""
+    client = _client(served["run"])
+    body = served["npz"].read_bytes() if filename.endswith(".npz") else b"\x00\x00\x00\x18ftypmp42"
+    r = client.post("/predict", files={"file": (filename, body)})
+    assert r.status_code in (200, 422) and r.headers["content-type"] == "application/json", r.text
+    if r.status_code == 200:
+        assert len(r.json()["predictions"]) == 64
+
+
+def test_errors_name_the_upload_not_a_server_path(served):
+    client = _client(served["run"])
+    r = client.post("/predict", files={"file": ("broken.npz", b"PK\x03\x04 not really a zip")})
+    error = r.json()["error"]
+    assert r.status_code == 422 and "broken.npz" in error
+    assert tempfile.gettempdir() not in error and "affectus-serve" not in error
+
+
+def test_nan_features_are_reported_in_the_response(served, tmp_path):
+    import numpy as np
+
+    with np.load(served["npz"]) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["test.audio"] = arrays["test.audio"].copy()
+    arrays["test.audio"][0, 0, :3] = [np.nan, np.inf, -np.inf]
+    path = tmp_path / "nan.npz"
+    np.savez(path, **arrays)
+    r = _client(served["run"]).post("/predict", files={"file": ("nan.npz", path.read_bytes())})
+    assert r.status_code == 200, r.text
+    assert r.json()["warnings"] == ["test audio: 3 NaN/inf feature value(s) set to 0 before predicting"]
+    clean = _client(served["run"]).post("/predict", files={"file": ("tiny.npz", served["npz"].read_bytes())})
+    assert clean.json()["warnings"] == []
+
+
+def _npz(members: dict[str, bytes], compression: int = 0) -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=compression) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _npy(array, shape=None, descr=None) -> bytes:
+    """An .npy of `array`; `shape` / `descr` override the header's (a lying header)."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    if shape is None:
+        np.save(buf, array)
+    else:
+        header = {"descr": descr or array.dtype.str, "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(buf, header)
+        buf.write(array.tobytes())
+    return buf.getvalue()
+
+
+def test_npz_check_refuses_before_reading(served):
+    """Every refusal comes from the zip directory and .npy headers; none reads an array."""
+    import zipfile
+
+    import numpy as np
+
+    from affectus.data.npz_check import NpzTooLarge, check_npz
+
+    def check(data: bytes, **kw) -> None:
+        limits = {"max_bytes": 10 * 2**20, "max_samples": 100, "max_seq_len": 50, **kw}
+        check_npz(data, "up.npz", **limits)
+
+    check(served["npz"].read_bytes())  # a real affectus .npz passes
+    f32 = np.zeros((3, 4, 5), np.float32)
+    cases = [
+        (_npz({"test.audio.npy": _npy(f32)}), {"max_bytes": 100}, NpzTooLarge, "once decompressed"),
+        (_npz({"test.audio.npy": _npy(np.zeros((101, 1, 1), np.float32))}), {}, NpzTooLarge, "101 samples"),
+        (_npz({"test.audio.npy": _npy(np.zeros((1, 51, 1), np.float32))}), {}, NpzTooLarge, "51 steps"),
+        (_npz({"test.text_bert.npy": _npy(np.zeros((1, 3, 51), np.int64))}), {}, NpzTooLarge, "51 steps"),
+        (_npz({f"m{i}.npy": _npy(f32) for i in range(300)}), {}, NpzTooLarge, "at most 256"),
+        (_npz({"test.audio.npy": _npy(f32, shape=(3000, 4000, 5))}), {}, Exception, "header declares"),
+        (_npz({"test.id.npy": _npy(np.zeros(8, np.uint8), shape=(1,), descr="|O")}), {}, Exception, "object array"),
+        (_npz({"test.audio.npy": _npy(f32)}, zipfile.ZIP_BZIP2), {}, Exception, "compression method"),
+        (_npz({"notes.txt": b"hello"}), {}, Exception, "not a .npy"),
+        (b"PK\x03\x04 not really a zip", {}, Exception, "not a readable affectus .npz"),
+    ]
+    real = served["npz"].read_bytes()
+    end = real.rfind(b"PK\x05\x06")
+    cases.append((real[:end] + b"PK\x06\x07" + bytes(16) + real[end:], {}, NpzTooLarge, "zip64"))
+    for data, kw, kind, needle in cases:
+        with pytest.raises(kind, match=needle):
+            check(data, **kw)
+
+
+@pytest.mark.parametrize(("host", "name"), [
+    ("localhost:8000", "localhost"), ("LocalHost", "localhost"), ("127.0.0.1:80", "127.0.0.1"), ("[::1]:8000", "::1"),
+    ("[::1]", "::1"), ("::1", None), ("127.0.0.1:8000:1", None), ("localhost:abc", None), ("[::1]x", None), ("", None),
+])
+def test_host_header_names(host, name):
+    from affectus.inference.service import _host_name
+
+    assert _host_name(host) == name
+
+
+@pytest.mark.parametrize(("origin", "same"), [
+    ("http://127.0.0.1:8000", True), ("HTTP://127.0.0.1:8000", True), ("http://127.0.0.1:8001", False),
+    ("http://localhost:8000", False), ("null", False), ("file://", False), ("http://evil.example", False),
+])
+def test_same_origin(origin, same):
+    from affectus.inference.service import _same_origin
+
+    assert _same_origin(origin, "127.0.0.1:8000") is same

@@ -92,10 +92,12 @@ def _read_pickle(path: str, trust_pickle: bool) -> Any:
         raise _fail(_where(path), f"not a readable MMSA pickle ({hint}{type(err).__name__}: {err})") from None
 
 
-def _read_npz(path: str) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], int]]:
-    """Our .npz back into the MMSA dict layout (plus the sanitised counts recorded at conversion)."""
+def _read_npz(path: str, file: Any = None) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], int]]:
+    """Our .npz back into the MMSA dict layout (plus the sanitised counts recorded at conversion).
+
+    `file`: an open binary file to read instead of `path` (which then only names it in messages)."""
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(path if file is None else file, allow_pickle=False) as z:
             if "__meta__" not in z.files:
                 raise _fail(_where(path), "a .npz without __meta__: not written by affectus convert")
             meta = _check_meta(path, z["__meta__"])
@@ -193,8 +195,24 @@ def load_dataset(
         if trust_pickle:
             _log.warning("warning: --trust-pickle: reading %s with Python's own unpickler, which runs any code the file holds", spath)
         raw, prior = _read_pickle(spath, trust_pickle), {}
+    return _validated(raw, prior, spath, preset)
+
+
+def load_npz_bytes(data: bytes, source: str, preset: str | Preset | None = None) -> MERDataset:
+    """An affectus .npz held in memory (an upload), read and validated as `load_dataset` reads a file;
+    `source` names it in messages. Check untrusted bytes with `data.npz_check.check_npz` first: this
+    reads every array the file lists."""
+    import io
+
+    if data[:4] not in _ZIP_MAGIC:
+        raise _fail(_where(source), "not a readable affectus .npz (not a zip)")
+    raw, prior = _read_npz(source, io.BytesIO(data))
+    return _validated(raw, prior, source, preset)
+
+
+def _validated(raw: Any, prior: dict[tuple[str, str], int], source: str, preset: str | Preset | None) -> MERDataset:
     p = None if preset is None else (preset if isinstance(preset, Preset) else load_preset(preset))
-    dataset = dataset_from_raw(raw, source=spath, label_keys=None if p is None else p.scheme.label_keys)
+    dataset = dataset_from_raw(raw, source=source, label_keys=None if p is None else p.scheme.label_keys)
     # Values already replaced when the npz was written still count: the npz holds the cleaned arrays.
     for k, v in prior.items():
         dataset.sanitised[k] = dataset.sanitised.get(k, 0) + v

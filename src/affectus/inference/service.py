@@ -1,41 +1,78 @@
 """`affectus serve RUN`: the run behind an HTTP service (FastAPI) with a small web page.
 
     GET  /          a page: upload a clip (or a features .npz), see the verdict and each modality's call
-    GET  /health    {"status": "ok", model, variant, scheme, classes}
+    GET  /health    {"status": "ok", model, variant, scheme, classes, clips}
     POST /predict   multipart `file` (+ optional `transcript`): a clip (mp4 / webm / wav ...) or an affectus
-                    features .npz; never a pickle. Returns {"predictions": [explanation, ...]}; a clip's
-                    explanation carries up to 4 face thumbnails (64 px JPEG data URLs).
-    GET  /docs      OpenAPI docs (FastAPI's own)
+                    features .npz; never a pickle. Returns {"predictions": [explanation, ...], "warnings": [...]};
+                    a clip's explanation carries up to 4 face thumbnails (64 px JPEG data URLs).
+    GET  /docs      OpenAPI docs, their script and style served from the installed fastapi-offline package
+                    (no CDN); off when that package is missing
 
-Limits, each a 4xx with a JSON {"error": ...}: the upload size (413), pickles and unknown types (415),
-a clip longer than the limit (413), more concurrent extractions than allowed (429), and a request that
-takes longer than the timeout (504). Uploads live in a temporary folder removed after each request.
+What the service guarantees (docs/security.md, "The service", lists the limits and their defaults):
+
+* Every refusal is a 4xx with a JSON {"error": ...} that names the upload, never a server path.
+* Requests come only from this machine's own page or non-browser clients: the Host header must be on an
+  allow-list (loopback names by default: a DNS-rebinding page cannot reach the server), a request whose
+  Origin is not the server's own is refused (403), and no CORS header is ever sent.
+* The body is refused on its Content-Length and read no further than the limit; headers and body must
+  arrive within their timeouts (a slow client is disconnected).
+* An .npz is checked from its zip directory and .npy headers before any array is read (decompressed
+  size, samples, sequence length); it is parsed from memory and runs in its own bounded slots, and a
+  slot is freed only when its work has really ended.
+* A clip is decoded and predicted in a worker process (at most `max_concurrent`, each holding one copy
+  of the run and its extractors), killed at the deadline, when the client disconnects or when the
+  request is cancelled; its length
+  is enforced while decoding, so a clip that states no duration is stopped at the limit too.
+* Uploads live in per-request `affectus-serve-*` folders under the temporary directory, removed when
+  the request ends in any way and at shutdown (SIGTERM / SIGINT included).
 """
 
-
 import asyncio
-import queue
+import json
+import logging
+import multiprocessing
+import os
+import re
+import shutil
+import signal
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from affectus.errors import AffectusError
+
+_log = logging.getLogger("affectus.serve")
 
 _ZIP = (b"PK\x03\x04", b"PK\x05\x06")
 _PICKLE = b"\x80"
 _CLIP_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".wav", ".mp3", ".flac", ".ogg")
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+_MULTIPART_ALLOWANCE = 1 << 20  # body bytes beyond the file's limit: multipart framing and the transcript field
+_MAX_TRANSCRIPT = 10_000  # characters
+_MAX_NAME = 100  # characters of an upload's name kept for messages and ids
+SHUTDOWN_S = 5  # seconds a graceful shutdown waits for running requests before cancelling them
 
 
 @dataclass
 class Limits:
     max_upload_mb: float = 50.0
     max_clip_s: float = 60.0
-    max_concurrent: int = 2  # clip extractions at once (each decodes video and runs the extractors)
+    max_concurrent: int = 2  # clip worker processes (each decodes one clip at a time and holds one copy of the run)
     timeout_s: float = 120.0
     thumbnails: int = 4  # face crops returned per clip (64 px JPEGs)
+    max_npz_concurrent: int = 2  # features uploads predicted at once
+    max_samples: int = 10_000  # samples in one features upload (all splits together)
+    max_decompressed_mb: float = 256.0  # a features upload's arrays, once decompressed
+    max_seq_len: int = 1024  # steps of one modality's feature sequence in a features upload
+    header_timeout_s: float = 10.0  # from connection (or the previous response) to complete request headers
+    body_timeout_s: float = 60.0  # from complete headers to the end of the body
+    max_connections: int = 100  # open connections and running requests (uvicorn's limit_concurrency; 503 beyond)
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host header names accepted; "*" accepts any
 
 
 class _Refused(Exception):
@@ -44,103 +81,607 @@ class _Refused(Exception):
         self.status = status
 
 
+# ------------------------------------------------------------------------------------------ the app
+
+
 def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
-    """The FastAPI app serving one run (loaded once)."""
-    from fastapi import FastAPI, File, Form, UploadFile
+    """The FastAPI app serving one run (loaded once). Clip workers start on the first clip and stop at the
+    app's shutdown (its lifespan: a TestClient used as a context manager, or uvicorn)."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import File, Form, Request, UploadFile
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse
+    from starlette.exceptions import HTTPException
 
     from affectus.inference.predictor import load
 
     limits = limits or Limits()
     predictor = load(run_dir)
-    slots = threading.BoundedSemaphore(limits.max_concurrent)
-    # built extractors, reused across requests: at most max_concurrent exist, one per running extraction
-    # (an extractor is used by one thread at a time)
-    idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    app = FastAPI(title="affectus", description=f"Multimodal emotion recognition: run {Path(run_dir).name}")
+    try:
+        from affectus.inference.extract.clip import ClipPredictor
+
+        ClipPredictor.check_run(predictor)
+        clip_error = None
+    except AffectusError as err:
+        clip_error = str(err)
+    pool = _ClipPool(Path(run_dir), limits)
+    temps = _TempDirs()
+    # a features upload waits for one of these (bounded by the connection limit; its upload stays spooled
+    # on disk meanwhile), a clip does not: it gets a 429 at once
+    npz_slots = asyncio.Semaphore(limits.max_npz_concurrent)
+
+    @asynccontextmanager
+    async def lifespan(_app: Any) -> Any:
+        try:
+            yield
+        finally:  # uvicorn's shutdown (SIGTERM, SIGINT) runs this after cancelling what still ran
+            pool.close()
+            temps.remove_all()
+
+    app = _fastapi(title="affectus", description=f"Multimodal emotion recognition: run {Path(run_dir).name}",
+                   lifespan=lifespan)
+    app.add_middleware(_Guard, limits=limits)
 
     @app.exception_handler(_Refused)
     async def refused(_request: Any, err: _Refused) -> JSONResponse:
         return JSONResponse({"error": str(err)}, status_code=err.status)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Any, err: RequestValidationError) -> JSONResponse:
+        where = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in err.errors())
+        return JSONResponse({"error": f"invalid request ({where})"}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Any, err: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(err.detail)}, status_code=err.status_code, headers=err.headers)
+
+    @app.exception_handler(Exception)
+    async def internal(_request: Any, err: Exception) -> JSONResponse:
+        _log.error("internal error", exc_info=err)  # the details stay in the server's log
+        return JSONResponse({"error": "internal error (logged on the server)"}, status_code=500)
+
     @app.get("/health")
     async def health() -> dict[str, Any]:  # async: nothing here blocks, so no trip through the thread pool
         return {"status": "ok", "model": predictor.model_name, "variant": predictor.info.get("variant"),
                 "scheme": predictor.scheme.name, "classes": list(predictor.scheme.class_names),
-                "clips": isinstance(predictor.info.get("extraction"), dict)}
+                "clips": clip_error is None}
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
         return resources.files("affectus.inference").joinpath("templates", "index.html").read_text(encoding="utf-8")
 
     @app.post("/predict")
-    async def predict(file: UploadFile = File(...), transcript: str | None = Form(None)) -> dict[str, Any]:
+    async def predict(request: Request, file: Annotated[UploadFile, File()],
+                      transcript: Annotated[str | None, Form()] = None) -> dict[str, Any]:
+        start = time.monotonic()
+        name = _display_name(file.filename)
         limit = int(limits.max_upload_mb * 1024 * 1024)
-        data = await file.read(limit + 1)
-        if len(data) > limit:
-            raise _Refused(413, f"upload larger than {limits.max_upload_mb:g} MB")
-        if not data:
-            raise _Refused(400, "empty upload")
-        if data.startswith(_PICKLE):
+        if file.size is not None and file.size > limit:
+            raise _Refused(413, f"{name}: upload larger than {limits.max_upload_mb:g} MB")
+        head = await file.read(8)
+        await file.seek(0)
+        if not head:
+            raise _Refused(400, f"{name}: empty upload")
+        if head.startswith(_PICKLE):
             raise _Refused(415, "pickles are never accepted (loading one runs code); send an affectus .npz "
                                 "(affectus convert) or a clip")
-        name = Path(file.filename or "upload").name
-        is_npz = data[:4] in _ZIP and not name.lower().endswith(_CLIP_SUFFIXES)
-        if not is_npz and not name.lower().endswith(_CLIP_SUFFIXES):
+        if transcript is not None and len(transcript) > _MAX_TRANSCRIPT:
+            raise _Refused(413, f"transcript of {len(transcript)} characters, over the {_MAX_TRANSCRIPT} limit")
+        suffix = Path(name.lower()).suffix
+        if head[:4] in _ZIP and suffix not in _CLIP_SUFFIXES:
+            return await _features(file.file, name, limit, start)
+        if suffix not in _CLIP_SUFFIXES:
             raise _Refused(415, f"{name}: expected a clip ({', '.join(_CLIP_SUFFIXES)}) or an affectus .npz")
-        if not is_npz and not slots.acquire(blocking=False):
-            raise _Refused(429, f"{limits.max_concurrent} clip extraction(s) already running; retry shortly")
+        if clip_error is not None:
+            raise _Refused(422, _scrub(clip_error, {str(Path(run_dir)): Path(run_dir).name}))
+        return await _clip(request, file.file, name, suffix, transcript, limit, start)
+
+    async def _features(upload: Any, name: str, limit: int, start: float) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
         try:
-            if is_npz:
-                job = asyncio.to_thread(_predict_npz, predictor, data, name, transcript)
-            else:
-                job = asyncio.to_thread(_predict_clip, idle, predictor, data, name, transcript, limits)
-            return await asyncio.wait_for(job, timeout=limits.timeout_s)
-        except asyncio.TimeoutError:
-            raise _Refused(504, f"prediction took longer than {limits.timeout_s:g} s") from None
+            await asyncio.wait_for(npz_slots.acquire(), timeout=max(0.0, limits.timeout_s - (time.monotonic() - start)))
+        except TimeoutError:
+            raise _Refused(429, f"{limits.max_npz_concurrent} features upload(s) running for {limits.timeout_s:g} s; "
+                                f"retry shortly") from None
+
+        def done() -> None:  # called by the thread when its work has ended, not when the request gave up
+            try:
+                loop.call_soon_threadsafe(npz_slots.release)
+            except RuntimeError:
+                pass  # the server (its event loop) is gone
+
+        job = asyncio.to_thread(_predict_npz, done, predictor, upload, name, limit, limits)
+        try:
+            return await asyncio.wait_for(job, timeout=max(0.0, limits.timeout_s - (time.monotonic() - start)))
+        except TimeoutError:
+            raise _Refused(504, f"{name}: prediction took longer than {limits.timeout_s:g} s") from None
         except AffectusError as err:
-            raise _Refused(422, str(err)) from None
-        finally:
-            if not is_npz:
-                slots.release()
+            from affectus.data.npz_check import NpzTooLarge
+
+            raise _Refused(413 if isinstance(err, NpzTooLarge) else 422, str(err)) from None
+
+    async def _clip(request: Any, upload: Any, name: str, suffix: str, transcript: str | None, limit: int,
+                    start: float) -> dict[str, Any]:
+        if not pool.reserve():
+            raise _Refused(429, f"{limits.max_concurrent} clip extraction(s) already running; retry shortly")
+        folder: Path | None = None
+        worker: _ClipWorker | None = None
+        healthy = False
+        try:
+            folder = temps.make()
+            path = folder / f"clip{suffix}"  # our own name: the upload's name never reaches the file system
+            if not await asyncio.to_thread(_copy_upload, upload, path, limit):
+                raise _Refused(413, f"{name}: upload larger than {limits.max_upload_mb:g} MB")
+            worker = pool.take()
+            try:
+                reply = await _unless_gone(request, worker.run(str(path), transcript, start + limits.timeout_s))
+            except TimeoutError:
+                raise _Refused(504, f"{name}: prediction took longer than {limits.timeout_s:g} s") from None
+            except (EOFError, OSError):
+                raise _Refused(500, f"{name}: the clip worker stopped unexpectedly") from None
+            except _ClientGone:
+                raise _Refused(400, f"{name}: the client closed the connection before the answer") from None
+            healthy = reply[0] != "failed"
+            paths = {str(path): name, str(folder): "<upload>", str(Path(run_dir)): Path(run_dir).name}
+            if reply[0] != "ok":
+                message = _scrub(reply[2], paths)
+                if reply[1] == 413:
+                    message = f"{name}: clip longer than the {limits.max_clip_s:g} s limit ({message})"
+                raise _Refused(reply[1], message)
+            row = _scrub(reply[1], paths)
+            row["id"] = name
+            return {"predictions": [row], "warnings": []}
+        finally:  # a timeout, a client gone or a cancelled request (shutdown) kills the worker: its work stops
+            pool.release(worker, healthy)
+            temps.remove(folder)
 
     return app
 
 
-def _predict_npz(predictor: Any, data: bytes, name: str, transcript: str | None) -> dict[str, Any]:
-    from affectus.data.mmsa import load_dataset
+async def _unless_gone(request: Any, job: Any, every_s: float = 0.5) -> Any:
+    """Await `job`; if the client disconnects first, raise `_ClientGone` (the caller then kills the work)."""
+    task = asyncio.ensure_future(job)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=every_s)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise _ClientGone
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})  # its own cleanup (the pipe's reader) runs before the worker is killed
 
-    with tempfile.TemporaryDirectory(prefix="affectus-serve-") as tmp:
-        path = Path(tmp) / "upload.npz"
-        path.write_bytes(data)
-        ds = load_dataset(path)  # the pickle-free form only (magic bytes checked above: a zip)
+
+class _ClientGone(Exception):
+    pass
+
+
+def _fastapi(**kwargs: Any) -> Any:
+    """FastAPI with /docs served from fastapi-offline's packaged files (no CDN); docs off without it."""
+    try:
+        from fastapi_offline import FastAPIOffline
+    except ImportError:
+        from fastapi import FastAPI
+
+        return FastAPI(docs_url=None, redoc_url=None, **kwargs)
+    return FastAPIOffline(redoc_url=None, **kwargs)
+
+
+def _display_name(filename: str | None) -> str:
+    """The upload's own name for messages and ids: its last path part, printable characters only, at most
+    _MAX_NAME characters (its suffix kept)."""
+    name = re.split(r"[\\/]", filename or "")[-1]
+    name = "".join(ch for ch in name if ch.isprintable()).strip() or "upload"
+    if len(name) > _MAX_NAME:
+        suffix = Path(name).suffix[:10]
+        name = name[: _MAX_NAME - len(suffix)] + suffix
+    return name
+
+
+def _scrub(value: Any, paths: dict[str, str]) -> Any:
+    """`value` (a message, or a result's strings) with server paths replaced by what the client knows."""
+    if isinstance(value, str):
+        for path, shown in sorted(paths.items(), key=lambda kv: -len(kv[0])):  # longest first: a file before its folder
+            value = value.replace(path, shown)
+        return value
+    if isinstance(value, dict):
+        return {k: _scrub(v, paths) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v, paths) for v in value]
+    return value
+
+
+def _copy_upload(upload: Any, path: Path, limit: int) -> bool:
+    """The spooled upload into `path`; False when it holds more than `limit` bytes."""
+    upload.seek(0)
+    copied = 0
+    with open(path, "wb") as out:
+        while block := upload.read(1 << 20):
+            copied += len(block)
+            if copied > limit:
+                return False
+            out.write(block)
+    return True
+
+
+def _predict_npz(done: Any, predictor: Any, upload: Any, name: str, limit: int, limits: Limits) -> dict[str, Any]:
+    """A features upload's explained predictions; calls `done()` (frees its slot) however it ends."""
+    from affectus.data.mmsa import load_npz_bytes
+    from affectus.data.npz_check import check_npz
+
+    try:
+        upload.seek(0)
+        data = upload.read(limit + 1)
+        if len(data) > limit:
+            raise _Refused(413, f"{name}: upload larger than {limits.max_upload_mb:g} MB")
+        check_npz(data, name, max_bytes=int(limits.max_decompressed_mb * 1024 * 1024),
+                  max_samples=limits.max_samples, max_seq_len=limits.max_seq_len)
+        ds = load_npz_bytes(data, name)  # from memory: no temporary file
+        del data
         out = []
         for split in ds.splits.values():
-            pred = predictor.predict(split)
+            longest = max(split.features(m).shape[1] for m in ("text", "audio", "vision"))
+            # attention memory grows with batch x L^2: long sequences go through in smaller batches
+            pred = predictor.predict(split, batch_size=max(1, min(256, (1 << 22) // (longest * longest))))
             for i, sample_id in enumerate(split.ids):
                 row = {"id": sample_id, "split": split.name, **pred.explain(i)}
                 if split.raw_text is not None:
                     row["transcript"] = split.raw_text[i]
                 out.append(row)
-    return {"predictions": out}
+        warnings = [f"{split} {key}: {count} NaN/inf feature value(s) set to 0 before predicting"
+                    for (split, key), count in sorted(ds.sanitised.items()) if count]
+        return {"predictions": out, "warnings": warnings}
+    finally:
+        done()
 
 
-def _predict_clip(idle: queue.SimpleQueue[Any], predictor: Any, data: bytes, name: str,
-                  transcript: str | None, limits: Limits) -> dict[str, Any]:
-    from affectus.inference.extract.clip import ClipPredictor
-    from affectus.inference.extract.decode import DecodeConfig, Decoder
+class _TempDirs:
+    """The per-request `affectus-serve-*` folders that exist now, so shutdown can remove what is left."""
 
-    with tempfile.TemporaryDirectory(prefix="affectus-serve-") as tmp:
-        path = Path(tmp) / name
-        path.write_bytes(data)
-        duration = Decoder(DecodeConfig()).probe(path).get("duration_s") or 0.0
-        if duration > limits.max_clip_s:
-            raise _Refused(413, f"clip of {duration:.1f} s, longer than the {limits.max_clip_s:g} s limit")
+    def __init__(self) -> None:
+        self._live: set[Path] = set()
+        self._lock = threading.Lock()
+
+    def make(self) -> Path:
+        path = Path(tempfile.mkdtemp(prefix="affectus-serve-"))
+        with self._lock:
+            self._live.add(path)
+        return path
+
+    def remove(self, path: Path | None) -> None:
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)
+            with self._lock:
+                self._live.discard(path)
+
+    def remove_all(self) -> None:
+        with self._lock:
+            live = list(self._live)
+        for path in live:
+            self.remove(path)
+
+
+# ------------------------------------------------------------------------------------------ clip workers
+
+
+class _ClipPool:
+    """At most `limits.max_concurrent` clip workers: started on demand, reused while healthy, killed on
+    a timeout, a cancelled request, a crash, or shutdown. Used from the event loop's thread only."""
+
+    def __init__(self, run_dir: Path, limits: Limits) -> None:
+        self.run_dir, self.limits = run_dir, limits
+        self.busy = 0
+        self.idle: list[_ClipWorker] = []
+        self.running: set[_ClipWorker] = set()
+
+    def reserve(self) -> bool:
+        """Take a slot; False when every slot is busy."""
+        if self.busy >= self.limits.max_concurrent:
+            return False
+        self.busy += 1
+        return True
+
+    def take(self) -> "_ClipWorker":
+        """An idle worker, or a new one (its process starts loading the run now)."""
+        while self.idle:
+            worker = self.idle.pop()
+            if worker.process.is_alive():
+                break
+            worker.kill()
+        else:
+            worker = _ClipWorker(self.run_dir, self.limits)
+        self.running.add(worker)
+        return worker
+
+    def release(self, worker: "_ClipWorker | None", healthy: bool) -> None:
+        """Give the slot back; the worker goes back to the idle list, or is killed (work stops now)."""
+        self.busy -= 1
+        if worker is None:
+            return
+        self.running.discard(worker)
+        if healthy and worker.process.is_alive():
+            self.idle.append(worker)
+        else:
+            worker.kill()
+
+    def close(self) -> None:
+        for worker in [*self.idle, *self.running]:
+            worker.kill()
+        self.idle.clear()
+        self.running.clear()
+
+
+class _ClipWorker:
+    """One process holding the run and its extractors (`ClipPredictor`); `run` sends it a clip."""
+
+    def __init__(self, run_dir: Path, limits: Limits) -> None:
+        # spawn, not fork: the server has threads (and torch's), which a forked child would inherit half-held
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_worker_main, name="affectus-clip-worker", daemon=True,
+                                   args=(child, str(run_dir), limits.thumbnails, limits.max_clip_s, os.getpid()))
+        self.process.start()
+        child.close()
+        self.ready = False
+
+    async def run(self, path: str, transcript: str | None, deadline: float) -> tuple[Any, ...]:
+        """("ok", row) or ("refused" | "failed", status, message). Raises TimeoutError at the deadline
+        (monotonic seconds) and EOFError / OSError when the process is gone. Waits on the event loop
+        (no thread is held while the worker works)."""
+        if not self.ready:
+            reply = await self._receive(deadline)
+            if reply[0] != "ready":
+                return reply
+            self.ready = True
+        self.conn.send((path, transcript))
+        return await self._receive(deadline)
+
+    async def _receive(self, deadline: float) -> tuple[Any, ...]:
+        loop = asyncio.get_running_loop()
+        readable = loop.create_future()
+        fd = self.conn.fileno()
+        loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
         try:
-            explain = idle.get_nowait()
-        except queue.Empty:
-            explain = ClipPredictor(predictor, thumbnails=limits.thumbnails)
-        try:
-            return {"predictions": [explain(path, transcript)]}
+            await asyncio.wait_for(readable, timeout=max(0.0, deadline - time.monotonic()))
         finally:
-            idle.put(explain)
+            loop.remove_reader(fd)
+        return self.conn.recv()  # the worker sends each reply whole; EOFError if it died
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=5)
+
+
+def _worker_main(conn: Any, run_dir: str, thumbnails: int, max_clip_s: float, parent: int) -> None:
+    """A clip worker: load the run and its extractors once, then explain clips until the pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the server stops us
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    from affectus.inference.extract.base import MediaError
+    from affectus.inference.extract.clip import ClipPredictor
+    from affectus.inference.predictor import load
+
+    try:
+        explain = ClipPredictor(load(run_dir), thumbnails=thumbnails, max_duration_s=max_clip_s)
+    except AffectusError as err:
+        conn.send(("failed", 422, str(err)))
+        return
+    except Exception as err:  # noqa: BLE001 - reported as one line; the worker is replaced next time
+        conn.send(("failed", 500, f"the clip worker could not start ({type(err).__name__})"))
+        return
+    conn.send(("ready",))
+    while True:
+        try:
+            path, transcript = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            reply: tuple[Any, ...] = ("ok", explain(path, transcript))
+        except MediaError as err:
+            reply = ("refused", 413 if err.reason == "too_long" else 422, str(err))
+        except AffectusError as err:
+            reply = ("refused", 422, str(err))
+        except Exception as err:  # noqa: BLE001 - a decoder or extractor failing on a hostile file
+            reply = ("refused", 422, f"file {path}: the clip could not be processed ({type(err).__name__})")
+        conn.send(reply)
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)  # the server is gone (even by SIGKILL): so is its worker
+
+
+# ------------------------------------------------------------------------------------------ request guard
+
+
+class _Guard:
+    """ASGI middleware in front of every route: Host allow-list, same-origin check, body size and body
+    time limits, and headers that keep the page out of foreign frames. Refusals are JSON and close the
+    connection, so a refused body is read no further."""
+
+    def __init__(self, app: Any, limits: Limits) -> None:
+        self.app = app
+        self.limits = limits
+        self.any_host = "*" in limits.allowed_hosts
+        self.hosts = {h.strip().lower().strip("[]") for h in limits.allowed_hosts}
+        self.max_body = int(limits.max_upload_mb * 1024 * 1024) + _MULTIPART_ALLOWANCE
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers: dict[bytes, list[bytes]] = {}
+        for key, value in scope["headers"]:
+            headers.setdefault(key.lower(), []).append(value)
+        host = b"".join(headers.get(b"host", [])[:1]).decode("latin-1")
+        if len(headers.get(b"host", [])) != 1 or not (self.any_host or _host_name(host) in self.hosts):
+            shown = host[:100] or "(none)"
+            await _send_error(send, 400, f"Host header {shown!r} is not allowed (start the server with "
+                                         f"--allowed-host NAME to serve under another name)")
+            return
+        origin = b"".join(headers.get(b"origin", [])[:1]).decode("latin-1")
+        if origin and not _same_origin(origin, host):
+            await _send_error(send, 403, f"a request from the web page at {origin[:100]!r} is refused: the service "
+                                         f"answers its own page only")
+            return
+        length = headers.get(b"content-length", [b"0"])[0]
+        if not length.isdigit():
+            await _send_error(send, 400, "invalid Content-Length")
+            return
+        if int(length) > self.max_body:
+            await _send_error(send, 413, f"upload larger than {self.limits.max_upload_mb:g} MB")
+            return
+        await self._guarded(scope, receive, send)
+
+    async def _guarded(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.body_timeout_s
+        state = {"received": 0, "body_done": False, "refused": False, "started": False}
+
+        async def refuse(status: int, message: str) -> dict[str, Any]:
+            if not state["started"]:
+                state["refused"] = True
+                await _send_error(send, status, message)
+            return {"type": "http.disconnect"}  # the app stops reading; its own response is dropped below
+
+        async def guarded_receive() -> dict[str, Any]:
+            if state["refused"]:
+                return {"type": "http.disconnect"}
+            if state["body_done"]:  # the app waiting for a disconnect: no deadline applies
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                return await refuse(408, f"the request body did not arrive within {self.limits.body_timeout_s:g} s")
+            if message["type"] == "http.request":
+                state["received"] += len(message.get("body", b""))
+                if state["received"] > self.max_body:  # a body sent without Content-Length (chunked)
+                    return await refuse(413, f"upload larger than {self.limits.max_upload_mb:g} MB")
+                state["body_done"] = not message.get("more_body", False)
+            return message
+
+        expects_body = int(_header(scope, b"content-length") or b"0") > 0 or _header(scope, b"transfer-encoding") is not None
+
+        async def guarded_send(message: dict[str, Any]) -> None:
+            if state["refused"]:
+                return
+            if message["type"] == "http.response.start":
+                state["started"] = True
+                extra = list(_SECURITY_HEADERS)
+                if expects_body and not state["body_done"]:
+                    # answered without reading the body (a 404, a 405): close rather than read the rest
+                    extra.append((b"connection", b"close"))
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        try:
+            await self.app(scope, guarded_receive, guarded_send)
+        except Exception:
+            if not state["refused"]:
+                raise  # the app's own failure (its handlers already answered what they could)
+
+
+def _header(scope: dict[str, Any], name: bytes) -> bytes | None:
+    return next((value for key, value in scope["headers"] if key.lower() == name), None)
+
+
+_SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),  # no foreign page frames ours (clickjacking the Record button)
+    (b"content-security-policy", b"frame-ancestors 'none'"),
+    (b"referrer-policy", b"no-referrer"),
+]
+
+
+async def _send_error(send: Any, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode("utf-8")
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close"), *_SECURITY_HEADERS]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _host_name(host: str) -> str | None:
+    """The name in a Host header ('[::1]:8000' -> '::1', 'LocalHost:80' -> 'localhost'); None if malformed."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        rest = host[end + 1:] if end > 0 else "?"
+        return host[1:end] if rest == "" or (rest[:1] == ":" and rest[1:].isdigit()) else None
+    name, _, port = host.partition(":")
+    if ":" in port or (port and not port.isdigit()):
+        return None
+    return name or None
+
+
+def _same_origin(origin: str, host: str) -> bool:
+    """The Origin header names this server as the browser reached it (the Host header): our own page."""
+    try:
+        parts = urlsplit(origin.strip())
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and parts.netloc.lower() == host.strip().lower()
+
+
+# ------------------------------------------------------------------------------------------ running it
+
+
+def run_server(application: Any, host: str, port: int, limits: Limits, log_level: str = "info") -> None:
+    """uvicorn with the limits that are the server's, not the app's: the header timeout, connection count,
+    keep-alive and graceful-shutdown time."""
+    import uvicorn
+
+    config = uvicorn.Config(application, host=host, port=port, log_level=log_level,
+                            http=_header_timeout_protocol(limits.header_timeout_s),
+                            limit_concurrency=limits.max_connections, timeout_keep_alive=5,
+                            timeout_graceful_shutdown=SHUTDOWN_S, server_header=False)
+    uvicorn.Server(config).run()
+
+
+def _header_timeout_protocol(seconds: float) -> type:
+    """uvicorn's h11 protocol, closing a connection whose request headers are not complete `seconds` after
+    it opened (or after its previous response): uvicorn itself waits for them forever."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:  # a request's headers are in
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self._arm()  # waiting for the next request's headers
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._header_timer = self.loop.call_later(seconds, self._headers_late)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_late(self) -> None:
+            self._header_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderTimeoutProtocol
+

@@ -16,6 +16,7 @@ import numpy as np
 
 from affectus.data.types import MODALITIES, Split
 from affectus.errors import AffectusError
+from affectus.inference.extract.base import MediaError
 
 
 class ClipPredictor:
@@ -23,22 +24,37 @@ class ClipPredictor:
 
     `thumbnails` > 0 adds up to that many face crops (`thumbnail_px` square JPEGs as data URLs), spread
     over the clip's face frames, so a person can see which face the vision features describe.
+    `max_duration_s` lowers the decoder's length limit (the service's --max-clip-s); it is enforced
+    while decoding, so a clip whose container states no duration is stopped there too. A clip over the
+    limit is refused whole (`MediaError` "too_long"), never predicted from the part that fitted.
     """
 
-    def __init__(self, predictor: Any, thumbnails: int = 0, thumbnail_px: int = 64) -> None:
+    def __init__(self, predictor: Any, thumbnails: int = 0, thumbnail_px: int = 64,
+                 max_duration_s: float | None = None) -> None:
+        import dataclasses
+
         from affectus.inference.extract.dataset import MediaConfig, MediaPipeline, check_modules
 
-        record = predictor.info.get("extraction")
-        if not isinstance(record, dict) or not isinstance(record.get("extractors"), dict):
-            raise AffectusError(f"{predictor.run_dir}: the run was not trained on features from `affectus "
-                                f"extract-dataset`, so it does not know how to extract a clip; predict a features file")
+        record = self.check_run(predictor)
         self.predictor = predictor
         self.config = MediaConfig.from_dict(record["extractors"], source=f"{predictor.run_dir}/run.json")
+        if max_duration_s is not None and max_duration_s < self.config.decode.max_duration_s:
+            self.config = dataclasses.replace(
+                self.config, decode=dataclasses.replace(self.config.decode, max_duration_s=max_duration_s))
         check_modules(self.config)
         self.pipeline = MediaPipeline(self.config)
         self.thumbnails, self.thumbnail_px = thumbnails, thumbnail_px
         self._text_record = record.get("text_features")
         self._encoder: Any = None
+
+    @staticmethod
+    def check_run(predictor: Any) -> dict[str, Any]:
+        """The run's extraction record; an `AffectusError` when the run cannot take clips."""
+        record = predictor.info.get("extraction")
+        if not isinstance(record, dict) or not isinstance(record.get("extractors"), dict):
+            raise AffectusError(f"{predictor.run_dir}: the run was not trained on features from `affectus "
+                                f"extract-dataset`, so it does not know how to extract a clip; predict a features file")
+        return record
 
     def _text(self, transcript: str, where: str) -> np.ndarray:
         """(L, D) text features of the transcript, made as the run's training text was."""
@@ -61,6 +77,9 @@ class ClipPredictor:
         given = transcript is not None and bool(transcript.strip())
         # speech recognition only where no transcript was given, and only if the run's extraction had it
         result = self.pipeline(path, thumbnails=self.thumbnails, transcribe=not given)
+        too_long = next((f for f in result["failures"] if f["reason"] == "too_long"), None)
+        if too_long is not None:
+            raise MediaError("too_long", too_long["detail"])
         if not given and result.get("transcript"):
             transcript, source = result["transcript"], "asr"
         else:

@@ -265,6 +265,8 @@ class MediaPipeline:
             out["audio"] = self.audio(samples)  # (Ta, Da)
         except Exception as err:  # noqa: BLE001 - one bad clip must not end a run of thousands
             fail("audio", err)
+            if isinstance(err, MediaError) and err.reason == "too_long":
+                return out  # the clip is over the length limit (found while decoding): no part of it is used
         if "transcript" in out and samples is not None:
             try:
                 out["transcript"] = self.transcriber()(samples, where=f"file {path}")
