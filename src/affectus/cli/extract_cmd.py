@@ -114,6 +114,11 @@ def extract_dataset(
     report: Annotated[
         Path | None, typer.Option("--report", help="failure report JSON (default: <out>.failures.json)")
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="replace --out, --report and <out>.extract.json if they exist (never the "
+                                         "dataset's own label.csv or clips)"),
+    ] = False,
 ) -> None:
     """Extract audio, vision and text (sentence embeddings of the transcripts) of every clip into one MMSA file.
 
@@ -176,6 +181,7 @@ def extract_dataset(
                 report=report,
                 progress=bar.update,
                 executor=executor,
+                overwrite=overwrite,
             )
     finally:
         bar.close()

@@ -542,6 +542,52 @@ def assemble(
     return raw, failures
 
 
+def _real(path: Path) -> Path:
+    """Where a write to `path` lands: its folder resolved (symlinks followed) + its name. An atomic write
+    renames over that entry, so this is the file it replaces."""
+    return Path(os.path.realpath(path.parent)) / path.name
+
+
+def _input_hit(root: Path, path: Path) -> str | None:
+    """What of the dataset `path` is, when a write to it would replace one of the run's inputs: label.csv,
+    the dataset folder itself, or anything in Raw/ (the clips, and their folders); else None. Other
+    paths inside the dataset folder (a new `DIR/feats.npz`) are not inputs and may be written."""
+    label, raw = _real(root / "label.csv"), Path(os.path.realpath(root / "Raw"))
+    for where in {_real(path), Path(os.path.realpath(path))}:  # the entry, and a symlink's target
+        if where == label or where == Path(os.path.realpath(label)):
+            return "the dataset's own label.csv"
+        if where == Path(os.path.realpath(root)):
+            return "the dataset folder itself"
+        if where == raw or raw in where.parents:
+            return "inside the dataset's Raw/ folder (its clips)"
+    return None
+
+
+def check_outputs(root: Path, outputs: dict[str, Path], work: Path, overwrite: bool) -> None:
+    """Before any work: refuse an output that would replace an input of the run (even with `overwrite`),
+    two outputs that are one file, and (without `overwrite`) an output file that exists. `outputs` maps
+    a name for messages (`--out FILE`, `--report`) to its path. The work folder is not an output: a run
+    always reuses it (that is how a killed run resumes), but it must not lie in the inputs either."""
+    seen: dict[Path, str] = {}
+    for option, path in outputs.items():
+        hit = _input_hit(root, path)
+        if hit:
+            raise AffectusError(f"{option} {path}: is {hit}; extract-dataset never writes over its inputs "
+                                f"(choose a path outside {root / 'Raw'} and other than label.csv)")
+        if path.is_dir():
+            raise AffectusError(f"{option} {path}: is a directory, expected a file path")
+        if _real(path) in seen:
+            raise AffectusError(f"{option} {path}: the same file as {seen[_real(path)]}; choose another path")
+        seen[_real(path)] = option
+    hit = _input_hit(root, work)
+    if hit:
+        raise AffectusError(f"--work-dir {work}: is {hit}; choose a folder outside the dataset's inputs")
+    if not overwrite:
+        for option, path in outputs.items():
+            if path.exists():
+                raise AffectusError(f"{option} {path}: file exists; pass --overwrite to replace it")
+
+
 def _versions() -> dict[str, str]:
     from importlib import metadata
 
@@ -565,18 +611,24 @@ def build_dataset(
     report: str | os.PathLike | None = None,
     progress: Progress | None = None,
     executor: Executor | None = None,
+    overwrite: bool = False,
 ) -> BuildSummary:
-    """`affectus extract-dataset`: folder of clips -> MMSA file (.npz by suffix, else pickle) + report."""
+    """`affectus extract-dataset`: folder of clips -> MMSA file (.npz by suffix, else pickle) + report.
+
+    `out`, the report and `<out>.extract.json` are refused when they exist, unless `overwrite`; a path
+    that would replace an input (label.csv, anything under Raw/) is refused always (`check_outputs`)."""
     root, out = Path(root), Path(out)
     config = config or MediaConfig()
     if on_fail not in ON_FAIL:
         raise AffectusError(f"--on-fail must be one of {', '.join(ON_FAIL)}, not {on_fail!r}")
     if not root.is_dir():
         raise AffectusError(f"folder {root}: no such folder (expected label.csv and Raw/)")
-    rows = read_label_csv(root / "label.csv")
     work = Path(work_dir) if work_dir is not None else default_work_dir(out)
     report_path = Path(report) if report is not None else out.with_name(out.name + ".failures.json")
     meta_path = out.with_name(out.name + ".extract.json")
+    check_outputs(root, {"--out": out, "--report": report_path, "the record": meta_path}, work,
+                  overwrite)
+    rows = read_label_csv(root / "label.csv")
 
     check_modules(config)
     results, computed = extract_clips(
