@@ -135,7 +135,7 @@ def extract_dataset(
     if config is not None:
         try:
             given = json.loads(config.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, RecursionError) as err:  # Recursion: nested too deeply
             raise AffectusError(f"file {config}: not a readable JSON config ({err})") from None
         if isinstance(given, dict) and "extractors" in given:  # a whole <out>.extract.json
             given = given["extractors"]
