@@ -156,3 +156,26 @@ def test_identity_json_nested_too_deeply_is_one_line_on_resume(trained: Path, ti
     (run / "identity.json").write_text(NESTED)
     rc, _, err = cli("train", "--data", tiny_file, "--out", run, "--resume", *FAST)
     one_error_line(rc, err, "identity.json", "RecursionError")
+
+
+def test_params_of_a_hand_edited_run_is_one_line_and_allocates_nothing(run_copy: Path, cli) -> None:
+    """`affectus params RUN` counts on the meta device, after bounding the config by the weights file."""
+    rc, out, err = cli("params", run_copy)
+    assert rc == 0 and int(out) > 0, err
+    count = int(out)
+    _edit_config(run_copy, d=2 ** 20, heads=1)  # 13 TB of tensors on main
+    rc, _, err = cli("params", run_copy)
+    one_error_line(rc, err, "run.json: model_config: d = 1048576 is larger than the", "bytes of its weights file")
+    _edit_config(run_copy, d=16, heads=1)  # an honest-looking size: counted without any memory
+    rc, out, err = cli("params", run_copy)
+    assert rc == 0 and 0 < int(out) < count, err
+
+
+def test_serve_refuses_a_run_whose_config_does_not_match_its_weights(run_copy: Path, cli, monkeypatch) -> None:
+    """The service loads its run once, through the same loader: a bad run is one line before it listens."""
+    pytest.importorskip("fastapi")
+    uvicorn = pytest.importorskip("uvicorn")
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("served a run that should be refused"))
+    _edit_config(run_copy, d=16)
+    rc, _, err = cli("serve", run_copy)
+    one_error_line(rc, err, "model.safetensors does not match", "by the config")

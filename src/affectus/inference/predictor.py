@@ -284,10 +284,14 @@ MAX_UNSAVED_ELEMENTS = 1 << 22
 
 
 def _check_sizes(config: Any, weights: dict[str, torch.Tensor], where: str) -> None:
+    check_config_sizes(config, sum(t.numel() for t in weights.values()), where)
+
+
+def check_config_sizes(config: Any, values: int, where: str, what: str = "values its weights hold") -> None:
     """The config's own range checks (sizes at least 1, heads dividing d, ...), then a ceiling no honest
-    config passes: no whole number in it (a width, a layer or head count, an input dim) exceeds the number
-    of values the checksummed weights hold, since each of them sizes at least that many weights. Checked
-    before any module is made: a million layers would cost gigabytes even as empty shells."""
+    config passes: no whole number in it (a width, a layer or head count, an input dim) exceeds `values`,
+    the number of values the run's weights hold (or a bound on it), since each of them sizes at least that
+    many weights. Checked before any module is made: a million layers cost gigabytes even as empty shells."""
     import dataclasses
 
     validate = getattr(config, "validate", None)
@@ -296,15 +300,13 @@ def _check_sizes(config: Any, weights: dict[str, torch.Tensor], where: str) -> N
             validate()
         except AffectusError as err:
             raise AffectusError(f"{where}: {err}") from None
-    values = sum(t.numel() for t in weights.values())
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         items = value.items() if isinstance(value, dict) else [(None, value)]
         for key, v in items:
             if _is_int(v) and v > values:
                 name = f.name if key is None else f"{f.name}.{key}"
-                raise AffectusError(f"{where}: {name} = {v} is larger than the {values} values its weights "
-                                    f"hold (edited by hand?)")
+                raise AffectusError(f"{where}: {name} = {v} is larger than the {values} {what} (edited by hand?)")
 
 
 def _check_shapes(model_name: str, config: Any, extras: dict[str, Any], weights: dict[str, torch.Tensor],
