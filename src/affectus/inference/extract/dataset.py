@@ -360,7 +360,7 @@ class CacheCheck:
 
     def __init__(self, config: MediaConfig) -> None:
         self.config = config
-        self.dims = feature_dims(config)
+        self._dims: dict[str, int | None] | None = None  # on first use: no entry to check, no extractor built
         a = config.audio
         # rows per second: openSMILE's LLDs one per 10 ms; librosa one per hop (plus the centred first frame)
         self.rates = {"audio": 100.0 if a.kind == "opensmile" else config.decode.sample_rate / a.hop_length,
@@ -400,7 +400,9 @@ class CacheCheck:
             if m not in headers:
                 continue
             shape, dtype = headers[m]
-            width = self.dims[m]
+            if self._dims is None:
+                self._dims = feature_dims(self.config)
+            width = self._dims[m]
             if dtype != np.float32 or len(shape) != 2 or (width is not None and shape[1] != width):
                 raise BadEntry(f"its {m} array is {dtype} {shape}, expected float32 (rows, {width})")
             if seconds is None:
