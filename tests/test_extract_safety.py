@@ -231,8 +231,8 @@ def test_an_id_at_the_name_limit_is_taken(tmp_path: Path) -> None:
 
 @needs_media
 def test_feature_dims_from_the_config_match_the_extractors() -> None:
-    from affectus.inference.extract.dataset import feature_dims
     from affectus.inference.extract.audio import LibrosaConfig, LibrosaExtractor, OpenSmileExtractor
+    from affectus.inference.extract.dataset import feature_dims
     from affectus.inference.extract.vision import HaarFaceConfig, HaarFaceExtractor
 
     for config in (MediaConfig(), MediaConfig(audio=LibrosaConfig(n_mfcc=13), vision=HaarFaceConfig(crop_size=96))):

@@ -66,8 +66,8 @@ def _edit_config(run: Path, **values) -> None:
 
 @pytest.mark.parametrize(("values", "needle"), [
     # weights of another width: load_state_dict's size-mismatch traceback before
-    ({"d": 16}, "tensor(s) of another shape, first branches.text.encoder.proj.weight: (32, 6, 1) in the file, "
-                "(16, 6, 1) by the config"),
+    ({"d": 16}, ("tensor(s) of another shape, first branches.text.encoder.proj.weight: (32, 6, 1) in the file, "
+                 "(16, 6, 1) by the config")),
     ({"ff": 64}, "tensor(s) of another shape"),
     ({"dims_text": 60}, "(32, 6, 1) in the file, (32, 60, 1) by the config"),
     ({"layers": 2}, "missing"),  # a second layer the file has no weights for
