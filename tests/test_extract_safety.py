@@ -196,6 +196,49 @@ def test_kill_9_of_extract_dataset_takes_its_workers_with_it(clips: Path, tmp_pa
                 os.kill(pid, signal.SIGKILL)
 
 
+DRIVER = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from affectus.utils.executors import LocalExecutor
+LocalExecutor(2).run(time.sleep, [(120,)] * 4, lambda i, result: None)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_local_executor_workers_die_with_their_parent(tmp_path: Path) -> None:
+    """The executor alone, without media: a parent whose two workers sleep 2 minutes is killed; they end."""
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(SRC)])
+    kids: dict[int, int] = {}
+    try:
+        deadline = time.monotonic() + 60
+        # two spawned workers (multiprocessing's resource tracker may be a third child)
+        while len([p for p in _children(proc.pid) if "spawn_main" in _cmdline(p)]) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, "no workers started"
+            time.sleep(0.05)
+        time.sleep(1.0)  # let them reach their task (the initializer has run by then)
+        kids = _children(proc.pid)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 15
+        while any(_alive(p, t) for p, t in kids.items()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p, t in kids.items() if _alive(p, t)], "workers outlived their killed parent"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid, started in kids.items():
+            if _alive(pid, started):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 # ------------------------------------------------------------------------- item 11: label.csv
 
 
