@@ -179,3 +179,18 @@ def test_serve_refuses_a_run_whose_config_does_not_match_its_weights(run_copy: P
     _edit_config(run_copy, d=16)
     rc, _, err = cli("serve", run_copy)
     one_error_line(rc, err, "model.safetensors does not match", "by the config")
+
+
+def test_other_json_nested_too_deeply_is_one_line(tmp_path: Path, cli) -> None:
+    """The same for an .npz data file's JSON header and an extract-dataset --config file."""
+    import numpy as np
+
+    data = tmp_path / "deep.npz"
+    with open(data, "wb") as f:
+        np.savez(f, __meta__=np.array(NESTED))
+    rc, _, err = cli("inspect", data)
+    one_error_line(rc, err, "deep.npz", "nested too deeply")
+    (tmp_path / "label.csv").write_text("video_id,clip_id,text,label,mode\nv1,1,hi,0.5,train\n")
+    (tmp_path / "deep.json").write_text(NESTED)
+    rc, _, err = cli("extract-dataset", tmp_path, "--out", tmp_path / "x.npz", "--config", tmp_path / "deep.json")
+    one_error_line(rc, err, "deep.json: not a readable JSON config")
