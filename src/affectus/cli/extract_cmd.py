@@ -114,6 +114,11 @@ def extract_dataset(
     report: Annotated[
         Path | None, typer.Option("--report", help="failure report JSON (default: <out>.failures.json)")
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="replace --out, --report and <out>.extract.json if they exist (never the "
+                                         "dataset's own label.csv or clips)"),
+    ] = False,
 ) -> None:
     """Extract audio, vision and text (sentence embeddings of the transcripts) of every clip into one MMSA file.
 
@@ -130,7 +135,7 @@ def extract_dataset(
     if config is not None:
         try:
             given = json.loads(config.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, RecursionError) as err:  # Recursion: nested too deeply
             raise AffectusError(f"file {config}: not a readable JSON config ({err})") from None
         if isinstance(given, dict) and "extractors" in given:  # a whole <out>.extract.json
             given = given["extractors"]
@@ -176,6 +181,7 @@ def extract_dataset(
                 report=report,
                 progress=bar.update,
                 executor=executor,
+                overwrite=overwrite,
             )
     finally:
         bar.close()

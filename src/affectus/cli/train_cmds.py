@@ -210,7 +210,19 @@ def params(
         info = read_run(run_dir)
         if not isinstance(info.get("model_config"), dict) or not isinstance(info.get("model_name"), str):
             raise AffectusError(f"{run_dir}/run.json: lacks the model name or config")
-        print(size_from_config(info["model_name"], info["model_config"]))
+        from affectus.inference.predictor import SHELL_ERRORS, check_config_sizes
+        from affectus.models.registry import make_config
+
+        where = f"{run_dir}/run.json: model_config"
+        try:
+            # a hand-edited config: its sizes bounded by the weights file (each value takes a byte or more)
+            # before even an empty shell is built
+            check_config_sizes(make_config(info["model_name"], info["model_config"]),
+                               (Path(run_dir) / "model.safetensors").stat().st_size, where, "bytes of its weights file")
+            print(size_from_config(info["model_name"], info["model_config"]))
+        except SHELL_ERRORS as err:
+            raise AffectusError(f"{where} does not build a {info['model_name']} model "
+                                f"({type(err).__name__}: {' '.join(str(err).split())[:300]})") from None
         return
     if preset is None and dims is None:
         raise AffectusError("params: give a run directory, --preset NAME or --dims T,A,V")

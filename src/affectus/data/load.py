@@ -140,7 +140,7 @@ def extraction_record(source: str | os.PathLike) -> dict[str, Any] | None:
         return None
     try:
         data = json.loads(meta.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return None
     if not isinstance(data, dict) or not isinstance(data.get("extractors"), dict):
         return None

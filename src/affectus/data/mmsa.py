@@ -132,6 +132,8 @@ def _check_meta(path: str, value: np.ndarray) -> dict[str, Any]:
         meta = json.loads(str(value))
     except json.JSONDecodeError as err:
         raise bad(f"not valid JSON ({err.msg})") from None
+    except RecursionError:  # json's decoder recurses per nesting level
+        raise bad("not valid JSON (nested too deeply)") from None
     if not isinstance(meta, dict):
         raise bad(f"expected a JSON object, got {type(meta).__name__}")
     if meta.get("format") != NPZ_FORMAT or meta.get("version") != NPZ_VERSION:

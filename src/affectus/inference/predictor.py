@@ -109,23 +109,34 @@ class Predictor:
         if sorted(self.dims) != sorted(MODALITIES) or not all(_is_int(d) and d > 0 for d in self.dims.values()):
             raise AffectusError(f"{self.run_dir}/run.json: dims {self.dims!r}, expected a positive size for each "
                                 f"of {', '.join(MODALITIES)}")
-        config = make_config(self.model_name, cfg_values)
-        # building the shell draws initial weights from torch's RNG: keep the caller's RNG untouched
-        extras = {}
+        # the weights first, checked against run.json's sha256: nothing is built from run.json before that
+        weights = ckpt.load_weights(self.run_dir, self.info)
+        extras: dict[str, Any] = {}
         bert_file = self.run_dir / "bert_config.json"
+        where = f"{self.run_dir}/run.json: model_config"
         try:
+            config = make_config(self.model_name, cfg_values)
+            _check_sizes(config, weights, where)
             if bert_file.is_file():
                 # a fine-tuned BERT travels inside model.safetensors; build its shell from the saved config
                 from transformers import BertConfig
 
                 extras["bert_config"] = BertConfig.from_json_file(str(bert_file))
+            # then the model's shell on the meta device (shapes, no memory): a hand-edited model_config that
+            # asks for other (or enormous) tensors than the checksummed file holds is refused here, before
+            # a byte is allocated for it
+            _check_shapes(self.model_name, config, extras, weights, self.run_dir)
+            # building the shell draws initial weights from torch's RNG: keep the caller's RNG untouched
             with torch.random.fork_rng(devices=[]):
                 self.model = create_model(self.model_name, config, **extras)
-        except (TypeError, ValueError, KeyError) as err:  # a hand-edited model_config with wrong value types
-            raise AffectusError(f"{self.run_dir}/run.json: model_config does not build a {self.model_name} model "
-                                f"({type(err).__name__}: {' '.join(str(err).split())})") from None
-        weights = ckpt.load_weights(self.run_dir, self.info)
-        missing, unexpected = self.model.load_state_dict(weights, strict=False)
+        except SHELL_ERRORS as err:  # a hand-edited model_config with wrong value types or sizes
+            raise AffectusError(f"{where} does not build a {self.model_name} model "
+                                f"({type(err).__name__}: {' '.join(str(err).split())[:300]})") from None
+        try:
+            missing, unexpected = self.model.load_state_dict(weights, strict=False)
+        except RuntimeError as err:  # a size mismatch the meta check could not see (a pretrained BERT path)
+            raise AffectusError(f"{self.run_dir}/model.safetensors does not match {where} "
+                                f"({' '.join(str(err).split())[:300]})") from None
         if missing or unexpected:
             raise AffectusError(f"{self.run_dir}/model.safetensors does not match the model config "
                                 f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
@@ -264,6 +275,68 @@ def predictions_csv(split: Split, pred: Prediction, scheme: Any = None) -> str:
             row += [f"{x:.6f}" for x in pred.router_weights[i]]
         w.writerow(row)
     return buf.getvalue()
+
+
+# what building a model from a bad config raises (a size of 2**62, -1 or "two" reaches torch or the dataclass)
+SHELL_ERRORS = (TypeError, ValueError, KeyError, ArithmeticError, RuntimeError, MemoryError)
+# tensors a model may hold beyond its saved weights (non-persistent buffers: index tables, masks)
+MAX_UNSAVED_ELEMENTS = 1 << 22
+
+
+def _check_sizes(config: Any, weights: dict[str, torch.Tensor], where: str) -> None:
+    check_config_sizes(config, sum(t.numel() for t in weights.values()), where)
+
+
+def check_config_sizes(config: Any, values: int, where: str, what: str = "values its weights hold") -> None:
+    """The config's own range checks (sizes at least 1, heads dividing d, ...), then a ceiling no honest
+    config passes: no whole number in it (a width, a layer or head count, an input dim) exceeds `values`,
+    the number of values the run's weights hold (or a bound on it), since each of them sizes at least that
+    many weights. Checked before any module is made: a million layers cost gigabytes even as empty shells."""
+    import dataclasses
+
+    validate = getattr(config, "validate", None)
+    if validate is not None:
+        try:
+            validate()
+        except AffectusError as err:
+            raise AffectusError(f"{where}: {err}") from None
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for key, v in items:
+            if _is_int(v) and v > values:
+                name = f.name if key is None else f"{f.name}.{key}"
+                raise AffectusError(f"{where}: {name} = {v} is larger than the {values} {what} (edited by hand?)")
+
+
+def _check_shapes(model_name: str, config: Any, extras: dict[str, Any], weights: dict[str, torch.Tensor],
+                  run_dir: Path) -> None:
+    """Refuse (one line) a model whose tensors differ from the run's weights, from a shell on the meta
+    device: its state dict must hold exactly the file's tensors, shape for shape, and what it holds
+    beyond them stays small. Models whose builder loads pretrained files (a BERT path, without the run's
+    bert_config.json) cannot build on meta; they are checked by load_state_dict after the real build."""
+    try:
+        with torch.device("meta"), torch.random.fork_rng(devices=[]):
+            shell = create_model(model_name, config, **extras)
+    except RuntimeError:
+        if getattr(config, "text_input", None) == "bert" and "bert_config" not in extras:
+            return  # transformers refuses from_pretrained on meta; the real build and load_state_dict decide
+        raise
+    where = f"{run_dir}/model.safetensors does not match {run_dir}/run.json's model_config"
+    state = shell.state_dict()
+    missing, unexpected = sorted(set(state) - set(weights)), sorted(set(weights) - set(state))
+    if missing or unexpected:
+        first = f"first missing: {missing[0]}" if missing else f"first unexpected: {unexpected[0]}"
+        raise AffectusError(f"{where} (missing {len(missing)}, unexpected {len(unexpected)} tensors; {first})")
+    wrong = [k for k, v in state.items() if tuple(v.shape) != tuple(weights[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise AffectusError(f"{where}: {len(wrong)} tensor(s) of another shape, first {k}: "
+                            f"{tuple(weights[k].shape)} in the file, {tuple(state[k].shape)} by the config")
+    unsaved = sum(t.numel() for n, t in [*shell.named_parameters(), *shell.named_buffers()] if n not in state)
+    if unsaved > MAX_UNSAVED_ELEMENTS:
+        raise AffectusError(f"{run_dir}/run.json: model_config asks for {unsaved} values beyond the saved weights "
+                            f"(at most {MAX_UNSAVED_ELEMENTS})")
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

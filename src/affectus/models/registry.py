@@ -160,10 +160,15 @@ def size_from_config(model_name: str, model_config: dict[str, Any]) -> int:
 
     A BERT text path is built as 768-d text features instead (BERT-base's hidden size): the same non-BERT
     layers, without loading BERT. Raises AffectusError for a config the model refuses."""
+    import torch
+
     values = dict(model_config)
     if values.get("text_input") == "bert":
         values.update(text_input="features", dims={**values["dims"], "text": 768})
-    return non_bert_parameter_count(create_model(model_name, make_config(model_name, values)))
+    config = make_config(model_name, values)
+    # on the meta device: shapes without memory (a count needs no weights; a big config costs nothing)
+    with torch.device("meta"), torch.random.fork_rng(devices=[]):
+        return non_bert_parameter_count(create_model(model_name, config))
 
 
 def create_model(name: str, config, **extras):

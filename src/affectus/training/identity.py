@@ -43,7 +43,7 @@ def write_identity(out: Path, identity: dict[str, Any]) -> None:
 def _read(path: Path) -> dict[str, Any]:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:  # Recursion: nested too deeply
         raise AffectusError(f"{path}: unreadable ({type(err).__name__}); cannot check that --resume continues "
                             f"the same run") from None
     if not isinstance(value, dict):

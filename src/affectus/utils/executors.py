@@ -13,15 +13,22 @@ the workers import it from their own installed affectus).
 
 A worker that dies (killed, out of memory, its node gone) never ends in a traceback: `run` returns the
 indices of the tasks it could not finish, and the caller says what to do (run again to resume).
+The reverse holds too: a local worker ends when the process that started it dies, even by `kill -9`
+(`_die_with_parent`), instead of waiting forever on a task queue nobody feeds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.util
 import multiprocessing
 import os
+import signal
 import socket
+import sys
+import threading
+import time
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -83,6 +90,36 @@ def single_threaded_children() -> Iterator[None]:
                 os.environ[k] = v
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PARENT_POLL_S = 1.0  # how often the fallback watchdog looks at the parent
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: end this worker when `parent` (the process that started the pool) dies.
+
+    A killed parent (`kill -9`, the OOM killer) runs no cleanup, and a worker waiting on the pool's task
+    queue never sees it end: each worker holds a copy of the queue's write end, so its read never gets
+    EOF. On Linux the kernel sends SIGKILL when the parent dies (prctl PR_SET_PDEATHSIG; nothing of the
+    worker's is worth saving then: results go to the parent, which is gone). The death signal fires when
+    the *thread* that spawned us ends; `LocalExecutor.run` spawns the workers and shuts the pool down in
+    the same call, so that thread outlives them. Elsewhere, or if prctl fails, a daemon thread polls
+    the parent pid (a dead parent's children are adopted by another process, so getppid changes)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # no libc / no prctl: the watchdog still runs
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the death signal was armed
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), name="affectus-parent-watch", daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while True:
+        time.sleep(PARENT_POLL_S)
+        if os.getppid() != parent:
+            os._exit(1)  # no cleanup: nothing here outlives the parent usefully
+
+
 class LocalExecutor(Executor):
     """`workers` spawned processes on this machine (spawn: no forked library state); 1 runs here."""
 
@@ -101,7 +138,10 @@ class LocalExecutor(Executor):
                 on_done(i, fn(*args))
             return []
         pool = ProcessPoolExecutor(
-            max_workers=min(self.workers, len(tasks)), mp_context=multiprocessing.get_context("spawn")
+            max_workers=min(self.workers, len(tasks)),
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_die_with_parent,
+            initargs=(os.getpid(),),
         )
         lost: list[int] = []
         try:

@@ -134,6 +134,8 @@ def read_json_file(path: str | os.PathLike, what: str = "file") -> Any:
         return json.loads(read_text_file(path, what))
     except json.JSONDecodeError as err:
         raise AffectusError(f"{what} {path}: not valid JSON (line {err.lineno}: {err.msg})") from None
+    except RecursionError:  # json's decoder recurses per nesting level: '[' * 100000 exhausts the stack
+        raise AffectusError(f"{what} {path}: not valid JSON (nested too deeply)") from None
 
 
 def refuse_overwrite(path: str | os.PathLike, overwrite: bool, option: str = "--out") -> None:

@@ -80,7 +80,7 @@ def find_runs(root: str | Path) -> tuple[list[Run], list[str], list[str]]:
     for meta in paths:
         try:
             info = json.loads(meta.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:  # Recursion: too deep
             notes.append(f"{meta}: skipped, unreadable ({type(err).__name__})")
             continue
         if not isinstance(info, dict) or not str(info.get("format", "")).startswith("affectus-run/"):
@@ -103,7 +103,7 @@ def _experiment_plan(root: Path) -> tuple[Path, dict[str, Any]] | None:
         if path.is_file():
             try:
                 plan = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
                 raise AffectusError(f"{path}: unreadable ({type(err).__name__})") from None
             if isinstance(plan, dict) and str(plan.get("format", "")).startswith("affectus-experiment/"):
                 entries = plan.get("runs")

@@ -179,7 +179,7 @@ def _run_json(run: Run, name: str) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # Recursion: nested too deeply
         return {}
     return data if isinstance(data, dict) else {}
 

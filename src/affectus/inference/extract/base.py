@@ -67,7 +67,7 @@ class ExtractorConfig:
     def load(cls, path: str | os.PathLike) -> Self:
         try:
             d = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, RecursionError) as err:  # Recursion: nested too deeply
             raise AffectusError(f"file {path}: not a readable JSON config ({err})") from None
         return cls.from_dict(d, source=f"file {path}")
 

@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import logging
 import math
 import os
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ from affectus.data.mmsa import SPLIT_NAMES, dataset_from_raw, dataset_to_raw, wr
 from affectus.errors import AffectusError
 from affectus.inference.extract.asr import MoonshineConfig
 from affectus.inference.extract.audio import (
+    EGEMAPS_LLD_DIM,
     LibrosaConfig,
     LibrosaExtractor,
     OpenSmileConfig,
@@ -46,7 +49,7 @@ from affectus.inference.extract.audio import (
 from affectus.inference.extract.base import MediaError
 from affectus.inference.extract.decode import DecodeConfig, Decoder
 from affectus.inference.extract.hashed_text import HashedWordsConfig, HashedWordsExtractor
-from affectus.inference.extract.vision import HaarFaceConfig, HaarFaceExtractor
+from affectus.inference.extract.vision import GEOMETRY_NAMES, HaarFaceConfig, HaarFaceExtractor
 from affectus.utils.executors import Executor, LocalExecutor
 from affectus.utils.io import atomic_path, write_json_atomic
 
@@ -55,6 +58,7 @@ _log = logging.getLogger(__name__)
 REQUIRED_COLUMNS = ("video_id", "clip_id", "text", "label", "mode")
 UNIMODAL_COLUMNS = {"text": "label_T", "audio": "label_A", "vision": "label_V"}
 LABEL_RANGE = 3.0  # CMU-MOSI/MOSEI scores lie in [-3, 3], CH-SIMS ones in [-1, 1]
+MAX_NAME_BYTES = 255  # NAME_MAX of Linux, macOS and Windows file systems: one path component
 CACHE_VERSION = 1
 # whole-clip failures: the file itself is unusable, so no modality is tried
 CLIP_REASONS = ("missing", "empty", "corrupt", "too_long")
@@ -102,7 +106,19 @@ def read_label_csv(path: str | os.PathLike) -> list[ClipRow]:
     if not path.is_file():
         raise AffectusError(f"file {path}: no such file (expected the MMSA-FET label.csv)")
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheet exports add a BOM
+        with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: spreadsheet exports add a BOM
+            text = f.read()
+    except UnicodeDecodeError as err:
+        raise AffectusError(f"file {path}: not UTF-8 text ({err})") from None
+    except OSError as err:
+        raise AffectusError(f"file {path}: cannot read ({err.strerror or type(err).__name__})") from None
+    if "\0" in text:
+        # a NUL never belongs in a text CSV (a UTF-16 export, a binary file), and no file name may hold one
+        line = text.count("\n", 0, text.index("\0")) + 1
+        raise AffectusError(f"file {path} line {line}: contains a NUL byte; expected UTF-8 text (a UTF-16 "
+                            f"spreadsheet export must be saved as UTF-8 CSV)")
+    try:
+        with io.StringIO(text, newline="") as f:
             reader = csv.DictReader(f)
             columns = [c.strip() for c in (reader.fieldnames or [])]
             missing = [c for c in REQUIRED_COLUMNS if c not in columns]
@@ -118,8 +134,6 @@ def read_label_csv(path: str | os.PathLike) -> list[ClipRow]:
                 )
             reader.fieldnames = columns
             rows = [_row(path, reader.line_num, r, bool(present)) for r in reader]
-    except UnicodeDecodeError as err:
-        raise AffectusError(f"file {path}: not UTF-8 text ({err})") from None
     except csv.Error as err:
         raise AffectusError(f"file {path}: not a readable CSV ({err})") from None
     if not rows:
@@ -140,9 +154,14 @@ def _row(path: Path, line: int, r: dict[str, Any], unimodal: bool) -> ClipRow:
     values = {k: (v or "").strip() for k, v in r.items()}
     for key in ("video_id", "clip_id"):
         v = values[key]
-        # ids name folders and files: refuse anything that could leave Raw/
-        if not v or v in (".", "..") or "/" in v or "\\" in v:
-            raise AffectusError(f"file {path} line {line}: {key} {v!r} is not a plain file name")
+        # ids name folders and files: refuse anything that could leave Raw/, or that no file system takes
+        if not v or v in (".", "..") or "/" in v or "\\" in v or any(unicodedata.category(c) == "Cc" for c in v):
+            shown = v if len(v) <= 60 else f"{v[:40]}... ({len(v)} characters)"
+            raise AffectusError(f"file {path} line {line}: {key} {shown!r} is not a plain file name")
+        # <clip_id>.mp4 in Raw/ and <clip_id>.npz in the work folder: one name, at most NAME_MAX bytes
+        if len(f"{v}.mp4".encode()) > MAX_NAME_BYTES:
+            raise AffectusError(f"file {path} line {line}: {key} {v[:40]!r}... is {len(v.encode())} bytes long; "
+                                f"a file name takes at most {MAX_NAME_BYTES - 4} (with .mp4: {MAX_NAME_BYTES})")
     mode = values["mode"].lower()
     if mode not in SPLIT_NAMES:
         raise AffectusError(
@@ -316,23 +335,137 @@ def _save_result(cache: Path, result: dict[str, Any], stamp: list[int]) -> None:
         os.fsync(f.fileno())
 
 
-def _load_result(cache: Path, stamp: list[int]) -> dict[str, Any] | None:
-    """The cached result when it exists, reads, and was made from this very file; else None."""
+class BadEntry(Exception):
+    """A saved clip result that cannot be what its clip gives (the message says why)."""
+
+
+MODALITIES_OF_FAILURES = ("clip", "audio", "vision", "text")
+MAX_META_BYTES = 1 << 20  # a clip's record: its stats and a few one-line failures
+
+
+def _npy_header(z: Any, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of `name` in an open .npz, read from the member's header without loading it."""
+    with z.zip.open(f"{name}.npy") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+    return tuple(shape), dtype
+
+
+class CacheCheck:
+    """Checks a saved clip result against the clip it claims to be, before its arrays are read: each
+    feature array 2-d float32 of the extractor's width, with at most as many rows as the clip's length
+    (probed from the clip file itself, at most `decode.max_duration_s`) can give at the extractor's rate;
+    a modality's array present exactly when it has no failure; the vision rows equal to the face frames
+    counted; failures and stats of the shapes written. A hand-edited or damaged entry (wrong shapes, a
+    3-million-row array that would pad every clip of the output to that length) is extracted again."""
+
+    def __init__(self, config: MediaConfig) -> None:
+        self.config = config
+        self._dims: dict[str, int | None] | None = None  # on first use: no entry to check, no extractor built
+        a = config.audio
+        # rows per second: openSMILE's LLDs one per 10 ms; librosa one per hop (plus the centred first frame)
+        self.rates = {"audio": 100.0 if a.kind == "opensmile" else config.decode.sample_rate / a.hop_length,
+                      "vision": config.decode.fps}
+        self._decoder: Decoder | None = None
+
+    def seconds(self, clip: Path) -> float:
+        """The clip's length by its container, capped at the decoder's limit (the limit when it says none)."""
+        if self._decoder is None:
+            self._decoder = Decoder(self.config.decode)
+        try:
+            duration = self._decoder.probe(clip)["duration_s"]
+        except Exception as err:  # noqa: BLE001 - a clip that no longer probes cannot back a saved result
+            raise BadEntry(f"its clip no longer opens ({' '.join(str(err).split())})") from None
+        limit = self.config.decode.max_duration_s
+        return limit if duration is None else min(float(duration), limit)
+
+    def __call__(self, meta: dict[str, Any], headers: dict[str, tuple[tuple[int, ...], np.dtype]],
+                 clip: Path) -> None:
+        failures, stats = meta.get("failures"), meta.get("stats")
+        if not isinstance(failures, list) or not all(
+            isinstance(f, dict) and f.get("modality") in MODALITIES_OF_FAILURES
+            and isinstance(f.get("reason"), str) and isinstance(f.get("detail"), str) for f in failures
+        ):
+            raise BadEntry("its failures are not a list of {modality, reason, detail}")
+        if not isinstance(stats, dict) or not all(
+            isinstance(v, (int, float, str, bool)) or v is None for v in stats.values()
+        ):
+            raise BadEntry("its stats are not an object of numbers")
+        failed = {f["modality"] for f in failures}
+        seconds: float | None = None
+        for m in ("audio", "vision"):
+            expect = not ({"clip", m} & failed)
+            if (m in headers) != expect:
+                raise BadEntry(f"it {'lacks' if expect else 'holds'} {m} features although the modality "
+                               f"{'did not fail' if expect else 'failed'}")
+            if m not in headers:
+                continue
+            shape, dtype = headers[m]
+            if self._dims is None:
+                self._dims = feature_dims(self.config)
+            width = self._dims[m]
+            if dtype != np.float32 or len(shape) != 2 or (width is not None and shape[1] != width):
+                raise BadEntry(f"its {m} array is {dtype} {shape}, expected float32 (rows, {width})")
+            if seconds is None:
+                seconds = self.seconds(clip)
+            most = math.ceil((seconds + 1.0) * self.rates[m]) + 2  # 1 s slack: tracks a little longer than the container
+            if not 1 <= shape[0] <= most:
+                raise BadEntry(f"its {m} array has {shape[0]} rows; a {seconds:.1f} s clip gives 1 to {most}")
+        if "vision" in headers and stats.get("face_frames") != headers["vision"][0][0]:
+            raise BadEntry(f"its vision rows ({headers['vision'][0][0]}) differ from its face frames "
+                           f"({stats.get('face_frames')!r})")
+
+
+def feature_dims(config: MediaConfig) -> dict[str, int | None]:
+    """The widths of a config's audio and vision features, from the config alone where it says them
+    (no extractor is built: openSMILE takes seconds to import); None when only the extractor knows."""
+    a, v = config.audio, config.vision
+    if isinstance(a, LibrosaConfig):
+        audio: int | None = 1 + a.n_mfcc + a.n_chroma
+    elif (a.feature_set, a.feature_level) == ("eGeMAPSv02", "LowLevelDescriptors"):
+        audio = EGEMAPS_LLD_DIM
+    else:
+        try:
+            audio = OpenSmileExtractor(a, config.decode.sample_rate).dim
+        except Exception:  # noqa: BLE001 - a set openSMILE lacks: every clip fails its audio anyway
+            audio = None
+    blocks = v.crop_size // (2 * v.hog_cell)  # HOG blocks per side: 2x2 cells each, not overlapping
+    return {"audio": audio, "vision": len(GEOMETRY_NAMES) + blocks * blocks * 4 * v.hog_bins}
+
+
+def _load_result(cache: Path, stamp: list[int], check: CacheCheck | None = None,
+                 clip: Path | None = None) -> dict[str, Any] | None:
+    """The cached result when it exists, reads, and was made from this very file; else None. With
+    `check`, a result that cannot be what `clip` gives raises BadEntry, before its arrays are loaded."""
     if not cache.is_file():
         return None
     try:
         with np.load(cache, allow_pickle=False) as z:
+            if z.zip.getinfo("__meta__.npy").file_size > MAX_META_BYTES:
+                raise BadEntry(f"its record is over {MAX_META_BYTES} bytes")
             meta = json.loads(str(z["__meta__"]))
-            if meta.get("version") != CACHE_VERSION or meta.get("stamp") != stamp:
+            if not isinstance(meta, dict) or meta.get("version") != CACHE_VERSION or meta.get("stamp") != stamp:
                 return None
-            return {
+            if check is not None:
+                if set(z.files) - {"__meta__", "audio", "vision"}:
+                    raise BadEntry(f"it holds other arrays ({', '.join(sorted(z.files))})")
+                check(meta, {m: _npy_header(z, m) for m in ("audio", "vision") if m in z.files}, clip or cache)
+            result = {
                 "audio": z["audio"] if "audio" in z.files else None,
                 "vision": z["vision"] if "vision" in z.files else None,
                 "failures": meta["failures"],
                 "stats": meta["stats"],
             }
+    except BadEntry:
+        raise
     except Exception:  # noqa: BLE001 - a damaged cache file is recomputed, not trusted
         return None
+    if check is not None:
+        for m in ("audio", "vision"):
+            if result[m] is not None and not np.isfinite(result[m]).all():
+                raise BadEntry(f"its {m} array holds NaN or infinite values")
+    return result
 
 
 # one pipeline per worker process, built on its first clip and kept for the next ones (a process
@@ -397,8 +530,13 @@ def extract_clips(
     results: dict[str, dict[str, Any]] = {}
     todo: list[ClipRow] = []
     cache_of = {r.id: cache_dir / r.video_id / f"{r.clip_id}.npz" for r in rows}
+    check = CacheCheck(config)
     for r in rows:
-        cached = _load_result(cache_of[r.id], _stamp(r.path(root)))
+        try:
+            cached = _load_result(cache_of[r.id], _stamp(r.path(root)), check, r.path(root))
+        except BadEntry as err:
+            _log.warning("file %s: not used, %s; extracting %s again", cache_of[r.id], err, r.path(root))
+            cached = None
         if cached is None:
             todo.append(r)
         else:
@@ -544,6 +682,52 @@ def assemble(
     return raw, failures
 
 
+def _real(path: Path) -> Path:
+    """Where a write to `path` lands: its folder resolved (symlinks followed) + its name. An atomic write
+    renames over that entry, so this is the file it replaces."""
+    return Path(os.path.realpath(path.parent)) / path.name
+
+
+def _input_hit(root: Path, path: Path) -> str | None:
+    """What of the dataset `path` is, when a write to it would replace one of the run's inputs: label.csv,
+    the dataset folder itself, or anything in Raw/ (the clips, and their folders); else None. Other
+    paths inside the dataset folder (a new `DIR/feats.npz`) are not inputs and may be written."""
+    label, raw = _real(root / "label.csv"), Path(os.path.realpath(root / "Raw"))
+    for where in {_real(path), Path(os.path.realpath(path))}:  # the entry, and a symlink's target
+        if where == label or where == Path(os.path.realpath(label)):
+            return "the dataset's own label.csv"
+        if where == Path(os.path.realpath(root)):
+            return "the dataset folder itself"
+        if where == raw or raw in where.parents:
+            return "inside the dataset's Raw/ folder (its clips)"
+    return None
+
+
+def check_outputs(root: Path, outputs: dict[str, Path], work: Path, overwrite: bool) -> None:
+    """Before any work: refuse an output that would replace an input of the run (even with `overwrite`),
+    two outputs that are one file, and (without `overwrite`) an output file that exists. `outputs` maps
+    a name for messages (`--out FILE`, `--report`) to its path. The work folder is not an output: a run
+    always reuses it (that is how a killed run resumes), but it must not lie in the inputs either."""
+    seen: dict[Path, str] = {}
+    for option, path in outputs.items():
+        hit = _input_hit(root, path)
+        if hit:
+            raise AffectusError(f"{option} {path}: is {hit}; extract-dataset never writes over its inputs "
+                                f"(choose a path outside {root / 'Raw'} and other than label.csv)")
+        if path.is_dir():
+            raise AffectusError(f"{option} {path}: is a directory, expected a file path")
+        if _real(path) in seen:
+            raise AffectusError(f"{option} {path}: the same file as {seen[_real(path)]}; choose another path")
+        seen[_real(path)] = option
+    hit = _input_hit(root, work)
+    if hit:
+        raise AffectusError(f"--work-dir {work}: is {hit}; choose a folder outside the dataset's inputs")
+    if not overwrite:
+        for option, path in outputs.items():
+            if path.exists():
+                raise AffectusError(f"{option} {path}: file exists; pass --overwrite to replace it")
+
+
 def _versions() -> dict[str, str]:
     from importlib import metadata
 
@@ -567,18 +751,24 @@ def build_dataset(
     report: str | os.PathLike | None = None,
     progress: Progress | None = None,
     executor: Executor | None = None,
+    overwrite: bool = False,
 ) -> BuildSummary:
-    """`affectus extract-dataset`: folder of clips -> MMSA file (.npz by suffix, else pickle) + report."""
+    """`affectus extract-dataset`: folder of clips -> MMSA file (.npz by suffix, else pickle) + report.
+
+    `out`, the report and `<out>.extract.json` are refused when they exist, unless `overwrite`; a path
+    that would replace an input (label.csv, anything under Raw/) is refused always (`check_outputs`)."""
     root, out = Path(root), Path(out)
     config = config or MediaConfig()
     if on_fail not in ON_FAIL:
         raise AffectusError(f"--on-fail must be one of {', '.join(ON_FAIL)}, not {on_fail!r}")
     if not root.is_dir():
         raise AffectusError(f"folder {root}: no such folder (expected label.csv and Raw/)")
-    rows = read_label_csv(root / "label.csv")
     work = Path(work_dir) if work_dir is not None else default_work_dir(out)
     report_path = Path(report) if report is not None else out.with_name(out.name + ".failures.json")
     meta_path = out.with_name(out.name + ".extract.json")
+    check_outputs(root, {"--out": out, "--report": report_path, "the record": meta_path}, work,
+                  overwrite)
+    rows = read_label_csv(root / "label.csv")
 
     check_modules(config)
     results, computed = extract_clips(

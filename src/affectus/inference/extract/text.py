@@ -307,7 +307,7 @@ def text_encoder_from_record(record: dict[str, Any] | str | os.PathLike) -> Bert
         where = f"file {record}"
         try:
             record = json.loads(Path(record).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, RecursionError) as err:  # Recursion: nested too deeply
             raise AffectusError(
                 f"{where}: not a readable text encoder record ({type(err).__name__})"
             ) from None
