@@ -160,7 +160,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, cli, case, messa
         rows[0][6] = "one"
     folder = _bad(tmp_path, case, rows, header, raw)
     out = tmp_path / "out.npz"
-    rc, stdout, err = cli("import", "meld", folder, "--out", out)
+    rc, _stdout, err = cli("import", "meld", folder, "--out", out)
     assert rc == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err

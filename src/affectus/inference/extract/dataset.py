@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from affectus.data.mmsa import SPLIT_NAMES, dataset_from_raw, dataset_to_raw, order_in_groups, write_npz, write_pickle
+from affectus.data.mmsa import SPLIT_NAMES, dataset_from_raw, dataset_to_raw, write_npz, write_pickle
 from affectus.errors import AffectusError
 from affectus.inference.extract.asr import MoonshineConfig
 from affectus.inference.extract.audio import (
@@ -526,6 +526,8 @@ def assemble(
         m: max([1] + [f[m].shape[0] for items in kept.values() for _, f in items if f[m] is not None])
         for m in ("text", "audio", "vision")
     }
+    from affectus.data import mmsa  # its grouping rule, so label.csv and MMSA ids give the same positions
+
     raw: dict[str, dict[str, Any]] = {}
     for split, items in kept.items():
         if not items:
@@ -533,7 +535,7 @@ def assemble(
         d: dict[str, Any] = {"id": [r.id for r, _ in items], "raw_text": [r.text for r, _ in items]}
         # the video is the group; clip ids give the order (as numbers when they all are, else row order)
         d["group"] = [r.video_id for r, _ in items]
-        d["position"] = order_in_groups(d["group"], [r.clip_id for r, _ in items])
+        d["position"] = mmsa.order_in_groups(d["group"], [r.clip_id for r, _ in items])
         for m in ("text", "audio", "vision"):
             seqs = [f[m] if f[m] is not None else np.zeros((0, dims[m]), np.float32) for _, f in items]
             d[m], d[f"{m}_lengths"] = _pad(seqs, dims[m], steps[m])
