@@ -342,3 +342,55 @@ def test_real_meld_imports(tmp_path):
     assert len(ds["train"]) == 9989 and len(ds["valid"]) == 1109
     assert len(set(ds["train"].groups)) == 1038 and len(set(ds["valid"].groups)) == 114
     assert np.bincount(ds["train"].labels.astype(int), minlength=7)[0] == 4710  # neutral
+
+
+# ------------------------------------------------------------------------------------- text-only training
+
+
+def test_modality_dropout_never_leaves_a_text_only_sample_empty():
+    import torch
+
+    from affectus.data.batches import make_batch
+    from affectus.training.recipes.base import _drop_modalities
+
+    folder_split = import_meld_split()
+    batch = make_batch(folder_split, np.arange(4))
+
+    def audio_only(n, rng):  # a drawn mask that keeps only what the file lacks
+        return np.tile(np.array([False, True, False]), (n, 1))
+
+    (out,) = list(_drop_modalities([batch], audio_only, np.random.default_rng(0)))
+    assert out.available.tolist() == [[True, False, False]] * 4
+    assert (out.text_lengths == 1).all() and torch.equal(out.text, batch.text)
+
+
+def import_meld_split():
+    import tempfile
+
+    from affectus.data.meld import read_meld_csv
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return read_meld_csv(write_csv(Path(tmp) / "t.csv", meld_rows(2, 3)), "train")
+
+
+def test_usable_conditions_of_a_text_only_split():
+    from affectus.data.missing import CONDITIONS, usable_conditions
+
+    split = import_meld_split()
+    assert usable_conditions(split) == (("text",), ("text", "audio"), ("text", "vision"),
+                                        ("text", "audio", "vision"))
+    split.available = None
+    assert usable_conditions(split) == CONDITIONS
+
+
+@pytest.mark.parametrize("model", ["late_fusion", "cmc_plus", "mcur"])
+def test_models_train_with_audio_and_vision_absent(tmp_path, cli, model):
+    # MCUR selects under every availability condition; a text-only file has no {a}, {v}, {a,v}
+    data = tmp_path / "m.npz"
+    assert cli("import", "meld", meld_folder(tmp_path / "meld"), "--out", data)[0] == 0
+    rc, _, err = cli("train", "--data", data, "--preset", "meld", "--model", model, "--out", tmp_path / "run",
+                     "--set", "train.epochs=1", "--set", "train.batch_size=8", "--set", "train.text_inputs=file",
+                     "--quiet")
+    assert rc == 0, err
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["split"] == "test" and np.isfinite(metrics["f1"])
