@@ -394,3 +394,32 @@ def test_models_train_with_audio_and_vision_absent(tmp_path, cli, model):
     assert rc == 0, err
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["split"] == "test" and np.isfinite(metrics["f1"])
+
+
+def test_meld_presets_put_weighted_f1_first():
+    from affectus.data.presets import load_preset
+    from affectus.evaluation.schemes import get_scheme
+
+    scheme = load_preset("meld").scheme
+    assert scheme.class_names == EMOTIONS and scheme.objective == "f1"
+    assert scheme.columns[:3] == (("W-F1", "f1"), ("Acc", "acc"), ("UAR", "uar"))
+    logits = np.eye(7)[[0, 1, 2, 3, 4, 5, 6, 0]]
+    metrics = scheme.metrics(logits=logits, labels=np.array([0, 1, 2, 3, 4, 5, 6, 1]))
+    assert list(metrics)[:2] == ["f1", "acc"] and {f"f1_{c}" for c in EMOTIONS} <= set(metrics)
+    assert get_scheme(scheme.spec()).headline == "f1"  # a run's record rebuilds it
+    assert load_preset("meld-sentiment").scheme.class_names == SENTIMENTS
+    iemocap = load_preset("iemocap").scheme  # unchanged: accuracy first, no headline recorded
+    assert "headline" not in iemocap.spec() and iemocap.columns[0] == ("Acc", "acc")
+    with pytest.raises(AffectusError, match="headline 'uar', expected acc or f1"):
+        get_scheme({"name": "categorical", "classes": ["a", "b"], "headline": "uar"})
+
+
+@pytest.mark.parametrize("name", ["meld", "meld-sentiment"])
+def test_meld_presets_read_the_transcripts_for_every_model(name):
+    # the file's text is a 1-d placeholder: a model left on train.text_inputs=file would learn from zeros
+    from affectus.data.presets import load_preset
+    from affectus.models.registry import list_models
+
+    settings = load_preset(name).settings
+    assert {m: settings.get(m, {}).get("train.text_inputs") for m in list_models()} == {
+        m: "sentence" for m in list_models()}
