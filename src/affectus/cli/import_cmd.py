@@ -25,8 +25,9 @@ def import_meld_cmd(
     target: Annotated[str, typer.Option("--target", help="emotion (7 classes) or sentiment (3 classes)")] = "emotion",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace --out if it exists")] = False,
 ) -> None:
-    """MELD's transcripts (train / dev / test CSVs present -> train / valid / test), text only, with
-    dialogues, utterance order and speakers. Train with --preset meld (or meld-sentiment)."""
+    """MELD's CSVs (train / dev / test -> train / valid / test), text only; --preset meld or meld-sentiment.
+
+    Dialogues, utterance order and speakers are kept; audio and vision are absent (docs/data.md)."""
     from affectus.data.meld import import_meld
     from affectus.data.mmsa import sha256_file, write_npz
     from affectus.data.types import group_summary
