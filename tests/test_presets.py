@@ -52,6 +52,9 @@ EXPECTED = {  # name: (dims t/a/v, seq lens t/a/v, label range, acc2, unimodal, 
     # CUMDF's appendix A.2.1: GloVe 300 / COVAREP 74 / MA-Net 1024, 20 word-aligned steps
     "iemocap": ((300, 74, 1024), (20, 20, 20), (0.0, 3.0), "categorical", False, None, {"cmc": (2, 4, 0.5)}),
     "iemocap6": ((300, 74, 1024), (20, 20, 20), (0.0, 5.0), "categorical", False, None, {"cmc": (2, 4, 0.5)}),
+    # MELD's transcripts: 1-d placeholders (text comes from the text encoder; audio / vision absent)
+    "meld": ((1, 1, 1), (1, 1, 1), (0.0, 6.0), "categorical", False, None, {"cmc": (2, 4, 0.5)}),
+    "meld-sentiment": ((1, 1, 1), (1, 1, 1), (0.0, 2.0), "categorical", False, None, {"cmc": (2, 4, 0.5)}),
 }
 
 
@@ -99,7 +102,7 @@ def test_split_roles():
 
 
 def test_unknown_preset_lists_known():
-    with pytest.raises(AffectusError, match=r"unknown preset 'mosii' \(did you mean 'mosi'\?\) \(known: iemocap, iemocap6, mosei, mosi, mosi-utterance"):
+    with pytest.raises(AffectusError, match=r"unknown preset 'mosii' \(did you mean 'mosi'\?\) \(known: iemocap, iemocap6, meld, meld-sentiment, mosei, mosi, mosi-utterance"):
         load_preset("mosii")
 
 

@@ -56,6 +56,7 @@ from affectus.cli import (
     demo_cmd,  # noqa: F401
     experiment_cmd,  # noqa: F401
     extract_cmd,  # noqa: F401
+    import_cmd,  # noqa: F401
     predict_cmd,  # noqa: F401
     report_cmd,  # noqa: F401
     serve_cmd,  # noqa: F401

@@ -17,7 +17,7 @@ from affectus.cli import app
 from affectus.data.mmsa import file_format, load_dataset, sha256_file, write_npz
 from affectus.data.presets import load_preset
 from affectus.data.schemes import infer_scheme
-from affectus.data.types import MODALITIES, MERDataset
+from affectus.data.types import MODALITIES, MERDataset, group_summary
 from affectus.errors import AffectusError
 from affectus.utils.io import refuse_overwrite
 
@@ -77,6 +77,13 @@ def summarise(dataset: MERDataset, path: Path, preset: str | None = None) -> dic
             else {m: _label_stats(v) for m, v in s.unimodal_labels.items()},
             "d_msc": d_msc,
             "d_msi": d_msi,
+            # groups (videos, dialogues) and their mean number of samples; None: the file has no grouping
+            "groups": group_summary(s.groups),
+            "speakers": None if s.speakers is None else len(set(s.speakers)),  # distinct speakers
+            # samples that have each modality (None: every modality of every sample is present)
+            "available": None
+            if s.available is None
+            else {m: int(s.available[:, k].sum()) for k, m in enumerate(MODALITIES)},
         }
         if named:
             counts = np.bincount(scheme.to_classes(s.labels), minlength=scheme.num_classes)
@@ -107,14 +114,17 @@ def _print_human(info: dict[str, Any]) -> None:
     console.print(f"sha256 {info['sha256']}")
 
     t = Table(title="splits")
-    for col in ("split", "N", "label min/mean/max", "neg/zero/pos", "D_msc/D_msi"):
+    for col in ("split", "N", "groups", "mean group", "label min/mean/max", "neg/zero/pos", "D_msc/D_msi"):
         t.add_column(col, justify="left" if col == "split" else "right")
     for name, s in info["splits"].items():
         lab = s["labels"]
         subsets = "-" if s["d_msc"] is None else f"{s['d_msc']}/{s['d_msi']}"
+        g = s["groups"]
         t.add_row(
             name,
             f"{s['n']:,}",
+            "-" if g is None else f"{g['groups']:,}",
+            "-" if g is None else f"{g['mean_length']:.1f}",
             f"{lab['min']:.3g}/{lab['mean']:.3g}/{lab['max']:.3g}",
             f"{lab['negative']}/{lab['zero']}/{lab['positive']}",
             subsets,
@@ -124,7 +134,7 @@ def _print_human(info: dict[str, Any]) -> None:
     # L: padded length; length: true lengths (min/mean/max); len=0: samples empty in that modality;
     # sanitised: non-finite values set to 0 on load
     t = Table(title="modalities")
-    for col in ("split", "modality", "dim", "L", "length", "len=0", "sanitised"):
+    for col in ("split", "modality", "dim", "L", "length", "len=0", "present", "sanitised"):
         t.add_column(col, justify="left" if col in ("split", "modality") else "right")
     for name, s in info["splits"].items():
         for m in MODALITIES:
@@ -136,6 +146,7 @@ def _print_human(info: dict[str, Any]) -> None:
                 str(s["seq_lens"][m]),
                 f"{ln['min']:.0f}/{ln['mean']:.1f}/{ln['max']:.0f}",
                 str(ln["zero"]),
+                str(s["n"] if s["available"] is None else s["available"][m]),
                 str(info["sanitised"].get(f"{name}/{m}", 0)),
             )
     console.print(t)

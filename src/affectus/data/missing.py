@@ -25,6 +25,16 @@ CONDITIONS: tuple[tuple[str, ...], ...] = tuple(
 )
 
 
+def usable_conditions(split: Split) -> tuple[tuple[str, ...], ...]:
+    """The conditions (`CONDITIONS` order) under which every sample of `split` keeps a modality: all 7
+    for a split without an availability mask; those with text for a text-only file (MELD)."""
+    if split.available is None:
+        return CONDITIONS
+    have = np.asarray(split.available, dtype=bool)
+    return tuple(c for c in CONDITIONS
+                 if (have & np.array([m in c for m in MODALITIES])).any(axis=1).all())
+
+
 def condition_name(present: tuple[str, ...] | list[str]) -> str:
     """('text', 'audio') -> '{l,a}'."""
     short = {"text": "l", "audio": "a", "vision": "v"}

@@ -41,7 +41,13 @@ _log = logging.getLogger(__name__)
 SPLIT_NAMES = ("train", "valid", "test")
 FEATURE_KEYS = MODALITIES  # (N, L, D) float features under the modality's own name
 NPZ_FORMAT = "affectus-npz"
-NPZ_VERSION = 1
+# Version 2 adds per-sample keys a version-1 reader would silently drop (`available`, `group`,
+# `position`, `speaker`), so a file holding any of them says 2 and older affectus refuses it instead of misreading
+# it; a file without them is still written as version 1. Both are read.
+NPZ_VERSION = 2
+NPZ_READABLE = (1, 2)
+V2_KEYS = ("available", "group", "position", "speaker")
+ID_SEP = "$_$"  # MMSA ids are `video_id$_$clip_id`
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip (npz) with entries / an empty zip
 _NPY_MAGIC = b"\x93NUMPY"
 
@@ -136,17 +142,20 @@ def _check_meta(path: str, value: np.ndarray) -> dict[str, Any]:
         raise bad("not valid JSON (nested too deeply)") from None
     if not isinstance(meta, dict):
         raise bad(f"expected a JSON object, got {type(meta).__name__}")
-    if meta.get("format") != NPZ_FORMAT or meta.get("version") != NPZ_VERSION:
+    version = meta.get("version")
+    if meta.get("format") != NPZ_FORMAT or isinstance(version, bool) or version not in NPZ_READABLE:
         raise _fail(
             _where(path),
-            f"unsupported npz format {meta.get('format')!r} version {meta.get('version')!r} "
-            f"(expected {NPZ_FORMAT!r} version {NPZ_VERSION})",
+            f"unsupported npz format {meta.get('format')!r} version {version!r} "
+            f"(expected {NPZ_FORMAT!r} version {' or '.join(map(str, NPZ_READABLE))})",
         )
     keys = meta.get("keys")
     if not isinstance(keys, dict) or not all(
         isinstance(v, list) and all(isinstance(k, str) for k in v) for v in keys.values()
     ):
         raise bad("'keys' must map each split to a list of key names")
+    if version == 1 and any(k in V2_KEYS for v in keys.values() for k in v):
+        raise bad(f"version 1 cannot hold {', '.join(V2_KEYS)} (a version 2 key)")
     sanitised = meta.get("sanitised", {})
     if not isinstance(sanitised, dict) or not all(
         isinstance(k, str) and k.count("/") == 1 and isinstance(v, int) and not isinstance(v, bool) and v >= 0
@@ -325,6 +334,15 @@ def _build_split(source: str, name: str, d: Any, sanitised: dict[tuple[str, str]
 
     ids = _strings(source, name, "id", d["id"])
     rows_ok("id", ids)
+    available = None
+    if d.get("available") is not None:
+        available = _availability(source, name, d["available"], lengths)
+        rows_ok("available", available)
+    groups, positions = _groups(source, name, d, ids, rows_ok)
+    speakers = None
+    if d.get("speaker") is not None:
+        speakers = _strings(source, name, "speaker", d["speaker"])
+        rows_ok("speaker", speakers)
     raw_text = None
     if d.get("raw_text") is not None:
         raw_text = _strings(source, name, "raw_text", d["raw_text"])
@@ -355,7 +373,88 @@ def _build_split(source: str, name: str, d: Any, sanitised: dict[tuple[str, str]
         raw_text=raw_text,
         text_bert=text_bert,
         unimodal_labels=unimodal,
+        available=available,
+        groups=groups,
+        positions=positions,
+        speakers=speakers,
     )
+
+
+def _availability(source: str, name: str, value: Any, lengths: dict[str, np.ndarray]) -> np.ndarray:
+    """(N, 3) 0/1 -> bool; every sample keeps a modality, and an absent one has length 0 (data/missing.py)."""
+    where = _where(source, name, "available")
+    try:
+        arr = np.asarray(value)
+    except Exception:  # noqa: BLE001 - ragged
+        raise _fail(where, "ragged: expected an (N, 3) array") from None
+    if arr.dtype.kind not in "biuf" or arr.ndim != 2 or arr.shape[1] != 3:
+        raise _fail(where, f"expected an (N, 3) array of 0/1 (text, audio, vision), got {arr.dtype} {arr.shape}")
+    if not np.isin(arr, (0, 1)).all():
+        raise _fail(where, "expected only 0/1 (absent / present)")
+    mask = arr.astype(bool)
+    if len(mask) and not mask.any(axis=1).all():
+        row = int(np.flatnonzero(~mask.any(axis=1))[0])
+        raise _fail(where, f"row {row} has no modality (every sample needs at least one)")
+    for k, m in enumerate(MODALITIES):
+        if len(lengths[m]) != len(mask):
+            continue  # the row count is reported by the caller
+        bad = ~mask[:, k] & (lengths[m] > 0)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise _fail(where, f"row {row}: {m} is marked absent but has length {int(lengths[m][row])} "
+                               "(an absent modality has length 0)")
+    return mask
+
+
+def groups_from_ids(ids: list[str]) -> tuple[list[str], np.ndarray] | None:
+    """MMSA ids `video$_$clip` -> (groups, positions): the video, and the clip's order in it (the clip id
+    when every clip id is a whole number, unique in its video; else the order of the rows). None when
+    some id is not of that form."""
+    if not ids or not all(ID_SEP in i for i in ids):
+        return None
+    pairs = [i.rpartition(ID_SEP)[::2] for i in ids]
+    groups = [g for g, _ in pairs]
+    return groups, order_in_groups(groups, [c for _, c in pairs])
+
+
+def order_in_groups(groups: list[str], keys: list[str]) -> np.ndarray:
+    """(N,) int64 positions: each key as a number when all are whole numbers >= 0, unique in their group
+    (clip or utterance numbers); otherwise the rows' order of appearance in their group."""
+    if all(k.isascii() and k.isdigit() for k in keys):
+        numbers = [int(k) for k in keys]
+        if len(set(zip(groups, numbers))) == len(numbers):
+            return np.asarray(numbers, dtype=np.int64)
+    seen: dict[str, int] = {}
+    out = np.empty(len(groups), dtype=np.int64)
+    for i, g in enumerate(groups):
+        out[i] = seen.get(g, 0)
+        seen[g] = out[i] + 1
+    return out
+
+
+def _groups(source: str, name: str, d: dict, ids: list[str], rows_ok) -> tuple[list[str] | None, np.ndarray | None]:
+    """The split's `group` / `position` keys, checked; else derived from MMSA ids; else (None, None)."""
+    has = [k for k in ("group", "position") if d.get(k) is not None]
+    if not has:
+        derived = groups_from_ids(ids)
+        return (None, None) if derived is None else derived
+    if len(has) == 1:
+        other = "position" if has[0] == "group" else "group"
+        raise _fail(_where(source, name, other), f"missing: {has[0]} needs {other} beside it")
+    groups = _strings(source, name, "group", d["group"])
+    rows_ok("group", groups)
+    positions = _integers(source, name, "position", _numeric(source, name, "position", d["position"], ndim=1))
+    rows_ok("position", positions)
+    if (positions < 0).any():
+        row = int(np.flatnonzero(positions < 0)[0])
+        raise _fail(_where(source, name, "position"), f"row {row}: position {int(positions[row])} < 0")
+    seen: dict[tuple[str, int], int] = {}
+    for i, key in enumerate(zip(groups, positions.tolist())):
+        if key in seen:
+            raise _fail(_where(source, name, "position"),
+                        f"rows {seen[key]} and {i} are both position {key[1]} of group {key[0]!r}")
+        seen[key] = i
+    return groups, positions
 
 
 def _check_across_splits(source: str, dataset: MERDataset) -> None:
@@ -468,6 +567,16 @@ def dataset_to_raw(dataset: MERDataset) -> dict[str, dict[str, Any]]:
         if s.unimodal_labels is not None:
             for m, key in UNIMODAL_KEYS.items():
                 d[key] = s.unimodal_labels[m]
+        if s.available is not None:
+            d["available"] = np.asarray(s.available, dtype=bool)
+        if s.groups is not None and s.positions is not None:
+            # written only when the ids do not already say it (MMSA `video$_$clip` ids are read back alike)
+            derived = groups_from_ids(list(s.ids))
+            if derived is None or derived[0] != list(s.groups) or not np.array_equal(derived[1], s.positions):
+                d["group"] = list(s.groups)
+                d["position"] = np.asarray(s.positions, dtype=np.int64)
+        if s.speakers is not None:
+            d["speaker"] = list(s.speakers)
         raw[name] = d
     return raw
 
@@ -491,13 +600,13 @@ def write_npz(dataset: MERDataset, path: str | os.PathLike) -> None:
     for split, d in dataset_to_raw(dataset).items():
         keys[split] = []
         for key, value in d.items():
-            if key in ("id", "raw_text"):
+            if key in ("id", "raw_text", "group", "speaker"):
                 value = np.array(value, dtype=np.str_)  # fixed-width unicode: loads without pickle
             arrays[f"{split}.{key}"] = np.ascontiguousarray(value)
             keys[split].append(key)
     meta = {
         "format": NPZ_FORMAT,
-        "version": NPZ_VERSION,
+        "version": NPZ_VERSION if any(k in V2_KEYS for v in keys.values() for k in v) else 1,
         "keys": keys,
         "source": dataset.source,
         "sanitised": {f"{s}/{k}": n for (s, k), n in dataset.sanitised.items()},

@@ -175,10 +175,17 @@ def modality_columns(pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str
 
 @dataclass(frozen=True)
 class CategoricalScheme(LabelScheme):
-    """N named classes; labels are class indices. Accuracy, weighted F1, per-class F1, UAR."""
+    """N named classes; labels are class indices. Accuracy, weighted F1, per-class F1, UAR.
+
+    `headline`: the metric shown first ("acc", IEMOCAP's habit, or "f1": weighted F1, as MELD is reported)."""
+
+    headline: str = "acc"
 
     def spec(self) -> dict[str, Any]:
-        return {"name": self.name, "classes": list(self.class_names)}
+        spec: dict[str, Any] = {"name": self.name, "classes": list(self.class_names)}
+        if self.headline != "acc":  # recorded only when set, so earlier runs' records read the same
+            spec["headline"] = self.headline
+        return spec
 
     def check_labels(self, labels: np.ndarray, where: str) -> None:
         labels = np.asarray(labels, dtype=np.float64).reshape(-1)
@@ -280,17 +287,20 @@ def _mosi() -> LabelScheme:
 
 
 @register_scheme("categorical")
-def _categorical(classes: list[str] | tuple[str, ...] = ()) -> LabelScheme:
+def _categorical(classes: list[str] | tuple[str, ...] = (), headline: str = "acc") -> LabelScheme:
     names = tuple(str(c) for c in classes)
     if len(names) < 2 or len(set(names)) != len(names):
         raise AffectusError(f"label scheme categorical: expected at least 2 distinct class names, got {list(names)}")
+    if headline not in ("acc", "f1"):
+        raise AffectusError(f"label scheme categorical: headline {headline!r}, expected acc or f1 (weighted F1)")
+    pair = (("Acc", "acc"), ("W-F1", "f1")) if headline == "acc" else (("W-F1", "f1"), ("Acc", "acc"))
     return CategoricalScheme(
-        name="categorical", class_names=names, objective="f1",
+        name="categorical", class_names=names, objective="f1", headline=headline,
         # class indices: MMSA-style emotion files keep them in classification_labels; ours also in regression_labels
         label_keys=("classification_labels", "regression_labels"),
-        columns=(("Acc", "acc"), ("W-F1", "f1"), ("UAR", "uar"), *((f"F1 {c}", f"f1_{c}") for c in names)),
-        modality_columns=modality_columns((("Acc", "acc"), ("W-F1", "f1"))),
-        slope_keys=(("Acc", "acc"), ("W-F1", "f1")),
+        columns=(*pair, ("UAR", "uar"), *((f"F1 {c}", f"f1_{c}") for c in names)),
+        modality_columns=modality_columns(pair),
+        slope_keys=pair,
     )
 
 

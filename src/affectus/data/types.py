@@ -33,6 +33,13 @@ class Split:
     # (N, 3) bool, text / audio / vision present; None: every modality of every sample is present.
     # An absent modality is zero-filled with length 0 (data/missing.py).
     available: np.ndarray | None = None
+    # Where each sample sits in its conversation or video, for context models: `groups` (N,) the group
+    # (a video, a dialogue), `positions` (N,) int64 >= 0, the order within the group (unique per group,
+    # not necessarily contiguous). Sorting a group's rows by position gives its utterances in order, so a
+    # context window is the rows of the same group with a smaller position. None: no grouping known.
+    groups: list[str] | None = None
+    positions: np.ndarray | None = None
+    speakers: list[str] | None = None  # (N,) who says each utterance (MELD); None: not known
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -68,6 +75,9 @@ class Split:
             if self.unimodal_labels is None
             else {k: v[rows] for k, v in self.unimodal_labels.items()},
             available=take(self.available),
+            groups=None if self.groups is None else [self.groups[i] for i in rows],
+            positions=take(self.positions),
+            speakers=None if self.speakers is None else [self.speakers[i] for i in rows],
         )
 
 
@@ -99,6 +109,14 @@ class MERDataset:
     @property
     def has_unimodal_labels(self) -> bool:
         return all(s.unimodal_labels is not None for s in self.splits.values())
+
+
+def group_summary(groups: list[str] | None) -> dict[str, float] | None:
+    """{"groups": number of groups, "mean_length": samples per group} (None without groups)."""
+    if groups is None:
+        return None
+    count = len(set(groups))
+    return {"groups": count, "mean_length": len(groups) / count if count else 0.0}
 
 
 def to_classes(scores: np.ndarray) -> np.ndarray:

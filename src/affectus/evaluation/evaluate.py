@@ -57,9 +57,12 @@ def score_predictions(pred: dict[str, np.ndarray], split: Split, scheme,
                               unimodal_scores=split.unimodal_labels if scheme.has_subsets else None, masks=masks)
     if "modality_logits" in pred:
         # each modality's own prediction against the multimodal label (Table VI: audio-/vision-only quality)
+        # A modality absent from every sample (audio / vision of text-only MELD) has no prediction of its
+        # own: its head saw zeros, so its score would only be the prior's.
         metrics["modalities"] = {
             m: _flat(compute_metrics(scheme, logits=pred["modality_logits"][:, k], scores=split.labels))
             for k, m in enumerate(MODALITIES)
+            if split.available is None or split.available[:, k].any()
         }
     return metrics
 

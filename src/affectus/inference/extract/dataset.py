@@ -666,11 +666,16 @@ def assemble(
         m: max([1] + [f[m].shape[0] for items in kept.values() for _, f in items if f[m] is not None])
         for m in ("text", "audio", "vision")
     }
+    from affectus.data import mmsa  # its grouping rule, so label.csv and MMSA ids give the same positions
+
     raw: dict[str, dict[str, Any]] = {}
     for split, items in kept.items():
         if not items:
             continue
         d: dict[str, Any] = {"id": [r.id for r, _ in items], "raw_text": [r.text for r, _ in items]}
+        # the video is the group; clip ids give the order (as numbers when they all are, else row order)
+        d["group"] = [r.video_id for r, _ in items]
+        d["position"] = mmsa.order_in_groups(d["group"], [r.clip_id for r, _ in items])
         for m in ("text", "audio", "vision"):
             seqs = [f[m] if f[m] is not None else np.zeros((0, dims[m]), np.float32) for _, f in items]
             d[m], d[f"{m}_lengths"] = _pad(seqs, dims[m], steps[m])

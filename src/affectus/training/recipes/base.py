@@ -187,6 +187,14 @@ class FrozenPart(torch.nn.Module):
 
 
 def _drop_modalities(batches: Iterable[Batch], sampler: Sampler, rng: np.random.Generator) -> Iterable[Batch]:
-    """Each batch with a random availability mask applied (modality dropout)."""
+    """Each batch with a random availability mask applied (modality dropout).
+
+    A sample left with nothing (the mask keeps only modalities the file lacks: a text-only MELD sample
+    under {a, v}) keeps the modalities it has, undropped: every model needs one modality per sample."""
     for batch in batches:
-        yield batch.with_available(torch.from_numpy(sampler(len(batch), rng=rng)))
+        drawn = torch.from_numpy(sampler(len(batch), rng=rng))
+        have = batch.availability().to(drawn.device)
+        empty = ~(drawn & have).any(dim=1)
+        if empty.any():
+            drawn[empty] = have[empty]
+        yield batch.with_available(drawn)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from affectus.data.missing import CONDITIONS, random_availability, random_conditions, with_availability
+from affectus.data.missing import random_availability, random_conditions, usable_conditions, with_availability
 from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError
 from affectus.training.losses import supcon_loss
@@ -229,7 +229,8 @@ class MCURRecipe:
             model.unimodal.requires_grad_(False)
         select = ctx.select_split
         if rc.select == "conditions":  # every condition the model is evaluated under, equally weighted
-            val_sets = [ctx.eval_batches(with_availability(select, c)) for c in CONDITIONS]
+            # (those the file can realise: a text-only file has no {a}, {v} or {a,v} to select on)
+            val_sets = [ctx.eval_batches(with_availability(select, c)) for c in usable_conditions(select)]
         else:
             if rc.missing_rate > 0:
                 rng = np.random.default_rng([ctx.train.seed, 104729])  # the selection split's one fixed mask
