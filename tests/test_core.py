@@ -26,6 +26,7 @@ from affectus.evaluation.metrics import compute_metrics
 from affectus.models.output import ModelOutput
 from affectus.models.registry import (
     _REGISTRY,
+    Capabilities,
     create_model,
     get_model_entry,
     list_models,
@@ -168,6 +169,38 @@ def test_no_generic_code_compares_a_model_or_scheme_name():
     # the pattern finds what it is meant to find
     for bad in ('if family == "sims":', "x = {'sims': 1, 'mosi': 2}[scheme.name]", 'if name in ("cmc", "tfn"):'):
         assert pattern.search(bad), bad
+
+
+def test_no_generic_code_probes_a_model():
+    """What a model can do is declared on its registry entry (`Capabilities`); generic code (everything but
+    the models' own files and their recipes) neither probes a model's attributes nor sniffs its config's
+    fields or values (#17 item 3)."""
+    import re
+
+    src = Path(__file__).resolve().parents[1] / "src" / "affectus"
+    generic = {"__init__.py", "registry.py", "variants.py", "output.py"}  # the rest of models/ is the models' own
+    own = {p for p in (src / "models").glob("*.py") if p.name not in generic}
+    pattern = re.compile(r'(?:get|has)attr\((?:self\.)?model\b[^)]*["\']|["\'](?:num_classes|text_views|bert_path)["\']\s+in\b'
+                         r'|padding["\')]*\s*==|text_input["\')]*\s*==|model\.use_router')
+    hits = [f"{p}:{i}: {line.strip()}" for p in src.rglob("*.py") if p not in own and "recipes" not in p.parts
+            for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert hits == []
+    for bad in ('bert = getattr(model, "bert", None)', 'if "num_classes" in known:',
+                'getattr(getattr(self.model, "config", None), "padding", "faithful") == "masked"',
+                'values.get("text_input") == "bert"', 'run.config.get("model.use_router") is True'):
+        assert pattern.search(bad), bad
+
+
+def test_capabilities_follow_the_models_config():
+    from affectus.models.registry import get_model_entry
+
+    cmc = get_model_entry("cmc")
+    assert not cmc.can({}).sequence_masks and cmc.can({"padding": "masked"}).sequence_masks
+    assert cmc.can({}).router and not cmc.can({"use_router": False}).router
+    assert cmc.can({"text_input": "bert"}).reads_transcripts and not cmc.can({}).reads_transcripts
+    plus = get_model_entry("cmc_plus").can({"text_views": [["sentence", 384], ["file", 768]]})
+    assert plus.text_views and plus.experts == ("text:sentence", "text:file", "audio", "vision")
+    assert get_model_entry("tfn").can({}) == Capabilities()  # a plain classifier declares nothing else
 
 
 def test_model_names_are_case_insensitive_and_suggested():

@@ -199,7 +199,7 @@ def params(
 ) -> None:
     """Print the model's parameter count without BERT (the paper's "Size" column): of a trained run
     (`params RUN`), or of a model built for a preset (`--preset`) or custom feature dims (`--dims T,A,V`)."""
-    from affectus.models.registry import size_from_config
+    from affectus.models.registry import get_model_entry, size_from_config
 
     if run_dir is not None:
         if model or preset or dims or variant:
@@ -221,7 +221,7 @@ def params(
     cfg = resolve_config(model or "cmc", variant, p)
     values = dict(cfg.model)
     values["dims"] = _dims_option(dims) if dims is not None else dict(p.dims)
-    if p is not None and "num_classes" in values:  # as training builds it: the preset's label scheme
+    if p is not None and get_model_entry(cfg.model_name).can(values).num_classes:  # as training builds it
         values["num_classes"] = p.scheme.num_classes
     print(size_from_config(cfg.model_name, values))
 

@@ -20,7 +20,7 @@ from affectus.data.batches import Batch
 from affectus.data.types import MODALITIES, MERDataset, Split, to_classes
 from affectus.errors import AffectusError, suggest
 from affectus.inference import checkpoints as ckpt
-from affectus.models.registry import create_model, make_config
+from affectus.models.registry import create_model, get_model_entry, make_config
 
 CLASS_NAMES = ("negative", "neutral", "positive")  # the sentiment schemes' classes
 
@@ -110,6 +110,7 @@ class Predictor:
             raise AffectusError(f"{self.run_dir}/run.json: dims {self.dims!r}, expected a positive size for each "
                                 f"of {', '.join(MODALITIES)}")
         config = make_config(self.model_name, cfg_values)
+        self.can = get_model_entry(self.model_name).can(config)
         # building the shell draws initial weights from torch's RNG: keep the caller's RNG untouched
         extras = {}
         bert_file = self.run_dir / "bert_config.json"
@@ -181,7 +182,7 @@ class Predictor:
             split = _restrict(split, available)
             mask = split.available
             res = predict_split(self.model, split, batch_size, self.device)
-        return _to_prediction(res, self.run_dir, self.scheme, mask, tuple(getattr(self.model, "names", ())))
+        return _to_prediction(res, self.run_dir, self.scheme, mask, self.can.experts)
 
     def _split_from_arrays(self, arrays: Any) -> Split:
         if not isinstance(arrays, Mapping):

@@ -214,7 +214,7 @@ class MCURRecipe:
         summary: dict = {}
         stage = 1
         if rc.pretrain:
-            if getattr(model, "unimodal", None) is None:
+            if not ctx.can.unimodal_heads:
                 raise AffectusError("mcur: recipe.pretrain needs model.unimodal_heads = true")
             if ctx.saved is None or ctx.resumes(0):
                 uni = UnimodalTask(ctx.eval_batches(ctx.select_split))
