@@ -35,7 +35,7 @@ def main() -> None:
     from affectus.data.presets import load_preset
     from affectus.evaluation.linear_baseline import logreg_baseline
     from affectus.training.config import parse_set, resolve_config
-    from affectus.training.plgm import enable_flush_denormal
+    from affectus.utils.threads import enable_flush_denormal
     from affectus.training.trainer import plan_for, train_run
     from affectus.utils.threads import torch_threads
 

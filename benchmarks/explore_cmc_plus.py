@@ -435,7 +435,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     POOL["mode"] = args.pool
-    from affectus.training.plgm import enable_flush_denormal
+    from affectus.utils.threads import enable_flush_denormal
     from affectus.training.trainer import plan_for
 
     enable_flush_denormal()

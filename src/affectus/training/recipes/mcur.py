@@ -33,7 +33,7 @@ from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError
 from affectus.training.losses import supcon_loss
 from affectus.training.recipes.base import FrozenPart, RecipeContext, RecipeResult
-from affectus.training.tasks import _SelectsBestState
+from affectus.training.recipes.cmc.tasks import _SelectsBestState as SelectsBestState
 
 _COMBINATION_CODE = torch.tensor([1, 2, 4])  # text, audio, vision bits: {l} = 1, ..., {l,a,v} = 7
 
@@ -92,7 +92,7 @@ def sugr(ce: torch.Tensor, log_var: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return (weights * ce + 0.5 * log_var).mean(), weights
 
 
-class MCURTask(_SelectsBestState):
+class MCURTask(SelectsBestState):
     """Training loss above; selects the epoch with the lowest unweighted validation cross-entropy (the
     learned weights must not grade themselves: a model could lower its weighted loss by claiming
     uncertainty), averaged over the selection sets (the 7 conditions, or the one fixed mask)."""

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from affectus.data.batches import Batch
 from affectus.data.types import MODALITIES
 from affectus.training.losses import supcon_loss
-from affectus.training.plgm import ModalityEMA, MomentumSchedule, PseudoLabelBank
+from affectus.training.recipes.cmc.plgm import ModalityEMA, MomentumSchedule, PseudoLabelBank
 
 
 def _supcon(embeddings: torch.Tensor, classes: torch.Tensor, scheme, tau: float, form: str,
