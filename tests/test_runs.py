@@ -43,7 +43,7 @@ def _error_line(capsys) -> str:
 
 def _interrupted(data_file: Path, out: Path, monkeypatch) -> None:
     """Train until the second epoch starts, then stop as Ctrl-C would: OUT keeps state.pt only."""
-    from affectus.training.recipes.cmc import tasks
+    from affectus.training import tasks
 
     original = tasks.SupervisedTask.start_epoch
 

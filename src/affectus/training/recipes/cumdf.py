@@ -23,7 +23,7 @@ from affectus.data.types import MODALITIES, Split
 from affectus.errors import AffectusError
 from affectus.training.loop import logger
 from affectus.training.recipes.base import RecipeContext, RecipeResult
-from affectus.training.recipes.cmc.tasks import _SelectsBestState as SelectsBestState
+from affectus.training.tasks import SelectsBestState
 
 _CHOICES = {"maci_focus": ("under", "attribution"), "student_init": ("teacher", "fresh")}
 

@@ -33,7 +33,7 @@ from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError
 from affectus.training.losses import supcon_loss
 from affectus.training.recipes.base import FrozenPart, RecipeContext, RecipeResult
-from affectus.training.recipes.cmc.tasks import _SelectsBestState as SelectsBestState
+from affectus.training.tasks import SelectsBestState
 
 _COMBINATION_CODE = torch.tensor([1, 2, 4])  # text, audio, vision bits: {l} = 1, ..., {l,a,v} = 7
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from affectus.training.recipes.base import RecipeContext, RecipeResult
-from affectus.training.recipes.cmc.tasks import SupervisedTask
+from affectus.training.tasks import SupervisedTask
 
 
 class SupervisedRecipe:

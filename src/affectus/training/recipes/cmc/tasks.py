@@ -1,4 +1,4 @@
-"""How a batch becomes a loss, for CMC's two stages and for single-stage baselines.
+"""How a batch becomes a loss in CMC's two stages (the generic single-stage task is training/tasks.py).
 
 Stage 1 (unimodal pretraining, eqs. 7-9 and 19-30): each modality's encoder + head is trained
 against its own pseudo labels from the PLGM bank, plus SupCon on the concatenated embeddings.
@@ -20,6 +20,7 @@ from affectus.data.batches import Batch
 from affectus.data.types import MODALITIES
 from affectus.training.losses import supcon_loss
 from affectus.training.recipes.cmc.plgm import ModalityEMA, MomentumSchedule, PseudoLabelBank
+from affectus.training.tasks import SelectsBestState
 
 
 def _supcon(embeddings: torch.Tensor, classes: torch.Tensor, scheme, tau: float, form: str,
@@ -175,42 +176,7 @@ class Stage1Task:
         return self.best_labels.clone(), self.best_val_labels.clone()
 
 
-class _SelectsBestState:
-    """Shared by single-model tasks: keep the weights of the epoch with the lowest `select_key` loss."""
-
-    name = "train"
-    select_key = "loss"
-
-    def __init__(self, val_batches) -> None:
-        self.val_batches = val_batches
-        self.best_loss = float("inf")
-        self.best_epoch = 0
-        self.best_state: dict[str, torch.Tensor] | None = None
-
-    def start_epoch(self, epoch: int) -> None:
-        pass
-
-    def after_step(self, model) -> None:
-        pass
-
-    def end_epoch(self, epoch: int, model, val: dict[str, float]) -> bool:
-        if val[self.select_key] < self.best_loss:
-            self.best_loss = val[self.select_key]
-            self.best_epoch = epoch
-            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            return True
-        return False
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best_loss": self.best_loss, "best_epoch": self.best_epoch, "best_state": self.best_state}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best_loss = state["best_loss"]
-        self.best_epoch = state["best_epoch"]
-        self.best_state = state["best_state"]
-
-
-class Stage2Task(_SelectsBestState):
+class Stage2Task(SelectsBestState):
     """Multimodal finetuning (eqs. 10-18); `single` loss keeps only eq. 15."""
 
     name = "stage2"
@@ -255,21 +221,3 @@ class Stage2Task(_SelectsBestState):
             n += len(batch)
         # the accuracy is watched (TensorBoard, epoch lines), never used to select
         return {"loss": total / max(n, 1), "ce_m": multimodal / max(n, 1), "acc": 100.0 * correct / max(n, 1)}
-
-
-class SupervisedTask(_SelectsBestState):
-    """Single-stage training of a baseline on the multimodal 3-class label; selects on validation CE."""
-
-    def loss(self, model, batch: Batch):
-        loss = F.cross_entropy(model(batch).logits, batch.classes)
-        return loss, {"loss": loss.detach()}
-
-    def validate(self, model) -> dict[str, float]:
-        total, n, correct = 0.0, 0, 0
-        for batch in self.val_batches():
-            batch = batch.to(next(model.parameters()).device)
-            logits = model(batch).logits
-            total += F.cross_entropy(logits, batch.classes, reduction="sum").item()
-            correct += int((logits.argmax(-1) == batch.classes).sum())
-            n += len(batch)
-        return {"loss": total / max(n, 1), "acc": 100.0 * correct / max(n, 1)}

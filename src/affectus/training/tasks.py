@@ -1,0 +1,65 @@
+"""How a batch becomes a loss for a model trained in one stage, and the best-epoch selection that
+recipes share (`SelectsBestState`). A recipe's own tasks live beside it (CMC's: recipes/cmc/tasks.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from affectus.data.batches import Batch
+
+
+class SelectsBestState:
+    """The base of a task that trains one model: keep the weights of the epoch with the lowest `select_key`
+    loss (early stopping on the selection split). Recipes subclass it (CMC's stage 2, MCUR, CUMDF)."""
+
+    name = "train"
+    select_key = "loss"
+
+    def __init__(self, val_batches) -> None:
+        self.val_batches = val_batches
+        self.best_loss = float("inf")
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def start_epoch(self, epoch: int) -> None:
+        pass
+
+    def after_step(self, model) -> None:
+        pass
+
+    def end_epoch(self, epoch: int, model, val: dict[str, float]) -> bool:
+        if val[self.select_key] < self.best_loss:
+            self.best_loss = val[self.select_key]
+            self.best_epoch = epoch
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            return True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_loss": self.best_loss, "best_epoch": self.best_epoch, "best_state": self.best_state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_loss = state["best_loss"]
+        self.best_epoch = state["best_epoch"]
+        self.best_state = state["best_state"]
+
+
+class SupervisedTask(SelectsBestState):
+    """Single-stage training of a baseline on the multimodal 3-class label; selects on validation CE."""
+
+    def loss(self, model, batch: Batch):
+        loss = F.cross_entropy(model(batch).logits, batch.classes)
+        return loss, {"loss": loss.detach()}
+
+    def validate(self, model) -> dict[str, float]:
+        total, n, correct = 0.0, 0, 0
+        for batch in self.val_batches():
+            batch = batch.to(next(model.parameters()).device)
+            logits = model(batch).logits
+            total += F.cross_entropy(logits, batch.classes, reduction="sum").item()
+            correct += int((logits.argmax(-1) == batch.classes).sum())
+            n += len(batch)
+        return {"loss": total / max(n, 1), "acc": 100.0 * correct / max(n, 1)}
