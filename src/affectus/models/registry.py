@@ -34,6 +34,8 @@ _MODEL_MODULES = (
 )
 
 SUPERVISED = "affectus.training.recipes.supervised:SupervisedRecipe"
+# the model a command, the API, an experiment row or a sweep trains when none is named
+DEFAULT_MODEL = "cmc"
 DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {"default": {"description": "the model as configured", "overrides": {}}}
 
 
