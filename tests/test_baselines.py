@@ -20,7 +20,13 @@ from affectus.cli import main
 from affectus.data.mmsa import write_pickle
 from affectus.data.synthetic import SynthConfig, generate
 from affectus.models.ef_lstm import align_to_steps
-from affectus.models.registry import create_model, get_model_entry, list_models, make_config, non_bert_parameter_count
+from affectus.models.registry import (
+    create_model,
+    get_model_entry,
+    list_models,
+    make_config,
+    non_bert_parameter_count,
+)
 from affectus.training.recipes.self_mm import SelfMMTask
 from conftest import TINY_BATCH_DIMS, tiny_batch
 

@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from affectus.cli import TRUST_PICKLE_HELP, app
-from affectus.errors import AffectusError
 from affectus.data.presets import preset_names_help
+from affectus.errors import AffectusError
 from affectus.models.registry import DEFAULT_MODEL
 
 console = Console(stderr=True)

@@ -23,7 +23,12 @@ from affectus.errors import AffectusError, SettingError
 from affectus.models.attention import KERNELS, AttentionKernel
 from affectus.models.layers import ConsensusRouter, ResidualHead, UnimodalEncoder, pfm
 from affectus.models.output import ModelOutput
-from affectus.models.registry import Capabilities, check_model_config, non_bert_parameter_count, register_model
+from affectus.models.registry import (
+    Capabilities,
+    check_model_config,
+    non_bert_parameter_count,
+    register_model,
+)
 
 
 @dataclass
