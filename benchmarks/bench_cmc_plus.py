@@ -182,7 +182,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from affectus.training.plgm import enable_flush_denormal
+    from affectus.utils.threads import enable_flush_denormal
 
     torch.set_num_threads(args.threads)
     enable_flush_denormal()

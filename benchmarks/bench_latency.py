@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     from affectus.inference.predictor import load
     from affectus.training.config import resolve_config
     from affectus.training.loop import training_log
-    from affectus.training.plgm import enable_flush_denormal
     from affectus.training.trainer import plan_for, train_run
+    from affectus.utils.threads import enable_flush_denormal
 
     enable_flush_denormal()  # as the CLI does
     torch.set_num_threads(args.threads)

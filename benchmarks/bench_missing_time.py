@@ -33,9 +33,8 @@ def main() -> None:
     from affectus.data.load import open_data
     from affectus.training.config import resolve_config
     from affectus.training.loop import training_log
-    from affectus.training.plgm import enable_flush_denormal
     from affectus.training.trainer import plan_for, train_run
-    from affectus.utils.threads import torch_threads
+    from affectus.utils.threads import enable_flush_denormal, torch_threads
 
     enable_flush_denormal()  # as the CLI does
     ds, preset = open_data(args.data, "mosi-utterance")

@@ -35,9 +35,8 @@ def main() -> None:
     from affectus.data.presets import load_preset
     from affectus.evaluation.linear_baseline import logreg_baseline
     from affectus.training.config import parse_set, resolve_config
-    from affectus.training.plgm import enable_flush_denormal
     from affectus.training.trainer import plan_for, train_run
-    from affectus.utils.threads import torch_threads
+    from affectus.utils.threads import enable_flush_denormal, torch_threads
 
     enable_flush_denormal()
     preset = load_preset("mosi-utterance")

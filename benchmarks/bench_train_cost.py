@@ -49,9 +49,8 @@ def child(kind: str, data: str, threads: int, out: Path) -> dict:
     from affectus.data.load import open_data
     from affectus.training.config import resolve_config
     from affectus.training.loop import training_log
-    from affectus.training.plgm import enable_flush_denormal
     from affectus.training.trainer import plan_for, train_run
-    from affectus.utils.threads import torch_threads
+    from affectus.utils.threads import enable_flush_denormal, torch_threads
 
     enable_flush_denormal()  # as the CLI does
     ds, preset = open_data(data, "mosi-utterance")

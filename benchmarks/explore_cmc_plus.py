@@ -435,8 +435,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     POOL["mode"] = args.pool
-    from affectus.training.plgm import enable_flush_denormal
     from affectus.training.trainer import plan_for
+    from affectus.utils.threads import enable_flush_denormal
 
     enable_flush_denormal()
     runs = []

@@ -20,7 +20,13 @@ from affectus.cli import main
 from affectus.data.mmsa import write_pickle
 from affectus.data.synthetic import SynthConfig, generate
 from affectus.models.ef_lstm import align_to_steps
-from affectus.models.registry import create_model, list_models, make_config, non_bert_parameter_count
+from affectus.models.registry import (
+    create_model,
+    get_model_entry,
+    list_models,
+    make_config,
+    non_bert_parameter_count,
+)
 from affectus.training.recipes.self_mm import SelfMMTask
 from conftest import TINY_BATCH_DIMS, tiny_batch
 
@@ -38,13 +44,9 @@ TINY = {
     "mcur": {"d": 8, "heads": 2, "ff": 16, "fused": 8},
 }
 # Extra forward passes whose outputs a training task uses besides `forward` (cmc's stage 1, Self-MM's
-# unimodal heads), so the backward test reaches what training reaches.
-EXTRA_FORWARD = {"cmc": "unimodal_forward", "self_mm": "multitask_forward", "mcur": "represent"}
-# Parameters that legitimately receive no gradient from these passes, by exact name, per model.
-# None today: MulT builds no key/value LayerNorm for its self-attention blocks, and Self-MM's text
-# LSTM exists only with text_encoder="lstm".
-UNUSED: dict[str, set[str]] = {name: set() for name in TINY}
-UNUSED["mcur"] = {"missing"}  # MCUR's missing-modality vectors: this batch has every modality
+# unimodal heads) and the parameters a batch with every modality leaves idle (MCUR's missing-modality
+# vectors) are declared on each model's registry entry (`Capabilities`), so the backward test reaches
+# what training reaches without a list per model here.
 
 
 
@@ -75,13 +77,14 @@ def test_every_model_forward_backward(name: str) -> None:
     if out.regression is not None:
         assert out.regression.shape == (4,)
     outputs = _tensors(out)
-    if name in EXTRA_FORWARD:
-        outputs += _tensors(getattr(model, EXTRA_FORWARD[name])(batch))
+    can = get_model_entry(name).can(TINY.get(name, {}))
+    for method in can.extra_forward:
+        outputs += _tensors(getattr(model, method)(batch))
     # a fixed random projection of every float output: reaches whatever influences any output
     g = torch.Generator().manual_seed(1)
     loss = sum((t * torch.randn(t.shape, generator=g)).sum() for t in outputs if t.is_floating_point())
     loss.backward()
-    unused = UNUSED.get(name, set())
+    unused = set(can.idle_when_complete)
     for pname, p in model.named_parameters():
         if not p.requires_grad or pname in unused:
             continue

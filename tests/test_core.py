@@ -26,6 +26,7 @@ from affectus.evaluation.metrics import compute_metrics
 from affectus.models.output import ModelOutput
 from affectus.models.registry import (
     _REGISTRY,
+    Capabilities,
     create_model,
     get_model_entry,
     list_models,
@@ -168,6 +169,38 @@ def test_no_generic_code_compares_a_model_or_scheme_name():
     # the pattern finds what it is meant to find
     for bad in ('if family == "sims":', "x = {'sims': 1, 'mosi': 2}[scheme.name]", 'if name in ("cmc", "tfn"):'):
         assert pattern.search(bad), bad
+
+
+def test_no_generic_code_probes_a_model():
+    """What a model can do is declared on its registry entry (`Capabilities`); generic code (everything but
+    the models' own files and their recipes) neither probes a model's attributes nor sniffs its config's
+    fields or values (#17 item 3)."""
+    import re
+
+    src = Path(__file__).resolve().parents[1] / "src" / "affectus"
+    generic = {"__init__.py", "registry.py", "variants.py", "output.py"}  # the rest of models/ is the models' own
+    own = {p for p in (src / "models").glob("*.py") if p.name not in generic}
+    pattern = re.compile(r'(?:get|has)attr\((?:self\.)?model\b[^)]*["\']|["\'](?:num_classes|text_views|bert_path)["\']\s+in\b'
+                         r'|padding["\')]*\s*==|text_input["\')]*\s*==|model\.use_router')
+    hits = [f"{p}:{i}: {line.strip()}" for p in src.rglob("*.py") if p not in own and "recipes" not in p.parts
+            for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert hits == []
+    for bad in ('bert = getattr(model, "bert", None)', 'if "num_classes" in known:',
+                'getattr(getattr(self.model, "config", None), "padding", "faithful") == "masked"',
+                'values.get("text_input") == "bert"', 'run.config.get("model.use_router") is True'):
+        assert pattern.search(bad), bad
+
+
+def test_capabilities_follow_the_models_config():
+    from affectus.models.registry import get_model_entry
+
+    cmc = get_model_entry("cmc")
+    assert not cmc.can({}).sequence_masks and cmc.can({"padding": "masked"}).sequence_masks
+    assert cmc.can({}).router and not cmc.can({"use_router": False}).router
+    assert cmc.can({"text_input": "bert"}).reads_transcripts and not cmc.can({}).reads_transcripts
+    plus = get_model_entry("cmc_plus").can({"text_views": [["sentence", 384], ["file", 768]]})
+    assert plus.text_views and plus.experts == ("text:sentence", "text:file", "audio", "vision")
+    assert get_model_entry("tfn").can({}) == Capabilities()  # a plain classifier declares nothing else
 
 
 def test_model_names_are_case_insensitive_and_suggested():
@@ -416,3 +449,60 @@ def test_predict_explains_every_sample_of_a_features_file(sim_file, tmp_path, ca
     assert all(set(r["modalities"]) == {"text", "audio"} for r in rows)
     assert main(["predict", str(out), "clip.mp4"]) == 2
     assert "does not know how to extract a clip" in capsys.readouterr().err
+
+
+def test_preset_help_is_generated_from_the_preset_registry():
+    """A command's --preset help that names presets names every one (iemocap too), read from the presets,
+    not listed by hand."""
+    import typer
+
+    from affectus.cli import app
+    from affectus.data.presets import list_presets
+
+    group = typer.main.get_command(app)
+    helps = {name: p.help for name, cmd in group.commands.items() for p in cmd.params
+             if "--preset" in p.opts and p.help and any(preset in p.help for preset in list_presets())}
+    assert {"train", "synth"} <= set(helps)
+    for name, text in helps.items():
+        assert all(preset in text for preset in list_presets()), (name, text)
+
+
+def test_the_default_model_is_one_constant():
+    """The model trained when none is named is `models.registry.DEFAULT_MODEL`; no default parameter or
+    option elsewhere spells a registered model's name."""
+    import re
+
+    from affectus.models.registry import DEFAULT_MODEL
+
+    src = Path(__file__).resolve().parents[1] / "src" / "affectus"
+    quoted = "[\"'](?:" + "|".join(re.escape(n) for n in list_models()) + ")[\"']"
+    pattern = re.compile(rf"(?::\s*str(?:\s*\|\s*None)?\s*=\s*|Option\(\s*|\bor\s+){quoted}")
+    hits = [f"{p}:{i}: {line.strip()}" for p in src.rglob("*.py") for i, line in enumerate(p.read_text().splitlines(), 1)
+            if pattern.search(line)]
+    assert hits == []
+    assert resolve_config().model_name == DEFAULT_MODEL in list_models()
+    for bad in ('    model: str = "cmc",', 'typer.Option("cmc", "--model")', 'resolve_config(model or "cmc")'):
+        assert pattern.search(bad), bad
+
+
+def test_api_and_cli_train_share_one_preparation(sim_file, tmp_path, monkeypatch, capsys):
+    """`affectus.train` and `affectus train` open, configure and plan through `training/job.py` alone: the
+    seed / device / threads shortcuts are folded in there, and win over the overrides."""
+    import affectus
+    from affectus.training import job
+
+    job_seen = []
+    real = job.prepare_training
+
+    def spy(*args, **kwargs):
+        job_seen.append(real(*args, **kwargs))
+        raise AffectusError("stop after preparing")
+
+    monkeypatch.setattr(job, "prepare_training", spy)
+    with pytest.raises(AffectusError, match="stop after preparing"):
+        affectus.train(str(sim_file), tmp_path / "api", model="late_fusion", overrides={"train.seed": 1}, seed=7)
+    assert main(["train", "--data", str(sim_file), "--out", str(tmp_path / "cli"), "--model", "late_fusion",
+                 "--set", "train.seed=1", "--seed", "7"]) == 2
+    assert "stop after preparing" in capsys.readouterr().err
+    assert [(j.cfg.model_name, j.cfg.train.seed, j.plan.train) for j in job_seen] == [("late_fusion", 7, "train")] * 2
+    assert not (tmp_path / "api").exists() and not (tmp_path / "cli").exists()

@@ -177,7 +177,7 @@ def _mtimes(out: Path) -> dict[str, int]:
 
 def test_interrupted_experiment_resumes_to_the_same_results(sims_file: Path, table5_reference: Path,
                                                             tmp_path: Path, monkeypatch) -> None:
-    from affectus.training import tasks
+    from affectus.training.recipes.cmc import tasks
 
     original = tasks.Stage2Task.start_epoch
     calls = {"n": 0}

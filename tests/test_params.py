@@ -30,3 +30,14 @@ def test_encoder_layer_has_pytorch_parameter_count(d, heads, ff):
     assert ours == sum(p.numel() for p in torch_layer.parameters())
     # in_proj 3d*d + 3d, out_proj d*d + d, linear1 d*ff + ff, linear2 ff*d + d, two LayerNorms
     assert ours == (3 * d * d + 3 * d) + (d * d + d) + (d * ff + ff) + (ff * d + d) + 4 * d
+
+
+def test_size_of_a_bert_text_path_counts_the_same_non_bert_layers():
+    """A config reading transcripts through BERT (`Capabilities.reads_transcripts`) is counted through the
+    model's declared `feature_text` (768-d text features), without loading BERT from its missing path."""
+    from affectus.models.registry import get_model_entry, size_from_config
+
+    dims = {"text": 768, "audio": 5, "vision": 20}
+    bert = {"dims": dims, "text_input": "bert", "bert_path": "/nonexistent/bert"}
+    assert get_model_entry("cmc").can(bert).reads_transcripts
+    assert size_from_config("cmc", bert) == size_from_config("cmc", {"dims": dims}) == 108_382

@@ -13,14 +13,14 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from affectus.errors import AffectusError
-from affectus.training.plgm import (
+from affectus.training.recipes.cmc.plgm import (
     ModalityEMA,
     MomentumSchedule,
     PseudoLabelBank,
-    enable_flush_denormal,
     momentum_schedule,
     refine_labels,
 )
+from affectus.utils.threads import enable_flush_denormal
 
 
 def logits_for(*probs: float) -> torch.Tensor:

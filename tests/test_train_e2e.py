@@ -107,7 +107,7 @@ def test_interrupted_run_resumes_to_the_same_weights(sim_file: Path, tmp_path: P
             "model.heads=2", "--set", "train.batch_size=32", "--threads", "1", "--quiet"]
     assert main(["train", "--data", str(sim_file), "--out", str(tmp_path / "full"), *args]) == 0
 
-    from affectus.training import tasks
+    from affectus.training.recipes.cmc import tasks
 
     original = tasks.Stage2Task.start_epoch
     calls = {"n": 0}

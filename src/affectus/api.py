@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from affectus.inference.predictor import Predictor, load
+from affectus.models.registry import DEFAULT_MODEL
 
 
 def train(
     data: str | Path,
     out: str | Path,
-    model: str = "cmc",
+    model: str = DEFAULT_MODEL,
     variant: str | None = None,
     preset: str | None = None,
     config: str | Path | None = None,
@@ -29,7 +30,7 @@ def train(
 
     data: an MMSA pickle, an affectus .npz, or `synth:PRESET` (simulated data with that preset's shapes).
     variant: one of the model's variants (`affectus models`); None is its default (CMC: the full model).
-    preset: a dataset preset (sims, simsv2, mosi, mosei, mosi-utterance) or a preset YAML path: label
+    preset: a dataset preset (`affectus.data.presets.list_presets()`) or a preset YAML path: label
         scheme, split roles and the published hyperparameters.
     config / overrides: a YAML file and {"model.layers": 3, "train.lr": 1e-3, "recipe.plgm": False, ...}.
     seed / device / threads: shortcuts for train.seed, train.device ("cpu", "cuda:0") and train.threads
@@ -40,16 +41,12 @@ def train(
 
     Example: `p = affectus.train("synth:sims", "runs/cmc", overrides={"train.epochs": 5})`
     """
-    from affectus.data.load import open_data, source_id
-    from affectus.training.config import resolve_config
+    from affectus.training.job import prepare_training
     from affectus.training.loop import training_log
-    from affectus.training.trainer import plan_for, train_run
     from affectus.utils.threads import torch_threads
 
-    ds, p = open_data(data, preset, trust_pickle=trust_pickle)
-    extra = {k: v for k, v in (("train.seed", seed), ("train.device", device), ("train.threads", threads))
-             if v is not None}
-    cfg = resolve_config(model, variant, p, config, {**(overrides or {}), **extra})
-    with torch_threads(cfg.train.threads), training_log(stream=sys.stdout if verbose else None):
-        train_run(ds, cfg, out, plan_for(ds, p), resume=resume, data_source=source_id(data))
-    return load(out, device=cfg.train.device)
+    job = prepare_training(data, preset, model, variant, config, overrides, seed=seed, device=device,
+                           threads=threads, trust_pickle=trust_pickle)
+    with torch_threads(job.cfg.train.threads), training_log(stream=sys.stdout if verbose else None):
+        job.run(out, resume=resume)
+    return load(out, device=job.cfg.train.device)

@@ -82,7 +82,7 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from affectus.training.plgm import enable_flush_denormal
+    from affectus.utils.threads import enable_flush_denormal
 
     # before torch starts its worker threads: the flag only reaches threads created afterwards
     enable_flush_denormal()

@@ -15,7 +15,7 @@ import typer
 
 from affectus.cli import app
 from affectus.data.mmsa import file_format, load_dataset, sha256_file, write_npz
-from affectus.data.presets import load_preset
+from affectus.data.presets import load_preset, preset_names_help
 from affectus.data.schemes import infer_scheme
 from affectus.data.types import MODALITIES, MERDataset, group_summary
 from affectus.errors import AffectusError
@@ -23,7 +23,7 @@ from affectus.utils.io import refuse_overwrite
 
 DataArg = Annotated[Path, typer.Argument(help="MMSA pickle or affectus .npz", show_default=False)]
 PresetOpt = Annotated[
-    str | None, typer.Option("--preset", help="check feature dims against this preset (e.g. mosi, sims)")
+    str | None, typer.Option("--preset", help=f"check feature dims against this preset: {preset_names_help()}")
 ]
 TrustOpt = Annotated[
     bool,

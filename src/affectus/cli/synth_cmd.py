@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from affectus.cli import app
+from affectus.data.presets import preset_names_help
 from affectus.errors import AffectusError
 
 _PROGRESS_MIN_VALUES = 20_000_000  # below ~80 MB of features generation takes well under a second
@@ -21,7 +22,7 @@ _PROGRESS_MIN_VALUES = 20_000_000  # below ~80 MB of features generation takes w
 @app.command()
 def synth(
     preset: Annotated[
-        str, typer.Option("--preset", help="shapes and sizes of: sims, simsv2, mosi, mosei, iemocap, ...")
+        str, typer.Option("--preset", help=f"shapes and sizes of: {preset_names_help()}")
     ],
     out: Annotated[Path, typer.Option("--out", help="file to write (MMSA pickle; .npz with --npz)")],
     seed: Annotated[int, typer.Option("--seed", help="same seed, same bytes")] = 1111,

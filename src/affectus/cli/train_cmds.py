@@ -12,7 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from affectus.cli import TRUST_PICKLE_HELP, app
+from affectus.data.presets import preset_names_help
 from affectus.errors import AffectusError
+from affectus.models.registry import DEFAULT_MODEL
 
 console = Console(stderr=True)
 
@@ -90,9 +92,9 @@ TrustOpt = typer.Option(False, "--trust-pickle", help=TRUST_PICKLE_HELP)
 def train(
     data: str = typer.Option(..., "--data", help="MMSA pickle / .npz file (or synth:PRESET[?scale=S&seq_scale=Q] for simulated data)"),
     out: Path = typer.Option(..., "--out", help="run directory to write"),
-    model: str = typer.Option("cmc", "--model", help="model name (see `affectus models`)"),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", help="model name (see `affectus models`)"),
     variant: str | None = typer.Option(None, "--variant", help="the model's variant (default: its first; see `affectus models`)"),
-    preset: str | None = typer.Option(None, "--preset", help="dataset preset: sims, simsv2, mosi, mosei, mosi-utterance"),
+    preset: str | None = typer.Option(None, "--preset", help=f"dataset preset: {preset_names_help()}"),
     config: Path | None = typer.Option(None, "--config", help="YAML config: {model: {...}, train: {...}}"),
     set_: list[str] = typer.Option([], "--set", help="override a config key, e.g. --set model.layers=3"),
     seed: int | None = typer.Option(None, "--seed"),
@@ -105,21 +107,15 @@ def train(
     trust_pickle: bool = TrustOpt,
 ) -> None:
     """Train a model (CMC: both stages) and print the paper's metrics; writes OUT/metrics.json."""
-    from affectus.data.load import open_data, source_id
-    from affectus.training.config import parse_set, resolve_config
-    from affectus.training.trainer import plan_for, train_run
+    from affectus.training.config import parse_set
+    from affectus.training.job import prepare_training
 
-    ds, p = open_data(data, preset, trust_pickle=trust_pickle)
-    overrides = parse_set(set_)
-    for key, value in (("train.seed", seed), ("train.device", device), ("train.threads", threads)):
-        if value is not None:
-            overrides[key] = value
-    cfg = resolve_config(model, variant, p, config, overrides)
+    job = prepare_training(data, preset, model, variant, config, parse_set(set_), seed=seed, device=device,
+                           threads=threads, trust_pickle=trust_pickle)
+    cfg, plan = job.cfg, job.plan
     apply_threads(cfg.train.threads)
-    plan = plan_for(ds, p)
     with epoch_display(quiet) as on_epoch:
-        metrics = train_run(ds, cfg, out, plan, resume=resume, data_source=source_id(data), on_epoch=on_epoch,
-                            overwrite=overwrite)
+        metrics = job.run(out, resume=resume, on_epoch=on_epoch, overwrite=overwrite)
     from affectus.inference.checkpoints import read_run, split_fits
 
     _print_metrics(metrics, f"{cfg.model_name}/{cfg.variant} on split '{plan.eval}'",
@@ -192,14 +188,14 @@ def _fits(info: dict, data: str, split: str) -> dict:
 @app.command()
 def params(
     run_dir: Path | None = typer.Argument(None, help="a trained run directory: its model and config"),
-    model: str | None = typer.Option(None, "--model", help="model name (default cmc)"),
+    model: str | None = typer.Option(None, "--model", help=f"model name (default {DEFAULT_MODEL})"),
     preset: str | None = typer.Option(None, "--preset", help="dataset preset: its dims and published settings"),
     dims: str | None = typer.Option(None, "--dims", help="feature dims T,A,V (custom data; over a preset's)"),
     variant: str | None = typer.Option(None, "--variant"),
 ) -> None:
     """Print the model's parameter count without BERT (the paper's "Size" column): of a trained run
     (`params RUN`), or of a model built for a preset (`--preset`) or custom feature dims (`--dims T,A,V`)."""
-    from affectus.models.registry import size_from_config
+    from affectus.models.registry import get_model_entry, size_from_config
 
     if run_dir is not None:
         if model or preset or dims or variant:
@@ -230,10 +226,10 @@ def params(
     from affectus.training.config import resolve_config
 
     p = load_preset(preset) if preset is not None else None
-    cfg = resolve_config(model or "cmc", variant, p)
+    cfg = resolve_config(model or DEFAULT_MODEL, variant, p)
     values = dict(cfg.model)
     values["dims"] = _dims_option(dims) if dims is not None else dict(p.dims)
-    if p is not None and "num_classes" in values:  # as training builds it: the preset's label scheme
+    if p is not None and get_model_entry(cfg.model_name).can(values).num_classes:  # as training builds it
         values["num_classes"] = p.scheme.num_classes
     print(size_from_config(cfg.model_name, values))
 

@@ -111,6 +111,15 @@ def list_presets() -> list[str]:
     return sorted({p.name[: -len(".yaml")] for d in _preset_dirs() for p in d.iterdir() if p.name.endswith(".yaml")})
 
 
+def preset_names_help() -> str:
+    """The preset names for a command's help (generated, so a new preset file shows up without an edit);
+    an unreadable $AFFECTUS_PRESETS folder leaves the shipped names rather than failing every command."""
+    try:
+        return ", ".join(list_presets())
+    except OSError:
+        return ", ".join(sorted(p.name[: -len(".yaml")] for p in _presets_dir().iterdir() if p.name.endswith(".yaml")))
+
+
 def load_preset(name: str) -> Preset:
     """A shipped preset by name, or a preset YAML file by path."""
     by_path = name.endswith((".yaml", ".yml")) and Path(name).is_file()

@@ -136,8 +136,8 @@ _WORKER: dict[str, Any] = {}
 
 
 def _worker_init(data: str, preset_name: str | None, threads: int, trust_pickle: bool = False) -> None:
-    from affectus.training.plgm import enable_flush_denormal
     from affectus.training.trainer import plan_for
+    from affectus.utils.threads import enable_flush_denormal
 
     enable_flush_denormal()  # before torch starts its threads: the flag reaches only threads made later
     import torch

@@ -43,6 +43,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from affectus.errors import AffectusError, suggest
+from affectus.models.registry import DEFAULT_MODEL
 from affectus.utils.strict_yaml import Doc, Loc, Strict, read_yaml, validate
 
 # Set by the runner, never by a spec: the seed comes from `seeds`, threads from --threads / --jobs.
@@ -53,7 +54,7 @@ class RowSpec(Strict):
     """One row of the paper's table: a model (and variant) with its own overrides."""
 
     name: str
-    model: str = "cmc"
+    model: str = DEFAULT_MODEL
     variant: str | None = None  # None: the model's default variant
     overrides: dict[str, Any] = Field(default_factory=dict)  # config keys (model.x / train.x), as --set
 

@@ -33,6 +33,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from affectus.errors import AffectusError
+from affectus.models.registry import DEFAULT_MODEL
 from affectus.utils.io import lock_dir, read_json_file, write_json_atomic
 from affectus.utils.strict_yaml import Doc, Strict, read_yaml, validate
 
@@ -66,7 +67,7 @@ class Range:
 class SweepSpec:
     name: str
     space: dict[str, list[Any] | Range]  # config key -> values (grid / categorical) or a range (TPE)
-    model: str = "cmc"
+    model: str = DEFAULT_MODEL
     variant: str | None = None  # None: the model's default variant
     preset: str | None = None
     data: str | None = None
@@ -140,7 +141,7 @@ class _SweepFile(Strict):
     """The keys of a sweep spec; `parse_spec` checks what types cannot."""
 
     name: str | None = None
-    model: str = "cmc"
+    model: str = DEFAULT_MODEL
     variant: str | None = None
     preset: str | None = None
     data: str | None = None

@@ -20,7 +20,7 @@ from affectus.data.batches import Batch
 from affectus.data.types import MODALITIES, MERDataset, Split, to_classes
 from affectus.errors import AffectusError, suggest
 from affectus.inference import checkpoints as ckpt
-from affectus.models.registry import create_model, make_config
+from affectus.models.registry import create_model, get_model_entry, make_config
 
 CLASS_NAMES = ("negative", "neutral", "positive")  # the sentiment schemes' classes
 
@@ -117,6 +117,7 @@ class Predictor:
         try:
             config = make_config(self.model_name, cfg_values)
             _check_sizes(config, weights, where)
+            self.can = get_model_entry(self.model_name).can(config)
             if bert_file.is_file():
                 # a fine-tuned BERT travels inside model.safetensors; build its shell from the saved config
                 from transformers import BertConfig
@@ -192,7 +193,7 @@ class Predictor:
             split = _restrict(split, available)
             mask = split.available
             res = predict_split(self.model, split, batch_size, self.device)
-        return _to_prediction(res, self.run_dir, self.scheme, mask, tuple(getattr(self.model, "names", ())))
+        return _to_prediction(res, self.run_dir, self.scheme, mask, self.can.experts)
 
     def _split_from_arrays(self, arrays: Any) -> Split:
         if not isinstance(arrays, Mapping):

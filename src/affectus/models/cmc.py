@@ -23,7 +23,12 @@ from affectus.errors import AffectusError, SettingError
 from affectus.models.attention import KERNELS, AttentionKernel
 from affectus.models.layers import ConsensusRouter, ResidualHead, UnimodalEncoder, pfm
 from affectus.models.output import ModelOutput
-from affectus.models.registry import check_model_config, non_bert_parameter_count, register_model
+from affectus.models.registry import (
+    Capabilities,
+    check_model_config,
+    non_bert_parameter_count,
+    register_model,
+)
 
 
 @dataclass
@@ -222,7 +227,19 @@ def _load_bert(path: str | None, bert_config: Any | None) -> nn.Module:
         raise AffectusError(f"cannot load BERT from {path!r} (local files only): {exc}") from exc
 
 
+def _feature_text(values: dict[str, Any]) -> dict[str, Any]:
+    """The config with BERT's text path replaced by 768-d text features (BERT-base's hidden size): the
+    same non-BERT layers, for counting them without loading BERT."""
+    return {**values, "text_input": "features", "dims": {**values["dims"], "text": 768}}
+
+
+def capabilities(config: CMCConfig) -> Capabilities:
+    return Capabilities(reads_transcripts=config.text_input == "bert", feature_text=_feature_text,
+                        router=config.use_router, unimodal_heads=True, sequence_masks=config.padding == "masked",
+                        extra_forward=("unimodal_forward",))
+
+
 @register_model("cmc", CMCConfig, "Calibrated Multimodal Consensus (CMC)", recipe="affectus.training.recipes.cmc:CMCRecipe",
-                variants="cmc.yaml", report_sections=("temperature", "plgm_flips", "router"))
+                variants="cmc.yaml", report_sections=("temperature", "plgm_flips", "router"), capabilities=capabilities)
 def build(config: CMCConfig, bert_config: Any | None = None) -> CMC:
     return CMC(config, bert_config=bert_config)

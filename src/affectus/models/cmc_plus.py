@@ -38,7 +38,7 @@ from affectus.data.batches import Batch
 from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError, SettingError
 from affectus.models.output import ModelOutput
-from affectus.models.registry import check_model_config, register_model
+from affectus.models.registry import Capabilities, check_model_config, register_model
 
 
 @dataclass
@@ -203,6 +203,8 @@ class CMCPlus(nn.Module):
 
 @register_model("cmc_plus", CMCPlusConfig, "CMC+: calibrated experts and an evidence router (our method)",
                 recipe="affectus.training.recipes.cmc_plus:CMCPlusRecipe", variants="cmc_plus.yaml",
-                report_sections=("router",))
+                report_sections=("router",),
+                capabilities=lambda c: Capabilities(text_views=True, router=c.use_router, unimodal_heads=True,
+                                                    experts=tuple(expert_names(c))))
 def build(config: CMCPlusConfig) -> CMCPlus:
     return CMCPlus(config)

@@ -22,7 +22,7 @@ from affectus.data.batches import Batch
 from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError
 from affectus.models.output import ModelOutput
-from affectus.models.registry import check_model_config, register_model
+from affectus.models.registry import Capabilities, check_model_config, register_model
 
 
 @dataclass
@@ -115,6 +115,7 @@ class LateFusion(nn.Module):
         return ModelOutput(logits=fused, modality_logits=torch.stack(logits, dim=1))  # (B, 3, C)
 
 
-@register_model("late_fusion", LateFusionConfig, "LF-DNN style late fusion baseline")
+@register_model("late_fusion", LateFusionConfig, "LF-DNN style late fusion baseline",
+                capabilities=Capabilities(unimodal_heads=True))
 def build(config: LateFusionConfig) -> LateFusion:
     return LateFusion(config)

@@ -35,7 +35,7 @@ from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError
 from affectus.models.layers import UnimodalEncoder
 from affectus.models.output import ModelOutput
-from affectus.models.registry import register_model
+from affectus.models.registry import Capabilities, register_model
 
 
 @dataclass
@@ -151,6 +151,8 @@ class MCUR(nn.Module):
 
 
 @register_model("mcur", MCURConfig, "MCUR: modality-combination contrastive learning + sample-wise uncertainty",
-                recipe="affectus.training.recipes.mcur:MCURRecipe", variants="mcur.yaml")
+                recipe="affectus.training.recipes.mcur:MCURRecipe", variants="mcur.yaml",
+                capabilities=lambda c: Capabilities(unimodal_heads=c.unimodal_heads, extra_forward=("represent",),
+                                                    idle_when_complete=("missing",)))  # vectors for absent modalities
 def build(config: MCURConfig) -> MCUR:
     return MCUR(config)

@@ -4,14 +4,16 @@ CLI choices, docs tables and parametrised tests are built from this registry, so
 A model module registers a builder `build(config) -> nn.Module`, its config dataclass, and what the
 generic trainer needs to train it: a recipe (an import path, resolved only when training, so that
 loading a model for inference never imports training code), the model's named variants, and the
-report sections that apply to it. Generic code asks the entry; it never compares a model's name.
+report sections that apply to it, and its `Capabilities` (what it reads and returns, which data facts
+its config takes). Generic code asks the entry; it never compares a model's name nor probes a model's
+attributes or config fields.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from importlib import resources
 from typing import Any
 
@@ -32,7 +34,39 @@ _MODEL_MODULES = (
 )
 
 SUPERVISED = "affectus.training.recipes.supervised:SupervisedRecipe"
+# the model a command, the API, an experiment row or a sweep trains when none is named
+DEFAULT_MODEL = "cmc"
 DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {"default": {"description": "the model as configured", "overrides": {}}}
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a model does, declared on its registry entry; generic code reads these instead of probing
+    the model. A model whose capabilities depend on its config registers a function `config -> Capabilities`.
+    """
+
+    # its config has `num_classes`, which the trainer sets to the label scheme's number of classes
+    num_classes: bool = True
+    # its config has `text_views`, which the trainer sets to the text feature's named column blocks
+    # (`train.text_inputs`: a transcript encoder's vector next to the file's own text feature)
+    text_views: bool = False
+    # reads transcripts itself through a fine-tuned BERT (`batch.text_bert`): its config has `bert_path`
+    # (filled from `train.text_inputs`' encoder when empty), the model has `bert` (whose config the run
+    # saves), and `feature_text` turns such a config into one reading 768-d text features (for the size)
+    reads_transcripts: bool = False
+    feature_text: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    # returns router weights (`ModelOutput.router_weights`) that prediction and the report show
+    router: bool = False
+    # returns per-modality logits from heads of their own (`ModelOutput.modality_logits`)
+    unimodal_heads: bool = False
+    # masks sequence padding exactly, so the trainer may bucket batches by length (`train.bucket`)
+    sequence_masks: bool = False
+    # the names of its experts, in `ModelOutput.expert_logits` order (empty: one per modality)
+    experts: tuple[str, ...] = ()
+    # other forward methods whose outputs its training uses besides `forward` (tests backpropagate them)
+    extra_forward: tuple[str, ...] = ()
+    # parameters that a batch with every modality present leaves without a gradient (exact names)
+    idle_when_complete: tuple[str, ...] = ()
 
 
 @dataclass
@@ -47,6 +81,18 @@ class ModelEntry:
     variants: str | dict[str, dict[str, Any]] = field(default_factory=lambda: dict(DEFAULT_VARIANTS))
     # report sections that apply (evaluation/report.py): e.g. "temperature", "plgm_flips", "router"
     report_sections: tuple[str, ...] = ()
+    # what the model does: fixed, or a function of its config (e.g. a router only with use_router)
+    capabilities: Capabilities | Callable[[Any], Capabilities] = field(default_factory=Capabilities)
+
+    def can(self, config: Any) -> Capabilities:
+        """The capabilities of this model built from `config` (its config dataclass, or a mapping of
+        its fields, e.g. run.json's `model_config`; missing fields take their defaults)."""
+        if not callable(self.capabilities):
+            return self.capabilities
+        if not is_dataclass(config):
+            known = {f.name for f in fields(self.config_cls)}
+            config = self.config_cls(**{k: v for k, v in dict(config or {}).items() if k in known})
+        return self.capabilities(config)
 
     def get_recipe(self) -> Any:
         """The recipe object (imports the training code it lives in, so call it only to train)."""
@@ -82,12 +128,14 @@ _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register_model(name: str, config_cls: type, description: str = "", *, recipe: str | Any = SUPERVISED,
-                   variants: str | dict[str, dict[str, Any]] | None = None, report_sections: tuple[str, ...] = ()):
+                   variants: str | dict[str, dict[str, Any]] | None = None, report_sections: tuple[str, ...] = (),
+                   capabilities: Capabilities | Callable[[Any], Capabilities] | None = None):
     """Decorator for a model's builder; a test may register a toy model with its own recipe object."""
 
     def deco(build):
         _REGISTRY[name] = ModelEntry(name, config_cls, build, description, recipe,
-                                     dict(DEFAULT_VARIANTS) if variants is None else variants, tuple(report_sections))
+                                     dict(DEFAULT_VARIANTS) if variants is None else variants, tuple(report_sections),
+                                     Capabilities() if capabilities is None else capabilities)
         return build
 
     return deco
@@ -97,8 +145,6 @@ def check_model_config(config: Any, sizes: tuple[str, ...] = ()) -> None:
     """The range checks every model's config `validate()` shares: the named sizes (widths, layers,
     heads) at least 1, every `*dropout` field in [0, 1) (a dropout of 1 zeroes its input), and heads
     dividing the width where a config has both `heads` and `d` (the per-head width is d / heads)."""
-    from dataclasses import fields
-
     for name in sizes:
         value = getattr(config, name)
         if not value >= 1:
@@ -133,8 +179,6 @@ def get_model_entry(name: str) -> ModelEntry:
 
 def make_config(name: str, values: dict[str, Any]):
     """Build a model's config dataclass from a dict, rejecting unknown keys."""
-    from dataclasses import fields
-
     entry = get_model_entry(name)
     known = {f.name for f in fields(entry.config_cls)}
     unknown = sorted(set(values) - known)
@@ -163,8 +207,9 @@ def size_from_config(model_name: str, model_config: dict[str, Any]) -> int:
     import torch
 
     values = dict(model_config)
-    if values.get("text_input") == "bert":
-        values.update(text_input="features", dims={**values["dims"], "text": 768})
+    can = get_model_entry(model_name).can(values)
+    if can.reads_transcripts and can.feature_text is not None:
+        values = can.feature_text(values)
     config = make_config(model_name, values)
     # on the meta device: shapes without memory (a count needs no weights; a big config costs nothing)
     with torch.device("meta"), torch.random.fork_rng(devices=[]):

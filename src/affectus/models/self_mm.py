@@ -32,7 +32,7 @@ from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError, SettingError
 from affectus.models.late_fusion import masked_mean
 from affectus.models.output import ModelOutput
-from affectus.models.registry import check_model_config, register_model
+from affectus.models.registry import Capabilities, check_model_config, register_model
 from affectus.models.tfn import LSTMSubNet, check_dims, check_features
 
 HEADS = ("fusion", "text", "audio", "vision")  # ULGM's bank order: the multimodal head first
@@ -145,6 +145,7 @@ class SelfMM(nn.Module):
 
 
 @register_model("self_mm", SelfMMConfig, "Self-MM: multi-task with self-supervised unimodal labels (Yu et al. 2021)",
-                recipe="affectus.training.recipes.self_mm:SelfMMRecipe")
+                recipe="affectus.training.recipes.self_mm:SelfMMRecipe",
+                capabilities=Capabilities(extra_forward=("multitask_forward",)))
 def build(config: SelfMMConfig) -> SelfMM:
     return SelfMM(config)

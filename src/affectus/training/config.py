@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from affectus.errors import AffectusError, SettingError
+from affectus.models.registry import DEFAULT_MODEL
 from affectus.utils.strict_yaml import Doc, check_value, read_yaml, yaml_value
 
 TEXT_INPUTS = ("file", "sentence", "states", "sentence+file", "bert")
@@ -82,14 +83,14 @@ class TrainConfig:
             raise SettingError("train.device", self.device, "cpu, cuda, cuda:N or mps")
 
 
-def load_variants(model_name: str = "cmc") -> dict[str, dict]:
+def load_variants(model_name: str = DEFAULT_MODEL) -> dict[str, dict]:
     """A model's variants (name -> {description, overrides}), from its registry entry."""
     from affectus.models.registry import get_model_entry
 
     return get_model_entry(model_name).get_variants()
 
 
-def list_variants(model_name: str = "cmc") -> list[str]:
+def list_variants(model_name: str = DEFAULT_MODEL) -> list[str]:
     return list(load_variants(model_name))
 
 
@@ -166,7 +167,7 @@ def config_entries(doc: Doc) -> list[Located]:
 
 
 def resolve_config(
-    model_name: str = "cmc",
+    model_name: str = DEFAULT_MODEL,
     variant: str | None = None,
     preset=None,
     config_file: str | Path | None = None,

@@ -77,18 +77,17 @@ def plan_for(dataset: MERDataset, preset=None) -> DataPlan:
 def build_model(cfg: ResolvedConfig, dataset: MERDataset, scheme: LabelScheme | None = None,
                 text_views: list[tuple[str, int]] | None = None, text_model_dir: str | None = None):
     """The run's model for `dataset`'s feature sizes. What the data decides is filled into the model's
-    config where the model has the field: `num_classes` (the scheme's), `text_views` (the text feature's
-    columns as views, from `train.text_inputs`), and `bert_path` (the encoder that made `text_bert`, when
-    the model reads BERT ids and names no BERT of its own)."""
+    config where its registry entry declares it takes it (`Capabilities`): `num_classes` (the scheme's),
+    `text_views` (the text feature's columns as views, from `train.text_inputs`), and `bert_path` (the
+    encoder that made `text_bert`, when the model reads transcripts and names no BERT of its own)."""
     values = dict(cfg.model)
     values["dims"] = dataset.dims
-    entry = get_model_entry(cfg.model_name)
-    known = {f.name for f in dataclasses.fields(entry.config_cls)}
-    if scheme is not None and "num_classes" in known:
+    can = get_model_entry(cfg.model_name).can(values)
+    if scheme is not None and can.num_classes:
         values["num_classes"] = scheme.num_classes
-    if text_views and "text_views" in known:
+    if text_views and can.text_views:
         values["text_views"] = [[name, width] for name, width in text_views]
-    if text_model_dir and "bert_path" in known and values.get("text_input") == "bert" and not values.get("bert_path"):
+    if text_model_dir and can.reads_transcripts and not values.get("bert_path"):
         values["bert_path"] = text_model_dir
     config = make_config(cfg.model_name, values)
     return create_model(cfg.model_name, config), config
@@ -171,6 +170,7 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
     if len(train_split) < 2 or len(select_split) < 1:
         raise AffectusError(f"{dataset.source}: train split needs at least 2 samples and '{plan.select}' at least 1")
     model, model_cfg = build_model(cfg, dataset, plan.scheme, text_views, text_model_dir)
+    can = get_model_entry(cfg.model_name).can(model_cfg)
     model.to(device)
     write_json_atomic(out / "config.json", cfg.to_dict())
     write_identity(out, identity)
@@ -190,7 +190,7 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
 
         ctx = RecipeContext(model=model, train=tc, recipe=cfg.recipe, train_split=train_split,
                             select_split=select_split, scheme=plan.scheme, device=device, out=out, saved=saved,
-                            on_epoch=observe)
+                            on_epoch=observe, can=can)
         result = recipe.train(ctx)
     model.load_state_dict(result.state)
 
@@ -240,10 +240,9 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
     }
     if result.tensors:
         ckpt.save_tensors(out / "bank.safetensors", result.tensors)
-    bert = getattr(model, "bert", None)
-    if bert is not None:
+    if can.reads_transcripts:
         # BERT's architecture beside its weights (in model.safetensors): loading needs no hub or path
-        write_json_atomic(out / "bert_config.json", bert.config.to_dict())
+        write_json_atomic(out / "bert_config.json", model.bert.config.to_dict())
     write_json_atomic(out / "metrics.json", {"split": plan.eval, **metrics,
                                              **ckpt.in_sample_json(ckpt.split_fits(info, plan.eval))})
     ckpt.write_run(out, info, dict(model.state_dict()))

@@ -63,8 +63,19 @@ def has_plgm(run: Run) -> bool:
 
 
 def has_router(run: Run) -> bool:
-    """The model weighs its modalities with a router (MCR) whose weights the predictor returns."""
-    return run.config.get("model.use_router") is True and declares(run, "router")
+    """The model weighs its modalities with a router (MCR) whose weights the predictor returns: its registry
+    entry declares one for the run's config (`Capabilities.router`)."""
+    from affectus.errors import AffectusError
+    from affectus.models.registry import get_model_entry
+
+    config = run.info.get("model_config")
+    if not isinstance(config, dict):  # a run that does not record its model (nothing can load it)
+        return False
+    try:
+        routes = get_model_entry(str(run.info.get("model_name"))).can(config).router
+    except (AffectusError, TypeError, ValueError):  # a model no longer registered (nothing can load it)
+        return False
+    return routes and declares(run, "router")
 
 
 def _preferred(runs: list[Run]) -> list[Run]:

@@ -22,7 +22,7 @@ from affectus.data.batches import Batch, iterate_batches
 from affectus.data.missing import random_availability
 from affectus.data.types import MODALITIES, Split
 from affectus.inference import checkpoints as ckpt
-from affectus.models.registry import is_bert_parameter
+from affectus.models.registry import Capabilities, is_bert_parameter
 from affectus.training.loop import LoopState, run_loop
 
 # draws an availability mask: (n samples, generator) -> (n, 3) bool, True = present
@@ -61,6 +61,7 @@ class RecipeContext:
     out: Path
     saved: dict[str, Any] | None = None  # the resume state (state.pt), None for a fresh run
     on_epoch: Callable[[str, dict[str, float], int], None] | None = None  # observers: progress, TensorBoard
+    can: Capabilities = field(default_factory=Capabilities)  # what the model declares (models/registry.py)
 
     @property
     def state_path(self) -> Path:
@@ -92,7 +93,7 @@ class RecipeContext:
         return make
 
     def _order(self, split: Split, rng: np.random.Generator) -> np.ndarray:
-        if self.train.bucket and getattr(getattr(self.model, "config", None), "padding", "faithful") == "masked":
+        if self.train.bucket and self.can.sequence_masks:
             from affectus.models.layers import bucket_order
 
             lengths = np.maximum.reduce([split.lengths(m) for m in MODALITIES])

@@ -23,7 +23,7 @@ from affectus.data.types import MODALITIES, Split
 from affectus.errors import AffectusError
 from affectus.training.loop import logger
 from affectus.training.recipes.base import RecipeContext, RecipeResult
-from affectus.training.tasks import _SelectsBestState
+from affectus.training.tasks import SelectsBestState
 
 _CHOICES = {"maci_focus": ("under", "attribution"), "student_init": ("teacher", "fresh")}
 
@@ -134,7 +134,7 @@ class _Distiller(nn.Module):
         return self.student(batch)
 
 
-class CUMDFTask(_SelectsBestState):
+class CUMDFTask(SelectsBestState):
     """L_task + lambda_1 L_reg (teacher), plus lambda_2 L_cou + lambda_3 L_SRD with `targets` (student)."""
 
     def __init__(self, name: str, rc: CUMDFRecipeConfig, scheme, val_batches, targets: TeacherTargets | None = None,

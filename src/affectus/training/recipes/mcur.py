@@ -33,7 +33,7 @@ from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError
 from affectus.training.losses import supcon_loss
 from affectus.training.recipes.base import FrozenPart, RecipeContext, RecipeResult
-from affectus.training.tasks import _SelectsBestState
+from affectus.training.tasks import SelectsBestState
 
 _COMBINATION_CODE = torch.tensor([1, 2, 4])  # text, audio, vision bits: {l} = 1, ..., {l,a,v} = 7
 
@@ -92,7 +92,7 @@ def sugr(ce: torch.Tensor, log_var: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return (weights * ce + 0.5 * log_var).mean(), weights
 
 
-class MCURTask(_SelectsBestState):
+class MCURTask(SelectsBestState):
     """Training loss above; selects the epoch with the lowest unweighted validation cross-entropy (the
     learned weights must not grade themselves: a model could lower its weighted loss by claiming
     uncertainty), averaged over the selection sets (the 7 conditions, or the one fixed mask)."""
@@ -214,7 +214,7 @@ class MCURRecipe:
         summary: dict = {}
         stage = 1
         if rc.pretrain:
-            if getattr(model, "unimodal", None) is None:
+            if not ctx.can.unimodal_heads:
                 raise AffectusError("mcur: recipe.pretrain needs model.unimodal_heads = true")
             if ctx.saved is None or ctx.resumes(0):
                 uni = UnimodalTask(ctx.eval_batches(ctx.select_split))

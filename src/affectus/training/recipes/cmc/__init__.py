@@ -17,7 +17,7 @@ from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError, SettingError
 from affectus.training.loop import logger
 from affectus.training.recipes.base import FrozenPart, RecipeContext, RecipeResult
-from affectus.training.tasks import Stage1Task, Stage2Task
+from affectus.training.recipes.cmc.tasks import Stage1Task, Stage2Task
 
 _CHOICES = {
     "momentum_form": ("code", "paper"),
@@ -90,7 +90,7 @@ class CMCRecipe:
                      for s in (ctx.train_split, ctx.select_split))
 
     def train(self, ctx: RecipeContext) -> RecipeResult:
-        from affectus.training.plgm import PseudoLabelBank
+        from affectus.training.recipes.cmc.plgm import PseudoLabelBank
 
         rc, model = ctx.recipe, ctx.model
         init_train, init_val = self._initial_labels(ctx)

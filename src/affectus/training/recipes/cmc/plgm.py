@@ -13,8 +13,8 @@ soft label per modality, stored here in a `PseudoLabelBank` indexed by dataset s
              soft <- m soft + (1 - m) candidate                                     (eq. 28)
 
 Beside the bank: the momentum schedules of eq. 30 (`MomentumSchedule`), an EMA copy of each
-unimodal branch (eq. 29, `ModalityEMA`: one `torch.optim.swa_utils.AveragedModel` each), and
-`enable_flush_denormal` for the CPU slow-down that EMA training runs into. See docs/plgm.md.
+unimodal branch (eq. 29, `ModalityEMA`: one `torch.optim.swa_utils.AveragedModel` each). The CPU
+slow-down that EMA training runs into is `utils/threads.enable_flush_denormal`'s. See docs/plgm.md.
 """
 
 from __future__ import annotations
@@ -345,23 +345,3 @@ class ModalityEMA(nn.Module):
         """Write the EMA weights (and buffers) into `branches`, e.g. an evaluation copy's or the stage-2 model's."""
         for mod in self.modalities if modalities is None else modalities:
             branches[mod].load_state_dict(self.branch(mod).state_dict())
-
-
-# ---------------------------------------------------------------------------------------------
-# The denormal trap
-# ---------------------------------------------------------------------------------------------
-
-
-def enable_flush_denormal() -> bool:
-    """Flush denormal floats to zero on the CPU; returns False where the CPU cannot.
-
-    Why: after ~10 epochs of stage 1, values in the EMA / optimiser arithmetic drift into the
-    denormal range (|x| < 1.2e-38 in float32), which x86 CPUs handle in microcode, and a CPU run
-    becomes ~20x slower. Flushing them to zero changes nothing measurable in the results.
-    Caveat (checked on torch 2.13, OpenMP build): the flag is per thread and intra-op worker threads
-    inherit it only when they are created, so call this once at process start, before the first
-    large tensor operation starts torch's thread pool; a later call covers the main thread only
-    (and `torch.set_num_threads` does not recreate the pool).
-    """
-    return bool(torch.set_flush_denormal(True))
-

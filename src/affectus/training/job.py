@@ -1,0 +1,43 @@
+"""The glue every door that trains shares (`affectus train`, `affectus.train`): open the data, fold the
+seed / device / threads shortcuts into the overrides, resolve the config and plan the splits, all before
+anything is written. Threads are left to the door: the CLI sets them for its process, the API borrows
+them for one call (docs/architecture.md, "Library calls leave process-global torch state alone")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from affectus.models.registry import DEFAULT_MODEL
+
+
+@dataclass
+class TrainingJob:
+    dataset: Any  # MERDataset
+    preset: Any  # Preset | None
+    cfg: Any  # ResolvedConfig
+    plan: Any  # DataPlan
+    source: str  # the data source as run.json records it
+
+    def run(self, out: str | Path, resume: bool = False, **kwargs: Any) -> dict[str, Any]:
+        """Train into `out` (`train_run`'s keywords: on_epoch, overwrite); returns the metrics."""
+        from affectus.training.trainer import train_run
+
+        return train_run(self.dataset, self.cfg, out, self.plan, resume=resume, data_source=self.source, **kwargs)
+
+
+def prepare_training(data: str | Path, preset: str | None = None, model: str = DEFAULT_MODEL,
+                     variant: str | None = None, config: str | Path | None = None, overrides: Any = None, *,
+                     seed: int | None = None, device: str | None = None, threads: int | None = None,
+                     trust_pickle: bool = False) -> TrainingJob:
+    """A checked training job; `overrides` is {key: value} (or --set's parsed list), the shortcuts win."""
+    from affectus.data.load import open_data, source_id
+    from affectus.training.config import resolve_config
+    from affectus.training.trainer import plan_for
+
+    dataset, p = open_data(data, preset, trust_pickle=trust_pickle)
+    shortcuts = {k: v for k, v in (("train.seed", seed), ("train.device", device), ("train.threads", threads))
+                 if v is not None}
+    cfg = resolve_config(model, variant, p, config, {**(overrides or {}), **shortcuts})
+    return TrainingJob(dataset, p, cfg, plan_for(dataset, p), source_id(data))
