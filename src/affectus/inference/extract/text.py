@@ -448,6 +448,29 @@ def apply_text_inputs(dataset: MERDataset, text_inputs: str, encoder_spec: str
     return out, text_inputs_record(encoder, text=text, bert=text_inputs == "bert"), views, encoder
 
 
+def check_text_inputs(dataset: MERDataset, text_inputs: str, encoder_spec: str, preset: str | None = None) -> None:
+    """Refuse, before anything is written, what `apply_text_inputs` would fail on later: an encoder that is
+    not installed (the MiniLM package, or a directory that is not a Hugging Face model folder) and a file
+    whose splits carry no transcripts. Cheap: reads no weights."""
+    if text_inputs == "file":
+        return
+    origin = f"preset {preset} inputs: " if preset else ""
+    setting = f"{origin}train.text_inputs = {text_inputs}"
+    if encoder_spec == MiniLMEncoderConfig.name:
+        if not minilm_available():
+            raise AffectusError(f"{setting} needs the text encoder minilm, which is not installed (pip install "
+                                f"'affectus[text]'); or train on the file's text features: --set train.text_inputs=file")
+    else:
+        try:
+            _check_model_dir(encoder_spec)
+        except AffectusError as err:
+            raise AffectusError(f"{setting}: {err}") from None
+    for name, split in dataset.splits.items():
+        if split.raw_text is None:
+            raise AffectusError(f"file {dataset.source} split {name} has no transcripts (key raw_text), which "
+                                f"{setting} reads; or train on the file's text features: --set train.text_inputs=file")
+
+
 # ------------------------------------------------------------------------------------ helpers
 
 
