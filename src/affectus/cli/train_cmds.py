@@ -204,6 +204,12 @@ def params(
     values["dims"] = _dims_option(dims) if dims is not None else dict(p.dims)
     if p is not None and "num_classes" in values:  # as training builds it: the preset's label scheme
         values["num_classes"] = p.scheme.num_classes
+    if cfg.train.text_inputs != "file":  # the inputs re-encode the transcripts: the text width they make
+        from affectus.inference.extract.text import encoded_dims
+
+        values["dims"], views = encoded_dims(values["dims"], cfg.train.text_inputs, cfg.train.text_encoder)
+        if views and "text_views" in values:
+            values["text_views"] = [[name, width] for name, width in views]
     print(size_from_config(cfg.model_name, values))
 
 

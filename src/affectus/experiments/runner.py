@@ -554,8 +554,8 @@ def _markdown(exp: dict[str, Any], rows: list[dict], n_finished: int) -> str:
     first_inputs = finished[0]["inputs"] if finished else ""
     mixed = len({g["inputs"] for g in finished}) > 1
     if mixed:
-        lines += ["**Mixed inputs** (`mixed_inputs: true`): rows marked ≠ read other inputs than the first row "
-                  f"(`{first_inputs}`); compare only rows with the same Inputs.", ""]
+        lines += [("**Mixed inputs** (`mixed_inputs: true`): rows marked ≠ read other inputs than the first row "
+                   f"(`{first_inputs}`); compare only rows with the same Inputs."), ""]
     header = ["Run", *grid_keys, *[c for c, _ in columns], "Inputs", "Params", "Seeds"]
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for g in rows:

@@ -448,6 +448,18 @@ def apply_text_inputs(dataset: MERDataset, text_inputs: str, encoder_spec: str
     return out, text_inputs_record(encoder, text=text, bert=text_inputs == "bert"), views, encoder
 
 
+def encoded_dims(dims: dict[str, int], text_inputs: str, encoder_spec: str
+                 ) -> tuple[dict[str, int], list[tuple[str, int]]]:
+    """A file's feature dims as the run reads them after `apply_text_inputs`, and the text views, without
+    encoding anything (the encoder's config gives its width): what `affectus params` builds a model for."""
+    if text_inputs in ("file", "bert"):
+        return dict(dims), []
+    width = text_encoder_from_spec(None if encoder_spec == MiniLMEncoderConfig.name else encoder_spec).hidden_size
+    if text_inputs == "sentence+file":
+        return {**dims, "text": width + dims["text"]}, [("transcript", width), ("file", dims["text"])]
+    return {**dims, "text": width}, []
+
+
 def check_text_inputs(dataset: MERDataset, text_inputs: str, encoder_spec: str, preset: str | None = None) -> None:
     """Refuse, before anything is written, what `apply_text_inputs` would fail on later: an encoder that is
     not installed (the MiniLM package, or a directory that is not a Hugging Face model folder) and a file
