@@ -118,7 +118,7 @@ def run_mosi(args, model: str, seed: int, cache: dict) -> dict:
     from affectus.training.trainer import DataPlan
 
     if "ds" not in cache:
-        cache["ds"], cache["preset"] = open_data(str(MOSI), "mosi-utterance")
+        cache["ds"], cache["preset"] = open_data(args.mosi_data, "mosi-utterance")
     ds, preset = cache["ds"], cache["preset"]
     scheme = preset.scheme
     valid = ds["valid"]
@@ -162,6 +162,7 @@ def main() -> None:
     ap.add_argument("--protocol", default="crossfit", choices=("crossfit", "preset"))
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--mosi-data", default=str(MOSI), help="mosi: the shared set's pickle (default: beside the repo)")
     args = ap.parse_args()
     import torch
 

@@ -175,7 +175,8 @@ def _check(preset: Preset, doc: Doc) -> None:
         raise doc.error(("inputs", "text_encoder"), "inputs.text_encoder: expected minilm or a local model directory")
     for model, values in preset.settings.items():
         for key in values:
-            if key in INPUT_KEYS or (key.rpartition(".")[2] in ("text_inputs", "text_encoder")):
+            # (a bare `text_encoder` may be a model's own key: Self-MM's model.text_encoder)
+            if key in INPUT_KEYS or key == "text_inputs":
                 raise doc.error(("settings", model, key), f"settings.{model}: {key} is an input of the data, the same "
                                                           f"for every model: set it in the preset's inputs: block")
     low, high = preset.label_range

@@ -351,12 +351,12 @@ _CACHE_LIMIT = 16
 def _sentences(encoder: BertTextEncoder, texts: list[str], where: str) -> np.ndarray:
     key = (json.dumps(encoder.record(), sort_keys=True),
            hashlib.sha256("\x1f".join(_check_texts(texts, where)).encode()).hexdigest())
-    hit = _SENTENCE_CACHE.get(key)
+    hit = _SENTENCE_CACHE.pop(key, None)  # re-inserted below: the least recently used entry goes first
     if hit is None:
         hit = encoder.sentence_embeddings(texts, where=where)
         if len(_SENTENCE_CACHE) >= _CACHE_LIMIT:
             _SENTENCE_CACHE.pop(next(iter(_SENTENCE_CACHE)))
-        _SENTENCE_CACHE[key] = hit
+    _SENTENCE_CACHE[key] = hit
     return hit
 
 
