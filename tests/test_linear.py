@@ -173,3 +173,25 @@ def test_models_lists_linear_and_its_variants(cli):
     code, out, _ = cli("models")
     assert code == 0
     assert "\nlinear " in out and "--variant linear_text" in out and "--variant linear_acc2" in out
+
+
+def test_served_like_any_model(tmp_path, cli):
+    """`affectus serve` answers /predict for a linear run (its weights need no scikit-learn)."""
+    from fastapi.testclient import TestClient
+
+    from affectus.data.mmsa import dataset_from_raw, write_npz
+    from affectus.data.synthetic import SynthConfig, generate
+    from affectus.inference.service import create_app
+
+    raw = generate(SynthConfig(n_train=40, n_valid=12, n_test=12, seed=2, seq_lens={"text": 4, "audio": 6, "vision": 5},
+                               dims={"text": 12, "audio": 5, "vision": 7}))
+    write_pickle(raw, tmp_path / "d.pkl")
+    write_npz(dataset_from_raw(raw), tmp_path / "d.npz")
+    code, _, err = cli("train", "--data", tmp_path / "d.pkl", "--model", "linear", "--out", tmp_path / "run", "--quiet")
+    assert code == 0, err
+    client = TestClient(create_app(tmp_path / "run"))
+    assert client.get("/health").json()["model"] == "linear"
+    r = client.post("/predict", files={"file": ("d.npz", (tmp_path / "d.npz").read_bytes())})
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    assert len(preds) == 64 and preds[0]["verdict"] in preds[0]["probabilities"]
