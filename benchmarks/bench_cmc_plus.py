@@ -20,10 +20,13 @@ mosi: the shared CMU-MOSI utterance set (train + valid; valid is the reported sp
   over all of valid's held-out predictions. So no reported prediction comes from anything that saw its
   label. (`--protocol preset`: valid both selects and is reported, as the mosi-utterance preset runs.)
 
-Baselines: `logreg`, logistic regression on the standardised concatenated pooled features, trained on the
-Acc2 truth (the stronger target for it), C in {0.001 .. 10} chosen on the selection rows; `minilm_probe`,
-the same on frozen MiniLM sentence vectors of the transcripts alone; `late_fusion` (MMSA's LF-DNN) and
-`cmc` (faithful) through `train_run`.
+Every row trains through affectus's own trainer (`train_run`) and reads the preset's inputs (on mosi: the
+MiniLM transcript vectors next to the file's text-CNN feature, as CMC+ does). Baselines are the registered
+`linear` model (logistic regression on the standardised concatenated pooled inputs, C in {0.001 .. 10} chosen
+on the selection rows), fitted on the Acc2 truth (variant linear_acc2, the stronger target for it):
+`logreg` on every input; `logreg_file` on the file's features alone (train.text_inputs=file: what `logreg`
+read before presets declared their inputs); `minilm_probe` on the transcript view alone (variant
+linear_text); and `late_fusion` (MMSA's LF-DNN), `cmc` (faithful).
 """
 
 from __future__ import annotations
@@ -42,13 +45,12 @@ ROOT = Path(__file__).resolve().parents[1]
 MOSI = ROOT.parent / "shared" / "data" / "mosi-utterance" / "mosi_utterance_trainval.pkl"
 
 
-def logreg(train, select, evals, scheme, seed: int, features=None) -> np.ndarray:
-    """affectus's logistic-regression baseline (evaluation/linear_baseline.py) on the Acc2 truth, C chosen on
-    `select`; its (N, 3) log-probabilities on `evals`. `features`: None for the pooled modalities."""
-    from affectus.evaluation.linear_baseline import logreg_baseline, pooled_features
-
-    return logreg_baseline(train, evals, select_split=select, family=scheme.family, task="binary", seed=seed,
-                           max_iter=3000, features=features or pooled_features)["logits"]
+# the baseline rows, as registered models (MODEL/VARIANT@overrides, see `parse_row`)
+ALIASES = {
+    "logreg": "linear/linear_acc2@recipe.max_iter=3000",
+    "logreg_file": "linear/linear_acc2@recipe.max_iter=3000,train.text_inputs=file",
+    "minilm_probe": "linear/linear_text@recipe.target=acc2,recipe.max_iter=3000",
+}
 
 
 def train_model(ds, plan, preset, model: str, variant: str | None, seed: int, sets: dict):
@@ -87,14 +89,9 @@ def run_sim(args, model: str, seed: int) -> dict:
     plan = plan_for(ds, preset)
     test = ds[plan.eval]
     out: dict = {}
-    if model == "logreg":
-        logits = logreg(ds[plan.train], ds[plan.select], test, plan.scheme, seed)
-        weights = None
-        seconds = 0.0
-    else:
-        name, variant, sets = parse_row(model)
-        pred, seconds, _ = train_model(ds, plan, preset, name, variant, seed, {"train.threads": args.threads, **sets})
-        logits, weights = logits_of(pred), pred.router_weights
+    name, variant, sets = parse_row(model)
+    pred, seconds, _ = train_model(ds, plan, preset, name, variant, seed, {"train.threads": args.threads, **sets})
+    logits, weights = logits_of(pred), pred.router_weights
     m = compute_metrics(plan.scheme, logits=logits, scores=test.labels, unimodal_scores=test.unimodal_labels)
     out["final"] = {"d_test_acc2": m["d_test"]["acc2"], "d_msi_acc2": m["d_msi"]["acc2"],
                     "d_msc_acc2": m["d_msc"]["acc2"], "d_test_f1": m["d_test"]["f1"]}
@@ -123,7 +120,7 @@ def run_mosi(args, model: str, seed: int, cache: dict) -> dict:
     from affectus.training.trainer import DataPlan
 
     if "ds" not in cache:
-        cache["ds"], cache["preset"] = open_data(str(MOSI), "mosi-utterance")
+        cache["ds"], cache["preset"] = open_data(args.mosi_data, "mosi-utterance")
     ds, preset = cache["ds"], cache["preset"]
     scheme = preset.scheme
     valid = ds["valid"]
@@ -137,32 +134,20 @@ def run_mosi(args, model: str, seed: int, cache: dict) -> dict:
         fold = MERDataset(splits={"train": ds["train"], "select": valid.subset(sel_rows, "select"),
                                   "eval": valid.subset(eval_rows, "eval")}, source=ds.source)
         plan = DataPlan("train", "select", "eval", scheme)
-        if model in ("logreg", "minilm_probe"):
-            feats = (lambda s: minilm(s, cache)) if model == "minilm_probe" else None
-            lg = logreg(fold["train"], fold["select"], fold["eval"], scheme, seed, feats)
-        else:
-            name, variant, sets = parse_row(model)
-            pred, s, _ = train_model(fold, plan, preset, name, variant, seed, {"train.threads": args.threads, **sets})
-            lg, seconds = logits_of(pred), seconds + s
-        logits[eval_rows] = lg
+        name, variant, sets = parse_row(model)
+        pred, s, _ = train_model(fold, plan, preset, name, variant, seed, {"train.threads": args.threads, **sets})
+        logits[eval_rows], seconds = logits_of(pred), seconds + s
     m = compute_metrics(scheme, logits=logits, scores=valid.labels)
     return {"final": {k: m[k] for k in ("has0_acc2", "has0_f1", "non0_acc2", "acc3")}, "seconds": round(seconds, 1)}
 
 
 def parse_row(spec: str) -> tuple[str, str | None, dict]:
-    """"MODEL[/VARIANT][@key=value,key=value]" -> (model, variant, config overrides)."""
+    """"MODEL[/VARIANT][@key=value,key=value]" (or an ALIASES name) -> (model, variant, config overrides)."""
     from affectus.training.config import parse_set
 
-    head, _, sets = spec.partition("@")
+    head, _, sets = ALIASES.get(spec, spec).partition("@")
     name, _, variant = head.partition("/")
     return name, variant or None, parse_set(sets.split(",")) if sets else {}
-
-
-def minilm(split, cache: dict) -> np.ndarray:
-    from affectus.inference.extract.text import _sentences, text_encoder_from_spec
-
-    enc = cache.setdefault("encoder", text_encoder_from_spec(None))
-    return _sentences(enc, split.raw_text, "transcripts")
 
 
 # ----------------------------------------------------------------------------------------- main
@@ -171,14 +156,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("data", choices=("sim", "mosi"))
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--models", default=None, help="semicolon list: cmc_plus, logreg, minilm_probe, late_fusion, cmc, "
-                                                     "or MODEL[/VARIANT][@key=value,...]")
+    ap.add_argument("--models", default=None, help="semicolon list: cmc_plus, logreg, logreg_file, minilm_probe, "
+                                                     "late_fusion, cmc, or MODEL[/VARIANT][@key=value,...]")
     ap.add_argument("--variants", default=None, help="cmc_plus variants to run as extra rows (ablation)")
     ap.add_argument("--mislead", type=float, default=1 / 3)
     ap.add_argument("--seq-scale", type=float, default=0.25)
     ap.add_argument("--protocol", default="crossfit", choices=("crossfit", "preset"))
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--mosi-data", default=str(MOSI), help="mosi: the shared set's pickle (default: beside the repo)")
     args = ap.parse_args()
     import torch
 

@@ -4,7 +4,10 @@ shared CMU-MOSI utterance set (train -> valid; the set has no test split, see it
     python benchmarks/bench_mosi_utterance.py [--seeds 5] [--variant cmc] [--set key=value ...] [--out DIR]
 
 Prints one JSON object: per-seed and mean +- std valid Has0-Acc2 / F1 (and Non0, Acc3) for CMC,
-and the baseline's numbers (C chosen on valid, as the set's README does).
+and the baseline's numbers: the registered `linear` model fitted on the Acc2 truth (variant linear_acc2;
+C chosen on valid, as the set's README does), trained by the same trainer on the same inputs as the
+model's runs (the preset's inputs: MiniLM transcript vectors + the file's text feature, unless --set
+train.text_inputs=... says otherwise).
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ def main() -> None:
 
     from affectus.data.mmsa import load_dataset
     from affectus.data.presets import load_preset
-    from affectus.evaluation.linear_baseline import logreg_baseline
     from affectus.training.config import parse_set, resolve_config
     from affectus.training.trainer import plan_for, train_run
     from affectus.utils.threads import enable_flush_denormal, torch_threads
@@ -56,11 +58,16 @@ def main() -> None:
         return {k: {"mean": round(statistics.mean(r[k] for r in rows), 2),
                     "std": round(statistics.stdev(r[k] for r in rows), 2) if len(rows) > 1 else 0.0} for k in KEYS}
 
-    base = logreg_baseline(ds["train"], ds["valid"], select_split=ds["valid"], family="mosi", task="binary")
+    # the baseline reads what the model's runs read (text inputs and encoder), seed 0 (lbfgs is deterministic)
+    inputs = {"train.text_inputs": cfg.train.text_inputs, "train.text_encoder": cfg.train.text_encoder}
+    base_cfg = resolve_config("linear", "linear_acc2", preset, None, {**inputs, "train.seed": 0})
+    base = train_run(ds, base_cfg, root / "logreg", plan, data_source=args.data)
+    stage = json.loads((root / "logreg" / "run.json").read_text())["stages"]["linear"]
     print(json.dumps({
         "data": args.data, "split": plan.eval, "model": args.model, "variant": args.variant, "overrides": args.sets,
         "seeds": args.seeds, "runs": runs, "mean_std": agg(runs),
-        "logreg_baseline": {"C": base["C"], **{k: round(base["metrics"][k], 2) for k in KEYS if k in base["metrics"]}},
+        "logreg_baseline": {"C": stage["C"], "text_inputs": base_cfg.train.text_inputs,
+                            **{k: round(base[k], 2) for k in KEYS if k in base}},
     }, indent=2))
 
 

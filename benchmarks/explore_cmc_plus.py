@@ -359,28 +359,15 @@ def run_cmc_plus(args, feats, ds, plan_eval: str, seed: int) -> dict:
 
 # ---------------------------------------------------------------------------------- baselines
 
-def run_logreg(feats, ds, plan_eval: str, seed: int, mods, task: str) -> dict:
-    """LR on standardised concatenated pooled features of `mods`, C on valid (as the set's README)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+# the --text choices as the trainer's text inputs, and the logreg --mods names as the linear model's views
+TEXT_INPUTS = {"file": "file", "minilm": "sentence", "minilm|file": "sentence+file", "minilm+file": "sentence+file"}
 
-    cat = lambda s: np.concatenate([feats[s][m] for m in mods], 1)
-    lab = ds["train"].labels
-    fam_sims = ds["train"].unimodal_labels is not None
-    target = (lambda y: classes(y)) if task == "3class" else (
-        (lambda y: (y > 0).astype(int)) if fam_sims else (lambda y: (y >= 0).astype(int)))
-    best = None
-    for c in (0.001, 0.01, 0.1, 1.0, 10.0):
-        m = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000, random_state=seed))
-        m.fit(cat("train"), target(lab))
-        acc = float(np.mean(m.predict(cat("valid")) == target(ds["valid"].labels)))
-        if best is None or acc > best[0]:
-            best = (acc, c, m)
-    p = best[2].predict_log_proba(cat(plan_eval))
-    # binary: logits (neg, neutral=-inf-like, pos) so binary_from_logits reads neg vs pos
-    logits = p if task == "3class" else np.stack([p[:, 0], np.full(len(p), -1e9), p[:, 1]], 1)
-    return {"C": best[1], "final": score(logits, ds[plan_eval])}
+
+def logreg_views(text: str, mods: list[str]) -> str:
+    """--mods as `model.views` of the registered `linear` model: with minilm+file the text branch is the
+    transcript view and text_file the file's view; with minilm|file, text is both views concatenated."""
+    names = {"text": "text:transcript" if text == "minilm+file" else "text", "text_file": "text:file"}
+    return "[" + ",".join(names.get(m, m) for m in mods) + "]"
 
 
 def run_affectus_model(ds, preset, plan, model: str, variant, seed: int, sets: list[str], threads: int) -> dict:
@@ -408,7 +395,7 @@ def main() -> None:
     ap.add_argument("--method", default="cmc_plus", choices=("cmc_plus", "logreg", "affectus"))
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--text", default="file", choices=("file", "minilm", "minilm+file", "minilm|file"), help="mosi text input")
-    ap.add_argument("--mods", default="text,audio,vision", help="logreg: modalities to concatenate")
+    ap.add_argument("--mods", default="text,audio,vision", help="logreg: modalities to concatenate (masked pooling)")
     ap.add_argument("--task", default="binary", choices=("binary", "3class"), help="logreg target")
     ap.add_argument("--model", default="cmc", help="affectus: registered model")
     ap.add_argument("--variant", default=None)
@@ -451,14 +438,15 @@ def main() -> None:
         ts = time.perf_counter()
         if args.method == "cmc_plus":
             r = run_cmc_plus(args, feats, ds, plan.eval, seed)
-        elif args.method == "logreg":
-            r = run_logreg(feats, ds, plan.eval, seed, args.mods.split(","), args.task)
         else:
-            if args.data == "mosi" and args.text != "file":
-                from affectus.inference.extract.text import reencode_dataset, text_encoder_from_spec
-
-                ds = reencode_dataset(ds, text_encoder_from_spec(None), text="sentence")
-            r = run_affectus_model(ds, preset, plan, args.model, args.variant, seed, args.sets, args.threads)
+            # the registered models read the text the trainer makes from --text (the preset's inputs: block
+            # would otherwise decide); logreg is the registered `linear` model
+            sets = ([f"train.text_inputs={TEXT_INPUTS[args.text]}"] if args.data == "mosi" else []) + args.sets
+            model, variant = args.model, args.variant
+            if args.method == "logreg":
+                model, variant = "linear", "linear_acc2" if args.task == "binary" else "linear"
+                sets = sets + [f"model.views={logreg_views(args.text, args.mods.split(','))}", "recipe.max_iter=3000"]
+            r = run_affectus_model(ds, preset, plan, model, variant, seed, sets, args.threads)
         r["seed"], r["seconds"] = seed, round(time.perf_counter() - ts, 1)
         runs.append(r)
         print(json.dumps(r), file=sys.stderr, flush=True)

@@ -105,7 +105,7 @@ runs:
         (GOOD.replace("variant: wo_mcr", "variant: wo_everything"), 6, "unknown variant 'wo_everything'"),
         (GOOD + "colour: blue\n", 7, "unknown key 'colour'"),
         (GOOD + "seed: 3\n", 7, ("unknown key 'seed' in the spec: expected one of name, description, preset, data, "
-                                 "seeds, overrides, runs, grid, report (did you mean 'seeds'?)")),
+                                 "seeds, overrides, runs, grid, mixed_inputs, report (did you mean 'seeds'?)")),
         (GOOD.replace("- {name: CMC, model: cmc}", "- {name: CMC, modle: cmc}"), 4, "did you mean 'model'?"),
         (GOOD.replace("- {name: CMC, model: cmc}", "- {name: 3}"), 4, "runs[0].name = 3: expected a string"),
         (GOOD.replace("    variant: wo_mcr", "    variant: wo_mcr\n    overrides:\n      model.heads: 3"), 8,
@@ -119,6 +119,9 @@ runs:
         (GOOD + "overrides: {train.seed: 3}\n", 7, "use `seeds:`"),
         (GOOD.replace("name: other", "name: cmc"), 5, "same id 'cmc'"),
         (GOOD + "grid: {model.tau: [0.1, 0.1]}\n", 7, "values repeat"),
+        # rows that would read different inputs, without `mixed_inputs: true`
+        (GOOD.replace("    variant: wo_mcr", "    variant: wo_mcr\n    overrides: {train.text_inputs: sentence}"), 5,
+         "run 'other' reads inputs sentence:minilm, run 'CMC' reads file"),
     ],
 )
 def test_bad_spec_fails_in_one_line_before_any_run(sims_file: Path, tmp_path: Path, capsys, text, line,

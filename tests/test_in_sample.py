@@ -159,7 +159,7 @@ def test_results_md_csv_and_report_mark_an_in_sample_row(tmp_path):
 
     spec = {"name": "insample", "seeds": 1, "preset": "mosi-utterance",
             "runs": [{"name": "CMC+", "model": "cmc_plus", "overrides": FAST_OVERRIDES},
-                     {"name": "LF", "model": "late_fusion", "overrides": {"train.epochs": 2}}],
+                     {"name": "LF", "model": "late_fusion", "overrides": {"train.epochs": 2, "train.text_inputs": "file"}}],
             "report": {"columns": "conditions", "conditions": ["l", "lav"]}}
     out = tmp_path / "exp"
     run_experiment(spec, out, data=DATA, threads=1, progress=False)

@@ -427,7 +427,8 @@ def test_meld_presets_read_the_transcripts_for_every_model(name):
     # the file's text is a 1-d placeholder: a model left on train.text_inputs=file would learn from zeros
     from affectus.data.presets import load_preset
     from affectus.models.registry import list_models
+    from affectus.training.config import resolve_config
 
-    settings = load_preset(name).settings
-    assert {m: settings.get(m, {}).get("train.text_inputs") for m in list_models()} == {
+    preset = load_preset(name)
+    assert {m: resolve_config(m, None, preset).train.text_inputs for m in list_models()} == {
         m: "sentence" for m in list_models()}

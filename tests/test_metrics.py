@@ -1,4 +1,5 @@
-"""Metrics, subsets and the logistic-regression baseline, checked against values worked out by hand.
+"""Metrics and subsets, checked against values worked out by hand (the logistic-regression baseline is the
+registered `linear` model: tests/test_linear.py).
 
 Rows of logits are (neg, neu, pos). Binary rule: positive iff pos > neg (tie -> negative).
 """
@@ -13,9 +14,7 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
 from affectus.data.schemes import get_scheme
-from affectus.data.types import Split
 from affectus.errors import AffectusError
-from affectus.evaluation.linear_baseline import logreg_baseline, pooled_features
 from affectus.evaluation.metrics import (
     compute_metrics,
     metrics_from_logits,
@@ -336,56 +335,3 @@ def test_masks_from_ids():
         masks_from_ids(ids, ["v1"], ["v1"])
     msc, msi = masks_from_ids(ids, ["v1", "v9"], [], strict=False)
     assert msc.tolist() == [True, False, False, False] and not msi.any()
-
-
-# ------------------------------------------------------------------------------------------------
-# The logistic-regression baseline
-# ------------------------------------------------------------------------------------------------
-
-
-def _split(name: str, n: int, seed: int, unimodal: bool = False) -> Split:
-    """Scores in {-1, -0.5, 0, 0.5, 1}; the valid steps carry the score plus noise, padding carries junk
-    (100) that length-aware pooling must ignore."""
-    rng = np.random.default_rng(seed)
-    scores = rng.choice([-1.0, -0.5, 0.0, 0.5, 1.0], size=n).astype(np.float32)
-
-    def feats(steps: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
-        lengths = rng.integers(1, steps + 1, size=n)
-        x = scores[:, None, None] + 0.3 * rng.normal(size=(n, steps, dim))
-        x[np.arange(steps)[None, :] >= lengths[:, None]] = 100.0
-        return x.astype(np.float32), lengths.astype(np.int64)
-
-    (t, tl), (a, al), (v, vl) = feats(4, 3), feats(5, 2), feats(3, 2)
-    return Split(
-        name=name, text=t, audio=a, vision=v, text_lengths=tl, audio_lengths=al, vision_lengths=vl,
-        labels=scores, ids=[f"{name}{i}" for i in range(n)],
-        unimodal_labels={m: scores.copy() for m in ("text", "audio", "vision")} if unimodal else None,
-    )  # fmt: skip
-
-
-def test_pooled_features_ignore_padding():
-    s = _split("x", 3, 0)
-    s.text[0] = [[1, 1, 1], [3, 3, 3], [100, 100, 100], [100, 100, 100]]
-    s.text_lengths[0] = 2
-    s.audio_lengths[1] = 0  # clamped to 1: the first step alone
-    pooled = pooled_features(s)
-    assert pooled.shape == (3, 3 + 2 + 2)
-    assert pooled[0, :3].tolist() == [2.0, 2.0, 2.0]
-    assert np.allclose(pooled[1, 3:5], s.audio[1, 0])
-
-
-def test_logreg_baseline_learns_and_selects_on_validation():
-    train, valid, test = _split("train", 120, 1), _split("valid", 40, 2), _split("test", 40, 3)
-    out = logreg_baseline(train, test, select_split=valid, Cs=(0.01, 1.0), family="mosi")
-    assert (
-        out["selected_on"] == "valid" and out["C"] in (0.01, 1.0) and set(out["selection"]) == {"0.01", "1.0"}
-    )
-    assert out["metrics"]["has0_acc2"] > 80 and out["metrics"]["non0_acc2"] > 80
-    # SIMS family, binary task, C by cross-validation on train, nested subsets from the unimodal labels
-    out = logreg_baseline(
-        train, _split("test", 40, 3, unimodal=True), Cs=(1.0,), family="sims", task="binary"
-    )
-    assert out["selected_on"] == "train-cv"
-    assert out["metrics"]["d_msi"]["n"] == 0 and out["metrics"]["acc2"] > 80
-    with pytest.raises(AffectusError, match="test"):
-        logreg_baseline(train, valid, select_split=test)

@@ -74,7 +74,7 @@ def _edit_config(run: Path, **values) -> None:
     ({"d": 0}, "model.d = 0: expected a positive integer"),  # a ZeroDivisionError traceback before
     ({"d": -1}, "model.d = -1: expected a positive integer"),
     ({"d": 2 ** 20}, "d = 1048576 is larger than the"),  # tried to allocate 13 TB before
-    ({"dims_text": 10 ** 12}, "dims.text = 1000000000000 is larger than the"),
+    ({"dims_text": 10 ** 12}, "dims.text = 1000000000000 is larger than"),
 ])
 def test_a_model_config_that_does_not_describe_the_weights_is_one_line(run_copy: Path, tiny_file: Path, cli,
                                                                        values, needle) -> None:

@@ -229,8 +229,15 @@ def params(
     cfg = resolve_config(model or DEFAULT_MODEL, variant, p)
     values = dict(cfg.model)
     values["dims"] = _dims_option(dims) if dims is not None else dict(p.dims)
-    if p is not None and get_model_entry(cfg.model_name).can(values).num_classes:  # as training builds it
+    can = get_model_entry(cfg.model_name).can(values)
+    if p is not None and can.num_classes:  # as training builds it
         values["num_classes"] = p.scheme.num_classes
+    if cfg.train.text_inputs != "file":  # the inputs re-encode the transcripts: the text width they make
+        from affectus.inference.extract.text import encoded_dims
+
+        values["dims"], views = encoded_dims(values["dims"], cfg.train.text_inputs, cfg.train.text_encoder)
+        if views and can.text_views:
+            values["text_views"] = [[name, width] for name, width in views]
     print(size_from_config(cfg.model_name, values))
 
 

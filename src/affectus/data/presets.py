@@ -24,6 +24,14 @@ if TYPE_CHECKING:
 
 SPLIT_ROLES = ("train", "select", "eval")
 
+# Where a run's text input comes from (inference/extract/text.py): "file" (the file's text features as they
+# are), or the transcripts (`raw_text`) re-encoded by the preset's encoder: "sentence" (one sentence vector
+# per sample), "states" (token states), "sentence+file" (the sentence vector next to the file's own text
+# feature, two text views), "bert" (token ids for a BERT text path).
+TEXT_INPUTS = ("file", "sentence", "states", "sentence+file", "bert")
+# config keys a preset's `inputs:` block sets for every model (and `settings:` may not)
+INPUT_KEYS = ("train.text_inputs", "train.text_encoder")
+
 
 class ModelSettings(Strict):
     """Per-model hyperparameters of Table III (CMC) and Table VII (CMC-GT)."""
@@ -31,6 +39,33 @@ class ModelSettings(Strict):
     layers: int  # transformer encoder layers per modality
     heads: int  # attention heads
     output_dropout: float  # dropout inside each unimodal head
+
+
+class Inputs(Strict):
+    """What every model trained with a preset reads: the data's inputs, not a model's setting. Each key
+    is the `train.*` key of the same name, so `--set train.text_inputs=file` gives the file's features back."""
+
+    text_inputs: str = "file"  # one of TEXT_INPUTS
+    text_encoder: str = "minilm"  # the packaged MiniLM, or a local BERT-family directory
+
+    def entries(self) -> dict[str, str]:
+        """{config key: value} as `resolve_config` applies them."""
+        return {"train.text_inputs": self.text_inputs, "train.text_encoder": self.text_encoder}
+
+
+def inputs_label(record: dict[str, Any] | None) -> str:
+    """A run's inputs in a few characters, for table columns: "file" (the file's features as they are), or
+    "<text inputs>:<encoder>@<fingerprint[:8]>" (e.g. "sentence+file:minilm@1f0a9c3e") from run.json's
+    `text_inputs` record. Two runs with the same label read the same numbers from the same file."""
+    if not record:
+        return "file"
+    encoder = record.get("text_encoder") or {}
+    name = encoder.get("encoder", "?")
+    if name != "minilm":
+        name = Path(str(encoder.get("path", name))).name or name
+    text = record.get("text") or ("bert" if record.get("bert") else "?")
+    fingerprint = str(encoder.get("fingerprint") or "")[:8]
+    return f"{text}:{name}" + (f"@{fingerprint}" if fingerprint else "")
 
 
 class Preset(Strict):
@@ -43,8 +78,11 @@ class Preset(Strict):
     seq_lens: dict[str, int]  # modality -> padded sequence length L (informative: files may differ)
     unimodal_labels: bool  # regression_labels_T/A/V expected
     splits: dict[str, str]  # role (train / select / eval) -> split name in the file
+    # the inputs every model trained with this preset reads (transcripts re-encoded or the file's features)
+    inputs: Inputs = Field(default_factory=Inputs)
     model: dict[str, ModelSettings]  # model name ('cmc', 'cmc-gt') -> settings
-    # model name -> config keys (model.X / train.X / recipe.X) this dataset sets for it beyond Table III
+    # model name -> hyperparameters (model.X / train.X / recipe.X) this dataset sets for it beyond Table
+    # III; never inputs (those are `inputs:`, the same for every model)
     settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @property
@@ -149,6 +187,17 @@ def _check(preset: Preset, doc: Doc) -> None:
                 raise doc.error((key, m), f"{key}.{m} = {n}: expected a positive integer")
     if set(preset.splits) != set(SPLIT_ROLES):
         raise doc.error(("splits",), f"splits has keys {sorted(preset.splits)}: expected {', '.join(SPLIT_ROLES)}")
+    if preset.inputs.text_inputs not in TEXT_INPUTS:
+        raise doc.error(("inputs", "text_inputs"), f"inputs.text_inputs = {preset.inputs.text_inputs!r}: expected "
+                                                   f"one of {', '.join(TEXT_INPUTS)}")
+    if not preset.inputs.text_encoder.strip():
+        raise doc.error(("inputs", "text_encoder"), "inputs.text_encoder: expected minilm or a local model directory")
+    for model, values in preset.settings.items():
+        for key in values:
+            # (a bare `text_encoder` may be a model's own key: Self-MM's model.text_encoder)
+            if key in INPUT_KEYS or key == "text_inputs":
+                raise doc.error(("settings", model, key), f"settings.{model}: {key} is an input of the data, the same "
+                                                          f"for every model: set it in the preset's inputs: block")
     low, high = preset.label_range
     if not low < high:
         raise doc.error(("label_range",), f"label_range = [{low}, {high}]: expected [low, high] with low < high")

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from affectus.data.load import open_data, source_id
+from affectus.data.presets import inputs_label
 from affectus.data.schemes import get_scheme
 from affectus.errors import AffectusError
 from affectus.evaluation.results import format_mean_std, mean_std
@@ -193,22 +194,43 @@ def run_experiment(
         raise AffectusError(f"{sp.source}: no data: give --data FILE (or `data:` in the spec)")
     data_id = source_id(data)
     out = Path(out_dir)
+    ds = open_data(data, preset_obj, trust_pickle=trust_pickle)[0]
+    # every run's inputs readable from this file (encoder installed, transcripts present): refused here, before
+    # the experiment directory exists
+    _check_inputs(ds, runs)
     # one writer per experiment directory: a second `affectus experiment` on OUT stops here, before
     # it reads or writes anything there (a crashed holder's lock is dropped by the kernel)
     with lock_dir(out, "experiment directory"):
-        return _run_locked(sp, runs, out, data, data_id, preset_name, preset_obj, jobs, threads, progress,
+        # handed over in a list the callee empties, so parallel workers do not run beside a copy kept alive here
+        box = [ds]
+        del ds
+        return _run_locked(sp, runs, out, box, data, data_id, preset_name, preset_obj, jobs, threads, progress,
                            trust_pickle, overrides, started)
 
 
-def _run_locked(sp: ExperimentSpec, runs: list[PlannedRun], out: Path, data: str, data_id: str,
+def _check_inputs(ds, runs: list[PlannedRun]) -> None:
+    from affectus.inference.extract.text import check_text_inputs
+
+    seen = set()
+    for run in runs:
+        tc = run.config.train
+        if (tc.text_inputs, tc.text_encoder) not in seen:
+            seen.add((tc.text_inputs, tc.text_encoder))
+            try:
+                check_text_inputs(ds, tc.text_inputs, tc.text_encoder, run.config.preset)
+            except AffectusError as err:
+                raise AffectusError(f"run {run.id}: {err}") from None
+
+
+def _run_locked(sp: ExperimentSpec, runs: list[PlannedRun], out: Path, box: list, data: str, data_id: str,
                 preset_name: str | None, preset_obj, jobs: int, threads: int, progress: bool,
                 trust_pickle: bool, overrides: dict[str, Any] | None, started: float) -> dict[str, Any]:
     from affectus.training.trainer import plan_for
 
+    ds = box.pop()
     checksum = data_checksum(data)
     _check_out_dir(out, runs, data_id, preset_name, checksum)
 
-    ds = open_data(data, preset_obj, trust_pickle=trust_pickle)[0]
     plan = plan_for(ds, preset_obj)
     if not ds.has_unimodal_labels:
         bad = [r.id for r in runs if _needs_unimodal(r)]
@@ -221,6 +243,7 @@ def _run_locked(sp: ExperimentSpec, runs: list[PlannedRun], out: Path, data: str
         "eval_split": plan.eval,
         "select_split": plan.select, "seeds": sorted({r.seed for r in runs}), "overrides": dict(overrides or {}),
         "grid": {k: list(v) for k, v in sp.grid.items()}, "report": sp.report.model_dump(),
+        "mixed_inputs": sp.mixed_inputs,
         "runs": [r.to_dict() for r in runs],
     })
 
@@ -401,6 +424,8 @@ def aggregate(out_dir: str | Path) -> list[dict[str, Any]]:
             values.update(_condition_values(out / planned["dir"], exp))
             values.update(_router_values(out / planned["dir"], exp))
             runs.append({**planned, "values": values, "family": info.get("family"),
+                         # what the model read (run.json text_inputs): "file", or the encoder, short
+                         "inputs": inputs_label(info.get("text_inputs")),
                          "params": parameter_count(info["model_name"], info["model_config"]),
                          # one class predicted for every sample of the reported split (trainer's check)
                          "degenerate": exp["eval_split"] in (info.get("degenerate") or {}),
@@ -415,6 +440,7 @@ def aggregate(out_dir: str | Path) -> list[dict[str, Any]]:
         g["planned"] += 1
     for run in runs:
         groups[run["group"]]["runs"].append(run)
+    _check_inputs_match(out, exp, runs)
     metric_keys = sorted({k for r in runs for k in r["values"]}, key=lambda k: (k.startswith("select."), k))
     rows: list[dict[str, Any]] = []
     for g in groups.values():
@@ -423,6 +449,7 @@ def aggregate(out_dir: str | Path) -> list[dict[str, Any]]:
         for key in metric_keys:
             mean[key], std[key], _ = mean_std(r["values"].get(key) for r in done)
         rows.append({**g, "n_seeds": len(done), "seeds": [r["seed"] for r in done],
+                     "inputs": ", ".join(sorted({r["inputs"] for r in done})),
                      "family": done[0]["family"] if done else None, "params": done[0]["params"] if done else None,
                      "n_degenerate": sum(r["degenerate"] for r in done), "mean": mean, "std": std,
                      "in_sample": _union(r["in_sample"] for r in done),
@@ -440,6 +467,18 @@ def _union(parts_per_run) -> list[str] | None:
             return None
         out += [p for p in parts if p not in out]
     return out
+
+
+def _check_inputs_match(out: Path, exp: dict[str, Any], runs: list[dict[str, Any]]) -> None:
+    """The finished runs read one set of inputs, unless the spec allows mixing (`mixed_inputs: true`). The
+    spec's configs were checked before training; this catches what only the runs know (an encoder whose
+    files changed between runs gives another fingerprint)."""
+    seen = {r["inputs"]: r for r in reversed(runs)}
+    if len(seen) > 1 and not exp.get("mixed_inputs"):
+        (a, ra), (b, rb) = list(seen.items())[-2:]
+        raise AffectusError(f"{out}: run {ra['id']} read inputs {a}, run {rb['id']} read {b}; one table compares "
+                            f"models on one set of inputs (rerun them on the same inputs, or set `mixed_inputs: "
+                            f"true` in the spec to put both in one table, marked)")
 
 
 def _condition_values(run_dir: Path, exp: dict[str, Any]) -> dict[str, float | None]:
@@ -490,17 +529,17 @@ def _csv(exp: dict[str, Any], runs: list[dict], rows: list[dict], metric_keys: l
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     # in_sample: the parts fitted on the scored split, '+'-joined ('unknown' for a run that does not record them)
-    w.writerow(["kind", "group", "row", "model", "variant", *grid_keys, "seed", "n_seeds", "params", *metric_keys,
-                "in_sample"])
+    w.writerow(["kind", "group", "row", "model", "variant", "inputs", *grid_keys, "seed", "n_seeds", "params",
+                *metric_keys, "in_sample"])
     for r in runs:
-        w.writerow(["run", r["group"], r["row"], r["model"], r["variant"], *[_num(r["grid"][k]) for k in grid_keys],
-                    r["seed"], "", _num(r["params"]), *[_num(r["values"].get(k)) for k in metric_keys],
-                    _parts(r["in_sample"])])
+        w.writerow(["run", r["group"], r["row"], r["model"], r["variant"], r["inputs"],
+                    *[_num(r["grid"][k]) for k in grid_keys], r["seed"], "", _num(r["params"]),
+                    *[_num(r["values"].get(k)) for k in metric_keys], _parts(r["in_sample"])])
     for g in rows:
         for kind in ("mean", "std"):
-            w.writerow([kind, g["group"], g["row"], g["model"], g["variant"], *[_num(g["grid"][k]) for k in grid_keys],
-                        "", g["n_seeds"], _num(g["params"]), *[_num(g[kind][k], 6) for k in metric_keys],
-                        _parts(g["in_sample"])])
+            w.writerow([kind, g["group"], g["row"], g["model"], g["variant"], g["inputs"],
+                        *[_num(g["grid"][k]) for k in grid_keys], "", g["n_seeds"], _num(g["params"]),
+                        *[_num(g[kind][k], 6) for k in metric_keys], _parts(g["in_sample"])])
     return buf.getvalue()
 
 
@@ -527,7 +566,8 @@ def _markdown(exp: dict[str, Any], rows: list[dict], n_finished: int) -> str:
         lines += [exp["description"], ""]
     lines += [f"Data `{exp['data']}`" + (f" (preset {exp['preset']})" if exp.get("preset") else "")
               + f", scored on split `{exp['eval_split']}`, label scheme `{scheme.name}`. Cells: mean ± sample std "
-              f"over seeds (percent); Params: non-BERT parameters.", ""]
+              f"over seeds (percent); Inputs: what the model read (`file`: the file's features as they are; else "
+              f"the text inputs, encoder and its fingerprint); Params: non-BERT parameters.", ""]
     chose = _union(g["selection"] for g in rows)
     if chose:
         lines += [f"Split `{exp['eval_split']}` also selects: {', '.join(chose)} chose on it (the field's norm; "
@@ -535,12 +575,20 @@ def _markdown(exp: dict[str, Any], rows: list[dict], n_finished: int) -> str:
     total = len(exp["runs"])
     if n_finished < total:
         lines += [f"**{n_finished} of {total} runs finished**: re-run the same command to complete the experiment.", ""]
-    header = ["Run", *grid_keys, *[c for c, _ in columns], "Params", "Seeds"]
+    finished = [g for g in rows if g["n_seeds"]]
+    first_inputs = finished[0]["inputs"] if finished else ""
+    mixed = len({g["inputs"] for g in finished}) > 1
+    if mixed:
+        lines += [("**Mixed inputs** (`mixed_inputs: true`): rows marked ≠ read other inputs than the first row "
+                   f"(`{first_inputs}`); compare only rows with the same Inputs."), ""]
+    header = ["Run", *grid_keys, *[c for c, _ in columns], "Inputs", "Params", "Seeds"]
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for g in rows:
-        marks = (" ⚠" if g.get("n_degenerate") else "") + (f" {IN_SAMPLE_MARK}" if g.get("in_sample") != [] else "")
+        marks = ((" ⚠" if g.get("n_degenerate") else "") + (f" {IN_SAMPLE_MARK}" if g.get("in_sample") != [] else "")
+                 + (" ≠" if mixed and g["inputs"] != first_inputs and g["n_seeds"] else ""))
         cells = [g["row"] + marks, *[_num(g["grid"][k]) for k in grid_keys],
                  *[format_mean_std(g["mean"].get(key), g["std"].get(key)) for _, key in columns],
+                 f"`{g['inputs']}`" if g["inputs"] else "-",
                  f"{g['params']:,}" if g["params"] is not None else "-", str(g["n_seeds"])]
         lines.append("| " + " | ".join(cells) + " |")
     flagged = [g for g in rows if g.get("n_degenerate")]

@@ -17,6 +17,8 @@ fails in one line, `SPEC:LINE: what was expected`, before a single run starts.
       - {name: LF-DNN, model: late_fusion, overrides: {train.epochs: 50}}
     grid:                   # optional: cartesian product over config keys, crossed with runs
       model.tau: [0.05, 0.07, 0.1]
+    mixed_inputs: false     # true: rows may read different inputs (train.text_inputs / text_encoder); they
+                            # are marked in results.md. false: such a spec is refused before anything runs
     report:                 # optional: how results.md presents the runs
       columns: metrics      # metrics (the paper's subsets) | modalities (Table VI: each modality alone)
                             # | conditions (F1 under each availability condition / drop ratio, CUMDF)
@@ -86,6 +88,7 @@ class _SpecFile(Strict):
     overrides: dict[str, Any] = Field(default_factory=dict)
     runs: list[RowSpec]
     grid: dict[str, list[Any]] = Field(default_factory=dict)
+    mixed_inputs: bool = False
     report: ReportSpec = Field(default_factory=ReportSpec)
 
 
@@ -101,6 +104,8 @@ class ExperimentSpec:
     grid: dict[str, list[Any]]
     report: ReportSpec
     doc: Doc = field(repr=False)  # the file as read, with its lines (source "<spec>" for a dict)
+    # rows may read different inputs (then marked); False: a spec whose rows would is refused
+    mixed_inputs: bool = False
 
     @property
     def source(self) -> str:
@@ -186,7 +191,7 @@ def load_spec(spec: str | Path | dict[str, Any] | ExperimentSpec) -> ExperimentS
     _grid(doc, raw.grid)
     _report(doc, raw.report, raw.grid)
     return ExperimentSpec(name, raw.description, raw.preset, data_file, seeds, raw.overrides, raw.runs, raw.grid,
-                          raw.report, doc)
+                          raw.report, doc, raw.mixed_inputs)
 
 
 def _text(doc: Doc, loc: Loc, value: str) -> str:
@@ -363,4 +368,27 @@ def expand(
                 cfg = dataclasses.replace(base, train=dataclasses.replace(base.train, seed=seed))
                 planned.append(PlannedRun(f"{group}__seed={seed}", group, row.name, row.model, row.variant,
                                           dict(point), seed, cfg))
+    if not spec.mixed_inputs:
+        _check_one_input(spec, planned)
     return planned
+
+
+def _check_one_input(spec: ExperimentSpec, planned: list[PlannedRun]) -> None:
+    """One table compares models on one set of inputs: refuse a spec whose runs would read different ones
+    (train.text_inputs / train.text_encoder: a preset's `inputs:`, a row's or the grid's overrides)."""
+    def reads(run: PlannedRun) -> tuple[str, str]:
+        tc = run.config.train
+        return (tc.text_inputs, "" if tc.text_inputs == "file" else tc.text_encoder)
+
+    def label(run: PlannedRun) -> str:
+        text, encoder = reads(run)
+        return f"{text}:{encoder}" if encoder else text
+
+    first = planned[0]
+    for run in planned[1:]:
+        if reads(run) != reads(first):
+            i = next(j for j, row in enumerate(spec.runs) if row.name == run.row)
+            raise AffectusError(f"{spec.where(('runs', i))}: run '{run.row}' reads inputs {label(run)}, run "
+                                f"'{first.row}' reads {label(first)}; one table compares models on one set of "
+                                f"inputs (set train.text_inputs for every run, or `mixed_inputs: true` in the spec "
+                                f"to put both in one table, marked)")

@@ -292,7 +292,10 @@ def check_config_sizes(config: Any, values: int, where: str, what: str = "values
     """The config's own range checks (sizes at least 1, heads dividing d, ...), then a ceiling no honest
     config passes: no whole number in it (a width, a layer or head count, an input dim) exceeds `values`,
     the number of values the run's weights hold (or a bound on it), since each of them sizes at least that
-    many weights. Checked before any module is made: a million layers cost gigabytes even as empty shells."""
+    many weights. Checked before any module is made: a million layers cost gigabytes even as empty shells.
+    Input dims (`dims`) get a looser ceiling (2**24 features): a model may read only part of its input (the
+    `linear_text` probe reads one text view), and the meta-device check compares the layer an input dim
+    makes anyway."""
     import dataclasses
 
     validate = getattr(config, "validate", None)
@@ -304,10 +307,12 @@ def check_config_sizes(config: Any, values: int, where: str, what: str = "values
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         items = value.items() if isinstance(value, dict) else [(None, value)]
+        ceiling = max(values, 1 << 24) if f.name == "dims" else values
         for key, v in items:
-            if _is_int(v) and v > values:
+            if _is_int(v) and v > ceiling:
                 name = f.name if key is None else f"{f.name}.{key}"
-                raise AffectusError(f"{where}: {name} = {v} is larger than the {values} {what} (edited by hand?)")
+                bound = f"the {ceiling} {what}" if ceiling == values else f"{ceiling} (the most features an input may have)"
+                raise AffectusError(f"{where}: {name} = {v} is larger than {bound} (edited by hand?)")
 
 
 def _check_shapes(model_name: str, config: Any, extras: dict[str, Any], weights: dict[str, torch.Tensor],

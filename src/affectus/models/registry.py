@@ -31,6 +31,7 @@ _MODEL_MODULES = (
     "affectus.models.self_mm",
     "affectus.models.mcur",
     "affectus.models.cumdf",
+    "affectus.models.linear",
 )
 
 SUPERVISED = "affectus.training.recipes.supervised:SupervisedRecipe"

@@ -17,11 +17,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from affectus.data.presets import TEXT_INPUTS
 from affectus.errors import AffectusError, SettingError
 from affectus.models.registry import DEFAULT_MODEL
 from affectus.utils.strict_yaml import Doc, check_value, read_yaml, yaml_value
-
-TEXT_INPUTS = ("file", "sentence", "states", "sentence+file", "bert")
 
 
 @dataclass
@@ -50,8 +49,9 @@ class TrainConfig:
     # they are), or re-encoded from each split's transcripts (raw_text) by `text_encoder`: "sentence"
     # (one sentence vector per sample), "states" (token states), "sentence+file" (the sentence vector
     # next to the file's own text feature averaged over its steps, as two text views) or "bert" (token
-    # ids for a BERT text path, `text_bert`). The run records the encoder, so evaluating or predicting on
-    # another file re-encodes that file's transcripts the same way.
+    # ids for a BERT text path, `text_bert`). A dataset preset sets both for every model (its `inputs:`
+    # block); a model without views reads the views concatenated. The run records the encoder, so
+    # evaluating or predicting on another file re-encodes that file's transcripts the same way.
     text_inputs: str = "file"
     text_encoder: str = "minilm"  # the packaged MiniLM, or a local BERT-family directory
 
@@ -176,8 +176,8 @@ def resolve_config(
     """Build the run's config. `preset` is a Preset object (or None for custom data); `variant` None is
     the model's default variant; `overrides` are --set values, or located entries (an experiment spec's).
 
-    Order: the model's dataclass defaults -> configs/models/NAME.yaml -> the preset's row for the model
-    (Table III) -> the variant -> a YAML file -> overrides. Keys are `model.X`, `train.X` or `recipe.X`; a
+    Order: the model's dataclass defaults -> configs/models/NAME.yaml -> the preset's inputs (the same for
+    every model) -> the preset's row for the model (Table III) and its settings -> the variant -> a YAML file -> overrides. Keys are `model.X`, `train.X` or `recipe.X`; a
     bare X is looked up in that order. Every value is checked against its field's type as it is applied,
     and the ranges (each section's `validate()`) once all are in; an error names where the value was set.
     """
@@ -229,11 +229,13 @@ def resolve_config(
     if spec.get("model"):  # a variant that names another registered model (cmc's cmc_plus)
         return resolve_config(spec["model"], None, preset, config_file, overrides)
     if preset is not None:
+        # the data's inputs, before anything model-specific: every model trained on the preset reads them
+        apply([(k, v, f"preset {preset.name} inputs") for k, v in preset.inputs.entries().items()])
         table = (preset.model or {}).get(spec.get("preset_model_key", model_name)) or (preset.model or {}).get(model_name)
         if table is not None:
             values = table.model_dump() if hasattr(table, "model_dump") else dict(table)
             apply([(f"model.{k}", v, f"preset {preset.name}") for k, v in values.items()])
-        # settings the dataset needs for this model beyond Table III (e.g. CMC+ reading transcripts)
+        # hyperparameters the dataset needs for this model beyond Table III (e.g. CMC+'s linear experts)
         apply([(k, v, f"preset {preset.name}") for k, v in (preset.settings.get(model_name) or {}).items()])
     # 3. the variant
     apply([(k, v, f"variant {variant}") for k, v in (spec.get("overrides") or {}).items()])

@@ -117,6 +117,9 @@ def train_run(
     Epoch lines go to the `affectus.training` logger; `on_epoch(stage, record, max_epochs)` observes
     each epoch (the CLI's progress bar)."""
     out = Path(out_dir)
+    # an encoder that is not installed, or a file without the transcripts the inputs read: refused before
+    # the run directory exists
+    _check_inputs(dataset, cfg)
     # the run directory is locked while this process writes it (a second `train --out` there gets one
     # error line); the check below and the writes cannot interleave with another process's
     with lock_dir(out, "run directory"):
@@ -260,6 +263,14 @@ def fitted_parts(result: RecipeResult, plan: DataPlan) -> dict[str, str]:
     if unknown:  # a recipe bug, not bad input: say which role
         raise ValueError(f"fitted_on: unknown split role(s) {sorted(unknown)}; expected train or select")
     return {part: roles[role] for part, role in declared.items() if role is not None}
+
+
+def _check_inputs(dataset: MERDataset, cfg: ResolvedConfig) -> None:
+    if cfg.train.text_inputs == "file":
+        return
+    from affectus.inference.extract.text import check_text_inputs
+
+    check_text_inputs(dataset, cfg.train.text_inputs, cfg.train.text_encoder, cfg.preset)
 
 
 def _text_inputs(dataset: MERDataset, tc) -> tuple[MERDataset, dict[str, Any] | None, list, str | None]:

@@ -52,6 +52,13 @@ class Run:
         return self.config.get("train.seed")
 
     @property
+    def inputs(self) -> str:
+        """What the model read, short (run.json `text_inputs`): "file", or the encoder and its fingerprint."""
+        from affectus.data.presets import inputs_label
+
+        return inputs_label(self.info.get("text_inputs"))
+
+    @property
     def name(self) -> str:
         return f"{self.config.get('model')}/{self.config.get('variant')}"
 

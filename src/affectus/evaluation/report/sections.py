@@ -138,14 +138,18 @@ def results(runs: list[Run], axes: list[str]) -> list[Block]:
                 marked.append(f"{IN_SAMPLE_MARK} in-sample: {row.label}: {fitted}; its scores there are not held out")
             if chose:
                 selected.append(f"{row.label}: {chose}")
-            cells: list[Any] = [label, *[short(row.axes.get(k, "–")) for k in axes], len(row.runs)]
+            inputs = ", ".join(sorted({r.inputs for r in row.runs}))
+            cells: list[Any] = [label, *[short(row.axes.get(k, "–")) for k in axes], inputs, len(row.runs)]
             for p, _ in cols:
                 mean, std, n = mean_std([r.metric(p) for r in row.runs])
                 cells.append(Cell(fmt(mean, std, n), best=mean is not None and p in best and mean == best[p]))
             lines.append(cells)
         splits = sorted({str(r.info.get("metrics_split", "?")) for r in fam_runs})
-        blocks += [heading(f"label scheme {family} (scored on {', '.join(splits)})"),
-                   table(["row", *axes, "n", *[name for _, name in cols]], lines, left=1 + len(axes)),
+        kinds = sorted({r.inputs for r in fam_runs})
+        mixed = [note(f"≠ these rows read different inputs ({', '.join(kinds)}): compare only rows with the same "
+                      f"inputs")] if len(kinds) > 1 else []
+        blocks += [heading(f"label scheme {family} (scored on {', '.join(splits)})"), *mixed,
+                   table(["row", *axes, "inputs", "n", *[name for _, name in cols]], lines, left=2 + len(axes)),
                    *[note(text) for text in degenerate]]
         blocks += [note(text) for text in marked]
         if selected:

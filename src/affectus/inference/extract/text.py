@@ -351,12 +351,12 @@ _CACHE_LIMIT = 16
 def _sentences(encoder: BertTextEncoder, texts: list[str], where: str) -> np.ndarray:
     key = (json.dumps(encoder.record(), sort_keys=True),
            hashlib.sha256("\x1f".join(_check_texts(texts, where)).encode()).hexdigest())
-    hit = _SENTENCE_CACHE.get(key)
+    hit = _SENTENCE_CACHE.pop(key, None)  # re-inserted below: the least recently used entry goes first
     if hit is None:
         hit = encoder.sentence_embeddings(texts, where=where)
         if len(_SENTENCE_CACHE) >= _CACHE_LIMIT:
             _SENTENCE_CACHE.pop(next(iter(_SENTENCE_CACHE)))
-        _SENTENCE_CACHE[key] = hit
+    _SENTENCE_CACHE[key] = hit
     return hit
 
 
@@ -446,6 +446,41 @@ def apply_text_inputs(dataset: MERDataset, text_inputs: str, encoder_spec: str
     out = reencode_dataset(dataset, encoder, text=text, bert=text_inputs == "bert")  # type: ignore[arg-type]
     views = [("transcript", encoder.hidden_size), ("file", file_dim)] if text_inputs == "sentence+file" else []
     return out, text_inputs_record(encoder, text=text, bert=text_inputs == "bert"), views, encoder
+
+
+def encoded_dims(dims: dict[str, int], text_inputs: str, encoder_spec: str
+                 ) -> tuple[dict[str, int], list[tuple[str, int]]]:
+    """A file's feature dims as the run reads them after `apply_text_inputs`, and the text views, without
+    encoding anything (the encoder's config gives its width): what `affectus params` builds a model for."""
+    if text_inputs in ("file", "bert"):
+        return dict(dims), []
+    width = text_encoder_from_spec(None if encoder_spec == MiniLMEncoderConfig.name else encoder_spec).hidden_size
+    if text_inputs == "sentence+file":
+        return {**dims, "text": width + dims["text"]}, [("transcript", width), ("file", dims["text"])]
+    return {**dims, "text": width}, []
+
+
+def check_text_inputs(dataset: MERDataset, text_inputs: str, encoder_spec: str, preset: str | None = None) -> None:
+    """Refuse, before anything is written, what `apply_text_inputs` would fail on later: an encoder that is
+    not installed (the MiniLM package, or a directory that is not a Hugging Face model folder) and a file
+    whose splits carry no transcripts. Cheap: reads no weights."""
+    if text_inputs == "file":
+        return
+    origin = f"preset {preset} inputs: " if preset else ""
+    setting = f"{origin}train.text_inputs = {text_inputs}"
+    if encoder_spec == MiniLMEncoderConfig.name:
+        if not minilm_available():
+            raise AffectusError(f"{setting} needs the text encoder minilm, which is not installed (pip install "
+                                f"'affectus[text]'); or train on the file's text features: --set train.text_inputs=file")
+    else:
+        try:
+            _check_model_dir(encoder_spec)
+        except AffectusError as err:
+            raise AffectusError(f"{setting}: {err}") from None
+    for name, split in dataset.splits.items():
+        if split.raw_text is None:
+            raise AffectusError(f"file {dataset.source} split {name} has no transcripts (key raw_text), which "
+                                f"{setting} reads; or train on the file's text features: --set train.text_inputs=file")
 
 
 # ------------------------------------------------------------------------------------ helpers
