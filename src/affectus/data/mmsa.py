@@ -95,6 +95,7 @@ def _read_pickle(path: str, trust_pickle: bool) -> Any:
 def _read_npz(path: str) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], int]]:
     """Our .npz back into the MMSA dict layout (plus the sanitised counts recorded at conversion)."""
     try:
+        _check_unpacked_size(path)
         with np.load(path, allow_pickle=False) as z:
             if "__meta__" not in z.files:
                 raise _fail(_where(path), "a .npz without __meta__: not written by affectus convert")
@@ -116,6 +117,20 @@ def _read_npz(path: str) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str
         ) from None
     sanitised = {tuple(k.split("/", 1)): int(v) for k, v in meta.get("sanitised", {}).items()}
     return raw, sanitised  # type: ignore[return-value]
+
+
+def _check_unpacked_size(path: str) -> None:
+    """A .npz is a zip: members may be compressed (numpy reads deflate too), so a small file could
+    unpack to many GB. affectus writes its members stored, as they are; what the members declare may not
+    exceed the file's size by more than SHARED_FLOOR (zipfile never reads past a declared size)."""
+    from affectus.data.safe_pickle import SHARED_FLOOR
+
+    size = os.path.getsize(path)
+    with zipfile.ZipFile(path) as zf:
+        declared = sum(info.file_size for info in zf.infolist())
+    if declared > size + SHARED_FLOOR:
+        raise _fail(_where(path), f"its members unpack to {declared} bytes from a {size}-byte file (more than the "
+                                  f"file plus {SHARED_FLOOR // 2**20} MiB): not an .npz affectus convert writes")
 
 
 def _check_meta(path: str, value: np.ndarray) -> dict[str, Any]:
