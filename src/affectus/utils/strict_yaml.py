@@ -149,10 +149,17 @@ def _yaml_problem(err: yaml.MarkedYAMLError) -> str:
     return f"not valid YAML ({problem})"
 
 
+_COLLECTION_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
+
+
 def _plain(node: yaml.Node, loc: Loc, doc: Doc, loader: yaml.SafeLoader, aliases: _Aliases) -> Any:
     """A composed node -> plain Python, recording each node's line under its location."""
     aliases.visit(node)
     doc.lines.setdefault(loc, node.start_mark.line + 1)
+    if isinstance(node, yaml.CollectionNode) and node.tag not in _COLLECTION_TAGS:
+        # a scalar's tag goes through SafeLoader below; a collection's would be dropped silently
+        raise AffectusError(f"{doc.source}:{node.start_mark.line + 1}: not valid YAML (tag {node.tag!r} "
+                            "is not allowed: plain mappings and lists only)")
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
