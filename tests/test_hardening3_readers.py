@@ -13,7 +13,6 @@ that fails early on the same command.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import pickle
@@ -87,7 +86,7 @@ def measured(tmp_path: Path, *args, cap: int = 3 * 2**30) -> tuple[int, str, int
     report = tmp_path / f"rss-{len(list(tmp_path.glob('rss-*')))}.txt"
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", _MEASURED, str(cap), str(report), *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=300)
+                          check=False, capture_output=True, text=True, env=env, timeout=300)
     peak = int(report.read_text()) if report.exists() else cap
     return proc.returncode, proc.stderr, peak
 
@@ -347,6 +346,12 @@ def test_a_grid_past_the_limit_is_refused(tmp_path: Path, cli) -> None:
         from affectus.experiments.sweep import with_sampler
 
         with_sampler(parse_spec({"space": space, "sampler": "tpe", "trials": 5}), "grid")
+    # an experiment's grid is expanded up front too
+    experiment = tmp_path / "exp.yaml"
+    experiment.write_text(json.dumps({"name": "e", "runs": [{"name": "a"}], "grid": space}))
+    rc, _, err = cli("experiment", experiment, "--out", tmp_path / "e", "--data", "synth:sims")
+    one_error_line(rc, err, "grid: 1e+20 points")
+    assert not (tmp_path / "e").exists()
 
 
 def _build_on_reconstruct() -> bytes:
@@ -374,7 +379,7 @@ def test_build_cannot_touch_an_allowed_global() -> None:
 
 
 def test_ctrl_c_prints_one_error_line(monkeypatch, cli) -> None:
-    import affectus.cli.data_cmds as data_cmds
+    from affectus.cli import data_cmds
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -264,7 +264,7 @@ class _Global(_Stub):
     `__defaults__` or `__kwdefaults__` for every later load in the process. This wrapper has a
     `__setstate__` that refuses, no `__dict__`, and refuses attribute writes."""
 
-    __slots__ = ("_target", "_name")
+    __slots__ = ("_name", "_target")
 
     def __init__(self, target: Any, name: str) -> None:
         object.__setattr__(self, "_target", target)

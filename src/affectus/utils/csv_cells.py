@@ -21,4 +21,4 @@ def csv_text(value: object) -> str:
 
 def text_cell(cell: str) -> str:
     """The text `csv_text` wrote."""
-    return cell[1:] if cell.startswith("'") else cell
+    return cell.removeprefix("'")
