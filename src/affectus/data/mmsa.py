@@ -95,7 +95,6 @@ def _read_pickle(path: str, trust_pickle: bool) -> Any:
 def _read_npz(path: str) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], int]]:
     """Our .npz back into the MMSA dict layout (plus the sanitised counts recorded at conversion)."""
     try:
-        _check_unpacked_size(path)
         with np.load(path, allow_pickle=False) as z:
             if "__meta__" not in z.files:
                 raise _fail(_where(path), "a .npz without __meta__: not written by affectus convert")
@@ -126,8 +125,11 @@ def _check_unpacked_size(path: str) -> None:
     from affectus.data.safe_pickle import SHARED_FLOOR
 
     size = os.path.getsize(path)
-    with zipfile.ZipFile(path) as zf:
-        declared = sum(info.file_size for info in zf.infolist())
+    try:
+        with zipfile.ZipFile(path) as zf:
+            declared = sum(info.file_size for info in zf.infolist())
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return  # not a readable zip: _read_npz says so in its own line
     if declared > size + SHARED_FLOOR:
         raise _fail(_where(path), f"its members unpack to {declared} bytes from a {size}-byte file (more than the "
                                   f"file plus {SHARED_FLOOR // 2**20} MiB): not an .npz affectus convert writes")
@@ -203,6 +205,7 @@ def load_dataset(
     if fmt == "npy":
         raise _fail(_where(spath), "a single .npy array, not a dataset (expected an MMSA pickle or .npz)")
     if fmt == "npz":
+        _check_unpacked_size(spath)
         raw, prior = _read_npz(spath)
     else:
         if trust_pickle:

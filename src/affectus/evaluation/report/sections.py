@@ -29,7 +29,6 @@ from affectus.evaluation.report.runs import (
     short,
 )
 from affectus.experiments.spec import slugify
-from affectus.utils.csv_cells import text_cell
 
 TAU, RETENTION = "model.tau", "train.consistent_retention"
 # grid axes with a paper figure of their own: (file prefix, section title); other numeric axes get a plain curve
@@ -360,6 +359,8 @@ def flips(page: Page, runs: list[Run], axes: list[str], dataset: Any, max_sample
     if run is None:
         return blocks + [note("no run kept pseudo_labels.csv, so no per-sample flips")]
     with open(run.path / "pseudo_labels.csv", newline="", encoding="utf-8") as f:
+        from affectus.utils.csv_cells import text_cell  # ids are written spreadsheet-safe
+
         samples = [{**s, "id": text_cell(s.get("id") or "")} for s in csv.DictReader(f)]
     label, stem = _title(run, axes)
     truth = _unimodal_truth(run, dataset)  # id -> {modality: class}, when the data has unimodal labels
