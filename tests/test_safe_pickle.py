@@ -217,11 +217,18 @@ def test_self_referencing_and_exponential_containers():
     loop.append(loop)
     with pytest.raises(UnsafePickleError, match="contains itself"):
         loads_untrusted(pickle.dumps(loop))
-    # 60 levels of [x, x]: 2**60 leaves when expanded naively, one object per level when shared.
+    # 60 levels of [x, x]: 2**60 leaves when expanded, which whoever makes arrays of it would do:
+    # refused (each use of a shared object counts as a copy), in one pass over 60 objects.
     x: list = [np.zeros(1)]
     for _ in range(60):
         x = [x, x]
-    out = loads_untrusted(pickle.dumps(x, protocol=4))
+    with pytest.raises(UnsafePickleError, match="shared references"):
+        loads_untrusted(pickle.dumps(x, protocol=4))
+    # modest sharing (10 levels: 1,024 leaves of 8 bytes) stays shared and loads
+    y: list = [np.zeros(1)]
+    for _ in range(10):
+        y = [y, y]
+    out = loads_untrusted(pickle.dumps(y, protocol=4))
     assert out[0] is out[1]
 
 

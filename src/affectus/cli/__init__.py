@@ -1,6 +1,8 @@
 """`affectus` command line. Each group of commands lives in its own module and registers on `app`.
 
 Every user-facing failure is an `AffectusError`: we print its one line to stderr and exit 2.
+Ctrl-C prints `error: interrupted` and exits 130 (128 + SIGINT, what shells report for it), so a
+script can tell an interruption from bad input.
 Python warnings (numpy, torch) raised while a command runs are held back and printed after it, as
 `warning:` lines, so the `error:` line of a failing command is always the first line on stderr.
 """
@@ -106,9 +108,28 @@ def _run(argv: list[str] | None) -> int:
         print("error: interrupted", file=sys.stderr)
         return 130
     except SystemExit as done:
+        if _interrupted(done):
+            # typer turns Ctrl-C inside a command into a silent exit 130; say why the command stopped
+            print("error: interrupted", file=sys.stderr)
+            return 130
         code = done.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     return 0
+
+
+def _interrupted(err: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is among the exceptions that led to `err` (cause or context)."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [err]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        stack += [e.__cause__, e.__context__]
+    return False
 
 
 def _print_warnings(caught: list[warnings.WarningMessage]) -> None:

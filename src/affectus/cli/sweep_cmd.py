@@ -90,7 +90,7 @@ def sweep(
 ) -> None:
     """Search hyperparameters: each trial trains into OUT/trials/<n>/ and is scored on validation."""
     _need_optuna()
-    from affectus.experiments.sweep import load_spec, storage_errors, with_sampler
+    from affectus.experiments.sweep import check_storage_url, load_spec, storage_errors, with_sampler
     from affectus.training.config import parse_set
     from affectus.utils.io import lock_dir
 
@@ -116,6 +116,8 @@ def sweep(
         raise AffectusError("--heartbeat: expected seconds >= 0")
 
     name = study or sp.name
+    if storage is not None:
+        check_storage_url(storage)  # before OUT is created: a URL that cannot work writes nothing
     # shared: every worker of this study may write OUT at once (each trial locks its own folder);
     # an experiment or a training aimed at OUT, which lock it exclusively, is kept out meanwhile
     with lock_dir(out, "sweep directory", shared=True):
@@ -129,7 +131,7 @@ def _sweep(sp, out: Path, url: str, name: str, data: str | None, heartbeat: int,
     from affectus.experiments.sweep import Worker, check_config_keys, claim_out_dir
 
     log = None if quiet else _log
-    claim_out_dir(out, name, record=not report)
+    claim_out_dir(out, name, record=False)  # checked now, recorded once the sweep can start
     if report:
         worker = Worker(sp, out, url, name, heartbeat=None, log=log, create=False)
         # `metric: auto` resolves from the data's family; the workers recorded what it became
@@ -146,8 +148,8 @@ def _sweep(sp, out: Path, url: str, name: str, data: str | None, heartbeat: int,
     ds, p = open_data(source, sp.preset, trust_pickle=trust_pickle)
     check_config_keys(sp, p)
     plan = plan_for(ds, p)
-    claim_out_dir(out, name)  # recorded once the sweep can start: a failed start claims nothing
     worker = Worker(sp, out, url, name, heartbeat=heartbeat or None, log=log)
+    claim_out_dir(out, name)  # recorded once the storage answers: a failed start claims nothing
     rep, failures = worker.run(ds, p, plan, data_source=source, max_trials=trials, retry_failed=retry_failed)
     print_summary(rep, out / "sweep.json")
     if failures:

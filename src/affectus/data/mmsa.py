@@ -126,6 +126,23 @@ def _read_npz(path: str, file: Any = None) -> tuple[dict[str, dict[str, Any]], d
     return raw, sanitised  # type: ignore[return-value]
 
 
+def _check_unpacked_size(path: str) -> None:
+    """A .npz is a zip: members may be compressed (numpy reads deflate too), so a small file could
+    unpack to many GB. affectus writes its members stored, as they are; what the members declare may not
+    exceed the file's size by more than SHARED_FLOOR (zipfile never reads past a declared size)."""
+    from affectus.data.safe_pickle import SHARED_FLOOR
+
+    size = os.path.getsize(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            declared = sum(info.file_size for info in zf.infolist())
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return  # not a readable zip: _read_npz says so in its own line
+    if declared > size + SHARED_FLOOR:
+        raise _fail(_where(path), f"its members unpack to {declared} bytes from a {size}-byte file (more than the "
+                                  f"file plus {SHARED_FLOOR // 2**20} MiB): not an .npz affectus convert writes")
+
+
 def _check_meta(path: str, value: np.ndarray) -> dict[str, Any]:
     """The JSON `__meta__` of an affectus .npz: {format, version, keys: {split: [key]}, sanitised}."""
 
@@ -201,6 +218,7 @@ def load_dataset(
     if fmt == "npy":
         raise _fail(_where(spath), "a single .npy array, not a dataset (expected an MMSA pickle or .npz)")
     if fmt == "npz":
+        _check_unpacked_size(spath)
         raw, prior = _read_npz(spath)
     else:
         if trust_pickle:

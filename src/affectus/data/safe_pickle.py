@@ -148,6 +148,9 @@ class _NdarrayClass(_Stub):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise UnsafePickleError("calling numpy.ndarray directly is not allowed")
 
+    def __setstate__(self, state: Any) -> None:
+        raise UnsafePickleError("BUILD on an allowed global is not allowed")
+
 
 _NDARRAY = _NdarrayClass()
 
@@ -253,6 +256,30 @@ def _builtin(name: str):
     return call
 
 
+class _Global(_Stub):
+    """What `find_class` hands out for an allowed function or class: it calls it, and nothing more.
+
+    BUILD (`obj.__setstate__(state)`, or else writes into `obj.__dict__` / sets attributes) runs on
+    whatever the stack holds, globals included; on the bare function `_reconstruct` it would set its
+    `__defaults__` or `__kwdefaults__` for every later load in the process. This wrapper has a
+    `__setstate__` that refuses, no `__dict__`, and refuses attribute writes."""
+
+    __slots__ = ("_name", "_target")
+
+    def __init__(self, target: Any, name: str) -> None:
+        object.__setattr__(self, "_target", target)
+        object.__setattr__(self, "_name", name)
+
+    def __call__(self, *args: Any) -> Any:
+        return self._target(*args)
+
+    def __setstate__(self, state: Any) -> None:
+        raise UnsafePickleError(f"BUILD on {self._name} is not allowed")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise UnsafePickleError(f"setting {name} on {self._name} is not allowed")
+
+
 # The complete list of globals a data pickle may name. Exact pairs; `numpy.core` is numpy < 2's name.
 _GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy", "ndarray"): _NDARRAY,
@@ -269,6 +296,7 @@ _GLOBALS: dict[tuple[str, str], Any] = {
 for _name in ("set", "frozenset", "bytes", "bytearray"):
     # Protocols 0-2 spell the module `__builtin__` (Python 2's name); protocol 3+ `builtins`.
     _GLOBALS[("builtins", _name)] = _GLOBALS[("__builtin__", _name)] = _builtin(_name)
+_GLOBALS = {pair: value if value is _NDARRAY else _Global(value, ".".join(pair)) for pair, value in _GLOBALS.items()}
 
 
 class _DataUnpickler(pickle.Unpickler):
@@ -284,23 +312,72 @@ class _DataUnpickler(pickle.Unpickler):
         raise UnsafePickleError("persistent ids are not allowed")
 
 
+# Shared references: a pickle may use one object many times (its memo), and whoever turns the loaded
+# data into arrays or files (np.asarray of nested lists, a .npz of strings) makes a copy per use. So each
+# use after the first adds that object's decoded size to a running total, which may not pass
+# SHARED_FLOOR or the file's own size, whichever is larger (docs/security.md).
+SHARED_FLOOR = 64 * 2**20
+SHARED_ENV = "AFFECTUS_PICKLE_SHARED_LIMIT"
+_POINTER = 8  # a slot in a list / dict / object array (what np.asarray makes of it: 8 bytes an item)
+
+
+def shared_limit(file_size: int) -> int:
+    """Bytes that repeated uses of shared objects may add: $AFFECTUS_PICKLE_SHARED_LIMIT when set
+    (a byte count, suffix K/M/G/T allowed), else max(SHARED_FLOOR, file_size)."""
+    import os
+
+    text = os.environ.get(SHARED_ENV, "").strip()
+    if not text:
+        return max(SHARED_FLOOR, int(file_size))
+    match = re.fullmatch(r"(\d+)\s*([KMGT]?)i?B?", text, re.IGNORECASE)
+    if match is None:
+        from affectus.errors import AffectusError
+
+        raise AffectusError(f"{SHARED_ENV}={text!r}: expected a byte count such as 4G")
+    return int(match.group(1)) * 1024 ** "_KMGT".index(match.group(2).upper() or "_")
+
+
 class _Materialiser:
     """Replaces every stand-in by the checked real value; refuses anything that is not plain data.
 
     Shared references are converted once (a pickle can describe a DAG whose naive expansion is
-    exponential) and a container that contains itself is refused.
+    exponential), a container that contains itself is refused, and every use of a shared object after
+    the first counts its decoded size against `limit` (see SHARED_FLOOR).
     """
 
-    def __init__(self) -> None:
-        self.done: dict[int, Any] = {}
+    def __init__(self, limit: int) -> None:
+        self.done: dict[int, tuple[Any, int]] = {}  # id -> (value, decoded bytes of one use)
+        self.seen: set[int] = set()  # str / bytes objects met so far (the memo shares them too)
         self.active: set[int] = set()
+        self.limit = limit
+        self.repeated = 0
 
     def __call__(self, obj: Any, depth: int = 0) -> Any:
+        return self.visit(obj, depth)[0]
+
+    def _repeat(self, size: int) -> None:
+        self.repeated += size
+        if self.repeated > self.limit:
+            raise UnsafePickleError(
+                f"shared references repeat more than {self.limit} bytes of data (each use of a shared "
+                f"object counts as a copy; the limit is max(64 MiB, the file's size), or ${SHARED_ENV})")
+
+    def visit(self, obj: Any, depth: int) -> tuple[Any, int]:
+        """(the plain value, its decoded size in bytes: what one copy of it takes as data)."""
+        if isinstance(obj, (str, bytes)):
+            size = 4 * len(obj) if isinstance(obj, str) else len(obj)  # str: numpy's fixed-width UCS-4
+            if id(obj) in self.seen:
+                self._repeat(size)
+            else:
+                self.seen.add(id(obj))
+            return obj, size
         if isinstance(obj, _PLAIN):
-            return obj
+            return obj, 0
         key = id(obj)
         if key in self.done:
-            return self.done[key]
+            value, size = self.done[key]
+            self._repeat(size)
+            return value, size
         if key in self.active:
             raise UnsafePickleError("a container that contains itself is not data")
         if depth > _MAX_DEPTH:
@@ -313,34 +390,72 @@ class _Materialiser:
         self.done[key] = out
         return out
 
-    def _convert(self, obj: Any, depth: int) -> Any:
+    def _items(self, values: Any, depth: int) -> tuple[list[Any], int]:
+        out, total = [], 0
+        for v in values:
+            value, size = self.visit(v, depth)
+            out.append(value)
+            total += _POINTER + size
+        return out, total
+
+    def _convert(self, obj: Any, depth: int) -> tuple[Any, int]:
         if isinstance(obj, (_ArrayRecord, _FrombufferRecord, _ScalarRecord)):
-            return obj.resolve(lambda v: self(v, depth))
-        if isinstance(obj, _OrderedDict):
-            return collections.OrderedDict((self(k, depth), self(v, depth)) for k, v in obj.items())
-        if type(obj) is dict:
-            return {self(k, depth): self(v, depth) for k, v in obj.items()}
+            total = [0]
+
+            def element(v: Any) -> Any:
+                value, size = self.visit(v, depth)
+                total[0] += _POINTER + size
+                return value
+
+            value = obj.resolve(element)
+            numeric = isinstance(value, np.ndarray) and value.dtype.kind != "O"
+            return value, value.nbytes if numeric else total[0] or _POINTER
+        if isinstance(obj, _OrderedDict) or type(obj) is dict:
+            keys, key_size = self._items(obj.keys(), depth)
+            values, value_size = self._items(obj.values(), depth)
+            kind = collections.OrderedDict if isinstance(obj, _OrderedDict) else dict
+            return kind(zip(keys, values)), key_size + value_size
         if type(obj) is list:
-            return [self(v, depth) for v in obj]
+            return self._items(obj, depth)
         if type(obj) is tuple:
-            return tuple(self(v, depth) for v in obj)
+            items, size = self._items(obj, depth)
+            return tuple(items), size
         if type(obj) in (set, frozenset):
             if not all(isinstance(v, _PLAIN) for v in obj):
                 raise UnsafePickleError("sets may hold only plain values")
-            return obj
+            return obj, sum(_POINTER + self.visit(v, depth)[1] for v in obj)
         if type(obj) is bytearray:
-            return bytes(obj)
+            return self.visit(bytes(obj), depth)
         raise UnsafePickleError(f"a {type(obj).__name__} is not plain data")
 
 
-def load_untrusted(f: BinaryIO) -> Any:
+def _size_of(f: BinaryIO) -> int:
+    """The size of an open file (the shared-reference limit grows with it); 0 when it cannot be told."""
+    import os
+
+    try:
+        return os.fstat(f.fileno()).st_size
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        pass
+    try:
+        here = f.tell()
+        end = f.seek(0, io.SEEK_END)
+        f.seek(here)
+        return end
+    except (AttributeError, OSError, ValueError):
+        return 0
+
+
+def load_untrusted(f: BinaryIO, shared_bytes: int | None = None) -> Any:
     """Unpickle data-only content from an open binary file; raise `UnsafePickleError` for anything else.
 
     `encoding='latin1'` lets numpy pickles written by Python 2 load (their array bytes are `str`).
+    `shared_bytes`: how many bytes repeated uses of shared objects may add (default: `shared_limit`).
     """
+    limit = shared_limit(_size_of(f)) if shared_bytes is None else shared_bytes
     raw = _DataUnpickler(f, encoding="latin1").load()
-    return _Materialiser()(raw)
+    return _Materialiser(limit)(raw)
 
 
-def loads_untrusted(data: bytes) -> Any:
-    return load_untrusted(io.BytesIO(data))
+def loads_untrusted(data: bytes, shared_bytes: int | None = None) -> Any:
+    return load_untrusted(io.BytesIO(data), shared_bytes)

@@ -285,11 +285,16 @@ def generate_dataset(
 
 def check_size(config: SynthConfig, max_gb: float | None = DEFAULT_MAX_GB) -> None:
     """Raise AffectusError if the features would exceed `max_gb` GB (None: no limit)."""
-    size = config.estimate_bytes() / 1e9
-    if max_gb is not None and size > max_gb:
+    # exact integers: `scale=1e300` gives a byte count no float holds (compare, then format, as ints)
+    size = config.estimate_bytes()
+    if max_gb is None or size >= 2**63:  # past what numpy can index, whatever the limit says
+        max_gb = min(max_gb if max_gb is not None else math.inf, 2**63 / 1e9)
+    if size > max_gb * 1e9:
+        shown = f"{size / 1e9:.2f} GB" if size < 10**15 else f"about 10^{len(str(size)) - 10} GB"
+        factor = f"{size / (max_gb * 1e9):.2g}x" if size < 10**300 else f"about 10^{len(str(size)) - 10}x"
         raise AffectusError(
-            f"synth: {config.name} would hold {size:.2f} GB of features (limit {max_gb:g} GB); "
-            f"shrink it at least {size / max_gb:.2g}x (scale / seq_scale / n per split) or raise the limit"
+            f"synth: {config.name} would hold {shown} of features (limit {max_gb:g} GB); "
+            f"shrink it at least {factor} (scale / seq_scale / n per split) or raise the limit"
         )
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -253,6 +254,11 @@ def _rows(doc: Doc, rows: list[RowSpec]) -> None:
         _overrides(doc, row.overrides, loc + ("overrides",))
 
 
+# The most grid points an experiment may have (as a sweep's grid, experiments/sweep.py): each is planned,
+# resolved and listed in experiment.json before the first run.
+MAX_GRID_POINTS = 100_000
+
+
 def _grid(doc: Doc, grid: dict[str, list[Any]]) -> None:
     for key, values in grid.items():
         loc = ("grid", key)
@@ -264,6 +270,9 @@ def _grid(doc: Doc, grid: dict[str, list[Any]]) -> None:
                 raise doc.error(loc + (j,), f"grid {key}: expected plain values, got {v!r}")
         if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
             raise doc.error(loc, f"grid {key}: values repeat")
+    points = math.prod(len(v) for v in grid.values())
+    if points > MAX_GRID_POINTS:  # every point is expanded and resolved up front (experiment.json)
+        raise doc.error(("grid",), f"grid: {points:.3g} points; at most {MAX_GRID_POINTS}")
 
 
 def _report(doc: Doc, report: ReportSpec, grid: dict[str, list[Any]]) -> None:

@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import socket
 import threading
 import warnings
@@ -40,6 +41,9 @@ from affectus.utils.strict_yaml import Doc, Strict, read_yaml, validate
 REPORT_FORMAT = "affectus-sweep/1"
 CLAIM_FILE = "sweep-study.json"  # the study this sweep directory belongs to
 SAMPLERS = ("grid", "tpe")
+# Most points a grid may have: Optuna's GridSampler lists every point in memory in every worker, and a
+# grid past this is years of training anyway (use sampler: tpe with a trials: budget).
+MAX_GRID_POINTS = 100_000
 # machine-local settings: workers on different machines may differ in these and still share a study
 LOCAL_KEYS = {"train.threads", "train.device"}
 _MISSING = object()
@@ -189,6 +193,9 @@ def parse_spec(data: Any, where: str = "sweep spec", default_name: str = "sweep"
     sampler = raw.sampler or ("grid" if all_lists else "tpe")
     if sampler == "grid" and not all_lists:
         raise doc.error(("sampler",), "sampler grid: every space entry must be a list of values")
+    if sampler == "grid" and _grid_points(space) > MAX_GRID_POINTS:
+        raise doc.error(("space",), f"space: a grid of {_grid_points(space):.3g} points; at most "
+                                    f"{MAX_GRID_POINTS} (use sampler: tpe with trials: a budget)")
     if raw.trials is not None and raw.trials < 1:
         raise doc.error(("trials",), f"trials = {raw.trials}: expected a positive integer")
     if sampler == "tpe" and raw.trials is None:
@@ -198,12 +205,18 @@ def parse_spec(data: Any, where: str = "sweep spec", default_name: str = "sweep"
                      direction=raw.objective.direction, sampler=sampler, trials=raw.trials, seed=raw.seed)
 
 
+def _grid_points(space: dict[str, Any]) -> int:
+    return math.prod(len(v) for v in space.values() if isinstance(v, list))
+
+
 def with_sampler(spec: SweepSpec, sampler: str) -> SweepSpec:
     """--sampler: the same checks as the spec's own `sampler` key."""
     _check(sampler in SAMPLERS, "--sampler", f"expected one of {', '.join(SAMPLERS)}")
     _check(sampler != "grid" or all(isinstance(v, list) for v in spec.space.values()), "--sampler grid",
            "every space entry must be a list of values")
     _check(sampler == "grid" or spec.trials is not None, "--sampler tpe", "the spec needs trials: (a budget)")
+    _check(sampler != "grid" or _grid_points(spec.space) <= MAX_GRID_POINTS, "--sampler grid",
+           f"the space has {_grid_points(spec.space):.3g} points; at most {MAX_GRID_POINTS}")
     return dataclasses.replace(spec, sampler=sampler)
 
 
@@ -233,33 +246,88 @@ def normalise_storage_url(url: str) -> str:
     return url
 
 
-def redact(url: str) -> str:
-    """The URL with its password masked; an unparseable one shows its scheme only (it may hold one)."""
+# Query parameters that carry a credential (libpq's `password`, `sslpassword`, a token...): masked
+# wherever a URL is shown or saved, like the password before the host.
+_SECRET_KEY = re.compile(r"pass|pwd|secret|token|key|cred|auth", re.IGNORECASE)
+
+
+def _parse_url(url: str):
+    """SQLAlchemy's URL of `url`, or None when it cannot be parsed (a bad port is a ValueError there)."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+        return make_url(url)
+    except (ArgumentError, ValueError, TypeError):
+        return None
+
+
+def redact(url: str) -> str:
+    """The URL with every credential masked: the password before the host and each query parameter
+    that names one (`?password=`, `sslpassword`, ...). A URL whose parts cannot be told apart for sure
+    (unparseable, a second `@` that SQLAlchemy would read as part of the host) shows its scheme only."""
+    from urllib.parse import urlencode
+
+    parsed = _parse_url(url)
+    if parsed is None or "@" in (parsed.host or ""):
         return f"{url.split('://', 1)[0]}://..." if "://" in url else "(unparseable URL)"
+    query = {k: "***" if _SECRET_KEY.search(k) else v for k, v in parsed.query.items()}
+    text = parsed.set(query={}).render_as_string(hide_password=True)
+    return text + ("?" + urlencode(query, doseq=True, safe="*") if query else "")
+
+
+def _secrets(url: str) -> list[str]:
+    """The credential texts of `url` (to scrub from a driver's message, which may quote the URL)."""
+    parsed = _parse_url(url)
+    if parsed is None:
+        return []
+    found = [str(parsed.password or "")] + [str(x) for k, v in parsed.query.items() if _SECRET_KEY.search(k)
+                                             for x in (v if isinstance(v, tuple) else (v,))]
+    if "@" in (parsed.host or ""):
+        found.append(parsed.host.rsplit("@", 1)[0])
+    return [s for s in found if s]
+
+
+def check_storage_url(url: str) -> None:
+    """Refuse, in one masked line, a storage URL that cannot be used as written: unparseable, a port
+    that is not a number, or a second `@` (a password's `@` must be written %40, else SQLAlchemy takes
+    the rest of the password for the host and would show it)."""
+    parsed = _parse_url(url)
+    if parsed is None:
+        raise AffectusError(f"--storage {redact(url)}: not a database URL (expected sqlite:///FILE or "
+                            "postgresql://USER:PASSWORD@HOST[:PORT]/DB)")
+    if "@" in (parsed.host or ""):
+        raise AffectusError(f"--storage {redact(url)}: more than one '@' before the host; write an '@' in "
+                            "the user name or password as %40")
+
+
+def _scrub(text: str, url: str) -> str:
+    # secrets under 4 characters are left: replacing every "p" would garble the message, and no driver
+    # quotes a password anyway (this is for one that echoes the URL's text)
+    for secret in sorted(_secrets(url), key=len, reverse=True):
+        if len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
 
 
 @contextlib.contextmanager
 def storage_errors(url: str) -> Iterator[None]:
     """Every failure to reach or read the study's storage as one line naming it (never a traceback):
-    a bad URL, an unreachable or refusing PostgreSQL server, a SQLite file that is not a database."""
+    a bad URL, an unreachable or refusing PostgreSQL server, a SQLite file that is not a database.
+    The line never holds a credential (`redact`, and a driver's message is scrubbed of them)."""
     import sqlalchemy.exc
 
+    check_storage_url(url)
     try:
         yield
     except sqlalchemy.exc.ArgumentError:
         raise AffectusError(f"--storage {redact(url)}: not a database URL (expected sqlite:///FILE or "
                             "postgresql://USER:PASSWORD@HOST/DB)") from None
     except sqlalchemy.exc.DBAPIError as err:
-        reason = " ".join(str(err.orig).split()) or type(err.orig).__name__
+        reason = _scrub(" ".join(str(err.orig).split()) or type(err.orig).__name__, url)
         raise AffectusError(f"--storage {redact(url)}: cannot use the study storage ({reason})") from None
     except sqlalchemy.exc.SQLAlchemyError as err:
-        reason = " ".join(str(err).split()[:40]) or type(err).__name__
+        reason = _scrub(" ".join(str(err).split()[:40]) or type(err).__name__, url)
         raise AffectusError(f"--storage {redact(url)}: cannot use the study storage ({reason})") from None
     except ModuleNotFoundError as err:  # the PostgreSQL driver is not installed
         raise AffectusError(f"--storage {redact(url)}: needs the Python module {err.name!r}: pip install "

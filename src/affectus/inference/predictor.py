@@ -257,6 +257,8 @@ def predictions_csv(split: Split, pred: Prediction, scheme: Any = None) -> str:
     import csv
     import io
 
+    from affectus.utils.csv_cells import csv_text  # an id from the data file is never a formula
+
     names = pred.class_names
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -268,7 +270,7 @@ def predictions_csv(split: Split, pred: Prediction, scheme: Any = None) -> str:
     w.writerow(header)
     label_classes = (to_classes if scheme is None else scheme.to_classes)(split.labels)
     for i, sample_id in enumerate(split.ids):
-        row = [sample_id, np.format_float_positional(split.labels[i]), names[label_classes[i]],
+        row = [csv_text(sample_id), np.format_float_positional(split.labels[i]), names[label_classes[i]],
                names[pred.classes[i]], *(f"{p:.6f}" for p in pred.probabilities[i])]
         if pred.modality_classes is not None:
             row += [names[c] for c in pred.modality_classes[i]]

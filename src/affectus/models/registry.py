@@ -12,6 +12,7 @@ attributes or config fields.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
 from importlib import resources
@@ -142,14 +143,19 @@ def register_model(name: str, config_cls: type, description: str = "", *, recipe
     return deco
 
 
+# The largest width, depth or head count a config may ask for: far above any model here (widths of
+# 32-1024), far below what ends in a many-GB allocation (`model.d=2147483648` asked for 120 GB).
+MAX_SIZE = 65536
+
+
 def check_model_config(config: Any, sizes: tuple[str, ...] = ()) -> None:
     """The range checks every model's config `validate()` shares: the named sizes (widths, layers,
     heads) at least 1, every `*dropout` field in [0, 1) (a dropout of 1 zeroes its input), and heads
     dividing the width where a config has both `heads` and `d` (the per-head width is d / heads)."""
     for name in sizes:
         value = getattr(config, name)
-        if not value >= 1:
-            raise SettingError(f"model.{name}", value, "a positive integer")
+        if not 1 <= value <= MAX_SIZE:
+            raise SettingError(f"model.{name}", value, f"a positive integer up to {MAX_SIZE}")
     for f in fields(config):
         value = getattr(config, f.name)
         if f.name.endswith("dropout") and not 0.0 <= value < 1.0:
@@ -218,5 +224,17 @@ def size_from_config(model_name: str, model_config: dict[str, Any]) -> int:
 
 
 def create_model(name: str, config, **extras):
-    """Build a registered model. `extras` go to its builder (CMC: `bert_config` for a BERT shell)."""
-    return get_model_entry(name).build(config, **extras)
+    """Build a registered model. `extras` go to its builder (CMC: `bert_config` for a BERT shell).
+
+    A model too large for the machine's memory is one AffectusError, not torch's allocator traceback."""
+    entry = get_model_entry(name)
+    try:
+        return entry.build(config, **extras)
+    except MemoryError:
+        raise AffectusError(f"model {entry.name}: too large for this machine's memory (reduce its sizes)") from None
+    except RuntimeError as err:
+        if "allocate" not in str(err):
+            raise
+        wanted = re.search(r"allocate (\d+) bytes", str(err))
+        size = f" ({int(wanted.group(1)) / 1e9:.3g} GB for one tensor)" if wanted else ""
+        raise AffectusError(f"model {entry.name}: too large for this machine's memory{size}; reduce its sizes") from None

@@ -101,7 +101,7 @@ def parse_set(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise AffectusError(f"--set {item!r}: expected key=value")
         key, raw = item.split("=", 1)
-        out[key.strip()] = yaml_value(raw)
+        out[key.strip()] = yaml_value(raw, f"--set {key.strip()}")
     return out
 
 

@@ -10,6 +10,11 @@ Two steps, each in one place:
   with a "did you mean" for a misspelt key. `check_value` does the same for one config value against
   its dataclass field (config layers come from several files and --set, each with its own location).
 
+YAML aliases (`*name`) repeat a node without copying it, so ten lines of nested aliases describe 10**9
+values ("billion laughs"). PyYAML's composer keeps them shared; expanding them into plain data is where
+the memory goes. Both readers count every node an alias repeats and refuse a document past
+`ALIAS_BUDGET` repeated nodes (docs/security.md), before the expansion can grow.
+
 What types cannot say (a known model, distinct seeds, heads dividing d) stays with its file's code
 and is reported through `Doc.error` at the same lines.
 """
@@ -31,6 +36,9 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from affectus.errors import AffectusError
 
 Loc = tuple[Any, ...]  # a location inside a document: ("runs", 1, "model")
+# Nodes that aliases may repeat in one document: far above what anchors in a config or spec use (a
+# shared block of settings reused a few times), far below what takes memory (10**4 small nodes).
+ALIAS_BUDGET = 10_000
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -98,33 +106,76 @@ def read_yaml(source: str | Path, text: str | None = None) -> Doc:
         raise AffectusError(f"{source}: not valid YAML ({' '.join(str(err).split())})") from None
     doc = Doc(None, source, {})
     if node is not None:
-        doc.data = _plain(node, (), doc, _Loader(""))
+        try:
+            doc.data = _plain(node, (), doc, _Loader(""), _Aliases(source))
+        except yaml.MarkedYAMLError as err:  # e.g. a tag SafeLoader has no constructor for (!!python/name)
+            mark = err.problem_mark or err.context_mark
+            line = mark.line + 1 if mark is not None else 1
+            raise AffectusError(f"{source}:{line}: {_yaml_problem(err)}") from None
+        except (yaml.YAMLError, ValueError, TypeError, RecursionError) as err:
+            raise AffectusError(f"{source}: not valid YAML ({' '.join(str(err).split()) or type(err).__name__})") from None
     return doc
 
 
-def yaml_value(text: str) -> Any:
-    """A value typed on the command line (`--set key=VALUE`), read as the same YAML as the files."""
-    return yaml.load(text, Loader=_Loader) if text.strip() else ""
+def yaml_value(text: str, where: str = "--set") -> Any:
+    """A value typed on the command line (`--set key=VALUE`), read as the same YAML as the files.
+
+    The same rules as a file: aliases within the budget, no tags SafeLoader lacks (`!!python/name`);
+    any problem is one AffectusError naming `where`."""
+    if not text.strip():
+        return ""
+    return read_yaml(where, text).data
 
 
-def _plain(node: yaml.Node, loc: Loc, doc: Doc, loader: yaml.SafeLoader) -> Any:
+class _Aliases:
+    """Counts the nodes that aliases repeat while a document is expanded (see ALIAS_BUDGET)."""
+
+    def __init__(self, source: str) -> None:
+        self.source, self.seen, self.repeated = source, set(), 0
+
+    def visit(self, node: yaml.Node) -> None:
+        if id(node) not in self.seen:
+            self.seen.add(id(node))
+            return
+        # every node of a repeated subtree was seen before, so each one counts here
+        self.repeated += 1
+        if self.repeated > ALIAS_BUDGET:
+            raise AffectusError(f"{self.source}: YAML aliases repeat more than "
+                                f"{ALIAS_BUDGET} nodes; write the values out instead of nesting aliases")
+
+
+def _yaml_problem(err: yaml.MarkedYAMLError) -> str:
+    problem = " ".join(str(err.problem or err.context or "not valid YAML").split())
+    return f"not valid YAML ({problem})"
+
+
+_COLLECTION_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
+
+
+def _plain(node: yaml.Node, loc: Loc, doc: Doc, loader: yaml.SafeLoader, aliases: _Aliases) -> Any:
     """A composed node -> plain Python, recording each node's line under its location."""
+    aliases.visit(node)
     doc.lines.setdefault(loc, node.start_mark.line + 1)
+    if isinstance(node, yaml.CollectionNode) and node.tag not in _COLLECTION_TAGS:
+        # a scalar's tag goes through SafeLoader below; a collection's would be dropped silently
+        raise AffectusError(f"{doc.source}:{node.start_mark.line + 1}: not valid YAML (tag {node.tag!r} "
+                            "is not allowed: plain mappings and lists only)")
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             line = key_node.start_mark.line + 1
             if not isinstance(key_node, yaml.ScalarNode):
                 raise AffectusError(f"{doc.source}:{line}: a key must be a plain value")
+            aliases.visit(key_node)
             key = loader.construct_object(key_node, deep=True)
             if key in out:
                 raise AffectusError(f"{doc.source}:{line}: duplicate key '{key}'")
             # a key's line (not its value's) is where an unknown key or a wrong value is reported
             doc.lines[loc + (key,)] = line
-            out[key] = _plain(value_node, loc + (key,), doc, loader)
+            out[key] = _plain(value_node, loc + (key,), doc, loader, aliases)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_plain(item, loc + (i,), doc, loader) for i, item in enumerate(node.value)]
+        return [_plain(item, loc + (i,), doc, loader, aliases) for i, item in enumerate(node.value)]
     return loader.construct_object(node, deep=True)
 
 

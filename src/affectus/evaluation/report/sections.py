@@ -403,7 +403,9 @@ def flips(page: Page, runs: list[Run], axes: list[str], dataset: Any, max_sample
     if run is None:
         return blocks + [note("no run kept pseudo_labels.csv, so no per-sample flips")]
     with open(run.path / "pseudo_labels.csv", newline="", encoding="utf-8") as f:
-        samples = list(csv.DictReader(f))
+        from affectus.utils.csv_cells import text_cell  # ids are written spreadsheet-safe
+
+        samples = [{**s, "id": text_cell(s.get("id") or "")} for s in csv.DictReader(f)]
     label, stem = _title(run, axes)
     truth = _unimodal_truth(run, dataset)  # id -> {modality: class}, when the data has unimodal labels
     blocks.append(heading(f"{label}: {len(samples)} training samples"))

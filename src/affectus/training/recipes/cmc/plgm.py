@@ -34,6 +34,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError
+from affectus.utils.csv_cells import csv_text
 from affectus.utils.io import write_text_atomic
 
 MOMENTUM_FORMS = ("code", "paper")
@@ -276,7 +277,8 @@ class PseudoLabelBank:
             fields = list(rows[0]) if rows else ["index", "id", "raw_text"]
             writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
             writer.writeheader()
-            writer.writerows(rows)
+            # ids and transcripts come from the data file: no cell a spreadsheet would run as a formula
+            writer.writerows({**row, "id": csv_text(row["id"]), "raw_text": csv_text(row["raw_text"])} for row in rows)
             write_text_atomic(path, buf.getvalue())
         return rows
 
