@@ -183,6 +183,9 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--mosi", default=str(MOSI), help="the shared MOSI pickle (default: shared/ beside the checkout)")
+    ap.add_argument("--also", action="append", default=[], metavar="JSON",
+                    help="add the rows of an earlier result of the same data, protocol and seeds (not rerun), e.g. "
+                         "to pair rows run in two processes")
     args = ap.parse_args()
     import torch
 
@@ -191,7 +194,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     enable_flush_denormal()
     default = "cmc_plus,logreg,late_fusion" if args.data == "sim" else "cmc_plus,logreg,minilm_probe"
-    models = (args.models or default.replace(",", ";")).split(";")
+    models = [m for m in (default.replace(",", ";") if args.models is None else args.models).split(";") if m]
     models += [f"cmc_plus/{v}" for v in (args.variants or "").split(",") if v]
     cache: dict = {}
     rows = {}
@@ -211,16 +214,28 @@ def main() -> None:
         if args.data == "sim":
             rows[model]["groups"] = {g: {k: _mean([r["groups"][g][k] for r in runs]) for k in ("acc3", "text_share")}
                                      for g in ("text_contradicts", "text_agrees")}
-    if "logreg" in rows:  # paired differences (same data and folds per seed)
-        for model, row in rows.items():
-            if model != "logreg":
-                row["minus_logreg"] = {k: _paired(row["runs"], rows["logreg"]["runs"], k) for k in row["mean_std"]}
+    for path in args.also:
+        earlier = json.loads(Path(path).read_text())
+        if (earlier["data"], earlier["seeds"], earlier.get("protocol")) != (args.data, args.seeds, result_protocol(args)):
+            raise SystemExit(f"error: {path} is not a {args.data} result with {args.seeds} seeds under the same protocol")
+        rows.update({m: {k: v for k, v in r.items() if not k.startswith("minus_")} for m, r in earlier["rows"].items()
+                     if m not in rows})
+    for base in ("logreg", "minilm_probe"):  # paired differences (same data and folds per seed)
+        if base in rows:
+            for model, row in rows.items():
+                if model != base:
+                    row[f"minus_{base}"] = {k: _paired(row["runs"], rows[base]["runs"], k) for k in row["mean_std"]
+                                            if k in rows[base]["mean_std"]}
     result = {"bench": "cmc_plus", "data": args.data, "argv": sys.argv[1:], "seeds": args.seeds,
-              "protocol": args.protocol if args.data == "mosi" else "train/valid/test",
+              "protocol": result_protocol(args), "also": args.also,
               "mislead": args.mislead if args.data == "sim" else None, "rows": rows,
               "wall_s": round(time.perf_counter() - t_all, 1)}
     print(json.dumps(result, indent=1))
     _table(rows, file=sys.stderr)
+
+
+def result_protocol(args) -> str:
+    return args.protocol if args.data == "mosi" else "train/valid/test"
 
 
 def _mean(values):
@@ -237,13 +252,18 @@ def _paired(runs, base, key) -> dict:
 
 def _table(rows, file) -> None:
     keys = list(next(iter(rows.values()))["mean_std"])
-    print("| model | " + " | ".join(keys) + " | paired vs logreg (first two) |", file=file)
-    print("|---" * (len(keys) + 2) + "|", file=file)
+    print("| model | " + " | ".join(keys) + " | paired vs logreg (first two) | paired vs minilm_probe (first two) |",
+          file=file)
+    print("|---" * (len(keys) + 3) + "|", file=file)
     for model, row in rows.items():
-        cells = [f"{row['mean_std'][k]['mean']:.2f} ± {row['mean_std'][k]['std']:.2f}" for k in keys]
-        paired = row.get("minus_logreg")
-        diff = ", ".join(f"{paired[k]['mean']:+.2f} ± {paired[k]['std']:.2f}" for k in keys[:2]) if paired else ""
-        print(f"| {model} | " + " | ".join(cells) + f" | {diff} |", file=file)
+        cells = [f"{row['mean_std'][k]['mean']:.2f} ± {row['mean_std'][k]['std']:.2f}" if k in row["mean_std"] else ""
+                 for k in keys]
+        diffs = []
+        for base in ("logreg", "minilm_probe"):
+            paired = row.get(f"minus_{base}")
+            diffs.append(", ".join(f"{paired[k]['mean']:+.2f} ± {paired[k]['std']:.2f}" for k in keys[:2] if k in paired)
+                         if paired else "")
+        print(f"| {model} | " + " | ".join(cells) + f" | {diffs[0]} | {diffs[1]} |", file=file)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,18 @@ Stage 2, consensus: the rows the temperatures and the router are fitted on (`con
   `benchmarks/bench_cmc_plus.py` cross-fits instead.
 - `train`: in-sample predictions on train (an ablation: over-confident where features leak).
 
+The fallback (`fallback`, after the consensus's fitting rows are known): the consensus may lose to its own
+best expert on unseen videos (issue 16: on held-out CMU-MOSI videos it scored below a logistic regression on
+the MiniLM transcript vectors). So the verdict is (1 - lambda) * consensus + lambda * (best expert alone, with
+its own scale and bias), and `fallback=cv` picks lambda in {0, 1/4, 1/2, 3/4, 1} by cross-fitting over the
+fitting rows with folds grouped by video (`video_groups`: clips of one video are correlated): every fold's
+consensus, and every single expert, are fitted on the other folds and scored on it by the router's own loss.
+The best expert is the one of lowest held-out loss; lambda starts at 1 (the simpler model) and moves to a
+smaller one only where that lowers the held-out loss by more than `fallback_margin` standard errors of the
+per-video paired difference. The choice and every candidate's held-out loss and Acc2 go to run.json
+(`stages.consensus.fallback`). `fallback=none` is the consensus alone (CMC+ before the fallback);
+`fallback=expert` the best expert alone. Only the fitting rows' labels are read.
+
 Training inputs are pooled once (the experts read utterance vectors), so the whole recipe runs on
 in-memory tensors; it is fast enough that an interrupted run simply starts again (no resume state).
 """
