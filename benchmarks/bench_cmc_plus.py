@@ -183,6 +183,10 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--mosi", default=str(MOSI), help="the shared MOSI pickle (default: shared/ beside the checkout)")
+    ap.add_argument("--reuse", action="append", default=[], metavar="LOG",
+                    help="the stderr of an earlier run with the same data and protocol: its per-seed result lines "
+                         "are taken as they are instead of rerunning that model and seed (an interrupted or "
+                         "split benchmark)")
     ap.add_argument("--also", action="append", default=[], metavar="JSON",
                     help="add the rows of an earlier result of the same data, protocol and seeds (not rerun), e.g. "
                          "to pair rows run in two processes")
@@ -198,11 +202,20 @@ def main() -> None:
     models += [f"cmc_plus/{v}" for v in (args.variants or "").split(",") if v]
     cache: dict = {}
     rows = {}
+    done = {}
+    for path in args.reuse:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith("{") and '"seed"' in line:
+                r = json.loads(line)
+                done[(r.pop("model"), r["seed"])] = r
     t_all = time.perf_counter()
     for model in models:
         runs = []
         for seed in range(1, args.seeds + 1):
-            r = run_sim(args, model, seed) if args.data == "sim" else run_mosi(args, model, seed, cache)
+            if (model, seed) in done:
+                r = done[(model, seed)]
+            else:
+                r = run_sim(args, model, seed) if args.data == "sim" else run_mosi(args, model, seed, cache)
             r["seed"] = seed
             runs.append(r)
             print(json.dumps({"model": model, **r}), file=sys.stderr, flush=True)
@@ -227,7 +240,7 @@ def main() -> None:
                     row[f"minus_{base}"] = {k: _paired(row["runs"], rows[base]["runs"], k) for k in row["mean_std"]
                                             if k in rows[base]["mean_std"]}
     result = {"bench": "cmc_plus", "data": args.data, "argv": sys.argv[1:], "seeds": args.seeds,
-              "protocol": result_protocol(args), "also": args.also,
+              "protocol": result_protocol(args), "also": args.also, "reused": args.reuse,
               "mislead": args.mislead if args.data == "sim" else None, "rows": rows,
               "wall_s": round(time.perf_counter() - t_all, 1)}
     print(json.dumps(result, indent=1))
