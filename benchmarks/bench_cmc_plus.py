@@ -131,6 +131,7 @@ def run_mosi(args, model: str, seed: int, cache: dict) -> dict:
         parts = [(np.setdiff1d(np.arange(len(valid)), f), f) for f in video_folds(valid.ids, args.folds, seed)]
     logits = np.zeros((len(valid), 3), np.float32)
     seconds = 0.0
+    choices: list[dict] = []
     for sel_rows, eval_rows in parts:
         fold = MERDataset(splits={"train": ds["train"], "select": valid.subset(sel_rows, "select"),
                                   "eval": valid.subset(eval_rows, "eval")}, source=ds.source)
@@ -140,8 +141,11 @@ def run_mosi(args, model: str, seed: int, cache: dict) -> dict:
             lg = logreg(fold["train"], fold["select"], fold["eval"], scheme, seed, feats)
         else:
             name, variant, sets = parse_row(model)
-            pred, s, _ = train_model(fold, plan, preset, name, variant, seed, {"train.threads": args.threads, **sets})
+            pred, s, stages = train_model(fold, plan, preset, name, variant, seed, {"train.threads": args.threads, **sets})
             lg, seconds = logits_of(pred), seconds + s
+            fallback = stages.get("consensus", {}).get("fallback")
+            if fallback is not None:  # CMC+'s choice per fold: lambda and the expert it leans on
+                choices.append({"shrink": fallback.get("shrink"), "expert": fallback.get("expert")})
         logits[eval_rows] = lg
     m = scheme.metrics(logits=logits, labels=valid.labels)
     final = {k: m[k] for k in ("has0_acc2", "has0_f1", "non0_acc2", "acc3")}
@@ -149,7 +153,7 @@ def run_mosi(args, model: str, seed: int, cache: dict) -> dict:
     # (the mean of the two recalls; train is 49% non-negative, valid 59%)
     truth, guess = np.asarray(valid.labels) >= 0, logits[:, 2] > logits[:, 0]
     final["has0_bacc"] = 50.0 * float((guess[truth]).mean() + (~guess[~truth]).mean())
-    return {"final": final, "seconds": round(seconds, 1)}
+    return {"final": final, "seconds": round(seconds, 1), **({"fallback": choices} if choices else {})}
 
 
 def parse_row(spec: str) -> tuple[str, str | None, dict]:
