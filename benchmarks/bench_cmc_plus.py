@@ -145,7 +145,9 @@ def run_mosi(args, model: str, seed: int, cache: dict) -> dict:
             lg, seconds = logits_of(pred), seconds + s
             fallback = stages.get("consensus", {}).get("fallback")
             if fallback is not None:  # CMC+'s choice per fold: lambda and the expert it leans on
-                choices.append({"shrink": fallback.get("shrink"), "expert": fallback.get("expert")})
+                choices.append({"shrink": fallback.get("shrink"), "expert": fallback.get("expert"),
+                                "weights": stages["consensus"].get("mean_weights"),
+                                "alone_acc": {k: v["acc"] for k, v in fallback.get("experts_heldout", {}).items()}})
         logits[eval_rows] = lg
     m = scheme.metrics(logits=logits, labels=valid.labels)
     final = {k: m[k] for k in ("has0_acc2", "has0_f1", "non0_acc2", "acc3")}
