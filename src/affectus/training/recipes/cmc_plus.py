@@ -319,7 +319,7 @@ class CMCPlusRecipe:
         rc, model, names = ctx.recipe, ctx.model, ctx.model.names
         k, n = len(names), len(y)
         videos, video_of = np.unique(groups, return_inverse=True)
-        record: dict[str, Any] = {"mode": rc.fallback, "videos": int(len(videos))}
+        record: dict[str, Any] = {"mode": rc.fallback, "videos": len(videos)}
         folds = min(rc.fallback_folds, len(videos))
         if folds < 2:  # one video: nothing to hold out
             record.update(shrink=0.0 if rc.fallback == "cv" else 1.0, expert=names[0],
