@@ -130,15 +130,26 @@ def run_mosi(args, model: str, seed: int, cache: dict) -> dict:
         parts = [(np.setdiff1d(np.arange(len(valid)), f), f) for f in video_folds(valid.ids, args.folds, seed)]
     logits = np.zeros((len(valid), 3), np.float32)
     seconds = 0.0
+    choices: list[dict] = []
     for sel_rows, eval_rows in parts:
         fold = MERDataset(splits={"train": ds["train"], "select": valid.subset(sel_rows, "select"),
                                   "eval": valid.subset(eval_rows, "eval")}, source=ds.source)
         plan = DataPlan("train", "select", "eval", scheme)
         name, variant, sets = parse_row(model)
-        pred, s, _ = train_model(fold, plan, preset, name, variant, seed, {"train.threads": args.threads, **sets})
+        pred, s, stages = train_model(fold, plan, preset, name, variant, seed, {"train.threads": args.threads, **sets})
         logits[eval_rows], seconds = logits_of(pred), seconds + s
+        fallback = stages.get("consensus", {}).get("fallback")
+        if fallback is not None:  # CMC+'s choice per fold: lambda and the expert it leans on
+            choices.append({"shrink": fallback.get("shrink"), "expert": fallback.get("expert"),
+                            "weights": stages["consensus"].get("mean_weights"),
+                            "alone_acc": {k: v["acc"] for k, v in fallback.get("experts_heldout", {}).items()}})
     m = compute_metrics(scheme, logits=logits, scores=valid.labels)
-    return {"final": {k: m[k] for k in ("has0_acc2", "has0_f1", "non0_acc2", "acc3")}, "seconds": round(seconds, 1)}
+    final = {k: m[k] for k in ("has0_acc2", "has0_f1", "non0_acc2", "acc3")}
+    # a diagnostic for a class-prior shift between valid and unseen videos: Has0 accuracy at balanced classes
+    # (the mean of the two recalls; train is 49% non-negative, valid 59%)
+    truth, guess = np.asarray(valid.labels) >= 0, logits[:, 2] > logits[:, 0]
+    final["has0_bacc"] = 50.0 * float((guess[truth]).mean() + (~guess[~truth]).mean())
+    return {"final": final, "seconds": round(seconds, 1), **({"fallback": choices} if choices else {})}
 
 
 def parse_row(spec: str) -> tuple[str, str | None, dict]:
@@ -164,7 +175,15 @@ def main() -> None:
     ap.add_argument("--protocol", default="crossfit", choices=("crossfit", "preset"))
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--mosi-data", default=str(MOSI), help="mosi: the shared set's pickle (default: beside the repo)")
+    ap.add_argument("--mosi-data", "--mosi", default=str(MOSI),
+                    help="mosi: the shared set's pickle (default: shared/ beside the checkout)")
+    ap.add_argument("--reuse", action="append", default=[], metavar="LOG",
+                    help="the stderr of an earlier run with the same data and protocol: its per-seed result lines "
+                         "are taken as they are instead of rerunning that model and seed (an interrupted or "
+                         "split benchmark)")
+    ap.add_argument("--also", action="append", default=[], metavar="JSON",
+                    help="add the rows of an earlier result of the same data, protocol and seeds (not rerun), e.g. "
+                         "to pair rows run in two processes")
     args = ap.parse_args()
     import torch
 
@@ -173,15 +192,24 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     enable_flush_denormal()
     default = "cmc_plus,logreg,late_fusion" if args.data == "sim" else "cmc_plus,logreg,minilm_probe"
-    models = (args.models or default.replace(",", ";")).split(";")
+    models = [m for m in (default.replace(",", ";") if args.models is None else args.models).split(";") if m]
     models += [f"cmc_plus/{v}" for v in (args.variants or "").split(",") if v]
     cache: dict = {}
     rows = {}
+    done = {}
+    for path in args.reuse:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith("{") and '"seed"' in line:
+                r = json.loads(line)
+                done[(r.pop("model"), r["seed"])] = r
     t_all = time.perf_counter()
     for model in models:
         runs = []
         for seed in range(1, args.seeds + 1):
-            r = run_sim(args, model, seed) if args.data == "sim" else run_mosi(args, model, seed, cache)
+            if (model, seed) in done:
+                r = done[(model, seed)]
+            else:
+                r = run_sim(args, model, seed) if args.data == "sim" else run_mosi(args, model, seed, cache)
             r["seed"] = seed
             runs.append(r)
             print(json.dumps({"model": model, **r}), file=sys.stderr, flush=True)
@@ -193,16 +221,28 @@ def main() -> None:
         if args.data == "sim":
             rows[model]["groups"] = {g: {k: _mean([r["groups"][g][k] for r in runs]) for k in ("acc3", "text_share")}
                                      for g in ("text_contradicts", "text_agrees")}
-    if "logreg" in rows:  # paired differences (same data and folds per seed)
-        for model, row in rows.items():
-            if model != "logreg":
-                row["minus_logreg"] = {k: _paired(row["runs"], rows["logreg"]["runs"], k) for k in row["mean_std"]}
+    for path in args.also:
+        earlier = json.loads(Path(path).read_text())
+        if (earlier["data"], earlier["seeds"], earlier.get("protocol")) != (args.data, args.seeds, result_protocol(args)):
+            raise SystemExit(f"error: {path} is not a {args.data} result with {args.seeds} seeds under the same protocol")
+        rows.update({m: {k: v for k, v in r.items() if not k.startswith("minus_")} for m, r in earlier["rows"].items()
+                     if m not in rows})
+    for base in ("logreg", "minilm_probe"):  # paired differences (same data and folds per seed)
+        if base in rows:
+            for model, row in rows.items():
+                if model != base:
+                    row[f"minus_{base}"] = {k: _paired(row["runs"], rows[base]["runs"], k) for k in row["mean_std"]
+                                            if k in rows[base]["mean_std"]}
     result = {"bench": "cmc_plus", "data": args.data, "argv": sys.argv[1:], "seeds": args.seeds,
-              "protocol": args.protocol if args.data == "mosi" else "train/valid/test",
+              "protocol": result_protocol(args), "also": args.also, "reused": args.reuse,
               "mislead": args.mislead if args.data == "sim" else None, "rows": rows,
               "wall_s": round(time.perf_counter() - t_all, 1)}
     print(json.dumps(result, indent=1))
     _table(rows, file=sys.stderr)
+
+
+def result_protocol(args) -> str:
+    return args.protocol if args.data == "mosi" else "train/valid/test"
 
 
 def _mean(values):
@@ -219,13 +259,18 @@ def _paired(runs, base, key) -> dict:
 
 def _table(rows, file) -> None:
     keys = list(next(iter(rows.values()))["mean_std"])
-    print("| model | " + " | ".join(keys) + " | paired vs logreg (first two) |", file=file)
-    print("|---" * (len(keys) + 2) + "|", file=file)
+    print("| model | " + " | ".join(keys) + " | paired vs logreg (first two) | paired vs minilm_probe (first two) |",
+          file=file)
+    print("|---" * (len(keys) + 3) + "|", file=file)
     for model, row in rows.items():
-        cells = [f"{row['mean_std'][k]['mean']:.2f} ± {row['mean_std'][k]['std']:.2f}" for k in keys]
-        paired = row.get("minus_logreg")
-        diff = ", ".join(f"{paired[k]['mean']:+.2f} ± {paired[k]['std']:.2f}" for k in keys[:2]) if paired else ""
-        print(f"| {model} | " + " | ".join(cells) + f" | {diff} |", file=file)
+        cells = [f"{row['mean_std'][k]['mean']:.2f} ± {row['mean_std'][k]['std']:.2f}" if k in row["mean_std"] else ""
+                 for k in keys]
+        diffs = []
+        for base in ("logreg", "minilm_probe"):
+            paired = row.get(f"minus_{base}")
+            diffs.append(", ".join(f"{paired[k]['mean']:+.2f} ± {paired[k]['std']:.2f}" for k in keys[:2] if k in paired)
+                         if paired else "")
+        print(f"| {model} | " + " | ".join(cells) + f" | {diffs[0]} | {diffs[1]} |", file=file)
 
 
 if __name__ == "__main__":

@@ -219,7 +219,8 @@ def test_an_absent_text_stays_absent_when_the_run_re_encodes_transcripts(tmp_pat
     bert = _write_tiny_bert(tmp_path / "bert", positions=64)
     write_pickle(_mosi_like(1, {"train": 40, "valid": 16}), tmp_path / "train.pkl")
     code, _, err = cli("train", "--data", tmp_path / "train.pkl", "--preset", "mosi-utterance", "--model", "cmc",
-                       "--variant", "cmc_plus", "--out", tmp_path / "run", "--set", f"train.text_encoder={bert}", *FAST)
+                       "--variant", "cmc_plus", "--out", tmp_path / "run", "--set", f"train.text_encoder={bert}", *FAST,
+                       "--set", "recipe.fallback=none")  # every expert in the verdict (no lean on a best one)
     assert code == 0, err
     predictor = affectus.load(tmp_path / "run")
     valid = load_dataset(tmp_path / "train.pkl")["valid"]
@@ -249,3 +250,81 @@ def test_experiment_scores_conditions_and_router_weights_on_re_encoded_text(tmp_
     assert weights["{a,v}"]["text"] == 0.0 and weights["{l}"]["audio"] == 0.0
     assert abs(sum(weights["{l,a,v}"].values()) - 1.0) < 1e-6
     assert "{l,a,v}" in json.loads((run / "conditions.json").read_text())
+
+
+def _utterances(seed: int, strength: dict[str, tuple[float, float]], n=(240, 150, 60)) -> dict:
+    """Utterance-level (L 1) data whose modalities carry the clip's class with a given strength: per
+    modality (on train, on valid and test). Valid's ids are `v<video>_<clip>`, 6 clips a video."""
+    raw = generate(SynthConfig(n_train=n[0], n_valid=n[1], n_test=n[2], seed=seed,
+                               seq_lens={"text": 1, "audio": 1, "vision": 1},
+                               dims={"text": 8, "audio": 6, "vision": 6}))
+    rng = np.random.default_rng(seed)
+    for split, d in raw.items():
+        s = (to_classes(d["regression_labels"]) - 1).astype(np.float32)  # -1, 0, 1
+        for m, (on_train, elsewhere) in strength.items():
+            x = rng.normal(size=d[m].shape).astype(np.float32)
+            x[:, 0, :2] += (on_train if split == "train" else elsewhere) * s[:, None]
+            d[m] = x
+        if split == "valid":
+            d["id"] = [f"v{i // 6}_{i % 6}" for i in range(len(s))]
+    return raw
+
+
+def _train_on(tmp_path, raw, name: str, *extra: str):
+    write_pickle(raw, tmp_path / f"{name}.pkl")
+    assert main(["train", "--data", str(tmp_path / f"{name}.pkl"), "--out", str(tmp_path / name), "--model", "cmc_plus",
+                 "--set", "recipe.consensus_fit=select", *FAST, "--set", "recipe.expert_epochs=40",
+                 "--set", "recipe.router_steps=300", *extra]) == 0  # pools fitted to convergence
+    return json.loads((tmp_path / name / "run.json").read_text())["stages"]["consensus"]["fallback"]
+
+
+def test_falls_back_to_the_best_expert_when_the_others_do_not_generalise(tmp_path):
+    """Audio and vision encode the training labels (as the shared MOSI set's features do) but are noise on
+    valid and test: the held-out videos of valid show the consensus no better than text alone, so the run
+    is text alone (lambda 1), and its verdict ignores audio and vision. run.json records the choice."""
+    raw = _utterances(7, {"text": (1.0, 1.0), "audio": (3.0, 0.0), "vision": (3.0, 0.0)})
+    fallback = _train_on(tmp_path, raw, "run")
+    assert fallback["mode"] == "cv" and fallback["expert"] == "text" and fallback["shrink"] == 1.0
+    assert fallback["videos"] == 25 and fallback["folds"] == 5  # folds over valid's videos, not its clips
+    assert set(fallback["heldout"]) == {"0.0", "0.25", "0.5", "0.75", "1.0"}
+    assert fallback["experts_heldout"]["text"]["acc"] > fallback["experts_heldout"]["audio"]["acc"] + 10
+    test = load_dataset(tmp_path / "run.pkl")["test"]
+    pred = affectus.load(tmp_path / "run").predict(test)
+    test.audio[:] = np.random.default_rng(0).normal(size=test.audio.shape) * 5
+    test.vision[:] = 0
+    np.testing.assert_allclose(affectus.load(tmp_path / "run").predict(test).probabilities, pred.probabilities,
+                               atol=1e-6)
+    # the consensus alone stays selectable: recipe.fallback=none fits no fallback
+    assert _train_on(tmp_path, raw, "none", "--set", "recipe.fallback=none") == {"mode": "none", "shrink": 0.0}
+
+
+def test_keeps_the_consensus_when_it_clearly_helps(tmp_path):
+    """Text and audio carry the class with independent noise on every split: pooling them beats either
+    alone on valid's held-out videos, so lambda stays below 1 and both count in the verdict."""
+    raw = _utterances(8, {"text": (0.8, 0.8), "audio": (0.8, 0.8), "vision": (0.0, 0.0)})
+    fallback = _train_on(tmp_path, raw, "run")
+    assert fallback["shrink"] < 1.0 and fallback["expert"] in ("text", "audio")
+    held = fallback["heldout"]
+    assert held[str(fallback["shrink"])]["loss"] < held["1.0"]["loss"] and held["0.0"]["loss"] < held["1.0"]["loss"]
+    w = affectus.load(tmp_path / "run").predict(load_dataset(tmp_path / "run.pkl")["test"]).router_weights
+    assert (w[:, 1] > 0.2).all()  # audio keeps a real share
+
+
+def test_a_run_saved_before_the_fallback_loads_as_the_plain_consensus():
+    torch.manual_seed(0)
+    config = CMCPlusConfig(dims={"text": 6, "audio": 3, "vision": 4})
+    model = CMCPlus(config).eval()
+    old = {k: v for k, v in model.state_dict().items() if k not in ("shrink", "solo_weights", "solo_bias")}
+    loaded = CMCPlus(config).eval()
+    loaded.shrink.fill_(0.5)
+    loaded.load_state_dict(old, strict=True)
+    assert float(loaded.shrink) == 0.0
+    batch = tiny_batch(3)
+    torch.testing.assert_close(loaded(batch).logits, model(batch).logits)
+
+
+def test_fallback_setting_is_checked():
+    from affectus.errors import AffectusError
+
+    with pytest.raises(AffectusError, match="recipe.fallback"):
+        resolve_config("cmc_plus", None, None, None, {"recipe.fallback": "sometimes"})

@@ -48,7 +48,7 @@ def _info(run: Path) -> dict:
 def test_run_json_records_the_split_every_part_learned_from(cmc_plus_runs):
     assert _info(cmc_plus_runs["select"])["fitted_on"] == {
         "weights": "train", "early_stopping": "valid", "scaler": "train", "temperatures": "valid",
-        "consensus": "valid"}
+        "consensus": "valid", "fallback": "valid"}
     assert _info(cmc_plus_runs["oof"])["fitted_on"]["consensus"] == "train"
     assert _info(cmc_plus_runs["select"])["selection_parts"] == ["early_stopping"]
 
@@ -60,10 +60,10 @@ def test_evaluate_on_the_split_the_consensus_was_fitted_on_says_in_sample(cmc_pl
     assert "consensus" in out and "temperatures" in out and "early_stopping" in out
     rc, out, _ = cli("evaluate", run, "--split", "valid", "--json")
     got = json.loads(out)
-    assert rc == 0 and sorted(got["in_sample"]["parts"]) == ["consensus", "temperatures"]
+    assert rc == 0 and sorted(got["in_sample"]["parts"]) == ["consensus", "fallback", "temperatures"]
     assert got["selection"] == {"parts": ["early_stopping"]}
     # train's own metrics file and console say it too (valid is the preset's reported split)
-    assert sorted(json.loads((run / "metrics.json").read_text())["in_sample"]["parts"]) == ["consensus",
+    assert sorted(json.loads((run / "metrics.json").read_text())["in_sample"]["parts"]) == ["consensus", "fallback",
                                                                                               "temperatures"]
 
 
@@ -82,13 +82,13 @@ def test_a_split_of_other_data_or_a_held_out_fit_is_not_marked(cmc_plus_runs, cl
     assert "in-sample" not in out and "early_stopping" in out
     # the training split is in-sample for every model's weights
     rc, out, _ = cli("evaluate", cmc_plus_runs["oof"], "--split", "train", "--json")
-    assert {"weights", "scaler", "consensus", "temperatures"} == set(json.loads(out)["in_sample"]["parts"])
+    assert {"weights", "scaler", "consensus", "fallback", "temperatures"} == set(json.loads(out)["in_sample"]["parts"])
 
 
 def test_predict_json_marks_every_row_of_an_in_sample_split(cmc_plus_runs, cli):
     rc, out, _ = cli("predict", cmc_plus_runs["select"], DATA, "--split", "valid", "--json")
     rows = [json.loads(line) for line in out.splitlines()]
-    assert rc == 0 and rows and all(sorted(r["in_sample"]["parts"]) == ["consensus", "temperatures"] for r in rows)
+    assert rc == 0 and rows and all(sorted(r["in_sample"]["parts"]) == ["consensus", "fallback", "temperatures"] for r in rows)
     rc, out, _ = cli("predict", cmc_plus_runs["select"], OTHER, "--split", "valid", "--json")
     assert rc == 0 and all("in_sample" not in json.loads(line) for line in out.splitlines())
     rc, out, _ = cli("predict", cmc_plus_runs["select"], DATA, "--split", "valid", "--limit", "2")
@@ -170,7 +170,7 @@ def test_results_md_csv_and_report_mark_an_in_sample_row(tmp_path):
     assert "early_stopping chose on it" in md  # named, for every row: valid also selects
     rows = list(csv.DictReader((out / "results.csv").read_text().splitlines()))
     by_row = {r["row"]: r["in_sample"] for r in rows if r["kind"] == "run"}
-    assert set(by_row["CMC+"].split("+")) == {"consensus", "temperatures"} and by_row["LF"] == ""
+    assert set(by_row["CMC+"].split("+")) == {"consensus", "fallback", "temperatures"} and by_row["LF"] == ""
     page = build_report(out, tensorboard=False).read_text(encoding="utf-8")
     text = re.sub(r"<[^>]+>", " ", page)
     assert "CMC+ †" in text and "† in-sample: CMC+" in text and "LF †" not in text
@@ -197,5 +197,5 @@ def test_sweep_says_when_its_validation_and_reported_scores_are_in_sample(tmp_pa
     assert "† in-sample" in out and "the split that chose the trial: not held out" in out
     assert "not used to choose" not in out
     best = json.loads((tmp_path / "sw" / "sweep.json").read_text())["best"]
-    assert set(best["validation_in_sample"]) == {"consensus", "temperatures"}
-    assert best["test"]["chose_trial"] and set(best["test"]["in_sample"]["parts"]) == {"consensus", "temperatures"}
+    assert set(best["validation_in_sample"]) == {"consensus", "fallback", "temperatures"}
+    assert best["test"]["chose_trial"] and set(best["test"]["in_sample"]["parts"]) == {"consensus", "fallback", "temperatures"}

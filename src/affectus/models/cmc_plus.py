@@ -20,6 +20,13 @@ docs/cmc_plus.md):
   verdict is the plain sum of calibrated log-probabilities.
 - **Availability.** An expert whose modality is absent (`batch.available`) gets weight exactly 0 and its
   evidence reads as a uniform prediction.
+- **A fallback to the best single expert.** The verdict is (1 - lambda) * consensus + lambda * solo, where
+  solo = a * log p_j + c is one calibrated expert alone with its own scale and class bias (buffers
+  `solo_weights`, `solo_bias`) and lambda (`shrink`) is chosen by the recipe on held-out videos of its
+  fitting rows (`recipe.fallback`). Both parts are log-linear pools, so the verdict is one too, with
+  effective weights (1 - lambda) w + lambda * solo_weights. Where the solo expert's modality is absent
+  the verdict is the consensus alone. lambda = 0 (the default, and every run saved before it existed)
+  is the plain consensus.
 
 Training (stage 1 experts, temperature, stage 2 router) is the recipe's: training/recipes/cmc_plus.py.
 """
@@ -142,6 +149,16 @@ class CMCPlus(nn.Module):
         self.register_buffer("modality", torch.tensor([0] * (len(widths) - 2) + [1, 2]), persistent=False)
         self.register_buffer("temperature", torch.ones(len(widths)))  # T_k, fitted by the recipe
         self.router = EvidenceRouter(len(widths), config.num_classes, config.router_hidden)
+        # the fallback (module docstring): lambda, and the solo pool's weights (one nonzero) and class bias
+        self.register_buffer("shrink", torch.zeros(()))
+        self.register_buffer("solo_weights", torch.zeros(len(widths)))
+        self.register_buffer("solo_bias", torch.zeros(config.num_classes))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # runs saved before the fallback existed are the plain consensus: lambda = 0
+        for name in ("shrink", "solo_weights", "solo_bias"):
+            state_dict.setdefault(prefix + name, getattr(self, name).new_zeros(getattr(self, name).shape))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- pieces the recipe trains one at a time ------------------------------------------------------
     def pooled(self, batch: Batch) -> list[torch.Tensor]:
@@ -182,9 +199,17 @@ class CMCPlus(nn.Module):
         lp = torch.where(present.unsqueeze(-1), lp, uniform)  # an absent expert says nothing
         if self.config.use_router:
             logits, w = self.router(lp, present)
-            return logits, lp, w
-        w = present.to(lp.dtype)
-        return (w.unsqueeze(-1) * lp).sum(1), lp, w
+        else:
+            w = present.to(lp.dtype)
+            logits = (w.unsqueeze(-1) * lp).sum(1)
+        if float(self.shrink) > 0:
+            solo = self.solo_weights != 0
+            # lambda per sample: 0 where the solo expert is absent (the consensus of what is there decides)
+            lam = self.shrink * (present | ~solo).all(1, keepdim=True).to(lp.dtype)  # (B, 1)
+            solo_logits = (self.solo_weights[None, :, None] * lp).sum(1) + self.solo_bias
+            logits = (1 - lam) * logits + lam * solo_logits
+            w = (1 - lam) * w + lam * self.solo_weights
+        return logits, lp, w
 
     # -- the model ----------------------------------------------------------------------------------
     def forward(self, batch: Batch) -> ModelOutput:

@@ -17,6 +17,18 @@ Stage 2, consensus: the rows the temperatures and the router are fitted on (`con
   `benchmarks/bench_cmc_plus.py` cross-fits instead.
 - `train`: in-sample predictions on train (an ablation: over-confident where features leak).
 
+The fallback (`fallback`, after the consensus's fitting rows are known): the consensus may lose to its own
+best expert on unseen videos (issue 16: on held-out CMU-MOSI videos it scored below a logistic regression on
+the MiniLM transcript vectors). So the verdict is (1 - lambda) * consensus + lambda * (best expert alone, with
+its own scale and bias), and `fallback=cv` picks lambda in {0, 1/4, 1/2, 3/4, 1} by cross-fitting over the
+fitting rows with folds grouped by video (`video_groups`: clips of one video are correlated): every fold's
+consensus, and every single expert, are fitted on the other folds and scored on it by the router's own loss.
+The best expert is the one of lowest held-out loss; lambda starts at 1 (the simpler model) and moves to a
+smaller one only where that lowers the held-out loss by more than `fallback_margin` standard errors of the
+per-video paired difference. The choice and every candidate's held-out loss and Acc2 go to run.json
+(`stages.consensus.fallback`). `fallback=none` is the consensus alone (CMC+ before the fallback);
+`fallback=expert` the best expert alone. Only the fitting rows' labels are read.
+
 Training inputs are pooled once (the experts read utterance vectors), so the whole recipe runs on
 in-memory tensors; it is fast enough that an interrupted run simply starts again (no resume state).
 """
@@ -36,7 +48,9 @@ from affectus.errors import AffectusError, SettingError
 from affectus.training.loop import logger
 from affectus.training.recipes.base import RecipeContext, RecipeResult
 
-_CHOICES = {"targets": ("multimodal", "ground_truth"), "consensus_fit": ("oof", "select", "train")}
+_CHOICES = {"targets": ("multimodal", "ground_truth"), "consensus_fit": ("oof", "select", "train"),
+            "fallback": ("cv", "none", "expert")}
+_SHRINK = (0.0, 0.25, 0.5, 0.75, 1.0)  # the lambdas `fallback=cv` chooses from (0: consensus, 1: best expert)
 _TEMPERATURES = np.exp(np.linspace(np.log(0.05), np.log(50.0), 121))  # the temperature-scaling grid
 
 
@@ -56,8 +70,18 @@ class CMCPlusRecipeConfig:
     # the binary truth, so the neutral class lands on the scheme's side of the cut (0: off; no effect on
     # schemes without an Acc2 rule)
     acc2_loss: float = 1.0
+    # learn the verdict's class bias b on the fitting rows; False keeps b = 0, so the class prior is the
+    # experts' (the training split's), not that of the fitting rows (with `select`: the selection split's)
+    fit_bias: bool = True
     # while fitting the router, each sample hides one expert's modality with this probability
     modality_dropout: float = 0.0
+    # the fallback to the best single expert (module docstring): cv (lambda chosen on held-out videos of
+    # the fitting rows) | none (the consensus alone: CMC+ before the fallback) | expert (the best expert alone)
+    fallback: str = "cv"
+    fallback_folds: int = 5  # inner folds over the fitting rows' videos
+    # a larger lambda is kept unless a smaller one lowers the held-out loss by more than this many standard
+    # errors of the per-video paired difference: the simpler model wins unless the consensus clearly helps
+    fallback_margin: float = 1.0
 
     def validate(self) -> None:
         for key, allowed in _CHOICES.items():
@@ -68,6 +92,10 @@ class CMCPlusRecipeConfig:
                 raise SettingError(f"recipe.{key}", getattr(self, key), "at least 1")
         if self.folds < 2:
             raise SettingError("recipe.folds", self.folds, "at least 2")
+        if self.fallback_folds < 2:
+            raise SettingError("recipe.fallback_folds", self.fallback_folds, "at least 2")
+        if not (np.isfinite(self.fallback_margin) and self.fallback_margin >= 0):
+            raise SettingError("recipe.fallback_margin", self.fallback_margin, "a finite number >= 0")
         for key in ("expert_weight_decay", "router_lr", "router_weight_decay", "acc2_loss"):
             value = getattr(self, key)
             if not (np.isfinite(value) and value >= 0):
@@ -125,14 +153,30 @@ class CMCPlusRecipe:
             fit = select if rc.consensus_fit == "select" else train
             z_fit, y_fit = self._logits(model, fit), fit.y
 
-        # ---- stage 2: temperatures, then the router ----
-        temps = [_temperature(z_fit[:, k], y_fit) if rc.calibrate else 1.0 for k in range(len(names))]
-        model.temperature.copy_(torch.tensor(temps, dtype=model.temperature.dtype))
-        router_summary = self._fit_router(ctx, z_fit, y_fit) if model.config.use_router else {}
+        fit_split = ctx.select_split if rc.consensus_fit == "select" else ctx.train_split
+        groups = video_groups(fit_split.ids)
+
+        # ---- the fallback: lambda and the best expert, on held-out videos of the fitting rows ----
+        router0 = copy.deepcopy(model.router.state_dict())
+        fallback = self._choose_fallback(ctx, z_fit, y_fit, groups, router0) if rc.fallback != "none" else None
+
+        # ---- stage 2: temperatures, then the router (and the solo expert the fallback leans on) ----
+        if fallback is not None and fallback["shrink"] > 0:
+            best = names.index(fallback["expert"])
+            self._fit_consensus(ctx, z_fit, y_fit, _only(len(names), best, ctx.device), router0)
+            solo_w, solo_b = self._solo(model, best)
+        temps, router_summary = self._fit_consensus(ctx, z_fit, y_fit, None, router0)
+        if fallback is not None and fallback["shrink"] > 0:
+            model.solo_weights.copy_(solo_w)
+            model.solo_bias.copy_(solo_b)
+            model.shrink.fill_(fallback["shrink"])
+            fallback["solo_weight"], fallback["solo_bias"] = round(float(solo_w.sum()), 4), \
+                [round(float(v), 4) for v in solo_b]
         summary = {
             "experts": {"names": names, **experts_summary},
             "consensus": {"fit": rc.consensus_fit, "rows": len(y_fit),
-                          "temperatures": dict(zip(names, [round(t, 4) for t in temps])), **router_summary},
+                          "temperatures": dict(zip(names, [round(t, 4) for t in temps])), **router_summary,
+                          "fallback": fallback if fallback is not None else {"mode": "none", "shrink": 0.0}},
         }
         if rc.consensus_fit == "select":
             summary["consensus"]["note"] = (f"temperatures and router fitted on split '{ctx.select_split.name}' "
@@ -141,7 +185,9 @@ class CMCPlusRecipe:
         # what learned from which split, beyond the experts' weights and early stopping (run.json `fitted_on`)
         where = "select" if rc.consensus_fit == "select" else "train"
         fitted = {"scaler": "train", "temperatures": where if rc.calibrate else None,
-                  "consensus": where if model.config.use_router else None}
+                  "consensus": where if model.config.use_router else None,
+                  # lambda, the expert chosen and its scale and bias: fitted on the same rows as the consensus
+                  "fallback": where if rc.fallback != "none" else None}
         return RecipeResult(state, summary, fitted_on=fitted)
 
     # -- pieces ---------------------------------------------------------------------------------------
@@ -221,24 +267,140 @@ class CMCPlusRecipe:
             e.load_state_dict(s)
         return {"epochs": epoch, "best_epoch": best_epoch, "best_val_ce": [round(b, 5) for b in best]}
 
-    def _fit_router(self, ctx: RecipeContext, z: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-        """Full-batch Adam on the router: CE on the verdict (+ the scheme's Acc2 rule as a BCE)."""
-        rc, model, scheme = ctx.recipe, ctx.model, ctx.scheme
+    def _fit_consensus(self, ctx: RecipeContext, z: torch.Tensor, y: torch.Tensor, experts: torch.Tensor | None,
+                       router0: dict) -> tuple[list[float], dict[str, Any]]:
+        """Temperatures, then the router from its initial state `router0`, on rows (z, y); `experts` (K,) bool
+        limits the pool to some experts (None: all)."""
+        rc, model = ctx.recipe, ctx.model
+        model.router.load_state_dict(router0)
+        model.shrink.zero_()  # fitting and scoring candidates see the consensus alone
+        temps = [_temperature(z[:, k], y) if rc.calibrate else 1.0 for k in range(z.shape[1])]
+        model.temperature.copy_(torch.tensor(temps, dtype=model.temperature.dtype))
+        return temps, (self._fit_router(ctx, z, y, experts) if model.config.use_router else {})
+
+    @staticmethod
+    def _solo(model, best: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fitted single-expert pool's weights (nonzero at `best` only) and class bias."""
+        k = len(model.names)
+        if not model.config.use_router:
+            return _only(k, best, model.temperature.device).to(model.temperature.dtype), \
+                torch.zeros_like(model.solo_bias)
+        with torch.no_grad():
+            _, w = model.router(torch.zeros(1, k, model.config.num_classes, device=model.temperature.device),
+                                _only(k, best, model.temperature.device)[None])
+        return w[0].detach().clone(), model.router.bias.detach().clone()
+
+    @staticmethod
+    def _predict(model, z: torch.Tensor, experts: torch.Tensor | None = None) -> torch.Tensor:
+        """Verdict logits of the pool of `experts` ((K,) bool; None: all) on raw expert logits z."""
+        present = torch.ones(z.shape[:2], dtype=torch.bool, device=z.device)
+        if experts is not None:
+            present = present & experts[None, :]
+        model.eval()
+        with torch.no_grad():
+            return model.consensus(z, present)[0]
+
+    def _row_loss(self, ctx: RecipeContext, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per row: the router's own objective (CE on the verdict + acc2_loss * the Acc2 rule's BCE)."""
+        loss = F.cross_entropy(logits, y, reduction="none")
+        binary = self._binary(ctx, y)
+        if binary is not None and ctx.recipe.acc2_loss > 0:
+            loss = loss + ctx.recipe.acc2_loss * F.binary_cross_entropy_with_logits(
+                logits[:, 2] - logits[:, 0], binary.float(), reduction="none")
+        return loss
+
+    @staticmethod
+    def _binary(ctx: RecipeContext, y: torch.Tensor) -> torch.Tensor | None:
+        scheme = ctx.scheme
+        return scheme.binary_targets(y) if scheme.binary_names and scheme.num_classes == 3 else None
+
+    def _choose_fallback(self, ctx: RecipeContext, z: torch.Tensor, y: torch.Tensor, groups: np.ndarray,
+                         router0: dict) -> dict[str, Any]:
+        """Cross-fit the consensus and every single expert over the fitting rows, folds grouped by video
+        (clips of one video are correlated); pick the best expert (lowest held-out loss) and lambda.
+
+        lambda is the largest of `_SHRINK` (the simplest model) unless a smaller one lowers the held-out loss
+        by more than `fallback_margin` standard errors of the per-video paired difference. `fallback=expert`
+        fixes lambda = 1. Only the fitting rows' own labels are read, each fold's model never its own."""
+        rc, model, names = ctx.recipe, ctx.model, ctx.model.names
+        k, n = len(names), len(y)
+        videos, video_of = np.unique(groups, return_inverse=True)
+        record: dict[str, Any] = {"mode": rc.fallback, "videos": len(videos)}
+        folds = min(rc.fallback_folds, len(videos))
+        if folds < 2:  # one video: nothing to hold out
+            record.update(shrink=0.0 if rc.fallback == "cv" else 1.0, expert=names[0],
+                          note="fewer than 2 videos in the fitting rows: no cross-fit")
+            return record
+        order = np.random.default_rng([ctx.train.seed, 9173]).permutation(len(videos))
+        fold_of_video = np.empty(len(videos), np.int64)
+        for f, part in enumerate(np.array_split(order, folds)):
+            fold_of_video[part] = f
+        fold = torch.from_numpy(fold_of_video[video_of]).to(z.device)
+        cons = torch.zeros(n, z.shape[-1], device=z.device)
+        solo = torch.zeros(k, n, z.shape[-1], device=z.device)
+        saved = {"temperature": model.temperature.clone()}
+        for f in range(folds):
+            held, keep = fold == f, fold != f
+            self._fit_consensus(ctx, z[keep], y[keep], None, router0)
+            cons[held] = self._predict(model, z[held])
+            for j in range(k):
+                only = _only(k, j, z.device)
+                self._fit_consensus(ctx, z[keep], y[keep], only, router0)
+                solo[j, held] = self._predict(model, z[held], only)
+        model.temperature.copy_(saved["temperature"])
+        solo_loss = [self._row_loss(ctx, solo[j], y) for j in range(k)]
+        best = int(np.argmin([float(v.mean()) for v in solo_loss]))
+        vid = torch.from_numpy(video_of).to(z.device)
+        binary = self._binary(ctx, y)
+
+        def scores(logits: torch.Tensor) -> dict[str, Any]:
+            loss = self._row_loss(ctx, logits, y)
+            per_video = torch.zeros(len(videos), device=z.device).index_add_(0, vid, loss) / \
+                torch.bincount(vid, minlength=len(videos)).clamp(min=1)
+            hit = (logits[:, 2] > logits[:, 0]).long() == binary if binary is not None else logits.argmax(1) == y
+            return {"loss": float(loss.mean()), "acc": 100.0 * float(hit.float().mean()), "per_video": per_video}
+
+        lambdas = _SHRINK if rc.fallback == "cv" else (1.0,)
+        cand = {lam: scores((1 - lam) * cons + lam * solo[best]) for lam in lambdas}
+        chosen = max(lambdas)
+        for lam in sorted(lambdas, reverse=True)[1:]:  # a smaller lambda (more consensus) must beat the pick clearly
+            diff = cand[chosen]["per_video"] - cand[lam]["per_video"]  # > 0: lam is better on that video
+            se = float(diff.std(unbiased=True)) / np.sqrt(len(videos)) if len(videos) > 1 else float("inf")
+            if float(cand[chosen]["loss"]) - float(cand[lam]["loss"]) > rc.fallback_margin * se:
+                chosen = lam
+        record.update(
+            folds=folds, shrink=float(chosen), expert=names[best],
+            experts_heldout={nm: {"loss": round(float(v.mean()), 5),
+                                  "acc": round(scores(solo[j])["acc"], 2)} for j, (nm, v) in enumerate(zip(names, solo_loss))},
+            heldout={str(lam): {"loss": round(c["loss"], 5), "acc": round(c["acc"], 2)} for lam, c in cand.items()},
+            metric="acc2" if binary is not None else "acc")
+        logger.info(f"fallback: lambda {chosen} towards {names[best]} (held-out loss "
+                    + ", ".join(f"{lam}: {c['loss']:.4f}" for lam, c in cand.items()) + ")")
+        return record
+
+    def _fit_router(self, ctx: RecipeContext, z: torch.Tensor, y: torch.Tensor,
+                    experts: torch.Tensor | None = None) -> dict[str, Any]:
+        """Full-batch Adam on the router: CE on the verdict (+ the scheme's Acc2 rule as a BCE). `experts`:
+        (K,) bool, the experts in the pool (None: all)."""
+        rc, model = ctx.recipe, ctx.model
         torch.manual_seed(ctx.train.seed * 1_000_003 + 31)
         gen = torch.Generator().manual_seed(ctx.train.seed)
         router = model.router
-        opt = torch.optim.Adam(router.parameters(), lr=rc.router_lr)
-        binary = scheme.binary_targets(y) if scheme.binary_names and scheme.num_classes == 3 else None
+        params = [p for name, p in router.named_parameters() if rc.fit_bias or name != "bias"]
+        opt = torch.optim.Adam(params, lr=rc.router_lr)
+        binary = self._binary(ctx, y)
         present_all = torch.ones(z.shape[:2], dtype=torch.bool, device=z.device)
+        if experts is not None:
+            present_all = present_all & experts[None, :]
         router.train()
         for _ in range(rc.router_steps):
             present = present_all
-            if rc.modality_dropout > 0:
+            if rc.modality_dropout > 0 and experts is None:  # a pool cut to some experts hides none of them
                 hide = torch.rand(len(y), generator=gen) < rc.modality_dropout
                 which = torch.randint(0, len(MODALITIES), (len(y),), generator=gen)
                 gone = torch.zeros(len(y), len(MODALITIES), dtype=torch.bool)
                 gone[hide, which[hide]] = True
-                present = ~gone.to(z.device)[:, model.modality]
+                present = ~gone.to(z.device)[:, model.modality] & present_all
             logits, _, _ = model.consensus(z, present)
             loss = F.cross_entropy(logits, y)
             if binary is not None and rc.acc2_loss > 0:
@@ -254,6 +416,22 @@ class CMCPlusRecipe:
             _, _, w = model.consensus(z, present_all)
         return {"loss": round(float(loss.detach()), 5),
                 "mean_weights": dict(zip(model.names, [round(float(v), 4) for v in w.mean(0)]))}
+
+
+def video_groups(ids) -> np.ndarray:
+    """Each clip's video: the id before MMSA's `$_$` or before its last `_` (`<video>_<segment>`); an id
+    with neither is a group of its own."""
+    out = []
+    for i in ids:
+        i = str(i)
+        out.append(i.split("$_$")[0] if "$_$" in i else i.rsplit("_", 1)[0] if "_" in i else i)
+    return np.asarray(out)
+
+
+def _only(k: int, j: int, device) -> torch.Tensor:
+    mask = torch.zeros(k, dtype=torch.bool, device=device)
+    mask[j] = True
+    return mask
 
 
 def _temperature(z: torch.Tensor, y: torch.Tensor) -> float:
