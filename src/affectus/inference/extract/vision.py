@@ -18,12 +18,13 @@ feature of the face, so it must never be averaged in.
 Where the face is searched for (`detect_every`): the whole-frame cascade search is most of the cost.
 With `detect_every=1` (the only behaviour before, and what a recorded config without the key means)
 every frame is searched whole. With `detect_every=N > 1` (the default of new extractions) the whole
-frame is searched on every N-th frame only; in between, the face is *tracked*: the same cascade
+frame is searched on every N-th frame (frames 0, N, 2N, ...); in between, the face is *tracked*: the same cascade
 searches a window around the previous frame's face (`track_margin` of its side on each side) at sizes
 within a factor `track_scale` of it. A frame where that finds nothing is searched whole at once (the
-face moved further, or left: then the frame is marked "no face"). After a frame without a face, the
-frames up to the next whole-frame search are "no face" too, so a face that appears is found at most
-N - 1 frames late. Eyes, smile, appearance and HOG are computed on every face frame as before.
+face moved further, or left: then the frame is marked "no face"). Once N frames in a row had no face,
+only every N-th frame is searched whole and the frames in between are marked "no face" too, so a face
+that comes back after a short gap is found at once, and one that appears later at most N - 1 frames
+late; a clip without any face costs about 1/N of a whole search per frame. Eyes, smile, appearance and HOG are computed on every face frame as before.
 
 On request (`thumbnails=K`) the extractor also keeps K small colour crops of the detected face, spread
 evenly over the clip's face frames, for a person to see what the features were computed from.
@@ -205,13 +206,18 @@ class HaarFaceExtractor:
         crops = _EvenSample(thumbnails)
         every = self.config.detect_every
         box: tuple[int, int, int, int] | None = None  # the previous frame's face, tracked into this one
+        misses = 0  # frames in a row without a face
         for i, (t, rgb) in enumerate(frames):
             if every == 1:
                 found = self._face_of(rgb)
             else:
-                # track a face seen in the previous frame; else search the whole frame on every N-th frame
-                found = self._face_of(rgb, near=box, search=box is not None or i % every == 0)
+                # track a face seen in the previous frame (a whole search when that fails); after a gap
+                # of N frames without one, search the whole frame on every N-th frame only
+                whole = i % every == 0  # the subsample: the largest face of the frame, whatever was tracked
+                search = whole or box is not None or misses < every
+                found = self._face_of(rgb, near=None if whole else box, search=search)
             box = None if found is None else found[1]
+            misses = 0 if found is not None else misses + 1
             face.append(found is not None)
             rows.append(found[0] if found is not None else np.zeros(self.dim, np.float32))
             times.append(t)
