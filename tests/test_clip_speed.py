@@ -4,7 +4,6 @@ clips predicted without a transcript (`transcript_source`, or text marked absent
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 

@@ -117,8 +117,8 @@ class ClipPredictor:
                 absent = self._no_text
                 if absent == NO_RECOGNISER and not self._warned:
                     self._warned = True  # one line per predictor (a `predict` call, a service worker)
-                    _log.warning("%s: predicted without text (pip install 'affectus[asr]' for speech "
-                                 "recognition)", NO_RECOGNISER)
+                    _log.warning("warning: %s: clips without one are predicted without text "
+                                 "(pip install 'affectus[asr]' for speech recognition)", NO_RECOGNISER)
             elif result["audio"] is None and not any(f["modality"] == "text" for f in result["failures"]):
                 absent = "no transcript and no audio to recognise"
             elif any(f["modality"] == "text" for f in result["failures"]):

@@ -159,7 +159,7 @@ class HaarFaceExtractor:
         c = self.config
         height, width = gray.shape
         x, y, w, h = near
-        m = int(round(c.track_margin * max(w, h)))
+        m = round(c.track_margin * max(w, h))
         x0, y0, x1, y1 = max(0, x - m), max(0, y - m), min(width, x + w + m), min(height, y + h + m)
         smallest = max(16, int(c.min_face_frac * min(height, width)), int(min(w, h) / c.track_scale))
         largest = int(max(w, h) * c.track_scale) + 1
