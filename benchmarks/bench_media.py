@@ -95,6 +95,18 @@ def main() -> None:
         "decode_frames_and_haar_faces_tracked": timed(lambda: tracked(decoder.frames(clip))),
     }
     extraction = {k: {"seconds": round(v, 3), "clips_per_s_per_core": round(1 / v, 2)} for k, v in seconds.items()}
+    # tracked vs every-frame features on this clip (docs/media.md states the tolerance the tests hold)
+    every, track = haar(decoder.frames(clip)), tracked(decoder.frames(clip))
+    both = every.face & track.face
+    diff = np.abs(track.features[both] - every.features[both])
+    tolerance = {
+        "frames": int(every.face.size), "face_frames_every_frame": int(every.face.sum()),
+        "face_frames_tracked": int(track.face.sum()), "same_face_mask": bool((every.face == track.face).all()),
+        "box_within_5pct_of_frame": round(float((diff[:, :4].max(axis=1) <= 0.05).mean()), 3),
+        "mean_abs_diff_all_values": round(float(diff.mean()), 4),
+        "mean_abs_value_every_frame": round(float(np.abs(every.features[both]).mean()), 4),
+        "largest_clip_mean_diff": round(float(np.abs(track.features[both].mean(0) - every.features[both].mean(0)).max()), 4),
+    }
 
     data_root = make_dataset(root / "ds", GOOD)
     feats = root / "ds.npz"
@@ -155,6 +167,7 @@ def main() -> None:
         "latency_features_batch1": _percentiles(ms),
         "latency_clip_end_to_end": _percentiles(clip_ms),
         "clip_realtime": realtime,
+        "vision_tracked_vs_every_frame": tolerance,
         "note": "latency_clip_end_to_end builds the extractors on every call (predict_clip); clip_realtime does not",
     }
     text = json.dumps(result, indent=2)
