@@ -59,6 +59,23 @@ def test_old_config_gives_the_every_frame_features_and_new_config_stays_within_t
     assert diff.mean() <= 0.05
 
 
+def test_old_config_features_are_those_main_computed() -> None:
+    """The old every-frame features, pinned: the sha256 of these 40 frames' features and face mask as the
+    code before tracking computed them (main at 5f8974d, OpenCV 4.14.0, scikit-image 0.26.0, the pinned
+    versions; no video codec involved), so the refactored search is the same method, value for value."""
+    import hashlib
+
+    import cv2
+
+    from affectus.inference.extract.vision import HaarFaceConfig, HaarFaceExtractor
+
+    if cv2.__version__ != "4.14.0":
+        pytest.skip(f"pinned with OpenCV 4.14.0, found {cv2.__version__}")
+    v = HaarFaceExtractor(HaarFaceConfig.from_dict(OLD_VISION))(_drift(40, gap=range(12, 15)))
+    digest = hashlib.sha256(v.features.tobytes() + v.face.tobytes()).hexdigest()
+    assert digest == "ebef76bc90961a9a4619589db3667f1f1bb3f1a8a0c98f29568173d2f2886650"
+
+
 def test_after_a_long_gap_faces_are_searched_on_the_stride_only() -> None:
     """A face gone for more than `detect_every` frames is searched on every N-th frame only; the frames in
     between are marked "no face" (never a guessed row), and the face is found again on the next stride."""
