@@ -94,3 +94,10 @@ def test_predict_transcribes_by_default_with_the_packaged_recogniser(tmp_path: P
     got = json.loads(out)
     assert got["modalities"]["text"] == {"absent": "no transcript (speech recognition turned off)"}
     assert got["transcript"] is None and got["transcript_source"] is None
+    mute = tmp_path / "mute.mp4"
+    make_clip(ClipSpec("v1", "mute", said, 0.6, "test", audio=False), mute)
+    rc, out, err = cli("predict", run, mute, "--json")
+    assert rc == 0, err
+    got = json.loads(out)
+    assert got["modalities"]["text"] == {"absent": "no transcript and no audio to recognise"}
+    assert set(got["modalities"]) == {"text", "vision"} and got["transcript_source"] is None

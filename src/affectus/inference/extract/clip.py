@@ -119,7 +119,7 @@ class ClipPredictor:
                     self._warned = True  # one line per predictor (a `predict` call, a service worker)
                     _log.warning("warning: %s: clips without one are predicted without text "
                                  "(pip install 'affectus[asr]' for speech recognition)", NO_RECOGNISER)
-            elif result["audio"] is None and not any(f["modality"] == "text" for f in result["failures"]):
+            elif "audio_s" not in result["stats"]:  # set once the audio track decoded
                 absent = "no transcript and no audio to recognise"
             elif any(f["modality"] == "text" for f in result["failures"]):
                 absent = "no transcript and speech recognition failed (see failures)"
