@@ -70,6 +70,34 @@ def test_clips_without_text_are_transcribed_in_the_dataset_and_in_predict(tmp_pa
     assert rc == 0, err
     got = json.loads(out)
     assert got["transcript_source"] == "asr" and _recall(said, got["transcript"]) >= 0.8
-    assert "text" in got["modalities"]
+    assert "prediction" in got["modalities"]["text"] and got["asr"]["recorded_by_run"] is True
     rc, out, err = cli("predict", run, clip, "--json", "--transcript", "Typed by hand.")
     assert rc == 0 and json.loads(out)["transcript_source"] == "given", err  # a given transcript wins
+
+
+def test_predict_transcribes_by_default_with_the_packaged_recogniser(tmp_path: Path, cli) -> None:
+    """A run whose extraction recorded no recogniser (trained on clips with transcripts) still transcribes a
+    clip predicted without one, with the packaged Moonshine, and says so; --no-asr marks text absent."""
+    said = "What a great and happy day."
+    clip = tmp_path / "a.mp4"
+    make_clip(ClipSpec("v1", "a", said, 0.6, "test"), clip)
+    run = media_run(tmp_path / "run")
+    assert json.loads((run / "run.json").read_text())["extraction"]["extractors"]["asr"] is None
+    rc, out, err = cli("predict", run, clip, "--json")
+    assert rc == 0, err
+    got = json.loads(out)
+    assert got["transcript_source"] == "asr" and _recall(said, got["transcript"]) >= 0.8, got["transcript"]
+    assert got["asr"]["kind"] == "moonshine" and got["asr"]["recorded_by_run"] is False
+    assert "prediction" in got["modalities"]["text"]
+    rc, out, err = cli("predict", run, clip, "--json", "--no-asr")
+    assert rc == 0, err
+    got = json.loads(out)
+    assert got["modalities"]["text"] == {"absent": "no transcript (speech recognition turned off)"}
+    assert got["transcript"] is None and got["transcript_source"] is None
+    mute = tmp_path / "mute.mp4"
+    make_clip(ClipSpec("v1", "mute", said, 0.6, "test", audio=False), mute)
+    rc, out, err = cli("predict", run, mute, "--json")
+    assert rc == 0, err
+    got = json.loads(out)
+    assert got["modalities"]["text"] == {"absent": "no transcript and no audio to recognise"}
+    assert set(got["modalities"]) == {"text", "vision"} and got["transcript_source"] is None

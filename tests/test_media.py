@@ -402,10 +402,12 @@ def test_predict_a_clip_the_run_never_saw(clip_run: Path, tmp_path: Path, cli) -
     assert got["followed"] in (None, "text", "audio", "vision")
     faceless = tmp_path / "faceless.mp4"
     make_clip(ClipSpec("v7", "faceless", "Nobody here.", 0.0, "test", face=False), faceless)
-    rc, out, err = cli("predict", run, faceless, "--json")
+    rc, out, err = cli("predict", run, faceless, "--json", "--no-asr")
     assert rc == 0, err
     got = json.loads(out)
-    assert set(got["modalities"]) == {"audio"}  # no face, no transcript (and no speech recognition): audio alone
+    # no face, no transcript (speech recognition turned off): audio alone, and the text's absence said
+    assert set(got["modalities"]) == {"audio", "text"} and "prediction" in got["modalities"]["audio"]
+    assert got["modalities"]["text"] == {"absent": "no transcript (speech recognition turned off)"}
     assert got["stats"]["face_frames"] == 0 and any(f["reason"] == "no_face" for f in got["failures"])
     assert got["transcript"] is None and got["transcript_source"] is None
 
@@ -416,18 +418,21 @@ def test_predict_several_clips_in_one_call(clip_run: Path, media_root: Path, tmp
     and the exit code is 2 at the end."""
     raw = media_root / "Raw"
     clips = [raw / "v1" / "0001.mp4", raw / "v9" / "corrupt.mp4", tmp_path / "gone.mp4", raw / "v9" / "noface.mp4"]
-    rc, out, err = cli("predict", clip_run, *clips, "--json")
+    rc, out, err = cli("predict", clip_run, *clips, "--json", "--no-asr")
     assert rc == 2
     lines = [json.loads(line) for line in out.splitlines()]
     assert [row["id"] for row in lines] == ["0001.mp4", "corrupt.mp4", "gone.mp4", "noface.mp4"]
-    assert lines[0]["stats"]["face_frames"] > 0 and set(lines[0]["modalities"]) == {"audio", "vision"}
+    def present(row: dict) -> set[str]:
+        return {m for m, v in row["modalities"].items() if "absent" not in v}
+
+    assert lines[0]["stats"]["face_frames"] > 0 and present(lines[0]) == {"audio", "vision"}
     assert "not a readable media file" in lines[1]["error"] and "no such clip" in lines[2]["error"]
-    assert set(lines[3]["modalities"]) == {"audio"} and "error" not in lines[3]
+    assert present(lines[3]) == {"audio"} and "absent" in lines[3]["modalities"]["text"] and "error" not in lines[3]
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 3 and "corrupt.mp4" in errors[0] and "gone.mp4" in errors[1]
     assert errors[2] == "error: 2 of 4 clip(s) failed"
     # all good: exit 0, one line each; a features file among clips, or --transcript for several: one error line
-    rc, out, err = cli("predict", clip_run, clips[0], clips[3], "--json")
+    rc, out, err = cli("predict", clip_run, clips[0], clips[3], "--json", "--no-asr")
     assert rc == 0 and len(out.splitlines()) == 2, err
     rc, _, err = cli("predict", clip_run, clips[0], tmp_path / "feats.npz")
     assert rc == 2 and err.splitlines()[0].startswith("error: predict: ") and "feats.npz" in err

@@ -3,7 +3,8 @@
 For each sample: the verdict and class probabilities, the label scheme's Acc2 call (and the score where
 the model regresses), each present modality's own prediction and router weight, which modality the
 consensus followed, and the transcript. A clip (mp4, webm, wav, ...) is extracted with the extractors the
-run's training features were made with (recorded in run.json), plus frame and face counts.
+run's training features were made with (recorded in run.json), plus frame and face counts; a clip without
+a transcript is transcribed offline (`--no-asr`: not, and its text is marked absent).
 
 Several clips in one call (`affectus predict RUN a.mp4 b.webm ...`) share one load of the run and of the
 extractors. A clip that fails does not stop the others: it gets an `error:` line on stderr (and, with
@@ -39,8 +40,11 @@ def predict(
     limit: Annotated[int, typer.Option("--limit", min=1, help="at most this many samples in the table (not JSON)")] = 20,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help=TRUST_PICKLE_HELP)] = False,
     transcript: Annotated[str | None, typer.Option(
-        "--transcript", help="the transcript of a single clip (without it: speech recognition where the run's "
-                             "extraction used it, else text is absent)")] = None,
+        "--transcript", help="the transcript of a single clip (without it: offline speech recognition, the "
+                             "run's recorded recogniser or the packaged one)")] = None,
+    asr: Annotated[bool, typer.Option(
+        "--asr/--no-asr", help="transcribe clips given without a transcript (default); --no-asr leaves their "
+                               "text absent, as the output says")] = True,
 ) -> None:
     """Explained verdicts for the samples of DATA: verdict, probabilities, each modality's call and weight."""
     from affectus.data.load import data_identity, open_data, source_id
@@ -55,7 +59,7 @@ def predict(
         raise AffectusError(f"predict: --transcript is for one clip, got {len(clips)} clips")
     predictor = load(run_dir)
     if clips:
-        _predict_clips(predictor, clips, transcript, as_json)
+        _predict_clips(predictor, clips, transcript, as_json, asr)
         return
     source = data[0]
     recorded = predictor.info.get("config")
@@ -91,11 +95,11 @@ def predict(
     Console().print(table)
 
 
-def _predict_clips(predictor: object, clips: list[str], transcript: str | None, as_json: bool) -> None:
+def _predict_clips(predictor: object, clips: list[str], transcript: str | None, as_json: bool, asr: bool = True) -> None:
     """Every clip predicted in order; a failing clip is reported and skipped, exit 2 at the end if any failed."""
     from affectus.inference.extract.clip import ClipPredictor
 
-    explain = ClipPredictor(predictor)  # one load of the extractors (and text encoder) for all clips
+    explain = ClipPredictor(predictor, asr=asr)  # one load of the extractors (and text encoder) for all clips
     console = Console()
     failed = 0
     for clip in clips:

@@ -3,12 +3,20 @@
 The run records the extractors of its features file (`run.json` "extraction", from `FILE.extract.json`),
 so the clip goes through the same decoder, audio and face extractors and the same text encoder. A modality
 the clip does not yield (no audio track, no face in any frame, no transcript) is absent: zeros, length 0,
-marked in the availability mask, and left out of the explanation; it is never filled with a guess. A clip
-without a transcript is transcribed by speech recognition when the run's extraction used it (`asr`).
+marked in the availability mask, and left out of the explanation; it is never filled with a guess.
+
+A clip without a transcript is transcribed by speech recognition by default (`asr=True`): with the
+recogniser the run's extraction recorded (`asr`), else the packaged one (`MoonshineConfig()`), and the
+row says `"transcript_source": "asr"` and which recogniser (`"asr"`). Text that is still absent is never
+dropped silently: the row's `modalities` has `"text": {"absent": REASON}` (no recogniser installed, no
+audio to recognise, no words heard, or recognition turned off), and a missing recogniser is also one
+warning line, once per `ClipPredictor`.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +25,9 @@ import numpy as np
 from affectus.data.types import MODALITIES, Split
 from affectus.errors import AffectusError
 from affectus.inference.extract.base import MediaError
+
+_log = logging.getLogger(__name__)
+NO_RECOGNISER = "no transcript and no speech recogniser installed"
 
 
 class ClipPredictor:
@@ -27,10 +38,12 @@ class ClipPredictor:
     `max_duration_s` lowers the decoder's length limit (the service's --max-clip-s); it is enforced
     while decoding, so a clip whose container states no duration is stopped there too. A clip over the
     limit is refused whole (`MediaError` "too_long"), never predicted from the part that fitted.
+    `asr` (default True): a clip given without a transcript is transcribed (module docstring); False
+    leaves its text absent, and the row says so.
     """
 
     def __init__(self, predictor: Any, thumbnails: int = 0, thumbnail_px: int = 64,
-                 max_duration_s: float | None = None) -> None:
+                 max_duration_s: float | None = None, asr: bool = True) -> None:
         import dataclasses
 
         from affectus.inference.extract.dataset import MediaConfig, MediaPipeline, check_modules
@@ -42,10 +55,24 @@ class ClipPredictor:
             self.config = dataclasses.replace(
                 self.config, decode=dataclasses.replace(self.config.decode, max_duration_s=max_duration_s))
         check_modules(self.config)
+        # speech recognition for clips without a transcript: the run's recorded recogniser, else the
+        # packaged one; None (with the reason text is absent) when turned off or not installed
+        self.asr_recorded = self.config.asr is not None
+        self._no_text = "no transcript (speech recognition turned off)"
+        if not asr:
+            self.config = dataclasses.replace(self.config, asr=None)
+        elif importlib.util.find_spec("moonshine_cpp") is None:
+            self.config = dataclasses.replace(self.config, asr=None)
+            self._no_text = NO_RECOGNISER
+        elif self.config.asr is None:
+            from affectus.inference.extract.asr import MoonshineConfig
+
+            self.config = dataclasses.replace(self.config, asr=MoonshineConfig())
         self.pipeline = MediaPipeline(self.config)
         self.thumbnails, self.thumbnail_px = thumbnails, thumbnail_px
         self._text_record = record.get("text_features")
         self._encoder: Any = None
+        self._warned = False
 
     @staticmethod
     def check_run(predictor: Any) -> dict[str, Any]:
@@ -84,6 +111,20 @@ class ClipPredictor:
             transcript, source = result["transcript"], "asr"
         else:
             source = "given" if given else None
+        absent = None  # why the clip has no text, said in the row
+        if source is None:
+            if "transcript" not in result:
+                absent = self._no_text
+                if absent == NO_RECOGNISER and not self._warned:
+                    self._warned = True  # one line per predictor (a `predict` call, a service worker)
+                    _log.warning("warning: %s: clips without one are predicted without text "
+                                 "(pip install 'affectus[asr]' for speech recognition)", NO_RECOGNISER)
+            elif "audio_s" not in result["stats"]:  # set once the audio track decoded
+                absent = "no transcript and no audio to recognise"
+            elif any(f["modality"] == "text" for f in result["failures"]):
+                absent = "no transcript and speech recognition failed (see failures)"
+            else:
+                absent = "no transcript and speech recognition heard no words"
         predictor = self.predictor
         feats: dict[str, np.ndarray | None] = {"audio": result["audio"], "vision": result["vision"], "text": None}
         if source is not None:
@@ -110,6 +151,10 @@ class ClipPredictor:
         pred = predictor.predict(split)
         row = {"id": path.name, **pred.explain(0), "transcript": transcript if source else None,
                "transcript_source": source, "stats": result["stats"], "failures": result["failures"]}
+        if source == "asr":
+            row["asr"] = {**self.config.asr.to_dict(), "recorded_by_run": self.asr_recorded}
+        if absent is not None:
+            row.setdefault("modalities", {})["text"] = {"absent": absent}
         if self.thumbnails:
             row["thumbnails"] = [_jpeg_data_url(t) for t in result["thumbnails"]]
         return row

@@ -246,6 +246,7 @@ class MediaPipeline:
         self.audio = AUDIO_KINDS[config.audio.kind][1](config.audio, sample_rate=config.decode.sample_rate)
         self.vision = HaarFaceExtractor(config.vision)
         self._asr: Any = None  # built on first use: only clips without a transcript need it
+        self._pool: Any = None  # the vision thread, started on the first clip
 
     def transcriber(self) -> Any:
         """The config's speech recognizer (loaded once), or None when the config has none."""
@@ -277,6 +278,11 @@ class MediaPipeline:
         except Exception as err:  # noqa: BLE001 - MediaError, or anything odd in a container's header
             fail("clip", err)
             return out
+        # the face track is decoded and searched in a second thread while this one does the audio (and
+        # speech recognition): PyAV, OpenCV, openSMILE and ONNX Runtime release the GIL in their C code,
+        # so on two cores a clip takes about as long as its slower half. The results are merged below
+        # in the order the sequential code had, so outputs (and cache files) do not depend on it.
+        vision_job = self._threads().submit(self._vision, path, thumbnails)
         samples = None
         try:
             samples = self.decoder.audio(path)  # (S,)
@@ -285,17 +291,21 @@ class MediaPipeline:
         except Exception as err:  # noqa: BLE001 - one bad clip must not end a run of thousands
             fail("audio", err)
             if isinstance(err, MediaError) and err.reason == "too_long":
+                vision_job.result()  # stops at the same limit; never left running behind the clip
                 return out  # the clip is over the length limit (found while decoding): no part of it is used
         if "transcript" in out and samples is not None:
             try:
                 out["transcript"] = self.transcriber()(samples, where=f"file {path}")
             except Exception as err:  # noqa: BLE001
                 fail("text", err)
-        try:
-            v = self.vision(self.decoder.frames(path), thumbnails=thumbnails)
+        v, err = vision_job.result()
+        if v is not None:
             if thumbnails:
                 out["thumbnails"] = v.thumbnails
             out["stats"].update(frames=int(v.face.size), face_frames=int(v.face.sum()))
+        try:
+            if err is not None:
+                raise err
             if v.face.size == 0:
                 raise MediaError("no_video", f"file {path}: the video track holds no frames")
             if not v.face.any():
@@ -304,6 +314,20 @@ class MediaPipeline:
         except Exception as err:  # noqa: BLE001
             fail("vision", err)
         return out
+
+    def _threads(self) -> Any:
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="affectus-vision")
+        return self._pool
+
+    def _vision(self, path: Path, thumbnails: int) -> tuple[Any, Exception | None]:
+        """(VisionFeatures, None) or (None, the error): run in the vision thread, raised by the caller."""
+        try:
+            return self.vision(self.decoder.frames(path), thumbnails=thumbnails), None
+        except Exception as err:  # noqa: BLE001 - handed back to the caller, which reports it
+            return None, err
 
 
 # ------------------------------------------------------------------------------------------ clip cache

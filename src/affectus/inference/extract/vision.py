@@ -15,6 +15,17 @@ A frame without a face is kept as such: `VisionFeatures.face[t]` is False and it
 Callers must use the mask (the dataset builder keeps face frames only); a no-face row is never a
 feature of the face, so it must never be averaged in.
 
+Where the face is searched for (`detect_every`): the whole-frame cascade search is most of the cost.
+With `detect_every=1` (the only behaviour before, and what a recorded config without the key means)
+every frame is searched whole. With `detect_every=N > 1` (the default of new extractions) the whole
+frame is searched on every N-th frame (frames 0, N, 2N, ...); in between, the face is *tracked*: the same cascade
+searches a window around the previous frame's face (`track_margin` of its side on each side) at sizes
+within a factor `track_scale` of it. A frame where that finds nothing is searched whole at once (the
+face moved further, or left: then the frame is marked "no face"). Once N frames in a row had no face,
+only every N-th frame is searched whole and the frames in between are marked "no face" too, so a face
+that comes back after a short gap is found at once, and one that appears later at most N - 1 frames
+late; a clip without any face costs about 1/N of a whole search per frame. Eyes, smile, appearance and HOG are computed on every face frame as before.
+
 On request (`thumbnails=K`) the extractor also keeps K small colour crops of the detected face, spread
 evenly over the clip's face frames, for a person to see what the features were computed from.
 """
@@ -23,10 +34,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from affectus.inference.extract.base import ExtractorConfig
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 GEOMETRY_NAMES = ["face_cx", "face_cy", "face_w", "face_h", "eyes", "smile", "face_mean", "face_std"]
 
@@ -40,12 +55,38 @@ class HaarFaceConfig(ExtractorConfig):
     crop_size: int = 64  # face crop side for the HOG, px
     hog_cell: int = 16  # px; a block is 2x2 cells and blocks do not overlap
     hog_bins: int = 9
+    # the whole frame is searched every `detect_every` frames, the face tracked in between (module
+    # docstring). A recorded config without the key is from before tracking: it means 1 (`from_dict`),
+    # so old datasets and runs extract every frame their way.
+    detect_every: int = 10
+    track_margin: float = 0.25  # tracking window: the previous face box grown by this fraction of its side
+    track_scale: float = 1.25  # tracked face side within [side / track_scale, side * track_scale]
 
     def __post_init__(self) -> None:
         if self.scale_factor <= 1.0 or self.min_neighbors < 0 or not 0 < self.min_face_frac < 1:
             raise ValueError("need scale_factor > 1, min_neighbors >= 0 and 0 < min_face_frac < 1")
         if self.crop_size % (2 * self.hog_cell) != 0:
             raise ValueError("crop_size must be a multiple of 2 * hog_cell (whole HOG blocks)")
+        if self.detect_every < 1 or not 0 < self.track_margin <= 2 or not 1 < self.track_scale <= 2:
+            raise ValueError("need detect_every >= 1, 0 < track_margin <= 2 and 1 < track_scale <= 2")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        if self.detect_every == 1 and all(d[k] == _TRACK_DEFAULTS[k] for k in _TRACK_DEFAULTS):
+            # every-frame search written as before tracking existed: same JSON, same digest, so an old
+            # dataset's resume cache and recorded configs stay valid
+            for k in ("detect_every", *_TRACK_DEFAULTS):
+                del d[k]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> Self:
+        if isinstance(d, dict) and "detect_every" not in d:
+            d = {**d, "detect_every": 1}  # recorded before tracking: every frame searched whole
+        return super().from_dict(d, source)
+
+
+_TRACK_DEFAULTS = {"track_margin": 0.25, "track_scale": 1.25}
 
 
 @dataclasses.dataclass
@@ -88,18 +129,56 @@ class HaarFaceExtractor:
         found = self._face_of(rgb)
         return None if found is None else found[0]
 
-    def _face_of(self, rgb: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
-        """(features (dim,), face box (x, y, w, h) in px) of the largest face, or None without one."""
+    def _face_of(self, rgb: np.ndarray, near: tuple[int, int, int, int] | None = None,
+                 search: bool = True) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
+        """(features (dim,), face box (x, y, w, h) in px) of the largest face, or None without one.
+
+        With `near` (the previous frame's face box) the face is first looked for around it (tracking);
+        when that finds none, or without `near`, the whole frame is searched if `search`."""
         import cv2
 
-        c = self.config
         gray = cv2.equalizeHist(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))  # (H, W) uint8
+        box = self._track(gray, near) if near is not None else None
+        if box is None and search:
+            box = self._detect(gray)
+        return None if box is None else (self._describe(gray, box), box)
+
+    def _detect(self, gray: np.ndarray) -> tuple[int, int, int, int] | None:
+        """The largest face of the whole (equalised) frame."""
+        c = self.config
         height, width = gray.shape
         side = max(16, int(c.min_face_frac * min(height, width)))
         faces = self._face.detectMultiScale(gray, c.scale_factor, c.min_neighbors, minSize=(side, side))
         if len(faces) == 0:
             return None
-        x, y, w, h = max((tuple(int(v) for v in f) for f in faces), key=lambda f: f[2] * f[3])
+        return max((tuple(int(v) for v in f) for f in faces), key=lambda f: f[2] * f[3])
+
+    def _track(self, gray: np.ndarray, near: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
+        """The largest face in a window around `near`, of a size close to it (the same cascade: a tracked
+        box is what the whole-frame search would mostly find, at a fraction of its cost)."""
+        c = self.config
+        height, width = gray.shape
+        x, y, w, h = near
+        m = round(c.track_margin * max(w, h))
+        x0, y0, x1, y1 = max(0, x - m), max(0, y - m), min(width, x + w + m), min(height, y + h + m)
+        smallest = max(16, int(c.min_face_frac * min(height, width)), int(min(w, h) / c.track_scale))
+        largest = int(max(w, h) * c.track_scale) + 1
+        if smallest > min(x1 - x0, y1 - y0):
+            return None
+        faces = self._face.detectMultiScale(gray[y0:y1, x0:x1], c.scale_factor, c.min_neighbors,
+                                            minSize=(smallest, smallest), maxSize=(largest, largest))
+        if len(faces) == 0:
+            return None
+        fx, fy, fw, fh = max((tuple(int(v) for v in f) for f in faces), key=lambda f: f[2] * f[3])
+        return fx + x0, fy + y0, fw, fh
+
+    def _describe(self, gray: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+        """(dim,) float32 features of the face at `box` in the equalised frame."""
+        import cv2
+
+        c = self.config
+        height, width = gray.shape
+        x, y, w, h = box
         crop = gray[y : y + h, x : x + w]
         eyes = self._eye.detectMultiScale(crop[: h // 2], 1.1, 5)
         _, _, weights = self._smile.detectMultiScale3(crop[h // 2 :], 1.1, 10, outputRejectLevels=True)
@@ -116,7 +195,7 @@ class HaarFaceExtractor:
             float(patch.std()) / 255.0,
         ]
         hog = self._hog.compute(patch).reshape(-1)  # (144,)
-        return np.concatenate([np.asarray(head, np.float32), hog.astype(np.float32)]), (x, y, w, h)
+        return np.concatenate([np.asarray(head, np.float32), hog.astype(np.float32)])
 
     def __call__(self, frames: Iterable[tuple[float, np.ndarray]], thumbnails: int = 0,
                  thumbnail_px: int = 64) -> VisionFeatures:
@@ -125,8 +204,20 @@ class HaarFaceExtractor:
         face: list[bool] = []
         times: list[float] = []
         crops = _EvenSample(thumbnails)
-        for t, rgb in frames:
-            found = self._face_of(rgb)
+        every = self.config.detect_every
+        box: tuple[int, int, int, int] | None = None  # the previous frame's face, tracked into this one
+        misses = 0  # frames in a row without a face
+        for i, (t, rgb) in enumerate(frames):
+            if every == 1:
+                found = self._face_of(rgb)
+            else:
+                # track a face seen in the previous frame (a whole search when that fails); after a gap
+                # of N frames without one, search the whole frame on every N-th frame only
+                whole = i % every == 0  # the subsample: the largest face of the frame, whatever was tracked
+                search = whole or box is not None or misses < every
+                found = self._face_of(rgb, near=None if whole else box, search=search)
+            box = None if found is None else found[1]
+            misses = 0 if found is not None else misses + 1
             face.append(found is not None)
             rows.append(found[0] if found is not None else np.zeros(self.dim, np.float32))
             times.append(t)
