@@ -95,7 +95,7 @@ def parse_request(body: bytes, header_length: str | None, spec: Spec) -> tuple[d
     else:
         head, binary = body, memoryview(b"")
     try:
-        request = json.loads(head)
+        request = _loads(head)
     except (ValueError, UnicodeDecodeError) as err:
         raise V2Error(400, f"the request is not JSON ({str(err)[:100]})") from None
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
@@ -148,6 +148,24 @@ def parse_request(body: bytes, header_length: str | None, spec: Spec) -> tuple[d
     if b > spec.max_batch:
         raise V2Error(400, f"batch of {b} samples, over the server's --max-batch {spec.max_batch}")
     return arrays, request
+
+
+def _loads(data: bytes | memoryview) -> Any:
+    """JSON with orjson where installed (the serve extra): a tensor's numbers parse ~10x faster than with
+    the standard library, which is most of a JSON request's cost."""
+    try:
+        import orjson
+    except ImportError:
+        return json.loads(bytes(data))
+    return orjson.loads(data)
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        import orjson
+    except ImportError:
+        return json.dumps(value).encode("utf-8")
+    return orjson.dumps(value)
 
 
 def _from_json(name: str, data: Any, dtype: np.dtype, count: int) -> np.ndarray:
@@ -216,7 +234,7 @@ def encode_response(request: dict[str, Any], pred: Any, spec: Spec) -> tuple[byt
         else:
             entry["data"] = a.reshape(-1).tolist()
         head["outputs"].append(entry)
-    text = json.dumps(head).encode("utf-8")
+    text = _dumps(head)
     if not blobs:
         return text, {"content-type": "application/json"}
     return text + b"".join(blobs), {"content-type": "application/octet-stream", HEADER: str(len(text))}

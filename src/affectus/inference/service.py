@@ -134,6 +134,10 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
         finally:  # uvicorn's shutdown (SIGTERM, SIGINT) runs this after cancelling what still ran
             await batcher.close()
             pool.close()
+            if metrics.multiprocess:  # this process's live gauges leave the sums
+                from prometheus_client import multiprocess
+
+                multiprocess.mark_process_dead(os.getpid())
             temps.remove_all()
 
     app = _fastapi(title="affectus", description=f"Multimodal emotion recognition: run {Path(run_dir).name}",
@@ -800,16 +804,75 @@ def _same_origin(origin: str, host: str) -> bool:
 # ------------------------------------------------------------------------------------------ running it
 
 
-def run_server(application: Any, host: str, port: int, limits: Limits, log_level: str = "info") -> None:
+_ENV = "AFFECTUS_SERVE_CONFIG"  # the run and limits, for `--workers N` processes (app_from_env)
+
+
+def run_server(application: Any, host: str, port: int, limits: Limits, log_level: str = "info",
+               access_log: bool = True) -> None:
     """uvicorn with the limits that are the server's, not the app's: the header timeout, connection count,
-    keep-alive and graceful-shutdown time."""
+    keep-alive and graceful-shutdown time; one JSON line per request on stdout unless `access_log` is off."""
     import uvicorn
 
     config = uvicorn.Config(application, host=host, port=port, log_level=log_level,
                             http=_header_timeout_protocol(limits.header_timeout_s),
                             limit_concurrency=limits.max_connections, timeout_keep_alive=5,
-                            timeout_graceful_shutdown=SHUTDOWN_S, server_header=False)
+                            timeout_graceful_shutdown=SHUTDOWN_S, server_header=False,
+                            access_log=False, log_config=_log_config(access_log))
     uvicorn.Server(config).run()
+
+
+def run_workers(run_dir: str | Path, host: str, port: int, limits: Limits, workers: int, log_level: str = "info",
+                access_log: bool = True) -> None:
+    """`workers` server processes sharing one listening socket (uvicorn's supervisor: it restarts a worker
+    that dies and stops them all on SIGTERM / SIGINT). Each loads the run itself (`app_from_env`) and has
+    its own batcher, clip workers and slots, so the limits apply per process. /metrics adds up every
+    process's values (prometheus_client's multiprocess mode, in a temporary folder removed at exit)."""
+    import dataclasses
+
+    import uvicorn
+
+    metrics_dir = tempfile.mkdtemp(prefix="affectus-serve-metrics-")
+    os.environ[_ENV] = json.dumps({"run": str(run_dir), "limits": dataclasses.asdict(limits)})
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        # the worker processes are spawned: the app and protocol travel as import strings, their settings
+        # in the environment
+        uvicorn.run("affectus.inference.service:app_from_env", factory=True, workers=workers, host=host, port=port,
+                    log_level=log_level, http="affectus.inference.service:WorkerProtocol",
+                    limit_concurrency=limits.max_connections, timeout_keep_alive=5,
+                    timeout_graceful_shutdown=SHUTDOWN_S, server_header=False, access_log=False,
+                    log_config=_log_config(access_log))
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def app_from_env() -> Any:
+    """The app of one `--workers` process, from the settings its parent put in the environment."""
+    settings = json.loads(os.environ[_ENV])
+    values = settings["limits"]
+    values["allowed_hosts"] = tuple(values["allowed_hosts"])
+    return create_app(settings["run"], Limits(**values))
+
+
+def __getattr__(name: str) -> Any:
+    if name == "WorkerProtocol":  # the header-timeout protocol of a `--workers` process (an import string)
+        return _header_timeout_protocol(json.loads(os.environ[_ENV])["limits"]["header_timeout_s"])
+    raise AttributeError(name)
+
+
+def _log_config(access_log: bool) -> dict[str, Any]:
+    """uvicorn's logging, plus the access log (telemetry.py): one JSON object a line, on stdout."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["line"] = {"format": "%(message)s"}
+    config["handlers"]["access_json"] = {"formatter": "line", "class": "logging.StreamHandler",
+                                         "stream": "ext://sys.stdout"}
+    config["loggers"]["affectus.access"] = {"handlers": ["access_json"], "level": "INFO" if access_log else "WARNING",
+                                            "propagate": False}
+    return config
 
 
 def _header_timeout_protocol(seconds: float) -> type:
