@@ -11,7 +11,8 @@ against, in this order (each after a short warm-up at the same concurrency):
    and JSON give right now; each `ratio_to_health` (req/s over the /health req/s of the same server in the
    same run) is the number to compare across machines and noisy runs.
 2. POST /predict with a one-sample features .npz (multipart, the run's widths).
-3. POST /v2/models/run/infer (Open Inference Protocol) with the same sample as JSON tensors.
+3. POST /v2/models/run/infer (Open Inference Protocol) with the same sample as JSON tensors, then as
+   binary tensors (the binary tensor extension, what tritonclient sends by default).
 
 Targets (issue 20): 2 and 3 each at >= 0.3 x the /health rate, p99 <= 100 ms, no errors (any answer but
 200, or a transport error), server memory growth <= 200 MB (resident set of the server and its child
@@ -68,17 +69,19 @@ def _tree_rss_mb(pid: int) -> float:
 
 
 def _hey(url: str, clients: int, seconds: float, method: str = "GET", body: Path | None = None,
-         content_type: str | None = None) -> dict[str, object]:
+         content_type: str | None = None, header: str | None = None) -> dict[str, object]:
     """One `hey` load: req/s, p50/p99 latency (ms), status counts and errors (parsed from its summary)."""
     cmd = ["hey", "-z", f"{seconds}s", "-c", str(clients), "-m", method, "-t", "30"]
     if body is not None:
         cmd += ["-D", str(body), "-T", content_type or "application/octet-stream"]
+    if header is not None:
+        cmd += ["-H", header]
     out = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     pct = {p: float(v) * 1000 for p, v in re.findall(r"(\d+)%% in ([\d.]+) secs".replace("%%", "%"), out)}
     codes = {code: int(n) for code, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", out)}
     errors_section = out.split("Error distribution:", 1)[1] if "Error distribution:" in out else ""
-    transport = sum(int(n) for n in re.findall(r"^\s+\[(\d+)\]", errors_section, re.M))
+    transport = sum(int(n) for n in re.findall(r"^\s+\[(\d+)\]", errors_section, re.MULTILINE))
     total = sum(codes.values())
     return {"req_per_s": rate, "p50_ms": round(pct.get("50", float("nan")), 2),
             "p99_ms": round(pct.get("99", float("nan")), 2), "responses": total,
@@ -122,6 +125,12 @@ def main() -> None:
     v2 = {"inputs": [{"name": m, "datatype": "FP32", "shape": list(one.features(m).shape),
                       "data": one.features(m).reshape(-1).tolist()} for m in ("text", "audio", "vision")]}
     (root / "infer.body").write_text(json.dumps(v2), encoding="utf-8")
+    # the same tensors in the binary tensor extension (what tritonclient sends by default)
+    head = json.dumps({"inputs": [{"name": m, "datatype": "FP32", "shape": list(one.features(m).shape),
+                                   "parameters": {"binary_data_size": one.features(m).nbytes}}
+                                  for m in ("text", "audio", "vision")]}).encode()
+    (root / "infer_binary.body").write_bytes(head + b"".join(one.features(m).astype("<f4").tobytes()
+                                                             for m in ("text", "audio", "vision")))
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -142,12 +151,16 @@ def main() -> None:
                 raise SystemExit("the server did not start")
             time.sleep(0.2)
         time.sleep(1.0 if args.workers > 1 else 0.0)  # the other workers finish loading
+        infer = f"{url}/v2/models/run/infer"
         loads = {
-            "health": dict(url=f"{url}/health"),
-            "predict_features_1_sample": dict(url=f"{url}/predict", method="POST", body=root / "predict.body",
-                                              content_type=f"multipart/form-data; boundary={boundary}"),
-            "v2_infer_1_sample": dict(url=f"{url}/v2/models/run/infer", method="POST", body=root / "infer.body",
-                                      content_type="application/json"),
+            "health": {"url": f"{url}/health"},
+            "predict_features_1_sample": {"url": f"{url}/predict", "method": "POST", "body": root / "predict.body",
+                                          "content_type": f"multipart/form-data; boundary={boundary}"},
+            "v2_infer_1_sample": {"url": infer, "method": "POST", "body": root / "infer.body",
+                                  "content_type": "application/json"},
+            "v2_infer_1_sample_binary": {"url": infer, "method": "POST", "body": root / "infer_binary.body",
+                                         "content_type": "application/octet-stream",
+                                         "header": f"Inference-Header-Content-Length: {len(head)}"},
         }
         for load in loads.values():  # warm-up: connections, imports, first allocations
             _hey(clients=args.clients, seconds=args.warmup_seconds, **load)
@@ -162,9 +175,9 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             server.kill()
         shutil.rmtree(root, ignore_errors=True)
-    batch = {k: float(v) for k, v in re.findall(r"^affectus_batch_size_(sum|count) ([\d.e+]+)$", metrics, re.M)}
+    batch = {k: float(v) for k, v in re.findall(r"^affectus_batch_size_(sum|count) ([\d.e+]+)$", metrics, re.MULTILINE)}
     health = results["health"]["req_per_s"]
-    for name in ("predict_features_1_sample", "v2_infer_1_sample"):
+    for name in ("predict_features_1_sample", "v2_infer_1_sample", "v2_infer_1_sample_binary"):
         r = results[name]
         r["ratio_to_health"] = round(r["req_per_s"] / health, 4)
         r["targets_met"] = bool(r["ratio_to_health"] >= 0.3 and r["p99_ms"] <= 100 and r["errors"] == 0
