@@ -818,6 +818,7 @@ def run_server(application: Any, host: str, port: int, limits: Limits, log_level
                             limit_concurrency=limits.max_connections, timeout_keep_alive=5,
                             timeout_graceful_shutdown=SHUTDOWN_S, server_header=False,
                             access_log=False, log_config=_log_config(access_log))
+    _freeze()
     uvicorn.Server(config).run()
 
 
@@ -851,7 +852,19 @@ def app_from_env() -> Any:
     settings = json.loads(os.environ[_ENV])
     values = settings["limits"]
     values["allowed_hosts"] = tuple(values["allowed_hosts"])
-    return create_app(settings["run"], Limits(**values))
+    app = create_app(settings["run"], Limits(**values))
+    _freeze()
+    return app
+
+
+def _freeze() -> None:
+    """The run, torch and the app are loaded: move them out of the garbage collector's passes. A full
+    pass walks every long-lived object, and its pause lands on whichever requests are in flight (with
+    it, p99 at 50 clients was 155-168 ms; without, 53-70 ms: benchmarks/README.md)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def __getattr__(name: str) -> Any:
