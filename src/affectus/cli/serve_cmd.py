@@ -24,7 +24,7 @@ def serve(
         "--max-concurrent", min=1, help="clip extractions at once (one worker process each)")] = 2,
     timeout_s: Annotated[float, typer.Option("--timeout-s", min=1.0, help="per request")] = 120.0,
     max_npz_concurrent: Annotated[int, typer.Option(
-        "--max-npz-concurrent", min=1, help="features (.npz) uploads predicted at once")] = 2,
+        "--max-npz-concurrent", min=1, help="features (.npz) uploads read and checked at once")] = 2,
     max_samples: Annotated[int, typer.Option("--max-samples", min=1, help="samples in one .npz upload")] = 10_000,
     max_decompressed_mb: Annotated[float, typer.Option(
         "--max-decompressed-mb", min=0.001, help="an .npz upload's arrays once decompressed")] = 256.0,

@@ -7,10 +7,17 @@
                     a clip's explanation carries up to 4 face thumbnails (64 px JPEG data URLs).
     GET  /docs      OpenAPI docs, their script and style served from the installed fastapi-offline package
                     (no CDN); off when that package is missing
+    /v2/...         the Open Inference Protocol (KServe v2, Triton's HTTP API): health, model metadata, infer
+                    with named tensors (inference/oip.py)
+    GET  /metrics   Prometheus text format (inference/telemetry.py); each request is also a JSON access-log line
+
+Features requests (an .npz, or v2 tensors) are validated once against the run's widths and share forwards
+through one dynamic batcher per process (inference/batching.py); docs/serving.md describes all of it.
 
 What the service guarantees (docs/security.md, "The service", lists the limits and their defaults):
 
-* Every refusal is a 4xx with a JSON {"error": ...} that names the upload, never a server path.
+* Every refusal is a 4xx with a JSON {"error": ...} that names the upload, never a server path; a full
+  batch queue or busy clip workers answer with Retry-After.
 * Requests come only from this machine's own page or non-browser clients: the Host header must be on an
   allow-list (loopback names by default: a DNS-rebinding page cannot reach the server), a request whose
   Origin is not the server's own is refused (403), and no CORS header is ever sent.
@@ -318,7 +325,8 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
     async def _clip(request: Any, upload: Any, name: str, suffix: str, transcript: str | None, limit: int,
                     start: float) -> dict[str, Any]:
         if not pool.reserve():
-            raise _Refused(429, f"{limits.max_concurrent} clip extraction(s) already running; retry shortly")
+            raise _Refused(429, f"{limits.max_concurrent} clip extraction(s) already running; retry shortly",
+                           {"Retry-After": "1"})
         folder: Path | None = None
         worker: _ClipWorker | None = None
         healthy = False
