@@ -75,6 +75,10 @@ class Batcher:
             raise QueueFull(f"{self.queued} samples are waiting (the queue holds {self.max_queue}); retry shortly")
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done():
+            # a new event loop (a test client's), or the first request: jobs of a loop that is gone can never
+            # be answered, so they leave the queue
+            self._jobs.clear()
+            self.queued = 0
             self._arrived = asyncio.Event()
             self._task = loop.create_task(self._run(), name="affectus-batcher")
         job = _Job(split, loop.create_future(), group_key(split))
