@@ -4,13 +4,14 @@
 #   espeak-ng  speaks the test clips' sentences
 #   chromium   the service page's browser test (tests/test_browser.py, driven by Playwright; Playwright's
 #              own browser download is not reachable, so Debian's browser is used)
+#   hey        the HTTP load generator of benchmarks/bench_service.py (no test uses it)
 # Usage: bash .ci/apt.sh   (prints what it installs on stderr; exits 1 with a reason on failure)
 set -euo pipefail
 
 say() { echo "apt.sh: $*" >&2; }
 
 # package -> the command that shows it is there
-declare -A needs=([ffmpeg]=ffmpeg [espeak-ng]=espeak-ng [chromium]=chromium)
+declare -A needs=([ffmpeg]=ffmpeg [espeak-ng]=espeak-ng [chromium]=chromium [hey]=hey)
 missing=()
 for pkg in "${!needs[@]}"; do
   command -v "${needs[$pkg]}" >/dev/null 2>&1 || missing+=("$pkg")

@@ -407,3 +407,31 @@ def _post_quietly(server: Server, clip: Path) -> None:
         _post(server, "last.webm", clip.read_bytes(), timeout=30)
     except httpx.HTTPError:
         pass  # the server is going away
+
+
+# ------------------------------------------------------------------------------------------ issue 20: workers
+
+
+def test_workers_share_the_port_and_metrics_add_up(features_run):
+    """`--workers 2`: two processes answer on one port; /metrics (whichever answers) counts every request of
+    both; each request is one JSON access-log line; SIGTERM stops both and removes the metrics folder."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    body = {"inputs": [{"name": m, "datatype": "FP32", "shape": [1, TINY["seq_lens"][m], TINY["dims"][m]],
+                        "data": np.ones((1, TINY["seq_lens"][m], TINY["dims"][m])).tolist()}
+                       for m in ("text", "audio", "vision")]}
+    with serving(features_run["run"], features_run["root"] / "workers", "--workers", "2") as s:
+        pids = set(_children(s.proc.pid))
+        for _ in range(12):  # a new connection each: the kernel hands them to either worker
+            r = httpx.post(f"{s.url}/v2/models/run/infer", json=body, timeout=30)
+            assert r.status_code == 200, r.text
+        scraped = httpx.get(f"{s.url}/metrics", timeout=10).text
+        s.proc.send_signal(signal.SIGTERM)
+        s.proc.wait(timeout=30)
+        lines = [json.loads(line) for line in s.log.read_text().splitlines() if line.startswith('{"ts"')]
+    total = sum(sample.value for family in text_string_to_metric_families(scraped) for sample in family.samples
+                if sample.name == "affectus_requests_total" and sample.labels["route"] == "/v2/models/{name}/infer")
+    assert total == 12
+    infers = [line for line in lines if line["path"] == "/v2/models/run/infer"]
+    assert len(infers) == 12 and all(line["status"] == 200 and line["worker"] in pids for line in infers)
+    assert not list(s.tmp.glob("affectus-serve-metrics-*"))

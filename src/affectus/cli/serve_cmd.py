@@ -24,7 +24,7 @@ def serve(
         "--max-concurrent", min=1, help="clip extractions at once (one worker process each)")] = 2,
     timeout_s: Annotated[float, typer.Option("--timeout-s", min=1.0, help="per request")] = 120.0,
     max_npz_concurrent: Annotated[int, typer.Option(
-        "--max-npz-concurrent", min=1, help="features (.npz) uploads predicted at once")] = 2,
+        "--max-npz-concurrent", min=1, help="features (.npz) uploads read and checked at once")] = 2,
     max_samples: Annotated[int, typer.Option("--max-samples", min=1, help="samples in one .npz upload")] = 10_000,
     max_decompressed_mb: Annotated[float, typer.Option(
         "--max-decompressed-mb", min=0.001, help="an .npz upload's arrays once decompressed")] = 256.0,
@@ -36,16 +36,27 @@ def serve(
         "--body-timeout-s", min=0.1, help="a request's body must arrive within this")] = 60.0,
     max_connections: Annotated[int, typer.Option(
         "--max-connections", min=1, help="open connections at once (503 beyond)")] = 100,
+    max_batch: Annotated[int, typer.Option(
+        "--max-batch", min=1, help="samples in one forward of the dynamic batcher, and in one v2 infer request")] = 32,
+    max_wait_ms: Annotated[float, typer.Option(
+        "--max-wait-ms", min=0.0, help="how long the batcher gathers requests once one waits")] = 2.0,
+    max_queue: Annotated[int, typer.Option(
+        "--max-queue", min=1, help="samples waiting for a forward (503 with Retry-After beyond)")] = 1024,
+    workers: Annotated[int, typer.Option(
+        "--workers", min=1, help="server processes on the one port (each loads the run; limits are per process)")] = 1,
+    access_log: Annotated[bool, typer.Option(
+        "--access-log/--no-access-log", help="one JSON line per request on stdout")] = True,
     allowed_host: Annotated[list[str] | None, typer.Option(
         "--allowed-host", help="a Host header name to accept, repeatable (default: localhost, 127.0.0.1, ::1 "
                                "and the --host address); '*' accepts any, which lets DNS-rebinding pages in")] = None,
 ) -> None:
-    """Serve RUN: POST /predict (a clip or a features .npz, never a pickle), GET /health, /docs, and a page at /."""
+    """Serve RUN: POST /predict (a clip or a features .npz, never a pickle), the Open Inference Protocol (/v2),
+    GET /health, /metrics (Prometheus), /docs, and a page at /."""
     try:
         import uvicorn  # noqa: F401
     except ImportError:
         raise AffectusError("affectus serve needs the serve extra: pip install 'affectus[serve]'") from None
-    from affectus.inference.service import LOOPBACK_HOSTS, Limits, create_app, run_server
+    from affectus.inference.service import LOOPBACK_HOSTS, Limits, create_app, run_server, run_workers
 
     hosts = list(allowed_host) if allowed_host else list(LOOPBACK_HOSTS)
     if not allowed_host and not _wildcard(host):
@@ -57,8 +68,15 @@ def serve(
                     timeout_s=timeout_s, max_npz_concurrent=max_npz_concurrent, max_samples=max_samples,
                     max_decompressed_mb=max_decompressed_mb, max_seq_len=max_seq_len,
                     header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s,
-                    max_connections=max_connections, allowed_hosts=tuple(hosts))
-    run_server(create_app(run_dir, limits), host, port, limits)
+                    max_connections=max_connections, allowed_hosts=tuple(hosts), max_batch=max_batch,
+                    max_wait_ms=max_wait_ms, max_queue=max_queue)
+    if workers == 1:
+        run_server(create_app(run_dir, limits), host, port, limits, access_log=access_log)
+        return
+    from affectus.inference.predictor import load
+
+    load(run_dir)  # a run that does not load is one error line here, not a crash in each worker
+    run_workers(run_dir, host, port, limits, workers, access_log=access_log)
 
 
 def _wildcard(host: str) -> bool:

@@ -7,10 +7,17 @@
                     a clip's explanation carries up to 4 face thumbnails (64 px JPEG data URLs).
     GET  /docs      OpenAPI docs, their script and style served from the installed fastapi-offline package
                     (no CDN); off when that package is missing
+    /v2/...         the Open Inference Protocol (KServe v2, Triton's HTTP API): health, model metadata, infer
+                    with named tensors (inference/oip.py)
+    GET  /metrics   Prometheus text format (inference/telemetry.py); each request is also a JSON access-log line
+
+Features requests (an .npz, or v2 tensors) are validated once against the run's widths and share forwards
+through one dynamic batcher per process (inference/batching.py); docs/serving.md describes all of it.
 
 What the service guarantees (docs/security.md, "The service", lists the limits and their defaults):
 
-* Every refusal is a 4xx with a JSON {"error": ...} that names the upload, never a server path.
+* Every refusal is a 4xx with a JSON {"error": ...} that names the upload, never a server path; a full
+  batch queue or busy clip workers answer with Retry-After.
 * Requests come only from this machine's own page or non-browser clients: the Host header must be on an
   allow-list (loopback names by default: a DNS-rebinding page cannot reach the server), a request whose
   Origin is not the server's own is refused (403), and no CORS header is ever sent.
@@ -55,6 +62,8 @@ LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 _MULTIPART_ALLOWANCE = 1 << 20  # body bytes beyond the file's limit: multipart framing and the transcript field
 _MAX_TRANSCRIPT = 10_000  # characters
 _MAX_NAME = 100  # characters of an upload's name kept for messages and ids
+_INLINE_BYTES = 256 * 1024  # a v2 request up to this size is parsed on the event loop (a thread hop costs more)
+_INLINE_ROWS = 256  # answers with up to this many rows are explained on the event loop
 SHUTDOWN_S = 5  # seconds a graceful shutdown waits for running requests before cancelling them
 
 
@@ -73,12 +82,16 @@ class Limits:
     body_timeout_s: float = 60.0  # from complete headers to the end of the body
     max_connections: int = 100  # open connections and running requests (uvicorn's limit_concurrency; 503 beyond)
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host header names accepted; "*" accepts any
+    max_batch: int = 32  # samples in one forward of the dynamic batcher (and in one v2 infer request)
+    max_wait_ms: float = 2.0  # how long the batcher waits for more requests once one is waiting
+    max_queue: int = 1024  # samples waiting for a forward (503 with Retry-After beyond)
 
 
 class _Refused(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers
 
 
 # ------------------------------------------------------------------------------------------ the app
@@ -91,13 +104,22 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
 
     from fastapi import File, Form, Request, UploadFile
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.exceptions import HTTPException
 
+    from affectus.inference import oip
+    from affectus.inference.batching import Batcher, QueueFull
     from affectus.inference.predictor import load
+    from affectus.inference.telemetry import Metrics
 
     limits = limits or Limits()
-    predictor = load(run_dir)
+    predictor = load(run_dir)  # once per process: every request and batch shares it
+    metrics = Metrics()
+    metrics.clip_slots.set(limits.max_concurrent)
+    metrics.npz_slots.set(limits.max_npz_concurrent)
+    batcher = Batcher(predictor, limits.max_batch, limits.max_wait_ms, limits.max_queue, metrics)
+    spec = oip.Spec(name=Path(run_dir).name, dims=dict(predictor.dims), classes=tuple(predictor.scheme.class_names),
+                    outputs=oip.output_spec(_probe(predictor), predictor.scheme), max_batch=limits.max_batch)
     try:
         from affectus.inference.extract.clip import ClipPredictor
 
@@ -105,27 +127,33 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
         clip_error = None
     except AffectusError as err:
         clip_error = str(err)
-    pool = _ClipPool(Path(run_dir), limits)
+    pool = _ClipPool(Path(run_dir), limits, metrics)
     temps = _TempDirs()
     # a features upload waits for one of these (bounded by the connection limit; its upload stays spooled
     # on disk meanwhile), a clip does not: it gets a 429 at once
     npz_slots = asyncio.Semaphore(limits.max_npz_concurrent)
+    npz_busy = [0]
 
     @asynccontextmanager
     async def lifespan(_app: Any) -> Any:
         try:
             yield
         finally:  # uvicorn's shutdown (SIGTERM, SIGINT) runs this after cancelling what still ran
+            await batcher.close()
             pool.close()
+            if metrics.multiprocess:  # this process's live gauges leave the sums
+                from prometheus_client import multiprocess
+
+                multiprocess.mark_process_dead(os.getpid())
             temps.remove_all()
 
     app = _fastapi(title="affectus", description=f"Multimodal emotion recognition: run {Path(run_dir).name}",
                    lifespan=lifespan)
-    app.add_middleware(_Guard, limits=limits)
+    app.add_middleware(_Guard, limits=limits, metrics=metrics)
 
     @app.exception_handler(_Refused)
     async def refused(_request: Any, err: _Refused) -> JSONResponse:
-        return JSONResponse({"error": str(err)}, status_code=err.status)
+        return JSONResponse({"error": str(err)}, status_code=err.status, headers=err.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Any, err: RequestValidationError) -> JSONResponse:
@@ -146,6 +174,84 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
         return {"status": "ok", "model": predictor.model_name, "variant": predictor.info.get("variant"),
                 "scheme": predictor.scheme.name, "classes": list(predictor.scheme.class_names),
                 "clips": clip_error is None}
+
+    @app.get("/metrics", response_class=Response)
+    async def prometheus() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    # ---------------------------------------------------------------- the Open Inference Protocol (oip.py)
+
+    def _model(name: str) -> None:
+        if name != spec.name:
+            raise _Refused(404, f"unknown model {name[:100]!r}; this server serves {spec.name!r}")
+
+    @app.get("/v2")
+    async def v2_server() -> dict[str, Any]:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            ours = version("affectus")
+        except PackageNotFoundError:
+            ours = "unknown"
+        return {"name": "affectus", "version": ours, "extensions": ["binary_tensor_data"]}
+
+    @app.get("/v2/health/live")
+    @app.get("/v2/health/ready")
+    async def v2_health() -> dict[str, Any]:
+        return {}  # the run is loaded before the server listens: up means ready
+
+    @app.get("/v2/models/{name}")
+    @app.get("/v2/models/{name}/versions/{version}")
+    async def v2_metadata(name: str, version: str = oip.VERSION) -> dict[str, Any]:
+        _model(name)
+        if version != oip.VERSION:
+            raise _Refused(404, f"model {name!r} has version {oip.VERSION} only")
+        return spec.metadata()
+
+    @app.get("/v2/models/{name}/ready")
+    @app.get("/v2/models/{name}/versions/{version}/ready")
+    async def v2_ready(name: str, version: str = oip.VERSION) -> dict[str, Any]:
+        _model(name)
+        if version != oip.VERSION:
+            raise _Refused(404, f"model {name!r} has version {oip.VERSION} only")
+        return {"name": name, "ready": True}
+
+    @app.post("/v2/models/{name}/infer")
+    @app.post("/v2/models/{name}/versions/{version}/infer")
+    async def v2_infer(request: Request, name: str, version: str = oip.VERSION) -> Response:
+        start = time.monotonic()
+        _model(name)
+        if version != oip.VERSION:
+            raise _Refused(404, f"model {name!r} has version {oip.VERSION} only")
+        body = await request.body()  # bounded by the guard (Content-Length and counted chunks)
+        header = request.headers.get(oip.HEADER)
+        try:
+            if len(body) > _INLINE_BYTES:  # a large request is parsed off the event loop
+                arrays, req = await asyncio.to_thread(oip.parse_request, body, header, spec)
+            else:
+                arrays, req = oip.parse_request(body, header, spec)
+            split = oip.split_from(arrays, predictor, limits.max_seq_len)
+        except oip.V2Error as err:
+            raise _Refused(err.status, str(err)) from None
+        pred = await _batched(split, "the request", start)
+        try:
+            content, headers = oip.encode_response(req, pred, spec)
+        except oip.V2Error as err:
+            raise _Refused(err.status, str(err)) from None
+        return Response(content, headers=headers)
+
+    async def _batched(split: Any, name: str, start: float) -> Any:
+        """`split`'s Prediction from the dynamic batcher, within the request's time."""
+        try:
+            return await asyncio.wait_for(batcher.submit(split),
+                                          timeout=max(0.0, limits.timeout_s - (time.monotonic() - start)))
+        except QueueFull as err:
+            raise _Refused(503, f"server busy: {err}", {"Retry-After": "1"}) from None
+        except TimeoutError:
+            raise _Refused(504, f"{name}: prediction took longer than {limits.timeout_s:g} s") from None
+        except AffectusError as err:
+            raise _Refused(422, _scrub(str(err), {str(Path(run_dir)): Path(run_dir).name})) from None
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
@@ -183,28 +289,44 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
             await asyncio.wait_for(npz_slots.acquire(), timeout=max(0.0, limits.timeout_s - (time.monotonic() - start)))
         except TimeoutError:
             raise _Refused(429, f"{limits.max_npz_concurrent} features upload(s) running for {limits.timeout_s:g} s; "
-                                f"retry shortly") from None
+                                f"retry shortly", {"Retry-After": "1"}) from None
+        npz_busy[0] += 1
+        metrics.npz_busy.set(npz_busy[0])
 
         def done() -> None:  # called by the thread when its work has ended, not when the request gave up
+            def free() -> None:
+                npz_busy[0] -= 1
+                metrics.npz_busy.set(npz_busy[0])
+                npz_slots.release()
+
             try:
-                loop.call_soon_threadsafe(npz_slots.release)
+                loop.call_soon_threadsafe(free)
             except RuntimeError:
                 pass  # the server (its event loop) is gone
 
-        job = asyncio.to_thread(_predict_npz, done, predictor, upload, name, limit, limits)
+        # the slot covers reading and checking the upload; the forward is the batcher's
+        job = asyncio.to_thread(_read_npz_upload, done, predictor, upload, name, limit, limits)
         try:
-            return await asyncio.wait_for(job, timeout=max(0.0, limits.timeout_s - (time.monotonic() - start)))
+            splits, warnings = await asyncio.wait_for(
+                job, timeout=max(0.0, limits.timeout_s - (time.monotonic() - start)))
         except TimeoutError:
             raise _Refused(504, f"{name}: prediction took longer than {limits.timeout_s:g} s") from None
         except AffectusError as err:
             from affectus.data.npz_check import NpzTooLarge
 
             raise _Refused(413 if isinstance(err, NpzTooLarge) else 422, str(err)) from None
+        preds = await asyncio.gather(*(_batched(split, name, start) for split in splits))
+        if sum(len(split) for split in splits) > _INLINE_ROWS:  # many rows: explained off the event loop
+            out = await asyncio.to_thread(_explain_rows, splits, preds)
+        else:
+            out = _explain_rows(splits, preds)
+        return {"predictions": out, "warnings": warnings}
 
     async def _clip(request: Any, upload: Any, name: str, suffix: str, transcript: str | None, limit: int,
                     start: float) -> dict[str, Any]:
         if not pool.reserve():
-            raise _Refused(429, f"{limits.max_concurrent} clip extraction(s) already running; retry shortly")
+            raise _Refused(429, f"{limits.max_concurrent} clip extraction(s) already running; retry shortly",
+                           {"Retry-After": "1"})
         folder: Path | None = None
         worker: _ClipWorker | None = None
         healthy = False
@@ -307,10 +429,14 @@ def _copy_upload(upload: Any, path: Path, limit: int) -> bool:
     return True
 
 
-def _predict_npz(done: Any, predictor: Any, upload: Any, name: str, limit: int, limits: Limits) -> dict[str, Any]:
-    """A features upload's explained predictions; calls `done()` (frees its slot) however it ends."""
+def _read_npz_upload(done: Any, predictor: Any, upload: Any, name: str, limit: int,
+                     limits: Limits) -> tuple[list[Any], list[str]]:
+    """A features upload's splits, checked, parsed from memory and validated once against the run's widths
+    (and re-encoded where the run reads transcripts), with the NaN warnings; calls `done()` (frees its slot)
+    however it ends."""
     from affectus.data.mmsa import load_npz_bytes
     from affectus.data.npz_check import check_npz
+    from affectus.data.types import MODALITIES
 
     try:
         upload.seek(0)
@@ -321,21 +447,47 @@ def _predict_npz(done: Any, predictor: Any, upload: Any, name: str, limit: int, 
                   max_samples=limits.max_samples, max_seq_len=limits.max_seq_len)
         ds = load_npz_bytes(data, name)  # from memory: no temporary file
         del data
-        out = []
+        splits = []
         for split in ds.splits.values():
-            longest = max(split.features(m).shape[1] for m in ("text", "audio", "vision"))
-            # attention memory grows with batch x L^2: long sequences go through in smaller batches
-            pred = predictor.predict(split, batch_size=max(1, min(256, (1 << 22) // (longest * longest))))
-            for i, sample_id in enumerate(split.ids):
-                row = {"id": sample_id, "split": split.name, **pred.explain(i)}
-                if split.raw_text is not None:
-                    row["transcript"] = split.raw_text[i]
-                out.append(row)
+            split = predictor.reads(split)
+            for m in MODALITIES:
+                width = split.features(m).shape[2]
+                if width != predictor.dims[m] and not (m == "text" and split.text_bert is not None):
+                    raise AffectusError(f"file {name}: split {split.name} {m} features are {width} wide, the run "
+                                        f"expects {predictor.dims[m]}")
+            splits.append(split)
         warnings = [f"{split} {key}: {count} NaN/inf feature value(s) set to 0 before predicting"
                     for (split, key), count in sorted(ds.sanitised.items()) if count]
-        return {"predictions": out, "warnings": warnings}
+        return splits, warnings
     finally:
         done()
+
+
+def _explain_rows(splits: list[Any], preds: list[Any]) -> list[dict[str, Any]]:
+    out = []
+    for split, pred in zip(splits, preds):
+        for i, sample_id in enumerate(split.ids):
+            row = {"id": sample_id, "split": split.name, **pred.explain(i)}
+            if split.raw_text is not None:
+                row["transcript"] = split.raw_text[i]
+            out.append(row)
+    return out
+
+
+def _probe(predictor: Any) -> Any:
+    """One forward of a zero sample at the run's sequence lengths: which outputs the model gives (the v2
+    metadata lists them), and the first forward's one-off costs paid before the first request."""
+    import numpy as np
+
+    from affectus.data.types import MODALITIES
+
+    seq = predictor.info.get("seq_lens") or {}
+    arrays = {m: np.zeros((1, int(seq.get(m) or 1), predictor.dims[m]), np.float32) for m in MODALITIES}
+    try:
+        return predictor.predict(arrays)
+    except Exception:  # noqa: BLE001 - e.g. a run that reads BERT tokens: the metadata lists the sure outputs
+        _log.warning("the probe forward failed: /v2 metadata lists probabilities and verdict only", exc_info=True)
+        return None
 
 
 class _TempDirs:
@@ -371,8 +523,8 @@ class _ClipPool:
     """At most `limits.max_concurrent` clip workers: started on demand, reused while healthy, killed on
     a timeout, a cancelled request, a crash, or shutdown. Used from the event loop's thread only."""
 
-    def __init__(self, run_dir: Path, limits: Limits) -> None:
-        self.run_dir, self.limits = run_dir, limits
+    def __init__(self, run_dir: Path, limits: Limits, metrics: Any = None) -> None:
+        self.run_dir, self.limits, self.metrics = run_dir, limits, metrics
         self.busy = 0
         self.idle: list[_ClipWorker] = []
         self.running: set[_ClipWorker] = set()
@@ -382,7 +534,12 @@ class _ClipPool:
         if self.busy >= self.limits.max_concurrent:
             return False
         self.busy += 1
+        self._gauge()
         return True
+
+    def _gauge(self) -> None:
+        if self.metrics is not None:
+            self.metrics.clip_busy.set(self.busy)
 
     def take(self) -> "_ClipWorker":
         """An idle worker, or a new one (its process starts loading the run now)."""
@@ -399,6 +556,7 @@ class _ClipPool:
     def release(self, worker: "_ClipWorker | None", healthy: bool) -> None:
         """Give the slot back; the worker goes back to the idle list, or is killed (work stops now)."""
         self.busy -= 1
+        self._gauge()
         if worker is None:
             return
         self.running.discard(worker)
@@ -503,9 +661,10 @@ class _Guard:
     time limits, and headers that keep the page out of foreign frames. Refusals are JSON and close the
     connection, so a refused body is read no further."""
 
-    def __init__(self, app: Any, limits: Limits) -> None:
+    def __init__(self, app: Any, limits: Limits, metrics: Any = None) -> None:
         self.app = app
         self.limits = limits
+        self.metrics = metrics
         self.any_host = "*" in limits.allowed_hosts
         self.hosts = {h.strip().lower().strip("[]") for h in limits.allowed_hosts}
         self.max_body = int(limits.max_upload_mb * 1024 * 1024) + _MULTIPART_ALLOWANCE
@@ -514,6 +673,29 @@ class _Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.metrics is None:
+            await self._checked(scope, receive, send)
+            return
+        # every answer, refusals included, is counted and logged (telemetry.py)
+        started = time.perf_counter()
+        answer = {"status": 0, "bytes": 0}
+
+        async def counted_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                answer["status"] = message["status"]
+            elif message["type"] == "http.response.body":
+                answer["bytes"] += len(message.get("body", b""))
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self._checked(scope, receive, counted_send)
+        finally:
+            self.metrics.in_flight.dec()
+            # no answer started: the client left or the server stopped first (nginx logs these as 499)
+            self.metrics.observe(scope, answer["status"] or 499, time.perf_counter() - started, answer["bytes"])
+
+    async def _checked(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         headers: dict[bytes, list[bytes]] = {}
         for key, value in scope["headers"]:
             headers.setdefault(key.lower(), []).append(value)
@@ -630,16 +812,88 @@ def _same_origin(origin: str, host: str) -> bool:
 # ------------------------------------------------------------------------------------------ running it
 
 
-def run_server(application: Any, host: str, port: int, limits: Limits, log_level: str = "info") -> None:
+_ENV = "AFFECTUS_SERVE_CONFIG"  # the run and limits, for `--workers N` processes (app_from_env)
+
+
+def run_server(application: Any, host: str, port: int, limits: Limits, log_level: str = "info",
+               access_log: bool = True) -> None:
     """uvicorn with the limits that are the server's, not the app's: the header timeout, connection count,
-    keep-alive and graceful-shutdown time."""
+    keep-alive and graceful-shutdown time; one JSON line per request on stdout unless `access_log` is off."""
     import uvicorn
 
     config = uvicorn.Config(application, host=host, port=port, log_level=log_level,
                             http=_header_timeout_protocol(limits.header_timeout_s),
                             limit_concurrency=limits.max_connections, timeout_keep_alive=5,
-                            timeout_graceful_shutdown=SHUTDOWN_S, server_header=False)
+                            timeout_graceful_shutdown=SHUTDOWN_S, server_header=False,
+                            access_log=False, log_config=_log_config(access_log))
+    _freeze()
     uvicorn.Server(config).run()
+
+
+def run_workers(run_dir: str | Path, host: str, port: int, limits: Limits, workers: int, log_level: str = "info",
+                access_log: bool = True) -> None:
+    """`workers` server processes sharing one listening socket (uvicorn's supervisor: it restarts a worker
+    that dies and stops them all on SIGTERM / SIGINT). Each loads the run itself (`app_from_env`) and has
+    its own batcher, clip workers and slots, so the limits apply per process. /metrics adds up every
+    process's values (prometheus_client's multiprocess mode, in a temporary folder removed at exit)."""
+    import dataclasses
+
+    import uvicorn
+
+    metrics_dir = tempfile.mkdtemp(prefix="affectus-serve-metrics-")
+    os.environ[_ENV] = json.dumps({"run": str(run_dir), "limits": dataclasses.asdict(limits)})
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        # the worker processes are spawned: the app and protocol travel as import strings, their settings
+        # in the environment
+        uvicorn.run("affectus.inference.service:app_from_env", factory=True, workers=workers, host=host, port=port,
+                    log_level=log_level, http="affectus.inference.service:WorkerProtocol",
+                    limit_concurrency=limits.max_connections, timeout_keep_alive=5,
+                    timeout_graceful_shutdown=SHUTDOWN_S, server_header=False, access_log=False,
+                    log_config=_log_config(access_log))
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def app_from_env() -> Any:
+    """The app of one `--workers` process, from the settings its parent put in the environment."""
+    settings = json.loads(os.environ[_ENV])
+    values = settings["limits"]
+    values["allowed_hosts"] = tuple(values["allowed_hosts"])
+    app = create_app(settings["run"], Limits(**values))
+    _freeze()
+    return app
+
+
+def _freeze() -> None:
+    """The run, torch and the app are loaded: move them out of the garbage collector's passes. A full
+    pass walks every long-lived object, and its pause lands on whichever requests are in flight (with
+    it, p99 at 50 clients was 155-168 ms; without, 53-70 ms: benchmarks/README.md)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "WorkerProtocol":  # the header-timeout protocol of a `--workers` process (an import string)
+        return _header_timeout_protocol(json.loads(os.environ[_ENV])["limits"]["header_timeout_s"])
+    raise AttributeError(name)
+
+
+def _log_config(access_log: bool) -> dict[str, Any]:
+    """uvicorn's logging, plus the access log (telemetry.py): one JSON object a line, on stdout."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["line"] = {"format": "%(message)s"}
+    config["handlers"]["access_json"] = {"formatter": "line", "class": "logging.StreamHandler",
+                                         "stream": "ext://sys.stdout"}
+    config["loggers"]["affectus.access"] = {"handlers": ["access_json"], "level": "INFO" if access_log else "WARNING",
+                                            "propagate": False}
+    return config
 
 
 def _header_timeout_protocol(seconds: float) -> type:
