@@ -73,7 +73,8 @@ def _edit_config(run: Path, **values) -> None:
     ({"layers": 2}, "missing"),  # a second layer the file has no weights for
     ({"d": 0}, "model.d = 0: expected a positive integer"),  # a ZeroDivisionError traceback before
     ({"d": -1}, "model.d = -1: expected a positive integer"),
-    ({"d": 2 ** 20}, "d = 1048576 is larger than the"),  # tried to allocate 13 TB before
+    # tried to allocate 13 TB before; refused by the config's own cap (65,536) or the weights' size
+    ({"d": 2 ** 20}, "d = 1048576"),
     ({"dims_text": 10 ** 12}, "dims.text = 1000000000000 is larger than"),
 ])
 def test_a_model_config_that_does_not_describe_the_weights_is_one_line(run_copy: Path, tiny_file: Path, cli,
@@ -123,7 +124,7 @@ def test_a_billion_layers_is_refused_before_any_module_is_made(run_copy: Path, m
 
     _edit_config(run_copy, layers=10 ** 9)
     monkeypatch.setattr(predictor, "create_model", lambda *a, **k: pytest.fail("built a billion-layer model"))
-    with pytest.raises(AffectusError, match="layers = 1000000000 is larger than the [0-9]+ values its weights hold"):
+    with pytest.raises(AffectusError, match="layers = 1000000000(: expected a positive integer up to| is larger than)"):
         predictor.load(run_copy)
 
 
@@ -165,7 +166,7 @@ def test_params_of_a_hand_edited_run_is_one_line_and_allocates_nothing(run_copy:
     count = int(out)
     _edit_config(run_copy, d=2 ** 20, heads=1)  # 13 TB of tensors on main
     rc, _, err = cli("params", run_copy)
-    one_error_line(rc, err, "run.json: model_config: d = 1048576 is larger than the", "bytes of its weights file")
+    one_error_line(rc, err, "run.json: model_config: ", "d = 1048576")
     _edit_config(run_copy, d=16, heads=1)  # an honest-looking size: counted without any memory
     rc, out, err = cli("params", run_copy)
     assert rc == 0 and 0 < int(out) < count, err
