@@ -17,6 +17,7 @@ import torch
 
 from affectus.data.batches import Batch
 from affectus.data.mmsa import write_pickle
+from affectus.data.synthetic import SynthConfig, generate
 
 DEFAULT_DIMS = {"text": 6, "audio": 4, "vision": 5}
 DEFAULT_SEQ_LENS = {"text": 5, "audio": 7, "vision": 6}
@@ -71,6 +72,35 @@ def build_raw(
         d["classification_labels"] = (np.sign(d["regression_labels"]) + 1).astype(np.int64)  # ignored key
         raw[split] = d
     return raw
+
+
+def tiny_sim_config(**overrides: Any) -> SynthConfig:
+    """The tiny CH-SIMS-like simulation the end-to-end tests train on (72/24/24 rows, unimodal labels, so
+    D_msc / D_msi exist); `overrides` change single fields (`seed=4`, `with_text_bert=True`)."""
+    base: dict[str, Any] = {"n_train": 72, "n_valid": 24, "n_test": 24, "seq_lens": {"text": 4, "audio": 6, "vision": 5},
+                            "dims": {"text": 12, "audio": 5, "vision": 7}, "seed": 3}
+    return SynthConfig(**{**base, **overrides})
+
+
+# The smaller file the failure-path tests train one-epoch runs on (24/8/8 rows, 6 text features).
+SMALL_SIM = SynthConfig(n_train=24, n_valid=8, n_test=8, seq_lens={"text": 4, "audio": 6, "vision": 5},
+                        dims={"text": 6, "audio": 5, "vision": 7}, seed=3)
+
+
+@pytest.fixture(scope="session")
+def sim_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`tiny_sim_config()` written once per session as a pickle; tests read it and never write to it."""
+    path = tmp_path_factory.mktemp("sim") / "tiny.pkl"
+    write_pickle(generate(tiny_sim_config()), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`SMALL_SIM` written once per session as a pickle; tests read it and never write to it."""
+    path = tmp_path_factory.mktemp("small") / "tiny.pkl"
+    write_pickle(generate(SMALL_SIM), path)
+    return path
 
 
 @pytest.fixture

@@ -15,12 +15,10 @@ from pathlib import Path
 import pytest
 
 from affectus.cli import main
-from affectus.data.mmsa import write_pickle
-from affectus.data.synthetic import SynthConfig, generate
 from affectus.errors import AffectusError
+from conftest import SMALL_SIM
 
-TINY = SynthConfig(n_train=24, n_valid=8, n_test=8, seq_lens={"text": 4, "audio": 6, "vision": 5},
-                   dims={"text": 6, "audio": 5, "vision": 7}, seed=3)
+TINY = SMALL_SIM  # the shared small simulation (conftest.py); its pickle is the tiny_file fixture
 FAST = ["--set", "train.epochs=1", "--set", "train.patience=1", "--set", "model.layers=1", "--set", "model.heads=1",
         "--set", "train.batch_size=8", "--threads", "1", "--quiet"]
 NESTED = "[" * 100_000 + "]" * 100_000  # far deeper than the interpreter's recursion limit
@@ -33,13 +31,6 @@ def one_error_line(rc: int, err: str, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def tiny_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "tiny.pkl"
-    write_pickle(generate(TINY), path)
-    return path
 
 
 @pytest.fixture(scope="module")

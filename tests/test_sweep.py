@@ -22,25 +22,14 @@ import yaml
 
 from affectus.cli import main, sweep_cmd  # noqa: F401  (registers `sweep` until cli/__init__ imports it)
 from affectus.data.mmsa import write_pickle
-from affectus.data.synthetic import SynthConfig, generate
+from affectus.data.synthetic import generate
 from affectus.experiments.sweep import Worker, load_spec, parse_spec
+from conftest import tiny_sim_config
 
 FAST = {"train.epochs": 2, "train.patience": 1, "train.batch_size": 32, "train.lr": 0.003}  # lr: scores that differ
 GRID = {"model.layers": [1], "model.heads": [1, 2], "model.output_dropout": [0.0, 0.5]}  # 4 points
 POINTS = {(1, h, d) for h in (1, 2) for d in (0.0, 0.5)}
 RUNNER = "import sys; from affectus.cli import main, sweep_cmd; sys.exit(main(sys.argv[1:]))"
-
-
-def tiny_raw(seed: int = 3) -> dict:
-    return generate(SynthConfig(n_train=72, n_valid=24, n_test=24, seq_lens={"text": 4, "audio": 6, "vision": 5},
-                                dims={"text": 12, "audio": 5, "vision": 7}, seed=seed))
-
-
-@pytest.fixture(scope="module")
-def sim_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("sweep") / "tiny.pkl"
-    write_pickle(tiny_raw(), path)
-    return path
 
 
 def write_spec(folder: Path, space: dict | None = None, **extra) -> Path:
@@ -98,7 +87,7 @@ def test_bad_specs_fail_in_one_line(sim_file: Path, tmp_path: Path, capsys, patc
 
 def test_objective_reads_validation_only(tmp_path: Path) -> None:
     """Poison the test labels: the trials' validation values and the chosen trial must not move."""
-    raw = tiny_raw()
+    raw = generate(tiny_sim_config())
     clean, poisoned = tmp_path / "clean.pkl", tmp_path / "poisoned.pkl"
     write_pickle(raw, clean)
     rng = np.random.default_rng(0)
