@@ -74,6 +74,13 @@ def build_raw(
     return raw
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that run a packaged model (MiniLM, Moonshine) belong to the slow tier as well."""
+    for item in items:
+        if item.get_closest_marker("minilm") or item.get_closest_marker("asr"):
+            item.add_marker(pytest.mark.slow)
+
+
 def tiny_sim_config(**overrides: Any) -> SynthConfig:
     """The tiny CH-SIMS-like simulation the end-to-end tests train on (72/24/24 rows, unimodal labels, so
     D_msc / D_msi exist); `overrides` change single fields (`seed=4`, `with_text_bert=True`)."""

@@ -142,6 +142,7 @@ def test_bad_cli_values_fail_before_any_run(sim_file: Path, tmp_path: Path, caps
 # ------------------------------------------------------------------------------- running tables
 
 
+@pytest.mark.slow
 def test_table5_end_to_end(table5_reference: Path) -> None:
     md = (table5_reference / "results.md").read_text(encoding="utf-8")
     header = next(line for line in md.splitlines() if line.startswith("| Run"))
@@ -168,6 +169,7 @@ def _mtimes(out: Path) -> dict[str, int]:
     return {p.parent.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*/run.json")}
 
 
+@pytest.mark.slow
 def test_interrupted_experiment_resumes_to_the_same_results(sim_file: Path, table5_reference: Path,
                                                             tmp_path: Path, monkeypatch) -> None:
     from affectus.training.recipes.cmc import tasks
@@ -207,6 +209,7 @@ def test_interrupted_experiment_resumes_to_the_same_results(sim_file: Path, tabl
                        overrides={**FAST_OVERRIDES, "train.lr": 0.01}, threads=1, progress=False)
 
 
+@pytest.mark.slow
 def test_jobs_2_gives_the_same_results(sim_file: Path, table5_reference: Path, tmp_path: Path) -> None:
     """Two worker processes train the same runs as one process: identical per-run and mean/std lines.
 

@@ -150,6 +150,7 @@ def _alive(pid: int, started: int) -> bool:
     return st is not None and st[2] == started and st[1] != "Z"  # a zombie has ended (its reaper lags)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @needs_media
 def test_kill_9_of_extract_dataset_takes_its_workers_with_it(clips: Path, tmp_path: Path) -> None:

@@ -90,6 +90,7 @@ BOMB = "".join(f"{k}: &{k} [{', '.join([f'*{p}'] * 9)}]\n" for p, k in zip("abcd
 BOMB = 'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n' + BOMB  # 9**9 leaves
 
 
+@pytest.mark.slow
 def test_a_yaml_alias_bomb_is_one_line_in_bounded_memory(tmp_path: Path, tiny_file: Path) -> None:
     bomb, plain = tmp_path / "bomb.yaml", tmp_path / "plain.yaml"
     bomb.write_text(BOMB)
@@ -157,6 +158,7 @@ def _with(raw: dict, split: str, key: str, value) -> dict:
     return raw
 
 
+@pytest.mark.slow
 def test_a_shared_reference_pickle_is_one_line_in_bounded_memory(tmp_path: Path) -> None:
     raw = generate(TINY)
     row = [1] * 400

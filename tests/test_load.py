@@ -14,6 +14,7 @@ from conftest import served_on_loopback
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
+pytestmark = pytest.mark.slow  # 50 clients against a real server
 
 CLIENTS, ROUNDS = 50, 3
 

@@ -134,10 +134,12 @@ def _two_workers(sim_file: Path, tmp_path: Path, storage: str | None) -> None:
     assert len(optuna.load_study(study_name=study, storage=url).get_trials()) == len(POINTS)
 
 
+@pytest.mark.slow
 def test_two_workers_share_a_sqlite_study(sim_file: Path, tmp_path: Path) -> None:
     _two_workers(sim_file, tmp_path, None)
 
 
+@pytest.mark.slow
 def test_two_workers_share_a_postgres_study(sim_file: Path, tmp_path: Path) -> None:
     url = os.environ.get("AFFECTUS_TEST_POSTGRES_URL")
     if not url:
@@ -147,6 +149,7 @@ def test_two_workers_share_a_postgres_study(sim_file: Path, tmp_path: Path) -> N
     _two_workers(sim_file, tmp_path, url)
 
 
+@pytest.mark.slow
 def test_killed_workers_trial_fails_and_is_retried_only_on_request(sim_file: Path, tmp_path: Path, capsys) -> None:
     spec_path, out = write_spec(tmp_path), tmp_path / "out"
     spec = load_spec(spec_path)
@@ -179,6 +182,7 @@ def test_killed_workers_trial_fails_and_is_retried_only_on_request(sim_file: Pat
     assert json.loads((out / "sweep.json").read_text())["counts"] == {"FAIL": 1, "COMPLETE": 4}
 
 
+@pytest.mark.slow
 def test_tpe_over_a_range_spends_its_budget(sim_file: Path, tmp_path: Path) -> None:
     space = {"model.layers": [1], "model.output_dropout": {"low": 0.0, "high": 0.5}}
     spec = write_spec(tmp_path, space, trials=2)

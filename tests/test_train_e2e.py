@@ -20,6 +20,7 @@ FAST = ["--set", "train.epochs=2", "--set", "train.patience=1", "--set", "model.
 
 
 # CMC's own variants; one that selects another model (cmc_plus) is that model's to test (test_cmc_plus.py)
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", [v for v, spec in load_variants().items() if not spec.get("model")])
 def test_every_variant_trains_end_to_end(sim_file: Path, tmp_path: Path, variant: str, capsys) -> None:
     out = tmp_path / variant
