@@ -6,6 +6,7 @@ milliseconds; nothing is downloaded.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,10 @@ from affectus.data.batches import Batch
 from affectus.data.mmsa import write_pickle
 from affectus.data.synthetic import SynthConfig, generate
 
+SRC = str(Path(__file__).resolve().parents[1] / "src")  # for child Pythons that import this tree
+# One epoch of a one-layer, one-head CMC on the small simulation: the run the failure-path tests damage.
+SMALL_FAST = ["--set", "train.epochs=1", "--set", "train.patience=1", "--set", "model.layers=1", "--set",
+              "model.heads=1", "--set", "train.batch_size=8", "--threads", "1", "--quiet"]
 DEFAULT_DIMS = {"text": 6, "audio": 4, "vision": 5}
 DEFAULT_SEQ_LENS = {"text": 5, "audio": 7, "vision": 6}
 DEFAULT_SIZES = {"train": 12, "valid": 6, "test": 6}
@@ -108,6 +113,32 @@ def tiny_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("small") / "tiny.pkl"
     write_pickle(generate(SMALL_SIM), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run trained once per session on `tiny_file` with SMALL_FAST; tests that damage a run use `run_copy`."""
+    from affectus.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "run"
+    assert main(["train", "--data", str(tiny_file), "--out", str(out), *SMALL_FAST]) == 0
+    return out
+
+
+@pytest.fixture
+def run_copy(trained: Path, tmp_path: Path) -> Path:
+    """A private copy of `trained` that a test may edit or break."""
+    return Path(shutil.copytree(trained, tmp_path / "run"))
+
+
+def one_error_line(rc: int, err: str, *fragments: str) -> str:
+    """The failure contract: exit 2, exactly one `error:` line on stderr holding every fragment."""
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from affectus.cli import main, sweep_cmd  # noqa: F401  (registers `sweep` until
 from affectus.data.mmsa import write_pickle
 from affectus.data.synthetic import generate
 from affectus.experiments.sweep import Worker, load_spec, parse_spec
-from conftest import tiny_sim_config
+from conftest import SRC, one_error_line, tiny_sim_config
 
 FAST = {"train.epochs": 2, "train.patience": 1, "train.batch_size": 32, "train.lr": 0.003}  # lr: scores that differ
 GRID = {"model.layers": [1], "model.heads": [1, 2], "model.output_dropout": [0.0, 0.5]}  # 4 points
@@ -85,6 +85,7 @@ def test_bad_specs_fail_in_one_line(sim_file: Path, tmp_path: Path, capsys, patc
     assert not (tmp_path / "out" / "trials").exists()  # nothing trained
 
 
+@pytest.mark.slow
 def test_objective_reads_validation_only(tmp_path: Path) -> None:
     """Poison the test labels: the trials' validation values and the chosen trial must not move."""
     raw = generate(tiny_sim_config())
@@ -191,3 +192,18 @@ def test_tpe_over_a_range_spends_its_budget(sim_file: Path, tmp_path: Path) -> N
     report = json.loads((tmp_path / "out" / "sweep.json").read_text())
     assert report["counts"] == {"COMPLETE": 2} and report["sampler"] == "tpe"
     assert all(0.0 <= t["params"]["model.output_dropout"] <= 0.5 for t in report["trials"])
+
+
+# --------------------------------------------------------------------------------------------------- Optuna
+
+def test_optuna_is_a_core_dependency() -> None:
+    import tomllib
+
+    project = tomllib.loads((Path(SRC).parent / "pyproject.toml").read_text())["project"]
+    assert any(d.startswith("optuna") for d in project["dependencies"])
+
+
+def test_sweep_without_optuna_is_one_line(tmp_path: Path, cli, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` now raises ImportError
+    rc, _, err = cli("sweep", "cmc_grid", "--out", tmp_path / "s")
+    one_error_line(rc, err, "needs Optuna", "pip install optuna")
