@@ -103,7 +103,8 @@ def main() -> None:
 
     import httpx
 
-    from affectus.data.mmsa import load_dataset, write_npz
+    from affectus.data.mmsa import load_dataset
+    from affectus.data.npz import write_npz
     from affectus.data.types import MERDataset
     from media_clips import ClipSpec, make_clip, media_run, missing_tools
 

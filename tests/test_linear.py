@@ -180,7 +180,8 @@ def test_served_like_any_model(tmp_path, cli):
     """`affectus serve` answers /predict for a linear run (its weights need no scikit-learn)."""
     from fastapi.testclient import TestClient
 
-    from affectus.data.mmsa import dataset_from_raw, write_npz
+    from affectus.data.mmsa import dataset_from_raw
+    from affectus.data.npz import write_npz
     from affectus.data.synthetic import SynthConfig, generate
     from affectus.inference.service import create_app
 

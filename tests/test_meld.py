@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from affectus.data.meld import EMOTIONS, SENTIMENTS, import_meld
-from affectus.data.mmsa import dataset_from_raw, dataset_to_raw, groups_from_ids, load_dataset, write_npz
+from affectus.data.mmsa import dataset_from_raw, dataset_to_raw, groups_from_ids, load_dataset
+from affectus.data.npz import write_npz
 from affectus.errors import AffectusError
 
 HEADER = ["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID",

@@ -194,7 +194,8 @@ def live_webm(path: Path, seconds: float) -> Path:
 @pytest.fixture(scope="module")
 def features_run(tmp_path_factory) -> dict[str, Path]:
     from affectus.cli import main
-    from affectus.data.mmsa import dataset_from_raw, write_npz, write_pickle
+    from affectus.data.mmsa import dataset_from_raw, write_pickle
+    from affectus.data.npz import write_npz
     from affectus.data.synthetic import SynthConfig, generate
 
     root = tmp_path_factory.mktemp("serve-features")

@@ -9,7 +9,8 @@ import pytest
 
 import affectus.cli.synth_cmd  # noqa: F401  (registers `synth` on the app)
 from affectus.data import synthetic
-from affectus.data.mmsa import load_dataset, write_npz, write_pickle
+from affectus.data.mmsa import load_dataset, write_pickle
+from affectus.data.npz import write_npz
 from affectus.data.schemes import get_scheme
 from affectus.data.synthetic import PRESET_SIZES, SynthConfig, consistent_mask, generate, generate_dataset
 from affectus.data.types import MODALITIES, UNIMODAL_KEYS, to_classes

@@ -309,7 +309,7 @@ def _copy_upload(upload: Any, path: Path, limit: int) -> bool:
 
 def _predict_npz(done: Any, predictor: Any, upload: Any, name: str, limit: int, limits: Limits) -> dict[str, Any]:
     """A features upload's explained predictions; calls `done()` (frees its slot) however it ends."""
-    from affectus.data.mmsa import load_npz_bytes
+    from affectus.data.npz import load_npz_bytes
     from affectus.data.npz_check import check_npz
 
     try:
