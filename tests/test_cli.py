@@ -209,6 +209,7 @@ def test_sweep_storage_failures_are_one_line(tmp_path: Path, tiny_file: Path, cl
     one_error_line(rc, err, "--storage", *fragments)
 
 
+@pytest.mark.slow
 def test_warnings_never_come_before_the_error_line(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import sys, warnings

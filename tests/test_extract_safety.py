@@ -310,6 +310,7 @@ BAD_ENTRIES = {
 }
 
 
+@pytest.mark.slow
 @needs_media
 def test_resume_cache_entries_that_cannot_be_their_clip_are_extracted_again(clips: Path, tmp_path: Path, cli) -> None:
     """Each kind of bad entry, on one clip: the rerun warns naming the entry and why, extracts that clip

@@ -320,6 +320,7 @@ def _check_metrics(metrics: dict) -> None:
     assert {f"f1_{c}" for c in EMOTIONS} <= set(metrics)
 
 
+@pytest.mark.slow
 def test_tiny_train_and_evaluate_on_placeholder_text(tmp_path, cli):
     # the plumbing without the text encoder: the file's 1-d placeholder text, audio / vision absent
     metrics = _train_and_evaluate(tmp_path, cli, ["--set", "train.text_inputs=file"])
@@ -388,6 +389,7 @@ def test_usable_conditions_of_a_text_only_split():
     assert usable_conditions(split) == CONDITIONS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["late_fusion", "cmc_plus", "mcur"])
 def test_models_train_with_audio_and_vision_absent(tmp_path, cli, model):
     # MCUR selects under every availability condition; a text-only file has no {a}, {v}, {a,v}
