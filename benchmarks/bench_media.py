@@ -19,12 +19,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-
-def _percentiles(ms: list[float]) -> dict[str, float]:
-    ordered = sorted(ms)
-    return {"p50_ms": round(statistics.median(ordered), 3),
-            "p99_ms": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 3), "calls": len(ordered)}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import percentiles
 
 
 def main() -> None:
@@ -102,8 +98,8 @@ def main() -> None:
     print(json.dumps({
         "clip_seconds": round(duration, 2), "threads": 1, "rounds": args.rounds,
         "extraction": extraction,
-        "latency_features_batch1": _percentiles(ms),
-        "latency_clip_end_to_end": _percentiles(clip_ms),
+        "latency_features_batch1": percentiles(ms),
+        "latency_clip_end_to_end": percentiles(clip_ms),
         "note": "service requests/s at 50 clients: tests/test_load.py (python -m pytest tests/test_load.py -s)",
     }, indent=2))
 

@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,14 +33,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-
-
-def _percentiles(ms: list[float]) -> dict[str, float]:
-    if not ms:
-        return {"p50_ms": float("nan"), "p99_ms": float("nan")}
-    ordered = sorted(ms)
-    return {"p50_ms": round(statistics.median(ordered), 2),
-            "p99_ms": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 2)}
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import percentiles
 
 
 async def _load(c, clients: int, total: int, send, timeout_s: float) -> dict[str, object]:
@@ -72,7 +65,7 @@ async def _load(c, clients: int, total: int, send, timeout_s: float) -> dict[str
     seconds = time.perf_counter() - started
     ok = codes.get(200, 0)
     return {"requests": total, "ok": ok, "seconds": round(seconds, 3), "req_per_s": round(ok / seconds, 2),
-            **_percentiles(ms), "status_counts": {str(k): v for k, v in sorted(codes.items())},
+            **percentiles(ms, digits=2), "status_counts": {str(k): v for k, v in sorted(codes.items())},
             "errors": total - ok - codes.get(429, 0), "busy_429": codes.get(429, 0),
             "transport_errors": len(failures)}
 
