@@ -26,7 +26,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as bench_speed.py: sleepi
 import argparse
 import json
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_speed import SHAPES, simulate
+from common import SHAPES, percentiles, simulate
 
 # model, variant, settings that make the tiny run quick (the network stays the model's default)
 RUNS = {
@@ -57,13 +56,6 @@ def tiny_dataset(seed: int):
         splits[name] = Split(name=name, labels=labels, ids=[f"{name}{i}" for i in range(n)],
                              **{m: d[m] for m in SHAPES}, **{f"{m}_lengths": d[f"{m}_lengths"] for m in SHAPES})
     return MERDataset(splits, source="<bench_latency>")
-
-
-def percentiles(ms: list[float]) -> dict[str, float]:
-    ordered = sorted(ms)
-    return {"p50_ms": round(statistics.median(ordered), 3),
-            "p99_ms": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 3),
-            "max_ms": round(ordered[-1], 3), "calls": len(ordered)}
 
 
 def main(argv: list[str] | None = None) -> int:

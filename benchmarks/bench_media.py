@@ -26,12 +26,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-
-def _percentiles(ms: list[float]) -> dict[str, float]:
-    ordered = sorted(ms)
-    return {"p50_ms": round(statistics.median(ordered), 3),
-            "p99_ms": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 3), "calls": len(ordered)}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import percentiles
 
 
 def main() -> None:
@@ -164,8 +160,8 @@ def main() -> None:
     result = {
         "clip_seconds": round(duration, 2), "threads": 1, "rounds": args.rounds,
         "extraction": extraction,
-        "latency_features_batch1": _percentiles(ms),
-        "latency_clip_end_to_end": _percentiles(clip_ms),
+        "latency_features_batch1": percentiles(ms),
+        "latency_clip_end_to_end": percentiles(clip_ms),
         "clip_realtime": realtime,
         "vision_tracked_vs_every_frame": tolerance,
         "note": "latency_clip_end_to_end builds the extractors on every call (predict_clip); clip_realtime does not",

@@ -105,7 +105,8 @@ def main() -> None:
     import httpx
     import numpy as np
 
-    from affectus.data.mmsa import load_dataset, write_npz
+    from affectus.data.mmsa import load_dataset
+    from affectus.data.npz import write_npz
     from affectus.data.types import MERDataset
     from media_clips import media_run
 

@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SHAPES, cmc_plus_loss, make_batch, simulate
 from reference_cmc import PlainCMC, reference_to_cmc_state
 
 from affectus.data.batches import Batch
@@ -66,34 +67,7 @@ from affectus.models.cmc_plus import CMCPlus, CMCPlusConfig
 from affectus.models.layers import bucket_order
 from affectus.training.recipes.cmc_plus import CMCPlusRecipe, CMCPlusRecipeConfig
 
-SHAPES = {"text": (50, 768), "audio": (375, 5), "vision": (500, 20)}  # CMU-MOSI (MMSA unaligned)
 N_TRAIN = 1284
-
-
-def simulate(n: int, seed: int, shapes: dict[str, tuple[int, int]] = SHAPES) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    u = rng.uniform(0.1, 1.0, size=n)
-    data: dict[str, np.ndarray] = {}
-    for m, (steps, dim) in shapes.items():
-        lengths = np.clip(np.rint(u * rng.uniform(0.95, 1.05, size=n) * steps), 1, steps).astype(np.int64)
-        x = rng.standard_normal((n, steps, dim), dtype=np.float32)
-        if m != "text":
-            x[np.arange(steps)[None, :] >= lengths[:, None]] = 0.0
-        data[m], data[f"{m}_lengths"] = x, lengths
-    data["classes"] = rng.integers(0, 3, size=n)
-    return data
-
-
-def make_batch(data: dict[str, np.ndarray], rows: np.ndarray, cut: bool) -> Batch:
-    """A Batch of `rows`; `cut` trims every modality to the batch's longest true length."""
-    t = torch.from_numpy
-    parts = {}
-    for m in SHAPES:
-        lengths = data[f"{m}_lengths"][rows]
-        width = int(lengths.max()) if cut else data[m].shape[1]
-        parts[m] = t(np.ascontiguousarray(data[m][rows, :width]))
-        parts[f"{m}_lengths"] = t(lengths)
-    return Batch(index=t(rows.astype(np.int64)), classes=t(data["classes"][rows]), **parts)
 
 
 def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: Batch, plain: bool) -> None:
@@ -107,20 +81,6 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: Batch,
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-
-
-def cmc_plus_loss(model: CMCPlus, batch: Batch, rc: CMCPlusRecipeConfig) -> torch.Tensor:
-    """The recipe's router loss (`CMCPlusRecipe._fit_router`) on the verdict of a forward through the
-    whole model: CE + the MOSI Acc2 rule as a BCE on logit_pos - logit_neg + L2 on the evidence MLP."""
-    out = model(batch)
-    y = batch.classes
-    binary = get_scheme("mosi").binary_targets(y)  # the Acc2 rule (Has0: non-negative)
-    logits = out.logits.float()
-    loss = F.cross_entropy(logits, y)
-    loss = loss + rc.acc2_loss * F.binary_cross_entropy_with_logits(logits[:, 2] - logits[:, 0], binary.float())
-    if model.router.mlp is not None:
-        loss = loss + rc.router_weight_decay * sum((p**2).sum() for p in model.router.mlp.parameters())
-    return loss
 
 
 def cmc_plus_step(model: CMCPlus, opt: torch.optim.Optimizer, batch: Batch, rc: CMCPlusRecipeConfig) -> None:

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_speed import cmc_plus_loss, make_batch, simulate
+from common import cmc_plus_loss, make_batch, simulate
 
 from affectus.data.batches import Batch
 from affectus.models.cmc import CMC, CMCConfig

@@ -33,7 +33,8 @@ def main() -> None:
 
     from sklearn.linear_model import LogisticRegression
 
-    from affectus.data.mmsa import dataset_from_raw, write_npz
+    from affectus.data.mmsa import dataset_from_raw
+    from affectus.data.npz import write_npz
     from affectus.data.synthetic import SynthConfig, generate
 
     cfg = SynthConfig.from_preset("mosi-utterance", seed=args.seed, text_strength=args.text_strength,

@@ -6,6 +6,7 @@ milliseconds; nothing is downloaded.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +18,12 @@ import torch
 
 from affectus.data.batches import Batch
 from affectus.data.mmsa import write_pickle
+from affectus.data.synthetic import SynthConfig, generate
 
+SRC = str(Path(__file__).resolve().parents[1] / "src")  # for child Pythons that import this tree
+# One epoch of a one-layer, one-head CMC on the small simulation: the run the failure-path tests damage.
+SMALL_FAST = ["--set", "train.epochs=1", "--set", "train.patience=1", "--set", "model.layers=1", "--set",
+              "model.heads=1", "--set", "train.batch_size=8", "--threads", "1", "--quiet"]
 DEFAULT_DIMS = {"text": 6, "audio": 4, "vision": 5}
 DEFAULT_SEQ_LENS = {"text": 5, "audio": 7, "vision": 6}
 DEFAULT_SIZES = {"train": 12, "valid": 6, "test": 6}
@@ -71,6 +77,68 @@ def build_raw(
         d["classification_labels"] = (np.sign(d["regression_labels"]) + 1).astype(np.int64)  # ignored key
         raw[split] = d
     return raw
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that run a packaged model (MiniLM, Moonshine) belong to the slow tier as well."""
+    for item in items:
+        if item.get_closest_marker("minilm") or item.get_closest_marker("asr"):
+            item.add_marker(pytest.mark.slow)
+
+
+def tiny_sim_config(**overrides: Any) -> SynthConfig:
+    """The tiny CH-SIMS-like simulation the end-to-end tests train on (72/24/24 rows, unimodal labels, so
+    D_msc / D_msi exist); `overrides` change single fields (`seed=4`, `with_text_bert=True`)."""
+    base: dict[str, Any] = {"n_train": 72, "n_valid": 24, "n_test": 24, "seq_lens": {"text": 4, "audio": 6, "vision": 5},
+                            "dims": {"text": 12, "audio": 5, "vision": 7}, "seed": 3}
+    return SynthConfig(**{**base, **overrides})
+
+
+# The smaller file the failure-path tests train one-epoch runs on (24/8/8 rows, 6 text features).
+SMALL_SIM = SynthConfig(n_train=24, n_valid=8, n_test=8, seq_lens={"text": 4, "audio": 6, "vision": 5},
+                        dims={"text": 6, "audio": 5, "vision": 7}, seed=3)
+
+
+@pytest.fixture(scope="session")
+def sim_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`tiny_sim_config()` written once per session as a pickle; tests read it and never write to it."""
+    path = tmp_path_factory.mktemp("sim") / "tiny.pkl"
+    write_pickle(generate(tiny_sim_config()), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`SMALL_SIM` written once per session as a pickle; tests read it and never write to it."""
+    path = tmp_path_factory.mktemp("small") / "tiny.pkl"
+    write_pickle(generate(SMALL_SIM), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run trained once per session on `tiny_file` with SMALL_FAST; tests that damage a run use `run_copy`."""
+    from affectus.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "run"
+    assert main(["train", "--data", str(tiny_file), "--out", str(out), *SMALL_FAST]) == 0
+    return out
+
+
+@pytest.fixture
+def run_copy(trained: Path, tmp_path: Path) -> Path:
+    """A private copy of `trained` that a test may edit or break."""
+    return Path(shutil.copytree(trained, tmp_path / "run"))
+
+
+def one_error_line(rc: int, err: str, *fragments: str) -> str:
+    """The failure contract: exit 2, exactly one `error:` line on stderr holding every fragment."""
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
 
 
 @pytest.fixture

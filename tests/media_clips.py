@@ -109,7 +109,8 @@ def media_run(root: Path, asr: bool = False) -> Path:
     import json
 
     from affectus.cli import main
-    from affectus.data.mmsa import dataset_from_raw, write_npz
+    from affectus.data.mmsa import dataset_from_raw
+    from affectus.data.npz import write_npz
     from affectus.data.synthetic import SynthConfig, generate
     from affectus.inference.extract.asr import MoonshineConfig
     from affectus.inference.extract.dataset import MediaConfig

@@ -15,13 +15,15 @@ pytest.importorskip("uvicorn")
 sync_api = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-headless-shell")) if p), None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/apt.sh installs it)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/apt.sh installs it)")]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     from affectus.cli import main
-    from affectus.data.mmsa import dataset_from_raw, write_npz, write_pickle
+    from affectus.data.mmsa import dataset_from_raw, write_pickle
+    from affectus.data.npz import write_npz
     from affectus.data.synthetic import SynthConfig, generate
     from affectus.inference.service import create_app
 

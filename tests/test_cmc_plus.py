@@ -54,6 +54,7 @@ def conflict_run(tmp_path_factory):
     return ds, out
 
 
+@pytest.mark.slow
 def test_router_turns_away_from_a_contradicted_text(conflict_run):
     ds, runs = conflict_run
     test = ds["test"]
@@ -72,6 +73,7 @@ def test_router_turns_away_from_a_contradicted_text(conflict_run):
     np.testing.assert_allclose(flat, flat[0], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_run_records_experts_temperatures_and_consensus(conflict_run):
     ds, runs = conflict_run
     info = json.loads((runs["cmc_plus"] / "run.json").read_text())
@@ -278,6 +280,7 @@ def _train_on(tmp_path, raw, name: str, *extra: str):
     return json.loads((tmp_path / name / "run.json").read_text())["stages"]["consensus"]["fallback"]
 
 
+@pytest.mark.slow
 def test_falls_back_to_the_best_expert_when_the_others_do_not_generalise(tmp_path):
     """Audio and vision encode the training labels (as the shared MOSI set's features do) but are noise on
     valid and test: the held-out videos of valid show the consensus no better than text alone, so the run
@@ -298,6 +301,7 @@ def test_falls_back_to_the_best_expert_when_the_others_do_not_generalise(tmp_pat
     assert _train_on(tmp_path, raw, "none", "--set", "recipe.fallback=none") == {"mode": "none", "shrink": 0.0}
 
 
+@pytest.mark.slow
 def test_keeps_the_consensus_when_it_clearly_helps(tmp_path):
     """Text and audio carry the class with independent noise on every split: pooling them beats either
     alone on valid's held-out videos, so lambda stays below 1 and both count in the verdict."""

@@ -27,20 +27,10 @@ TABLE5_ROWS = ["CMC", "w/o PLGM", "w/o PFM", "w/o MCR", "single-task", "single-t
 
 
 @pytest.fixture(scope="module")
-def sims_file(tmp_path_factory) -> Path:
-    """A tiny CH-SIMS-like file: labels in [-1, 1] with unimodal labels (so D_msc / D_msi exist)."""
-    path = tmp_path_factory.mktemp("sim") / "tiny.pkl"
-    config = SynthConfig(n_train=72, n_valid=24, n_test=24, seq_lens={"text": 4, "audio": 6, "vision": 5},
-                         dims={"text": 12, "audio": 5, "vision": 7}, seed=3)
-    write_pickle(generate(config), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def table5_reference(sims_file: Path, tmp_path_factory) -> Path:
+def table5_reference(sim_file: Path, tmp_path_factory) -> Path:
     """The Table V spec, 2 seeds, run once without interruption: the reference for resume and --jobs."""
     out = tmp_path_factory.mktemp("exp") / "reference"
-    assert main(["experiment", "table5_ablation", "--out", str(out), "--data", str(sims_file), "--seeds", "2",
+    assert main(["experiment", "table5_ablation", "--out", str(out), "--data", str(sim_file), "--seeds", "2",
                  *FAST]) == 0
     return out
 
@@ -124,23 +114,23 @@ runs:
          "run 'other' reads inputs sentence:minilm, run 'CMC' reads file"),
     ],
 )
-def test_bad_spec_fails_in_one_line_before_any_run(sims_file: Path, tmp_path: Path, capsys, text, line,
+def test_bad_spec_fails_in_one_line_before_any_run(sim_file: Path, tmp_path: Path, capsys, text, line,
                                                    needle) -> None:
     spec = tmp_path / "bad.yaml"
     spec.write_text(text, encoding="utf-8")
     out = tmp_path / "out"
-    assert main(["experiment", str(spec), "--out", str(out), "--data", str(sims_file), "--quiet"]) == 2
+    assert main(["experiment", str(spec), "--out", str(out), "--data", str(sim_file), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     assert f"{spec}:{line}:" in err[0] and needle in err[0], err[0]
     assert not out.exists()  # nothing ran, nothing was written
 
 
-def test_bad_cli_values_fail_before_any_run(sims_file: Path, tmp_path: Path, capsys) -> None:
+def test_bad_cli_values_fail_before_any_run(sim_file: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
     for extra, needle in ((["--set", "model.nonsense=1"], "--set model.nonsense"), (["--seeds", "0"], "--seeds"),
                           (["--jobs", "0"], "--jobs")):
-        assert main(["experiment", "table5_ablation", "--out", str(out), "--data", str(sims_file), *extra,
+        assert main(["experiment", "table5_ablation", "--out", str(out), "--data", str(sim_file), *extra,
                      "--quiet"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0], err
@@ -152,6 +142,7 @@ def test_bad_cli_values_fail_before_any_run(sims_file: Path, tmp_path: Path, cap
 # ------------------------------------------------------------------------------- running tables
 
 
+@pytest.mark.slow
 def test_table5_end_to_end(table5_reference: Path) -> None:
     md = (table5_reference / "results.md").read_text(encoding="utf-8")
     header = next(line for line in md.splitlines() if line.startswith("| Run"))
@@ -178,7 +169,8 @@ def _mtimes(out: Path) -> dict[str, int]:
     return {p.parent.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*/run.json")}
 
 
-def test_interrupted_experiment_resumes_to_the_same_results(sims_file: Path, table5_reference: Path,
+@pytest.mark.slow
+def test_interrupted_experiment_resumes_to_the_same_results(sim_file: Path, table5_reference: Path,
                                                             tmp_path: Path, monkeypatch) -> None:
     from affectus.training.recipes.cmc import tasks
 
@@ -194,7 +186,7 @@ def test_interrupted_experiment_resumes_to_the_same_results(sims_file: Path, tab
 
     monkeypatch.setattr(tasks.Stage2Task, "start_epoch", interrupt)
     out = tmp_path / "cut"
-    args = ["experiment", "table5_ablation", "--out", str(out), "--data", str(sims_file), "--seeds", "2", *FAST]
+    args = ["experiment", "table5_ablation", "--out", str(out), "--data", str(sim_file), "--seeds", "2", *FAST]
     assert main(args) == 130
     runs = out / "runs"
     assert sorted(_mtimes(out)) == ["cmc__seed=1", "cmc__seed=2"]
@@ -209,15 +201,16 @@ def test_interrupted_experiment_resumes_to_the_same_results(sims_file: Path, tab
     for name in ("results.csv", "results.md"):
         assert (out / name).read_text() == (table5_reference / name).read_text(), name
     # a finished experiment re-run trains nothing; changing a setting into the same OUT is refused
-    summary = run_experiment("table5_ablation", out, data=str(sims_file), seeds=2, overrides=FAST_OVERRIDES,
+    summary = run_experiment("table5_ablation", out, data=str(sim_file), seeds=2, overrides=FAST_OVERRIDES,
                              threads=1, progress=False)
     assert summary["trained"] == 0 and summary["finished_before"] == 14 and _mtimes(out) == after
     with pytest.raises(AffectusError, match="another configuration"):
-        run_experiment("table5_ablation", out, data=str(sims_file), seeds=2,
+        run_experiment("table5_ablation", out, data=str(sim_file), seeds=2,
                        overrides={**FAST_OVERRIDES, "train.lr": 0.01}, threads=1, progress=False)
 
 
-def test_jobs_2_gives_the_same_results(sims_file: Path, table5_reference: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_jobs_2_gives_the_same_results(sim_file: Path, table5_reference: Path, tmp_path: Path) -> None:
     """Two worker processes train the same runs as one process: identical per-run and mean/std lines.
 
     Two Table V rows keep it quick (spawned workers each import torch); the lines of those rows must
@@ -227,7 +220,7 @@ def test_jobs_2_gives_the_same_results(sims_file: Path, table5_reference: Path, 
     path = tmp_path / "two_rows.yaml"
     path.write_text(yaml.safe_dump(spec), encoding="utf-8")
     out = tmp_path / "parallel"
-    assert main(["experiment", str(path), "--out", str(out), "--data", str(sims_file), "--seeds", "2",
+    assert main(["experiment", str(path), "--out", str(out), "--data", str(sim_file), "--seeds", "2",
                  "--jobs", "2", *FAST]) == 0
 
     def lines(folder: Path) -> list[str]:
@@ -243,11 +236,11 @@ def test_jobs_2_gives_the_same_results(sims_file: Path, table5_reference: Path, 
     assert (out / "results.md").read_text(encoding="utf-8") == before
 
 
-def test_modality_columns_and_retention_slopes(sims_file: Path, tmp_path: Path) -> None:
+def test_modality_columns_and_retention_slopes(sim_file: Path, tmp_path: Path) -> None:
     spec = {"name": "retention", "seeds": 1, "runs": [{"name": "CMC"}, {"name": "CMC-GT", "variant": "cmc_gt"}],
             "grid": {"train.consistent_retention": [0.5, 1.0]},
             "report": {"slope_over": "train.consistent_retention"}}
-    run_experiment(spec, tmp_path / "ret", data=str(sims_file), overrides=FAST_OVERRIDES, threads=1, progress=False)
+    run_experiment(spec, tmp_path / "ret", data=str(sim_file), overrides=FAST_OVERRIDES, threads=1, progress=False)
     md = (tmp_path / "ret" / "results.md").read_text(encoding="utf-8")
     assert "| Run | train.consistent_retention |" in md and "D_msc slope" in md
     slope_rows = [x for x in md.split("## Slope")[1].splitlines() if x.startswith("| CMC")]
@@ -257,7 +250,7 @@ def test_modality_columns_and_retention_slopes(sims_file: Path, tmp_path: Path) 
         assert all(c != "-" for c in cells[1:4]), line  # D_test / D_msc / D_msi slopes from 2 points
 
     unimodal = yaml.safe_load(find_spec("table6_unimodal").read_text(encoding="utf-8"))
-    run_experiment(unimodal, tmp_path / "uni", data=str(sims_file), seeds=1, overrides=FAST_OVERRIDES, threads=1,
+    run_experiment(unimodal, tmp_path / "uni", data=str(sim_file), seeds=1, overrides=FAST_OVERRIDES, threads=1,
                    progress=False)
     md = (tmp_path / "uni" / "results.md").read_text(encoding="utf-8")
     assert "Audio Acc2" in md and "Vision Acc2" in md and "D_test Acc2" not in md
@@ -288,15 +281,15 @@ COND_FAST = {"train.epochs": 2, "train.patience": 1, "train.batch_size": 32}
 
 
 @pytest.fixture(scope="module")
-def condition_experiment(sims_file: Path, tmp_path_factory) -> Path:
+def condition_experiment(sim_file: Path, tmp_path_factory) -> Path:
     """Late fusion and CMC-avail, one seed, scored under the 7 availability conditions, a drop ratio and
     three missing rates."""
     out = tmp_path_factory.mktemp("cond") / "cond"
-    run_experiment(COND_SPEC, out, data=str(sims_file), overrides=COND_FAST, threads=1, progress=False)
+    run_experiment(COND_SPEC, out, data=str(sim_file), overrides=COND_FAST, threads=1, progress=False)
     return out
 
 
-def test_condition_table_scores_every_run_under_the_same_masks(condition_experiment: Path, sims_file: Path,
+def test_condition_table_scores_every_run_under_the_same_masks(condition_experiment: Path, sim_file: Path,
                                                                tmp_path: Path) -> None:
     """report.conditions / drop_ratios: each finished run is also scored under every availability condition
     and MRMS drop ratio; results.md shows F1 per condition and the average over the conditions."""
@@ -316,7 +309,7 @@ def test_condition_table_scores_every_run_under_the_same_masks(condition_experim
     assert lf["{l,a,v}"]["d_test"]["acc2"] == full["d_test"]["acc2"]
     bad = {**COND_SPEC, "report": {"columns": "conditions", "conditions": ["l", "x"]}}
     with pytest.raises(AffectusError, match="unknown modality 'x'"):
-        run_experiment(bad, tmp_path / "bad", data=str(sims_file), overrides=COND_FAST, threads=1, progress=False)
+        run_experiment(bad, tmp_path / "bad", data=str(sim_file), overrides=COND_FAST, threads=1, progress=False)
 
 
 def test_router_weights_per_condition_in_results_and_report(condition_experiment: Path) -> None:
@@ -355,14 +348,14 @@ def test_router_weights_per_condition_in_results_and_report(condition_experiment
     assert section[at + 1:at + 4] == [f"{lav[m]:.2f}" for m in MODALITIES]
 
 
-def test_report_shows_the_condition_table_and_curves(sims_file: Path, tmp_path: Path) -> None:
+def test_report_shows_the_condition_table_and_curves(sim_file: Path, tmp_path: Path) -> None:
     from affectus.evaluation.report import build_report
 
     spec = {"name": "cond", "seeds": 1, "runs": [{"name": "LF", "model": "late_fusion"}],
             "report": {"columns": "conditions", "conditions": ["l", "av", "lav"], "drop_ratios": [0.2, 0.5],
                        "missing_rates": [0.0, 0.5]}}
     out = tmp_path / "cond"
-    run_experiment(spec, out, data=str(sims_file), overrides={"train.epochs": 1, "train.batch_size": 32}, threads=1,
+    run_experiment(spec, out, data=str(sim_file), overrides={"train.epochs": 1, "train.batch_size": 32}, threads=1,
                    progress=False)
     page = build_report(out, tensorboard=False).read_text()
     assert "Missing modalities" in page and "F1 per availability condition" in page

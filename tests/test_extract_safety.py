@@ -150,6 +150,7 @@ def _alive(pid: int, started: int) -> bool:
     return st is not None and st[2] == started and st[1] != "Z"  # a zombie has ended (its reaper lags)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @needs_media
 def test_kill_9_of_extract_dataset_takes_its_workers_with_it(clips: Path, tmp_path: Path) -> None:
@@ -309,6 +310,7 @@ BAD_ENTRIES = {
 }
 
 
+@pytest.mark.slow
 @needs_media
 def test_resume_cache_entries_that_cannot_be_their_clip_are_extracted_again(clips: Path, tmp_path: Path, cli) -> None:
     """Each kind of bad entry, on one clip: the rerun warns naming the entry and why, extracts that clip

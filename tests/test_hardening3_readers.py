@@ -30,10 +30,10 @@ from affectus.data.mmsa import write_pickle
 from affectus.data.safe_pickle import UnsafePickleError, loads_untrusted
 from affectus.data.synthetic import SynthConfig, generate
 from affectus.errors import AffectusError
+from conftest import SMALL_SIM
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-TINY = SynthConfig(n_train=24, n_valid=8, n_test=8, seq_lens={"text": 4, "audio": 6, "vision": 5},
-                   dims={"text": 6, "audio": 5, "vision": 7}, seed=3)
+TINY = SMALL_SIM  # the shared small simulation (conftest.py); its pickle is the tiny_file fixture
 FAST = ["--set", "train.epochs=1", "--set", "train.patience=1", "--set", "model.layers=1", "--set", "model.heads=1",
         "--set", "train.batch_size=8", "--threads", "1", "--quiet"]
 MB = 2**20
@@ -47,13 +47,6 @@ def one_error_line(rc: int, err: str, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def tiny_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "tiny.pkl"
-    write_pickle(generate(TINY), path)
-    return path
 
 
 # A child `affectus` that writes its peak RSS (bytes) to a file and stops itself past a cap.
@@ -97,6 +90,7 @@ BOMB = "".join(f"{k}: &{k} [{', '.join([f'*{p}'] * 9)}]\n" for p, k in zip("abcd
 BOMB = 'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n' + BOMB  # 9**9 leaves
 
 
+@pytest.mark.slow
 def test_a_yaml_alias_bomb_is_one_line_in_bounded_memory(tmp_path: Path, tiny_file: Path) -> None:
     bomb, plain = tmp_path / "bomb.yaml", tmp_path / "plain.yaml"
     bomb.write_text(BOMB)
@@ -164,6 +158,7 @@ def _with(raw: dict, split: str, key: str, value) -> dict:
     return raw
 
 
+@pytest.mark.slow
 def test_a_shared_reference_pickle_is_one_line_in_bounded_memory(tmp_path: Path) -> None:
     raw = generate(TINY)
     row = [1] * 400

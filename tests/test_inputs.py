@@ -85,6 +85,7 @@ def test_runs_trained_with_mosi_utterance_record_the_minilm_encoder(model, mosi_
     assert info["dims"]["text"] == 384 + 100  # a model without views reads both text views, concatenated
 
 
+@pytest.mark.slow
 def test_every_model_trains_on_the_concatenated_views(bert, mosi_file, tmp_path):
     """sentence+file for every registered model (a tiny BERT as the encoder): input layers built for 16 + 100."""
     from affectus.data.load import open_data

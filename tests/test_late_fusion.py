@@ -47,9 +47,22 @@ def test_padding_does_not_change_the_output():
 
 
 def test_single_sample_batch_trains():
-    model = LateFusion(LateFusionConfig(dims=DIMS, hidden=8)).train()
-    out = model(tiny_batch(b=1))
-    out.logits.sum().backward()
+    # A batch of one is where batch statistics (BatchNorm) would break: one optimiser step on it must give
+    # finite gradients everywhere and move the loss on that sample down.
+    torch.manual_seed(0)
+    model = LateFusion(LateFusionConfig(dims=DIMS, hidden=8, dropout=0.0)).train()
+    batch = tiny_batch(b=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    out = model(batch)
+    assert out.logits.shape == (1, 3) and torch.isfinite(out.logits).all()
+    before = F.cross_entropy(out.logits, batch.classes)
+    before.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is None or torch.isfinite(p.grad).all(), name
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.fusion.parameters())
+    opt.step()
+    after = F.cross_entropy(model(batch).logits, batch.classes)
+    assert after < before
 
 
 def test_wrong_feature_size_is_a_clear_error():

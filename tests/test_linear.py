@@ -60,7 +60,7 @@ def test_learns_and_chooses_C_on_the_selection_split(data, tmp_path):
     assert "C" in info["selection_parts"]
     assert fit["views"] == ["text", "audio", "vision"] and fit["features"] == 3 + 2 + 2
     assert metrics["has0_acc2"] > 80 and metrics["acc3"] > 60
-    # a run folder like any other: predict needs nothing but it, and imports no scikit-learn (test_core)
+    # a run folder like any other: predict needs nothing but it, and imports no scikit-learn (test_predictor)
     pred = affectus.load(tmp_path / "run").predict(data["test"])
     assert pred.probabilities.shape == (40, 3)
 
@@ -180,7 +180,8 @@ def test_served_like_any_model(tmp_path, cli):
     """`affectus serve` answers /predict for a linear run (its weights need no scikit-learn)."""
     from fastapi.testclient import TestClient
 
-    from affectus.data.mmsa import dataset_from_raw, write_npz
+    from affectus.data.mmsa import dataset_from_raw
+    from affectus.data.npz import write_npz
     from affectus.data.synthetic import SynthConfig, generate
     from affectus.inference.service import create_app
 

@@ -14,6 +14,7 @@ from conftest import served_on_loopback
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
+pytestmark = pytest.mark.slow  # 50 clients against a real server
 
 CLIENTS, ROUNDS = 50, 3
 
@@ -24,7 +25,8 @@ def _rss_mb() -> float:
 
 def test_fifty_concurrent_clients(tmp_path):
     from affectus.cli import main
-    from affectus.data.mmsa import dataset_from_raw, write_npz, write_pickle
+    from affectus.data.mmsa import dataset_from_raw, write_pickle
+    from affectus.data.npz import write_npz
     from affectus.data.synthetic import SynthConfig, generate
     from affectus.inference.service import create_app
 

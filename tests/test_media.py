@@ -322,6 +322,7 @@ def test_on_fail_zero_keeps_failed_clips_with_empty_modalities(
     assert {f["action"] for f in report["failures"]} == {"zero_filled"}
 
 
+@pytest.mark.slow
 @needs_media
 def test_killed_run_resumes_and_matches_a_clean_run(
     extracted: dict[str, Path], media_root: Path, cli, tmp_path: Path
@@ -440,6 +441,7 @@ def test_predict_several_clips_in_one_call(clip_run: Path, media_root: Path, tmp
     assert rc == 2 and "--transcript is for one clip, got 2 clips" in err
 
 
+@pytest.mark.slow
 def test_serve_predicts_an_uploaded_clip(clip_run: Path, media_root: Path, tmp_path: Path) -> None:
     """POST /predict with a clip the run never saw: the same fields as `affectus predict RUN clip.mp4`, plus
     up to 4 face thumbnails (64 px JPEGs of the detected face); a clip without a face has none."""

@@ -88,6 +88,7 @@ def test_importing_affectus_never_imports_ray() -> None:
     assert done.stdout.strip() == "False"
 
 
+@pytest.mark.slow
 @needs_ray
 def test_ray_address_nobody_answers_is_one_error_line(tmp_path: Path, cli) -> None:
     """ray.init would retry such an address for minutes; we check it first. A missing clip is still a task."""
@@ -101,6 +102,7 @@ def test_ray_address_nobody_answers_is_one_error_line(tmp_path: Path, cli) -> No
     assert rc == 2 and err.startswith("error: --workers sets local processes or the CPUs of --ray local")
 
 
+@pytest.mark.slow
 @needs_ray
 def test_ray_matches_local_and_a_killed_worker_loses_no_finished_clip(tmp_path: Path, cli, monkeypatch) -> None:
     """A local reference; then on one Ray instance: a run where one clip's worker is killed and not retried

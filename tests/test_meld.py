@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from affectus.data.meld import EMOTIONS, SENTIMENTS, import_meld
-from affectus.data.mmsa import dataset_from_raw, dataset_to_raw, groups_from_ids, load_dataset, write_npz
+from affectus.data.mmsa import dataset_from_raw, dataset_to_raw, groups_from_ids, load_dataset
+from affectus.data.npz import write_npz
 from affectus.errors import AffectusError
 
 HEADER = ["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID",
@@ -319,6 +320,7 @@ def _check_metrics(metrics: dict) -> None:
     assert {f"f1_{c}" for c in EMOTIONS} <= set(metrics)
 
 
+@pytest.mark.slow
 def test_tiny_train_and_evaluate_on_placeholder_text(tmp_path, cli):
     # the plumbing without the text encoder: the file's 1-d placeholder text, audio / vision absent
     metrics = _train_and_evaluate(tmp_path, cli, ["--set", "train.text_inputs=file"])
@@ -387,6 +389,7 @@ def test_usable_conditions_of_a_text_only_split():
     assert usable_conditions(split) == CONDITIONS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["late_fusion", "cmc_plus", "mcur"])
 def test_models_train_with_audio_and_vision_absent(tmp_path, cli, model):
     # MCUR selects under every availability condition; a text-only file has no {a}, {v}, {a,v}

@@ -19,8 +19,6 @@ from affectus.evaluation.metrics import (
     compute_metrics,
     metrics_from_logits,
     metrics_from_scores,
-    non0_acc2_authors_bug,
-    non0_f1_authors_bug,
     pearson,
 )
 from affectus.evaluation.subsets import load_subset_ids, masks_from_ids
@@ -96,23 +94,13 @@ def test_mosi_from_logits_by_hand():
     assert m["acc3"] == pytest.approx(50.0)
 
 
-def test_non0_authors_bug_differs_from_the_correct_value():
-    # Authors' code: truths are the 3-class labels {0, 2}, predictions {0, 1}. Kept rows 0,1,4,5,6,7:
-    # truth 0 0 2 2 2 0, pred 0 1 1 1 0 0 -> only the negatives 0 and 7 match: 2/6.
-    assert non0_acc2_authors_bug(MOSI_LOGITS, MOSI_SCORES) == pytest.approx(100 * 2 / 6)
-    # F1 over labels {0, 1, 2}: class 0 TP 0,7, FP 6, FN 1 -> 2/3 (support 3); class 2 never predicted
-    # -> 0 (support 3); class 1 has support 0. Weighted: (3 * 2/3) / 6 = 1/3.
-    assert non0_f1_authors_bug(MOSI_LOGITS, MOSI_SCORES) == pytest.approx(100 / 3)
-    correct = metrics_from_logits("mosi", MOSI_LOGITS, MOSI_SCORES)["non0_acc2"]
-    assert correct == pytest.approx(100 * 4 / 6)
-    assert correct != pytest.approx(non0_acc2_authors_bug(MOSI_LOGITS, MOSI_SCORES))
-
-
-def test_non0_bug_counts_no_positive_even_when_all_right():
+def test_non0_counts_every_positive_when_all_right():
+    # the authors' code would print 50 here: its 3-class truths {0, 2} never match a binary prediction of 1
     scores = np.array([1.0, 2.0, -1.0, -2.0])
     perfect = np.array([[0, 0, 1], [0, 0, 1], [1, 0, 0], [1, 0, 0]])
     assert metrics_from_logits("mosi", perfect, scores)["non0_acc2"] == pytest.approx(100.0)
-    assert non0_acc2_authors_bug(perfect, scores) == pytest.approx(50.0)  # the two positives never count
+    # rows 0,1,4,5,6,7 of MOSI_LOGITS kept (zeros dropped); binary truth vs binary prediction: 4 of 6 right
+    assert metrics_from_logits("mosi", MOSI_LOGITS, MOSI_SCORES)["non0_acc2"] == pytest.approx(100 * 4 / 6)
 
 
 def test_logits_binary_metrics_agree_with_sklearn():

@@ -15,9 +15,9 @@ from affectus.data.mmsa import (
     file_format,
     load_dataset,
     sha256_file,
-    write_npz,
     write_pickle,
 )
+from affectus.data.npz import write_npz
 from affectus.data.schemes import get_scheme
 from affectus.data.types import MODALITIES, MERDataset
 from affectus.errors import AffectusError

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from affectus.data.mmsa import load_dataset, write_npz
+from affectus.data.mmsa import load_dataset
+from affectus.data.npz import write_npz
 from affectus.data.presets import load_preset
 
 REAL = Path("/work/shared/data/mosi-utterance/mosi_utterance_trainval.pkl")

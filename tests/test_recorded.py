@@ -15,8 +15,7 @@ import pytest
 
 import affectus
 from affectus.cli import main
-from affectus.data.mmsa import load_dataset, write_pickle
-from affectus.data.synthetic import SynthConfig, generate
+from affectus.data.mmsa import load_dataset
 
 FAST = ["--set", "train.epochs=2", "--set", "train.patience=1", "--set", "train.batch_size=32", "--threads", "1",
         "--quiet"]
@@ -34,22 +33,14 @@ RECORDED = {
 }
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    path = tmp_path_factory.mktemp("rec") / "tiny.pkl"
-    write_pickle(generate(SynthConfig(n_train=72, n_valid=24, n_test=24, seq_lens={"text": 4, "audio": 6, "vision": 5},
-                                      dims={"text": 12, "audio": 5, "vision": 7}, seed=3)), path)
-    return path
-
-
 @pytest.mark.parametrize(("model", "variant"), list(RECORDED), ids=lambda x: str(x))
-def test_fixed_seed_run_matches_recorded_values(tiny, tmp_path, model, variant):
+def test_fixed_seed_run_matches_recorded_values(sim_file, tmp_path, model, variant):
     out = tmp_path / "run"
-    args = ["train", "--data", tiny, "--model", model, "--out", out]
+    args = ["train", "--data", sim_file, "--model", model, "--out", out]
     args += [*CMC_FAST, "--variant", variant] if variant else FAST
     assert main([str(a) for a in args]) == 0
     probs, metrics = RECORDED[(model, variant)]
-    got = affectus.load(out).predict(load_dataset(tiny)["test"]).probabilities[:4]
+    got = affectus.load(out).predict(load_dataset(sim_file)["test"]).probabilities[:4]
     np.testing.assert_allclose(got, np.array(probs), atol=2e-5)
     saved = json.loads((out / "metrics.json").read_text())["d_test"]
     for key, value in metrics.items():

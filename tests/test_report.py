@@ -15,8 +15,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import affectus.cli.report_cmd  # noqa: F401  (registers the command until the CLI package imports it)
 from affectus.cli import main
-from affectus.data.mmsa import write_pickle
-from affectus.data.synthetic import SynthConfig, generate
 from affectus.evaluation.report import build_report, find_runs, least_squares_slope, mean_std
 from affectus.evaluation.tensorboard import EpochLogger, read_scalars, write_tensorboard
 from affectus.experiments.runner import run_experiment
@@ -27,19 +25,9 @@ FAST = ["--set", "train.epochs=2", "--set", "train.patience=1", "--set", "model.
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    """A tiny simulated CH-SIMS-like file (unimodal labels, so D_msc / D_msi exist)."""
-    data = tmp_path_factory.mktemp("report") / "tiny.pkl"
-    cfg = SynthConfig(n_train=72, n_valid=24, n_test=24, seq_lens={"text": 4, "audio": 6, "vision": 5},
-                      dims={"text": 12, "audio": 5, "vision": 7}, seed=3)
-    write_pickle(generate(cfg), data)
-    return data
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tiny_data: Path, tmp_path_factory) -> tuple[Path, Path]:
+def tiny_run(sim_file: Path, tmp_path_factory) -> tuple[Path, Path]:
     """(data file, run dir) of a 2+2-epoch CMC run on the tiny data."""
-    data = tiny_data
+    data = sim_file
     run = tmp_path_factory.mktemp("report") / "run"
     assert main(["train", "--data", str(data), "--out", str(run), *FAST]) == 0
     return data, run
@@ -196,14 +184,14 @@ def test_report_of_a_trained_run(tiny_run: tuple[Path, Path], tmp_path: Path, ca
         assert_png(p)
 
 
-def test_report_of_a_mixed_experiment(tiny_data: Path, tmp_path: Path) -> None:
+def test_report_of_a_mixed_experiment(sim_file: Path, tmp_path: Path) -> None:
     """A CMC row and a baseline row in one spec: the spec's row names and order, no temperature section."""
     spec = {"name": "mixed", "seeds": 1,
             "overrides": {"train.epochs": 2, "train.patience": 1, "train.batch_size": 32},
             "runs": [{"name": "LF-DNN", "model": "late_fusion"},
                      {"name": "CMC <full>", "overrides": {"model.layers": 1, "model.heads": 2}}]}
     exp = tmp_path / "exp"
-    run_experiment(spec, exp, data=str(tiny_data), threads=1, progress=False)
+    run_experiment(spec, exp, data=str(sim_file), threads=1, progress=False)
     page = build_report(exp, tensorboard=False).read_text()
     results = section(page, "Results")
     assert re.findall(r'<tr><td class="l">([^<]*)</td>', results) == ["LF-DNN", "CMC &lt;full&gt;"]

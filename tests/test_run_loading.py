@@ -3,11 +3,12 @@ checked before anything is built from run.json, a model_config that does not des
 (other widths, a million layers, d = 2**20) is refused before its tensors are allocated, and run.json /
 identity.json nested too deeply for Python's JSON decoder are one line, never a traceback.
 
-One tiny CMC run is trained per module (1 epoch) and copied where a test edits it.
+One tiny CMC run is trained once per session (conftest.py) (1 epoch) and copied where a test edits it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -15,43 +16,10 @@ from pathlib import Path
 import pytest
 
 from affectus.cli import main
-from affectus.data.mmsa import write_pickle
-from affectus.data.synthetic import SynthConfig, generate
 from affectus.errors import AffectusError
+from conftest import SMALL_FAST, one_error_line
 
-TINY = SynthConfig(n_train=24, n_valid=8, n_test=8, seq_lens={"text": 4, "audio": 6, "vision": 5},
-                   dims={"text": 6, "audio": 5, "vision": 7}, seed=3)
-FAST = ["--set", "train.epochs=1", "--set", "train.patience=1", "--set", "model.layers=1", "--set", "model.heads=1",
-        "--set", "train.batch_size=8", "--threads", "1", "--quiet"]
 NESTED = "[" * 100_000 + "]" * 100_000  # far deeper than the interpreter's recursion limit
-
-
-def one_error_line(rc: int, err: str, *fragments: str) -> str:
-    assert rc == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
-
-
-@pytest.fixture(scope="module")
-def tiny_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "tiny.pkl"
-    write_pickle(generate(TINY), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_file: Path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "run"
-    assert main(["train", "--data", str(tiny_file), "--out", str(out), *FAST]) == 0
-    return out
-
-
-@pytest.fixture
-def run_copy(trained: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(trained, tmp_path / "run"))
 
 
 def _edit_config(run: Path, **values) -> None:
@@ -91,7 +59,7 @@ def test_weights_of_another_run_are_refused_by_shape(trained: Path, run_copy: Pa
     import hashlib
 
     other = tmp_path / "wide"
-    assert main(["train", "--data", str(tiny_file), "--out", str(other), *FAST, "--set", "model.d=16"]) == 0
+    assert main(["train", "--data", str(tiny_file), "--out", str(other), *SMALL_FAST, "--set", "model.d=16"]) == 0
     shutil.copy(other / "model.safetensors", run_copy / "model.safetensors")
     info = json.loads((run_copy / "run.json").read_text())
     info["weights_sha256"] = hashlib.sha256((run_copy / "model.safetensors").read_bytes()).hexdigest()
@@ -155,7 +123,7 @@ def test_identity_json_nested_too_deeply_is_one_line_on_resume(trained: Path, ti
                                                                cli) -> None:
     run = Path(shutil.copytree(trained, tmp_path / "run"))
     (run / "identity.json").write_text(NESTED)
-    rc, _, err = cli("train", "--data", tiny_file, "--out", run, "--resume", *FAST)
+    rc, _, err = cli("train", "--data", tiny_file, "--out", run, "--resume", *SMALL_FAST)
     one_error_line(rc, err, "identity.json", "RecursionError")
 
 
@@ -195,3 +163,48 @@ def test_other_json_nested_too_deeply_is_one_line(tmp_path: Path, cli) -> None:
     (tmp_path / "deep.json").write_text(NESTED)
     rc, _, err = cli("extract-dataset", tmp_path, "--out", tmp_path / "x.npz", "--config", tmp_path / "deep.json")
     one_error_line(rc, err, "deep.json: not a readable JSON config")
+
+
+# --------------------------------------------------------------- the weights checksum and a broken run.json
+
+def test_run_json_records_the_weights_sha256(trained: Path) -> None:
+    info = json.loads((trained / "run.json").read_text())
+    assert info["weights_sha256"] == hashlib.sha256((trained / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_a_corrupted_model_file_is_refused(run_copy: Path, tiny_file: Path, cli) -> None:
+    weights = run_copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0x01  # one flipped bit inside a tensor: the file still parses as safetensors
+    weights.write_bytes(bytes(data))
+    rc, _, err = cli("evaluate", run_copy, "--data", tiny_file)
+    one_error_line(rc, err, str(weights), "sha256")
+
+
+def test_a_run_without_a_checksum_still_loads(run_copy: Path) -> None:
+    from affectus.inference.predictor import load
+
+    info = json.loads((run_copy / "run.json").read_text())
+    del info["weights_sha256"]  # a run written before the checksum existed
+    (run_copy / "run.json").write_text(json.dumps(info))
+    assert load(run_copy).info["model_name"] == "cmc"
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda info: [info], "expected a JSON object, got list"),
+    (lambda info: {k: v for k, v in info.items() if k != "model_config"}, "'model_config' missing"),
+    (lambda info: {**info, "model_config": "cmc"}, "'model_config' missing or not a dict"),
+    (lambda info: {**info, "dims": {"text": 6}}, "dims"),
+    (lambda info: {**info, "model_config": {**info["model_config"], "layers": "two"}}, "model_config"),
+])
+def test_a_broken_run_json_is_one_line(run_copy: Path, tiny_file: Path, cli, edit, needle) -> None:
+    info = json.loads((run_copy / "run.json").read_text())
+    (run_copy / "run.json").write_text(json.dumps(edit(info)))
+    rc, _, err = cli("evaluate", run_copy, "--data", tiny_file)
+    one_error_line(rc, err, "run.json", needle)
+
+
+def test_run_json_that_is_not_utf8_is_one_line(run_copy: Path, tiny_file: Path, cli) -> None:
+    (run_copy / "run.json").write_bytes(b"\xff\xfe{}")
+    rc, _, err = cli("evaluate", run_copy, "--data", tiny_file)
+    one_error_line(rc, err, "run.json", "not UTF-8")

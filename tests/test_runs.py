@@ -235,6 +235,7 @@ def _readme_python() -> str:
     return blocks[0]
 
 
+@pytest.mark.slow
 def test_readme_python_example_runs_as_written(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}

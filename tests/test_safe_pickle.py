@@ -294,6 +294,7 @@ _FUZZ = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_fuzz_random_and_mutated_pickles(tmp_path):
     marker = tmp_path / "code_ran"
     script = _FUZZ.format(tests=str(Path(__file__).parent), marker=str(marker), seed=1234, n=1200)

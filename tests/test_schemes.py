@@ -1,6 +1,8 @@
-"""A label scheme of one's own: registered inside this file with its own bins, named by a preset written
-here (found through $AFFECTUS_PRESETS), then simulated, trained, evaluated and reported through the CLI
-without any change under src/ (docs/architecture.md, "Add a label scheme")."""
+"""Label schemes (data/schemes.py): the shipped ones (categorical metrics by hand, the paper's columns, the
+scheme inferred from the train and selection splits only), and a label scheme of one's own: registered inside
+this file with its own bins, named by a preset written here (found through $AFFECTUS_PRESETS), then simulated,
+trained, evaluated and reported through the CLI without any change under src/ (docs/architecture.md, "Add a
+label scheme")."""
 
 from __future__ import annotations
 
@@ -12,10 +14,13 @@ import numpy as np
 import pytest
 
 from affectus.data import schemes
-from affectus.data.mmsa import load_dataset
+from affectus.data.mmsa import dataset_from_raw, load_dataset
 from affectus.data.presets import PRESETS_ENV, list_presets, load_preset
-from affectus.data.schemes import Acc2Rule, SentimentScheme, get_scheme, register_scheme
+from affectus.data.schemes import Acc2Rule, SentimentScheme, get_scheme, infer_scheme, register_scheme
+from affectus.data.synthetic import SynthConfig, generate
+from affectus.errors import AffectusError
 from affectus.evaluation.metrics import compute_metrics
+from affectus.training.trainer import plan_for
 
 FIVE = ("strongly negative", "negative", "neutral", "positive", "strongly positive")
 FAST = ["--set", "train.epochs=2", "--set", "train.patience=1", "--set", "train.batch_size=16", "--threads", "1",
@@ -125,3 +130,42 @@ def test_train_evaluate_report_a_registered_scheme_through_the_cli(presets_dir: 
     assert rc == 0, err
     page = (run / "report" / "report.html").read_text()
     assert "Acc5" in page and "Has0 Acc2" in page
+
+
+# ----------------------------------------------------------------------------- the shipped schemes
+
+TINY = {"seq_lens": {"text": 4, "audio": 6, "vision": 5}, "dims": {"text": 12, "audio": 5, "vision": 7}}
+
+
+def test_categorical_scheme_metrics_by_hand():
+    s = get_scheme({"name": "categorical", "classes": ["happy", "sad", "angry", "neutral"]})
+    truth = np.array([0, 0, 1, 2, 3, 3])
+    pred = np.array([0, 1, 1, 2, 3, 0])
+    m = compute_metrics(s, logits=np.eye(4)[pred], scores=truth.astype(np.float32))
+    assert m["acc"] == pytest.approx(100 * 4 / 6)
+    # recalls: happy 1/2, sad 1, angry 1, neutral 1/2 -> UAR 0.75
+    assert m["uar"] == pytest.approx(75.0)
+    # F1: happy P 1/2 R 1/2 -> 0.5; sad P 1/2 R 1 -> 2/3; angry 1; neutral P 1 R 1/2 -> 2/3
+    assert m["f1_happy"] == pytest.approx(50.0) and m["f1_sad"] == pytest.approx(200 / 3)
+    assert m["f1_angry"] == pytest.approx(100.0) and m["f1_neutral"] == pytest.approx(200 / 3)
+    weighted = (2 * 0.5 + 1 * 2 / 3 + 1 * 1 + 2 * 2 / 3) / 6 * 100
+    assert m["f1"] == pytest.approx(weighted)
+    with pytest.raises(AffectusError, match="split train row 2: label 7 is not one of the 4 classes"):
+        s.check_labels(np.array([0, 1, 7]), "file f split train")
+
+
+def test_sentiment_schemes_keep_the_paper_columns():
+    assert [c for c, _ in get_scheme("sims").columns][:2] == ["D_test Acc2", "D_test F1"]
+    assert get_scheme("mosei").name == "mosi" and get_scheme("mosi").objective == "has0_acc2"
+
+
+def test_scheme_is_inferred_from_train_and_selection_splits_only():
+    raw = generate(SynthConfig(n_train=20, n_valid=8, n_test=8, seed=1, **TINY))
+    for split in raw.values():  # drop unimodal labels so the label range decides
+        for key in ("regression_labels_T", "regression_labels_A", "regression_labels_V"):
+            split.pop(key)
+    clean = dataset_from_raw(raw)
+    raw["test"]["regression_labels"] = (raw["test"]["regression_labels"] * 3).astype(np.float32)  # poisoned
+    poisoned = dataset_from_raw(raw)
+    assert plan_for(clean).scheme.name == plan_for(poisoned).scheme.name == "sims"
+    assert infer_scheme(np.array([-2.0, 1.0]), np.array([0.5]), False).name == "mosi"

@@ -26,7 +26,8 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
-pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads memory from Linux's /proc")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads memory from Linux's /proc")]
 
 TINY = {"seq_lens": {"text": 4, "audio": 6, "vision": 5}, "dims": {"text": 12, "audio": 5, "vision": 7}}
 MB = 1024 * 1024
@@ -193,7 +194,8 @@ def live_webm(path: Path, seconds: float) -> Path:
 @pytest.fixture(scope="module")
 def features_run(tmp_path_factory) -> dict[str, Path]:
     from affectus.cli import main
-    from affectus.data.mmsa import dataset_from_raw, write_npz, write_pickle
+    from affectus.data.mmsa import dataset_from_raw, write_pickle
+    from affectus.data.npz import write_npz
     from affectus.data.synthetic import SynthConfig, generate
 
     root = tmp_path_factory.mktemp("serve-features")

@@ -16,7 +16,8 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient
 
 from affectus.cli import main
-from affectus.data.mmsa import dataset_from_raw, write_npz, write_pickle
+from affectus.data.mmsa import dataset_from_raw, write_pickle
+from affectus.data.npz import write_npz
 from affectus.data.synthetic import SynthConfig, generate
 from affectus.inference.service import Limits, create_app
 

@@ -22,25 +22,14 @@ import yaml
 
 from affectus.cli import main, sweep_cmd  # noqa: F401  (registers `sweep` until cli/__init__ imports it)
 from affectus.data.mmsa import write_pickle
-from affectus.data.synthetic import SynthConfig, generate
+from affectus.data.synthetic import generate
 from affectus.experiments.sweep import Worker, load_spec, parse_spec
+from conftest import SRC, one_error_line, tiny_sim_config
 
 FAST = {"train.epochs": 2, "train.patience": 1, "train.batch_size": 32, "train.lr": 0.003}  # lr: scores that differ
 GRID = {"model.layers": [1], "model.heads": [1, 2], "model.output_dropout": [0.0, 0.5]}  # 4 points
 POINTS = {(1, h, d) for h in (1, 2) for d in (0.0, 0.5)}
 RUNNER = "import sys; from affectus.cli import main, sweep_cmd; sys.exit(main(sys.argv[1:]))"
-
-
-def tiny_raw(seed: int = 3) -> dict:
-    return generate(SynthConfig(n_train=72, n_valid=24, n_test=24, seq_lens={"text": 4, "audio": 6, "vision": 5},
-                                dims={"text": 12, "audio": 5, "vision": 7}, seed=seed))
-
-
-@pytest.fixture(scope="module")
-def sim_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("sweep") / "tiny.pkl"
-    write_pickle(tiny_raw(), path)
-    return path
 
 
 def write_spec(folder: Path, space: dict | None = None, **extra) -> Path:
@@ -96,9 +85,10 @@ def test_bad_specs_fail_in_one_line(sim_file: Path, tmp_path: Path, capsys, patc
     assert not (tmp_path / "out" / "trials").exists()  # nothing trained
 
 
+@pytest.mark.slow
 def test_objective_reads_validation_only(tmp_path: Path) -> None:
     """Poison the test labels: the trials' validation values and the chosen trial must not move."""
-    raw = tiny_raw()
+    raw = generate(tiny_sim_config())
     clean, poisoned = tmp_path / "clean.pkl", tmp_path / "poisoned.pkl"
     write_pickle(raw, clean)
     rng = np.random.default_rng(0)
@@ -145,10 +135,12 @@ def _two_workers(sim_file: Path, tmp_path: Path, storage: str | None) -> None:
     assert len(optuna.load_study(study_name=study, storage=url).get_trials()) == len(POINTS)
 
 
+@pytest.mark.slow
 def test_two_workers_share_a_sqlite_study(sim_file: Path, tmp_path: Path) -> None:
     _two_workers(sim_file, tmp_path, None)
 
 
+@pytest.mark.slow
 def test_two_workers_share_a_postgres_study(sim_file: Path, tmp_path: Path) -> None:
     url = os.environ.get("AFFECTUS_TEST_POSTGRES_URL")
     if not url:
@@ -158,6 +150,7 @@ def test_two_workers_share_a_postgres_study(sim_file: Path, tmp_path: Path) -> N
     _two_workers(sim_file, tmp_path, url)
 
 
+@pytest.mark.slow
 def test_killed_workers_trial_fails_and_is_retried_only_on_request(sim_file: Path, tmp_path: Path, capsys) -> None:
     spec_path, out = write_spec(tmp_path), tmp_path / "out"
     spec = load_spec(spec_path)
@@ -190,6 +183,7 @@ def test_killed_workers_trial_fails_and_is_retried_only_on_request(sim_file: Pat
     assert json.loads((out / "sweep.json").read_text())["counts"] == {"FAIL": 1, "COMPLETE": 4}
 
 
+@pytest.mark.slow
 def test_tpe_over_a_range_spends_its_budget(sim_file: Path, tmp_path: Path) -> None:
     space = {"model.layers": [1], "model.output_dropout": {"low": 0.0, "high": 0.5}}
     spec = write_spec(tmp_path, space, trials=2)
@@ -198,3 +192,18 @@ def test_tpe_over_a_range_spends_its_budget(sim_file: Path, tmp_path: Path) -> N
     report = json.loads((tmp_path / "out" / "sweep.json").read_text())
     assert report["counts"] == {"COMPLETE": 2} and report["sampler"] == "tpe"
     assert all(0.0 <= t["params"]["model.output_dropout"] <= 0.5 for t in report["trials"])
+
+
+# --------------------------------------------------------------------------------------------------- Optuna
+
+def test_optuna_is_a_core_dependency() -> None:
+    import tomllib
+
+    project = tomllib.loads((Path(SRC).parent / "pyproject.toml").read_text())["project"]
+    assert any(d.startswith("optuna") for d in project["dependencies"])
+
+
+def test_sweep_without_optuna_is_one_line(tmp_path: Path, cli, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` now raises ImportError
+    rc, _, err = cli("sweep", "cmc_grid", "--out", tmp_path / "s")
+    one_error_line(rc, err, "needs Optuna", "pip install optuna")

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from affectus.data.mmsa import dataset_from_raw, load_dataset, write_npz
+from affectus.data.mmsa import dataset_from_raw, load_dataset
+from affectus.data.npz import write_npz
 from affectus.errors import AffectusError
 from affectus.inference.extract.text import (
     BertEncoderConfig,

@@ -11,28 +11,16 @@ from safetensors.numpy import load_file
 
 from affectus.cli import main
 from affectus.data.mmsa import write_pickle
-from affectus.data.synthetic import SynthConfig, generate
+from affectus.data.synthetic import generate
 from affectus.training.config import load_variants
+from conftest import tiny_sim_config
 
 FAST = ["--set", "train.epochs=2", "--set", "train.patience=1", "--set", "model.layers=1", "--set", "model.heads=2",
         "--set", "train.batch_size=32", "--threads", "1", "--quiet"]
 
 
-def tiny_config(**kw) -> SynthConfig:
-    base = dict(n_train=72, n_valid=24, n_test=24, seq_lens={"text": 4, "audio": 6, "vision": 5},
-                dims={"text": 12, "audio": 5, "vision": 7}, seed=3)
-    base.update(kw)
-    return SynthConfig(**base)
-
-
-@pytest.fixture(scope="module")
-def sim_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("sim") / "tiny.pkl"
-    write_pickle(generate(tiny_config()), path)
-    return path
-
-
 # CMC's own variants; one that selects another model (cmc_plus) is that model's to test (test_cmc_plus.py)
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", [v for v, spec in load_variants().items() if not spec.get("model")])
 def test_every_variant_trains_end_to_end(sim_file: Path, tmp_path: Path, variant: str, capsys) -> None:
     out = tmp_path / variant
@@ -64,7 +52,7 @@ def test_evaluate_reproduces_training_metrics(sim_file: Path, tmp_path: Path, ca
 
 def test_test_labels_never_reach_training(tmp_path: Path) -> None:
     """Poison the test labels: the trained weights must not change by a single bit."""
-    raw = generate(tiny_config())
+    raw = generate(tiny_sim_config())
     clean, poisoned = tmp_path / "clean.pkl", tmp_path / "poisoned.pkl"
     write_pickle(raw, clean)
     rng = np.random.default_rng(0)
@@ -86,7 +74,7 @@ def test_test_labels_never_reach_training(tmp_path: Path) -> None:
 def test_test_labels_never_choose_the_label_scheme(tmp_path: Path) -> None:
     """Without a preset the label scheme is inferred, and it steers training (SupCon's binarisation): test
     labels stretched beyond [-1, 1] must not turn a CH-SIMS-like file into a MOSI-like one."""
-    raw = generate(tiny_config())
+    raw = generate(tiny_sim_config())
     for split in raw.values():
         for key in ("regression_labels_T", "regression_labels_A", "regression_labels_V"):
             split.pop(key)
@@ -174,7 +162,7 @@ def test_bad_training_requests_fail_in_one_line(sim_file: Path, tmp_path: Path, 
 
 def test_cmc_gt_needs_unimodal_labels(tmp_path: Path, capsys) -> None:
     path = tmp_path / "nouni.pkl"
-    write_pickle(generate(tiny_config(with_unimodal_labels=False)), path)
+    write_pickle(generate(tiny_sim_config(with_unimodal_labels=False)), path)
     rc = main(["train", "--data", str(path), "--variant", "cmc_gt", "--out", str(tmp_path / "gt"), *FAST])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "unimodal labels" in err[0]
@@ -190,7 +178,7 @@ def test_bert_text_path_trains_and_reloads_without_the_bert_directory(tmp_path: 
                                      intermediate_size=32, max_position_embeddings=16)
     transformers.BertModel(config, add_pooling_layer=False).save_pretrained(bert_dir)
     data = tmp_path / "bert.pkl"
-    write_pickle(generate(tiny_config(with_text_bert=True)), data)
+    write_pickle(generate(tiny_sim_config(with_text_bert=True)), data)
     out = tmp_path / "run"
     rc = main(["train", "--data", str(data), "--out", str(out), "--set", "model.text_input=bert",
                "--set", f"model.bert_path={bert_dir}", *FAST])
@@ -213,7 +201,7 @@ def test_consistent_retention_keeps_every_inconsistent_sample() -> None:
     from affectus.training.trainer import retain_consistent
 
     sims = get_scheme("sims")
-    train = dataset_from_raw(generate(tiny_config(n_train=200)))["train"]
+    train = dataset_from_raw(generate(tiny_sim_config(n_train=200)))["train"]
     msc, msi = sims.consistency_masks(train.labels, train.unimodal_labels)
     kept = retain_consistent(train, 0.25, seed=1, scheme=sims)
     kmsc, kmsi = sims.consistency_masks(kept.labels, kept.unimodal_labels)
@@ -222,6 +210,6 @@ def test_consistent_retention_keeps_every_inconsistent_sample() -> None:
     assert set(kept.ids) <= set(train.ids)
     assert retain_consistent(train, 0.25, seed=1, scheme=sims).ids == kept.ids  # deterministic by seed
     assert len(retain_consistent(train, 0.0, seed=1, scheme=sims)) == int(msi.sum())
-    no_uni = dataset_from_raw(generate(tiny_config(with_unimodal_labels=False)))["train"]
+    no_uni = dataset_from_raw(generate(tiny_sim_config(with_unimodal_labels=False)))["train"]
     with pytest.raises(AffectusError, match="unimodal labels"):
         retain_consistent(no_uni, 0.5, seed=1, scheme=sims)

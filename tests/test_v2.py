@@ -181,7 +181,8 @@ def test_batched_answers_equal_the_answers_alone(run):
 def test_metrics_are_scraped_in_prometheus_format(run, tmp_path):
     from prometheus_client.parser import text_string_to_metric_families
 
-    from affectus.data.mmsa import dataset_from_raw, write_npz
+    from affectus.data.mmsa import dataset_from_raw
+    from affectus.data.npz import write_npz
     from affectus.data.synthetic import SynthConfig, generate
     from affectus.inference.service import create_app
 

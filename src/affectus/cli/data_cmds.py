@@ -14,7 +14,8 @@ import numpy as np
 import typer
 
 from affectus.cli import app
-from affectus.data.mmsa import file_format, load_dataset, sha256_file, write_npz
+from affectus.data.mmsa import file_format, load_dataset, sha256_file
+from affectus.data.npz import write_npz
 from affectus.data.presets import load_preset, preset_names_help
 from affectus.data.schemes import infer_scheme
 from affectus.data.types import MODALITIES, MERDataset, group_summary

@@ -29,7 +29,8 @@ def import_meld_cmd(
 
     Dialogues, utterance order and speakers are kept; audio and vision are absent (docs/data.md)."""
     from affectus.data.meld import import_meld
-    from affectus.data.mmsa import sha256_file, write_npz
+    from affectus.data.mmsa import sha256_file
+    from affectus.data.npz import write_npz
     from affectus.data.types import group_summary
     from affectus.utils.io import refuse_overwrite
 

@@ -52,7 +52,8 @@ def synth(
 
     The same data without a file: --data 'synth:PRESET?scale=0.1&seq_scale=0.25&seed=1111&inconsistency=0.5'
     in train, evaluate, experiment, sweep and report (any of the keys; docs/simulator.md)."""
-    from affectus.data.mmsa import dataset_from_raw, write_npz, write_pickle
+    from affectus.data.mmsa import dataset_from_raw, write_pickle
+    from affectus.data.npz import write_npz
     from affectus.data.presets import load_preset
     from affectus.data.synthetic import SynthConfig, check_size, generate, summarise, total_values
     from affectus.utils.io import refuse_overwrite

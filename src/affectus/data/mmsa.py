@@ -1,11 +1,12 @@
-"""Read and write MMSA feature files, validating them into the one in-memory form (`MERDataset`).
+"""Read MMSA feature files (and write the pickle form), validating them into the one in-memory form (`MERDataset`).
 
 Two on-disk forms are read, told apart by their first bytes (not by the file name):
 
 * **MMSA pickle** (`unaligned_50.pkl`, `unaligned_39.pkl`, ...): `{'train'|'valid'|'test': {key: array}}`
   as published by thuiar/MMSA and read by the CMC authors' code.
-* **affectus .npz**: the same content written by `write_npz` / `affectus convert`, loadable with
-  `numpy.load(..., allow_pickle=False)`: no object arrays, strings stored as fixed unicode arrays.
+* **affectus .npz**: the same content written by `data.npz.write_npz` / `affectus convert`, loadable with
+  `numpy.load(..., allow_pickle=False)`: no object arrays, strings stored as fixed unicode arrays (its reader
+  and writer live in `data/npz.py`).
 
 Safety: unpickling a file can run code chosen by whoever wrote it. Pickles are read by the package's
 one data-only reader (`data/safe_pickle.py`), which never lets the file call anything: numpy arrays of
@@ -20,11 +21,9 @@ split and the key, and says what was expected.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +39,6 @@ _log = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "valid", "test")
 FEATURE_KEYS = MODALITIES  # (N, L, D) float features under the modality's own name
-NPZ_FORMAT = "affectus-npz"
-# Version 2 adds per-sample keys a version-1 reader would silently drop (`available`, `group`,
-# `position`, `speaker`), so a file holding any of them says 2 and older affectus refuses it instead of misreading
-# it; a file without them is still written as version 1. Both are read.
-NPZ_VERSION = 2
-NPZ_READABLE = (1, 2)
-V2_KEYS = ("available", "group", "position", "speaker")
 ID_SEP = "$_$"  # MMSA ids are `video_id$_$clip_id`
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip (npz) with entries / an empty zip
 _NPY_MAGIC = b"\x93NUMPY"
@@ -98,89 +90,6 @@ def _read_pickle(path: str, trust_pickle: bool) -> Any:
         raise _fail(_where(path), f"not a readable MMSA pickle ({hint}{type(err).__name__}: {err})") from None
 
 
-def _read_npz(path: str, file: Any = None) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], int]]:
-    """Our .npz back into the MMSA dict layout (plus the sanitised counts recorded at conversion).
-
-    `file`: an open binary file to read instead of `path` (which then only names it in messages)."""
-    try:
-        with np.load(path if file is None else file, allow_pickle=False) as z:
-            if "__meta__" not in z.files:
-                raise _fail(_where(path), "a .npz without __meta__: not written by affectus convert")
-            meta = _check_meta(path, z["__meta__"])
-            raw: dict[str, dict[str, Any]] = {}
-            for split, keys in meta["keys"].items():
-                raw[split] = {}
-                for key in keys:
-                    try:
-                        raw[split][key] = z[f"{split}.{key}"]
-                    except (KeyError, ValueError) as err:
-                        raise _fail(_where(path, split, key), f"unreadable array ({err})") from None
-    except AffectusError:
-        raise
-    except Exception as err:  # noqa: BLE001 - bad zip, truncated member, bad JSON, ...
-        hint = "truncated or corrupt? " if isinstance(err, (zipfile.BadZipFile, EOFError)) else ""
-        raise _fail(
-            _where(path), f"not a readable affectus .npz ({hint}{type(err).__name__}: {err})"
-        ) from None
-    sanitised = {tuple(k.split("/", 1)): int(v) for k, v in meta.get("sanitised", {}).items()}
-    return raw, sanitised  # type: ignore[return-value]
-
-
-def _check_unpacked_size(path: str) -> None:
-    """A .npz is a zip: members may be compressed (numpy reads deflate too), so a small file could
-    unpack to many GB. affectus writes its members stored, as they are; what the members declare may not
-    exceed the file's size by more than SHARED_FLOOR (zipfile never reads past a declared size)."""
-    from affectus.data.safe_pickle import SHARED_FLOOR
-
-    size = os.path.getsize(path)
-    try:
-        with zipfile.ZipFile(path) as zf:
-            declared = sum(info.file_size for info in zf.infolist())
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
-        return  # not a readable zip: _read_npz says so in its own line
-    if declared > size + SHARED_FLOOR:
-        raise _fail(_where(path), f"its members unpack to {declared} bytes from a {size}-byte file (more than the "
-                                  f"file plus {SHARED_FLOOR // 2**20} MiB): not an .npz affectus convert writes")
-
-
-def _check_meta(path: str, value: np.ndarray) -> dict[str, Any]:
-    """The JSON `__meta__` of an affectus .npz: {format, version, keys: {split: [key]}, sanitised}."""
-
-    def bad(what: str) -> AffectusError:
-        return _fail(_where(path, key="__meta__"), f"malformed: {what}")
-
-    if value.dtype.kind != "U" or value.ndim != 0:
-        raise bad(f"expected one JSON string, got a {value.dtype} array of shape {value.shape}")
-    try:
-        meta = json.loads(str(value))
-    except json.JSONDecodeError as err:
-        raise bad(f"not valid JSON ({err.msg})") from None
-    except RecursionError:  # json's decoder recurses per nesting level
-        raise bad("not valid JSON (nested too deeply)") from None
-    if not isinstance(meta, dict):
-        raise bad(f"expected a JSON object, got {type(meta).__name__}")
-    version = meta.get("version")
-    if meta.get("format") != NPZ_FORMAT or isinstance(version, bool) or version not in NPZ_READABLE:
-        raise _fail(
-            _where(path),
-            f"unsupported npz format {meta.get('format')!r} version {version!r} "
-            f"(expected {NPZ_FORMAT!r} version {' or '.join(map(str, NPZ_READABLE))})",
-        )
-    keys = meta.get("keys")
-    if not isinstance(keys, dict) or not all(
-        isinstance(v, list) and all(isinstance(k, str) for k in v) for v in keys.values()
-    ):
-        raise bad("'keys' must map each split to a list of key names")
-    if version == 1 and any(k in V2_KEYS for v in keys.values() for k in v):
-        raise bad(f"version 1 cannot hold {', '.join(V2_KEYS)} (a version 2 key)")
-    sanitised = meta.get("sanitised", {})
-    if not isinstance(sanitised, dict) or not all(
-        isinstance(k, str) and k.count("/") == 1 and isinstance(v, int) and not isinstance(v, bool) and v >= 0
-        for k, v in sanitised.items()
-    ):
-        raise bad("'sanitised' must map 'split/key' to a count")
-    return meta
-
 
 def file_format(path: str | os.PathLike) -> str:
     """'npz' or 'pickle', decided by the file's magic bytes (a .pkl renamed .npz still reads)."""
@@ -218,25 +127,16 @@ def load_dataset(
     if fmt == "npy":
         raise _fail(_where(spath), "a single .npy array, not a dataset (expected an MMSA pickle or .npz)")
     if fmt == "npz":
-        _check_unpacked_size(spath)
-        raw, prior = _read_npz(spath)
+        from affectus.data.npz import check_unpacked_size, read_npz  # npz.py builds on this module
+
+        check_unpacked_size(spath)
+        raw, prior = read_npz(spath)
     else:
         if trust_pickle:
             _log.warning("warning: --trust-pickle: reading %s with Python's own unpickler, which runs any code the file holds", spath)
         raw, prior = _read_pickle(spath, trust_pickle), {}
     return _validated(raw, prior, spath, preset)
 
-
-def load_npz_bytes(data: bytes, source: str, preset: str | Preset | None = None) -> MERDataset:
-    """An affectus .npz held in memory (an upload), read and validated as `load_dataset` reads a file;
-    `source` names it in messages. Check untrusted bytes with `data.npz_check.check_npz` first: this
-    reads every array the file lists."""
-    import io
-
-    if data[:4] not in _ZIP_MAGIC:
-        raise _fail(_where(source), "not a readable affectus .npz (not a zip)")
-    raw, prior = _read_npz(source, io.BytesIO(data))
-    return _validated(raw, prior, source, preset)
 
 
 def _validated(raw: Any, prior: dict[tuple[str, str], int], source: str, preset: str | Preset | None) -> MERDataset:
@@ -607,30 +507,3 @@ def write_pickle(raw: dict, path: str | os.PathLike) -> None:
         os.fsync(f.fileno())
 
 
-def write_npz(dataset: MERDataset, path: str | os.PathLike) -> None:
-    """Atomically write the pickle-free form: numeric arrays + unicode arrays + a JSON `__meta__`.
-
-    Array names are `<split>.<key>` with MMSA key names; `__meta__` lists which keys each split has,
-    so optional keys (text_bert, raw_text, unimodal labels) come back exactly as they were.
-    """
-    arrays: dict[str, np.ndarray] = {}
-    keys: dict[str, list[str]] = {}
-    for split, d in dataset_to_raw(dataset).items():
-        keys[split] = []
-        for key, value in d.items():
-            if key in ("id", "raw_text", "group", "speaker"):
-                value = np.array(value, dtype=np.str_)  # fixed-width unicode: loads without pickle
-            arrays[f"{split}.{key}"] = np.ascontiguousarray(value)
-            keys[split].append(key)
-    meta = {
-        "format": NPZ_FORMAT,
-        "version": NPZ_VERSION if any(k in V2_KEYS for v in keys.values() for k in v) else 1,
-        "keys": keys,
-        "source": dataset.source,
-        "sanitised": {f"{s}/{k}": n for (s, k), n in dataset.sanitised.items()},
-    }
-    arrays["__meta__"] = np.array(json.dumps(meta, sort_keys=True))
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())

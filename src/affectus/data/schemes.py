@@ -274,7 +274,7 @@ def _mosi() -> LabelScheme:
         f1_key="has0_f1",
         binary_names=("negative", "non-negative"),  # Has0 Acc2: non-negative vs negative
         # Has0: non-negative vs negative; Non0: zeros dropped, positive vs negative (MMSA's
-        # `__eval_mosei_regression`; the authors' code gets Non0 wrong, see metrics.non0_acc2_authors_bug)
+        # `__eval_mosei_regression`; the authors' code gets Non0 wrong, docs/metrics.md)
         acc2_rules=(Acc2Rule("has0_", positive=(1, 2)), Acc2Rule("non0_", positive=(2,), dropped=(1,))),
         # MMSA's multiclass rule: clip to [-b, b], round half to even; MAE and correlation unclipped
         score_rounding=(("acc3", 1.0), ("acc5", 2.0), ("acc7", 3.0)),

@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 
 from affectus.data.schemes import Acc2Rule, LabelScheme, get_scheme
-from affectus.data.types import to_classes
 from affectus.errors import AffectusError
 
 Metrics = dict[str, Any]
@@ -122,40 +121,13 @@ def metrics_from_logits(scheme: Any, logits: Any, scores: Any) -> Metrics:
     if scheme.acc2_rules:
         pred2 = scheme.binary(logits)
         # Non0 done right: the truth is binary (score > 0) like the prediction. The authors' code compares
-        # 3-class truths {0, 2} with binary predictions {0, 1}; see `non0_acc2_authors_bug`.
+        # 3-class truths {0, 2} with binary predictions {0, 1} (docs/metrics.md).
         for rule in scheme.acc2_rules:
             keep, truth = _rule(rule, classes)
             out[f"{rule.prefix}acc2"] = _accuracy(truth[keep], pred2[keep])
             out[f"{rule.prefix}f1"] = _weighted_f1(truth[keep], pred2[keep])
     out[f"acc{scheme.num_classes}"] = _accuracy(classes, np.argmax(logits, axis=1))
     return out
-
-
-def _authors_non0(logits: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
-    scores = _vector(scores, "scores")
-    logits = _logits(logits, scores.size)
-    classes = to_classes(scores)
-    keep = classes != 1
-    truth = classes[keep]  # in {0, 2}: the 3-class labels, never binarised
-    pred = np.argmax(logits[keep][:, [0, 2]], axis=1)  # in {0, 1}
-    return truth, pred
-
-
-def non0_acc2_authors_bug(logits: Any, scores: Any) -> float | None:
-    """The Non0 Acc2 the authors' code (and MMSA's classification metrics) prints. FOR FIDELITY CHECKS ONLY.
-
-    It compares 3-class truths {0, 2} with binary predictions {0, 1}, so a positive sample never
-    counts as correct: the value is (negatives predicted negative) / (non-zero samples). Use
-    `metrics_from_logits("mosi", ...)`'s ``non0_acc2`` for the real metric.
-    """
-    truth, pred = _authors_non0(logits, scores)
-    return _accuracy(truth, pred)
-
-
-def non0_f1_authors_bug(logits: Any, scores: Any) -> float | None:
-    """The authors' Non0 weighted F1, with the same label mix-up as `non0_acc2_authors_bug`. Fidelity only."""
-    truth, pred = _authors_non0(logits, scores)
-    return _weighted_f1(truth, pred)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -254,7 +254,7 @@ def _rows(doc: Doc, rows: list[RowSpec]) -> None:
         _overrides(doc, row.overrides, loc + ("overrides",))
 
 
-# The most grid points an experiment may have (as a sweep's grid, experiments/sweep.py): each is planned,
+# The most grid points an experiment may have (as a sweep's grid, experiments/sweep/spec.py): each is planned,
 # resolved and listed in experiment.json before the first run.
 MAX_GRID_POINTS = 100_000
 

@@ -434,7 +434,7 @@ def _read_npz_upload(done: Any, predictor: Any, upload: Any, name: str, limit: i
     """A features upload's splits, checked, parsed from memory and validated once against the run's widths
     (and re-encoded where the run reads transcripts), with the NaN warnings; calls `done()` (frees its slot)
     however it ends."""
-    from affectus.data.mmsa import load_npz_bytes
+    from affectus.data.npz import load_npz_bytes
     from affectus.data.npz_check import check_npz
     from affectus.data.types import MODALITIES
 

@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from affectus.data.mmsa import SPLIT_NAMES, dataset_from_raw, dataset_to_raw, write_npz, write_pickle
+from affectus.data.mmsa import SPLIT_NAMES, dataset_from_raw, dataset_to_raw, write_pickle
+from affectus.data.npz import write_npz
 from affectus.errors import AffectusError
 from affectus.inference.extract.asr import MoonshineConfig
 from affectus.inference.extract.audio import (

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from affectus.data.mmsa import dataset_from_raw, write_npz, write_pickle
+from affectus.data.mmsa import dataset_from_raw, write_pickle
+from affectus.data.npz import write_npz
 
 # A case gets (make_raw, tmp_path) and returns (file to inspect, extra CLI args, fragments the message must hold).
 Case = Callable[[Callable[..., dict], Path], tuple[Path, list[str], list[str]]]
