@@ -118,7 +118,9 @@ def train(
         metrics = job.run(out, resume=resume, on_epoch=on_epoch, overwrite=overwrite)
     from affectus.inference.checkpoints import read_run, split_fits
 
-    _print_metrics(metrics, f"{cfg.model_name}/{cfg.variant} on split '{plan.eval}'",
+    from affectus.models.registry import display_name
+
+    _print_metrics(metrics, f"{display_name(cfg.model_name, cfg.variant)} on split '{plan.eval}'",
                    split_fits(read_run(out), plan.eval), plan.eval)
     console.print(f"wrote {out}/metrics.json")
 

@@ -184,6 +184,12 @@ def get_model_entry(name: str) -> ModelEntry:
     return _REGISTRY[key]
 
 
+def display_name(model: str, variant: str | None) -> str:
+    """How output names a model and variant: `cmc/wo_plgm`, but `cmc_plus` rather than `cmc_plus/cmc_plus`
+    (a variant named after its model, or "default", is the model itself and adds nothing)."""
+    return model if variant in (None, "", "default", model) else f"{model}/{variant}"
+
+
 def make_config(name: str, values: dict[str, Any]):
     """Build a model's config dataclass from a dict, rejecting unknown keys."""
     entry = get_model_entry(name)

@@ -1,0 +1,99 @@
+"""Issue 21 "Ready to use": hints, display names, one report line, a clean temp dir, the API's own
+argument names, the page's empty Predict."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import affectus.cli.demo_cmd as demo_cmd
+import affectus.cli.report_cmd  # noqa: F401  (registers the command)
+from affectus.errors import AffectusError
+
+
+def test_train_data_folder_of_clips_points_at_extract_dataset(tmp_path, cli):
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    (clips / "label.csv").write_text("video_id,clip_id,text,label,mode\n")
+    code, _, err = cli("train", "--data", str(clips), "--out", str(tmp_path / "run"))
+    assert code == 2 and "extract-dataset" in err and "label.csv" in err
+    code, _, err = cli("train", "--data", str(clips / "label.csv"), "--out", str(tmp_path / "run"))
+    assert code == 2 and "extract-dataset" in err and "MMSA pickle" in err and "not a readable" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_display_name_drops_a_variant_named_after_its_model():
+    from affectus.models.registry import display_name
+
+    assert display_name("cmc_plus", "cmc_plus") == "cmc_plus"
+    assert display_name("late_fusion", "default") == "late_fusion"
+    assert display_name("cmc", "wo_plgm") == "cmc/wo_plgm"
+
+
+def test_report_says_wrote_once(tmp_path, cli):
+    run = tmp_path / "run"
+    run.mkdir()
+    history = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.0 / e} for e in (1, 2)]
+    (run / "run.json").write_text(json.dumps({
+        "format": "affectus-run/1", "model_name": "cmc", "variant": "cmc", "family": "sims",
+        "config": {"model": {"tau": 0.07}, "train": {"seed": 1}}, "metrics": {}, "metrics_split": "test",
+        "stages": {"stage1": {"history": history}, "stage2": {"history": history}}}))
+    code, out, err = cli("report", str(run), "--no-tensorboard")
+    assert code == 0
+    assert (out + err).count("wrote ") == 1
+
+
+def test_demo_leaves_no_temp_folder(tmp_path, monkeypatch, cli):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(demo_cmd, "DEMO_SYNTH", {**demo_cmd.DEMO_SYNTH, "n_train": 48, "n_valid": 16, "n_test": 24,
+                                                  "seq_lens": {"text": 3, "audio": 4, "vision": 3},
+                                                  "dims": {"text": 8, "audio": 4, "vision": 5}})
+    monkeypatch.setattr(demo_cmd, "DEMO_TRAIN", {"train.epochs": 1, "train.patience": 1})
+    code, out, err = cli("demo", "--threads", "1")
+    assert code == 0, err
+    assert "deleted" in out
+    assert list(tmp_path.glob("affectus-demo-*")) == []
+
+
+def test_api_error_names_its_own_argument(tmp_path):
+    import affectus
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text("{}")  # someone else's file where the run would go
+    with pytest.raises(AffectusError) as err:
+        affectus.train("synth:sims?scale=0.01", run, "linear", overrides={"train.epochs": 1})
+    assert "--out" not in str(err.value) and "--overwrite" not in str(err.value)
+    assert "overwrite=True" in str(err.value)
+
+
+CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-headless-shell")) if p), None)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/apt.sh installs it)")
+def test_page_predict_without_a_file_says_so(tmp_path):
+    pytest.importorskip("uvicorn")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from conftest import served_on_loopback
+
+    from affectus.inference.service import create_app
+
+    import affectus
+
+    affectus.train("synth:sims?scale=0.01", tmp_path / "run", "linear", overrides={"train.epochs": 1})
+    errors: list[str] = []
+    with served_on_loopback(create_app(tmp_path / "run")) as url, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{url}/")
+        page.click("button[type=submit]")
+        page.wait_for_selector("p.err", timeout=10_000)
+        text = page.locator("p.err").inner_text()
+        browser.close()
+    assert "choose a clip" in text and errors == []
