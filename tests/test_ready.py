@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-import affectus.cli.demo_cmd as demo_cmd
 import affectus.cli.report_cmd  # noqa: F401  (registers the command)
+from affectus.cli import demo_cmd
 from affectus.errors import AffectusError
 
 
@@ -79,11 +79,9 @@ CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-he
 def test_page_predict_without_a_file_says_so(tmp_path):
     pytest.importorskip("uvicorn")
     sync_api = pytest.importorskip("playwright.sync_api")
-    from conftest import served_on_loopback
-
-    from affectus.inference.service import create_app
-
     import affectus
+    from affectus.inference.service import create_app
+    from conftest import served_on_loopback
 
     affectus.train("synth:sims?scale=0.01", tmp_path / "run", "linear", overrides={"train.epochs": 1})
     errors: list[str] = []
@@ -97,3 +95,39 @@ def test_page_predict_without_a_file_says_so(tmp_path):
         text = page.locator("p.err").inner_text()
         browser.close()
     assert "choose a clip" in text and errors == []
+
+
+def test_readme_names_every_model_and_every_doc():
+    from affectus.models.registry import list_models
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert [m for m in list_models() if f"`{m}`" not in readme] == []
+    assert [d.name for d in (root / "docs").glob("*.md") if f"`docs/{d.name}`" not in readme] == []
+
+
+def _tiny_npz(path: Path) -> Path:
+    from affectus.data.mmsa import dataset_from_raw, write_npz
+    from affectus.data.synthetic import SynthConfig, generate
+
+    raw = generate(SynthConfig(n_train=40, n_valid=12, n_test=12, seed=2, seq_lens={"text": 3, "audio": 4, "vision": 3},
+                               dims={"text": 8, "audio": 4, "vision": 5}))
+    write_npz(dataset_from_raw(raw), path)
+    return path
+
+
+def test_features_from_extract_dataset_default_to_cmc_plus(tmp_path, cli):
+    from affectus.training.job import prepare_training
+
+    data = _tiny_npz(tmp_path / "paper.npz")
+    assert prepare_training(data).cfg.model_name == "cmc"
+    clips = _tiny_npz(tmp_path / "clips.npz")
+    Path(f"{clips}.extract.json").write_text(json.dumps({"extractors": {"audio": "librosa"}}))
+    job = prepare_training(clips)
+    assert job.cfg.model_name == "cmc_plus" and "extract-dataset" in job.model_reason
+    assert prepare_training(clips, model="cmc").cfg.model_name == "cmc"  # a named model wins
+    code, _, err = cli("train", "--data", str(clips), "--out", str(tmp_path / "run"), "--set", "train.epochs=1",
+                       "--threads", "1", "--quiet")
+    assert code == 0, err
+    assert "model cmc_plus: the default for features made by extract-dataset" in err
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["model_name"] == "cmc_plus"

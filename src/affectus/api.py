@@ -9,13 +9,12 @@ from typing import Any
 
 from affectus.errors import AffectusError
 from affectus.inference.predictor import Predictor, load
-from affectus.models.registry import DEFAULT_MODEL
 
 
 def train(
     data: str | Path,
     out: str | Path,
-    model: str = DEFAULT_MODEL,
+    model: str | None = None,
     variant: str | None = None,
     preset: str | None = None,
     config: str | Path | None = None,
@@ -32,6 +31,8 @@ def train(
     """Train `model` on `data` and write the run to `out`; returns the run's predictor.
 
     data: an MMSA pickle, an affectus .npz, or `synth:PRESET` (simulated data with that preset's shapes).
+    model: a registered model (`affectus models`); None: CMC+ for features made by `affectus
+        extract-dataset`, else faithful CMC (`DEFAULT_MODEL`).
     variant: one of the model's variants (`affectus models`); None is its default (CMC: the full model).
     preset: a dataset preset (`affectus.data.presets.list_presets()`) or a preset YAML path: label
         scheme, split roles and the published hyperparameters.

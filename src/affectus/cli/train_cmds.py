@@ -15,6 +15,7 @@ from affectus.cli import TRUST_PICKLE_HELP, app
 from affectus.data.presets import preset_names_help
 from affectus.errors import AffectusError
 from affectus.models.registry import DEFAULT_MODEL
+from affectus.training.job import CLIPS_DEFAULT_MODEL
 
 console = Console(stderr=True)
 
@@ -92,7 +93,9 @@ TrustOpt = typer.Option(False, "--trust-pickle", help=TRUST_PICKLE_HELP)
 def train(
     data: str = typer.Option(..., "--data", help="MMSA pickle / .npz file (or synth:PRESET[?scale=S&seq_scale=Q] for simulated data)"),
     out: Path = typer.Option(..., "--out", help="run directory to write"),
-    model: str = typer.Option(DEFAULT_MODEL, "--model", help="model name (see `affectus models`)"),
+    model: str | None = typer.Option(None, "--model", show_default=False, help=(
+        f"model name (see `affectus models`; default: {CLIPS_DEFAULT_MODEL} for features made by extract-dataset, "
+        f"else {DEFAULT_MODEL})")),
     variant: str | None = typer.Option(None, "--variant", help="the model's variant (default: its first; see `affectus models`)"),
     preset: str | None = typer.Option(None, "--preset", help=f"dataset preset: {preset_names_help()}"),
     config: Path | None = typer.Option(None, "--config", help="YAML config: {model: {...}, train: {...}}"),
@@ -113,6 +116,8 @@ def train(
     job = prepare_training(data, preset, model, variant, config, parse_set(set_), seed=seed, device=device,
                            threads=threads, trust_pickle=trust_pickle)
     cfg, plan = job.cfg, job.plan
+    if job.model_reason:
+        console.print(job.model_reason, markup=False, highlight=False)
     apply_threads(cfg.train.threads)
     with epoch_display(quiet) as on_epoch:
         metrics = job.run(out, resume=resume, on_epoch=on_epoch, overwrite=overwrite)
