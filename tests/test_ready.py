@@ -153,3 +153,65 @@ def test_clips_extra_is_media_text_and_asr():
     root = Path(__file__).resolve().parents[1]
     extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert extras["clips"] == ["affectus[media,text,asr]"]
+
+
+# ------------------------------------------------------------------ item 3: verdicts that match their explanation
+
+
+def test_absent_modalities_zero_filled_by_faithful_cmc_are_named(tmp_path, cli):
+    """The done-when of issue 21: an audio-only sample with faithful CMC names the zero-filled modalities
+    and shows them among the modalities that entered the verdict; CMC+ leaves them out and says so."""
+    import affectus
+
+    data = _tiny_npz(tmp_path / "d.npz")
+    cmc = tmp_path / "cmc"
+    affectus.train(data, cmc, "cmc", overrides={"train.epochs": 1, "model.layers": 1, "model.heads": 2,
+                                                   "train.threads": 1})
+    code, out, err = cli("predict", str(cmc), str(data), "--json", "--available", "audio")
+    assert code == 0, err
+    row = json.loads(out.splitlines()[0])
+    assert set(row["modalities"]) == {"text", "audio", "vision"}
+    assert "zero-filled" in row["absent"]["vision"] and "zero-filled" in row["modalities"]["text"]["absent"]
+    assert "absent" not in row["modalities"]["audio"]
+    code, out, err = cli("predict", str(cmc), str(data), "--available", "audio")
+    assert code == 0 and "vision absent: zero-filled" in err and "text absent: zero-filled" in err
+    code, out, err = cli("evaluate", str(cmc), "--json", "--available", "audio")
+    result = json.loads(out)
+    assert code == 0 and "zero-filled" in result["absent"]["text"] and 0 <= result["d_test"]["ece"] <= 1
+
+    plus = tmp_path / "plus"
+    affectus.train(data, plus, "cmc_plus", overrides={"train.threads": 1})
+    code, out, err = cli("predict", str(plus), str(data), "--json", "--available", "audio")
+    row = json.loads(out.splitlines()[0])
+    assert set(row["modalities"]) == {"audio"} and row["absent"]["text"] == "left out of the verdict"
+
+
+def test_followed_needs_a_lead():
+    import numpy as np
+
+    from affectus.inference.predictor import Prediction
+
+    def pred(weights, modality_classes=(2, 2, 0)):
+        return Prediction(classes=np.array([2]), probabilities=np.array([[0.1, 0.2, 0.7]]),
+                          modality_classes=np.array([modality_classes]),
+                          modality_probabilities=np.full((1, 3, 3), 1 / 3), router_weights=np.array([weights]))
+
+    assert pred([1 / 3, 1 / 3, 1 / 3]).followed(0) is None  # equal weights: nobody led
+    assert pred([0.5, 0.45, 0.05]).followed(0) is None  # under the margin
+    assert pred([0.6, 0.3, 0.1]).followed(0) == "text"
+    assert pred([0.2, 0.1, 0.7]).followed(0) is None  # the leader disagrees with the verdict
+    # a zero-filled absent modality entered the verdict: it is shown, and may lead
+    p = pred([0.1, 0.2, 0.7], (0, 0, 2))
+    p.available, p.zero_filled = np.array([[True, True, False]]), True
+    ex = p.explain(0)
+    assert ex["followed"] == "vision" and "zero-filled" in ex["modalities"]["vision"]["absent"]
+
+
+def test_ece():
+    import numpy as np
+
+    from affectus.evaluation.metrics import expected_calibration_error
+
+    sure = np.array([[0.0, 0.0, 1.0]] * 10)
+    assert expected_calibration_error(sure, [2] * 10) == 0.0
+    assert expected_calibration_error(sure, [2] * 7 + [0] * 3) == pytest.approx(0.3)

@@ -49,7 +49,7 @@ def _fmt(key: str, value) -> str:
         return "-"
     if key == "n":
         return str(int(value))
-    return f"{value:.4f}" if key in ("mae", "corr") else f"{value:.2f}"
+    return f"{value:.4f}" if key in ("mae", "corr", "ece") else f"{value:.2f}"
 
 
 @contextmanager
@@ -172,16 +172,42 @@ def evaluate(
         if len(files) != 2 or not all(files):
             raise AffectusError(f"--subsets {subsets!r}: expected MSC_FILE,MSI_FILE")
     metrics = predictor.evaluate(ds[name], available=available, subset_files=files)
+    # ids and labels are the split's; the predictor removes the absent modalities itself
+    pred = predictor.predict(ds[name], available=available)
+    _add_ece(metrics, pred, predictor.scheme.to_classes(ds[name].labels))
+    notes = _absent_notes(pred)
     if predictions is not None:
-        # ids and labels are the split's; the predictor removes the absent modalities itself
-        pred = predictor.predict(ds[name], available=available)
         write_text_atomic(predictions, predictions_csv(ds[name], pred, predictor.scheme))
         Console(stderr=True).print(f"wrote {predictions} ({len(ds[name])} rows)", markup=False, highlight=False)
     fits = _fits(predictor.info, data, name)
     if as_json:
-        print(json.dumps({"split": name, **metrics, **in_sample_json(fits)}, indent=2, sort_keys=True))
+        print(json.dumps({"split": name, **metrics, **in_sample_json(fits), **({"absent": notes} if notes else {})},
+                         indent=2, sort_keys=True))
     else:
         _print_metrics(metrics, f"{run_dir} on {name}" + (f" with {available} only" if available else ""), fits, name)
+    for m, note in notes.items():
+        Console(stderr=True).print(f"{m} absent: {note}", markup=False, highlight=False)
+
+
+def _add_ece(metrics: dict, pred: Any, classes: Any) -> None:
+    """The expected calibration error of the verdicts' probabilities (evaluation/metrics.py), beside
+    accuracy: on D_test where the scheme scores subsets, else over all samples."""
+    from affectus.evaluation.metrics import expected_calibration_error
+
+    ece = expected_calibration_error(pred.probabilities, classes)
+    target = metrics["d_test"] if isinstance(metrics.get("d_test"), dict) else metrics
+    target["ece"] = ece
+
+
+def _absent_notes(pred: Any) -> dict[str, str]:
+    """{modality: what became of it} for each modality some scored sample lacks."""
+    from affectus.data.types import MODALITIES
+    from affectus.inference.predictor import LEFT_OUT, ZERO_FILLED
+
+    if pred.available is None:
+        return {}
+    note = ZERO_FILLED if pred.zero_filled else LEFT_OUT
+    return {m: note for k, m in enumerate(MODALITIES) if not pred.available[:, k].all()}
 
 
 def _fits(info: dict, data: str, split: str) -> dict:

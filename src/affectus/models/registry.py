@@ -69,6 +69,10 @@ class Capabilities:
     extra_forward: tuple[str, ...] = ()
     # parameters that a batch with every modality present leaves without a gradient (exact names)
     idle_when_complete: tuple[str, ...] = ()
+    # reads `batch.available` and leaves an absent modality out of the verdict (weight 0, no token, the
+    # training mean, a learned stand-in); False: it zero-fills an absent modality, whose zeros still sway
+    # the verdict, and predict / serve / evaluate say so (the faithful CMC, as the paper does)
+    excludes_absent: bool = False
 
 
 @dataclass
