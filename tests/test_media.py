@@ -164,7 +164,7 @@ def test_missing_media_packages_are_one_clear_error(
     assert (
         rc == 2
         and err.strip()
-        == "error: extract-dataset needs opensmile: pip install 'affectus[media]' (docs/media.md)"
+        == "error: extract-dataset needs opensmile: pip install 'affectus[clips]' (docs/media.md)"
     )
 
 
