@@ -215,3 +215,19 @@ def test_ece():
     sure = np.array([[0.0, 0.0, 1.0]] * 10)
     assert expected_calibration_error(sure, [2] * 10) == 0.0
     assert expected_calibration_error(sure, [2] * 7 + [0] * 3) == pytest.approx(0.3)
+
+
+def test_cmc_plus_temperatures_keep_a_floor_and_lean_to_one_on_few_rows():
+    import torch
+
+    from affectus.training.recipes.cmc_plus import TEMPERATURE_FLOOR, _temperature
+
+    g = torch.Generator().manual_seed(0)
+    temps = {}
+    for n in (24, 4000):
+        y = torch.randint(0, 3, (n,), generator=g)
+        z = torch.randn(n, 3, generator=g) * 0.1
+        z[torch.arange(n), y] += 0.5  # weak logits that separate the rows: the NLL alone wants the sharpest T
+        temps[n] = _temperature(z, y)
+    assert min(temps.values()) >= TEMPERATURE_FLOOR  # the old grid went down to 0.05
+    assert temps[24] > 0.5 and temps[4000] < 0.3  # few rows: near T = 1; many: the data decide
