@@ -181,8 +181,8 @@ def evaluate(
         Console(stderr=True).print(f"wrote {predictions} ({len(ds[name])} rows)", markup=False, highlight=False)
     fits = _fits(predictor.info, data, name)
     if as_json:
-        print(json.dumps({"split": name, **metrics, **in_sample_json(fits), **({"absent": notes} if notes else {})},
-                         indent=2, sort_keys=True))
+        # `absent` always there (empty when nothing is): the keys do not depend on --available
+        print(json.dumps({"split": name, **metrics, **in_sample_json(fits), "absent": notes}, indent=2, sort_keys=True))
     else:
         _print_metrics(metrics, f"{run_dir} on {name}" + (f" with {available} only" if available else ""), fits, name)
     for m, note in notes.items():
