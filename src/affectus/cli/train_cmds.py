@@ -122,7 +122,6 @@ def train(
     with epoch_display(quiet) as on_epoch:
         metrics = job.run(out, resume=resume, on_epoch=on_epoch, overwrite=overwrite)
     from affectus.inference.checkpoints import read_run, split_fits
-
     from affectus.models.registry import display_name
 
     _print_metrics(metrics, f"{display_name(cfg.model_name, cfg.variant)} on split '{plan.eval}'",
