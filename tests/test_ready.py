@@ -44,6 +44,8 @@ def test_report_says_wrote_once(tmp_path, cli):
     code, out, err = cli("report", str(run), "--no-tensorboard")
     assert code == 0
     assert (out + err).count("wrote ") == 1
+    page = (run / "report" / "report.html").read_text(encoding="utf-8")
+    assert "label scheme sims: sentiment, CH-SIMS rule" in page and "inferred from the labels" in page
 
 
 def test_demo_leaves_no_temp_folder(tmp_path, monkeypatch, cli):
