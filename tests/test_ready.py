@@ -233,3 +233,32 @@ def test_cmc_plus_temperatures_keep_a_floor_and_lean_to_one_on_few_rows():
         temps[n] = _temperature(z, y)
     assert min(temps.values()) >= TEMPERATURE_FLOOR  # the old grid went down to 0.05
     assert temps[24] > 0.5 and temps[4000] < 0.3  # few rows: near T = 1; many: the data decide
+
+
+def test_predict_an_audio_only_clip_with_faithful_cmc_names_the_zero_filled_modalities(tmp_path, cli):
+    """Issue 21's done-when: `affectus predict RUN neg.wav` with faithful CMC names the zero-filled modalities."""
+    from media_clips import missing_tools, speak
+
+    if missing_tools():
+        pytest.skip(f"media tools missing: {', '.join(missing_tools())}")
+    from affectus.data.mmsa import dataset_from_raw, write_npz
+    from affectus.data.synthetic import SynthConfig, generate
+    from affectus.inference.extract.dataset import MediaConfig
+
+    raw = generate(SynthConfig(n_train=24, n_valid=8, n_test=8, seed=3, seq_lens={"text": 6, "audio": 20, "vision": 8},
+                               dims={"text": 64, "audio": 25, "vision": 152}))  # the default extractors' widths
+    feats = tmp_path / "media.npz"
+    write_npz(dataset_from_raw(raw), feats)
+    Path(f"{feats}.extract.json").write_text(json.dumps(
+        {"extractors": MediaConfig(text_encoder="hashed").to_dict(), "text_features": "hashed words"}))
+    run = tmp_path / "cmc"
+    code, _, err = cli("train", "--data", str(feats), "--model", "cmc", "--out", str(run), "--set", "train.epochs=1",
+                       "--set", "model.layers=1", "--set", "model.heads=2", "--threads", "1", "--quiet")
+    assert code == 0, err
+    wav = tmp_path / "neg.wav"
+    speak("This is terrible.", wav)
+    code, out, err = cli("predict", str(run), str(wav), "--json", "--no-asr")
+    assert code == 0, err
+    row = json.loads(out)
+    assert set(row["absent"]) == {"text", "vision"} and all("zero-filled" in v for v in row["absent"].values())
+    assert set(row["modalities"]) == {"text", "audio", "vision"}  # every modality that entered the verdict
