@@ -92,12 +92,13 @@ def test_predict_transcribes_by_default_with_the_packaged_recogniser(tmp_path: P
     rc, out, err = cli("predict", run, clip, "--json", "--no-asr")
     assert rc == 0, err
     got = json.loads(out)
-    assert got["modalities"]["text"] == {"absent": "no transcript (speech recognition turned off)"}
+    # late fusion zero-fills: the absent text entered the verdict, shown with why it is absent
+    assert got["modalities"]["text"]["absent"].startswith("no transcript (speech recognition turned off); zero-filled")
     assert got["transcript"] is None and got["transcript_source"] is None
     mute = tmp_path / "mute.mp4"
     make_clip(ClipSpec("v1", "mute", said, 0.6, "test", audio=False), mute)
     rc, out, err = cli("predict", run, mute, "--json")
     assert rc == 0, err
     got = json.loads(out)
-    assert got["modalities"]["text"] == {"absent": "no transcript and no audio to recognise"}
-    assert set(got["modalities"]) == {"text", "vision"} and got["transcript_source"] is None
+    assert got["modalities"]["text"]["absent"].startswith("no transcript and no audio to recognise")
+    assert set(got["absent"]) == {"text", "audio"} and got["transcript_source"] is None

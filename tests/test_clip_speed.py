@@ -124,7 +124,7 @@ def test_no_recogniser_installed_marks_text_absent_with_one_warning(tmp_path: Pa
     with caplog.at_level(logging.WARNING, logger="affectus"):
         rows = [explain(clip), explain(clip)]
     for row in rows:
-        assert row["modalities"]["text"] == {"absent": "no transcript and no speech recogniser installed"}
+        assert row["modalities"]["text"]["absent"].startswith("no transcript and no speech recogniser installed")
         assert row["transcript"] is None and row["transcript_source"] is None and "prediction" in row["modalities"]["audio"]
     assert len([r for r in caplog.records if "no speech recogniser installed" in r.getMessage()]) == 1
     given = explain(clip, "Typed by hand.")

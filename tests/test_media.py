@@ -164,7 +164,7 @@ def test_missing_media_packages_are_one_clear_error(
     assert (
         rc == 2
         and err.strip()
-        == "error: extract-dataset needs opensmile: pip install 'affectus[media]' (docs/media.md)"
+        == "error: extract-dataset needs opensmile: pip install 'affectus[clips]' (docs/media.md)"
     )
 
 
@@ -407,8 +407,8 @@ def test_predict_a_clip_the_run_never_saw(clip_run: Path, tmp_path: Path, cli) -
     assert rc == 0, err
     got = json.loads(out)
     # no face, no transcript (speech recognition turned off): audio alone, and the text's absence said
-    assert set(got["modalities"]) == {"audio", "text"} and "prediction" in got["modalities"]["audio"]
-    assert got["modalities"]["text"] == {"absent": "no transcript (speech recognition turned off)"}
+    assert set(got["absent"]) == {"vision", "text"} and "absent" not in got["modalities"]["audio"]
+    assert got["modalities"]["text"]["absent"].startswith("no transcript (speech recognition turned off)")
     assert got["stats"]["face_frames"] == 0 and any(f["reason"] == "no_face" for f in got["failures"])
     assert got["transcript"] is None and got["transcript_source"] is None
 

@@ -89,10 +89,23 @@ def predict(
         table.add_column(col)
     for row in rows[:limit]:
         mods = " ".join(f"{m[0]}:{v['prediction'][:3]}" + ("" if v["weight"] is None else f"@{v['weight']:.2f}")
+                        + ("(0-filled)" if "absent" in v else "")
                         for m, v in (row.get("modalities") or {}).items())
         table.add_row(row["id"], row["verdict"], f"{row['probabilities'][row['verdict']]:.2f}",
                       str(row.get("followed") or "-"), mods, (row.get("transcript") or "")[:40])
     Console().print(table)
+    _print_absent(rows)
+
+
+def _print_absent(rows: list[dict]) -> None:
+    """One line per absent modality and what became of it (zero-filled into the verdict, or left out):
+    the table's modalities column alone does not say why a modality is there or not."""
+    seen: dict[str, str] = {}
+    for row in rows:
+        for m, note in (row.get("absent") or {}).items():
+            seen.setdefault(f"{m} absent: {note}", m)
+    for line in seen:
+        Console(stderr=True).print(line, markup=False, highlight=False)
 
 
 def _predict_clips(predictor: object, clips: list[str], transcript: str | None, as_json: bool, asr: bool = True) -> None:

@@ -15,6 +15,7 @@ from affectus.cli import TRUST_PICKLE_HELP, app
 from affectus.data.presets import preset_names_help
 from affectus.errors import AffectusError
 from affectus.models.registry import DEFAULT_MODEL
+from affectus.training.job import CLIPS_DEFAULT_MODEL
 
 console = Console(stderr=True)
 
@@ -48,7 +49,7 @@ def _fmt(key: str, value) -> str:
         return "-"
     if key == "n":
         return str(int(value))
-    return f"{value:.4f}" if key in ("mae", "corr") else f"{value:.2f}"
+    return f"{value:.4f}" if key in ("mae", "corr", "ece") else f"{value:.2f}"
 
 
 @contextmanager
@@ -92,7 +93,9 @@ TrustOpt = typer.Option(False, "--trust-pickle", help=TRUST_PICKLE_HELP)
 def train(
     data: str = typer.Option(..., "--data", help="MMSA pickle / .npz file (or synth:PRESET[?scale=S&seq_scale=Q] for simulated data)"),
     out: Path = typer.Option(..., "--out", help="run directory to write"),
-    model: str = typer.Option(DEFAULT_MODEL, "--model", help="model name (see `affectus models`)"),
+    model: str | None = typer.Option(None, "--model", show_default=False, help=(
+        f"model name (see `affectus models`; default: {CLIPS_DEFAULT_MODEL} for features made by extract-dataset, "
+        f"else {DEFAULT_MODEL})")),
     variant: str | None = typer.Option(None, "--variant", help="the model's variant (default: its first; see `affectus models`)"),
     preset: str | None = typer.Option(None, "--preset", help=f"dataset preset: {preset_names_help()}"),
     config: Path | None = typer.Option(None, "--config", help="YAML config: {model: {...}, train: {...}}"),
@@ -113,12 +116,15 @@ def train(
     job = prepare_training(data, preset, model, variant, config, parse_set(set_), seed=seed, device=device,
                            threads=threads, trust_pickle=trust_pickle)
     cfg, plan = job.cfg, job.plan
+    if job.model_reason:
+        console.print(job.model_reason, markup=False, highlight=False)
     apply_threads(cfg.train.threads)
     with epoch_display(quiet) as on_epoch:
         metrics = job.run(out, resume=resume, on_epoch=on_epoch, overwrite=overwrite)
     from affectus.inference.checkpoints import read_run, split_fits
+    from affectus.models.registry import display_name
 
-    _print_metrics(metrics, f"{cfg.model_name}/{cfg.variant} on split '{plan.eval}'",
+    _print_metrics(metrics, f"{display_name(cfg.model_name, cfg.variant)} on split '{plan.eval}'",
                    split_fits(read_run(out), plan.eval), plan.eval)
     console.print(f"wrote {out}/metrics.json")
 
@@ -165,16 +171,42 @@ def evaluate(
         if len(files) != 2 or not all(files):
             raise AffectusError(f"--subsets {subsets!r}: expected MSC_FILE,MSI_FILE")
     metrics = predictor.evaluate(ds[name], available=available, subset_files=files)
+    # ids and labels are the split's; the predictor removes the absent modalities itself
+    pred = predictor.predict(ds[name], available=available)
+    _add_ece(metrics, pred, predictor.scheme.to_classes(ds[name].labels))
+    notes = _absent_notes(pred)
     if predictions is not None:
-        # ids and labels are the split's; the predictor removes the absent modalities itself
-        pred = predictor.predict(ds[name], available=available)
         write_text_atomic(predictions, predictions_csv(ds[name], pred, predictor.scheme))
         Console(stderr=True).print(f"wrote {predictions} ({len(ds[name])} rows)", markup=False, highlight=False)
     fits = _fits(predictor.info, data, name)
     if as_json:
-        print(json.dumps({"split": name, **metrics, **in_sample_json(fits)}, indent=2, sort_keys=True))
+        # `absent` always there (empty when nothing is): the keys do not depend on --available
+        print(json.dumps({"split": name, **metrics, **in_sample_json(fits), "absent": notes}, indent=2, sort_keys=True))
     else:
         _print_metrics(metrics, f"{run_dir} on {name}" + (f" with {available} only" if available else ""), fits, name)
+    for m, note in notes.items():
+        Console(stderr=True).print(f"{m} absent: {note}", markup=False, highlight=False)
+
+
+def _add_ece(metrics: dict, pred: Any, classes: Any) -> None:
+    """The expected calibration error of the verdicts' probabilities (evaluation/metrics.py), beside
+    accuracy: on D_test where the scheme scores subsets, else over all samples."""
+    from affectus.evaluation.metrics import expected_calibration_error
+
+    ece = expected_calibration_error(pred.probabilities, classes)
+    target = metrics["d_test"] if isinstance(metrics.get("d_test"), dict) else metrics
+    target["ece"] = ece
+
+
+def _absent_notes(pred: Any) -> dict[str, str]:
+    """{modality: what became of it} for each modality some scored sample lacks."""
+    from affectus.data.types import MODALITIES
+    from affectus.inference.predictor import LEFT_OUT, ZERO_FILLED
+
+    if pred.available is None:
+        return {}
+    note = ZERO_FILLED if pred.zero_filled else LEFT_OUT
+    return {m: note for k, m in enumerate(MODALITIES) if not pred.available[:, k].all()}
 
 
 def _fits(info: dict, data: str, split: str) -> dict:

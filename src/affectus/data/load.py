@@ -124,7 +124,24 @@ def open_data(
         name, options = parse_synth(text)
         name = name or (p.name if p is not None else DEFAULT_SYNTH)
         return generate_dataset(name, source=synth_identity(text), **options), p or load_preset(name)
+    _refuse_clip_inputs(text)
     return load_dataset(text, preset=p, trust_pickle=trust_pickle), p
+
+
+def _refuse_clip_inputs(text: str) -> None:
+    """A folder of clips or its label.csv given where features belong: say which command makes them.
+
+    Both are what `affectus extract-dataset` reads; without this hint the reader only says "not a file"
+    or "not a readable MMSA pickle", which leaves the user guessing."""
+    path = Path(text)
+    make = "make a features file first: affectus extract-dataset {dir} --out FEATURES.npz, then pass --data FEATURES.npz"
+    if path.is_dir():
+        what = "a folder of clips (it holds label.csv)" if (path / "label.csv").is_file() else "a folder, not a file"
+        raise AffectusError(f"file {text}: {what}; expected an MMSA pickle or an affectus .npz; "
+                            + make.format(dir=text))
+    if path.suffix.lower() == ".csv" and path.is_file():
+        raise AffectusError(f"file {text}: a clip list (label.csv), not features; expected an MMSA pickle or an "
+                            f"affectus .npz; " + make.format(dir=path.parent))
 
 
 def extraction_record(source: str | os.PathLike) -> dict[str, Any] | None:

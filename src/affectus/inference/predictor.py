@@ -23,6 +23,13 @@ from affectus.inference import checkpoints as ckpt
 from affectus.models.registry import create_model, get_model_entry, make_config
 
 CLASS_NAMES = ("negative", "neutral", "positive")  # the sentiment schemes' classes
+# what an explanation says of an absent modality: a model that zero-fills it (Capabilities.excludes_absent
+# False, e.g. the faithful CMC, as the paper does) still feeds its zeros into the verdict
+ZERO_FILLED = "zero-filled as the model requires (it cannot leave a modality out): its zeros entered the verdict"
+LEFT_OUT = "left out of the verdict"
+# `followed` names a modality only when its weight (without a router: its probability of the verdict's
+# class) leads every other modality that entered the verdict by this much; otherwise none led it
+FOLLOW_MARGIN = 0.1
 
 
 @dataclass
@@ -44,6 +51,8 @@ class Prediction:
     experts: tuple[str, ...] = ()
     expert_probabilities: np.ndarray | None = None
     expert_weights: np.ndarray | None = None
+    # True: the model zero-fills absent modalities (they entered the verdict); False: it leaves them out
+    zero_filled: bool = False
 
     def labels(self) -> list[str]:
         return [self.class_names[c] for c in self.classes]
@@ -54,8 +63,23 @@ class Prediction:
             raise AffectusError("this run's label scheme has no binary (Acc2) rule; use labels()")
         return [self.binary_names[int(b)] for b in self.binary]
 
+    def entered(self, i: int) -> list[int]:
+        """The modalities (indices) that entered sample i's verdict: the present ones, and the absent ones
+        too where the model zero-fills them."""
+        return [k for k in range(len(MODALITIES))
+                if self.available is None or self.available[i, k] or self.zero_filled]
+
+    def absent_notes(self, i: int) -> dict[str, str]:
+        """{modality: what became of it} for each modality sample i lacks."""
+        if self.available is None:
+            return {}
+        return {m: ZERO_FILLED if self.zero_filled else LEFT_OUT
+                for k, m in enumerate(MODALITIES) if not self.available[i, k]}
+
     def explain(self, i: int) -> dict[str, Any]:
-        """One sample's verdict with its per-modality explanation (absent modalities are left out)."""
+        """One sample's verdict with its per-modality explanation: every modality that entered the verdict
+        (an absent one that the model zero-filled carries an `absent` note); `absent` names what became of
+        each modality the sample lacks."""
         names = self.class_names
         out: dict[str, Any] = {"verdict": names[int(self.classes[i])],
                                "probabilities": dict(zip(names, map(float, self.probabilities[i])))}
@@ -64,13 +88,17 @@ class Prediction:
         if self.scores is not None:
             out["score"] = float(self.scores[i])
         if self.modality_classes is not None:
+            notes = self.absent_notes(i)
             out["modalities"] = {
-                m: {"prediction": names[int(self.modality_classes[i, k])],
-                    "weight": None if self.router_weights is None else float(self.router_weights[i, k])}
-                for k, m in enumerate(MODALITIES)
-                if self.available is None or self.available[i, k]
+                MODALITIES[k]: {"prediction": names[int(self.modality_classes[i, k])],
+                                "weight": None if self.router_weights is None else float(self.router_weights[i, k]),
+                                **({"absent": notes[MODALITIES[k]]} if MODALITIES[k] in notes else {})}
+                for k in self.entered(i)
             }
             out["followed"] = self.followed(i)
+        notes = self.absent_notes(i)
+        if notes:
+            out["absent"] = notes
         if self.expert_probabilities is not None and len(self.experts) > len(MODALITIES):
             # only where a modality has several experts: otherwise "modalities" already says it all
             out["experts"] = {
@@ -82,20 +110,26 @@ class Prediction:
         return out
 
     def followed(self, i: int) -> str | None:
-        """The modality the verdict followed: of the present modalities whose own prediction is the verdict,
-        the one with the largest router weight (without a router, the most confident one); None when no
-        modality's own call agrees with the consensus."""
+        """The modality the verdict followed: of those that entered the verdict, the one with the largest
+        router weight (without a router, the largest probability of the verdict's class), when its own
+        prediction is the verdict and it leads every other one by FOLLOW_MARGIN; else None (equal weights
+        lead nowhere, and naming one of them would be arbitrary)."""
         if self.modality_classes is None:
             return None
-        agree = [k for k in range(len(MODALITIES)) if self.modality_classes[i, k] == self.classes[i]
-                 and (self.available is None or self.available[i, k])]
-        if not agree:
+        entered = self.entered(i)
+        if not entered:
             return None
         if self.router_weights is not None:
             score = self.router_weights[i]
         else:
             score = self.modality_probabilities[i, :, int(self.classes[i])]
-        return MODALITIES[max(agree, key=lambda k: float(score[k]))]
+        ranked = sorted(entered, key=lambda k: -float(score[k]))
+        lead = ranked[0]
+        if self.modality_classes[i, lead] != self.classes[i]:
+            return None
+        if len(ranked) > 1 and float(score[lead]) - float(score[ranked[1]]) < FOLLOW_MARGIN:
+            return None
+        return MODALITIES[lead]
 
 
 class Predictor:
@@ -193,7 +227,9 @@ class Predictor:
             split = _restrict(split, available)
             mask = split.available
             res = predict_split(self.model, split, batch_size, self.device)
-        return _to_prediction(res, self.run_dir, self.scheme, mask, self.can.experts)
+        pred = _to_prediction(res, self.run_dir, self.scheme, mask, self.can.experts)
+        pred.zero_filled = not self.can.excludes_absent
+        return pred
 
     def _split_from_arrays(self, arrays: Any) -> Split:
         if not isinstance(arrays, Mapping):

@@ -236,7 +236,7 @@ def _feature_text(values: dict[str, Any]) -> dict[str, Any]:
 def capabilities(config: CMCConfig) -> Capabilities:
     return Capabilities(reads_transcripts=config.text_input == "bert", feature_text=_feature_text,
                         router=config.use_router, unimodal_heads=True, sequence_masks=config.padding == "masked",
-                        extra_forward=("unimodal_forward",))
+                        extra_forward=("unimodal_forward",), excludes_absent=config.mask_absent)
 
 
 @register_model("cmc", CMCConfig, "Calibrated Multimodal Consensus (CMC)", recipe="affectus.training.recipes.cmc:CMCRecipe",

@@ -230,6 +230,6 @@ class CMCPlus(nn.Module):
                 recipe="affectus.training.recipes.cmc_plus:CMCPlusRecipe", variants="cmc_plus.yaml",
                 report_sections=("router",),
                 capabilities=lambda c: Capabilities(text_views=True, router=c.use_router, unimodal_heads=True,
-                                                    experts=tuple(expert_names(c))))
+                                                    experts=tuple(expert_names(c)), excludes_absent=True))
 def build(config: CMCPlusConfig) -> CMCPlus:
     return CMCPlus(config)

@@ -33,7 +33,7 @@ from affectus.errors import AffectusError
 from affectus.models.layers import EncoderLayer
 from affectus.models.mult import sinusoidal_positions
 from affectus.models.output import ModelOutput
-from affectus.models.registry import register_model
+from affectus.models.registry import Capabilities, register_model
 from affectus.models.tfn import check_dims, check_features
 
 # LG-MMT's modality pairs (m1, m2), the order of H (eq. 9); m1's steps carry the residual.
@@ -325,6 +325,7 @@ def _masked_softmax(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor
 
 @register_model("cumdf", CUMDFConfig, "CUMDF: label-guided masked Transformer, teacher-student distillation with "
                 "counterfactual modality attribution (missing modalities)",
-                recipe="affectus.training.recipes.cumdf:CUMDFRecipe", variants="cumdf.yaml")
+                recipe="affectus.training.recipes.cumdf:CUMDFRecipe", variants="cumdf.yaml",
+                capabilities=Capabilities(excludes_absent=True))  # an absent modality gives no token
 def build(config: CUMDFConfig) -> CUMDF:
     return CUMDF(config)

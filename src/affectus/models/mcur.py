@@ -153,6 +153,6 @@ class MCUR(nn.Module):
 @register_model("mcur", MCURConfig, "MCUR: modality-combination contrastive learning + sample-wise uncertainty",
                 recipe="affectus.training.recipes.mcur:MCURRecipe", variants="mcur.yaml",
                 capabilities=lambda c: Capabilities(unimodal_heads=c.unimodal_heads, extra_forward=("represent",),
-                                                    idle_when_complete=("missing",)))  # vectors for absent modalities
+                                                    idle_when_complete=("missing",), excludes_absent=True))  # vectors for absent modalities
 def build(config: MCURConfig) -> MCUR:
     return MCUR(config)

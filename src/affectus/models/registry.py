@@ -69,6 +69,10 @@ class Capabilities:
     extra_forward: tuple[str, ...] = ()
     # parameters that a batch with every modality present leaves without a gradient (exact names)
     idle_when_complete: tuple[str, ...] = ()
+    # reads `batch.available` and leaves an absent modality out of the verdict (weight 0, no token, the
+    # training mean, a learned stand-in); False: it zero-fills an absent modality, whose zeros still sway
+    # the verdict, and predict / serve / evaluate say so (the faithful CMC, as the paper does)
+    excludes_absent: bool = False
 
 
 @dataclass
@@ -182,6 +186,12 @@ def get_model_entry(name: str) -> ModelEntry:
         raise AffectusError(f"unknown model '{name}': expected one of {', '.join(sorted(_REGISTRY))}"
                             f"{suggest(key, _REGISTRY)}")
     return _REGISTRY[key]
+
+
+def display_name(model: str, variant: str | None) -> str:
+    """How output names a model and variant: `cmc/wo_plgm`, but `cmc_plus` rather than `cmc_plus/cmc_plus`
+    (a variant named after its model, or "default", is the model itself and adds nothing)."""
+    return model if variant in (None, "", "default", model) else f"{model}/{variant}"
 
 
 def make_config(name: str, values: dict[str, Any]):

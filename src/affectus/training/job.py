@@ -19,6 +19,8 @@ class TrainingJob:
     cfg: Any  # ResolvedConfig
     plan: Any  # DataPlan
     source: str  # the data source as run.json records it
+    # why this model, when the caller named none and the data chose it (said in `train`'s output)
+    model_reason: str | None = None
 
     def run(self, out: str | Path, resume: bool = False, **kwargs: Any) -> dict[str, Any]:
         """Train into `out` (`train_run`'s keywords: on_epoch, overwrite); returns the metrics."""
@@ -27,17 +29,37 @@ class TrainingJob:
         return train_run(self.dataset, self.cfg, out, self.plan, resume=resume, data_source=self.source, **kwargs)
 
 
-def prepare_training(data: str | Path, preset: str | None = None, model: str = DEFAULT_MODEL,
+# The default for features made from the user's own clips: on small labelled sets CMC+ trains in seconds
+# where faithful CMC takes minutes, and scores above it (benchmarks/README.md, docs/cmc_plus.md).
+CLIPS_DEFAULT_MODEL = "cmc_plus"
+
+
+def default_model(data: str | Path) -> tuple[str, str | None]:
+    """The model trained when none is named, and why when it is not DEFAULT_MODEL: CMC+ for a features
+    file made by `affectus extract-dataset` (its FILE.extract.json), faithful CMC for the paper's data."""
+    from affectus.data.load import extraction_record
+
+    if extraction_record(data) is None:
+        return DEFAULT_MODEL, None
+    return CLIPS_DEFAULT_MODEL, (f"model {CLIPS_DEFAULT_MODEL}: the default for features made by extract-dataset "
+                                 f"(small labelled sets; --model {DEFAULT_MODEL} trains the paper's model)")
+
+
+def prepare_training(data: str | Path, preset: str | None = None, model: str | None = None,
                      variant: str | None = None, config: str | Path | None = None, overrides: Any = None, *,
                      seed: int | None = None, device: str | None = None, threads: int | None = None,
                      trust_pickle: bool = False) -> TrainingJob:
-    """A checked training job; `overrides` is {key: value} (or --set's parsed list), the shortcuts win."""
+    """A checked training job; `overrides` is {key: value} (or --set's parsed list), the shortcuts win.
+    `model` None: `default_model(data)`."""
     from affectus.data.load import open_data, source_id
     from affectus.training.config import resolve_config
     from affectus.training.trainer import plan_for
 
     dataset, p = open_data(data, preset, trust_pickle=trust_pickle)
+    reason = None
+    if model is None:
+        model, reason = default_model(data)
     shortcuts = {k: v for k, v in (("train.seed", seed), ("train.device", device), ("train.threads", threads))
                  if v is not None}
     cfg = resolve_config(model, variant, p, config, {**(overrides or {}), **shortcuts})
-    return TrainingJob(dataset, p, cfg, plan_for(dataset, p), source_id(data))
+    return TrainingJob(dataset, p, cfg, plan_for(dataset, p), source_id(data), reason)

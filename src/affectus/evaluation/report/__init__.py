@@ -71,7 +71,8 @@ def build_report(root: str | Path, data: Any = None, out: str | Path | None = No
         write_bytes_atomic(out_dir / name, png)
     path = out_dir / "report.html"
     write_text_atomic(path, page.render(f"affectus report: {root.resolve().name}", subtitle))
-    log.info("wrote %s (%d figures, %d runs)", path, len(page.figures), len(runs))
+    # debug, not info: the CLI prints its own "wrote" line, and one is enough
+    log.debug("wrote %s (%d figures, %d runs)", path, len(page.figures), len(runs))
     return path
 
 

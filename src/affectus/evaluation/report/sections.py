@@ -43,6 +43,11 @@ MAX_CURVE_ROWS = 12  # more rows than this: the per-run curves are in TensorBoar
 # ============================================================================ what a run has
 
 
+# what each label scheme's name stands for in a heading (data/schemes.py): the name alone reads as a dataset
+SCHEME_RULES = {"sims": "sentiment, CH-SIMS rule (positive vs non-positive)",
+                "mosi": "sentiment, MOSI rule (negative vs non-negative)",
+                "categorical": "categorical classes"}
+
 def declares(run: Run, section: str) -> bool:
     """The run's model lists `section` among its report sections (models/registry.py); a model no longer
     registered is judged by what its run holds."""
@@ -148,7 +153,12 @@ def results(runs: list[Run], axes: list[str]) -> list[Block]:
         kinds = sorted({r.inputs for r in fam_runs})
         mixed = [note(f"≠ these rows read different inputs ({', '.join(kinds)}): compare only rows with the same "
                       f"inputs")] if len(kinds) > 1 else []
-        blocks += [heading(f"label scheme {family} (scored on {', '.join(splits)})"), *mixed,
+        presets = {(r.info.get("config") or {}).get("preset") for r in fam_runs if isinstance(r.info.get("config"), dict)}
+        # a scheme's name is a dataset family's: say what it means, and that custom data only follows its rule
+        what = SCHEME_RULES.get(family, "")
+        origin = "; inferred from the labels (no preset)" if presets <= {None} else ""
+        blocks += [heading(f"label scheme {family}" + (f": {what}" if what else "") + origin
+                           + f" (scored on {', '.join(splits)})"), *mixed,
                    table(["row", *axes, "inputs", "n", *[name for _, name in cols]], lines, left=2 + len(axes)),
                    *[note(text) for text in degenerate]]
         blocks += [note(text) for text in marked]

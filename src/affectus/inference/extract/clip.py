@@ -154,7 +154,10 @@ class ClipPredictor:
         if source == "asr":
             row["asr"] = {**self.config.asr.to_dict(), "recorded_by_run": self.asr_recorded}
         if absent is not None:
-            row.setdefault("modalities", {})["text"] = {"absent": absent}
+            # why the text is absent; a zero-filling model's own note (its zeros entered the verdict) stays
+            text = row.setdefault("modalities", {}).setdefault("text", {})
+            text["absent"] = f"{absent}; {text['absent']}" if "absent" in text else absent
+            row.setdefault("absent", {})["text"] = text["absent"]
         if self.thumbnails:
             row["thumbnails"] = [_jpeg_data_url(t) for t in result["thumbnails"]]
         return row

@@ -226,15 +226,27 @@ class MediaConfig:
         return "-".join(getattr(self, k).digest()[:8] for k in ("decode", "audio", "vision"))
 
 
-def check_modules(config: MediaConfig) -> None:
-    """One clear line when the `media` extra is not installed, before any worker starts."""
+def check_modules(config: MediaConfig, whole: bool = False) -> None:
+    """One clear line when the `media` extra is not installed, before any worker starts. `whole`
+    (extract-dataset): also what its later steps need, the text encoder (`text`) and speech recognition
+    (`asr`) when the config has them, so a missing extra is named before minutes of extraction, not after."""
     import importlib.util
 
     needed = {"av": "av", "cv2": "opencv-python-headless", config.audio.kind: config.audio.kind}
+    if whole:
+        from affectus.inference.extract.text import MINILM_PACKAGE
+
+        if config.text_encoder != "hashed":
+            needed["transformers"] = "transformers"
+        if config.text_encoder == "minilm":
+            needed[MINILM_PACKAGE.replace("-", "_")] = MINILM_PACKAGE
+        if config.asr is not None:
+            needed["moonshine_cpp"] = "moonshine-cpp"
     missing = [dist for module, dist in needed.items() if importlib.util.find_spec(module) is None]
     if missing:
+        extra = "clips" if whole else "media"
         raise AffectusError(
-            f"extract-dataset needs {', '.join(missing)}: pip install 'affectus[media]' (docs/media.md)"
+            f"extract-dataset needs {', '.join(missing)}: pip install 'affectus[{extra}]' (docs/media.md)"
         )
 
 
@@ -800,7 +812,7 @@ def build_dataset(
                   overwrite)
     rows = read_label_csv(root / "label.csv")
 
-    check_modules(config)
+    check_modules(config, whole=True)
     results, computed = extract_clips(
         root, rows, config, work, workers=workers, progress=progress, executor=executor
     )
