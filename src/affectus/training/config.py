@@ -140,6 +140,9 @@ class ResolvedConfig:
 def _section(config_cls: type, values: dict[str, Any], section: str) -> Any:
     """A section's dataclass from saved values (run.json), each checked against its field's type."""
     known = {f.name for f in dataclasses.fields(config_cls)}
+    # keys added since the values were saved, whose default changed what a run does: the value such a run
+    # was trained with, not today's default (e.g. CMC+'s recipe.fallback)
+    values = {**{k: v for k, v in getattr(config_cls, "LEGACY_DEFAULTS", {}).items() if k not in values}, **values}
     for key in values:
         if key not in known:
             raise AffectusError(f"unknown config key '{section}.{key}'")

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -63,6 +63,11 @@ TEMPERATURE_PRIOR_ROWS = 30
 
 @dataclass
 class CMCPlusRecipeConfig:
+    # a saved config without these keys was trained before they existed, i.e. with this behaviour
+    # (training/config.py `_section`): a run from before the fallback is the consensus alone, so an
+    # experiment does not count it as a run of today's default
+    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"fallback": "none"}
+
     targets: str = "multimodal"  # what experts learn: multimodal | ground_truth (unimodal labels, train split only)
     expert_epochs: int = 150
     expert_patience: int = 15  # epochs without a lower validation CE before an expert's best epoch is final
