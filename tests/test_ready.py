@@ -109,7 +109,8 @@ def test_readme_names_every_model_and_every_doc():
 
 
 def _tiny_npz(path: Path) -> Path:
-    from affectus.data.mmsa import dataset_from_raw, write_npz
+    from affectus.data.mmsa import dataset_from_raw
+    from affectus.data.npz import write_npz
     from affectus.data.synthetic import SynthConfig, generate
 
     raw = generate(SynthConfig(n_train=40, n_valid=12, n_test=12, seed=2, seq_lens={"text": 3, "audio": 4, "vision": 3},
@@ -241,7 +242,8 @@ def test_predict_an_audio_only_clip_with_faithful_cmc_names_the_zero_filled_moda
 
     if missing_tools():
         pytest.skip(f"media tools missing: {', '.join(missing_tools())}")
-    from affectus.data.mmsa import dataset_from_raw, write_npz
+    from affectus.data.mmsa import dataset_from_raw
+    from affectus.data.npz import write_npz
     from affectus.data.synthetic import SynthConfig, generate
     from affectus.inference.extract.dataset import MediaConfig
 
