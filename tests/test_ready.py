@@ -48,6 +48,7 @@ def test_report_says_wrote_once(tmp_path, cli):
     assert "label scheme sims: sentiment, CH-SIMS rule" in page and "inferred from the labels" in page
 
 
+@pytest.mark.slow  # trains three models (the demo)
 def test_demo_leaves_no_temp_folder(tmp_path, monkeypatch, cli):
     import tempfile
 
@@ -119,6 +120,7 @@ def _tiny_npz(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # trains CMC+ through the CLI
 def test_features_from_extract_dataset_default_to_cmc_plus(tmp_path, cli):
     from affectus.training.job import prepare_training
 
@@ -161,6 +163,7 @@ def test_clips_extra_is_media_text_and_asr():
 # ------------------------------------------------------------------ item 3: verdicts that match their explanation
 
 
+@pytest.mark.slow  # trains faithful CMC through the CLI
 def test_absent_modalities_zero_filled_by_faithful_cmc_are_named(tmp_path, cli):
     """The done-when of issue 21: an audio-only sample with faithful CMC names the zero-filled modalities
     and shows them among the modalities that entered the verdict; CMC+ leaves them out and says so."""
