@@ -30,23 +30,13 @@ from affectus.data.mmsa import write_pickle
 from affectus.data.safe_pickle import UnsafePickleError, loads_untrusted
 from affectus.data.synthetic import SynthConfig, generate
 from affectus.errors import AffectusError
-from conftest import SMALL_SIM
+from conftest import SMALL_SIM, one_error_line
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 TINY = SMALL_SIM  # the shared small simulation (conftest.py); its pickle is the tiny_file fixture
 FAST = ["--set", "train.epochs=1", "--set", "train.patience=1", "--set", "model.layers=1", "--set", "model.heads=1",
         "--set", "train.batch_size=8", "--threads", "1", "--quiet"]
 MB = 2**20
-
-
-def one_error_line(rc: int, err: str, *fragments: str) -> str:
-    """The failure contract: exit 2, exactly one `error:` line on stderr holding every fragment."""
-    assert rc == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 # A child `affectus` that writes its peak RSS (bytes) to a file and stops itself past a cap.
