@@ -182,9 +182,12 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
 
     # ---------------------------------------------------------------- the Open Inference Protocol (oip.py)
 
-    def _model(name: str) -> None:
+    def _model(name: str, version: str) -> None:
+        """404 unless the path names the served model and its one version."""
         if name != spec.name:
             raise _Refused(404, f"unknown model {name[:100]!r}; this server serves {spec.name!r}")
+        if version != oip.VERSION:
+            raise _Refused(404, f"model {name!r} has version {oip.VERSION} only")
 
     @app.get("/v2")
     async def v2_server() -> dict[str, Any]:
@@ -204,26 +207,20 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
     @app.get("/v2/models/{name}")
     @app.get("/v2/models/{name}/versions/{version}")
     async def v2_metadata(name: str, version: str = oip.VERSION) -> dict[str, Any]:
-        _model(name)
-        if version != oip.VERSION:
-            raise _Refused(404, f"model {name!r} has version {oip.VERSION} only")
+        _model(name, version)
         return spec.metadata()
 
     @app.get("/v2/models/{name}/ready")
     @app.get("/v2/models/{name}/versions/{version}/ready")
     async def v2_ready(name: str, version: str = oip.VERSION) -> dict[str, Any]:
-        _model(name)
-        if version != oip.VERSION:
-            raise _Refused(404, f"model {name!r} has version {oip.VERSION} only")
+        _model(name, version)
         return {"name": name, "ready": True}
 
     @app.post("/v2/models/{name}/infer")
     @app.post("/v2/models/{name}/versions/{version}/infer")
     async def v2_infer(request: Request, name: str, version: str = oip.VERSION) -> Response:
         start = time.monotonic()
-        _model(name)
-        if version != oip.VERSION:
-            raise _Refused(404, f"model {name!r} has version {oip.VERSION} only")
+        _model(name, version)
         body = await request.body()  # bounded by the guard (Content-Length and counted chunks)
         header = request.headers.get(oip.HEADER)
         try:
