@@ -21,7 +21,7 @@ from affectus.data.batches import Batch
 from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError, SettingError
 from affectus.models.attention import KERNELS, AttentionKernel
-from affectus.models.layers import ConsensusRouter, ResidualHead, UnimodalEncoder, pfm
+from affectus.models.layers import ConsensusRouter, ResidualHead, UnimodalEncoder, check_dims, pfm
 from affectus.models.output import ModelOutput
 from affectus.models.registry import (
     Capabilities,
@@ -78,9 +78,7 @@ class CMC(nn.Module):
         """`bert_config` (a `transformers.BertConfig`) builds a randomly initialised BERT instead of
         loading `config.bert_path`: for tests and for checkpoints whose weights hold BERT's."""
         super().__init__()
-        missing = [m for m in MODALITIES if m not in config.dims]
-        if missing:
-            raise AffectusError(f"cmc config dims lack {', '.join(missing)}: expected text, audio, vision")
+        check_dims("cmc", config.dims)
         if config.text_input not in ("features", "bert"):
             raise AffectusError(f"cmc text_input must be 'features' or 'bert', got {config.text_input!r}")
         if config.attention not in KERNELS:

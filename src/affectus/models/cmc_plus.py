@@ -44,6 +44,7 @@ from torch import nn
 from affectus.data.batches import Batch
 from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError, SettingError
+from affectus.models.layers import check_dims
 from affectus.models.output import ModelOutput
 from affectus.models.registry import Capabilities, check_model_config, register_model
 
@@ -134,9 +135,7 @@ class EvidenceRouter(nn.Module):
 class CMCPlus(nn.Module):
     def __init__(self, config: CMCPlusConfig) -> None:
         super().__init__()
-        missing = [m for m in MODALITIES if m not in config.dims]
-        if missing:
-            raise AffectusError(f"cmc_plus config dims lack {', '.join(missing)}: expected text, audio, vision")
+        check_dims("cmc_plus", config.dims)
         if config.text_views and sum(w for _, w in config.text_views) != config.dims["text"]:
             raise AffectusError(f"cmc_plus text_views {config.text_views} do not add up to the text dim "
                                 f"{config.dims['text']}")

@@ -30,11 +30,11 @@ from torch import nn
 from affectus.data.batches import Batch
 from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError
-from affectus.models.layers import EncoderLayer
+from affectus.models.layers import EncoderLayer, check_dims
 from affectus.models.mult import sinusoidal_positions
 from affectus.models.output import ModelOutput
 from affectus.models.registry import Capabilities, register_model
-from affectus.models.tfn import check_dims, check_features
+from affectus.models.tfn import check_features
 
 # LG-MMT's modality pairs (m1, m2), the order of H (eq. 9); m1's steps carry the residual.
 PAIRS: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (1, 2))

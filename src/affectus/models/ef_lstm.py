@@ -24,9 +24,10 @@ import torch
 from torch import nn
 
 from affectus.data.batches import Batch
+from affectus.models.layers import check_dims
 from affectus.models.output import ModelOutput
 from affectus.models.registry import check_model_config, register_model
-from affectus.models.tfn import batchnorm_any_batch, check_dims, check_features, lstm_last_hidden
+from affectus.models.tfn import batchnorm_any_batch, check_features, lstm_last_hidden
 
 
 @dataclass

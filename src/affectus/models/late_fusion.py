@@ -21,6 +21,7 @@ from torch import nn
 from affectus.data.batches import Batch
 from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError
+from affectus.models.layers import check_dims
 from affectus.models.output import ModelOutput
 from affectus.models.registry import Capabilities, check_model_config, register_model
 
@@ -82,11 +83,7 @@ class ModalityBranch(nn.Module):
 class LateFusion(nn.Module):
     def __init__(self, config: LateFusionConfig) -> None:
         super().__init__()
-        missing = [m for m in MODALITIES if m not in config.dims]
-        if missing:
-            raise AffectusError(
-                f"late_fusion config dims lack {', '.join(missing)}: expected text, audio, vision"
-            )
+        check_dims("late_fusion", config.dims)
         self.config = config
         self.branches = nn.ModuleDict(
             {

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from affectus.data.types import MODALITIES
+from affectus.errors import AffectusError
 from affectus.models.attention import AttentionKernel, SelfAttention, keep_mask
 
 Padding = Literal["faithful", "masked"]
@@ -31,6 +33,13 @@ Padding = Literal["faithful", "masked"]
 # attention score across the heads: see `plan_groups`. Tuned on 2 CPU cores, where 50k-200k timed
 # alike and every group size in between beat one group per batch by ~2x on MOSI-like lengths.
 _GROUP_OVERHEAD = 100_000
+
+
+def check_dims(model: str, dims: dict[str, int]) -> None:
+    """One error line when a model config's `dims` lacks a modality (every model reads all three)."""
+    missing = [m for m in MODALITIES if m not in dims]
+    if missing:
+        raise AffectusError(f"{model} config dims lack {', '.join(missing)}: expected text, audio, vision")
 
 
 def _dropout(x: torch.Tensor, p: float, rows: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:

@@ -27,6 +27,7 @@ from affectus.data.batches import Batch
 from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError, SettingError
 from affectus.models.late_fusion import masked_mean
+from affectus.models.layers import check_dims
 from affectus.models.output import ModelOutput
 from affectus.models.registry import Capabilities, register_model
 
@@ -83,9 +84,7 @@ def blocks(config: LinearConfig) -> list[tuple[str, str, int, int]]:
 class Linear(nn.Module):
     def __init__(self, config: LinearConfig) -> None:
         super().__init__()
-        missing = [m for m in MODALITIES if m not in config.dims]
-        if missing:
-            raise AffectusError(f"linear config dims lack {', '.join(missing)}: expected text, audio, vision")
+        check_dims("linear", config.dims)
         self.config = config
         self.blocks = blocks(config)
         width = sum(b[3] for b in self.blocks)

@@ -33,7 +33,7 @@ from torch import nn
 from affectus.data.batches import Batch
 from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError
-from affectus.models.layers import UnimodalEncoder
+from affectus.models.layers import UnimodalEncoder, check_dims
 from affectus.models.output import ModelOutput
 from affectus.models.registry import Capabilities, register_model
 
@@ -87,9 +87,7 @@ class MCURParts:
 class MCUR(nn.Module):
     def __init__(self, config: MCURConfig) -> None:
         super().__init__()
-        missing = [m for m in MODALITIES if m not in config.dims]
-        if missing:
-            raise AffectusError(f"mcur config dims lack {', '.join(missing)}: expected text, audio, vision")
+        check_dims("mcur", config.dims)
         config.validate()
         self.config = config
         self.encoders = nn.ModuleDict({

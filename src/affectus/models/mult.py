@@ -27,9 +27,10 @@ from torch import nn
 from affectus.data.batches import Batch
 from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError
+from affectus.models.layers import check_dims
 from affectus.models.output import ModelOutput
 from affectus.models.registry import check_model_config, register_model
-from affectus.models.tfn import check_dims, check_features
+from affectus.models.tfn import check_features
 
 
 @dataclass

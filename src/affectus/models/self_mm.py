@@ -31,9 +31,10 @@ from affectus.data.batches import Batch
 from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError, SettingError
 from affectus.models.late_fusion import masked_mean
+from affectus.models.layers import check_dims
 from affectus.models.output import ModelOutput
 from affectus.models.registry import Capabilities, check_model_config, register_model
-from affectus.models.tfn import LSTMSubNet, check_dims, check_features
+from affectus.models.tfn import LSTMSubNet, check_features
 
 HEADS = ("fusion", "text", "audio", "vision")  # ULGM's bank order: the multimodal head first
 

@@ -27,6 +27,7 @@ from affectus.data.batches import Batch
 from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError
 from affectus.models.late_fusion import masked_mean
+from affectus.models.layers import check_dims
 from affectus.models.output import ModelOutput
 from affectus.models.registry import check_model_config, register_model
 
@@ -117,12 +118,6 @@ def build(config: TFNConfig) -> TFN:
 
 
 # ---- helpers shared by the LSTM baselines -----------------------------------------------------------
-
-
-def check_dims(model: str, dims: dict[str, int]) -> None:
-    missing = [m for m in MODALITIES if m not in dims]
-    if missing:
-        raise AffectusError(f"{model} config dims lack {', '.join(missing)}: expected text, audio, vision")
 
 
 def check_features(model: str, batch: Batch, dims: dict[str, int]) -> None:
