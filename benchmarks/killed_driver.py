@@ -25,32 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+
 SAMPLES_S = (2, 5, 10, 20, 40)
-
-
-def _stat(pid: int) -> tuple[int, str, int] | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()
-    return int(fields[1]), fields[0], int(fields[19])
-
-
-def _descendants(root: int) -> dict[int, int]:
-    """{pid: start time} of every live descendant of `root` (children of children too)."""
-    table = {int(e.name): _stat(int(e.name)) for e in Path("/proc").iterdir() if e.name.isdigit()}
-    found: dict[int, int] = {}
-    frontier = {root}
-    while frontier:
-        frontier = {p for p, st in table.items() if st and st[0] in frontier and p not in found}
-        found.update({p: table[p][2] for p in frontier})
-    return found
-
-
-def _alive(pid: int, started: int) -> bool:
-    st = _stat(pid)
-    return st is not None and st[2] == started and st[1] != "Z"
 
 
 def _name(pid: int) -> str:
@@ -75,6 +51,7 @@ def main() -> None:
                                                             "src/ for a before/after comparison)")
     args = ap.parse_args()
     from media_clips import GOOD, make_dataset, missing_tools
+    from proc_table import alive, descendants
 
     if missing_tools():
         sys.exit(f"missing: {', '.join(missing_tools())}")
@@ -101,21 +78,21 @@ def main() -> None:
         t0 = time.monotonic()
         while not list(work.rglob("*.npz")) and proc.poll() is None and time.monotonic() - t0 < 300:
             time.sleep(0.05)
-        kids = _descendants(proc.pid)
+        kids = descendants(proc.pid)
         started_s = time.monotonic() - t0
         proc.kill()
         proc.wait()
         killed = time.monotonic()
-        alive: dict[str, int] = {}
+        still: dict[str, int] = {}
         for s in SAMPLES_S:
             time.sleep(max(0.0, killed + s - time.monotonic()))
-            alive[str(s)] = sum(_alive(p, t) for p, t in kids.items())
-        left = {p: _name(p) for p, t in kids.items() if _alive(p, t)}
+            still[str(s)] = sum(alive(p, t) for p, t in kids.items())
+        left = {p: _name(p) for p, t in kids.items() if alive(p, t)}
         for pid in left:
             os.kill(pid, signal.SIGKILL)
     print(json.dumps({"executor": "ray local" if args.ray else "2 local processes",
                       "seconds_to_first_saved_clip": round(started_s, 1), "descendants_at_kill": len(kids),
-                      "alive_after_s": alive, "left_running_at_40s": sorted(left.values())}, indent=2))
+                      "alive_after_s": still, "left_running_at_40s": sorted(left.values())}, indent=2))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import pytest
 
 from affectus.inference.extract.dataset import MediaConfig
 from media_clips import GOOD, make_dataset, missing_tools
+from proc_table import alive, children
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 HEADER = "video_id,clip_id,text,label,mode\n"
@@ -124,31 +125,6 @@ def test_a_new_file_in_the_dataset_folder_and_overwrite_with_resume(clips: Path,
 # ------------------------------------------------------------------------- item 10: workers and a killed parent
 
 
-def _stat(pid: int) -> tuple[int, str, int] | None:
-    """(ppid, state, start time) of a live process, from /proc/<pid>/stat; None when it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()  # the command name may hold spaces and parentheses
-    return int(fields[1]), fields[0], int(fields[19])
-
-
-def _children(pid: int) -> dict[int, int]:
-    """{child pid: its start time} of `pid`'s children."""
-    kids = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            st = _stat(int(entry.name))
-            if st is not None and st[0] == pid:
-                kids[int(entry.name)] = st[2]
-    return kids
-
-
-def _alive(pid: int, started: int) -> bool:
-    st = _stat(pid)
-    return st is not None and st[2] == started and st[1] != "Z"  # a zombie has ended (its reaper lags)
-
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -179,21 +155,21 @@ def test_kill_9_of_extract_dataset_takes_its_workers_with_it(clips: Path, tmp_pa
         # workers exist from the first task on; one saved clip means they have started working
         while not list(work.rglob("*.npz")) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        kids = _children(proc.pid)
+        kids = children(proc.pid)
         assert proc.poll() is None and len(kids) >= 2, "the run ended before it could be killed"
         proc.kill()
         proc.wait()
         deadline = time.monotonic() + 15
-        while any(_alive(p, t) for p, t in kids.items()) and time.monotonic() < deadline:
+        while any(alive(p, t) for p, t in kids.items()) and time.monotonic() < deadline:
             time.sleep(0.1)
-        left = [p for p, t in kids.items() if _alive(p, t)]
+        left = [p for p, t in kids.items() if alive(p, t)]
         assert not left, f"processes {left} outlived their killed parent"
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         for pid, started in kids.items():  # a failing run must not leave them behind either
-            if _alive(pid, started):
+            if alive(pid, started):
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -213,23 +189,23 @@ def test_local_executor_workers_die_with_their_parent(tmp_path: Path) -> None:
     try:
         deadline = time.monotonic() + 60
         # two spawned workers (multiprocessing's resource tracker may be a third child)
-        while len([p for p in _children(proc.pid) if "spawn_main" in _cmdline(p)]) < 2:
+        while len([p for p in children(proc.pid) if "spawn_main" in _cmdline(p)]) < 2:
             assert proc.poll() is None and time.monotonic() < deadline, "no workers started"
             time.sleep(0.05)
         time.sleep(1.0)  # let them reach their task (the initializer has run by then)
-        kids = _children(proc.pid)
+        kids = children(proc.pid)
         proc.kill()
         proc.wait()
         deadline = time.monotonic() + 15
-        while any(_alive(p, t) for p, t in kids.items()) and time.monotonic() < deadline:
+        while any(alive(p, t) for p, t in kids.items()) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not [p for p, t in kids.items() if _alive(p, t)], "workers outlived their killed parent"
+        assert not [p for p, t in kids.items() if alive(p, t)], "workers outlived their killed parent"
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         for pid, started in kids.items():
-            if _alive(pid, started):
+            if alive(pid, started):
                 os.kill(pid, signal.SIGKILL)
 
 
