@@ -72,6 +72,9 @@ class LabelScheme:
     # SynthConfig fields of the simulator's score story for this scheme (label steps, class rates);
     # a scheme without scores is simulated by the categorical story from its class names
     synth_story: tuple[tuple[str, Any], ...] = ()
+    # the metric shown first for named classes: "acc" (IEMOCAP's habit) or "f1" (weighted F1, as MELD is
+    # reported); categorical schemes set it from their spec
+    headline: str = "acc"
 
     @property
     def num_classes(self) -> int:
@@ -177,9 +180,7 @@ def modality_columns(pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str
 class CategoricalScheme(LabelScheme):
     """N named classes; labels are class indices. Accuracy, weighted F1, per-class F1, UAR.
 
-    `headline`: the metric shown first ("acc", IEMOCAP's habit, or "f1": weighted F1, as MELD is reported)."""
-
-    headline: str = "acc"
+    `headline` (on the base class): set from the spec, recorded only when it is not "acc"."""
 
     def spec(self) -> dict[str, Any]:
         spec: dict[str, Any] = {"name": self.name, "classes": list(self.class_names)}
