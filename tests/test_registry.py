@@ -227,3 +227,16 @@ def test_the_default_model_is_one_constant():
     assert resolve_config().model_name == DEFAULT_MODEL in list_models()
     for bad in ('    model: str = "cmc",', 'typer.Option("cmc", "--model")', 'resolve_config(model or "cmc")'):
         assert pattern.search(bad), bad
+
+
+def test_every_model_declares_its_family_and_paper(capsys):
+    """`affectus models` groups models by family and names the paper each comes from (ours excepted)."""
+    from affectus.models.registry import FAMILIES
+
+    for name in list_models():
+        entry = get_model_entry(name)
+        assert entry.family in FAMILIES, name
+        assert entry.paper or entry.family == "ours", f"{name}: no paper"
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("# methods of the seed papers") < out.index("\ncmc ") < out.index("# comparison baselines")

@@ -291,14 +291,23 @@ def models_cmd(
     if name is not None:
         _print_config_keys(name)
         return
-    for model in list_models():
-        entry = get_model_entry(model)
-        recipe = entry.recipe if isinstance(entry.recipe, str) else type(entry.recipe).__name__
-        print(f"{model:14s} {entry.description}  [recipe {recipe.rsplit(':', 1)[-1]}]")
-        variants = entry.get_variants()
-        if len(variants) > 1:
-            for vname, spec in variants.items():
-                print(f"  --variant {vname:20s} {spec.get('description', '')}")
+    from affectus.models.registry import FAMILIES
+
+    entries = [get_model_entry(model) for model in list_models()]
+    for family, title in FAMILIES.items():
+        members = [e for e in entries if e.family == family]
+        if not members:
+            continue
+        print(f"# {title}")
+        for entry in members:
+            recipe = entry.recipe if isinstance(entry.recipe, str) else type(entry.recipe).__name__
+            print(f"{entry.name:14s} {entry.description}  [recipe {recipe.rsplit(':', 1)[-1]}]")
+            if entry.paper:
+                print(f"  paper: {entry.paper}")
+            variants = entry.get_variants()
+            if len(variants) > 1:
+                for vname, spec in variants.items():
+                    print(f"  --variant {vname:20s} {spec.get('description', '')}")
 
 
 def _print_config_keys(name: str) -> None:

@@ -238,6 +238,7 @@ def capabilities(config: CMCConfig) -> Capabilities:
 
 
 @register_model("cmc", CMCConfig, "Calibrated Multimodal Consensus (CMC)", recipe="affectus.training.recipes.cmc:CMCRecipe",
-                variants="cmc.yaml", report_sections=("temperature", "plgm_flips", "router"), capabilities=capabilities)
+                variants="cmc.yaml", report_sections=("temperature", "plgm_flips", "router"), capabilities=capabilities,
+                family="seed", paper="Zhong et al., Calibrating Multimodal Consensus for Emotion Recognition, 2025")
 def build(config: CMCConfig, bert_config: Any | None = None) -> CMC:
     return CMC(config, bert_config=bert_config)

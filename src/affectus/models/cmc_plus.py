@@ -227,7 +227,7 @@ class CMCPlus(nn.Module):
 
 @register_model("cmc_plus", CMCPlusConfig, "CMC+: calibrated experts and an evidence router (our method)",
                 recipe="affectus.training.recipes.cmc_plus:CMCPlusRecipe", variants="cmc_plus.yaml",
-                report_sections=("router",),
+                report_sections=("router",), family="ours",
                 capabilities=lambda c: Capabilities(text_views=True, router=c.use_router, unimodal_heads=True,
                                                     experts=tuple(expert_names(c)), excludes_absent=True))
 def build(config: CMCPlusConfig) -> CMCPlus:

@@ -326,6 +326,7 @@ def _masked_softmax(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor
 @register_model("cumdf", CUMDFConfig, "CUMDF: label-guided masked Transformer, teacher-student distillation with "
                 "counterfactual modality attribution (missing modalities)",
                 recipe="affectus.training.recipes.cumdf:CUMDFRecipe", variants="cumdf.yaml",
-                capabilities=Capabilities(excludes_absent=True))  # an absent modality gives no token
+                capabilities=Capabilities(excludes_absent=True), family="seed",
+                paper="Label-Guided Enhancement: A Distillation Framework for Uncertainty-Aware MER (CUMDF)")  # an absent modality gives no token
 def build(config: CUMDFConfig) -> CUMDF:
     return CUMDF(config)

@@ -98,6 +98,7 @@ class EFLSTM(nn.Module):
         return ModelOutput(logits=self.out(h))  # (B, C)
 
 
-@register_model("ef_lstm", EFLSTMConfig, "EF-LSTM: early-fusion LSTM on text-aligned features (MMSA)")
+@register_model("ef_lstm", EFLSTMConfig, "EF-LSTM: early-fusion LSTM on text-aligned features (MMSA)",
+                paper="early-fusion LSTM as in MMSA (Yu et al., ACL 2020, CH-SIMS)")
 def build(config: EFLSTMConfig) -> EFLSTM:
     return EFLSTM(config)

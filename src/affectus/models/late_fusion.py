@@ -113,6 +113,7 @@ class LateFusion(nn.Module):
 
 
 @register_model("late_fusion", LateFusionConfig, "LF-DNN style late fusion baseline",
-                capabilities=Capabilities(unimodal_heads=True))
+                capabilities=Capabilities(unimodal_heads=True),
+                paper="LF-DNN as in MMSA (Yu et al., ACL 2020, CH-SIMS)")
 def build(config: LateFusionConfig) -> LateFusion:
     return LateFusion(config)

@@ -127,7 +127,7 @@ class Linear(nn.Module):
 
 
 @register_model("linear", LinearConfig, "logistic regression on pooled, standardised inputs (early fusion)",
-                recipe="affectus.training.recipes.linear:LinearRecipe", variants="linear.yaml",
+                recipe="affectus.training.recipes.linear:LinearRecipe", variants="linear.yaml", family="ours",
                 capabilities=Capabilities(text_views=True, excludes_absent=True))  # absent: the training mean
 def build(config: LinearConfig) -> Linear:
     return Linear(config)

@@ -149,7 +149,8 @@ class MCUR(nn.Module):
 
 
 @register_model("mcur", MCURConfig, "MCUR: modality-combination contrastive learning + sample-wise uncertainty",
-                recipe="affectus.training.recipes.mcur:MCURRecipe", variants="mcur.yaml",
+                recipe="affectus.training.recipes.mcur:MCURRecipe", variants="mcur.yaml", family="seed",
+                paper="MCUR: modality-combination contrast and sample-wise uncertainty (the seeds' MCUR paper)",
                 capabilities=lambda c: Capabilities(unimodal_heads=c.unimodal_heads, extra_forward=("represent",),
                                                     idle_when_complete=("missing",), excludes_absent=True))  # vectors for absent modalities
 def build(config: MCURConfig) -> MCUR:

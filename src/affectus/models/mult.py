@@ -165,6 +165,7 @@ class MulT(nn.Module):
         return ModelOutput(logits=self.head(hs))  # (B, C)
 
 
-@register_model("mult", MulTConfig, "MulT: crossmodal transformers on unaligned sequences (Tsai et al. 2019)")
+@register_model("mult", MulTConfig, "MulT: crossmodal transformers on unaligned sequences (Tsai et al. 2019)",
+                paper="Tsai et al., Multimodal Transformer for Unaligned Multimodal Language Sequences, ACL 2019")
 def build(config: MulTConfig) -> MulT:
     return MulT(config)

@@ -39,6 +39,10 @@ SUPERVISED = "affectus.training.recipes.supervised:SupervisedRecipe"
 # the model a command, the API, an experiment row or a sweep trains when none is named
 DEFAULT_MODEL = "cmc"
 DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {"default": {"description": "the model as configured", "overrides": {}}}
+# What a model is to this toolkit, for `affectus models` and the docs: a seed paper's own method, our own
+# model, or a comparison baseline that a seed paper's tables compare against.
+FAMILIES = {"seed": "methods of the seed papers", "ours": "affectus's own models",
+            "baseline": "comparison baselines (the seeds' tables)"}
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,8 @@ class ModelEntry:
     report_sections: tuple[str, ...] = ()
     # what the model does: fixed, or a function of its config (e.g. a router only with use_router)
     capabilities: Capabilities | Callable[[Any], Capabilities] = field(default_factory=Capabilities)
+    family: str = "baseline"  # a key of FAMILIES
+    paper: str = ""  # the paper it comes from: "Authors, venue year", empty for our own models
 
     def can(self, config: Any) -> Capabilities:
         """The capabilities of this model built from `config` (its config dataclass, or a mapping of
@@ -135,13 +141,16 @@ _REGISTRY: dict[str, ModelEntry] = {}
 
 def register_model(name: str, config_cls: type, description: str = "", *, recipe: str | Any = SUPERVISED,
                    variants: str | dict[str, dict[str, Any]] | None = None, report_sections: tuple[str, ...] = (),
-                   capabilities: Capabilities | Callable[[Any], Capabilities] | None = None):
+                   capabilities: Capabilities | Callable[[Any], Capabilities] | None = None,
+                   family: str = "baseline", paper: str = ""):
     """Decorator for a model's builder; a test may register a toy model with its own recipe object."""
+    if family not in FAMILIES:
+        raise ValueError(f"register_model({name!r}): family {family!r} is not one of {', '.join(FAMILIES)}")
 
     def deco(build):
         _REGISTRY[name] = ModelEntry(name, config_cls, build, description, recipe,
                                      dict(DEFAULT_VARIANTS) if variants is None else variants, tuple(report_sections),
-                                     Capabilities() if capabilities is None else capabilities)
+                                     Capabilities() if capabilities is None else capabilities, family, paper)
         return build
 
     return deco

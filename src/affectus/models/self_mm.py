@@ -147,6 +147,7 @@ class SelfMM(nn.Module):
 
 @register_model("self_mm", SelfMMConfig, "Self-MM: multi-task with self-supervised unimodal labels (Yu et al. 2021)",
                 recipe="affectus.training.recipes.self_mm:SelfMMRecipe",
-                capabilities=Capabilities(extra_forward=("multitask_forward",)))
+                capabilities=Capabilities(extra_forward=("multitask_forward",)),
+                paper="Yu et al., Learning Modality-Specific Representations with Self-Supervised Multi-Task Learning, AAAI 2021")
 def build(config: SelfMMConfig) -> SelfMM:
     return SelfMM(config)

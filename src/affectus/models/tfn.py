@@ -112,7 +112,8 @@ class TFN(nn.Module):
         return ModelOutput(logits=self.head(self.post_fusion(z)))  # (B, C)
 
 
-@register_model("tfn", TFNConfig, "TFN: tensor fusion of [h;1] outer products (Zadeh et al. 2017)")
+@register_model("tfn", TFNConfig, "TFN: tensor fusion of [h;1] outer products (Zadeh et al. 2017)",
+                paper="Zadeh et al., Tensor Fusion Network for Multimodal Sentiment Analysis, EMNLP 2017")
 def build(config: TFNConfig) -> TFN:
     return TFN(config)
 
