@@ -52,16 +52,16 @@ def main() -> None:
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     from affectus.cli import main as cli
-    from affectus.inference.extract.audio import (
+    from affectus.features.audio import (
         LibrosaConfig,
         LibrosaExtractor,
         OpenSmileConfig,
         OpenSmileExtractor,
     )
-    from affectus.inference.extract.clip import ClipPredictor, predict_clip
-    from affectus.inference.extract.dataset import MediaPipeline
-    from affectus.inference.extract.decode import DecodeConfig, Decoder
-    from affectus.inference.extract.vision import HaarFaceConfig, HaarFaceExtractor
+    from affectus.features.clip import ClipPredictor, predict_clip
+    from affectus.features.dataset import MediaPipeline
+    from affectus.features.decode import DecodeConfig, Decoder
+    from affectus.features.vision import HaarFaceConfig, HaarFaceExtractor
     from affectus.inference.predictor import load
 
     root = Path(tempfile.mkdtemp(prefix="bench-media-"))

@@ -45,7 +45,7 @@ def rss_mb() -> float:
 
 def child(kind: str, data: str, threads: int, out: Path) -> dict:
     """One measurement in this (fresh) process."""
-    import affectus.inference.extract.text as text_module
+    import affectus.features.text as text_module
     from affectus.data.load import open_data
     from affectus.training.config import resolve_config
     from affectus.training.loop import training_log

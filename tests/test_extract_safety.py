@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from affectus.inference.extract.dataset import MediaConfig
+from affectus.features.dataset import MediaConfig
 from media_clips import GOOD, make_dataset, missing_tools
 from proc_table import alive, children
 
@@ -239,7 +239,7 @@ def test_nul_bytes_and_over_long_ids_in_label_csv_are_one_line(tmp_path: Path, c
 
 
 def test_an_id_at_the_name_limit_is_taken(tmp_path: Path) -> None:
-    from affectus.inference.extract.dataset import read_label_csv
+    from affectus.features.dataset import read_label_csv
 
     (tmp_path / "label.csv").write_text(HEADER + "v1," + "a" * 251 + ",hi,0.5,train\n", encoding="utf-8")
     (row,) = read_label_csv(tmp_path / "label.csv")
@@ -251,9 +251,9 @@ def test_an_id_at_the_name_limit_is_taken(tmp_path: Path) -> None:
 
 @needs_media
 def test_feature_dims_from_the_config_match_the_extractors() -> None:
-    from affectus.inference.extract.audio import LibrosaConfig, LibrosaExtractor, OpenSmileExtractor
-    from affectus.inference.extract.dataset import feature_dims
-    from affectus.inference.extract.vision import HaarFaceConfig, HaarFaceExtractor
+    from affectus.features.audio import LibrosaConfig, LibrosaExtractor, OpenSmileExtractor
+    from affectus.features.dataset import feature_dims
+    from affectus.features.vision import HaarFaceConfig, HaarFaceExtractor
 
     for config in (MediaConfig(), MediaConfig(audio=LibrosaConfig(n_mfcc=13), vision=HaarFaceConfig(crop_size=96))):
         audio = (OpenSmileExtractor if config.audio.kind == "opensmile" else LibrosaExtractor)(config.audio)
@@ -313,7 +313,7 @@ def test_resume_cache_entries_that_cannot_be_their_clip_are_extracted_again(clip
 
 def test_cache_check_bounds_rows_by_the_clips_length(tmp_path: Path) -> None:
     """The bound comes from the clip file (probed), at most decode.max_duration_s; no clip, no trust."""
-    from affectus.inference.extract.dataset import BadEntry, CacheCheck
+    from affectus.features.dataset import BadEntry, CacheCheck
 
     check = CacheCheck(MediaConfig())
     check.seconds = lambda clip: 2.0  # type: ignore[method-assign] - a 2-s clip, without decoding one

@@ -17,7 +17,7 @@ import pytest
 
 from affectus.data.mmsa import write_pickle
 from affectus.data.synthetic import SynthConfig, generate
-from affectus.inference.checkpoints import in_sample_parts, same_data, split_fits
+from affectus.runs.checkpoints import in_sample_parts, same_data, split_fits
 
 DATA = "synth:mosi-utterance?scale=0.2"
 OTHER = "synth:mosi-utterance?scale=0.25"  # same split names, other samples
@@ -154,8 +154,8 @@ def test_same_data_compares_files_by_content_and_synth_by_name():
 
 
 def test_results_md_csv_and_report_mark_an_in_sample_row(tmp_path):
-    from affectus.evaluation.report import build_report
     from affectus.experiments.runner import run_experiment
+    from affectus.report import build_report
 
     spec = {"name": "insample", "seeds": 1, "preset": "mosi-utterance",
             "runs": [{"name": "CMC+", "model": "cmc_plus", "overrides": FAST_OVERRIDES},

@@ -17,7 +17,7 @@ from affectus.data.presets import inputs_label, load_preset
 from affectus.errors import AffectusError
 from affectus.experiments.runner import run_experiment
 from affectus.experiments.spec import expand, load_spec
-from affectus.inference.extract.text import minilm_available
+from affectus.features.text import minilm_available
 from affectus.models.registry import list_models
 from affectus.training.config import resolve_config
 from test_cmc_plus import _mosi_like
@@ -115,7 +115,7 @@ def test_an_encoder_that_is_not_installed_is_refused_before_anything_is_written(
     assert code == 2 and len(err.strip().splitlines()) == 1 and "no-such-model" in err and "not a directory" in err
     assert not (tmp_path / "run").exists()
     # the packaged MiniLM missing: the same one line
-    import affectus.inference.extract.text as text_module
+    import affectus.features.text as text_module
 
     monkeypatch.setattr(text_module, "minilm_available", lambda: False)
     code, _, err = cli("train", "--data", mosi_file, "--preset", "mosi-utterance", "--model", "linear",
@@ -194,7 +194,7 @@ def test_results_show_one_inputs_value_and_mixed_rows_are_marked(bert, mosi_file
     assert next(line for line in md if line.startswith("| LR file")).startswith("| LR file ≠ |")
     assert next(line for line in md if line.startswith("| LR |")).count("≠") == 0
     # the report's results table carries the same column
-    from affectus.evaluation.report import build_report
+    from affectus.report import build_report
 
     page = build_report(tmp_path / "mixed", tensorboard=False).read_text()
     assert "<th>inputs</th>" in page.replace(' class="l"', "") and "read different inputs" in page

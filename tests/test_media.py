@@ -20,12 +20,12 @@ import pytest
 
 from affectus.data.mmsa import load_dataset
 from affectus.errors import AffectusError
-from affectus.inference.extract.asr import MoonshineConfig
-from affectus.inference.extract.audio import LibrosaConfig, OpenSmileConfig
-from affectus.inference.extract.base import MediaError
-from affectus.inference.extract.dataset import MediaConfig, read_label_csv
-from affectus.inference.extract.decode import DecodeConfig
-from affectus.inference.extract.vision import HaarFaceConfig
+from affectus.features.asr import MoonshineConfig
+from affectus.features.audio import LibrosaConfig, OpenSmileConfig
+from affectus.features.base import MediaError
+from affectus.features.dataset import MediaConfig, read_label_csv
+from affectus.features.decode import DecodeConfig
+from affectus.features.vision import HaarFaceConfig
 from media_clips import GOOD, ClipSpec, face_frames, make_clip, make_dataset, missing_tools
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -182,7 +182,7 @@ def test_label_csv_keeps_ids_as_text(tmp_path: Path) -> None:
 
 @needs_media
 def test_decode_rates_and_limits(media_root: Path) -> None:
-    from affectus.inference.extract.decode import Decoder
+    from affectus.features.decode import Decoder
 
     clip = media_root / "Raw" / "v1" / "0001.mp4"
     dec = Decoder(DecodeConfig(sample_rate=16000, fps=10.0))
@@ -204,8 +204,8 @@ def test_decode_rates_and_limits(media_root: Path) -> None:
 
 @needs_media
 def test_audio_extractors_shapes_and_values(media_root: Path) -> None:
-    from affectus.inference.extract.audio import LibrosaExtractor, OpenSmileExtractor
-    from affectus.inference.extract.decode import Decoder
+    from affectus.features.audio import LibrosaExtractor, OpenSmileExtractor
+    from affectus.features.decode import Decoder
 
     samples = Decoder().audio(media_root / "Raw" / "v1" / "0001.mp4")
     seconds = samples.size / 16000
@@ -223,7 +223,7 @@ def test_audio_extractors_shapes_and_values(media_root: Path) -> None:
 
 @pytest.mark.skipif(any(m in missing_tools() for m in ("cv2", "skimage")), reason="needs cv2 and skimage")
 def test_face_features_mark_frames_without_a_face() -> None:
-    from affectus.inference.extract.vision import HaarFaceExtractor
+    from affectus.features.vision import HaarFaceExtractor
 
     x = HaarFaceExtractor()
     face, blank = face_frames(1)[0], face_frames(1, face=False)[0]

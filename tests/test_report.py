@@ -15,9 +15,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import affectus.cli.report_cmd  # noqa: F401  (registers the command until the CLI package imports it)
 from affectus.cli import main
-from affectus.evaluation.report import build_report, find_runs, least_squares_slope, mean_std
 from affectus.evaluation.tensorboard import EpochLogger, read_scalars, write_tensorboard
 from affectus.experiments.runner import run_experiment
+from affectus.report import build_report, find_runs, least_squares_slope, mean_std
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FAST = ["--set", "train.epochs=2", "--set", "train.patience=1", "--set", "model.layers=1", "--set", "model.heads=2",

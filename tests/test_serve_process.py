@@ -346,8 +346,8 @@ def test_a_clip_without_a_stated_duration_is_stopped_at_the_limit(clips):
 def test_a_clip_over_the_limit_is_refused_whole(clips):
     """In process: ClipPredictor(max_duration_s=...) stops decoding at the limit, and a clip whose audio is
     over it is refused, not predicted from the video that was decoded before."""
-    from affectus.inference.extract.base import MediaError
-    from affectus.inference.extract.clip import ClipPredictor
+    from affectus.features.base import MediaError
+    from affectus.features.clip import ClipPredictor
     from affectus.inference.predictor import load
 
     explain = ClipPredictor(load(clips["run"]), max_duration_s=2.0)

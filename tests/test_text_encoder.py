@@ -1,4 +1,4 @@
-"""The transcript encoder (inference/extract/text.py), offline.
+"""The transcript encoder (features/text.py), offline.
 
 The general path runs on a tiny randomly initialised BERT (2 layers, 16-d) with a 20-word WordPiece
 vocabulary written to a temp directory; one test marked `minilm` runs the packaged all-MiniLM-L6-v2.
@@ -17,7 +17,7 @@ import torch
 from affectus.data.mmsa import dataset_from_raw, load_dataset
 from affectus.data.npz import write_npz
 from affectus.errors import AffectusError
-from affectus.inference.extract.text import (
+from affectus.features.text import (
     BertEncoderConfig,
     BertTextEncoder,
     minilm_available,
@@ -65,7 +65,7 @@ def tiny(tiny_dir) -> BertTextEncoder:
 
 
 def test_text_bert_is_the_mmsa_layout(tiny, caplog):
-    with caplog.at_level(logging.WARNING, logger="affectus.inference.extract.text"):
+    with caplog.at_level(logging.WARNING, logger="affectus.features.text"):
         tb = tiny.tokenize(TEXTS)
     assert "1 of 4 transcripts are longer than max_length 8 tokens" in caplog.text
     assert tb.shape == (4, 3, 8) and tb.dtype == np.int64

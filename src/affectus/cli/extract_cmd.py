@@ -1,6 +1,6 @@
 """`affectus extract-dataset DIR --out FILE`: a folder of clips (MMSA-FET layout) -> an MMSA feature file.
 
-The library side is `inference/extract/dataset.py`; this module only parses options, draws the
+The library side is `features/dataset.py`; this module only parses options, draws the
 progress bar (stderr) and prints one summary line (stdout). See docs/media.md.
 """
 
@@ -128,8 +128,8 @@ def extract_dataset(
     import dataclasses
     import json
 
-    from affectus.inference.extract.asr import ASR_KINDS, MoonshineConfig
-    from affectus.inference.extract.dataset import AUDIO_KINDS, MediaConfig, build_dataset
+    from affectus.features.asr import ASR_KINDS, MoonshineConfig
+    from affectus.features.dataset import AUDIO_KINDS, MediaConfig, build_dataset
     from affectus.utils.executors import Executor, LocalExecutor, RayExecutor
 
     if config is not None:

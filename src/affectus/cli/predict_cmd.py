@@ -48,8 +48,8 @@ def predict(
 ) -> None:
     """Explained verdicts for the samples of DATA: verdict, probabilities, each modality's call and weight."""
     from affectus.data.load import data_identity, open_data, source_id
-    from affectus.inference.checkpoints import fits_legend, in_sample_json, split_fits
     from affectus.inference.predictor import load
+    from affectus.runs.checkpoints import fits_legend, in_sample_json, split_fits
 
     clips = [d for d in data if Path(d).suffix.lower() in _CLIP_SUFFIXES]
     if (clips and len(clips) != len(data)) or (not clips and len(data) > 1):
@@ -110,7 +110,7 @@ def _print_absent(rows: list[dict]) -> None:
 
 def _predict_clips(predictor: object, clips: list[str], transcript: str | None, as_json: bool, asr: bool = True) -> None:
     """Every clip predicted in order; a failing clip is reported and skipped, exit 2 at the end if any failed."""
-    from affectus.inference.extract.clip import ClipPredictor
+    from affectus.features.clip import ClipPredictor
 
     explain = ClipPredictor(predictor, asr=asr)  # one load of the extractors (and text encoder) for all clips
     console = Console()

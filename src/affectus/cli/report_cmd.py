@@ -25,7 +25,7 @@ def report(
     """Write DIR/report/report.html: results (mean ± std over seeds), curves over the grid (temperature,
     retention), training curves, PLGM flips, router weights, each where it applies to the runs' models;
     one self-contained page, PNGs beside it."""
-    from affectus.evaluation.report import build_report
+    from affectus.report import build_report
 
     if data is not None:
         # prediction is small; more threads only contend with whatever else runs on the machine

@@ -23,7 +23,7 @@ console = Console(stderr=True)
 def _print_metrics(metrics: dict, title: str, fits: dict | None = None, split: str = "") -> None:
     """The scores as a table. `fits` (checkpoints.split_fits for the scored split): an in-sample score gets
     the mark on its subset cell and one legend line; selection parts that chose on the split are named."""
-    from affectus.inference.checkpoints import IN_SAMPLE_MARK, fits_legend
+    from affectus.runs.checkpoints import IN_SAMPLE_MARK, fits_legend
 
     fits = fits or {"in_sample": [], "selection": []}
     marked = fits["in_sample"] is None or bool(fits["in_sample"])
@@ -121,8 +121,8 @@ def train(
     apply_threads(cfg.train.threads)
     with epoch_display(quiet) as on_epoch:
         metrics = job.run(out, resume=resume, on_epoch=on_epoch, overwrite=overwrite)
-    from affectus.inference.checkpoints import read_run, split_fits
     from affectus.models.registry import display_name
+    from affectus.runs.checkpoints import read_run, split_fits
 
     _print_metrics(metrics, f"{display_name(cfg.model_name, cfg.variant)} on split '{plan.eval}'",
                    split_fits(read_run(out), plan.eval), plan.eval)
@@ -148,8 +148,8 @@ def evaluate(
 ) -> None:
     """Score a trained run on a split of DATA."""
     from affectus.data.load import open_data
-    from affectus.inference.checkpoints import in_sample_json
     from affectus.inference.predictor import load, predictions_csv
+    from affectus.runs.checkpoints import in_sample_json
     from affectus.utils.io import refuse_overwrite, write_text_atomic
 
     if predictions is not None:
@@ -212,7 +212,7 @@ def _absent_notes(pred: Any) -> dict[str, str]:
 def _fits(info: dict, data: str, split: str) -> dict:
     """What the run fitted on split `split` of DATA (compared by content with the run's own data)."""
     from affectus.data.load import data_identity, source_id
-    from affectus.inference.checkpoints import split_fits
+    from affectus.runs.checkpoints import split_fits
 
     return split_fits(info, split, data_identity(source_id(data)))
 
@@ -233,7 +233,7 @@ def params(
         if model or preset or dims or variant:
             raise AffectusError(f"params {run_dir}: the run fixes its model and dims; drop --model, --preset, "
                                 f"--dims and --variant")
-        from affectus.inference.checkpoints import read_run
+        from affectus.runs.checkpoints import read_run
 
         info = read_run(run_dir)
         if not isinstance(info.get("model_config"), dict) or not isinstance(info.get("model_name"), str):
@@ -265,7 +265,7 @@ def params(
     if p is not None and can.num_classes:  # as training builds it
         values["num_classes"] = p.scheme.num_classes
     if cfg.train.text_inputs != "file":  # the inputs re-encode the transcripts: the text width they make
-        from affectus.inference.extract.text import encoded_dims
+        from affectus.features.text import encoded_dims
 
         values["dims"], views = encoded_dims(values["dims"], cfg.train.text_inputs, cfg.train.text_encoder)
         if views and can.text_views:

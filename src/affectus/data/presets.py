@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 SPLIT_ROLES = ("train", "select", "eval")
 
-# Where a run's text input comes from (inference/extract/text.py): "file" (the file's text features as they
+# Where a run's text input comes from (features/text.py): "file" (the file's text features as they
 # are), or the transcripts (`raw_text`) re-encoded by the preset's encoder: "sentence" (one sentence vector
 # per sample), "states" (token states), "sentence+file" (the sentence vector next to the file's own text
 # feature, two text views), "bert" (token ids for a BERT text path).

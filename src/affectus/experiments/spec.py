@@ -47,6 +47,7 @@ from pydantic import Field
 
 from affectus.errors import AffectusError, suggest
 from affectus.models.registry import DEFAULT_MODEL
+from affectus.utils.names import slugify
 from affectus.utils.strict_yaml import Doc, Loc, Strict, read_yaml, validate
 
 # Set by the runner, never by a spec: the seed comes from `seeds`, threads from --threads / --jobs.
@@ -305,12 +306,6 @@ def _report(doc: Doc, report: ReportSpec, grid: dict[str, list[Any]]) -> None:
 
 
 # ---------------------------------------------------------------------------------------- expansion
-
-
-def slugify(text: str) -> str:
-    """'w/o PLGM' -> 'w-o-plgm', 'CMC+' -> 'cmc-plus': lower case, '+' spelt out (CMC+ is not CMC), runs of
-    other characters -> '-'."""
-    return re.sub(r"[^a-z0-9.]+", "-", text.lower().replace("+", "-plus")).strip("-") or "run"
 
 
 def _value_text(value: Any) -> str:

@@ -19,8 +19,8 @@ import torch
 from affectus.data.batches import Batch
 from affectus.data.types import MODALITIES, MERDataset, Split, to_classes
 from affectus.errors import AffectusError, suggest
-from affectus.inference import checkpoints as ckpt
 from affectus.models.registry import create_model, get_model_entry, make_config
+from affectus.runs import checkpoints as ckpt
 
 CLASS_NAMES = ("negative", "neutral", "positive")  # the sentiment schemes' classes
 # what an explanation says of an absent modality: a model that zero-fills it (Capabilities.excludes_absent
@@ -193,7 +193,7 @@ class Predictor:
         if split.available is not None and not split.available[:, 0].any():
             return split  # no sample has text: nothing to encode (e.g. a clip without a transcript)
         from affectus.data.missing import with_availability
-        from affectus.inference.extract.text import reencode_dataset, text_inputs_from_record
+        from affectus.features.text import reencode_dataset, text_inputs_from_record
 
         if self._text_inputs is None:  # built once: every request or condition reuses the encoder
             self._text_inputs = text_inputs_from_record(record)

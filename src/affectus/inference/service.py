@@ -121,7 +121,7 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
     spec = oip.Spec(name=Path(run_dir).name, dims=dict(predictor.dims), classes=tuple(predictor.scheme.class_names),
                     outputs=oip.output_spec(_probe(predictor), predictor.scheme), max_batch=limits.max_batch)
     try:
-        from affectus.inference.extract.clip import ClipPredictor
+        from affectus.features.clip import ClipPredictor
 
         ClipPredictor.check_run(predictor)
         clip_error = None
@@ -615,8 +615,8 @@ def _worker_main(conn: Any, run_dir: str, thumbnails: int, max_clip_s: float, pa
     """A clip worker: load the run and its extractors once, then explain clips until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the server stops us
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
-    from affectus.inference.extract.base import MediaError
-    from affectus.inference.extract.clip import ClipPredictor
+    from affectus.features.base import MediaError
+    from affectus.features.clip import ClipPredictor
     from affectus.inference.predictor import load
 
     try:

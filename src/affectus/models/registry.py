@@ -89,7 +89,7 @@ class ModelEntry:
     recipe: str | Any = SUPERVISED
     # variant name -> {description, overrides[, preset_model_key]}; or a YAML file under configs/variants/
     variants: str | dict[str, dict[str, Any]] = field(default_factory=lambda: dict(DEFAULT_VARIANTS))
-    # report sections that apply (evaluation/report.py): e.g. "temperature", "plgm_flips", "router"
+    # report sections that apply (report/): e.g. "temperature", "plgm_flips", "router"
     report_sections: tuple[str, ...] = ()
     # what the model does: fixed, or a function of its config (e.g. a router only with use_router)
     capabilities: Capabilities | Callable[[Any], Capabilities] = field(default_factory=Capabilities)

@@ -45,7 +45,7 @@ class TrainConfig:
     # unimodal labels in the training split; the selection and evaluation splits are untouched)
     consistent_retention: float = 1.0
     bucket: bool = False  # length-bucketed batches (models with masked padding only)
-    # Where the text input comes from (inference/extract/text.py): "file" (the file's text features, as
+    # Where the text input comes from (features/text.py): "file" (the file's text features, as
     # they are), or re-encoded from each split's transcripts (raw_text) by `text_encoder`: "sentence"
     # (one sentence vector per sample), "states" (token states), "sentence+file" (the sentence vector
     # next to the file's own text feature averaged over its steps, as two text views) or "bert" (token
@@ -135,6 +135,26 @@ class ResolvedConfig:
         train = _section(TrainConfig, d.get("train", {}), "train")
         recipe = None if recipe_cls is None else _section(recipe_cls, d.get("recipe", {}), "recipe")
         return cls(d["model_name"], d["variant"], dict(d["model"]), train, recipe, d.get("preset"))
+
+
+def upgrade_config(d: dict[str, Any]) -> dict[str, Any]:
+    """A resolved config recorded by an older version in today's form: every section parsed (keys added
+    since take the value such a run was trained with, `LEGACY_DEFAULTS`, else their default) and the model
+    section's missing keys filled with the model's defaults. `runs.identity` compares configs after this
+    step, so a run trained before a key existed is still the same run. A dict that does not parse comes
+    back as it was (and will not match)."""
+    from affectus.models.registry import get_model_entry
+
+    try:
+        model = dict(d.get("model") or {})
+        out = ResolvedConfig.from_dict(d).to_dict()
+        for f in dataclasses.fields(get_model_entry(out["model_name"]).config_cls):
+            if f.name not in model and f.default is not dataclasses.MISSING:
+                model[f.name] = f.default
+        out["model"] = model
+        return out
+    except (AffectusError, KeyError, TypeError, ValueError, AttributeError):
+        return d
 
 
 def _section(config_cls: type, values: dict[str, Any], section: str) -> Any:

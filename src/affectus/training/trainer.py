@@ -25,10 +25,10 @@ from affectus.data.types import MERDataset, Split
 from affectus.errors import AffectusError
 from affectus.evaluation.evaluate import predict_split, score_predictions, single_class
 from affectus.evaluation.tensorboard import EpochLogger
-from affectus.inference import checkpoints as ckpt
 from affectus.models.registry import create_model, get_model_entry, make_config
-from affectus.training.config import ResolvedConfig
-from affectus.training.identity import check_same_run, run_identity, write_identity
+from affectus.runs import checkpoints as ckpt
+from affectus.runs.identity import check_same_run, run_identity, write_identity
+from affectus.training.config import ResolvedConfig, upgrade_config
 from affectus.training.loop import logger
 from affectus.training.recipes.base import RecipeContext, RecipeResult
 from affectus.utils.io import lock_dir, write_json_atomic
@@ -134,7 +134,7 @@ _RUN_FILES = ("config.json", "metrics.json", "run.json", "model.safetensors", "b
 
 
 def _refuse_foreign_files(out: Path) -> None:
-    from affectus.training.identity import IDENTITY_FILE
+    from affectus.runs.identity import IDENTITY_FILE
 
     if (out / IDENTITY_FILE).exists():
         return  # an affectus run: the finished / interrupted checks below decide
@@ -150,9 +150,9 @@ def _locked_run(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume:
         raise AffectusError(f"{out}: already holds a finished run; choose another --out or delete it")
     if (out / "state.pt").exists() and not resume:
         raise AffectusError(f"{out}: holds an interrupted run; pass --resume to continue it, or choose another --out")
-    identity = run_identity(cfg, data_identity(data_source or dataset.source))
+    identity = run_identity(cfg.model_name, cfg.to_dict(), data_identity(data_source or dataset.source))
     if resume:  # the same model, config and data, or nothing: two runs must never be mixed in one
-        check_same_run(out, identity)
+        check_same_run(out, identity, upgrade_config)
     if resume and (out / "run.json").exists():
         info = ckpt.read_run(out)
         return info.get("metrics", {})
@@ -268,7 +268,7 @@ def fitted_parts(result: RecipeResult, plan: DataPlan) -> dict[str, str]:
 def _check_inputs(dataset: MERDataset, cfg: ResolvedConfig) -> None:
     if cfg.train.text_inputs == "file":
         return
-    from affectus.inference.extract.text import check_text_inputs
+    from affectus.features.text import check_text_inputs
 
     check_text_inputs(dataset, cfg.train.text_inputs, cfg.train.text_encoder, cfg.preset)
 
@@ -277,7 +277,7 @@ def _text_inputs(dataset: MERDataset, tc) -> tuple[MERDataset, dict[str, Any] | 
     """`train.text_inputs` applied: the dataset with re-encoded text, the record, the views, the model dir."""
     if tc.text_inputs == "file":
         return dataset, None, [], None
-    from affectus.inference.extract.text import apply_text_inputs
+    from affectus.features.text import apply_text_inputs
 
     dataset, record, views, encoder = apply_text_inputs(dataset, tc.text_inputs, tc.text_encoder)
     logger.info(f"text inputs: {tc.text_inputs} from the transcripts, encoder {tc.text_encoder}")

@@ -15,7 +15,7 @@ from affectus.errors import AffectusError
 from affectus.evaluation.results import mean_std
 from affectus.experiments.runner.conditions import CONDITIONS_FILE, ROUTER_FILE
 from affectus.experiments.runner.tables import _csv, _markdown, _union
-from affectus.inference.checkpoints import split_fits
+from affectus.runs.checkpoints import split_fits
 from affectus.utils.io import read_json_file, write_text_atomic
 
 

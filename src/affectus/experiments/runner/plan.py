@@ -10,6 +10,8 @@ from typing import Any
 
 from affectus.errors import AffectusError
 from affectus.experiments.spec import PlannedRun
+from affectus.runs.identity import config_differences, shown
+from affectus.training.config import upgrade_config
 from affectus.utils.io import read_json_file
 
 
@@ -19,28 +21,6 @@ def cpu_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
-
-
-def _comparable(config: dict[str, Any]) -> str:
-    """A config as JSON, without what does not change results (threads: set per worker), and with the
-    defaults of keys added to the config since a run was trained filled in, so such a run still matches."""
-    import dataclasses
-
-    from affectus.models.registry import get_model_entry
-    from affectus.training.config import ResolvedConfig
-
-    d = json.loads(json.dumps(config))
-    try:
-        model = dict(d.get("model") or {})
-        d = ResolvedConfig.from_dict(d).to_dict()
-        for f in dataclasses.fields(get_model_entry(d["model_name"]).config_cls):
-            if f.name not in model and f.default is not dataclasses.MISSING:
-                model[f.name] = f.default
-        d["model"] = json.loads(json.dumps(model))
-    except (AffectusError, KeyError, TypeError):
-        pass  # a config that does not parse is compared as it is (and will not match)
-    d.get("train", {}).pop("threads", None)
-    return json.dumps(d, sort_keys=True)
 
 
 def data_checksum(data: str) -> str:
@@ -72,9 +52,11 @@ def _check_out_dir(out: Path, runs: list[PlannedRun], data: str, preset: str | N
         stored = out / "runs" / run.id / "config.json"
         if stored.exists():
             old_cfg = read_json_file(stored, "run config")
-            if not isinstance(old_cfg, dict) or _comparable(old_cfg) != _comparable(run.config.to_dict()):
+            found = (["config.json is not a JSON object"] if not isinstance(old_cfg, dict) else
+                     config_differences(old_cfg, run.config.to_dict(), upgrade_config))
+            if found:
                 raise AffectusError(f"{stored.parent}: was trained with another configuration than the spec now "
-                                    f"gives run '{run.id}'; choose another --out or delete that folder")
+                                    f"gives run '{run.id}' ({shown(found)}); choose another --out or delete that folder")
 
 
 def _needs_unimodal(run: PlannedRun) -> bool:
@@ -87,7 +69,7 @@ def _needs_unimodal(run: PlannedRun) -> bool:
 
 
 def _check_inputs(ds, runs: list[PlannedRun]) -> None:
-    from affectus.inference.extract.text import check_text_inputs
+    from affectus.features.text import check_text_inputs
 
     seen = set()
     for run in runs:

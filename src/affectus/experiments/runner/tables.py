@@ -13,7 +13,7 @@ import numpy as np
 from affectus.data.schemes import get_scheme
 from affectus.evaluation.results import format_mean_std
 from affectus.experiments.runner.conditions import condition_keys
-from affectus.inference.checkpoints import IN_SAMPLE_MARK
+from affectus.runs.checkpoints import IN_SAMPLE_MARK
 
 
 def _union(parts_per_run) -> list[str] | None:

@@ -33,7 +33,7 @@ def lookup(metrics: dict[str, Any], path: str) -> Any:
 
 def validation_in_sample(run_dir: str | None) -> list[str] | None:
     """The parts a trial's run fitted on its selection split: its validation value is in-sample for them."""
-    from affectus.inference.checkpoints import in_sample_parts, read_run
+    from affectus.runs.checkpoints import in_sample_parts, read_run
 
     if not run_dir or not (Path(run_dir) / "run.json").is_file():
         return []
@@ -43,7 +43,7 @@ def validation_in_sample(run_dir: str | None) -> list[str] | None:
 
 def validation_score(run_dir: Path, metric: str) -> tuple[float, dict[str, Any]]:
     """The objective: `metric` in run.json "select_metrics" (validation). The test scores are not read."""
-    from affectus.inference.checkpoints import read_run
+    from affectus.runs.checkpoints import read_run
 
     select = read_run(run_dir).get("select_metrics")
     if not isinstance(select, dict):
@@ -59,7 +59,7 @@ def validation_score(run_dir: Path, metric: str) -> tuple[float, dict[str, Any]]
 
 def _test_report(run_dir: str | None, metric: str) -> dict[str, Any]:
     """The chosen trial's evaluation-split scores, read here for the report and nowhere else."""
-    from affectus.inference.checkpoints import in_sample_json, read_run, split_fits
+    from affectus.runs.checkpoints import in_sample_json, read_run, split_fits
 
     if not run_dir or not (Path(run_dir) / "run.json").is_file():
         return {"metrics": None, "note": "the trial's run.json is not reachable from this machine"}

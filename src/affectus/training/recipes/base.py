@@ -21,8 +21,8 @@ import torch
 from affectus.data.batches import Batch, iterate_batches
 from affectus.data.missing import random_availability
 from affectus.data.types import MODALITIES, Split
-from affectus.inference import checkpoints as ckpt
 from affectus.models.registry import Capabilities, is_bert_parameter
+from affectus.runs import checkpoints as ckpt
 from affectus.training.loop import LoopState, run_loop
 
 # draws an availability mask: (n samples, generator) -> (n, 3) bool, True = present

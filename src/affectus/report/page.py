@@ -96,7 +96,7 @@ class Page:
 
 def _template() -> jinja2.Template:
     # autoescape on for every value; StrictUndefined: a misspelt field fails the report, not blanks it
-    env = jinja2.Environment(loader=jinja2.PackageLoader("affectus.evaluation.report", "templates"),
+    env = jinja2.Environment(loader=jinja2.PackageLoader("affectus.report", "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
                              lstrip_blocks=True)
     return env.get_template("report.html")

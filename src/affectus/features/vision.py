@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from affectus.inference.extract.base import ExtractorConfig
+from affectus.features.base import ExtractorConfig
 
 if TYPE_CHECKING:
     from typing_extensions import Self

@@ -16,7 +16,7 @@ import warnings
 
 import numpy as np
 
-from affectus.inference.extract.base import ExtractorConfig, MediaError
+from affectus.features.base import ExtractorConfig, MediaError
 
 EGEMAPS_LLD_DIM = 25
 LIBROSA_DIM = 33

@@ -19,7 +19,7 @@ import numpy as np
 
 from affectus.errors import AffectusError
 from affectus.evaluation.results import mean_std
-from affectus.experiments.spec import slugify
+from affectus.utils.names import slugify
 
 # config keys that differ between seeds of one row without making it another row
 IGNORED_KEYS = {"train.seed", "train.threads", "train.device"}

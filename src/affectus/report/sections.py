@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from affectus.evaluation.report import plots
-from affectus.evaluation.report.page import Block, Cell, Page, Text, heading, note, table
-from affectus.evaluation.report.runs import (
+from affectus.report import plots
+from affectus.report.page import Block, Cell, Page, Text, heading, note, table
+from affectus.report.runs import (
     Run,
     curve_points,
     fmt,
@@ -28,8 +28,8 @@ from affectus.evaluation.report.runs import (
     metric_value,
     short,
 )
-from affectus.experiments.spec import slugify
-from affectus.inference.checkpoints import IN_SAMPLE_MARK, split_fits
+from affectus.runs.checkpoints import IN_SAMPLE_MARK, split_fits
+from affectus.utils.names import slugify
 
 TAU, RETENTION = "model.tau", "train.consistent_retention"
 # grid axes with a paper figure of their own: (file prefix, section title); other numeric axes get a plain curve

@@ -24,7 +24,7 @@ import numpy as np
 
 from affectus.data.types import MODALITIES, Split
 from affectus.errors import AffectusError
-from affectus.inference.extract.base import MediaError
+from affectus.features.base import MediaError
 
 _log = logging.getLogger(__name__)
 NO_RECOGNISER = "no transcript and no speech recogniser installed"
@@ -46,7 +46,7 @@ class ClipPredictor:
                  max_duration_s: float | None = None, asr: bool = True) -> None:
         import dataclasses
 
-        from affectus.inference.extract.dataset import MediaConfig, MediaPipeline, check_modules
+        from affectus.features.dataset import MediaConfig, MediaPipeline, check_modules
 
         record = self.check_run(predictor)
         self.predictor = predictor
@@ -65,7 +65,7 @@ class ClipPredictor:
             self.config = dataclasses.replace(self.config, asr=None)
             self._no_text = NO_RECOGNISER
         elif self.config.asr is None:
-            from affectus.inference.extract.asr import MoonshineConfig
+            from affectus.features.asr import MoonshineConfig
 
             self.config = dataclasses.replace(self.config, asr=MoonshineConfig())
         self.pipeline = MediaPipeline(self.config)
@@ -86,11 +86,11 @@ class ClipPredictor:
     def _text(self, transcript: str, where: str) -> np.ndarray:
         """(L, D) text features of the transcript, made as the run's training text was."""
         if not isinstance(self._text_record, dict):
-            from affectus.inference.extract.hashed_text import HashedWordsExtractor
+            from affectus.features.hashed_text import HashedWordsExtractor
 
             return HashedWordsExtractor(self.config.text)(transcript)
         if self._encoder is None:
-            from affectus.inference.extract.text import text_encoder_from_record
+            from affectus.features.text import text_encoder_from_record
 
             self._encoder = text_encoder_from_record(self._text_record["text_encoder"])
         return self._encoder.sentence_embeddings([transcript], where=where)  # (1, D)

@@ -22,9 +22,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from affectus.evaluation.report import sections
-from affectus.evaluation.report.page import Page
-from affectus.evaluation.report.runs import find_runs, least_squares_slope, mean_std
+from affectus.report import sections
+from affectus.report.page import Page
+from affectus.report.runs import find_runs, least_squares_slope, mean_std
 from affectus.utils.io import write_bytes_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from affectus.inference.extract.base import ExtractorConfig, MediaError
+from affectus.features.base import ExtractorConfig, MediaError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """PLACEHOLDER text features: hashed character n-grams of each word. Not a language model.
 
-The real text side is the CMC+ issue's encoder (`inference/extract/text.py`, the packaged MiniLM or any
+The real text side is the CMC+ issue's encoder (`features/text.py`, the packaged MiniLM or any
 BERT directory), built on another branch. Until it is wired into `dataset.py`, `affectus
 extract-dataset` writes the transcript into `raw_text` and fills `text` with these features so the
 file has every key the readers require. Each word becomes one row: the counts of its character
@@ -16,7 +16,7 @@ import re
 
 import numpy as np
 
-from affectus.inference.extract.base import ExtractorConfig
+from affectus.features.base import ExtractorConfig
 
 # one CJK character (CH-SIMS transcripts have no spaces) or one run of other word characters
 _WORD = re.compile(r"[\u4e00-\u9fff]|[^\W\u4e00-\u9fff]+")

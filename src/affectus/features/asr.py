@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from affectus.errors import AffectusError
-from affectus.inference.extract.base import ExtractorConfig, MediaError
+from affectus.features.base import ExtractorConfig, MediaError
 
 _log = logging.getLogger(__name__)
 ASR_KINDS = ("moonshine",)

@@ -15,7 +15,7 @@ listed in the report with its reason and, per `on_fail`, left out (`skip`) or ke
 length 0 in the failed modality (`zero`); never silently.
 
 Text: the transcript from label.csv goes to `raw_text`; `text` holds its sentence embedding from the
-text encoder of `inference/extract/text.py` (`--text-encoder`: the packaged MiniLM by default, a local
+text encoder of `features/text.py` (`--text-encoder`: the packaged MiniLM by default, a local
 BERT folder, or `hashed`, the hashed-word placeholder of `hashed_text.py` for machines without it).
 With `asr` in the config, a row whose transcript is empty gets one from speech recognition (`asr.py`).
 """
@@ -39,18 +39,18 @@ import numpy as np
 from affectus.data.mmsa import SPLIT_NAMES, dataset_from_raw, dataset_to_raw, write_pickle
 from affectus.data.npz import write_npz
 from affectus.errors import AffectusError
-from affectus.inference.extract.asr import MoonshineConfig
-from affectus.inference.extract.audio import (
+from affectus.features.asr import MoonshineConfig
+from affectus.features.audio import (
     EGEMAPS_LLD_DIM,
     LibrosaConfig,
     LibrosaExtractor,
     OpenSmileConfig,
     OpenSmileExtractor,
 )
-from affectus.inference.extract.base import MediaError
-from affectus.inference.extract.decode import DecodeConfig, Decoder
-from affectus.inference.extract.hashed_text import HashedWordsConfig, HashedWordsExtractor
-from affectus.inference.extract.vision import GEOMETRY_NAMES, HaarFaceConfig, HaarFaceExtractor
+from affectus.features.base import MediaError
+from affectus.features.decode import DecodeConfig, Decoder
+from affectus.features.hashed_text import HashedWordsConfig, HashedWordsExtractor
+from affectus.features.vision import GEOMETRY_NAMES, HaarFaceConfig, HaarFaceExtractor
 from affectus.utils.executors import Executor, LocalExecutor
 from affectus.utils.io import atomic_path, write_json_atomic
 
@@ -192,10 +192,10 @@ class MediaConfig:
     audio: OpenSmileConfig | LibrosaConfig = dataclasses.field(default_factory=OpenSmileConfig)
     vision: HaarFaceConfig = dataclasses.field(default_factory=HaarFaceConfig)
     text: HashedWordsConfig = dataclasses.field(default_factory=HashedWordsConfig)
-    # the text encoder of inference/extract/text.py: "minilm" (packaged, offline), a local BERT-family
+    # the text encoder of features/text.py: "minilm" (packaged, offline), a local BERT-family
     # folder, or "hashed" (the hashed-word placeholder alone, for machines without the `text` extra)
     text_encoder: str = "minilm"
-    # speech recognition for clips without a transcript (inference/extract/asr.py); None: such a clip has no text
+    # speech recognition for clips without a transcript (features/asr.py); None: such a clip has no text
     asr: MoonshineConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -234,7 +234,7 @@ def check_modules(config: MediaConfig, whole: bool = False) -> None:
 
     needed = {"av": "av", "cv2": "opencv-python-headless", config.audio.kind: config.audio.kind}
     if whole:
-        from affectus.inference.extract.text import MINILM_PACKAGE
+        from affectus.features.text import MINILM_PACKAGE
 
         if config.text_encoder != "hashed":
             needed["transformers"] = "transformers"
@@ -264,7 +264,7 @@ class MediaPipeline:
     def transcriber(self) -> Any:
         """The config's speech recognizer (loaded once), or None when the config has none."""
         if self.config.asr is not None and self._asr is None:
-            from affectus.inference.extract.asr import MoonshineTranscriber
+            from affectus.features.asr import MoonshineTranscriber
 
             self._asr = MoonshineTranscriber(self.config.asr)
         return self._asr
@@ -621,7 +621,7 @@ def transcribe_missing(root: Path, rows: list[ClipRow], config: MediaConfig) -> 
     """
     if config.asr is None or all(r.text for r in rows):
         return rows, {}
-    from affectus.inference.extract.asr import MoonshineTranscriber
+    from affectus.features.asr import MoonshineTranscriber
 
     asr = MoonshineTranscriber(config.asr)
     decoder = Decoder(config.decode)
@@ -836,7 +836,7 @@ def build_dataset(
     text_inputs = None
     if config.text_encoder != "hashed":
         # the transcripts through the text encoder, all at once (batched, one model load)
-        from affectus.inference.extract.text import (
+        from affectus.features.text import (
             reencode_dataset,
             text_encoder_from_spec,
             text_inputs_record,
@@ -855,7 +855,7 @@ def build_dataset(
             "extractors": config.to_dict(),
             "versions": _versions(),
             "report": str(report_path),
-            "text_features": text_inputs or "hashed words (inference/extract/hashed_text.py), a placeholder",
+            "text_features": text_inputs or "hashed words (features/hashed_text.py), a placeholder",
             "clips": {r.id: results[r.id]["stats"] for r in rows},
             "transcribed": transcribed,  # clip id -> transcript from speech recognition (empty text in label.csv)
         },

@@ -1,9 +1,15 @@
-"""A run's identity: what must stay the same for `--resume` to continue a run instead of mixing two.
+"""A run's identity, and the one definition of "the same run".
 
 A run is its model, its resolved config (sections model / train / recipe, the variant and preset) and
 its data (the file's sha256, or the `synth:NAME` source). `OUT/identity.json` records them when a run
-starts; `--resume` compares and refuses any difference in one line naming it. Threads and device are
+starts. Two readers ask whether a folder holds the same run: `--resume` (the trainer refuses to continue
+another run) and an experiment directory's plan (the runner refuses to mix a run folder made from another
+config); both ask `differences`, which names each difference in one short phrase. Threads and device are
 left out: they change how fast and where a run computes, not what it is.
+
+A config recorded before a key was added lacks that key; the config layer fills such keys in
+(`training.config.upgrade_config`) before the comparison, so an older run still matches. This module sits
+below training and takes that step as a function (`upgrade`), never importing it.
 """
 
 from __future__ import annotations
@@ -12,9 +18,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from collections.abc import Callable
+
 from affectus.errors import AffectusError
-from affectus.training.config import ResolvedConfig
 from affectus.utils.io import write_json_atomic
+
+Upgrade = Callable[[dict[str, Any]], dict[str, Any]]  # a recorded config dict -> today's form of it
 
 IDENTITY_FILE = "identity.json"
 IDENTITY_FORMAT = "affectus-identity/1"
@@ -22,18 +31,21 @@ IGNORED = (("train", "threads"), ("train", "device"))
 _SHOWN = 4  # differences named in the error line; the rest are counted
 
 
-def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A config dict as JSON reads it back (tuples -> lists), without threads and device."""
+def comparable_config(config: dict[str, Any], upgrade: Upgrade | None = None) -> dict[str, Any]:
+    """A config dict as JSON reads it back (tuples -> lists), upgraded to today's keys, without threads
+    and device."""
     d = json.loads(json.dumps(config))
+    if upgrade is not None:
+        d = json.loads(json.dumps(upgrade(d)))
     for section, key in IGNORED:
         (d.get(section) or {}).pop(key, None)
     return d
 
 
-def run_identity(cfg: ResolvedConfig, data: dict[str, Any]) -> dict[str, Any]:
-    """The identity of a run about to start; `data` is `data.load.data_identity(source)`."""
-    return {"format": IDENTITY_FORMAT, "model_name": cfg.model_name, "config": comparable_config(cfg.to_dict()),
-            "data": data}
+def run_identity(model_name: str, config: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """The identity of a run about to start from its resolved config (`ResolvedConfig.to_dict()`); `data`
+    is `data.load.data_identity(source)`."""
+    return {"format": IDENTITY_FORMAT, "model_name": model_name, "config": comparable_config(config), "data": data}
 
 
 def write_identity(out: Path, identity: dict[str, Any]) -> None:
@@ -51,16 +63,19 @@ def _read(path: Path) -> dict[str, Any]:
     return value
 
 
-def recorded_identity(out: Path) -> dict[str, Any] | None:
+def recorded_identity(out: Path, upgrade: Upgrade | None = None) -> dict[str, Any] | None:
     """What `out` was started with: identity.json, else (runs written before it) run.json or config.json."""
     if (out / IDENTITY_FILE).is_file():
-        return _read(out / IDENTITY_FILE)
+        d = _read(out / IDENTITY_FILE)
+        if upgrade is not None and isinstance(d.get("config"), dict):
+            d = {**d, "config": comparable_config(d["config"], upgrade)}
+        return d
     for name in ("run.json", "config.json"):
         if (out / name).is_file():
             d = _read(out / name)
             config = d.get("config", {}) if name == "run.json" else d
             return {"model_name": d.get("model_name", config.get("model_name")),
-                    "config": comparable_config(config), "data": d.get("data")}
+                    "config": comparable_config(config, upgrade), "data": d.get("data")}
     return None
 
 
@@ -101,14 +116,25 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return found
 
 
-def check_same_run(out: Path, identity: dict[str, Any]) -> None:
+def config_differences(old: dict[str, Any], new: dict[str, Any], upgrade: Upgrade | None = None) -> list[str]:
+    """`differences` between two resolved configs alone (an experiment's run folder against its spec)."""
+    return differences({"model_name": old.get("model_name"), "config": comparable_config(old, upgrade)},
+                       {"model_name": new.get("model_name"), "config": comparable_config(new, upgrade)})
+
+
+def shown(found: list[str]) -> str:
+    """The first few differences for an error line, and how many more there are."""
+    more = f"; and {len(found) - _SHOWN} more" if len(found) > _SHOWN else ""
+    return f"{'; '.join(found[:_SHOWN])}{more}"
+
+
+def check_same_run(out: Path, identity: dict[str, Any], upgrade: Upgrade | None = None) -> None:
     """Refuse (AffectusError, one line) to resume `out` with another model, config or data."""
-    old = recorded_identity(out)
+    old = recorded_identity(out, upgrade)
     if old is None:
         return
     found = differences(old, identity)
     if found:
-        more = f"; and {len(found) - _SHOWN} more" if len(found) > _SHOWN else ""
         raise AffectusError(f"{out}: --resume with other settings than the run was started with: "
-                            f"{'; '.join(found[:_SHOWN])}{more}. Resume with the same model, config and data, "
+                            f"{shown(found)}. Resume with the same model, config and data, "
                             f"or choose another --out")
