@@ -90,7 +90,16 @@ def test_labels_outside_the_classes_exit_2_naming_file_split_row_value(tmp_path,
 @pytest.fixture
 def small_iemocap(monkeypatch):
     """synth:iemocap at a test's size: the preset's shapes (300 / 74 / 1024 features, 20 steps), 96 samples."""
-    monkeypatch.setitem(synthetic.PRESET_SIZES, "iemocap", (64, 16, 16))
+    from affectus.data import presets
+
+    shipped = presets.load_preset
+
+    def small(name: str):
+        preset = shipped(name)
+        sizes = {"train": 64, "valid": 16, "test": 16}
+        return preset.model_copy(update={"synth": preset.synth.model_copy(update={"sizes": sizes})})
+
+    monkeypatch.setattr(presets, "load_preset", small)
 
 
 def test_synth_cli_writes_categorical_data(tmp_path, cli, small_iemocap):

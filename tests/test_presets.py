@@ -10,7 +10,7 @@ import re
 import pytest
 
 from affectus.data.mmsa import dataset_from_raw
-from affectus.data.presets import ModelSettings, Preset, list_presets, load_preset
+from affectus.data.presets import Preset, list_presets, load_preset
 from affectus.data.schemes import LabelScheme
 from affectus.errors import AffectusError
 
@@ -71,13 +71,20 @@ def test_preset_types(name):
         assert all(type(v) is int and v > 0 for v in table.values())
     assert type(p.unimodal_labels) is bool
     assert set(p.splits) == {"train", "select", "eval"} and all(isinstance(v, str) for v in p.splits.values())
-    assert "cmc" in p.model
-    for s in p.model.values():
-        assert isinstance(s, ModelSettings)
-        assert type(s.layers) is int and type(s.heads) is int and type(s.output_dropout) is float
-        assert 32 % s.heads == 0  # the shared width d = 32 must split evenly over the heads
+    assert "cmc" in p.settings
+    for row in _cmc_rows(p).values():
+        assert type(row[0]) is int and type(row[1]) is int and type(row[2]) is float
+        assert 32 % row[1] == 0  # the shared width d = 32 must split evenly over the heads
     # CMC-GT needs ground-truth unimodal labels
-    assert ("cmc-gt" in p.model) == p.unimodal_labels
+    assert ("cmc-gt" in p.settings) == p.unimodal_labels
+    for key, n in p.synth.sizes.items():
+        assert key in ("train", "valid", "test") and type(n) is int and n >= 0
+
+
+def _cmc_rows(p: Preset) -> dict[str, tuple]:
+    """CMC's Table III / VII rows among a preset's settings: (layers, heads, output dropout)."""
+    return {k: (row["model.layers"], row["model.heads"], row["model.output_dropout"])
+            for k, row in p.settings.items() if "model.layers" in row}
 
 
 @pytest.mark.parametrize("name", list(PUBLISHED))
@@ -88,7 +95,7 @@ def test_published_numbers(name):
     assert tuple(p.seq_lens.values()) == lens
     assert p.label_range == label_range and p.scheme.name == acc2
     assert p.unimodal_labels is unimodal
-    assert {k: (s.layers, s.heads, s.output_dropout) for k, s in p.model.items()} == models
+    assert _cmc_rows(p) == models
 
 
 def test_split_roles():
@@ -117,14 +124,14 @@ dims: {text: 6, audio: 4, vision: 5}
 seq_lens: {text: 5, audio: 7, vision: 6}
 unimodal_labels: false
 splits: {train: train, select: valid, eval: test}
-model:
-  cmc: {layers: 1, heads: 2, output_dropout: 0}
+settings:
+  cmc: {model.layers: 1, model.heads: 2, model.output_dropout: 0.0}
 """
 
 
 def test_preset_from_path(tmp_path):
     p = load_preset(_yaml(tmp_path, GOOD))
-    assert p.name == "custom" and p.label_range == (-3.0, 3.0) and p.model["cmc"].output_dropout == 0.0
+    assert p.name == "custom" and p.label_range == (-3.0, 3.0) and p.settings["cmc"]["model.output_dropout"] == 0.0
 
 
 @pytest.mark.parametrize(
@@ -141,8 +148,7 @@ def test_preset_from_path(tmp_path):
         ("{text: 6, audio: 4, vision: 5}", "{text: 6, audio: 0, vision: 5}", ":6: dims.audio = 0: expected a positive"),
         ("[-3, 3]", "[3, -3]", ":4: label_range = .*low < high"),
         ("[-3, 3]", "[-3, 3, 4]", ":4: label_range = .*at most 2 items"),
-        ("layers: 1", "layers: true", ":11: model.cmc.layers = true: expected an integer"),
-        ("layers: 1", "layrs: 1", ":11: unknown key 'layrs' in model.cmc.*did you mean 'layers'"),
+        ("cmc: {", "cmc: [", ":11: not valid YAML"),
         ("scheme: mosi\n", "", ":2: missing key 'scheme'"),
         ("dims: {", "dims: {{", ":7: not valid YAML"),
         ("seq_lens:", "dims:", ":7: duplicate key 'dims'"),
@@ -155,6 +161,20 @@ def test_bad_preset_yaml_rejected(tmp_path, old, new, message):
         load_preset(path)
 
 
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ("model.layers: 1", "model.layers: true", ":11: model.layers = true: expected an integer"),
+    ("model.layers: 1", "model.layrs: 1", ":11: unknown config key 'model.layrs' for model 'cmc' .*did you mean 'model.layers'"),
+])
+def test_a_bad_setting_points_at_its_preset_line(tmp_path, old, new, message):
+    """A preset's settings rows are checked where the config path reads them, against the model's own
+    keys; the error still names the preset file's line."""
+    from affectus.training.config import resolve_config
+
+    path = _yaml(tmp_path, GOOD.replace(old, new))
+    with pytest.raises(AffectusError, match=re.escape(path) + message):
+        resolve_config("cmc", None, load_preset(path))
+
+
 def test_check_and_notes(make_raw):
     ds = dataset_from_raw(make_raw(dims={"text": 768, "audio": 5, "vision": 20}), source="x.pkl")
     load_preset("mosi").check(ds)  # dims match: no error
@@ -163,3 +183,31 @@ def test_check_and_notes(make_raw):
     notes = load_preset("mosi").notes(ds)
     assert any("sequence length" in n for n in notes)  # tiny data has other lengths: a note, not an error
     assert not any("labels span" in n for n in notes)
+
+
+def test_a_preset_in_the_old_model_form_is_told_the_new_one(tmp_path):
+    old = GOOD.replace("settings:\n  cmc: {model.layers: 1, model.heads: 2, model.output_dropout: 0.0}",
+                       "model:\n  cmc: {layers: 1, heads: 2, output_dropout: 0}")
+    with pytest.raises(AffectusError, match=r"custom.yaml:\d+: model: .* now settings: rows with full keys"):
+        load_preset(_yaml(tmp_path, old))
+
+
+@pytest.mark.parametrize(("synth", "message"), [
+    ("synth: {sizes: {train: 5, dev: 2}}", "synth.sizes.dev = 2: expected split names train, valid, test"),
+    ("synth: {sizes: {train: -1}}", "synth.sizes.train = -1"),
+    ("synth: {inconsistency: 1.5}", "synth.inconsistency: expected a share in \\[0, 1\\]"),
+    ("synth: {class_counts: [1, 2]}", "synth.class_counts: expected 3 positive counts"),
+])
+def test_synth_facts_are_checked(tmp_path, synth, message):
+    with pytest.raises(AffectusError, match=message):
+        load_preset(_yaml(tmp_path, GOOD + synth + "\n"))
+
+
+def test_the_simulator_reads_its_sizes_from_the_preset(tmp_path):
+    from affectus.data.synthetic import SynthConfig
+
+    path = _yaml(tmp_path, GOOD + "synth: {sizes: {train: 40, valid: 10, test: 20}, inconsistency: 0.25}\n")
+    config = SynthConfig.from_preset(path, scale=0.5)
+    assert (config.n_train, config.n_valid, config.n_test, config.inconsistency) == (20, 5, 10, 0.25)
+    with pytest.raises(AffectusError, match="no split sizes known for preset 'custom'"):
+        SynthConfig.from_preset(_yaml(tmp_path, GOOD))

@@ -58,8 +58,8 @@ dims: {text: 12, audio: 5, vision: 7}
 seq_lens: {text: 4, audio: 6, vision: 5}
 unimodal_labels: true
 splits: {train: train, select: valid, eval: test}
-model:
-  cmc: {layers: 1, heads: 2, output_dropout: 0.1}
+settings:
+  cmc: {model.layers: 1, model.heads: 2, model.output_dropout: 0.1}
 """
 
 

@@ -11,8 +11,9 @@ import affectus.cli.synth_cmd  # noqa: F401  (registers `synth` on the app)
 from affectus.data import synthetic
 from affectus.data.mmsa import load_dataset, write_pickle
 from affectus.data.npz import write_npz
+from affectus.data.presets import load_preset
 from affectus.data.schemes import get_scheme
-from affectus.data.synthetic import PRESET_SIZES, SynthConfig, consistent_mask, generate, generate_dataset
+from affectus.data.synthetic import SynthConfig, consistent_mask, generate, generate_dataset
 from affectus.data.types import MODALITIES, UNIMODAL_KEYS, to_classes
 from affectus.errors import AffectusError
 
@@ -79,7 +80,8 @@ def test_streams_are_independent_per_split_and_modality():
 @pytest.mark.parametrize("preset", REAL_PRESETS)
 def test_preset_sizes_at_full_scale_are_table_i(preset):
     config = SynthConfig.from_preset(preset)  # sizes only: nothing is generated
-    assert (config.n_train, config.n_valid, config.n_test) == TABLE_I[preset] == PRESET_SIZES[preset]
+    assert (config.n_train, config.n_valid, config.n_test) == TABLE_I[preset]
+    assert tuple(load_preset(preset).synth.sizes.values()) == TABLE_I[preset]
     assert {m: (config.seq_lens[m], config.dims[m]) for m in MODALITIES} == TABLE_II[preset]
 
 

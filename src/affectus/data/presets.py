@@ -33,12 +33,24 @@ TEXT_INPUTS = ("file", "sentence", "states", "sentence+file", "bert")
 INPUT_KEYS = ("train.text_inputs", "train.text_encoder")
 
 
-class ModelSettings(Strict):
-    """Per-model hyperparameters of Table III (CMC) and Table VII (CMC-GT)."""
+# the splits the simulator writes (its files look like MMSA's)
+SIMULATED_SPLITS = ("train", "valid", "test")
 
-    layers: int  # transformer encoder layers per modality
-    heads: int  # attention heads
-    output_dropout: float  # dropout inside each unimodal head
+
+class SynthFacts(Strict):
+    """What the simulator makes for a dataset (`synth:NAME`, data/synthetic.py): its facts, kept with the
+    dataset's other facts. A preset without `sizes` simulates only when told n_train, n_valid and n_test."""
+
+    # split name (train / valid / test) -> number of samples in the real dataset
+    sizes: dict[str, int] = Field(default_factory=dict)
+    # share of training samples in D_msi (a modality's own label contradicts the multimodal class); None:
+    # unknown (no unimodal labels), the simulator's default 0.5
+    inconsistency: float | None = None
+    # categorical sets: count of each class in the real data, in the scheme's class order (the prior of
+    # the simulated multimodal class); None: uniform
+    class_counts: list[int] | None = None
+    # the real files ship BERT token ids (`text_bert`) beside the text features (MMSA's BERT-feature files)
+    text_bert: bool = False
 
 
 class Inputs(Strict):
@@ -80,10 +92,18 @@ class Preset(Strict):
     splits: dict[str, str]  # role (train / select / eval) -> split name in the file
     # the inputs every model trained with this preset reads (transcripts re-encoded or the file's features)
     inputs: Inputs = Field(default_factory=Inputs)
-    model: dict[str, ModelSettings]  # model name ('cmc', 'cmc-gt') -> settings
-    # model name -> hyperparameters (model.X / train.X / recipe.X) this dataset sets for it beyond Table
-    # III; never inputs (those are `inputs:`, the same for every model)
+    # model name -> hyperparameters (model.X / train.X / recipe.X) published or chosen for it on this
+    # dataset (CMC: its Table III row); a variant may add another row on top (`preset_model_key`: CMC-GT's
+    # Table VII row, `cmc-gt`); never inputs (those are `inputs:`, the same for every model)
     settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    synth: SynthFacts = Field(default_factory=SynthFacts)  # what `synth:NAME` makes
+    # where each settings value was written ("FILE:LINE"), so the config path's errors point at the line
+    settings_where: dict[str, dict[str, str]] = Field(default_factory=dict, exclude=True)
+
+    def setting_entries(self, row: str) -> list[tuple[str, Any, str]]:
+        """A settings row as (config key, value, where it was written) for the config path."""
+        where = self.settings_where.get(row, {})
+        return [(k, v, where.get(k, f"preset {self.name}")) for k, v in (self.settings.get(row) or {}).items()]
 
     @property
     def scheme(self):
@@ -169,8 +189,13 @@ def load_preset(name: str) -> Preset:
             known = list_presets()
             raise AffectusError(f"unknown preset {name!r}{suggest(name, known)} (known: {', '.join(known)})")
         doc = read_yaml(str(res), res.read_text(encoding="utf-8"))
+    if isinstance(doc.data, dict) and "model" in doc.data:  # the form before presets had `settings:` only
+        raise doc.error(("model",), "model: a preset's model rows are now settings: rows with full keys, e.g. "
+                                    "settings: {cmc: {model.layers: 2, model.heads: 4, model.output_dropout: 0.5}}")
     preset = validate(Preset, doc, what="a preset")
     _check(preset, doc)
+    preset.settings_where = {row: {k: doc.where(("settings", row, k)) for k in values}
+                             for row, values in preset.settings.items()}
     if not by_path and preset.name != name:  # the file name is the one a user types
         raise doc.error(("name",), f"name = {preset.name!r}: expected {name!r} (the file name)")
     return preset
@@ -198,6 +223,16 @@ def _check(preset: Preset, doc: Doc) -> None:
             if key in INPUT_KEYS or key == "text_inputs":
                 raise doc.error(("settings", model, key), f"settings.{model}: {key} is an input of the data, the same "
                                                           f"for every model: set it in the preset's inputs: block")
+    for key, n in preset.synth.sizes.items():
+        if key not in SIMULATED_SPLITS or n < 0:
+            raise doc.error(("synth", "sizes", key), f"synth.sizes.{key} = {n}: expected split names "
+                                                     f"{', '.join(SIMULATED_SPLITS)} with counts >= 0")
+    counts = preset.synth.class_counts
+    if counts is not None and (len(counts) != preset.scheme.num_classes or min(counts) < 1):
+        raise doc.error(("synth", "class_counts"), f"synth.class_counts: expected {preset.scheme.num_classes} "
+                                                   f"positive counts, one per class of the scheme")
+    if preset.synth.inconsistency is not None and not 0.0 <= preset.synth.inconsistency <= 1.0:
+        raise doc.error(("synth", "inconsistency"), "synth.inconsistency: expected a share in [0, 1]")
     low, high = preset.label_range
     if not low < high:
         raise doc.error(("label_range",), f"label_range = [{low}, {high}]: expected [low, high] with low < high")

@@ -36,7 +36,7 @@ The generative story, per sample (all draws from numpy Generators seeded by `Syn
 
 Categorical presets (a scheme with named classes, e.g. `iemocap`) tell the same story with N emotion
 classes instead of the sentiment sign: the multimodal class c_m is drawn from the preset's class
-prior (`_CLASS_PRIORS`, else uniform), the same conflict pattern decides who contradicts it, and a
+prior (its preset's `synth.class_counts`, else uniform), the same conflict pattern decides who contradicts it, and a
 contradicting modality takes one of the other N - 1 classes uniformly. Each modality has N class
 directions and one intensity direction; the intensity fraction u plays the role of |y| / bound.
 Labels are class indices: `classification_labels` (int64) and, for readers that need it,
@@ -59,11 +59,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from affectus.data.mmsa import dataset_from_raw
+from affectus.data.presets import SIMULATED_SPLITS
 from affectus.data.schemes import LabelScheme
 from affectus.data.types import MODALITIES, UNIMODAL_KEYS, MERDataset, to_classes
 from affectus.errors import AffectusError
 
-SPLITS = ("train", "valid", "test")
+SPLITS = SIMULATED_SPLITS
 NEG, NEU, POS = 0, 1, 2
 ANNOTATIONS = ("Negative", "Neutral", "Positive")
 DEFAULT_MAX_GB = 4.0  # features held in memory; pickling adds about one array's worth on top
@@ -71,31 +72,6 @@ _CHUNK_VALUES = 1 << 23  # ~8M float32 = 32 MB per chunk bounds temporary memory
 _MAG_JITTER = 0.2  # std of the jitter of an agreeing modality's intensity (fraction of the bound)
 _REF_DIM = 32  # feature width at which `strength` is exactly the pooled SNR (see _features)
 _OPPOSITE_SHARE = 0.6  # a contradicting modality flips polarity (else goes neutral)
-
-# Per-preset story knobs the presets do not carry (a score scheme's label steps and class rates are the
-# scheme's `synth_story`, data/schemes.py). Inconsistency rates from Table I of the paper (training split:
-# CH-SIMS 699/1368, CH-SIMS v2 1246/2722); MOSI / MOSEI have no unimodal labels, so 0.5 is a guess.
-_PRESET_INCONSISTENCY = {"sims": 699 / 1368, "simsv2": 1246 / 2722}
-# Categorical presets: prior of the multimodal class, in the preset's class order. IEMOCAP counts of the
-# usual 4-class set (happy 1636 with excited merged, sad 1084, angry 1103, neutral 1708) and of the
-# 6-class set (happy 648, sad 1084, neutral 1708, angry 1103, excited 1041, frustrated 1849).
-_CLASS_PRIORS = {
-    "iemocap": (1636, 1084, 1103, 1708),
-    "iemocap6": (648, 1084, 1708, 1103, 1041, 1849),
-}
-# Split sizes (train, valid, test): Table I of the paper; mosi-utterance from its README (no test split).
-# Presets name splits but do not size them, so the sizes live here.
-PRESET_SIZES: dict[str, tuple[int, int, int]] = {
-    "sims": (1368, 456, 457),
-    "simsv2": (2722, 647, 1034),
-    "mosi": (1284, 229, 686),
-    "mosei": (16326, 1871, 4659),
-    "mosi-utterance": (1447, 369, 0),
-    # CUMDF's Table 1 (its appendix); the 6-class set: sessions 1-4 (5810, a tenth held out to select) / 5
-    "iemocap": (2717, 798, 938),
-    "iemocap6": (5229, 581, 1623),
-}
-
 
 @dataclass
 class SynthConfig:
@@ -131,7 +107,7 @@ class SynthConfig:
 
     @classmethod
     def from_preset(cls, name: str, scale: float = 1.0, seq_scale: float = 1.0, **overrides) -> SynthConfig:
-        """A config with preset `name`'s shapes and the real dataset's split sizes (`PRESET_SIZES`)
+        """A config with preset `name`'s shapes and the real dataset's split sizes (its `synth.sizes`)
         times `scale`, sequence lengths times `seq_scale` (each at least 1; a split the dataset lacks
         stays empty). `overrides` set any field (e.g. n_train=..., inconsistency=...)."""
         from affectus.data.presets import load_preset
@@ -142,20 +118,21 @@ class SynthConfig:
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise AffectusError(f"synth: unknown config field(s) {sorted(unknown)}")
-        table = PRESET_SIZES.get(preset.name)
-        if table is None and not all(f"n_{s}" in overrides for s in SPLITS):
+        facts = preset.synth  # the dataset's facts for the simulator, in its preset YAML
+        if not facts.sizes and not all(f"n_{s}" in overrides for s in SPLITS):
             raise AffectusError(
                 f"synth: no split sizes known for preset {preset.name!r}; give n_train, n_valid and n_test"
             )
-        sizes = dict(zip(SPLITS, table or (0, 0, 0)))
+        sizes = {s: int(facts.sizes.get(s, 0)) for s in SPLITS}
         scheme = preset.scheme
         if scheme.scores:  # sentiment scores: the scheme's label steps and class rates (defaults without)
             story = dict(scheme.synth_story)
         else:  # named classes: the categorical story
-            prior = _CLASS_PRIORS.get(preset.name)
+            prior = facts.class_counts
             story = {"class_names": tuple(scheme.class_names),
                      "class_probs": None if prior is None else tuple(c / sum(prior) for c in prior)}
-        story["inconsistency"] = _PRESET_INCONSISTENCY.get(preset.name, 0.5)
+        # D_msi share: Table I where a dataset has unimodal labels; MOSI / MOSEI have none, so 0.5 is a guess
+        story["inconsistency"] = 0.5 if facts.inconsistency is None else facts.inconsistency
         config = cls(
             name=preset.name,
             **{f"n_{s}": (max(1, round(n * scale)) if n else 0) for s, n in sizes.items()},
@@ -163,8 +140,7 @@ class SynthConfig:
             dims={m: int(preset.dims[m]) for m in MODALITIES},
             label_range=(float(preset.label_range[0]), float(preset.label_range[1])),
             with_unimodal_labels=bool(preset.unimodal_labels),
-            # BERT-feature presets (768-d text) ship text_bert in MMSA; utterance-level ones do not
-            with_text_bert=int(preset.dims["text"]) == 768,
+            with_text_bert=facts.text_bert,
             **story,
         )
         config = dataclasses.replace(config, **overrides)

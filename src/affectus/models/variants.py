@@ -16,7 +16,7 @@ from affectus.utils.strict_yaml import Strict, read_yaml, validate
 class Variant(Strict):
     description: str
     overrides: dict[str, Any] = Field(default_factory=dict)  # config keys (model.x / train.x / recipe.x), as --set
-    preset_model_key: str | None = None  # the preset's `model` row to use (CMC-GT: cmc-gt); None: the model's
+    preset_model_key: str | None = None  # a preset `settings:` row applied on top of the model's own (CMC-GT: cmc-gt)
     # another registered model this variant selects (its own default variant), e.g. cmc's `cmc_plus`
     model: str | None = None
 

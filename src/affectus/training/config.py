@@ -254,12 +254,11 @@ def resolve_config(
     if preset is not None:
         # the data's inputs, before anything model-specific: every model trained on the preset reads them
         apply([(k, v, f"preset {preset.name} inputs") for k, v in preset.inputs.entries().items()])
-        table = (preset.model or {}).get(spec.get("preset_model_key", model_name)) or (preset.model or {}).get(model_name)
-        if table is not None:
-            values = table.model_dump() if hasattr(table, "model_dump") else dict(table)
-            apply([(f"model.{k}", v, f"preset {preset.name}") for k, v in values.items()])
-        # hyperparameters the dataset needs for this model beyond Table III (e.g. CMC+'s linear experts)
-        apply([(k, v, f"preset {preset.name}") for k, v in (preset.settings.get(model_name) or {}).items()])
+        # the model's settings on this dataset (CMC: its Table III row; CMC+'s linear experts), then the row
+        # a variant asks for on top (CMC-GT: Table VII, `preset_model_key: cmc-gt`)
+        rows = [model_name, *([spec["preset_model_key"]] if spec.get("preset_model_key") else [])]
+        for row in dict.fromkeys(rows):
+            apply(preset.setting_entries(row))
     # 3. the variant
     apply([(k, v, f"variant {variant}") for k, v in (spec.get("overrides") or {}).items()])
     # 4. a user YAML file
