@@ -13,7 +13,7 @@ from torch import nn
 from affectus.data.batches import Batch
 from affectus.errors import AffectusError
 from affectus.models import layers
-from affectus.models.cmc import CMC, CMCConfig, build, legacy_state_names
+from affectus.models.cmc import CMC, CMCConfig, build
 from affectus.models.layers import (
     ConsensusRouter,
     ResidualHead,
@@ -328,6 +328,21 @@ class _CMCBeforeBranches(nn.Module):
         fused = pfm(h, self.tau)
         logits = torch.stack([self.heads[m](fused[:, k]) for k, m in enumerate(DIMS)], dim=1)
         return (self.router(fused).unsqueeze(-1) * logits).sum(dim=1), logits
+
+
+def legacy_state_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """(The check below only.) Rename a state dict from before the branches (``encoders.audio.*``, ``heads.audio.*``, ``bert.*``)
+    to today's names (``branches.audio.encoder.*``, ``branches.audio.head.*``, ``branches.text.bert.*``)."""
+    out = {}
+    for name, value in state.items():
+        first, _, rest = name.partition(".")
+        if first in ("encoders", "heads"):
+            modality, _, rest = rest.partition(".")
+            name = f"branches.{modality}.{first[:-1]}.{rest}"
+        elif first == "bert":
+            name = f"branches.text.bert.{rest}"
+        out[name] = value
+    return out
 
 
 def test_faithful_cmc_is_bit_identical_to_the_model_before_branches():

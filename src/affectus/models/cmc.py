@@ -194,21 +194,6 @@ class UnimodalBranch(nn.Module):
         self.bert = bert  # None registers nothing
 
 
-def legacy_state_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a state dict from before the branches (``encoders.audio.*``, ``heads.audio.*``, ``bert.*``)
-    to today's names (``branches.audio.encoder.*``, ``branches.audio.head.*``, ``branches.text.bert.*``)."""
-    out = {}
-    for name, value in state.items():
-        first, _, rest = name.partition(".")
-        if first in ("encoders", "heads"):
-            modality, _, rest = rest.partition(".")
-            name = f"branches.{modality}.{first[:-1]}.{rest}"
-        elif first == "bert":
-            name = f"branches.text.bert.{rest}"
-        out[name] = value
-    return out
-
-
 def _load_bert(path: str | None, bert_config: Any | None) -> nn.Module:
     """BERT without its pooler (CMC reads the last hidden state only)."""
     if bert_config is None and not path:
