@@ -14,6 +14,7 @@ import typer
 
 from affectus.cli import app
 from affectus.errors import AffectusError
+from affectus.features.audio import audio_help
 
 
 class _Bar:
@@ -87,7 +88,7 @@ def extract_dataset(
         ),
     ] = "skip",
     audio: Annotated[
-        str, typer.Option("--audio", help="opensmile (eGeMAPS LLDs, 25-d) or librosa (log-F0+MFCC+CQT, 33-d)")
+        str, typer.Option("--audio", help=audio_help())
     ] = "opensmile",
     fps: Annotated[
         float, typer.Option("--fps", help="video frames per second given to the face extractor")

@@ -7,16 +7,44 @@
 
 Both return (T, D) float32 with no NaN: openSMILE reports unvoiced frames as 0 for F0-type LLDs
 already; librosa's unvoiced frames get log-F0 0 (F0 is undefined there, and 0 keeps the row finite).
+
+`AUDIO_EXTRACTORS` is the one list (`--audio NAME`, media.json's `audio.kind`): an extractor is a config
+dataclass (an `ExtractorConfig` whose `kind` names it, with `rows_per_second` and `known_dim`) and a class
+`Extractor(config, sample_rate)` with `dim` and `__call__(samples) -> (T, D)`, registered with
+`@register_audio(Config)`. Nothing else names an extractor.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import warnings
+from typing import ClassVar
 
 import numpy as np
 
 from affectus.features.base import ExtractorConfig, MediaError
+
+# kind -> (config class, extractor class), in `--audio` help order; the first is the default
+AUDIO_EXTRACTORS: dict[str, tuple[type[ExtractorConfig], type]] = {}
+
+
+def register_audio(config_cls: type[ExtractorConfig], summary: str = ""):
+    """Class decorator: register an audio extractor under its config's `kind` (`--audio KIND`)."""
+
+    def deco(extractor_cls: type) -> type:
+        kind = config_cls().kind
+        if not kind:
+            raise ValueError(f"{config_cls.__name__}: an audio extractor's config needs a kind")
+        AUDIO_EXTRACTORS[kind] = (config_cls, extractor_cls)
+        extractor_cls.summary = summary
+        return extractor_cls
+
+    return deco
+
+
+def audio_help() -> str:
+    """`--audio`'s help: every registered extractor with its one-line summary."""
+    return " or ".join(f"{k} ({cls.summary})" if cls.summary else k for k, (_, cls) in AUDIO_EXTRACTORS.items())
 
 EGEMAPS_LLD_DIM = 25
 LIBROSA_DIM = 33
@@ -25,10 +53,19 @@ LIBROSA_DIM = 33
 @dataclasses.dataclass(frozen=True)
 class OpenSmileConfig(ExtractorConfig):
     kind: str = "opensmile"
+    requires: ClassVar[dict[str, str]] = {"opensmile": "opensmile"}
     feature_set: str = "eGeMAPSv02"  # a member name of opensmile.FeatureSet
     feature_level: str = "LowLevelDescriptors"  # a member name of opensmile.FeatureLevel
 
+    def rows_per_second(self, sample_rate: int) -> float:
+        return 100.0  # openSMILE's LLDs: one per 10 ms
 
+    def known_dim(self) -> int | None:
+        """The width from the config alone (importing openSMILE takes seconds); None: only the extractor knows."""
+        return EGEMAPS_LLD_DIM if (self.feature_set, self.feature_level) == ("eGeMAPSv02", "LowLevelDescriptors") else None
+
+
+@register_audio(OpenSmileConfig, "eGeMAPS LLDs, 25-d")
 class OpenSmileExtractor:
     """(S,) float32 samples -> (T, 25) eGeMAPS LLDs; T = one row per 10 ms (openSMILE's hop)."""
 
@@ -57,6 +94,7 @@ class OpenSmileExtractor:
 @dataclasses.dataclass(frozen=True)
 class LibrosaConfig(ExtractorConfig):
     kind: str = "librosa"
+    requires: ClassVar[dict[str, str]] = {"librosa": "librosa"}
     hop_length: int = 512  # samples: 32 ms at 16 kHz
     n_mfcc: int = 20
     n_chroma: int = 12
@@ -68,7 +106,14 @@ class LibrosaConfig(ExtractorConfig):
         if self.f0_method not in ("pyin", "yin"):
             raise ValueError(f"f0_method must be 'pyin' or 'yin', not {self.f0_method!r}")
 
+    def rows_per_second(self, sample_rate: int) -> float:
+        return sample_rate / self.hop_length  # one per hop (plus the centred first frame)
 
+    def known_dim(self) -> int | None:
+        return 1 + self.n_mfcc + self.n_chroma
+
+
+@register_audio(LibrosaConfig, "log-F0+MFCC+CQT, 33-d")
 class LibrosaExtractor:
     """(S,) float32 samples -> (T, 1 + n_mfcc + n_chroma) = (T, 33) by default; T = S / hop + 1."""
 

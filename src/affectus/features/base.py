@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from affectus.errors import AffectusError
 from affectus.utils.io import write_json_atomic
@@ -37,6 +37,8 @@ class ExtractorConfig:
     """Base of every extractor config. `kind` names the extractor class the config builds."""
 
     kind: str = ""
+    # modules the extractor imports -> the distribution that installs each (named when one is missing)
+    requires: ClassVar[dict[str, str]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -70,6 +72,14 @@ class ExtractorConfig:
         except (OSError, ValueError, RecursionError) as err:  # Recursion: nested too deeply
             raise AffectusError(f"file {path}: not a readable JSON config ({err})") from None
         return cls.from_dict(d, source=f"file {path}")
+
+    def rows_per_second(self, sample_rate: int) -> float:
+        """Feature rows per second of audio (a sequence extractor's rate; the cache check bounds rows by it)."""
+        raise NotImplementedError(f"{type(self).__name__} does not say its rows per second")
+
+    def known_dim(self) -> int | None:
+        """The feature width from the config alone, or None when only a built extractor knows it."""
+        return None
 
     def digest(self) -> str:
         """Short stable hash of the settings (sorted JSON)."""

@@ -40,14 +40,8 @@ from affectus.data.mmsa import SPLIT_NAMES, dataset_from_raw, dataset_to_raw, wr
 from affectus.data.npz import write_npz
 from affectus.errors import AffectusError
 from affectus.features.asr import MoonshineConfig
-from affectus.features.audio import (
-    EGEMAPS_LLD_DIM,
-    LibrosaConfig,
-    LibrosaExtractor,
-    OpenSmileConfig,
-    OpenSmileExtractor,
-)
-from affectus.features.base import MediaError
+from affectus.features.audio import AUDIO_EXTRACTORS, OpenSmileConfig
+from affectus.features.base import ExtractorConfig, MediaError
 from affectus.features.decode import DecodeConfig, Decoder
 from affectus.features.hashed_text import HashedWordsConfig, HashedWordsExtractor
 from affectus.features.vision import GEOMETRY_NAMES, HaarFaceConfig, HaarFaceExtractor
@@ -64,10 +58,7 @@ CACHE_VERSION = 1
 # whole-clip failures: the file itself is unusable, so no modality is tried
 CLIP_REASONS = ("missing", "empty", "corrupt", "too_long")
 ON_FAIL = ("skip", "zero")
-AUDIO_KINDS: dict[str, tuple[type, type]] = {
-    "opensmile": (OpenSmileConfig, OpenSmileExtractor),
-    "librosa": (LibrosaConfig, LibrosaExtractor),
-}
+AUDIO_KINDS = AUDIO_EXTRACTORS  # the registered audio extractors (features/audio.py)
 
 
 # ------------------------------------------------------------------------------------------ label.csv
@@ -189,7 +180,7 @@ class MediaConfig:
     """The extractors of one dataset: decoding, audio, vision (and the text placeholder)."""
 
     decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
-    audio: OpenSmileConfig | LibrosaConfig = dataclasses.field(default_factory=OpenSmileConfig)
+    audio: ExtractorConfig = dataclasses.field(default_factory=OpenSmileConfig)  # any of AUDIO_KINDS
     vision: HaarFaceConfig = dataclasses.field(default_factory=HaarFaceConfig)
     text: HashedWordsConfig = dataclasses.field(default_factory=HashedWordsConfig)
     # the text encoder of features/text.py: "minilm" (packaged, offline), a local BERT-family
@@ -232,7 +223,7 @@ def check_modules(config: MediaConfig, whole: bool = False) -> None:
     (`asr`) when the config has them, so a missing extra is named before minutes of extraction, not after."""
     import importlib.util
 
-    needed = {"av": "av", "cv2": "opencv-python-headless", config.audio.kind: config.audio.kind}
+    needed = {"av": "av", "cv2": "opencv-python-headless", **config.audio.requires}
     if whole:
         from affectus.features.text import MINILM_PACKAGE
 
@@ -402,8 +393,7 @@ class CacheCheck:
         self._dims: dict[str, int | None] | None = None  # on first use: no entry to check, no extractor built
         a = config.audio
         # rows per second: openSMILE's LLDs one per 10 ms; librosa one per hop (plus the centred first frame)
-        self.rates = {"audio": 100.0 if a.kind == "opensmile" else config.decode.sample_rate / a.hop_length,
-                      "vision": config.decode.fps}
+        self.rates = {"audio": a.rows_per_second(config.decode.sample_rate), "vision": config.decode.fps}
         self._decoder: Decoder | None = None
 
     def seconds(self, clip: Path) -> float:
@@ -458,14 +448,11 @@ def feature_dims(config: MediaConfig) -> dict[str, int | None]:
     """The widths of a config's audio and vision features, from the config alone where it says them
     (no extractor is built: openSMILE takes seconds to import); None when only the extractor knows."""
     a, v = config.audio, config.vision
-    if isinstance(a, LibrosaConfig):
-        audio: int | None = 1 + a.n_mfcc + a.n_chroma
-    elif (a.feature_set, a.feature_level) == ("eGeMAPSv02", "LowLevelDescriptors"):
-        audio = EGEMAPS_LLD_DIM
-    else:
+    audio = a.known_dim()
+    if audio is None:
         try:
-            audio = OpenSmileExtractor(a, config.decode.sample_rate).dim
-        except Exception:  # noqa: BLE001 - a set openSMILE lacks: every clip fails its audio anyway
+            audio = AUDIO_KINDS[a.kind][1](a, config.decode.sample_rate).dim
+        except Exception:  # noqa: BLE001 - a setting the extractor lacks: every clip fails its audio anyway
             audio = None
     blocks = v.crop_size // (2 * v.hog_cell)  # HOG blocks per side: 2x2 cells each, not overlapping
     return {"audio": audio, "vision": len(GEOMETRY_NAMES) + blocks * blocks * 4 * v.hog_bins}
