@@ -146,13 +146,14 @@ def test_bad_cli_values_fail_before_any_run(sim_file: Path, tmp_path: Path, caps
 def test_table5_end_to_end(table5_reference: Path) -> None:
     md = (table5_reference / "results.md").read_text(encoding="utf-8")
     header = next(line for line in md.splitlines() if line.startswith("| Run"))
-    for column in ("D_test Acc2", "D_msc Acc2", "D_msi Acc2", "Params", "Seeds"):
+    for column in ("D_test Acc2", "D_msc Acc2", "D_msi Acc2", "Params", f"Time ×{TABLE5_ROWS[0]}", "Seeds"):
         assert column in header
-    for row in TABLE5_ROWS:
+    for i, row in enumerate(TABLE5_ROWS):
         line = next(x for x in md.splitlines() if x.startswith(f"| {row} |"))
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert all("±" in c for c in cells[1:7]), line  # D_test / D_msc / D_msi Acc2 and F1, mean ± std
-        assert cells[-1] == "2" and int(cells[-2].replace(",", "")) > 0
+        assert cells[-1] == "2" and int(cells[-3].replace(",", "")) > 0
+        assert float(cells[-2]) > 0 and (i or cells[-2] == "1.00")  # training time as a ratio to the first row
     lines = (table5_reference / "results.csv").read_text(encoding="utf-8").splitlines()
     header = lines[0].split(",")
     assert "d_test.acc2" in header and "d_msi.acc2" in header and "modalities.audio.acc2" in header
@@ -170,6 +171,17 @@ def _mtimes(out: Path) -> dict[str, int]:
 
 
 @pytest.mark.slow
+def _without_times(path: Path) -> list[list[str]]:
+    """A results.csv or results.md as cells, without the training-time columns (wall seconds differ by run)."""
+    sep = "," if path.suffix == ".csv" else "|"
+    rows = [line.split(sep) for line in path.read_text(encoding="utf-8").splitlines()]
+    header = next((r for r in rows if "train_seconds" in r or any(c.strip().startswith("Time ×") for c in r)), None)
+    if header is None:
+        return rows
+    drop = {i for i, c in enumerate(header) if c == "train_seconds" or c.strip().startswith("Time ×")}
+    return [[c for i, c in enumerate(r) if i not in drop] if len(r) == len(header) else r for r in rows]
+
+
 def test_interrupted_experiment_resumes_to_the_same_results(sim_file: Path, table5_reference: Path,
                                                             tmp_path: Path, monkeypatch) -> None:
     from affectus.training.recipes.cmc import tasks
@@ -198,8 +210,8 @@ def test_interrupted_experiment_resumes_to_the_same_results(sim_file: Path, tabl
     after = _mtimes(out)
     assert len(after) == 14 and all(after[k] == v for k, v in before.items())  # finished runs not retrained
     assert not list(runs.glob("*/state.pt"))
-    for name in ("results.csv", "results.md"):
-        assert (out / name).read_text() == (table5_reference / name).read_text(), name
+    for name in ("results.csv", "results.md"):  # the same results; wall times (not results) left out
+        assert _without_times(out / name) == _without_times(table5_reference / name), name
     # a finished experiment re-run trains nothing; changing a setting into the same OUT is refused
     summary = run_experiment("table5_ablation", out, data=str(sim_file), seeds=2, overrides=FAST_OVERRIDES,
                              threads=1, progress=False)
@@ -223,9 +235,9 @@ def test_jobs_2_gives_the_same_results(sim_file: Path, table5_reference: Path, t
     assert main(["experiment", str(path), "--out", str(out), "--data", str(sim_file), "--seeds", "2",
                  "--jobs", "2", *FAST]) == 0
 
-    def lines(folder: Path) -> list[str]:
-        text = (folder / "results.csv").read_text(encoding="utf-8").splitlines()
-        return [text[0]] + [x for x in text[1:] if x.split(",")[1] in ("cmc", "w-o-mcr")]
+    def lines(folder: Path) -> list[list[str]]:
+        rows = _without_times(folder / "results.csv")
+        return [rows[0]] + [r for r in rows[1:] if r[1] in ("cmc", "w-o-mcr")]
 
     assert lines(out) == lines(table5_reference)
     assert len(lines(out)) == 1 + 4 + 4

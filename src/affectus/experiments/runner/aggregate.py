@@ -66,6 +66,9 @@ def aggregate(out_dir: str | Path) -> list[dict[str, Any]]:
             values.update(_flatten(info.get("select_metrics", {}), "select."))
             values.update(_condition_values(out / planned["dir"], exp))
             values.update(_router_values(out / planned["dir"], exp))
+            # the recipe's wall time (run.json train_seconds): a table compares it only as a ratio to another
+            # row of the same experiment, trained on the same machine in the same session
+            values["train_seconds"] = info.get("train_seconds")
             runs.append({**planned, "values": values, "family": info.get("family"),
                          # what the model read (run.json text_inputs): "file", or the encoder, short
                          "inputs": inputs_label(info.get("text_inputs")),

@@ -53,6 +53,10 @@ def _csv(exp: dict[str, Any], runs: list[dict], rows: list[dict], metric_keys: l
     return buf.getvalue()
 
 
+def _ratio(seconds: float | None, base: float) -> str:
+    return "-" if seconds is None else f"{seconds / base:.2f}"
+
+
 def _parts(parts: list[str] | None) -> str:
     return "unknown" if parts is None else "+".join(parts)
 
@@ -91,7 +95,11 @@ def _markdown(exp: dict[str, Any], rows: list[dict], n_finished: int) -> str:
     if mixed:
         lines += [("**Mixed inputs** (`mixed_inputs: true`): rows marked ≠ read other inputs than the first row "
                    f"(`{first_inputs}`); compare only rows with the same Inputs."), ""]
-    header = ["Run", *grid_keys, *[c for c, _ in columns], "Inputs", "Params", "Seeds"]
+    # training time as a ratio to the first row's, measured in this experiment (this machine, this session)
+    base = next((g["mean"].get("train_seconds") for g in finished), None)
+    time_title = f"Time ×{finished[0]['row']}" if base else None
+    header = ["Run", *grid_keys, *[c for c, _ in columns], "Inputs", "Params", *([time_title] if base else []),
+              "Seeds"]
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for g in rows:
         marks = ((" ⚠" if g.get("n_degenerate") else "") + (f" {IN_SAMPLE_MARK}" if g.get("in_sample") != [] else "")
@@ -99,7 +107,8 @@ def _markdown(exp: dict[str, Any], rows: list[dict], n_finished: int) -> str:
         cells = [g["row"] + marks, *[_num(g["grid"][k]) for k in grid_keys],
                  *[format_mean_std(g["mean"].get(key), g["std"].get(key)) for _, key in columns],
                  f"`{g['inputs']}`" if g["inputs"] else "-",
-                 f"{g['params']:,}" if g["params"] is not None else "-", str(g["n_seeds"])]
+                 f"{g['params']:,}" if g["params"] is not None else "-",
+                 *([_ratio(g["mean"].get("train_seconds"), base)] if base else []), str(g["n_seeds"])]
         lines.append("| " + " | ".join(cells) + " |")
     flagged = [g for g in rows if g.get("n_degenerate")]
     if flagged:
