@@ -154,17 +154,20 @@ def _npy(array, shape=None, descr=None) -> bytes:
     return buf.getvalue()
 
 
-def test_npz_check_refuses_before_reading(served):
-    """Every refusal comes from the zip directory and .npy headers; none reads an array."""
+@pytest.mark.parametrize("reader", ["check_npz", "read_checked_npz"])
+def test_npz_check_refuses_before_reading(served, reader):
+    """Every refusal comes from the zip directory and .npy headers; none reads an array (the reading
+    variant reads a member's data only after its header passed)."""
     import zipfile
 
     import numpy as np
 
-    from affectus.data.npz_check import NpzTooLarge, check_npz
+    from affectus.data import npz_check
+    from affectus.data.npz_check import NpzTooLarge
 
     def check(data: bytes, **kw) -> None:
         limits = {"max_bytes": 10 * 2**20, "max_samples": 100, "max_seq_len": 50, **kw}
-        check_npz(data, "up.npz", **limits)
+        getattr(npz_check, reader)(data, "up.npz", **limits)
 
     check(served["npz"].read_bytes())  # a real affectus .npz passes
     f32 = np.zeros((3, 4, 5), np.float32)
@@ -179,6 +182,8 @@ def test_npz_check_refuses_before_reading(served):
         (_npz({"test.audio.npy": _npy(f32)}, zipfile.ZIP_BZIP2), {}, Exception, "compression method"),
         (_npz({"notes.txt": b"hello"}), {}, Exception, "not a .npy"),
         (b"PK\x03\x04 not really a zip", {}, Exception, "not a readable affectus .npz"),
+        (_npz({"test.audio.npy": b"\x93NUMPY\x01\x00\x10\x00{'descr': 'x', }  \n"}), {}, Exception, "malformed .npy header"),
+        (_npz({"test.audio.npy": b"\x93NUMPY\x09\x00"}), {}, Exception, "format version 9"),
     ]
     real = served["npz"].read_bytes()
     end = real.rfind(b"PK\x05\x06")
@@ -186,6 +191,35 @@ def test_npz_check_refuses_before_reading(served):
     for data, kw, kind, needle in cases:
         with pytest.raises(kind, match=needle):
             check(data, **kw)
+
+
+def test_read_checked_npz_gives_what_numpy_reads(served, tmp_path):
+    """The one-pass reader returns numpy's own arrays: plain headers, Fortran order, a structured dtype (read
+    through the literal parser), deflated members, unicode and 0-d arrays."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    from affectus.data.npz_check import read_checked_npz
+
+    arrays = {"a.x": np.arange(24, dtype="<f4").reshape(2, 3, 4), "a.f": np.asfortranarray(np.ones((3, 2), ">i8")),
+              "a.s": np.zeros(2, dtype=[("p", "<f4"), ("q", "u1")]), "a.id": np.array(["v$_$1", "é"]),
+              "__meta__": np.array('{"x": 1}'), "b.b": np.array([True, False])}
+    for compress in (np.savez, np.savez_compressed):
+        buf = io.BytesIO()
+        compress(buf, **arrays)
+        got = read_checked_npz(buf.getvalue(), "up.npz", max_bytes=2**20, max_samples=100, max_seq_len=50)
+        with np.load(io.BytesIO(buf.getvalue())) as z:
+            assert set(got) == set(z.files)
+            for name in z.files:
+                assert got[name].dtype == z[name].dtype and np.array_equal(got[name], z[name]), name
+                assert got[name].flags.writeable
+    real = served["npz"].read_bytes()
+    got = read_checked_npz(real, "tiny.npz", max_bytes=2**30, max_samples=10**6, max_seq_len=10**6)
+    with np.load(io.BytesIO(real)) as z:
+        assert all(np.array_equal(got[n], z[n]) for n in z.files)
+    assert zipfile.is_zipfile(io.BytesIO(real))
 
 
 @pytest.mark.parametrize(("host", "name"), [

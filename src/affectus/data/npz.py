@@ -54,17 +54,7 @@ def read_npz(path: str, file: Any = None) -> tuple[dict[str, dict[str, Any]], di
     `file`: an open binary file to read instead of `path` (which then only names it in messages)."""
     try:
         with np.load(path if file is None else file, allow_pickle=False) as z:
-            if "__meta__" not in z.files:
-                raise _fail(_where(path), "a .npz without __meta__: not written by affectus convert")
-            meta = _check_meta(path, z["__meta__"])
-            raw: dict[str, dict[str, Any]] = {}
-            for split, keys in meta["keys"].items():
-                raw[split] = {}
-                for key in keys:
-                    try:
-                        raw[split][key] = z[f"{split}.{key}"]
-                    except (KeyError, ValueError) as err:
-                        raise _fail(_where(path, split, key), f"unreadable array ({err})") from None
+            return _raw_layout(z, z.files, path)
     except AffectusError:
         raise
     except Exception as err:  # noqa: BLE001 - bad zip, truncated member, bad JSON, ...
@@ -72,6 +62,21 @@ def read_npz(path: str, file: Any = None) -> tuple[dict[str, dict[str, Any]], di
         raise _fail(
             _where(path), f"not a readable affectus .npz ({hint}{type(err).__name__}: {err})"
         ) from None
+
+
+def _raw_layout(z: Any, names: Any, path: str) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], int]]:
+    """The MMSA dict layout from `z[name]` (an open np.load, or a dict of arrays already read)."""
+    if "__meta__" not in names:
+        raise _fail(_where(path), "a .npz without __meta__: not written by affectus convert")
+    meta = _check_meta(path, z["__meta__"])
+    raw: dict[str, dict[str, Any]] = {}
+    for split, keys in meta["keys"].items():
+        raw[split] = {}
+        for key in keys:
+            try:
+                raw[split][key] = z[f"{split}.{key}"]
+            except (KeyError, ValueError) as err:
+                raise _fail(_where(path, split, key), f"unreadable array ({err})") from None
     sanitised = {tuple(k.split("/", 1)): int(v) for k, v in meta.get("sanitised", {}).items()}
     return raw, sanitised  # type: ignore[return-value]
 
@@ -124,6 +129,13 @@ def load_npz_bytes(data: bytes, source: str, preset: str | Preset | None = None)
     if data[:4] not in _ZIP_MAGIC:
         raise _fail(_where(source), "not a readable affectus .npz (not a zip)")
     raw, prior = read_npz(source, io.BytesIO(data))
+    return _validated(raw, prior, source, preset)
+
+
+def load_npz_arrays(arrays: dict[str, np.ndarray], source: str, preset: str | Preset | None = None) -> MERDataset:
+    """An affectus .npz whose members were already read and checked (`data.npz_check.read_checked_npz`,
+    an upload), validated as `load_dataset` validates a file; `source` names it in messages."""
+    raw, prior = _raw_layout(arrays, arrays, source)
     return _validated(raw, prior, source, preset)
 
 

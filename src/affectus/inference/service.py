@@ -431,8 +431,8 @@ def _read_npz_upload(done: Any, predictor: Any, upload: Any, name: str, limit: i
     """A features upload's splits, checked, parsed from memory and validated once against the run's widths
     (and re-encoded where the run reads transcripts), with the NaN warnings; calls `done()` (frees its slot)
     however it ends."""
-    from affectus.data.npz import load_npz_bytes
-    from affectus.data.npz_check import check_npz
+    from affectus.data.npz import load_npz_arrays
+    from affectus.data.npz_check import read_checked_npz
     from affectus.data.types import MODALITIES
 
     try:
@@ -440,10 +440,12 @@ def _read_npz_upload(done: Any, predictor: Any, upload: Any, name: str, limit: i
         data = upload.read(limit + 1)
         if len(data) > limit:
             raise _Refused(413, f"{name}: upload larger than {limits.max_upload_mb:g} MB")
-        check_npz(data, name, max_bytes=int(limits.max_decompressed_mb * 1024 * 1024),
-                  max_samples=limits.max_samples, max_seq_len=limits.max_seq_len)
-        ds = load_npz_bytes(data, name)  # from memory: no temporary file
+        # checked and read in one pass over the zip (numpy's loader would parse every header again)
+        arrays = read_checked_npz(data, name, max_bytes=int(limits.max_decompressed_mb * 1024 * 1024),
+                                  max_samples=limits.max_samples, max_seq_len=limits.max_seq_len)
         del data
+        ds = load_npz_arrays(arrays, name)  # from memory: no temporary file
+        del arrays
         splits = []
         for split in ds.splits.values():
             split = predictor.reads(split)
