@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from safetensors.numpy import load_file
 
 import affectus
 from affectus.cli import main
 from affectus.data.mmsa import load_dataset, write_pickle
 from affectus.data.synthetic import generate
+from affectus.training.recipes.cmc_plus import ExpertsTask
 from conftest import tiny_sim_config
 
 # Small enough to run in seconds, long enough that the experts stage ends by every expert's patience
@@ -75,3 +77,55 @@ def test_fixed_seed_cmc_plus_matches_recorded_values(sim7, tmp_path, name):
         assert metrics[key] == pytest.approx(value)
     probs = affectus.load(out).predict(load_dataset(sim7)["test"]).probabilities[:4]
     np.testing.assert_allclose(probs, np.array(want["probs"]), atol=2e-6)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(sim7, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cmcp_full") / "run"
+    assert main(["train", "--data", str(sim7), "--model", "cmc_plus", "--out", str(out), *FAST]) == 0
+    return out
+
+
+# the experts' epochs run before the interruption: 20 is inside stage 1 (all of train, 116 epochs); 150 is
+# inside a cross-fitting fold (stage 1 + f), whose resume state also carries stage 1's experts and the
+# out-of-fold logits of the folds before it
+@pytest.mark.parametrize(("cut", "stages"), [(20, {1}), (150, {2, 3, 4})], ids=["stage1", "fold"])
+def test_interrupted_run_resumes_inside_the_experts_to_the_same_weights(sim7, uninterrupted, tmp_path,
+                                                                        monkeypatch, cut, stages):
+    calls = {"n": 0}
+
+    def interrupt(self, epoch):
+        calls["n"] += 1
+        if calls["n"] > cut:
+            raise KeyboardInterrupt
+
+    args = ["train", "--data", str(sim7), "--model", "cmc_plus", "--out", str(tmp_path / "cut"), *FAST]
+    monkeypatch.setattr(ExpertsTask, "start_epoch", interrupt)
+    assert main(args) == 130
+    state = torch.load(tmp_path / "cut" / "state.pt", weights_only=True)
+    assert state["stage"] in stages and not (tmp_path / "cut" / "run.json").exists()
+    monkeypatch.undo()
+    assert main([*args, "--resume"]) == 0
+    wa, wb = (load_file(str(d / "model.safetensors")) for d in (uninterrupted, tmp_path / "cut"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k])
+    runs = [json.loads((d / "run.json").read_text())["stages"] for d in (uninterrupted, tmp_path / "cut")]
+    for r in runs:  # every epoch of stage 1, seconds aside
+        r["experts"]["history"] = [{k: v for k, v in h.items() if k != "seconds"} for h in r["experts"]["history"]]
+    assert len(runs[0]["experts"]["history"]) == 116 and runs[0] == runs[1]
+
+
+def test_features_that_make_the_loss_nan_stop_the_experts_with_one_error_line(tmp_path, capsys):
+    """Audio features at the edge of float32 overflow the experts' standardisation (inf mean, NaN inputs):
+    the loop stops at the first step with its one-line error, before a NaN reaches the weights."""
+    raw = generate(tiny_sim_config())
+    raw["train"]["audio"][:5] = 3e38  # finite, so the loader keeps them
+    path = tmp_path / "huge.pkl"
+    write_pickle(raw, path)
+    capsys.readouterr()
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(path), "--model", "cmc_plus", "--out", str(out), *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: experts: loss became nan at epoch 1; check the input features"]
+    assert not (out / "run.json").exists() and not (out / "state.pt").exists()
