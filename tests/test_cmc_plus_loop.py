@@ -1,11 +1,13 @@
 """CMC+'s stages in the generic loop (issue 17): the numbers did not move when `_fit_experts` became a task
 of `training/loop.py` and the router's hide-one-modality sampler moved to `data/missing.py`; an interrupted
-run resumes inside the experts stage to the same weights; NaN features stop with one error line."""
+run resumes inside the experts stage to the same weights; a NaN loss (experts or router) stops with one
+error line."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,8 +17,11 @@ from safetensors.numpy import load_file
 import affectus
 from affectus.cli import main
 from affectus.data.mmsa import load_dataset, write_pickle
+from affectus.data.schemes import get_scheme
 from affectus.data.synthetic import generate
-from affectus.training.recipes.cmc_plus import ExpertsTask
+from affectus.errors import AffectusError
+from affectus.models.cmc_plus import CMCPlus, CMCPlusConfig
+from affectus.training.recipes.cmc_plus import CMCPlusRecipe, CMCPlusRecipeConfig, ExpertsTask
 from conftest import tiny_sim_config
 
 # Small enough to run in seconds, long enough that the experts stage ends by every expert's patience
@@ -129,3 +134,16 @@ def test_features_that_make_the_loss_nan_stop_the_experts_with_one_error_line(tm
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: experts: loss became nan at epoch 1; check the input features"]
     assert not (out / "run.json").exists() and not (out / "state.pt").exists()
+
+
+def test_router_fit_that_turns_nan_stops_with_one_error():
+    """The router is a full-batch fit, not an epoch loop: its loss is checked once at the end of the fit."""
+    torch.manual_seed(0)
+    model = CMCPlus(CMCPlusConfig(dims={"text": 6, "audio": 3, "vision": 4}))
+    ctx = SimpleNamespace(recipe=CMCPlusRecipeConfig(router_steps=5, modality_dropout=0.3), model=model,
+                          train=SimpleNamespace(seed=0), scheme=get_scheme("mosi"))
+    z, y = torch.randn(8, 3, 3), torch.arange(8) % 3
+    assert CMCPlusRecipe()._fit_router(ctx, z, y)["loss"] > 0  # finite logits: a finite fit
+    z[2, 1] = float("nan")
+    with pytest.raises(AffectusError, match=r"^router: loss became nan after 5 steps; check the input features$"):
+        CMCPlusRecipe()._fit_router(ctx, z, y)

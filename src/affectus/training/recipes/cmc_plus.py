@@ -467,8 +467,9 @@ class CMCPlusRecipe:
 
     def _fit_router(self, ctx: RecipeContext, z: torch.Tensor, y: torch.Tensor,
                     experts: torch.Tensor | None = None) -> dict[str, Any]:
-        """Full-batch Adam on the router: CE on the verdict (+ the scheme's Acc2 rule as a BCE). `experts`:
-        (K,) bool, the experts in the pool (None: all)."""
+        """Full-batch Adam on the router for `router_steps` steps: CE on the verdict (+ the scheme's Acc2 rule as
+        a BCE). `experts`: (K,) bool, the experts in the pool (None: all). Not an epoch loop: no selection
+        split, no early stopping, one step per pass (docs/cmc_plus.md, "How it trains")."""
         rc, model = ctx.recipe, ctx.model
         torch.manual_seed(ctx.train.seed * 1_000_003 + 31)
         gen = torch.Generator().manual_seed(ctx.train.seed)
@@ -495,6 +496,9 @@ class CMCPlusRecipe:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        if not torch.isfinite(loss):  # checked once per fit (docs/cmc_plus.md: the router is not an epoch loop)
+            raise AffectusError(f"router: loss became {loss.item()} after {rc.router_steps} steps; "
+                                f"check the input features")
         router.eval()
         with torch.no_grad():
             _, _, w = model.consensus(z, present_all)
