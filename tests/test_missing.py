@@ -11,7 +11,13 @@ import torch
 
 from affectus.cli import main
 from affectus.data.batches import iterate_batches
-from affectus.data.missing import CONDITIONS, condition_name, parse_available, with_availability
+from affectus.data.missing import (
+    CONDITIONS,
+    condition_name,
+    hide_one_modality,
+    parse_available,
+    with_availability,
+)
 from affectus.data.mmsa import dataset_from_raw, load_dataset
 from affectus.data.schemes import get_scheme
 from affectus.data.synthetic import SynthConfig, generate
@@ -48,6 +54,34 @@ def test_absent_modality_is_zero_filled_with_length_zero():
     batch = next(iter(iterate_batches(split, 8)))
     assert batch.available.tolist() == [[True, False, False]] * 8
     assert ds["train"].available is None and next(iter(iterate_batches(ds["train"], 8))).availability().all()
+
+
+def test_hide_one_modality_draws_cmc_plus_router_masks():
+    """The sampler CMC+'s router fits with (recipe.modality_dropout): at most one modality hidden per sample,
+    with probability `rate`, uniformly which; from a torch.Generator it draws exactly the masks of the inline
+    code it replaced (same seed, same draws in the same order), from a numpy Generator it is an
+    `availability` sampler of `RecipeContext.batches`."""
+    n, rate = 6000, 0.3
+
+    def inline(gen):  # CMC+'s router before the sampler moved to data/missing.py
+        hide = torch.rand(n, generator=gen) < rate
+        which = torch.randint(0, 3, (n,), generator=gen)
+        gone = torch.zeros(n, 3, dtype=torch.bool)
+        gone[hide, which[hide]] = True
+        return (~gone).numpy()
+
+    gen_a, gen_b = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    for _ in range(3):  # the generator moves on identically, step after step
+        np.testing.assert_array_equal(hide_one_modality(n, rate, gen_a), inline(gen_b))
+    mask = hide_one_modality(n, rate=rate, rng=np.random.default_rng(1))
+    assert mask.shape == (n, 3) and mask.dtype == bool
+    np.testing.assert_array_equal(mask, hide_one_modality(n, rate, np.random.default_rng(1)))
+    assert (mask.sum(1) >= 2).all()  # every sample keeps two modalities
+    assert abs((~mask.all(1)).mean() - rate) < 0.03  # 6000 draws: 5 standard errors
+    assert all(abs((~mask[:, k]).mean() - rate / 3) < 0.02 for k in range(3))
+    assert hide_one_modality(50, 0.0, np.random.default_rng(0)).all()
+    with pytest.raises(AffectusError, match="expected a value in"):
+        hide_one_modality(5, 1.5, np.random.default_rng(0))
 
 
 @pytest.mark.parametrize("model_name", list_models())

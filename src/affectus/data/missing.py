@@ -13,6 +13,7 @@ import itertools
 from dataclasses import replace
 
 import numpy as np
+import torch
 
 from affectus.data.types import MODALITIES, Split
 from affectus.errors import AffectusError
@@ -65,6 +66,28 @@ def random_conditions(n: int, rng: np.random.Generator) -> np.ndarray:
     1/7 of the samples only near rate 0.5, and never the complete set 1/7 of the time)."""
     table = np.array([[m in c for m in MODALITIES] for c in CONDITIONS])  # (7, 3)
     return table[rng.integers(0, len(CONDITIONS), size=n)]
+
+
+def hide_one_modality(n: int, rate: float, rng: np.random.Generator | torch.Generator) -> np.ndarray:
+    """(n, 3) bool: each sample, with probability `rate`, hides one of its three modalities, drawn uniformly;
+    the other two stay. At most one modality is absent per sample, so every sample keeps two.
+
+    Draws n uniforms, then n integers in [0, 3) (every sample gets both, so the stream does not depend on
+    the outcome). `rng` is a numpy Generator (the `availability` samplers of `RecipeContext.batches`) or a
+    torch.Generator (CMC+'s router, whose masks have always been drawn from one); the same generator
+    state, n and rate give the same mask. CMC+ (`recipe.modality_dropout`) uses it while fitting the
+    evidence router, so the router learns to weigh the experts left when one is missing."""
+    if not 0.0 <= rate <= 1.0:
+        raise AffectusError(f"modality dropout rate {rate}: expected a value in [0, 1]")
+    if isinstance(rng, torch.Generator):
+        hide = (torch.rand(n, generator=rng) < rate).numpy()
+        which = torch.randint(0, len(MODALITIES), (n,), generator=rng).numpy()
+    else:
+        hide = rng.random(n) < rate
+        which = rng.integers(0, len(MODALITIES), size=n)
+    present = np.ones((n, len(MODALITIES)), dtype=bool)
+    present[np.flatnonzero(hide), which[hide]] = False
+    return present
 
 
 def parse_available(text: str) -> tuple[str, ...]:

@@ -27,7 +27,7 @@ class Task(Protocol):
 
     def start_epoch(self, epoch: int) -> None: ...
 
-    def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def loss(self, model: torch.nn.Module, batch: Batch | Any) -> tuple[torch.Tensor, dict[str, float]]: ...
 
     def after_step(self, model: torch.nn.Module) -> None: ...
 
@@ -52,7 +52,7 @@ def run_loop(
     task: Task,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    batches: Callable[[int], Any],  # epoch -> iterable of Batch
+    batches: Callable[[int], Any],  # epoch -> iterable of Batch (or a recipe's own rows: see below)
     epochs: int,
     patience: int,
     device: torch.device,
@@ -60,11 +60,15 @@ def run_loop(
     save_state: Callable[[LoopState], None] | None = None,
     amp: bool = False,
     on_epoch: Callable[[str, dict[str, float], int], None] | None = None,
+    log: bool = True,
 ) -> LoopState:
     """Train until `epochs` or `patience` epochs without improvement. Resumable from `state`.
 
-    Each epoch is logged as one line on the `affectus.training` logger (`epoch_line`) and handed to
-    `on_epoch(task name, record, max epochs)` (progress bars, TensorBoard)."""
+    `batches(epoch)` yields objects with `.to(device)` and `len()` that the task's `loss` reads: a
+    `Batch`, or a recipe's own (CMC+'s pooled rows). Each epoch is logged as one line on the
+    `affectus.training` logger (`epoch_line`; `log=False`: none, for a recipe's inner refits such as
+    CMC+'s cross-fitting folds) and handed to `on_epoch(task name, record, max epochs)` (progress bars,
+    TensorBoard)."""
     state = state or LoopState()
     scaler = torch.amp.GradScaler("cuda") if amp and device.type == "cuda" else None
     while not state.done and state.epoch < epochs:
@@ -107,7 +111,8 @@ def run_loop(
         state.epoch = epoch
         if state.since_improved >= patience:
             state.done = True
-        logger.info(epoch_line(task.name, record, epochs))
+        if log:
+            logger.info(epoch_line(task.name, record, epochs))
         if on_epoch is not None:
             on_epoch(task.name, record, epochs)
         if save_state is not None:

@@ -136,15 +136,30 @@ class RecipeContext:
         this stage's. `extra` tensors/values are saved with every epoch's resume state (what a later
         stage needs from an earlier one). `model` may wrap `ctx.model` (e.g. to keep parts in eval mode).
         `missing_rate` / `availability`: modality dropout on the training batches (see `batches`)."""
-        loop_state = None
-        if self.resumes(stage):
-            saved = self.saved
-            self.model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            task.load_state_dict(saved["task"])
-            d = saved["loop"]
-            loop_state = LoopState(epoch=d["epoch"], since_improved=d["since_improved"], history=list(d["history"]),
-                                   done=d["done"])
+        tc = self.train
+        batches = self.batches(self.train_split, stage, missing_rate, availability)
+        return run_loop(task, model or self.model, optimizer, batches, tc.epochs, tc.patience, self.device,
+                        state=self.resume_state(stage, task, optimizer),
+                        save_state=self.state_saver(stage, task, optimizer, extra), amp=tc.amp, on_epoch=self.on_epoch)
+
+    def resume_state(self, stage: int, task, optimizer) -> LoopState | None:
+        """When the saved resume state is stage `stage`'s: the model, `optimizer` and `task` restored from it
+        and the loop's state to continue from; else None (a fresh start). For a recipe that calls `run_loop`
+        itself (its own batches, epochs or patience: CMC+'s experts) with `state_saver`."""
+        if not self.resumes(stage):
+            return None
+        saved = self.saved
+        self.model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        task.load_state_dict(saved["task"])
+        d = saved["loop"]
+        return LoopState(epoch=d["epoch"], since_improved=d["since_improved"], history=list(d["history"]),
+                         done=d["done"])
+
+    def state_saver(self, stage: int, task, optimizer,
+                    extra: dict[str, Any] | None = None) -> Callable[[LoopState], None]:
+        """`run_loop`'s `save_state` for stage `stage`: after every epoch, the model, `optimizer`, `task` and
+        `extra` go to state.pt (atomically), which `resume_state` reads back."""
 
         def save(state: LoopState) -> None:
             ckpt.save_state(self.state_path, {
@@ -152,10 +167,7 @@ class RecipeContext:
                 "optimizer": optimizer.state_dict(), "task": task.state_dict(), **(extra or {}),
             })
 
-        tc = self.train
-        batches = self.batches(self.train_split, stage, missing_rate, availability)
-        return run_loop(task, model or self.model, optimizer, batches, tc.epochs,
-                        tc.patience, self.device, state=loop_state, save_state=save, amp=tc.amp, on_epoch=self.on_epoch)
+        return save
 
 
 class FrozenPart(torch.nn.Module):

@@ -30,7 +30,12 @@ per-video paired difference. The choice and every candidate's held-out loss and 
 `fallback=expert` the best expert alone. Only the fitting rows' labels are read.
 
 Training inputs are pooled once (the experts read utterance vectors), so the whole recipe runs on
-in-memory tensors; it is fast enough that an interrupted run simply starts again (no resume state).
+in-memory tensors. Every expert fit is a task of the generic loop (`ExpertsTask` in `training/loop.py`'s
+`run_loop`) and a stage of its own for resume: stage 1 fits the experts on all of train, stage 1 + f the
+experts of cross-fitting fold f. Each epoch's resume state carries what the later stages need from the
+earlier ones (the final experts, stage 1's summary, the out-of-fold logits so far), so an interrupted run
+resumes inside the fit it was in. The consensus (temperatures, router, fallback) takes seconds and has no
+resume state of its own: interrupted there, a run resumes after the last expert fit (docs/cmc_plus.md).
 """
 
 from __future__ import annotations
@@ -43,9 +48,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from affectus.data.missing import hide_one_modality
 from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError, SettingError
-from affectus.training.loop import logger
+from affectus.training.loop import logger, run_loop
 from affectus.training.recipes.base import RecipeContext, RecipeResult
 
 _CHOICES = {"targets": ("multimodal", "ground_truth"), "consensus_fit": ("oof", "select", "train"),
@@ -59,6 +65,8 @@ _TEMPERATURES = np.exp(np.linspace(np.log(0.05), np.log(50.0), 121))  # the temp
 # while leaving one on hundreds of rows to the data (tests/test_ready.py shows both).
 TEMPERATURE_FLOOR = 0.25
 TEMPERATURE_PRIOR_ROWS = 30
+# resume stages (module docstring): the experts on all of train; cross-fitting fold f is EXPERTS_STAGE + f
+EXPERTS_STAGE = 1
 
 
 @dataclass
@@ -118,12 +126,96 @@ class CMCPlusRecipeConfig:
 
 @dataclass
 class _Inputs:
+    """Pooled expert inputs of some rows: a whole split, or one training batch of the experts' loop (which
+    needs `.to(device)` and `len()` of a batch)."""
+
     x: list[torch.Tensor]  # per expert (N, D_k)
     y: torch.Tensor  # (N,) multimodal class
     targets: torch.Tensor  # (N, K) what each expert learns
 
     def rows(self, idx: torch.Tensor) -> _Inputs:
         return _Inputs([v[idx] for v in self.x], self.y[idx], self.targets[idx])
+
+    def to(self, device) -> _Inputs:
+        return _Inputs([v.to(device) for v in self.x], self.y.to(device), self.targets.to(device))
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+class ExpertsTask:
+    """Stage 1 as a task of the generic loop: every expert trains on `train` (the sum of the experts' CEs
+    against their own targets: they share no parameters, so one AdamW over all of them is the same as
+    training them one by one), and each keeps its epoch of lowest CE on `select`'s fixed multimodal labels.
+
+    Per-expert early stopping: an expert that has waited `patience` epochs without a lower CE (by more
+    than 1e-4) is final; it may keep moving with the others, its best state does not. `end_epoch` reports
+    an improvement when any expert that is not final improved, so the loop's own patience counter (epochs
+    since the last improvement) reaches `patience` exactly when every expert has waited `patience`: the
+    loop ends the stage where CMC+'s own loop did.
+
+    The shuffling generator and dropout's torch seed are set once per fit (as CMC+ always did, so the
+    numbers did not move when the loop became generic); the task's resume state carries both generators'
+    states, so a resumed fit draws what an uninterrupted one would."""
+
+    name = "experts"
+
+    def __init__(self, experts: torch.nn.ModuleList, names: list[str], train: _Inputs, select: _Inputs,
+                 batch_size: int, patience: int, rng: np.random.Generator, device: torch.device) -> None:
+        self.names, self.train, self.select = names, train, select
+        self.batch_size, self.patience, self.rng, self.device = batch_size, patience, rng, device
+        k = len(experts)
+        self.best = [float("inf")] * k
+        self.best_epoch = [0] * k
+        self.best_state = [copy.deepcopy(e.state_dict()) for e in experts]
+        self.waited = [0] * k
+
+    def batches(self, epoch: int):
+        """The loop's `batches`: the training rows in a fresh random order, `batch_size` at a time."""
+        n = len(self.train)
+        order = torch.from_numpy(self.rng.permutation(n)).to(self.device)
+        for start in range(0, n, self.batch_size):
+            yield self.train.rows(order[start:start + self.batch_size])
+
+    def start_epoch(self, epoch: int) -> None:
+        pass
+
+    def loss(self, experts, batch: _Inputs):
+        loss = sum(F.cross_entropy(e(x), batch.targets[:, j]) for j, (e, x) in enumerate(zip(experts, batch.x)))
+        return loss, {"loss": loss.detach() / len(experts)}  # the experts' mean CE
+
+    def after_step(self, experts) -> None:
+        pass
+
+    def validate(self, experts) -> dict[str, float]:
+        # stacked: one device sync for all experts
+        ce = torch.stack([F.cross_entropy(e(x), self.select.y) for e, x in zip(experts, self.select.x)])
+        return dict(zip(self.names, ce.tolist()))
+
+    def end_epoch(self, epoch: int, experts, val: dict[str, float]) -> bool:
+        improved = False
+        for j, name in enumerate(self.names):
+            if self.waited[j] >= self.patience:
+                continue  # this expert's best epoch is final; it may keep moving, its best state does not
+            if val[name] < self.best[j] - 1e-4:
+                self.best[j], self.best_epoch[j], self.waited[j], improved = val[name], epoch, 0, True
+                self.best_state[j] = copy.deepcopy(experts[j].state_dict())
+            else:
+                self.waited[j] += 1
+        return improved
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": list(self.best), "best_epoch": list(self.best_epoch), "best_state": self.best_state,
+                "waited": list(self.waited), "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch, self.waited = list(state["best"]), list(state["best_epoch"]), list(state["waited"])
+        self.best_state = [{k: v.to(self.device) for k, v in s.items()} for s in state["best_state"]]
+        self.rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
 
 
 class CMCPlusRecipe:
@@ -141,9 +233,13 @@ class CMCPlusRecipe:
             expert.std.copy_(train.x[k].std(0, unbiased=False) + 1e-6)
         initial = copy.deepcopy(model.experts.state_dict())
 
-        # ---- stage 1: the experts, on all of train ----
-        experts_summary = self._fit_experts(ctx, train, select, fold=0, observe=True)
-        final_experts = copy.deepcopy(model.experts.state_dict())
+        # ---- stage 1: the experts, on all of train (resumed, or done before the fold being resumed) ----
+        resumed = ctx.saved.get("stage", 0) if ctx.saved is not None else 0
+        if resumed <= EXPERTS_STAGE:
+            experts_summary = self._fit_experts(ctx, train, select, fold=0)
+            final_experts = copy.deepcopy(model.experts.state_dict())
+        else:
+            experts_summary, final_experts = ctx.saved["experts_summary"], ctx.saved["final_experts"]
         names = model.names
         logger.info("experts: best epochs " + ", ".join(f"{n} {e}" for n, e in
                                                         zip(names, experts_summary["best_epoch"])))
@@ -153,11 +249,17 @@ class CMCPlusRecipe:
             n = len(train.y)
             order = torch.from_numpy(np.random.default_rng([tc.seed, 4242]).permutation(n))
             z_fit = torch.zeros(n, len(names), ctx.scheme.num_classes, device=ctx.device)
+            if resumed > EXPERTS_STAGE:  # the folds finished before the interruption
+                z_fit.copy_(ctx.saved["z_fit"])
             for f, held in enumerate(torch.tensor_split(order, rc.folds), start=1):
+                if EXPERTS_STAGE + f < resumed:
+                    continue  # its held-out rows are in z_fit already
                 keep = torch.from_numpy(np.setdiff1d(np.arange(n), held.numpy())).to(ctx.device)
                 held = held.to(ctx.device)
                 model.experts.load_state_dict(initial)
-                self._fit_experts(ctx, train.rows(keep), select, fold=f, observe=False)
+                # what the later stages need from the earlier ones, saved with every epoch of this fold
+                extra = {"experts_summary": experts_summary, "final_experts": final_experts, "z_fit": z_fit}
+                self._fit_experts(ctx, train.rows(keep), select, fold=f, extra=extra)
                 z_fit[held] = self._logits(model, train.rows(held))
             model.experts.load_state_dict(final_experts)
             y_fit = train.y
@@ -231,53 +333,26 @@ class CMCPlusRecipe:
         with torch.no_grad():
             return model.expert_logits(data.x)
 
-    def _fit_experts(self, ctx: RecipeContext, train: _Inputs, select: _Inputs, fold: int, observe: bool) -> dict[str, Any]:
-        """Train every expert on `train`; each keeps its epoch of lowest CE on `select`'s fixed labels."""
+    def _fit_experts(self, ctx: RecipeContext, train: _Inputs, select: _Inputs, fold: int,
+                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Train every expert on `train` in the generic loop (`ExpertsTask`) as stage EXPERTS_STAGE + fold,
+        resuming it when the saved state is that stage's; each expert keeps its epoch of lowest CE on
+        `select`'s fixed labels. Fold 0 (all of train) is the observed stage (epoch lines, progress,
+        TensorBoard); the cross-fitting folds run quietly. `extra` goes with every epoch's resume state."""
         rc, tc, model = ctx.recipe, ctx.train, ctx.model
         experts = model.experts
-        k = len(experts)
         torch.manual_seed(tc.seed * 1_000_003 + 7919 * fold)  # dropout
         rng = np.random.default_rng([tc.seed, fold, 11])  # shuffling
         opt = torch.optim.AdamW(experts.parameters(), lr=tc.lr, weight_decay=rc.expert_weight_decay)
-        best = [float("inf")] * k
-        best_epoch = [0] * k
-        best_state = [copy.deepcopy(e.state_dict()) for e in experts]
-        waited = [0] * k
-        n = len(train.y)
-        epoch = 0
-        for epoch in range(1, rc.expert_epochs + 1):
-            experts.train()
-            order = torch.from_numpy(rng.permutation(n)).to(ctx.device)
-            total, steps = 0.0, 0
-            for start in range(0, n, tc.batch_size):
-                idx = order[start:start + tc.batch_size]
-                loss = sum(F.cross_entropy(e(x[idx]), train.targets[idx, j])
-                           for j, (e, x) in enumerate(zip(experts, train.x)))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total, steps = total + float(loss.detach()) / k, steps + 1
-            experts.eval()
-            with torch.no_grad():
-                ce = [float(F.cross_entropy(e(x), select.y)) for e, x in zip(experts, select.x)]
-            improved = False
-            for j in range(k):
-                if waited[j] >= rc.expert_patience:
-                    continue  # this expert's best epoch is final; it may keep moving, its best state does not
-                if ce[j] < best[j] - 1e-4:
-                    best[j], best_epoch[j], waited[j], improved = ce[j], epoch, 0, True
-                    best_state[j] = copy.deepcopy(experts[j].state_dict())
-                else:
-                    waited[j] += 1
-            if observe and ctx.on_epoch is not None:
-                record = {"epoch": epoch, "train_loss": total / max(steps, 1), "improved": improved,
-                          **{f"val_{name}": v for name, v in zip(model.names, ce)}}
-                ctx.on_epoch("experts", record, rc.expert_epochs)
-            if all(w >= rc.expert_patience for w in waited):
-                break
-        for e, s in zip(experts, best_state):
+        task = ExpertsTask(experts, model.names, train, select, tc.batch_size, rc.expert_patience, rng, ctx.device)
+        stage, observe = EXPERTS_STAGE + fold, fold == 0
+        loop = run_loop(task, experts, opt, task.batches, rc.expert_epochs, rc.expert_patience, ctx.device,
+                        state=ctx.resume_state(stage, task, opt), save_state=ctx.state_saver(stage, task, opt, extra),
+                        on_epoch=ctx.on_epoch if observe else None, log=observe)
+        for e, s in zip(experts, task.best_state):
             e.load_state_dict(s)
-        return {"epochs": epoch, "best_epoch": best_epoch, "best_val_ce": [round(b, 5) for b in best]}
+        summary = {"epochs": loop.epoch, "best_epoch": task.best_epoch, "best_val_ce": [round(b, 5) for b in task.best]}
+        return {**summary, "history": loop.history} if observe else summary
 
     def _fit_consensus(self, ctx: RecipeContext, z: torch.Tensor, y: torch.Tensor, experts: torch.Tensor | None,
                        router0: dict) -> tuple[list[float], dict[str, Any]]:
@@ -392,8 +467,9 @@ class CMCPlusRecipe:
 
     def _fit_router(self, ctx: RecipeContext, z: torch.Tensor, y: torch.Tensor,
                     experts: torch.Tensor | None = None) -> dict[str, Any]:
-        """Full-batch Adam on the router: CE on the verdict (+ the scheme's Acc2 rule as a BCE). `experts`:
-        (K,) bool, the experts in the pool (None: all)."""
+        """Full-batch Adam on the router for `router_steps` steps: CE on the verdict (+ the scheme's Acc2 rule as
+        a BCE). `experts`: (K,) bool, the experts in the pool (None: all). Not an epoch loop: no selection
+        split, no early stopping, one step per pass (docs/cmc_plus.md, "How it trains")."""
         rc, model = ctx.recipe, ctx.model
         torch.manual_seed(ctx.train.seed * 1_000_003 + 31)
         gen = torch.Generator().manual_seed(ctx.train.seed)
@@ -408,11 +484,8 @@ class CMCPlusRecipe:
         for _ in range(rc.router_steps):
             present = present_all
             if rc.modality_dropout > 0 and experts is None:  # a pool cut to some experts hides none of them
-                hide = torch.rand(len(y), generator=gen) < rc.modality_dropout
-                which = torch.randint(0, len(MODALITIES), (len(y),), generator=gen)
-                gone = torch.zeros(len(y), len(MODALITIES), dtype=torch.bool)
-                gone[hide, which[hide]] = True
-                present = ~gone.to(z.device)[:, model.modality] & present_all
+                kept = torch.from_numpy(hide_one_modality(len(y), rc.modality_dropout, gen))  # (N, 3) modalities
+                present = kept.to(z.device)[:, model.modality] & present_all
             logits, _, _ = model.consensus(z, present)
             loss = F.cross_entropy(logits, y)
             if binary is not None and rc.acc2_loss > 0:
@@ -423,6 +496,9 @@ class CMCPlusRecipe:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        if not torch.isfinite(loss):  # checked once per fit (docs/cmc_plus.md: the router is not an epoch loop)
+            raise AffectusError(f"router: loss became {loss.item()} after {rc.router_steps} steps; "
+                                f"check the input features")
         router.eval()
         with torch.no_grad():
             _, _, w = model.consensus(z, present_all)
