@@ -61,6 +61,7 @@ def sim7(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(RECORDED))
 def test_fixed_seed_cmc_plus_matches_recorded_values(sim7, tmp_path, name):
     out = tmp_path / "run"
@@ -94,6 +95,7 @@ def uninterrupted(sim7, tmp_path_factory) -> Path:
 # the experts' epochs run before the interruption: 20 is inside stage 1 (all of train, 116 epochs); 150 is
 # inside a cross-fitting fold (stage 1 + f), whose resume state also carries stage 1's experts and the
 # out-of-fold logits of the folds before it
+@pytest.mark.slow
 @pytest.mark.parametrize(("cut", "stages"), [(20, {1}), (150, {2, 3, 4})], ids=["stage1", "fold"])
 def test_interrupted_run_resumes_inside_the_experts_to_the_same_weights(sim7, uninterrupted, tmp_path,
                                                                         monkeypatch, cut, stages):
