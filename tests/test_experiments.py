@@ -248,6 +248,65 @@ def test_jobs_2_gives_the_same_results(sim_file: Path, table5_reference: Path, t
     assert (out / "results.md").read_text(encoding="utf-8") == before
 
 
+@pytest.mark.slow
+def test_ray_local_trains_the_same_runs_and_a_killed_worker_resumes(sim_file: Path, table5_reference: Path,
+                                                                    tmp_path: Path, monkeypatch) -> None:
+    """`--ray local`: each run a Ray task. One run's worker process dies (os._exit, as when killed) in its
+    second stage-2 epoch; Ray hands the task out again and the run resumes from its saved state. Every
+    run's weights equal the one-process reference's, byte for byte, and so do results.csv's lines."""
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("ray not installed (pip install 'affectus[ray]')")
+    import affectus
+    from affectus.utils import executors
+
+    spec = yaml.safe_load(find_spec("table5_ablation").read_text(encoding="utf-8"))
+    spec["runs"] = [r for r in spec["runs"] if r["name"] in ("CMC", "w/o MCR")]
+    path = tmp_path / "two_rows.yaml"
+    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    # Ray's workers are new processes: they must import this very affectus
+    src = str(Path(affectus.__file__).resolve().parents[1])
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])))
+    marker, victim = tmp_path / "kill", "cmc__seed=2"
+
+    class KillingRay(executors.RayExecutor):
+        def run(self, fn, tasks, on_done):
+            def task(*args):  # a closure: Ray ships it by value
+                if args[4] == victim and os.path.exists(marker):
+                    from affectus.training.recipes.cmc import tasks as cmc_tasks
+
+                    original = cmc_tasks.Stage2Task.start_epoch
+
+                    def dying(self, epoch):
+                        if epoch == 2 and os.path.exists(marker):
+                            os.remove(marker)
+                            os._exit(1)
+                        return original(self, epoch)
+
+                    cmc_tasks.Stage2Task.start_epoch = dying
+                return fn(*args)
+
+            return super().run(task, tasks, on_done)
+
+    monkeypatch.setattr(executors, "RayExecutor", KillingRay)
+    marker.touch()
+    out = tmp_path / "ray"
+    assert main(["experiment", str(path), "--out", str(out), "--data", str(sim_file), "--seeds", "2",
+                 "--ray", "local", "--jobs", "2", *FAST]) == 0
+    assert not marker.exists()  # the victim's worker died, and the retry finished its run
+    for run in sorted((out / "runs").iterdir()):
+        ref = table5_reference / "runs" / run.name / "model.safetensors"
+        assert (run / "model.safetensors").read_bytes() == ref.read_bytes(), run.name
+
+    def lines(folder: Path) -> list[list[str]]:
+        rows = _without_times(folder / "results.csv")
+        return [rows[0]] + [r for r in rows[1:] if r[1] in ("cmc", "w-o-mcr")]
+
+    assert lines(out) == lines(table5_reference)
+
+
 def test_modality_columns_and_retention_slopes(sim_file: Path, tmp_path: Path) -> None:
     spec = {"name": "retention", "seeds": 1, "runs": [{"name": "CMC"}, {"name": "CMC-GT", "variant": "cmc_gt"}],
             "grid": {"train.consistent_retention": [0.5, 1.0]},

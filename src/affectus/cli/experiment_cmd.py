@@ -35,6 +35,12 @@ def experiment(
     threads: Annotated[int, typer.Option("--threads", help="torch threads per run (0: cores // jobs)")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar, no table")] = False,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help=TRUST_PICKLE_HELP)] = False,
+    ray: Annotated[
+        str | None,
+        typer.Option("--ray", help="run each run as a Ray task: 'local' starts Ray here (--jobs: its CPUs), HOST:PORT "
+                                   "/ ray://HOST:10001 / auto joins a cluster (the data and OUT on a filesystem every "
+                                   "node shares; the ray extra)"),
+    ] = None,
 ) -> None:
     """Run an experiment spec; writes OUT/results.csv and OUT/results.md (mean ± std over seeds)."""
     from affectus.experiments.runner import run_experiment
@@ -43,7 +49,7 @@ def experiment(
     if quiet:
         logging.getLogger("affectus.experiments").setLevel(logging.WARNING)
     summary = run_experiment(spec, out, data=data, preset=preset, seeds=seeds, jobs=jobs, overrides=parse_set(set_ or []),
-                             threads=threads, progress=not quiet, trust_pickle=trust_pickle)
+                             threads=threads, progress=not quiet, trust_pickle=trust_pickle, ray=ray)
     if not quiet:
         print((out / "results.md").read_text(encoding="utf-8"))
     console.print(f"{summary['runs']} runs ({summary['trained']} trained now, {summary['finished_before']} finished "

@@ -45,25 +45,28 @@ def _train_one(ds, plan, run_dir: Path, config: dict[str, Any], threads: int, da
         return time.perf_counter() - started
 
 
-# Worker processes (spawn): each loads the data once, then trains the runs it is handed.
+# Worker processes (local, spawned; or Ray's): each loads the data once, on its first run, then trains the
+# runs it is handed. Keyed by what it loaded, so a Ray worker reused by another experiment loads afresh.
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(data: str, preset_name: str | None, threads: int, trust_pickle: bool = False) -> None:
+def _worker_run(data: str, preset_name: str | None, threads: int, trust_pickle: bool, run_id: str, run_dir: str,
+                config: dict[str, Any]) -> tuple[str, float]:
+    """One run in a worker process (an Executor task: module-level, so workers import it by reference)."""
     from affectus.training.trainer import plan_for
     from affectus.utils.threads import enable_flush_denormal
 
-    enable_flush_denormal()  # before torch starts its threads: the flag reaches only threads made later
-    import torch
+    key = (data, preset_name, threads, trust_pickle)
+    if _WORKER.get("key") != key:
+        enable_flush_denormal()  # before torch starts its threads: the flag reaches only threads made later
+        import torch
 
-    torch.set_num_threads(threads)
-    ds, preset = open_data(data, preset_name, trust_pickle=trust_pickle)
-    _WORKER.update(ds=ds, plan=plan_for(ds, preset), data=data, threads=threads)
-
-
-def _worker_run(run_id: str, run_dir: str, config: dict[str, Any]) -> tuple[str, float]:
+        torch.set_num_threads(threads)
+        ds, preset = open_data(data, preset_name, trust_pickle=trust_pickle)
+        _WORKER.clear()
+        _WORKER.update(key=key, ds=ds, plan=plan_for(ds, preset))
     try:
-        seconds = _train_one(_WORKER["ds"], _WORKER["plan"], Path(run_dir), config, _WORKER["threads"], _WORKER["data"])
+        seconds = _train_one(_WORKER["ds"], _WORKER["plan"], Path(run_dir), config, threads, data)
     except AffectusError as err:
         raise AffectusError(f"run {run_id}: {err}") from None
     return run_id, seconds
@@ -80,11 +83,13 @@ def run_experiment(
     threads: int = 0,
     progress: bool = True,
     trust_pickle: bool = False,
+    ray: str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) every run of `spec` into `out_dir`, then aggregate; returns a summary.
 
     data / preset / seeds override the spec's; overrides are --set values for every run; jobs > 1
-    trains in that many spawned worker processes; threads = torch threads per run (0: cores // jobs).
+    trains in that many spawned worker processes; `ray` ("local", or a cluster's address) runs each run as a
+    Ray task instead (with "local", `jobs` is its CPU count); threads = torch threads per run (0: cores // jobs).
     Summary keys: name, out, runs, finished_before, resumed, trained, run_seconds {id: s},
     wall_seconds, groups (the rows `aggregate` returns).
     """
@@ -115,12 +120,13 @@ def run_experiment(
         box = [ds]
         del ds
         return _run_locked(sp, runs, out, box, data, data_id, preset_name, preset_obj, jobs, threads, progress,
-                           trust_pickle, overrides, started)
+                           trust_pickle, overrides, started, ray)
 
 
 def _run_locked(sp: ExperimentSpec, runs: list[PlannedRun], out: Path, box: list, data: str, data_id: str,
                 preset_name: str | None, preset_obj, jobs: int, threads: int, progress: bool,
-                trust_pickle: bool, overrides: dict[str, Any] | None, started: float) -> dict[str, Any]:
+                trust_pickle: bool, overrides: dict[str, Any] | None, started: float,
+                ray: str | None = None) -> dict[str, Any]:
     from affectus.training.trainer import plan_for
 
     ds = box.pop()
@@ -151,12 +157,17 @@ def _run_locked(sp: ExperimentSpec, runs: list[PlannedRun], out: Path, box: list
                 f"{len(pending) - resumed} to train ({jobs} job(s) x {per_run} thread(s))")
     run_seconds: dict[str, float] = {}
     if pending:
-        if jobs == 1:
+        if jobs == 1 and ray is None:
             _run_serial(pending, out, ds, plan, per_run, data, run_seconds, progress, len(finished), len(runs))
         else:
             del ds  # each worker loads its own copy
-            _run_parallel(pending, out, (data, preset_name, per_run, trust_pickle), jobs, run_seconds, progress,
-                          len(finished), len(runs))
+            from affectus.utils.executors import LocalExecutor, RayExecutor
+
+            executor = (LocalExecutor(jobs) if ray is None else
+                        RayExecutor(ray, num_cpus=jobs if ray == "local" else None))
+            with executor:
+                _run_parallel(executor, pending, out, (data, preset_name, per_run, trust_pickle), run_seconds,
+                              progress, len(finished), len(runs))
             ds = None
     if sp.report.conditions or sp.report.drop_ratios or sp.report.missing_rates:
         if ds is None:
@@ -194,26 +205,26 @@ def _run_serial(pending, out, ds, plan, threads, data, run_seconds, progress, do
             bar.advance(task)
 
 
-def _run_parallel(pending, out, init_args, jobs, run_seconds, progress, done, total) -> None:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
+def _run_parallel(executor, pending, out, worker_args, run_seconds, progress, done, total) -> None:
+    """The pending runs as tasks of `executor` (local processes or Ray). A run whose worker died (killed,
+    out of memory, its node gone) is handed out once more and resumes from its last epoch (its state.pt),
+    since every run saves its state as it trains; one that dies again stops the experiment with one line
+    (re-run the command to resume it)."""
+    tasks = [(*worker_args, r.id, str(out / "runs" / r.id), r.config.to_dict()) for r in pending]
+    with _progress_bar(progress) as bar:
+        task = bar.add_task(f"runs ({executor.describe})", total=total, completed=done)
 
-    # spawn, not fork: a forked child would inherit torch's thread pools and locks mid-use
-    ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=ctx, initializer=_worker_init,
-                               initargs=init_args)
-    try:
-        with _progress_bar(progress) as bar:
-            task = bar.add_task(f"runs ({jobs} jobs)", total=total, completed=done)
-            futures = [pool.submit(_worker_run, r.id, str(out / "runs" / r.id), r.config.to_dict()) for r in pending]
-            for fut in as_completed(futures):
-                run_id, seconds = fut.result()
-                run_seconds[run_id] = seconds
-                bar.update(task, description=run_id)
-                bar.advance(task)
-    except BrokenProcessPool:
-        raise AffectusError(f"{out}: a worker process died; finished runs are kept, re-run the same command to "
-                            f"resume") from None
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        def on_done(_: int, result: tuple[str, float]) -> None:
+            run_id, seconds = result
+            run_seconds[run_id] = seconds
+            bar.update(task, description=run_id)
+            bar.advance(task)
+
+        lost = executor.run(_worker_run, tasks, on_done)
+        if lost:  # each again, from its saved state
+            logger.warning(f"{len(lost)} run(s) lost with their worker process; running them again from their "
+                           f"saved state: {', '.join(tasks[i][4] for i in lost)}")
+            lost = executor.run(_worker_run, [tasks[i] for i in lost], on_done)
+    if lost:
+        raise AffectusError(f"{out}: a worker process died twice; finished runs are kept, re-run the same command "
+                            f"to resume") from None
