@@ -44,7 +44,9 @@ MIXED = ("audio", "vision")  # the modalities AV-Mixup mixes (text never)
 
 
 @dataclass
-class AVMCConfig:
+class AVMCBackbone:
+    """The settings of the V1 network (MC-Teacher builds on the same network)."""
+
     # Input feature size per modality (default: CMU-MOSI's 768 / 5 / 20); set from data.
     dims: dict[str, int] = field(default_factory=lambda: {"text": 768, "audio": 5, "vision": 20})
     # ch-sims-v2 config/config_regression.py, `__V1` / sims3l:
@@ -61,14 +63,21 @@ class AVMCConfig:
     post_audio_dropout: float = 0.3
     post_vision_dropout: float = 0.3
     post_fusion_dropout: float = 0.3
-    # AV-Mixup: lam ~ Beta(alpha, alpha) (their mixup_data_no_grad default alpha = 1.0, i.e. uniform);
-    # 0 turns the module off (lam = 1: the "w/o AV-MC" ablation trains on unmixed inputs only)
-    mixup_alpha: float = 1.0
     num_classes: int = 3
 
     def validate(self) -> None:
         check_model_config(self, sizes=("text_hidden", "audio_hidden", "vision_hidden", "post_text_dim",
                                         "post_audio_dim", "post_vision_dim", "post_fusion_dim"))
+
+
+@dataclass
+class AVMCConfig(AVMCBackbone):
+    # AV-Mixup: lam ~ Beta(alpha, alpha) (their mixup_data_no_grad default alpha = 1.0, i.e. uniform);
+    # 0 turns the module off (the "w/o AV-Mixup" variant trains on unmixed inputs only)
+    mixup_alpha: float = 1.0
+
+    def validate(self) -> None:
+        super().validate()
         if not (self.mixup_alpha >= 0 and self.mixup_alpha < float("inf")):
             raise SettingError("model.mixup_alpha", self.mixup_alpha, "a number >= 0 (0 turns AV-Mixup off)")
 
@@ -134,7 +143,7 @@ class Head(nn.Module):
 class AVMCNet(nn.Module):
     """The V1 network without the mixup module (MC-Teacher builds on it too)."""
 
-    def __init__(self, c: AVMCConfig) -> None:
+    def __init__(self, c: AVMCBackbone) -> None:
         super().__init__()
         dims = {m: int(c.dims[m]) for m in MODALITIES}
         self.text_proj = nn.Linear(dims["text"], c.text_hidden)  # V1's `tliner`

@@ -34,6 +34,7 @@ _MODEL_MODULES = (
     "affectus.models.cumdf",
     "affectus.models.linear",
     "affectus.models.av_mc",
+    "affectus.models.mc_teacher",
 )
 
 SUPERVISED = "affectus.training.recipes.supervised:SupervisedRecipe"
