@@ -112,9 +112,12 @@ def test_unlabeled_file_trains_and_its_labels_are_never_read(sim_file, tmp_path,
         extra = [] if value is None else ["--set", f"recipe.unlabeled={sim_file}", "--set", "recipe.unlabeled_split=valid"]
         assert main(["train", "--data", str(sim_file), "--model", "mc_teacher", "--out", str(out), *extra, *FAST]) == 0
         weights[name] = load_file(out / "model.safetensors")
-        stage = json.loads((out / "run.json").read_text())["stages"]["train"]
+        info = json.loads((out / "run.json").read_text())
+        stage = info["stages"]["train"]
         if value is not None:
             assert stage["unlabeled"]["clips"] == 24
+            # the clips are the selection split's: scores there are marked as seen by the weights
+            assert info["fitted_on"]["unlabeled_clips"] == "valid"
             assert all(np.isfinite(r["train_cons_u"]) and r["train_cons_u"] > 0 for r in stage["history"])
     # NaN labels would give neutral classes and NaN scores, 1e30 positive classes and huge scores:
     # identical weights mean neither was read; different from no file means the clips trained the model

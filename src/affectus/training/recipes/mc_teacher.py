@@ -156,7 +156,18 @@ class MCTeacherRecipe:
                    "kept": rc.keep, "history": loop.history,
                    "unlabeled": None if unlabeled is None else {"source": rc.unlabeled, "split": rc.unlabeled_split,
                                                                 "clips": len(unlabeled)}}
-        return RecipeResult(task.best_state, {"train": summary})
+        # the unlabeled clips train the weights too: where they are one of the run's own splits, that split
+        # is marked as seen (a score on it is in-sample); any other file is outside the run's data
+        role = next((r for r, split in (("train", ctx.train_split), ("select", ctx.select_split))
+                     if unlabeled is not None and same_clips(unlabeled, split)), None)
+        return RecipeResult(task.best_state, {"train": summary},
+                            fitted_on={"unlabeled_clips": role} if role else {})
+
+
+def same_clips(a: Split, b: Split) -> bool:
+    """Whether two splits hold the same feature arrays (the unlabeled file is one of the run's own splits)."""
+    return all(a.features(m).shape == b.features(m).shape and np.array_equal(a.features(m), b.features(m))
+               for m in MODALITIES)
 
 
 class MCTeacherTask(SelectsBestState):
