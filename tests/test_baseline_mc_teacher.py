@@ -157,3 +157,29 @@ def test_unlabeled_clips_of_other_features_are_refused_with_one_line(sim_file, t
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error: recipe.unlabeled") and "text features are 6-d" in err[0]
     assert not (out / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_to_the_same_weights(sim_file, tmp_path, monkeypatch):
+    """The EMA teacher (the kept network) and the unlabeled stream are restored on a resume."""
+    args = ["--data", str(sim_file), "--model", "mc_teacher", "--set", "train.epochs=3", "--set", "train.patience=3",
+            "--set", "train.batch_size=16", "--set", f"recipe.unlabeled={sim_file}", "--set", "recipe.unlabeled_split=valid",
+            "--threads", "1", "--quiet"]
+    assert main(["train", "--out", str(tmp_path / "full"), *args]) == 0
+    original = MCTeacherTask.start_epoch
+
+    def interrupt(self, epoch):
+        if epoch == 3:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(MCTeacherTask, "start_epoch", interrupt)
+    out = tmp_path / "cut"
+    assert main(["train", "--out", str(out), *args]) == 130
+    monkeypatch.setattr(MCTeacherTask, "start_epoch", original)
+    assert main(["train", "--out", str(out), "--resume", *args]) == 0
+    full, cut = load_file(tmp_path / "full" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert full.keys() == cut.keys() and all(np.array_equal(full[k], cut[k]) for k in full)
+    runs = [json.loads((d / "run.json").read_text())["stages"]["train"]["history"] for d in (tmp_path / "full", out)]
+    assert [[{k: v for k, v in h.items() if k != "seconds"} for h in r] for r in runs][0] == \
+        [[{k: v for k, v in h.items() if k != "seconds"} for h in r] for r in runs][1]
