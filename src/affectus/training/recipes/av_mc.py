@@ -52,9 +52,9 @@ class AVMCRecipeConfig:
             raise AffectusError(f"recipe.unimodal_targets = {self.unimodal_targets!r}: expected one of "
                                 f"{', '.join(TARGETS)}")
 
-    def head_weights(self) -> torch.Tensor:
-        """(3,) weights of the text / audio / vision heads."""
-        return torch.tensor([self.weight_t, self.weight_a, self.weight_v])
+    def head_weights(self) -> tuple[float, float, float]:
+        """The weights of the text / audio / vision heads."""
+        return self.weight_t, self.weight_a, self.weight_v
 
 
 def unimodal_targets(split: Split, scheme, source: str) -> torch.Tensor:
@@ -114,9 +114,9 @@ class AVMCTask(SelectsBestState):
             loss_m = loss_m + rc.score_weight * mixed_l1(out.score, batch.scores.float(), mix)
         total = rc.weight_m * loss_m
         parts = {"m": loss_m.detach()}
-        for k, m in enumerate(MODALITIES):
+        for k, (m, weight) in enumerate(zip(MODALITIES, rc.head_weights())):
             head = soft_ce(out.modality_logits[:, k], uni[:, k], c, mix if m == out.mixed else None)
-            total = total + rc.head_weights()[k].item() * head
+            total = total + weight * head
             parts[m] = head.detach()
         return total, parts
 
