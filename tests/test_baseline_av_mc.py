@@ -47,7 +47,7 @@ def test_mixup_mixes_one_modality_in_training_and_its_heads_learn_the_mixed_labe
     # the losses: the mixed head and the fusion head learn the same mix of labels, the others their own
     uni = torch.tensor([[0, 2, 1], [1, 1, 1], [2, 0, 2], [2, 2, 0]])
     rc = AVMCRecipeConfig(score_weight=0.0)
-    task = AVMCTask(rc, SIMS, lambda: [], uni, uni)
+    task = AVMCTask(rc, SIMS, list, uni, uni)
     got, _ = task.weighted_loss(out, batch, uni)
     y, lam, perm = batch.classes, mix.lam, mix.perm
 
@@ -76,11 +76,11 @@ def test_training_step_runs_the_plain_and_both_mixed_passes():
     model = _model().train()
     batch = tiny_batch()
     uni = batch.classes[:, None].repeat(1, 3)
-    task = AVMCTask(AVMCRecipeConfig(), SIMS, lambda: [], uni, uni)
+    task = AVMCTask(AVMCRecipeConfig(), SIMS, list, uni, uni)
     total, parts = task.loss(model, batch)
     assert {"plain", "mix_audio", "mix_vision"} <= set(parts)
     torch.testing.assert_close(total.detach(), parts["plain"] + parts["mix_audio"] + parts["mix_vision"])
-    _, alone = AVMCTask(AVMCRecipeConfig(), SIMS, lambda: [], uni, uni).loss(_model(mixup_alpha=0.0).train(), batch)
+    _, alone = AVMCTask(AVMCRecipeConfig(), SIMS, list, uni, uni).loss(_model(mixup_alpha=0.0).train(), batch)
     assert "mix_audio" not in alone
 
 

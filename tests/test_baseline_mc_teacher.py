@@ -35,7 +35,7 @@ def _task(model, rc: MCTeacherRecipeConfig, unlabeled=None):
     teacher = AveragedModel(model, multi_avg_fn=ema_warmup(rc.ema_decay), use_buffers=True)
     teacher.requires_grad_(False)
     uni = torch.tensor([[0, 2, 1], [1, 1, 1], [2, 0, 2], [2, 2, 0]])
-    task = MCTeacherTask(rc, SIMS, lambda: [], uni, teacher, unlabeled)
+    task = MCTeacherTask(rc, SIMS, list, uni, teacher, unlabeled)
     task.start_epoch(1)
     return task, teacher
 
@@ -180,6 +180,8 @@ def test_interrupted_run_resumes_to_the_same_weights(sim_file, tmp_path, monkeyp
     assert main(["train", "--out", str(out), "--resume", *args]) == 0
     full, cut = load_file(tmp_path / "full" / "model.safetensors"), load_file(out / "model.safetensors")
     assert full.keys() == cut.keys() and all(np.array_equal(full[k], cut[k]) for k in full)
-    runs = [json.loads((d / "run.json").read_text())["stages"]["train"]["history"] for d in (tmp_path / "full", out)]
-    assert [[{k: v for k, v in h.items() if k != "seconds"} for h in r] for r in runs][0] == \
-        [[{k: v for k, v in h.items() if k != "seconds"} for h in r] for r in runs][1]
+    full_history, cut_history = (
+        [{k: v for k, v in h.items() if k != "seconds"}
+         for h in json.loads((d / "run.json").read_text())["stages"]["train"]["history"]]
+        for d in (tmp_path / "full", out))
+    assert len(full_history) == 3 and full_history == cut_history
