@@ -16,8 +16,8 @@ of the toolkit reads class logits), and the fusion head also returns a score (`M
 trained with L1 where the label scheme has scores). The authors squash the fusion score into [-1, 1]
 (CH-SIMS's range) with a sigmoid; ours is unbounded, since MOSI's scores span [-3, 3].
 
-The AV-Mixup consistent module (`mixup_data_no_grad` and the two mixed passes in their trainer): in training, the
-pooled audio (or vision) inputs of a batch are mixed with a shuffled copy of the batch,
+The AV-Mixup consistent module (`mixup_data_no_grad` and the two mixed passes in their trainer): in
+training, the pooled audio (or vision) inputs of a batch are mixed with a shuffled copy of the batch,
 x~ = lam * x + (1 - lam) * x[perm], lam ~ Beta(alpha, alpha), while text and the other modality stay;
 the mixed modality's head and the fusion head learn the same mix of the two samples' labels, the other
 heads their own labels. `AVMixup` draws the mix in training only: in evaluation it draws none and the
