@@ -42,6 +42,9 @@ TINY = {
     "mult": {"d": 8, "heads": 2, "layers": 1, "mem_layers": 1},
     "self_mm": {"text_encoder": "lstm", "text_hidden": 8},
     "mcur": {"d": 8, "heads": 2, "ff": 16, "fused": 8},
+    "av_mc": {"text_hidden": 8, "post_text_dim": 4, "post_audio_dim": 4, "post_vision_dim": 4, "post_fusion_dim": 4},
+    "mc_teacher": {"text_hidden": 8, "post_text_dim": 4, "post_audio_dim": 4, "post_vision_dim": 4,
+                   "post_fusion_dim": 4, "bimodal_dim": 4, "filter_hidden": 4},
 }
 # Extra forward passes whose outputs a training task uses besides `forward` (cmc's stage 1, Self-MM's
 # unimodal heads) and the parameters a batch with every modality leaves idle (MCUR's missing-modality
