@@ -21,9 +21,10 @@ Similarity for picking partners: cosine between the concatenated encoder outputs
 authors' retrieval matrix. Each positive pair's term is -log(e^{s_ap/t} / (e^{s_ap/t} + sum_n e^{s_an/t})),
 negatives being the anchor's; L_con averages the terms.
 
-Optimiser (both stages): AdamW at train.lr with `weight_decay` (none on biases and LayerNorm weights), the
-learning rate rising linearly over `warmup_epochs` and then falling linearly to 0 at train.epochs
-(transformers' linear schedule with warm-up, as the authors).
+Optimisers at train.lr, as the authors: stage 1 Adam (amsgrad, L2 decay `weight_decay`), stage 2 AdamW
+(`weight_decay`, none on biases and LayerNorm weights); in each, the learning rate rises linearly over the
+warm-up epochs and then falls linearly to 0 at the stage's last epoch (transformers' linear schedule with
+warm-up).
 """
 
 from __future__ import annotations
@@ -211,6 +212,8 @@ class SFTTRPretrainTask(_Scheduled):
 class SFTTRTask(_Scheduled):
     """Stage 2: CE + contrast_weight * L_con; selects on the selection split's CE."""
 
+    name = "fusion"
+
     def __init__(self, val_batches, scheduler, rc: SFTTRRecipeConfig) -> None:
         super().__init__(val_batches, scheduler)
         self.rc = rc
@@ -258,9 +261,10 @@ class SFTTRRecipe:
         if rc.pretrain and (ctx.saved is None or ctx.resumes(1)):
             epochs = rc.pretrain_epochs or tc.epochs
             net = Pretrainer(model).to(ctx.device)
-            named = [(n, p) for n, p in net.named_parameters()
-                     if n.startswith(("model.encoders.", "heads.")) and p.requires_grad]
-            opt = adamw(named, tc.lr, rc.weight_decay)
+            params = [p for n, p in net.named_parameters()
+                      if n.startswith(("model.encoders.", "heads.")) and p.requires_grad]
+            # the authors' Vtrain / Atrain: Adam with amsgrad and an L2 decay on every parameter
+            opt = torch.optim.Adam(params, lr=tc.lr, amsgrad=True, weight_decay=rc.weight_decay)
             task1 = SFTTRPretrainTask(ctx.eval_batches(ctx.select_split),
                                       linear_warmup(opt, math.ceil(rc.pretrain_warmup_epochs * steps), epochs * steps),
                                       net)
