@@ -23,6 +23,7 @@ from affectus.data.batches import Batch
 from affectus.data.mmsa import load_dataset
 from affectus.models.emt_dlfr import EMTDLFR, EMTDLFRConfig
 from affectus.models.sfttr import SFTTR, SFTTRConfig
+from affectus.training.config import resolve_config
 from affectus.training.recipes.emt_dlfr import (
     EMTDLFRRecipeConfig,
     EMTDLFRTask,
@@ -94,7 +95,7 @@ def _train_emt(recon_weight: float, steps: int = 40) -> tuple[float, float, floa
     error on its dropped frames, the same error of predicting zeros, attraction loss before and after)."""
     torch.manual_seed(0)
     model = EMTDLFR(EMTDLFRConfig(dims=dict(TINY_BATCH_DIMS), **EMT_SMALL))
-    task = EMTDLFRTask(EMTDLFRRecipeConfig(frame_rate=0.5, recon_weight=recon_weight), lambda: [], seed=0)
+    task = EMTDLFRTask(EMTDLFRRecipeConfig(frame_rate=0.5, recon_weight=recon_weight), list, seed=0)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     held = smooth_batch(seed=99)
 
@@ -252,3 +253,13 @@ def test_bad_settings_are_refused_before_training(sim_file, tmp_path, capsys, na
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
     assert not out.exists()
+
+
+def test_variants_resolve():
+    expect = {"default": (0.5, 0.0, 1.0, 1.0), "wo_recon": (0.5, 0.0, 1.0, 0.0), "wo_attra": (0.5, 0.0, 0.0, 1.0),
+              "wo_dlfr": (0.5, 0.0, 0.0, 0.0), "modality_drop": (0.5, 0.3, 1.0, 1.0)}
+    for variant, values in expect.items():
+        rc = resolve_config("emt_dlfr", variant).recipe
+        assert (rc.frame_rate, rc.modality_rate, rc.attra_weight, rc.recon_weight) == values
+    assert resolve_config("sfttr", "close_first").model["fusion_order"] == "close_first"
+    assert resolve_config("sfttr").model["fusion_order"] == "far_first"

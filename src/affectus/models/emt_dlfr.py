@@ -302,10 +302,25 @@ class EMTDLFR(nn.Module):
         return ModelOutput(logits=self._encode(batch)[0])
 
 
+# The ablations of DLFR in the paper's ablation study (without the low-level reconstruction, without the high-level
+# attraction, without both) and our option for the seeds' whole-modality protocol.
+VARIANTS = {
+    "default": {"description": "EMT-DLFR: frame dropping at 0.5, both restoration losses", "overrides": {}},
+    "wo_recon": {"description": "w/o low-level reconstruction", "overrides": {"recipe.recon_weight": 0.0}},
+    "wo_attra": {"description": "w/o high-level attraction (and the complete view's prediction loss inside it)",
+                 "overrides": {"recipe.attra_weight": 0.0}},
+    "wo_dlfr": {"description": "w/o DLFR: the incomplete view's prediction loss alone",
+                "overrides": {"recipe.attra_weight": 0.0, "recipe.recon_weight": 0.0}},
+    "modality_drop": {"description": "ours: the incomplete view also loses whole modalities (rate 0.3)",
+                      "overrides": {"recipe.modality_rate": 0.3}},
+}
+
+
 @register_model("emt_dlfr", EMTDLFRConfig,
                 "EMT-DLFR: global-local multimodal transformer with dual-level feature restoration (Sun et al. 2023)",
                 recipe="affectus.training.recipes.emt_dlfr:EMTDLFRRecipe",
                 capabilities=Capabilities(extra_forward=("parts",)),
+                variants=VARIANTS,
                 paper="Sun, Lian, Liu and Tao, Efficient Multimodal Transformer with Dual-Level Feature Restoration "
                       "for Robust Multimodal Sentiment Analysis, IEEE TAC 2023 (CUMDF's \"EMT\", arXiv 2022)")
 def build(config: EMTDLFRConfig) -> EMTDLFR:

@@ -28,6 +28,7 @@ encoder attends to its [CLS] only; its zeros still sway the verdict, as the seed
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import torch
@@ -158,7 +159,7 @@ def _projection(dim: int, h: int, dropout: float) -> nn.Module:
 
 def mlp(sizes: list[int], out: int) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
+    for a, b in itertools.pairwise(sizes):
         layers += [nn.Linear(a, b), nn.GELU()]
     return nn.Sequential(*layers, nn.Linear(sizes[-1], out))
 
