@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.numpy import load_file
 
 import affectus
 from affectus.cli import main
@@ -31,7 +32,7 @@ from affectus.training.recipes.emt_dlfr import (
     corrupt,
     reconstruction_loss,
 )
-from affectus.training.recipes.sfttr import contrastive_loss, pick_partners
+from affectus.training.recipes.sfttr import SFTTRPretrainTask, SFTTRTask, contrastive_loss, pick_partners
 from conftest import TINY_BATCH_DIMS, tiny_batch
 
 EMT_SMALL = {"d": 16, "heads": 2, "layers": 2, "audio_hidden": 8, "vision_hidden": 8, "audio_out": 8, "vision_out": 8,
@@ -263,3 +264,35 @@ def test_variants_resolve():
         assert (rc.frame_rate, rc.modality_rate, rc.attra_weight, rc.recon_weight) == values
     assert resolve_config("sfttr", "close_first").model["fusion_order"] == "close_first"
     assert resolve_config("sfttr").model["fusion_order"] == "far_first"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, task_cls, stage", [("sfttr", SFTTRPretrainTask, "pretrain"),
+                                                   ("sfttr", SFTTRTask, "fusion"),
+                                                   ("emt_dlfr", EMTDLFRTask, "train")])
+def test_interrupted_run_resumes_to_the_same_weights(sim_file, tmp_path, monkeypatch, name, task_cls, stage):
+    """A run cut in its second epoch of `stage` and resumed ends with the uninterrupted run's weights: the
+    schedules, SFTTR's pretraining heads and EMT-DLFR's corruption draws resume with it."""
+    args = ["--data", str(sim_file), "--model", name, *FAST, *CLI_SMALL[name], "--set", "train.epochs=3",
+            "--set", "train.patience=3", "--set", "recipe.pretrain_epochs=2"][: None if name == "sfttr" else -2]
+    assert main(["train", "--out", str(tmp_path / "full"), *args]) == 0
+    original = task_cls.start_epoch
+
+    def interrupt(self, epoch):
+        if self.name == stage and epoch == 2:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(task_cls, "start_epoch", interrupt)
+    out = tmp_path / "cut"
+    assert main(["train", "--out", str(out), *args]) == 130
+    monkeypatch.setattr(task_cls, "start_epoch", original)
+    assert main(["train", "--out", str(out), "--resume", *args]) == 0
+    wa, wb = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k])
+    runs = [json.loads((d / "run.json").read_text())["stages"] for d in (tmp_path / "full", out)]
+    assert set(runs[0]) == set(runs[1])
+    for key in runs[0]:
+        assert [{k: v for k, v in h.items() if k != "seconds"} for h in runs[0][key]["history"]] == \
+               [{k: v for k, v in h.items() if k != "seconds"} for h in runs[1][key]["history"]]
