@@ -45,6 +45,8 @@ TINY = {
     "av_mc": {"text_hidden": 8, "post_text_dim": 4, "post_audio_dim": 4, "post_vision_dim": 4, "post_fusion_dim": 4},
     "mc_teacher": {"text_hidden": 8, "post_text_dim": 4, "post_audio_dim": 4, "post_vision_dim": 4,
                    "post_fusion_dim": 4, "bimodal_dim": 4, "filter_hidden": 4},
+    "emt_dlfr": {"d": 8, "heads": 2, "layers": 2, "audio_out": 4, "vision_out": 4, "post_fusion_dim": 8},
+    "sfttr": {"d": 16, "encoder_heads": 2, "encoder_layers": 1, "encoder_ff": 16, "heads": 2, "layers": 1, "cross_ff": 8},
 }
 # Extra forward passes whose outputs a training task uses besides `forward` (cmc's stage 1, Self-MM's
 # unimodal heads) and the parameters a batch with every modality leaves idle (MCUR's missing-modality

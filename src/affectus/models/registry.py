@@ -35,6 +35,8 @@ _MODEL_MODULES = (
     "affectus.models.linear",
     "affectus.models.av_mc",
     "affectus.models.mc_teacher",
+    "affectus.models.emt_dlfr",
+    "affectus.models.sfttr",
 )
 
 SUPERVISED = "affectus.training.recipes.supervised:SupervisedRecipe"
