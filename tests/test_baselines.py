@@ -42,6 +42,9 @@ TINY = {
     "mult": {"d": 8, "heads": 2, "layers": 1, "mem_layers": 1},
     "self_mm": {"text_encoder": "lstm", "text_hidden": 8},
     "mcur": {"d": 8, "heads": 2, "ff": 16, "fused": 8},
+    "cubemlp": {"d_common": 8, "rnn_layers": 1, "time_len": 6, "d_hiddens": [[4, 3, 8], [2, 3, 4]],
+                "d_outs": [[4, 3, 8], [2, 3, 4]]},
+    "mctn": {"steps": 3, "hidden": 4, "reg_hidden": 4},
 }
 # Extra forward passes whose outputs a training task uses besides `forward` (cmc's stage 1, Self-MM's
 # unimodal heads) and the parameters a batch with every modality leaves idle (MCUR's missing-modality

@@ -33,6 +33,9 @@ _MODEL_MODULES = (
     "affectus.models.mcur",
     "affectus.models.cumdf",
     "affectus.models.linear",
+    "affectus.models.cubemlp",
+    "affectus.models.mctn",
+    "affectus.models.transm",
 )
 
 SUPERVISED = "affectus.training.recipes.supervised:SupervisedRecipe"
