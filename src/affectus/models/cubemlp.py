@@ -59,15 +59,15 @@ class CubeMLPConfig:
 
     def validate(self) -> None:
         check_model_config(self, sizes=("d_common", "rnn_layers", "time_len"))
-        blocks = (self.d_hiddens, self.d_outs)
-        if not self.d_hiddens or len(self.d_hiddens) != len(self.d_outs):
-            raise SettingError("model.d_hiddens", self.d_hiddens, "one [L, M, d] triple per block, as many as model.d_outs",
-                               "model.d_outs")
-        for name, triples in zip(("model.d_hiddens", "model.d_outs"), blocks):
-            for t in triples:
-                if not isinstance(t, (list, tuple)) or len(t) != 3 or not all(
-                        isinstance(v, int) and 1 <= v <= MAX_SIZE for v in t):
-                    raise SettingError(name, triples, f"a list of [L, M, d] triples of positive integers up to {MAX_SIZE}")
+        for name, triples in (("model.d_outs", self.d_outs), ("model.d_hiddens", self.d_hiddens)):
+            if not isinstance(triples, (list, tuple)) or not triples or not all(
+                    isinstance(t, (list, tuple)) and len(t) == 3 and all(
+                        isinstance(v, int) and 1 <= v <= MAX_SIZE for v in t) for t in triples):
+                raise SettingError(name, triples, f"a list of [L, M, d] triples (one per block) of positive integers "
+                                                  f"up to {MAX_SIZE}")
+        if len(self.d_hiddens) != len(self.d_outs):
+            raise SettingError("model.d_hiddens", self.d_hiddens, f"as many [L, M, d] triples as model.d_outs "
+                                                                  f"({len(self.d_outs)})", "model.d_outs")
 
 
 class AxisMLP(nn.Module):
@@ -134,7 +134,8 @@ class CubeMLP(nn.Module):
         out = out[..., : self.config.d_common] + out[..., self.config.d_common:]  # the two directions summed
         return F.relu(self.norms[m](out))
 
-    def forward(self, batch: Batch) -> ModelOutput:
+    def mix(self, batch: Batch) -> torch.Tensor:
+        """The cube after the CubeMLP blocks: (B, L', M', d') (the last `d_outs` triple)."""
         check_features("cubemlp", batch, self.config.dims)
         available = batch.availability().to(batch.text.device)
         rows = []
@@ -148,7 +149,10 @@ class CubeMLP(nn.Module):
         x = torch.stack(rows, dim=2)  # (B, L, M, d)
         for block in self.blocks:
             x = block(x)
-        fused = x.mean(dim=1).flatten(1)  # (B, M' * d')
+        return x
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        fused = self.mix(batch).mean(dim=1).flatten(1)  # (B, M' * d')
         return ModelOutput(logits=self.classifier(fused))
 
 
