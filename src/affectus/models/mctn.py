@@ -166,8 +166,16 @@ class MCTN(nn.Module):
         return ModelOutput(logits=self._predict(e2))
 
 
+# The paper's ablation of the cycle (its Seq2Seq rows: translation without the cycle-consistency loss).
+VARIANTS = {
+    "default": {"description": "hierarchical MCTN with the cycle, source text", "overrides": {}},
+    "no_cycle": {"description": "w/o cycle: the back translation is not trained (recipe.cycle_weight 0)",
+                 "overrides": {"recipe.cycle_weight": 0.0}},
+}
+
+
 @register_model("mctn", MCTNConfig, "MCTN: cyclic Seq2Seq translation from the source modality (Pham et al. 2019)",
-                recipe="affectus.training.recipes.mctn:MCTNRecipe",
+                recipe="affectus.training.recipes.mctn:MCTNRecipe", variants=VARIANTS,
                 capabilities=Capabilities(extra_forward=("translate",)),
                 paper="Pham et al., Found in Translation: Learning Robust Joint Representations by Cyclic "
                       "Translations Between Modalities, AAAI 2019")

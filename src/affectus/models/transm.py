@@ -159,8 +159,16 @@ class TransM(nn.Module):
         return ModelOutput(logits=self.translate(batch).logits)
 
 
+VARIANTS = {
+    "default": {"description": "trained under random availability conditions (the missing-modality comparisons)",
+                "overrides": {}},
+    "complete": {"description": "trained on complete data only (the paper's own setting)",
+                 "overrides": {"recipe.missing": "none"}},
+}
+
+
 @register_model("transm", TransMConfig, "TransM: Transformer forward/backward modality translation fusion (Wang et al. 2020)",
-                recipe="affectus.training.recipes.transm:TransMRecipe",
+                recipe="affectus.training.recipes.transm:TransMRecipe", variants=VARIANTS,
                 capabilities=Capabilities(extra_forward=("translate",), excludes_absent=True),
                 paper="Wang, Wan and Wan, TransModality: An End2End Fusion Method with Transformer for Multimodal "
                       "Sentiment Analysis, The Web Conference (WWW) 2020")
