@@ -101,15 +101,15 @@ def test_unknown_source_is_refused_before_training(sim_file, tmp_path, capsys):
 
 def test_training_without_the_source_is_refused(tmp_path, capsys):
     """A file whose training split lacks MCTN's source (here text) has nothing to translate from: one
-    error line, exit 2, before any epoch and without a model."""
+    error line, exit 2, before anything is written (the model declares it: needs_in_training)."""
     ds = dataset_from_raw(generate(tiny_sim_config()))
     ds.splits["train"] = with_availability(ds["train"], ("audio", "vision"))
     path = tmp_path / "no_text.pkl"
     write_pickle(dataset_to_raw(ds), path)
     out = tmp_path / "run"
     rc = main(["train", "--data", str(path), "--model", "mctn", "--out", str(out), *FAST])
-    one_error_line(rc, capsys.readouterr().err, "mctn", "no text", "model.source")
-    assert not (out / "model.safetensors").exists() and not (out / "run.json").exists()
+    one_error_line(rc, capsys.readouterr().err, "mctn", "has no text", "model.source = text")
+    assert not (out / "config.json").exists() and not (out / "model.safetensors").exists()
     # the same file trains with a source it has
     capsys.readouterr()
     assert main(["train", "--data", str(path), "--model", "mctn", "--out", str(tmp_path / "ok"),

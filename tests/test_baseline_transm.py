@@ -13,7 +13,8 @@ import torch
 import affectus
 from affectus.cli import main
 from affectus.data.batches import iterate_batches
-from affectus.data.mmsa import dataset_from_raw, load_dataset
+from affectus.data.missing import with_availability
+from affectus.data.mmsa import dataset_from_raw, dataset_to_raw, load_dataset, write_pickle
 from affectus.data.schemes import get_scheme
 from affectus.data.synthetic import generate
 from affectus.models.transm import TransM, TransMConfig
@@ -106,3 +107,14 @@ def test_bad_settings_are_refused_before_training(sim_file, tmp_path, capsys, se
     rc = main(["train", "--data", str(sim_file), "--model", "transm", "--out", str(out), "--set", setting, *FAST])
     one_error_line(rc, capsys.readouterr().err, fragment)
     assert not out.exists()
+
+
+def test_training_without_the_source_is_refused(tmp_path, capsys):
+    ds = dataset_from_raw(generate(tiny_sim_config()))
+    ds.splits["train"] = with_availability(ds["train"], ("audio", "vision"))
+    path = tmp_path / "no_text.pkl"
+    write_pickle(dataset_to_raw(ds), path)
+    out = tmp_path / "run"
+    rc = main(["train", "--data", str(path), "--model", "transm", "--out", str(out), *FAST])
+    one_error_line(rc, capsys.readouterr().err, "transm", "has no text", "model.source = text")
+    assert not (out / "config.json").exists()

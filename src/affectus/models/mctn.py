@@ -26,7 +26,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from affectus.data.batches import Batch
@@ -176,7 +175,8 @@ VARIANTS = {
 
 @register_model("mctn", MCTNConfig, "MCTN: cyclic Seq2Seq translation from the source modality (Pham et al. 2019)",
                 recipe="affectus.training.recipes.mctn:MCTNRecipe", variants=VARIANTS,
-                capabilities=Capabilities(extra_forward=("translate",)),
+                capabilities=lambda c: Capabilities(extra_forward=("translate",), needs_in_training=(
+                    (c.source, f"model.source = {c.source}: MCTN translates from its source modality"),)),
                 paper="Pham et al., Found in Translation: Learning Robust Joint Representations by Cyclic "
                       "Translations Between Modalities, AAAI 2019")
 def build(config: MCTNConfig) -> MCTN:

@@ -169,7 +169,8 @@ VARIANTS = {
 
 @register_model("transm", TransMConfig, "TransM: Transformer forward/backward modality translation fusion (Wang et al. 2020)",
                 recipe="affectus.training.recipes.transm:TransMRecipe", variants=VARIANTS,
-                capabilities=Capabilities(extra_forward=("translate",), excludes_absent=True),
+                capabilities=lambda c: Capabilities(extra_forward=("translate",), excludes_absent=True, needs_in_training=(
+                    (c.source, f"model.source = {c.source}: every translation starts from the source"),)),
                 paper="Wang, Wan and Wan, TransModality: An End2End Fusion Method with Transformer for Multimodal "
                       "Sentiment Analysis, The Web Conference (WWW) 2020")
 def build(config: TransMConfig) -> TransM:

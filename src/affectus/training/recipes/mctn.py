@@ -9,14 +9,13 @@ MCTN's own treatment of missing modalities: it trains on complete data (the targ
 translations learn to produce) and predicts from the source alone, so nothing is dropped in training.
 A sample whose file lacks a modality leaves that modality's translation term out (and a sample without
 the source is left out of every term); a training split without the source at all is refused before
-anything trains. Selection: the cross-entropy of the source-only prediction on the selection split.
+anything is written (the model declares it: `Capabilities.needs_in_training`). Selection: the cross-entropy of the source-only prediction on the selection split.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -46,18 +45,6 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, present: torch.Tensor) 
     per = (pred - target).pow(2).flatten(1).mean(dim=1)  # (B,)
     w = present.to(per.dtype)
     return (per * w).sum() / w.sum().clamp(min=1.0)
-
-
-def check_source_present(split, source: str) -> None:
-    """Refuse a training split where no sample has MCTN's source modality (nothing to translate from)."""
-    k = MODALITIES.index(source)
-    has = np.asarray(split.lengths(source)) > 0
-    if split.available is not None:
-        has &= np.asarray(split.available, dtype=bool)[:, k]
-    if not has.any():
-        raise AffectusError(f"mctn: the training split has no {source} (model.source = {source}); MCTN translates "
-                            f"from its source modality, so the source must be present in training: set model.source to "
-                            f"a modality the file has")
 
 
 class MCTNTask(SupervisedTask):
@@ -93,5 +80,4 @@ class MCTNRecipe(SupervisedRecipe):
     config_cls = MCTNRecipeConfig
 
     def make_task(self, ctx: RecipeContext) -> MCTNTask:
-        check_source_present(ctx.train_split, ctx.model.config.source)
         return MCTNTask(ctx.eval_batches(ctx.select_split), ctx.recipe)

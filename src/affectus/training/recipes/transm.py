@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from affectus.data.batches import Batch
 from affectus.data.missing import random_conditions, usable_conditions, with_availability
 from affectus.data.types import MODALITIES
-from affectus.errors import AffectusError, SettingError
+from affectus.errors import SettingError
 from affectus.training.recipes.base import RecipeContext, RecipeResult
 from affectus.training.recipes.mctn import masked_mse
 from affectus.training.tasks import SelectsBestState
@@ -109,13 +109,6 @@ class TransMRecipe:
 
     def train(self, ctx: RecipeContext) -> RecipeResult:
         rc, select = ctx.recipe, ctx.select_split
-        source = ctx.model.config.source
-        has = np.asarray(ctx.train_split.lengths(source)) > 0
-        if ctx.train_split.available is not None:
-            has &= np.asarray(ctx.train_split.available, dtype=bool)[:, MODALITIES.index(source)]
-        if not has.any():
-            raise AffectusError(f"transm: the training split has no {source} (model.source = {source}); every "
-                                f"translation starts from the source: set model.source to a modality the file has")
         if rc.missing == "conditions":  # every condition it is evaluated under, equally weighted
             val_sets = [ctx.eval_batches(with_availability(select, c)) for c in usable_conditions(select)]
         else:
