@@ -111,6 +111,9 @@ class CubeMLP(nn.Module):
         self.text_proj = nn.Linear(int(c.dims["text"]), d, bias=False)  # W_t
         self.rnns = nn.ModuleDict({m: nn.GRU(int(c.dims[m]), d, c.rnn_layers, bidirectional=True, batch_first=True)
                                    for m in ("audio", "vision")})
+        for name, p in self.rnns.named_parameters():
+            if "weight_hh" in name:  # Train.py's other_model_operations: orthogonal recurrent weights
+                nn.init.orthogonal_(p)
         self.norms = nn.ModuleDict({m: nn.LayerNorm(d, eps=1e-6) for m in ("audio", "vision")})
         self.input_drop = nn.Dropout(c.input_dropout)
         sizes = [[c.time_len, len(MODALITIES), d], *[list(t) for t in c.d_outs]]
