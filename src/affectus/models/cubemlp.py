@@ -9,7 +9,7 @@ Parameters.py and the README's MOSI command). docs/baselines/cubemlp.md gives ev
    since unaligned sequences of different lengths cannot be stacked step by step; the authors pad
    word-aligned sequences to `time_len` with zeros) and the three are stacked into a cube
    X (B, L, M=3, d).
-3. CubeMLP blocks (paper sec. 3.2, Fig. 2): three MLP units mix X along the sequence axis L, the modality
+3. CubeMLP blocks (the README's detail figure): three MLP units mix X along the sequence axis L, the modality
    axis M and the channel axis d in turn; each unit is LayerNorm (first, `ln_first`) -> Linear -> GELU ->
    Linear -> dropout, plus a bias-free linear projection of its input as the residual (`res_project`),
    so each unit may change its axis's size (L 100 -> 50 -> 10, d 128 -> 128 -> 32 on MOSI).

@@ -4,14 +4,15 @@ form of the authors' Keras code (github.com/hainow/MCTN: seq2seq/mctn_models.py,
 models/regression_model.py, configs/hierarchical_mctn.yaml). Its losses are `training/recipes/mctn.py`;
 docs/baselines/mctn.md gives every setting's source.
 
-From the source modality S (text by default) alone:
+From the source modality S (text by default; the paper's Fig. 1 translates language -> visual with the
+cycle, then the joint representation -> acoustic) alone:
 1. Every modality is resampled onto `steps` steps (segment means over its true length; the authors cut
    word-aligned sequences to max_seq_len 20). X_S (B, T, D_S), targets X_T1, X_T2 likewise.
-2. Level 1 (paper sec. 3.2-3.3): a bidirectional LSTM encoder (directions summed) gives E1 = enc(X_S)
-   (B, T, H); an attention LSTM decoder translates it into X^_T1 = dec(E1). The cycle (eq. 5) translates
+2. Level 1: a bidirectional LSTM encoder (directions summed) gives E1 = enc(X_S)
+   (B, T, H); an attention LSTM decoder translates it into X^_T1 = dec(E1). The cycle translates
    X^_T1 back: X^_S = dec'(enc'(X^_T1)), with an encoder / decoder pair of its own (the paper's back
    translation; the Keras code calls the same layers on the other modality's width).
-3. Level 2 (sec. 3.4, hierarchical MCTN): a second encoder reads E1, E2 = enc2(E1), and a decoder
+3. Level 2 (hierarchical MCTN, the paper's Fig. 1 bottom): a second encoder reads E1, E2 = enc2(E1), and a decoder
    translates it into X^_T2. No cycle at this level (the authors': no ground truth for it).
 4. Prediction (regression_model.py): an LSTM over E2, attention pooling (tanh scores, softmax over the
    steps) and a linear layer give C logits (the authors regress one score).
@@ -42,10 +43,11 @@ from affectus.models.tfn import check_features
 class MCTNConfig:
     # Input feature size per modality (default: CMU-MOSI's 768 / 5 / 20); set from data.
     dims: dict[str, int] = field(default_factory=lambda: {"text": 768, "audio": 5, "vision": 20})
-    # The source modality (the paper's best trimodal MCTN translates from language); the other two are the
-    # targets in text / audio / vision order, the first translated with the cycle (level 1), the second
-    # from the joint representation (level 2).
+    # The source modality and the level-1 target (translated with the cycle); the remaining modality is the
+    # level-2 target. The paper's Fig. 1: language -> visual with the cycle, then -> acoustic. An empty
+    # `cycle_target` is vision for a text source, else the first other modality in text / audio / vision order.
     source: str = "text"
+    cycle_target: str = ""
     steps: int = 20  # configs/hierarchical_mctn.yaml general.max_seq_len 20
     hidden: int = 32  # translation1 / translation2 hidden_dim 32 (encoder and decoder)
     reg_hidden: int = 32  # regression.reg_hidden_dim 32 (the prediction LSTM)
@@ -56,11 +58,17 @@ class MCTNConfig:
         check_model_config(self, sizes=("steps", "hidden", "reg_hidden"))
         if self.source not in MODALITIES:
             raise SettingError("model.source", self.source, "one of text, audio, vision")
+        if self.cycle_target and (self.cycle_target not in MODALITIES or self.cycle_target == self.source):
+            raise SettingError("model.cycle_target", self.cycle_target,
+                               f"empty or one of {', '.join(m for m in MODALITIES if m != self.source)} "
+                               f"(a modality other than model.source = {self.source})", "model.source")
 
     @property
     def targets(self) -> tuple[str, str]:
-        first, second = (m for m in MODALITIES if m != self.source)
-        return first, second
+        """(level-1 target, translated with the cycle; level-2 target)."""
+        others = [m for m in MODALITIES if m != self.source]
+        first = self.cycle_target or ("vision" if self.source == "text" else others[0])
+        return first, next(m for m in others if m != first)
 
 
 @dataclass
@@ -167,7 +175,7 @@ class MCTN(nn.Module):
 
 # The paper's ablation of the cycle (its Seq2Seq rows: translation without the cycle-consistency loss).
 VARIANTS = {
-    "default": {"description": "hierarchical MCTN with the cycle, source text", "overrides": {}},
+    "default": {"description": "hierarchical MCTN: text -> vision with the cycle, then -> audio", "overrides": {}},
     "no_cycle": {"description": "w/o cycle: the back translation is not trained (recipe.cycle_weight 0)",
                  "overrides": {"recipe.cycle_weight": 0.0}},
 }

@@ -1,4 +1,5 @@
-"""MCTN's recipe (Pham et al. 2019): one stage, its own joint loss (paper eq. 7; configs/hierarchical_mctn.yaml)
+"""MCTN's recipe (Pham et al. 2019): one stage, its own coupled translation-prediction loss
+(configs/hierarchical_mctn.yaml)
 
     L = L_task + w_1 MSE(X^_T1, X_T1) + w_c MSE(X^_S, X_S) + w_2 MSE(X^_T2, X_T2) + l2 ||W_head||^2
 
