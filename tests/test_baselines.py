@@ -47,6 +47,10 @@ TINY = {
                    "post_fusion_dim": 4, "bimodal_dim": 4, "filter_hidden": 4},
     "emt_dlfr": {"d": 8, "heads": 2, "layers": 2, "audio_out": 4, "vision_out": 4, "post_fusion_dim": 8},
     "sfttr": {"d": 16, "encoder_heads": 2, "encoder_layers": 1, "encoder_ff": 16, "heads": 2, "layers": 1, "cross_ff": 8},
+    "cubemlp": {"d_common": 8, "rnn_layers": 1, "time_len": 6, "d_hiddens": [[4, 3, 8], [2, 3, 4]],
+                "d_outs": [[4, 3, 8], [2, 3, 4]]},
+    "mctn": {"steps": 3, "hidden": 4, "reg_hidden": 4},
+    "transm": {"steps": 3, "d": 8, "heads": 2, "layers": 1, "ff": 16},
 }
 # Extra forward passes whose outputs a training task uses besides `forward` (cmc's stage 1, Self-MM's
 # unimodal heads) and the parameters a batch with every modality leaves idle (MCUR's missing-modality

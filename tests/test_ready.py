@@ -267,3 +267,17 @@ def test_predict_an_audio_only_clip_with_faithful_cmc_names_the_zero_filled_moda
     row = json.loads(out)
     assert set(row["absent"]) == {"text", "vision"} and all("zero-filled" in v for v in row["absent"].values())
     assert set(row["modalities"]) == {"text", "audio", "vision"}  # every modality that entered the verdict
+
+
+def test_every_comparison_baseline_has_its_page():
+    """docs/baselines.md indexes a page per seed-table system (docs/baselines/NAME.md), and every page is
+    linked; the field's standard baselines are sections of docs/baselines.md itself."""
+    from affectus.models.registry import get_model_entry, list_models
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    index = (docs / "baselines.md").read_text(encoding="utf-8")
+    pages = {p.stem for p in (docs / "baselines").glob("*.md")}
+    for name in list_models():
+        if get_model_entry(name).family == "baseline":
+            assert name in pages or f"({name}.py" in index or f"(`{name}.py`" in index, name
+    assert [p for p in sorted(pages) if f"(baselines/{p}.md)" not in index] == []

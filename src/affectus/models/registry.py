@@ -37,6 +37,9 @@ _MODEL_MODULES = (
     "affectus.models.mc_teacher",
     "affectus.models.emt_dlfr",
     "affectus.models.sfttr",
+    "affectus.models.cubemlp",
+    "affectus.models.mctn",
+    "affectus.models.transm",
 )
 
 SUPERVISED = "affectus.training.recipes.supervised:SupervisedRecipe"
@@ -81,6 +84,10 @@ class Capabilities:
     # training mean, a learned stand-in); False: it zero-fills an absent modality, whose zeros still sway
     # the verdict, and predict / serve / evaluate say so (the faithful CMC, as the paper does)
     excludes_absent: bool = False
+    # modalities the training split must hold (in at least one sample), each with the reason, e.g.
+    # (("text", "model.source = text: it translates from its source"),) for a translation model; the
+    # trainer refuses a file without one before anything is written
+    needs_in_training: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass

@@ -21,7 +21,7 @@ import torch
 
 from affectus.data.load import data_identity, extraction_record
 from affectus.data.schemes import LabelScheme, infer_scheme
-from affectus.data.types import MERDataset, Split
+from affectus.data.types import MODALITIES, MERDataset, Split
 from affectus.errors import AffectusError
 from affectus.evaluation.evaluate import predict_split, score_predictions, single_class
 from affectus.evaluation.tensorboard import EpochLogger
@@ -172,6 +172,7 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
         train_split = retain_consistent(train_split, tc.consistent_retention, tc.seed, plan.scheme)
     if len(train_split) < 2 or len(select_split) < 1:
         raise AffectusError(f"{dataset.source}: train split needs at least 2 samples and '{plan.select}' at least 1")
+    _check_training_modalities(cfg, train_split)
     model, model_cfg = build_model(cfg, dataset, plan.scheme, text_views, text_model_dir)
     can = get_model_entry(cfg.model_name).can(model_cfg)
     model.to(device)
@@ -263,6 +264,20 @@ def fitted_parts(result: RecipeResult, plan: DataPlan) -> dict[str, str]:
     if unknown:  # a recipe bug, not bad input: say which role
         raise ValueError(f"fitted_on: unknown split role(s) {sorted(unknown)}; expected train or select")
     return {part: roles[role] for part, role in declared.items() if role is not None}
+
+
+def _check_training_modalities(cfg: ResolvedConfig, split: Split) -> None:
+    """Refuse a training split without a modality the model declares it needs there (`needs_in_training`),
+    before the run directory holds anything: e.g. MCTN's source, which every translation starts from."""
+    needs = get_model_entry(cfg.model_name).can(cfg.model).needs_in_training
+    for modality, reason in needs:
+        k = MODALITIES.index(modality)
+        has = np.asarray(split.lengths(modality)) > 0
+        if split.available is not None:
+            has &= np.asarray(split.available, dtype=bool)[:, k]
+        if not has.any():
+            raise AffectusError(f"{cfg.model_name}: the training split '{split.name}' has no {modality} ({reason}); "
+                                f"train on a file that has it, or choose a setting that does not need it")
 
 
 def _check_inputs(dataset: MERDataset, cfg: ResolvedConfig) -> None:
