@@ -273,3 +273,41 @@ def test_a_setting_the_model_cannot_use_is_refused_before_training(sim_file, tmp
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------- resume
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["dmd", "sdrs"])
+def test_interrupted_run_resumes_to_the_same_weights(sim_file, tmp_path, monkeypatch, name):
+    """The training-only parts (DMD's GD-Units, SDRS's adversary) are not in the model's state: they are
+    resumed with the task, so a run cut after two epochs ends with the uninterrupted run's weights."""
+    from safetensors.numpy import load_file
+
+    from affectus.training.recipes.dmd import DMDTask
+    from affectus.training.recipes.sdrs import SDRSTask
+
+    task_cls = {"dmd": DMDTask, "sdrs": SDRSTask}[name]
+    small = [a for k, v in SMALL[name].items() for a in ("--set", f"model.{k}={v}")]
+    args = ["--data", str(sim_file), "--model", name, "--set", "train.epochs=3", "--set", "train.patience=3",
+            "--set", "train.batch_size=16", "--threads", "1", "--quiet", *small]
+    assert main(["train", "--out", str(tmp_path / "full"), *args]) == 0
+
+    def interrupt(self, epoch):
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(task_cls, "start_epoch", interrupt)
+    out = tmp_path / "cut"
+    assert main(["train", "--out", str(out), *args]) == 130
+    monkeypatch.undo()
+    assert main(["train", "--out", str(out), "--resume", *args]) == 0
+    wa = load_file(str(tmp_path / "full" / "model.safetensors"))
+    wb = load_file(str(out / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k])
+    runs = [json.loads((d / "run.json").read_text())["stages"]["train"] for d in (tmp_path / "full", out)]
+    histories = [[{k: v for k, v in h.items() if k != "seconds"} for h in r["history"]] for r in runs]
+    assert len(histories[0]) == 3 and histories[0] == histories[1]
