@@ -22,8 +22,15 @@ from affectus.cli import main
 from affectus.data.mmsa import load_dataset
 from affectus.data.types import MODALITIES
 from affectus.models.registry import create_model, make_config
-from affectus.training.recipes.dmd import (EDGES, DMDRecipeConfig, DMDTask, build_units, edge_prior, margin_loss,
-                                           masked_mse)
+from affectus.training.recipes.dmd import (
+    EDGES,
+    DMDRecipeConfig,
+    DMDTask,
+    build_units,
+    edge_prior,
+    margin_loss,
+    masked_mse,
+)
 from affectus.training.recipes.sdrs import SDRSRecipeConfig, SDRSTask, build_adversary, reverse_gradient
 from conftest import TINY_BATCH_DIMS, tiny_batch
 
@@ -43,7 +50,7 @@ def _learnable_batch(b: int = 24, seed: int = 0):
     text = torch.randn(b, 5, TINY_BATCH_DIMS["text"], generator=g) * 0.3 + sign
     audio = torch.randn(b, 7, TINY_BATCH_DIMS["audio"], generator=g) * 0.3 + sign
     vision = torch.randn(b, 3, TINY_BATCH_DIMS["vision"], generator=g) * 0.3 + sign
-    lengths = lambda hi: torch.randint(1, hi + 1, (b,), generator=g)  # noqa: E731
+    lengths = lambda hi: torch.randint(1, hi + 1, (b,), generator=g)
     return type(batch)(text=text, audio=audio, vision=vision, text_lengths=lengths(5), audio_lengths=lengths(7),
                        vision_lengths=lengths(3), index=torch.arange(b), scores=(classes.float() - 1.0) * 2,
                        classes=classes)

@@ -39,8 +39,8 @@ from torch import nn
 from affectus.data.batches import Batch
 from affectus.data.types import MODALITIES
 from affectus.errors import SettingError
-from affectus.models.layers import check_dims
 from affectus.models.late_fusion import masked_mean
+from affectus.models.layers import check_dims
 from affectus.models.mult import Transformer
 from affectus.models.output import ModelOutput
 from affectus.models.registry import Capabilities, check_model_config, register_model
