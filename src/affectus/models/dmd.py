@@ -226,6 +226,9 @@ class DMD(nn.Module):
                     "wo_decoupling_losses": {
                         "description": "w/o the decoupling losses (reconstruction, cycle, margin, orthogonality)",
                         "overrides": {"recipe.decouple_weight": 0.0}},
+                    "authors_optimiser": {
+                        "description": "DMD with the authors' MOSI optimiser settings (Adam lr 1e-4, batch 16)",
+                        "overrides": {"train.lr": 1e-4, "train.batch_size": 16}},
                 },
                 capabilities=Capabilities(extra_forward=("decoupled_forward",), sequence_masks=True),
                 paper="Li et al., Decoupled Multimodal Distilling for Emotion Recognition, CVPR 2023")
