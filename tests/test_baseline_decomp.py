@@ -190,6 +190,26 @@ def test_dmd_margin_loss_by_hand() -> None:
     assert float(margin_loss(feats, ids, 0.15, ordinal=False)) == pytest.approx((1.15 + 0.15) / 2)
 
 
+def test_dmd_margin_loss_matches_a_loop_over_anchors() -> None:
+    """The vectorised loss against the authors' per-anchor loop (HingeLoss.py), on random labels."""
+    torch.manual_seed(0)
+    feats = torch.randn(30, 6)
+    ids = torch.randint(-2, 3, (10,)).float().repeat_interleave(3)
+    unit = F.normalize(feats, dim=-1)
+    cos = unit @ unit.t()
+    per_anchor = []
+    for i in range(30):
+        others = [j for j in range(30) if j != i]
+        pos = [j for j in others if ids[j] == ids[i]]
+        neg = [j for j in others if ids[j] != ids[i]]
+        if pos and neg:
+            terms = [max(0.0, 0.15 * abs(float(ids[i] - ids[n])) - float(cos[i, p]) + float(cos[i, n]))
+                     for p in pos for n in neg]
+            per_anchor.append(sum(terms) / len(terms))
+    expected = sum(per_anchor) / len(per_anchor)
+    assert float(margin_loss(feats, ids, 0.15, ordinal=True)) == pytest.approx(expected, rel=1e-5)
+
+
 # ------------------------------------------------------------------------------------ SDRS
 
 
