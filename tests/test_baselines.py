@@ -51,6 +51,8 @@ TINY = {
                 "d_outs": [[4, 3, 8], [2, 3, 4]]},
     "mctn": {"steps": 3, "hidden": 4, "reg_hidden": 4},
     "transm": {"steps": 3, "d": 8, "heads": 2, "layers": 1, "ff": 16},
+    "dmd": {"d": 8, "heads": 2, "layers": 1, "mem_layers": 1},
+    "sdrs": {"d": 8, "heads": 2, "layers": 1},
 }
 # Extra forward passes whose outputs a training task uses besides `forward` (cmc's stage 1, Self-MM's
 # unimodal heads) and the parameters a batch with every modality leaves idle (MCUR's missing-modality

@@ -40,6 +40,8 @@ _MODEL_MODULES = (
     "affectus.models.cubemlp",
     "affectus.models.mctn",
     "affectus.models.transm",
+    "affectus.models.dmd",
+    "affectus.models.sdrs",
 )
 
 SUPERVISED = "affectus.training.recipes.supervised:SupervisedRecipe"
