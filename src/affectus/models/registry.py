@@ -33,6 +33,8 @@ _MODEL_MODULES = (
     "affectus.models.mcur",
     "affectus.models.cumdf",
     "affectus.models.linear",
+    "affectus.models.mmin",
+    "affectus.models.if_mmin",
 )
 
 SUPERVISED = "affectus.training.recipes.supervised:SupervisedRecipe"
