@@ -195,7 +195,7 @@ class ModalityEncoders(nn.Module):
     """MMIN's three utterance-level encoders: batch -> (B, 3, E), text / audio / vision. A modality
     absent from a sample (`batch.available` False) is encoded from one zero step, MMIN's zero input."""
 
-    def __init__(self, config: MMINConfig, name: str = "mmin") -> None:
+    def __init__(self, config: MMINConfig, name: str) -> None:
         super().__init__()
         c = config
         self.name = name
