@@ -1,4 +1,4 @@
-"""IF-MMIN: MMIN with modality-invariant features (Zuo, Liu, Liu, Gao, Li and Li, ICASSP 2023, "Exploiting
+"""IF-MMIN: MMIN with modality-invariant features (Zuo et al., ICASSP 2023, "Exploiting
 Modality-Invariant Feature for Robust Multimodal Emotion Recognition with Missing Modalities"; official
 code ZhuoYulang/IF-MMIN). The network is MMIN's (models/mmin.py) with `invariant` on and no backward CRA:
 
@@ -37,7 +37,7 @@ class IFMMIN(MMIN):
 @register_model("if_mmin", IFMMINConfig,
                 "IF-MMIN: MMIN whose imagination is guided by CMD-trained modality-invariant features",
                 recipe="affectus.training.recipes.if_mmin:IFMMINRecipe", variants="if_mmin.yaml", family="baseline",
-                paper="Zuo, Liu, Liu, Gao, Li & Li, Exploiting Modality-Invariant Feature for Robust Multimodal "
+                paper="Zuo et al., Exploiting Modality-Invariant Feature for Robust Multimodal "
                       "Emotion Recognition with Missing Modalities, ICASSP 2023",
                 capabilities=_capabilities)
 def build(config: IFMMINConfig) -> IFMMIN:

@@ -4,12 +4,12 @@ master). The network; its two-stage training (full-modality encoder pretraining,
 the missing conditions) is `training/recipes/mmin.py`. docs/baselines/mmin.md has every setting's source.
 
 forward(batch):
-1. Utterance-level modality encoders (the paper's Sec. 3.1): text through a TextCNN (convolutions of
+1. Utterance-level modality encoders (networks/textcnn.py, networks/lstm.py): text through a TextCNN (convolutions of
    heights 3/4/5 over the word sequence, ReLU, max over time, dropout, Linear+ReLU), audio and vision
    through a one-layer unidirectional LSTM whose outputs are max-pooled over time: h_m (B, E) each.
    An absent modality is what MMIN was trained on: a zero input (here one zero step), so its h_m is
    the encoder's response to silence; the imagination below replaces it.
-2. The cascade residual autoencoder (CRA, Sec. 3.2, eq. 1): x = [h_t; h_a; h_v] (B, 3E) goes through
+2. The cascade residual autoencoder (CRA, networks/autoencoder.py ResidualAE): x = [h_t; h_a; h_v] (B, 3E) goes through
    `n_blocks` autoencoders, block k reading the input plus the sum of the earlier blocks' outputs
    (Delta z_k = D_k(E_k(x + sum_{j<k} Delta z_j))); a transition MLP maps x + sum Delta z to the
    imagined full-modality representation h' (B, 3E), trained to match the pretrained encoders' output
@@ -17,7 +17,7 @@ forward(batch):
    (B, K * ae_layers[-1]) is the concatenation of the blocks' bottlenecks.
 3. With `cycle` (MMIN), a second CRA maps h' back to x (backward imagination, the cycle-consistency
    loss); it is used by training only (`represent`).
-4. A fully connected classifier on c gives the logits (eq. 3).
+4. A fully connected classifier on c gives the logits (networks/classifier.py FcClassifier).
 
 IF-MMIN (`invariant`, models/if_mmin.py) adds a shared encoder S that maps each modality's h_m to a
 modality-invariant feature; H' = [S(h_t); S(h_a); S(h_v)] guides every CRA block (block k reads the
@@ -52,7 +52,7 @@ class MMINConfig:
     text_channels: int = 128  # TextCNN out_channels per kernel height (networks/textcnn.py)
     text_dropout: float = 0.5  # TextCNN dropout before its Linear (networks/textcnn.py)
     ae_layers: list[int] = field(default_factory=lambda: [256, 128, 64])  # AE_layers (CAP_mmin.sh)
-    n_blocks: int = 5  # number of CRA blocks (CAP_mmin.sh --n_blocks=5; the paper's Sec. 4.3)
+    n_blocks: int = 5  # number of CRA blocks (CAP_mmin.sh --n_blocks=5)
     cls_layers: list[int] = field(default_factory=lambda: [128, 128])  # classifier hidden layers (CAP_mmin.sh)
     dropout: float = 0.5  # classifier dropout_rate (CAP_mmin.sh)
     cycle: bool = True  # the backward CRA and its cycle-consistency loss (mmin_model.py netAE_cycle)
@@ -126,7 +126,7 @@ class LSTMMaxEncoder(nn.Module):
 
 
 class CascadeResidualAE(nn.Module):
-    """MMIN's cascade residual autoencoder (eq. 1): `blocks` fully connected autoencoders of widths
+    """MMIN's cascade residual autoencoder (the official ResidualAE): `blocks` fully connected autoencoders of widths
     `layers` (encoder: Linear + LeakyReLU between layers, none after the bottleneck; decoder: Linear +
     ReLU, a plain Linear back to the input width) and a transition MLP (Linear, ReLU, Linear).
 

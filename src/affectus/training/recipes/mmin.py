@@ -11,8 +11,8 @@ incomplete conditions {a}, {v}, {l}, {a,v}, {a,l}, {v,l}, drawn uniformly per sa
 official `multimodal_miss` dataset; `missing: seven` adds the full condition), and
 
     L = ce_weight * CE(logits, y)
-      + mse_weight * MSE(h', teacher(x reversed))          forward imagination (eq. 4)
-      + cycle_weight * MSE(CRA_back(h'), stopgrad(x))       backward imagination / cycle (eq. 5)
+      + mse_weight * MSE(h', teacher(x reversed))          forward imagination
+      + cycle_weight * MSE(CRA_back(h'), stopgrad(x))       backward imagination (cycle)
 
 where "x reversed" is the sample with its available modalities zeroed and its missing ones present: the
 target of h' is the teacher's vector of each missing modality (and its response to a zero input at the
