@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_batch, tiny_sim_config
 
 import affectus
 from affectus.data.batches import iterate_batches
@@ -29,6 +28,7 @@ from affectus.training.recipes.mmin import (
     lr_factor,
     network_groups,
 )
+from conftest import tiny_batch, tiny_sim_config
 
 SMALL = {"embd": 16, "text_channels": 8, "ae_layers": [32, 16, 8], "n_blocks": 2, "cls_layers": [16]}
 SMALL_SET = [x for k, v in {"model.embd": 16, "model.text_channels": 8, "model.ae_layers": "[32,16,8]",
@@ -91,7 +91,7 @@ def test_imagination_learns_the_missing_modalities_representation(name):
     rc = IFMMINRecipeConfig() if name == "if_mmin" else MMINRecipeConfig()
     opt = ClippedAdam(network_groups(model.encoders, model.cra, model.cra_back, model.shared, model.classifier),
                       1e-3, rc.beta1, rc.clip)
-    task = ImagineTask([lambda: []], rc, teacher, opt, 1e-3, 30, seed=0)
+    task = ImagineTask([list], rc, teacher, opt, 1e-3, 30, seed=0)
     for epoch in range(1, 31):
         task.start_epoch(epoch)
         model.train()
@@ -124,7 +124,7 @@ def test_if_mmin_cmd_pretraining_aligns_the_modalities_invariant_features():
         pre = Pretrainer(model, 0.3)
         rc = IFMMINRecipeConfig(cmd_weight=weight)
         opt = ClippedAdam(network_groups(model.encoders, model.shared, pre.head), 1e-3, 0.9, 0.5)
-        task = PretrainTask(lambda: [], rc, opt, 1e-3, 20, pre)
+        task = PretrainTask(list, rc, opt, 1e-3, 20, pre)
         for epoch in range(1, 21):
             task.start_epoch(epoch)
             pre.train()

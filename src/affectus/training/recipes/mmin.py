@@ -29,6 +29,7 @@ between the modalities' invariant features, its stage 1 an invariance loss and n
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from affectus.data.batches import Batch
-from affectus.data.missing import CONDITIONS, random_conditions, usable_conditions, with_availability
+from affectus.data.missing import CONDITIONS, usable_conditions, with_availability
 from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError
 from affectus.models.mmin import fc_classifier
@@ -318,7 +319,6 @@ class MMINRecipe:
 
     def train(self, ctx: RecipeContext) -> RecipeResult:
         rc, model, tc = ctx.recipe, ctx.model, ctx.train
-        c = model.config
         if rc.invariant_weight > 0 and model.shared is None:
             raise AffectusError("recipe.invariant_weight > 0 needs model.invariant = true (IF-MMIN's shared encoder)")
         if rc.cmd_weight > 0 and model.shared is None:
@@ -362,6 +362,4 @@ class MMINRecipe:
 
 
 def _with_epochs(ctx: RecipeContext, epochs: int) -> RecipeContext:
-    import dataclasses
-
     return dataclasses.replace(ctx, train=dataclasses.replace(ctx.train, epochs=epochs))
