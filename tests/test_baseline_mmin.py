@@ -37,13 +37,14 @@ FAST = ["--set", "train.epochs=2", "--set", "recipe.pretrain_epochs=2", "--set",
         "--set", "train.lr=0.001", "--threads", "1", "--quiet", *SMALL_SET]
 SCHEME = get_scheme("sims")
 
-# Printed at commit 7a4a67e by training as the test does (FAST, on `tiny_sim_config()` written with
-# write_pickle) and reading `affectus.load(out).predict(load_dataset(sim_file)["test"]).probabilities[:4]`.
+# Printed by `PYTHONPATH=src OMP_NUM_THREADS=1 python tests/test_baseline_mmin.py` (the `__main__` block at the
+# end: it trains as the test does on `tiny_sim_config()`, the sim_file fixture's data, and reads
+# `affectus.load(out).predict(...).probabilities[:4]`) at the commit that added the Kaiming initialisation.
 RECORDED = {
-    "mmin": [[0.41499, 0.30583, 0.27918], [0.41574, 0.30593, 0.27833], [0.41633, 0.30545, 0.27822],
-             [0.41513, 0.30541, 0.27946]],
-    "if_mmin": [[0.36261, 0.38322, 0.25416], [0.36265, 0.3832, 0.25415], [0.36245, 0.38337, 0.25417],
-                [0.36252, 0.38326, 0.25422]],
+    "mmin": [[0.28935, 0.30346, 0.40718], [0.18235, 0.57111, 0.24654], [0.02012, 0.94081, 0.03908],
+             [0.3659, 0.30918, 0.32492]],
+    "if_mmin": [[0.36708, 0.32607, 0.30684], [0.39695, 0.30261, 0.30045], [0.2168, 0.57747, 0.20574],
+                [0.17609, 0.36395, 0.45996]],
 }
 
 
@@ -172,3 +173,19 @@ def test_bad_settings_are_refused_before_training(sim_file, tmp_path, cli, model
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], err
     assert not out.exists() or not any(out.iterdir())
+
+
+if __name__ == "__main__":  # prints the values RECORDED pins
+    import tempfile
+    from pathlib import Path
+
+    from affectus.cli import main
+    from affectus.data.mmsa import write_pickle
+
+    folder = Path(tempfile.mkdtemp())
+    data = folder / "tiny.pkl"
+    write_pickle(generate(tiny_sim_config()), data)
+    for name in RECORDED:
+        assert main(["train", "--data", str(data), "--model", name, "--out", str(folder / name), *FAST]) == 0
+        probs = affectus.load(folder / name).predict(load_dataset(data)["test"]).probabilities[:4]
+        print(name, [[round(float(p), 5) for p in row] for row in probs])

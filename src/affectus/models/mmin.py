@@ -226,6 +226,16 @@ class ModalityEncoders(nn.Module):
         return torch.stack(out, dim=1)  # (B, 3, E)
 
 
+def kaiming_init(module: nn.Module) -> None:
+    """The official initialisation (`networks/tools.py init_weights`, `--init_type=kaiming`): Kaiming-normal
+    weights (fan_in, gain for ReLU) and zero biases for every Linear and convolution; the LSTMs keep
+    PyTorch's default."""
+    if isinstance(module, (nn.Linear, nn.Conv1d)):
+        nn.init.kaiming_normal_(module.weight, a=0, mode="fan_in")
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
 class MMIN(nn.Module):
     name = "mmin"
 
@@ -242,6 +252,7 @@ class MMIN(nn.Module):
             self.cra_back = CascadeResidualAE(dim, c.ae_layers, c.n_blocks)
         self.shared = shared_encoder(c.embd, c.invariant_layers) if c.invariant else None
         self.classifier = fc_classifier(c.n_blocks * int(c.ae_layers[-1]), c.cls_layers, c.num_classes, c.dropout)
+        self.apply(kaiming_init)
 
     def invariant_features(self, h: torch.Tensor) -> torch.Tensor:
         """IF-MMIN's H: the shared encoder on each modality's vector, concatenated. (B, 3, E) -> (B, 3E)."""

@@ -43,7 +43,7 @@ from affectus.data.batches import Batch
 from affectus.data.missing import CONDITIONS, usable_conditions, with_availability
 from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError
-from affectus.models.mmin import fc_classifier
+from affectus.models.mmin import fc_classifier, kaiming_init
 from affectus.training.recipes.base import RecipeContext, RecipeResult
 from affectus.training.tasks import SelectsBestState
 
@@ -166,6 +166,7 @@ class Pretrainer(nn.Module):
         c = model.config
         width = len(MODALITIES) * c.embd * (2 if model.shared is not None else 1)
         self.head = fc_classifier(width, c.cls_layers, c.num_classes, dropout)
+        self.head.apply(kaiming_init)  # as the official utt_fusion / utt_shared classifier
 
     def parts(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """-> (logits (B, C), h (B, 3, E), S(h) (B, 3, E) or None)."""
