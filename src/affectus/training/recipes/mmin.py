@@ -354,6 +354,7 @@ class MMINRecipe:
         params = network_groups(model.encoders, model.cra, model.cra_back, model.shared, model.classifier)
         optimizer = ClippedAdam(params, tc.lr, rc.beta1, rc.clip)
         task = ImagineTask(val_sets, rc, teacher, optimizer, tc.lr, tc.epochs, tc.seed)
+        task.name = model.name  # the stage's name in the epoch lines: mmin or if_mmin
         extra = {"teacher": teacher_state, "pretrain_summary": summary["pretrain"]} if rc.pretrain else None
         loop = ctx.run_stage(1, task, optimizer, extra=extra)
         summary["train"] = {"epochs": loop.epoch, "best_epoch": task.best_epoch, "best_val_loss": task.best_loss,
