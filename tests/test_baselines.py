@@ -53,6 +53,8 @@ TINY = {
     "transm": {"steps": 3, "d": 8, "heads": 2, "layers": 1, "ff": 16},
     "dmd": {"d": 8, "heads": 2, "layers": 1, "mem_layers": 1},
     "sdrs": {"d": 8, "heads": 2, "layers": 1},
+    "mmin": {"embd": 8, "text_channels": 4, "ae_layers": [16, 8, 4], "n_blocks": 2, "cls_layers": [8]},
+    "if_mmin": {"embd": 8, "text_channels": 4, "ae_layers": [16, 8, 4], "n_blocks": 2, "cls_layers": [8]},
 }
 # Extra forward passes whose outputs a training task uses besides `forward` (cmc's stage 1, Self-MM's
 # unimodal heads) and the parameters a batch with every modality leaves idle (MCUR's missing-modality

@@ -42,6 +42,8 @@ _MODEL_MODULES = (
     "affectus.models.transm",
     "affectus.models.dmd",
     "affectus.models.sdrs",
+    "affectus.models.mmin",
+    "affectus.models.if_mmin",
 )
 
 SUPERVISED = "affectus.training.recipes.supervised:SupervisedRecipe"
