@@ -42,6 +42,7 @@ TINY = {
     "mult": {"d": 8, "heads": 2, "layers": 1, "mem_layers": 1},
     "self_mm": {"text_encoder": "lstm", "text_hidden": 8},
     "mcur": {"d": 8, "heads": 2, "ff": 16, "fused": 8},
+    "triaged_msa": {"d": 8, "heads": 2, "ff": 16},
 }
 # Extra forward passes whose outputs a training task uses besides `forward` (cmc's stage 1, Self-MM's
 # unimodal heads) and the parameters a batch with every modality leaves idle (MCUR's missing-modality

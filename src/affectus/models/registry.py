@@ -33,6 +33,7 @@ _MODEL_MODULES = (
     "affectus.models.mcur",
     "affectus.models.cumdf",
     "affectus.models.linear",
+    "affectus.models.triaged_msa",
 )
 
 SUPERVISED = "affectus.training.recipes.supervised:SupervisedRecipe"
