@@ -34,6 +34,7 @@ _MODEL_MODULES = (
     "affectus.models.cumdf",
     "affectus.models.linear",
     "affectus.models.triaged_msa",
+    "affectus.models.mse_adapter",
 )
 
 SUPERVISED = "affectus.training.recipes.supervised:SupervisedRecipe"
