@@ -192,7 +192,8 @@ class MSEAdapter(nn.Module):
             lm = _hf("weights", self._lm_dir, self._gguf, AutoModelForCausalLM)
             lm.requires_grad_(False)
             ref = next(self.parameters())
-            self._lm = lm.to(device=ref.device, dtype=ref.dtype).eval()  # frozen: always in eval mode
+            # object.__setattr__: nn.Module's would register it, putting its weights in parameters() and the state
+            object.__setattr__(self, "_lm", lm.to(device=ref.device, dtype=ref.dtype).eval())  # frozen: eval mode
         return self._lm
 
     def _apply(self, fn, recurse: bool = True):

@@ -27,14 +27,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from affectus.data.batches import Batch
 from affectus.data.types import MODALITIES
+from affectus.errors import SettingError
 from affectus.models.layers import ResidualHead, UnimodalEncoder, check_dims
 from affectus.models.output import ModelOutput
-from affectus.errors import SettingError
 from affectus.models.registry import Capabilities, check_model_config, register_model
 from affectus.models.tfn import check_features
 
