@@ -85,7 +85,8 @@ class MSEAdapterConfig:
                                         "max_text_tokens"))
         if self.text_input not in ("features", "transcripts"):
             raise SettingError("model.text_input", self.text_input, "features or transcripts")
-        resolve_lm(self.lm_path)  # refuses a missing or unusable lm_path before anything trains
+        if self.lm_path:  # an unusable one is refused before anything trains; none at all when the model is built
+            resolve_lm(self.lm_path)
         if "{targets}" not in self.prompt:
             raise SettingError("model.prompt", self.prompt, "a prompt holding {targets} (the class tokens)")
 
