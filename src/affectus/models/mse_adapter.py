@@ -278,7 +278,8 @@ class MSEAdapter(nn.Module):
 
 @register_model("mse_adapter", MSEAdapterConfig,
                 "MSE-Adapter: text-guided mixer and multi-scale fusion as pseudo tokens for a frozen causal LM",
-                capabilities=Capabilities(), family="baseline",
+                recipe="affectus.training.recipes.mse_adapter:MSEAdapterRecipe", capabilities=Capabilities(),
+                family="baseline",
                 paper="Yang, Dong and Qiang, MSE-Adapter: A Lightweight Plugin Endowing LLMs with the Capability "
                       "to Perform Multimodal Sentiment Analysis and Emotion Recognition, AAAI 2025")
 def build(config: MSEAdapterConfig) -> MSEAdapter:
