@@ -258,7 +258,7 @@ class MSEAdapter(nn.Module):
         def fixed(tokens: list[int]) -> torch.Tensor:
             return embed(torch.tensor(tokens, dtype=torch.long, device=dev)).to(pseudo.dtype).expand(b, -1, -1)
 
-        parts, masks = [fixed(self._before), pseudo, fixed(self._after)], []
+        parts = [fixed(self._before), pseudo, fixed(self._after)]
         masks = [torch.ones(b, len(self._before) + pseudo.shape[1] + len(self._after), dtype=torch.bool, device=dev)]
         if width:
             parts.append(text_emb)
