@@ -216,3 +216,41 @@ def served_on_loopback(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+# ------------------------------------------------------------------------- a tiny causal LM (mse_adapter)
+
+_TINY_LM: list[Path] = []
+
+
+def tiny_causal_lm_dir() -> Path:
+    """A randomly initialised one-layer GPT-2 (width 16) with a character-level tokenizer, saved once per
+    session with save_pretrained: a real Hugging Face causal-LM directory for mse_adapter, built offline
+    (fixed seed, so its weights are the same every session)."""
+    if _TINY_LM:
+        return _TINY_LM[0]
+    import atexit
+    import string
+    import tempfile
+
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    folder = Path(tempfile.mkdtemp(prefix="affectus-tiny-lm-"))
+    atexit.register(shutil.rmtree, folder, True)
+    vocab = {t: i for i, t in enumerate(["<unk>", "<bos>", "<pad>", *string.printable])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), "isolated")  # one token per character
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", unk_token="<unk>", pad_token="<pad>"
+                            ).save_pretrained(folder)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        GPT2LMHeadModel(GPT2Config(vocab_size=len(vocab), n_positions=512, n_embd=16, n_layer=1, n_head=2,
+                                   bos_token_id=1, eos_token_id=1)).save_pretrained(folder)
+    _TINY_LM.append(folder)
+    return folder
+
+
+# settings a model needs to be built at all (registry-wide tests add them): mse_adapter's frozen LM
+def model_needs(name: str, prefix: str = "") -> dict[str, Any]:
+    return {f"{prefix}lm_path": str(tiny_causal_lm_dir())} if name == "mse_adapter" else {}

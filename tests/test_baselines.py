@@ -28,7 +28,7 @@ from affectus.models.registry import (
     non_bert_parameter_count,
 )
 from affectus.training.recipes.self_mm import SelfMMTask
-from conftest import TINY_BATCH_DIMS, tiny_batch
+from conftest import TINY_BATCH_DIMS, model_needs, tiny_batch
 
 DIMS = TINY_BATCH_DIMS
 BASELINES = ("ef_lstm", "tfn", "mult", "self_mm")
@@ -55,6 +55,8 @@ TINY = {
     "sdrs": {"d": 8, "heads": 2, "layers": 1},
     "mmin": {"embd": 8, "text_channels": 4, "ae_layers": [16, 8, 4], "n_blocks": 2, "cls_layers": [8]},
     "if_mmin": {"embd": 8, "text_channels": 4, "ae_layers": [16, 8, 4], "n_blocks": 2, "cls_layers": [8]},
+    "triaged_msa": {"d": 8, "heads": 2, "ff": 16},
+    "mse_adapter": {"audio_hidden": 4, "vision_hidden": 4, "mixer_dim": 8, "msf_hidden": 8},
 }
 # Extra forward passes whose outputs a training task uses besides `forward` (cmc's stage 1, Self-MM's
 # unimodal heads) and the parameters a batch with every modality leaves idle (MCUR's missing-modality
@@ -64,7 +66,7 @@ TINY = {
 
 
 def _build(name: str, **extra):
-    return create_model(name, make_config(name, {"dims": dict(DIMS), **TINY.get(name, {}), **extra}))
+    return create_model(name, make_config(name, {"dims": dict(DIMS), **TINY.get(name, {}), **model_needs(name), **extra}))
 
 
 def _tensors(obj) -> list[torch.Tensor]:

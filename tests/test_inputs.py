@@ -20,6 +20,7 @@ from affectus.experiments.spec import expand, load_spec
 from affectus.features.text import minilm_available
 from affectus.models.registry import list_models
 from affectus.training.config import resolve_config
+from conftest import model_needs
 from test_cmc_plus import _mosi_like
 
 
@@ -93,7 +94,7 @@ def test_every_model_trains_on_the_concatenated_views(bert, mosi_file, tmp_path)
 
     ds, preset = open_data(str(mosi_file), "mosi-utterance")
     for model in list_models():
-        fast = {"train.epochs": 1, "train.batch_size": 16, "train.text_encoder": bert}
+        fast = {"train.epochs": 1, "train.batch_size": 16, "train.text_encoder": bert, **model_needs(model, "model.")}
         if model == "cmc_plus":
             fast.update({"recipe.expert_epochs": 2, "recipe.router_steps": 5})
         train_run(ds, resolve_config(model, None, preset, None, fast), tmp_path / model, plan_for(ds, preset))

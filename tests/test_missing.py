@@ -28,6 +28,7 @@ from affectus.models.registry import (
 )
 from affectus.training.config import resolve_config
 from affectus.training.trainer import build_model
+from conftest import model_needs
 
 TINY = {"seq_lens": {"text": 4, "audio": 6, "vision": 5}, "dims": {"text": 12, "audio": 5, "vision": 7}}
 
@@ -89,7 +90,7 @@ def test_every_model_every_availability_mask_no_nan(model_name):
     """Forward and backward in training, forward in evaluation, under each of the 7 conditions."""
     ds = dataset_from_raw(generate(SynthConfig(n_train=12, n_valid=4, n_test=4, seed=3, **TINY)))
     fields = get_model_entry(model_name).config_cls.__dataclass_fields__
-    small = {f"model.{k}": v for k, v in (("layers", 1), ("heads", 2)) if k in fields}
+    small = {f"model.{k}": v for k, v in (("layers", 1), ("heads", 2)) if k in fields} | model_needs(model_name, "model.")
     cfg = resolve_config(model_name, None, None, None, small)
     torch.manual_seed(0)
     model, _ = build_model(cfg, ds, get_scheme("sims"))

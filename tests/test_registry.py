@@ -26,6 +26,7 @@ from affectus.models.registry import (
     register_model,
 )
 from affectus.training.config import resolve_config
+from conftest import model_needs
 
 TINY = {"seq_lens": {"text": 4, "audio": 6, "vision": 5}, "dims": {"text": 12, "audio": 5, "vision": 7}}
 
@@ -197,7 +198,7 @@ def test_model_names_are_case_insensitive_and_suggested():
 def test_every_registered_model_builds_from_its_registry_entry():
     for name in list_models():
         entry = get_model_entry(name)
-        model = create_model(name, make_config(name, {"dims": TINY["dims"]}))
+        model = create_model(name, make_config(name, {"dims": TINY["dims"], **model_needs(name)}))
         assert isinstance(model, nn.Module)
         assert entry.default_variant in entry.get_variants()
 

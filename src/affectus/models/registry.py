@@ -44,6 +44,8 @@ _MODEL_MODULES = (
     "affectus.models.sdrs",
     "affectus.models.mmin",
     "affectus.models.if_mmin",
+    "affectus.models.triaged_msa",
+    "affectus.models.mse_adapter",
 )
 
 SUPERVISED = "affectus.training.recipes.supervised:SupervisedRecipe"
