@@ -97,6 +97,10 @@ class Preset(Strict):
     # Table VII row, `cmc-gt`); never inputs (those are `inputs:`, the same for every model)
     settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
     synth: SynthFacts = Field(default_factory=SynthFacts)  # what `synth:NAME` makes
+    # the separator between group (video) and clip in the files' ids, for files whose ids are not MMSA's
+    # `video$_$clip` and that carry no group / position keys (mosi-utterance: `<video>_<segment>`); the
+    # loader derives each split's groups and positions from it (docs/data.md, "Groups"). None: MMSA's only
+    id_separator: Annotated[str, Field(min_length=1)] | None = None
     # where each settings value was written ("FILE:LINE"), so the config path's errors point at the line
     settings_where: dict[str, dict[str, str]] = Field(default_factory=dict, exclude=True)
 
