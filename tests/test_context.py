@@ -215,3 +215,15 @@ def test_predicting_arrays_with_a_context_run_is_refused(tmp_path, cli, make_raw
     p = load(run)
     with pytest.raises(AffectusError, match="reads context"):
         p.predict({m: np.zeros((2, 1, d), np.float32) for m, d in p.dims.items()})
+    # serve's start-up probe (which outputs the model gives) still runs its zero sample through the model
+    from affectus.inference.service import _probe
+
+    assert _probe(p) is not None
+
+
+def test_tables_name_the_context_in_the_inputs_column():
+    from affectus.data.presets import inputs_label
+
+    assert inputs_label(None, {"window": 2, "causal": False}) == "file+context2"
+    assert inputs_label(None, {"window": 1, "causal": True}) == "file+causal1"
+    assert inputs_label(None, None) == "file"

@@ -65,10 +65,14 @@ class Inputs(Strict):
         return {"train.text_inputs": self.text_inputs, "train.text_encoder": self.text_encoder}
 
 
-def inputs_label(record: dict[str, Any] | None) -> str:
+def inputs_label(record: dict[str, Any] | None, context: dict[str, Any] | None = None) -> str:
     """A run's inputs in a few characters, for table columns: "file" (the file's features as they are), or
     "<text inputs>:<encoder>@<fingerprint[:8]>" (e.g. "sentence+file:minilm@1f0a9c3e") from run.json's
-    `text_inputs` record. Two runs with the same label read the same numbers from the same file."""
+    `text_inputs` record; "+context<K>" (or "+causal<K>") after it when run.json's `context` is set
+    (data/context.py). Two runs with the same label read the same numbers from the same file."""
+    if context:
+        kind = "causal" if context.get("causal") else "context"
+        return f"{inputs_label(record)}+{kind}{context.get('window')}"
     if not record:
         return "file"
     encoder = record.get("text_encoder") or {}
