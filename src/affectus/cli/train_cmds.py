@@ -270,14 +270,6 @@ def params(
         values["dims"], views = encoded_dims(values["dims"], cfg.train.text_inputs, cfg.train.text_encoder)
         if views and can.text_views:
             values["text_views"] = [[name, width] for name, width in views]
-    if cfg.train.context:  # the context views double the text's columns (data/context.py)
-        from affectus.data.context import context_views
-
-        views = context_views([tuple(v) for v in values.get("text_views") or []], values["dims"]["text"],
-                              "file" if cfg.train.text_inputs == "file" else "transcript")
-        values["dims"] = {**values["dims"], "text": 2 * values["dims"]["text"]}
-        if can.text_views:
-            values["text_views"] = [[name, width] for name, width in views]
     print(size_from_config(cfg.model_name, values))
 
 
