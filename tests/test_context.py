@@ -12,7 +12,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import one_error_line
 
 from affectus.data.context import (
     add_context,
@@ -26,6 +25,7 @@ from affectus.data.mmsa import dataset_from_raw
 from affectus.data.npz import write_npz
 from affectus.data.types import MERDataset, Split
 from affectus.errors import AffectusError
+from conftest import one_error_line
 
 
 def hand_split(available: np.ndarray | None = None) -> Split:
@@ -247,5 +247,5 @@ def test_context_after_reencoded_transcripts(tmp_path, cli, make_raw):
     views = [["transcript", 384], ["file", 6], ["transcript_context", 384], ["file_context", 6]]
     assert info["context"]["views"] == views and info["model_config"]["text_views"] == views
     assert info["context"]["width"] == 390 and info["dims"]["text"] == 780
-    rc, out, err = cli("evaluate", run, "--data", other, "--split", "test", "--json")
+    rc, _, err = cli("evaluate", run, "--data", other, "--split", "test", "--json")
     assert rc == 0, err
