@@ -249,3 +249,19 @@ def test_context_after_reencoded_transcripts(tmp_path, cli, make_raw):
     assert info["context"]["width"] == 390 and info["dims"]["text"] == 780
     rc, _, err = cli("evaluate", run, "--data", other, "--split", "test", "--json")
     assert rc == 0, err
+
+
+def test_a_presets_id_separator_gives_groups(tmp_path, make_raw, write_raw):
+    # mosi-utterance's ids are `<video>_<segment>` (a video id may hold "_" too: the last one splits)
+    from affectus.data.mmsa import load_dataset
+
+    raw = make_raw(sizes={"train": 6, "valid": 3}, dims={"text": 100, "audio": 73, "vision": 100},
+                   seq_lens={"text": 1, "audio": 1, "vision": 1})
+    raw["train"]["id"] = ["a_x_2", "a_x_10", "b_1", "b_0", "a_x_1", "c_5"]
+    raw["valid"]["id"] = ["v_1", "v_2", "w_0"]
+    path = write_raw(raw, "utt.pkl")
+    ds = load_dataset(path, preset="mosi-utterance")
+    assert ds["train"].groups == ["a_x", "a_x", "b", "b", "a_x", "c"]
+    assert ds["train"].positions.tolist() == [2, 10, 1, 0, 1, 5]
+    assert ds["valid"].groups == ["v", "v", "w"]
+    assert load_dataset(path)["train"].groups is None  # without the preset: MMSA's `$_$` only
