@@ -142,6 +142,11 @@ def load_dataset(
 def _validated(raw: Any, prior: dict[tuple[str, str], int], source: str, preset: str | Preset | None) -> MERDataset:
     p = None if preset is None else (preset if isinstance(preset, Preset) else load_preset(preset))
     dataset = dataset_from_raw(raw, source=source, label_keys=None if p is None else p.scheme.label_keys)
+    if p is not None and p.id_separator is not None:  # the preset says how its files' ids name the group
+        for split in dataset.splits.values():
+            derived = groups_from_ids(split.ids, p.id_separator) if split.groups is None else None
+            if derived is not None:
+                split.groups, split.positions = derived
     # Values already replaced when the npz was written still count: the npz holds the cleaned arrays.
     for k, v in prior.items():
         dataset.sanitised[k] = dataset.sanitised.get(k, 0) + v
@@ -324,13 +329,14 @@ def _availability(source: str, name: str, value: Any, lengths: dict[str, np.ndar
     return mask
 
 
-def groups_from_ids(ids: list[str]) -> tuple[list[str], np.ndarray] | None:
+def groups_from_ids(ids: list[str], sep: str = ID_SEP) -> tuple[list[str], np.ndarray] | None:
     """MMSA ids `video$_$clip` -> (groups, positions): the video, and the clip's order in it (the clip id
     when every clip id is a whole number, unique in its video; else the order of the rows). None when
-    some id is not of that form."""
-    if not ids or not all(ID_SEP in i for i in ids):
+    some id is not of that form. `sep`: another separator a preset declares for its files' ids (the last
+    one in an id splits it, so a video id may hold it too: mosi-utterance's `<video>_<segment>`)."""
+    if not ids or not all(sep in i for i in ids):
         return None
-    pairs = [i.rpartition(ID_SEP)[::2] for i in ids]
+    pairs = [i.rpartition(sep)[::2] for i in ids]
     groups = [g for g, _ in pairs]
     return groups, order_in_groups(groups, [c for _, c in pairs])
 

@@ -65,10 +65,14 @@ class Inputs(Strict):
         return {"train.text_inputs": self.text_inputs, "train.text_encoder": self.text_encoder}
 
 
-def inputs_label(record: dict[str, Any] | None) -> str:
+def inputs_label(record: dict[str, Any] | None, context: dict[str, Any] | None = None) -> str:
     """A run's inputs in a few characters, for table columns: "file" (the file's features as they are), or
     "<text inputs>:<encoder>@<fingerprint[:8]>" (e.g. "sentence+file:minilm@1f0a9c3e") from run.json's
-    `text_inputs` record. Two runs with the same label read the same numbers from the same file."""
+    `text_inputs` record; "+context<K>" (or "+causal<K>") after it when run.json's `context` is set
+    (data/context.py). Two runs with the same label read the same numbers from the same file."""
+    if context:
+        kind = "causal" if context.get("causal") else "context"
+        return f"{inputs_label(record)}+{kind}{context.get('window')}"
     if not record:
         return "file"
     encoder = record.get("text_encoder") or {}
@@ -97,6 +101,10 @@ class Preset(Strict):
     # Table VII row, `cmc-gt`); never inputs (those are `inputs:`, the same for every model)
     settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
     synth: SynthFacts = Field(default_factory=SynthFacts)  # what `synth:NAME` makes
+    # the separator between group (video) and clip in the files' ids, for files whose ids are not MMSA's
+    # `video$_$clip` and that carry no group / position keys (mosi-utterance: `<video>_<segment>`); the
+    # loader derives each split's groups and positions from it (docs/data.md, "Groups"). None: MMSA's only
+    id_separator: Annotated[str, Field(min_length=1)] | None = None
     # where each settings value was written ("FILE:LINE"), so the config path's errors point at the line
     settings_where: dict[str, dict[str, str]] = Field(default_factory=dict, exclude=True)
 

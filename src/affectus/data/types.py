@@ -40,6 +40,9 @@ class Split:
     groups: list[str] | None = None
     positions: np.ndarray | None = None
     speakers: list[str] | None = None  # (N,) who says each utterance (MELD); None: not known
+    # (N,) int64 how many neighbours each sample's context view averages (data/context.py; 0: none, e.g.
+    # at a group's edge, its context columns are zeros); None: the split carries no context
+    context_lengths: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -78,6 +81,7 @@ class Split:
             groups=None if self.groups is None else [self.groups[i] for i in rows],
             positions=take(self.positions),
             speakers=None if self.speakers is None else [self.speakers[i] for i in rows],
+            context_lengths=take(self.context_lengths),
         )
 
 

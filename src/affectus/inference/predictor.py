@@ -186,7 +186,18 @@ class Predictor:
         """`split` as this run reads it. When the run re-encoded transcripts (`train.text_inputs`, recorded
         in run.json), the same encoder re-encodes the split's `raw_text` (then any modality the split
         marks absent is absent again); otherwise the split itself. `predict` and `evaluate` call this
-        on every Split they get, so callers pass files' splits as they are."""
+        on every Split they get, so callers pass files' splits as they are. A run trained with context
+        (`train.context`, run.json's `context`) then gets the split's own context, built from its groups as
+        training built it (a split without groups is refused)."""
+        split = self._reads_text(split)
+        context = self.info.get("context")
+        if not context:
+            return split
+        from affectus.data.context import context_from_run
+
+        return context_from_run(split, context, f"{self.run_dir}")
+
+    def _reads_text(self, split: Split) -> Split:
         record = self.info.get("text_inputs")
         if not record:
             return split
@@ -235,6 +246,10 @@ class Predictor:
         if not isinstance(arrays, Mapping):
             raise AffectusError(f"predict: expected a Split, a Batch or a dict of arrays {{text, audio, vision}}, "
                                 f"got {type(arrays).__name__}")
+        if self.info.get("context"):  # arrays name no group: there are no neighbours to read
+            raise AffectusError(f"predict: {self.run_dir} reads context (train.context = "
+                                f"{self.info['context'].get('window')}), which needs each sample's group and "
+                                f"position: give a Split (a file) with groups, not arrays")
         allowed = [*MODALITIES, *(f"{m}_lengths" for m in MODALITIES)]
         for key in arrays:
             if key not in allowed:

@@ -483,6 +483,13 @@ def _probe(predictor: Any) -> Any:
     seq = predictor.info.get("seq_lens") or {}
     arrays = {m: np.zeros((1, int(seq.get(m) or 1), predictor.dims[m]), np.float32) for m in MODALITIES}
     try:
+        if predictor.info.get("context"):  # a context run refuses arrays (no group): the zero sample as a Batch
+            from affectus.data.batches import make_batch
+            from affectus.data.types import Split
+
+            lengths = {f"{m}_lengths": np.array([a.shape[1]], np.int64) for m, a in arrays.items()}
+            probe = Split(name="probe", **arrays, **lengths, labels=np.zeros(1, np.float32), ids=["probe"])
+            return predictor.predict(make_batch(probe, np.arange(1), with_labels=False))
         return predictor.predict(arrays)
     except Exception:  # noqa: BLE001 - e.g. a run that reads BERT tokens: the metadata lists the sure outputs
         _log.warning("the probe forward failed: /v2 metadata lists probabilities and verdict only", exc_info=True)

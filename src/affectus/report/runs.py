@@ -56,7 +56,7 @@ class Run:
         """What the model read, short (run.json `text_inputs`): "file", or the encoder and its fingerprint."""
         from affectus.data.presets import inputs_label
 
-        return inputs_label(self.info.get("text_inputs"))
+        return inputs_label(self.info.get("text_inputs"), self.info.get("context"))
 
     @property
     def name(self) -> str:

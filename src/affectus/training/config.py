@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from affectus.data.context import MAX_WINDOW
 from affectus.data.presets import TEXT_INPUTS
 from affectus.errors import AffectusError, SettingError
 from affectus.models.registry import DEFAULT_MODEL
@@ -54,6 +55,12 @@ class TrainConfig:
     # evaluating or predicting on another file re-encodes that file's transcripts the same way.
     text_inputs: str = "file"
     text_encoder: str = "minilm"  # the packaged MiniLM, or a local BERT-family directory
+    # Context (data/context.py): each sample also reads the mean of the text features of the `context`
+    # utterances before it in its group (video, dialogue) and, unless `context_causal`, the `context` after
+    # it, as context views beside its text views. 0: off. Needs groups in every split; the run records it,
+    # so evaluating or predicting on another file builds that file's context the same way.
+    context: int = 0
+    context_causal: bool = False  # only preceding utterances (what live use can have)
 
     def validate(self) -> None:
         """Ranges a type cannot say, checked before anything is written."""
@@ -62,6 +69,16 @@ class TrainConfig:
             raise SettingError("train.text_inputs", self.text_inputs, f"one of {', '.join(TEXT_INPUTS)}")
         if not self.text_encoder:
             raise SettingError("train.text_encoder", self.text_encoder, "minilm or a local model directory")
+        if not 0 <= self.context <= MAX_WINDOW:
+            raise SettingError("train.context", self.context, f"a number of utterances in [0, {MAX_WINDOW}] (0: off)")
+        if self.context_causal and not self.context:
+            raise SettingError("train.context_causal", self.context_causal,
+                               "set only with train.context >= 1 (it says which neighbours the context reads)",
+                               "train.context")
+        if self.context and self.text_inputs == "bert":
+            raise SettingError("train.context", self.context,
+                               "0 with train.text_inputs = bert (a BERT text path reads token ids, not the "
+                               "text feature the context is added to)", "train.text_inputs")
 
     def _validate_ranges(self) -> None:
         if self.batch_size < 2:

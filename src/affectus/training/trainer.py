@@ -166,6 +166,7 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
     tc = cfg.train
     device = _device(tc.device)
     dataset, text_record, text_views, text_model_dir = _text_inputs(dataset, tc)
+    dataset, context_record, text_views = _context(dataset, tc, text_views)
     torch.manual_seed(tc.seed)
     train_split, select_split = dataset[plan.train], dataset[plan.select]
     if tc.consistent_retention < 1.0:
@@ -230,6 +231,9 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
         # the text encoder that re-encoded the transcripts (train.text_inputs); evaluate / predict on another
         # file re-encode its transcripts from this record (None: the file's text features were used as they are)
         "text_inputs": text_record,
+        # train.context (data/context.py): the window and the views it added; evaluate / predict on another file
+        # build that file's context from its own groups the same way (None: no context)
+        "context": context_record,
         "stages": result.summary,
         # part -> the split it learned from; `selection_parts` chose on theirs (named, not marked in-sample)
         "fitted_on": fitted_parts(result, plan),
@@ -281,6 +285,14 @@ def _check_training_modalities(cfg: ResolvedConfig, split: Split) -> None:
 
 
 def _check_inputs(dataset: MERDataset, cfg: ResolvedConfig) -> None:
+    if cfg.train.context:
+        from affectus.data.context import check_context
+
+        check_context(dataset, cfg.train.context)
+        if get_model_entry(cfg.model_name).can(cfg.model).reads_transcripts:
+            raise AffectusError(f"train.context = {cfg.train.context}: model {cfg.model_name} as configured reads "
+                                f"the transcripts' token ids through its own BERT, not the text feature the context "
+                                f"is added to; train it on text features, or without context (train.context=0)")
     if cfg.train.text_inputs == "file":
         return
     from affectus.features.text import check_text_inputs
@@ -297,6 +309,19 @@ def _text_inputs(dataset: MERDataset, tc) -> tuple[MERDataset, dict[str, Any] | 
     dataset, record, views, encoder = apply_text_inputs(dataset, tc.text_inputs, tc.text_encoder)
     logger.info(f"text inputs: {tc.text_inputs} from the transcripts, encoder {tc.text_encoder}")
     return dataset, record, views, None if encoder is None else str(encoder.model_dir)
+
+
+def _context(dataset: MERDataset, tc, text_views: list) -> tuple[MERDataset, dict[str, Any] | None, list]:
+    """`train.context` applied after the text inputs (the context averages the text as the model reads it):
+    the dataset with context columns, the record, the text views with the context views added."""
+    if not tc.context:
+        return dataset, None, text_views
+    from affectus.data.context import apply_context
+
+    base = "file" if tc.text_inputs == "file" else "transcript"  # the text block's name when it has no views
+    dataset, record, views = apply_context(dataset, tc.context, tc.context_causal, text_views, base)
+    logger.info(f"context: {tc.context} utterance(s) {'before' if tc.context_causal else 'on each side of'} each one")
+    return dataset, record, views
 
 
 def retain_consistent(split: Split, rate: float, seed: int, scheme: LabelScheme) -> Split:

@@ -71,7 +71,7 @@ def aggregate(out_dir: str | Path) -> list[dict[str, Any]]:
             values["train_seconds"] = info.get("train_seconds")
             runs.append({**planned, "values": values, "family": info.get("family"),
                          # what the model read (run.json text_inputs): "file", or the encoder, short
-                         "inputs": inputs_label(info.get("text_inputs")),
+                         "inputs": inputs_label(info.get("text_inputs"), info.get("context")),
                          "params": parameter_count(info["model_name"], info["model_config"]),
                          # one class predicted for every sample of the reported split (trainer's check)
                          "degenerate": exp["eval_split"] in (info.get("degenerate") or {}),

@@ -1,0 +1,161 @@
+"""Context: each utterance read with its neighbours in the same group (video, dialogue), for every model.
+
+`train.context = K` (0: off) gives each sample a context view: the mean of the pooled text features of
+the K utterances before it in its group and, unless `train.context_causal`, the K after it. Built here,
+once, from a split's `groups` / `positions` (data/types.py) and its features only, never its labels;
+each split's context comes from that split's own rows, so nothing crosses from one split into another.
+
+How models see it: the context is new columns of the text feature, one context view per text view
+(`transcript_context` beside `transcript`, `file_context` beside `file`), delivered the way
+`train.text_inputs`' views are (features/text.py): a model with views (`Capabilities.text_views`: CMC+'s
+experts, `linear`'s blocks) gets each as a view of its own; any other model reads the columns
+concatenated. The context vector is repeated over the text's L steps, so whatever pooling a model does
+over the true steps (or over all L) gives back exactly that vector.
+
+Why the text feature only: the context travels in the text block, so it is present exactly when the
+sample's text is (an absent text zero-fills its context too); on MELD text is the only modality; and on
+mosi-utterance text is the strong modality (75% alone vs about 54% for audio or vision), so averaging
+audio and vision neighbours would add 173 weak columns for 1,447 training samples.
+
+Edges: a neighbour is one of the group's rows sorted by position (positions need not be contiguous),
+and a neighbour whose text is absent (length 0 or marked absent) does not count. A sample with no
+neighbour that counts gets zeros, and `Split.context_lengths` (N,) says how many neighbours each
+context averages (0 there). A split without groups has no context: a run asking for one is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from affectus.data.types import MERDataset, Split
+from affectus.errors import AffectusError
+
+CONTEXT_SUFFIX = "_context"  # a text view's context view is named VIEW_context
+MAX_WINDOW = 1000  # utterances on each side; far beyond any conversation in the field's sets
+
+
+def window_rows(groups: list[str], positions: np.ndarray, window: int, causal: bool) -> np.ndarray:
+    """(N, W) int64 row indices of each row's neighbours in its group (-1 where the group ends), with W =
+    `window` (causal: the `window` rows before it) or 2 * `window` (also the `window` rows after it).
+    Columns: the nearest preceding row first, then farther ones; then the following rows, nearest first."""
+    n = len(groups)
+    if positions is None or len(positions) != n:
+        raise AffectusError("context: groups and positions must describe every row")
+    _, group_of = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
+    order = np.lexsort((np.asarray(positions), group_of))  # rows sorted by group, then position
+    sorted_groups = group_of[order]
+    offsets = [-d for d in range(1, window + 1)] + ([] if causal else list(range(1, window + 1)))
+    out = np.full((n, len(offsets)), -1, dtype=np.int64)
+    rank = np.arange(n)
+    for col, d in enumerate(offsets):
+        other = rank + d  # the neighbour's place in the sorted order
+        ok = (other >= 0) & (other < n)
+        same = np.zeros(n, dtype=bool)
+        same[ok] = sorted_groups[other[ok]] == sorted_groups[ok]
+        out[order[same], col] = order[other[same]]
+    return out
+
+
+def pooled_text(split: Split) -> tuple[np.ndarray, np.ndarray]:
+    """(N, D) the text feature averaged over each sample's true steps, and (N,) bool whether it has text."""
+    x, lengths = split.text, np.clip(np.asarray(split.text_lengths), 0, split.text.shape[1])
+    mask = (np.arange(x.shape[1])[None, :] < lengths[:, None]).astype(np.float32)
+    pooled = (x * mask[..., None]).sum(1) / np.maximum(lengths, 1)[:, None].astype(np.float32)
+    present = lengths > 0
+    if split.available is not None:
+        present &= split.available[:, 0]
+    return pooled.astype(np.float32), present
+
+
+def context_features(split: Split, window: int, causal: bool, where: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """(N, Dt) float32 each sample's context (the mean of its neighbours' pooled text), (N,) int64 how many
+    neighbours it averages. Reads the split's features, groups and positions, nothing else."""
+    if split.groups is None or split.positions is None:
+        raise AffectusError(f"{where or f'split {split.name}'}: no groups (video or dialogue of each sample), "
+                            f"which train.context needs")
+    rows = window_rows(split.groups, split.positions, window, causal)  # (N, W)
+    pooled, present = pooled_text(split)
+    use = (rows >= 0) & present[np.maximum(rows, 0)]  # (N, W) neighbours that count
+    counts = use.sum(1).astype(np.int64)
+    total = np.zeros_like(pooled, dtype=np.float64)
+    for col in range(rows.shape[1]):  # W is small: one gather per neighbour slot
+        take = use[:, col]
+        total[take] += pooled[rows[take, col]]
+    ctx = (total / np.maximum(counts, 1)[:, None]).astype(np.float32)
+    return ctx, counts
+
+
+def add_context(split: Split, window: int, causal: bool, where: str = "") -> Split:
+    """`split` with its context appended to the text feature's columns (repeated over the L steps; zero
+    where the sample's own text is absent) and `context_lengths` set."""
+    ctx, counts = context_features(split, window, causal, where)
+    _, own = pooled_text(split)
+    ctx[~own] = 0.0  # the context travels with the sample's text: absent with it
+    steps = split.text.shape[1]
+    text = np.concatenate([split.text, np.broadcast_to(ctx[:, None, :], (len(split), steps, ctx.shape[1]))], axis=2)
+    return replace(split, text=np.ascontiguousarray(text, dtype=np.float32), context_lengths=counts)
+
+
+def context_views(text_views: list[tuple[str, int]], text_dim: int, base: str) -> list[tuple[str, int]]:
+    """The text views once the context is appended: the views as they were (one block named `base` when
+    there were none), then each one's context view, in the same order."""
+    views = list(text_views) or [(base, int(text_dim))]
+    return [*views, *((f"{name}{CONTEXT_SUFFIX}", width) for name, width in views)]
+
+
+def check_context(dataset: MERDataset, window: int, what: str = "train.context") -> None:
+    """Refuse (one line) a dataset whose splits cannot give a context: a split without groups."""
+    if not window:
+        return
+    for name, split in dataset.splits.items():
+        if split.groups is None or split.positions is None:
+            raise AffectusError(f"{what} = {window} needs groups (the video or dialogue of each sample), but "
+                                f"file {dataset.source} split {name} has none (no group/position keys, and its "
+                                f"ids do not name one); train without context: --set train.context=0")
+
+
+def apply_context(dataset: MERDataset, window: int, causal: bool, text_views: list[tuple[str, int]], base: str
+                  ) -> tuple[MERDataset, dict[str, Any] | None, list[tuple[str, int]]]:
+    """`train.context` applied to every split of a dataset: (dataset, run.json record, the new text views).
+    window 0 returns the dataset untouched, no record and the views as they were."""
+    if not window:
+        return dataset, None, list(text_views)
+    check_context(dataset, window)
+    text_dim = dataset.dims["text"]
+    views = context_views(text_views, text_dim, base)
+    splits = {name: add_context(split, window, causal, f"file {dataset.source} split {name}")
+              for name, split in dataset.splits.items()}
+    record = {"window": int(window), "causal": bool(causal), "reads": "text", "width": int(text_dim),
+              "views": [[name, int(width)] for name, width in views]}
+    return MERDataset(splits=splits, source=dataset.source, sanitised=dict(dataset.sanitised)), record, views
+
+
+def context_from_record(record: Any, where: str = "run.json context") -> tuple[int, bool, int]:
+    """(window, causal, text width before the context) of a run's context record, checked."""
+    if not isinstance(record, dict) or not {"window", "causal", "width"} <= set(record):
+        raise AffectusError(f"{where}: expected an object with window, causal and width, got {record!r:.200}")
+    window, causal, width = record["window"], record["causal"], record["width"]
+    if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= MAX_WINDOW:
+        raise AffectusError(f"{where}: window {window!r} is not a whole number in [1, {MAX_WINDOW}]")
+    if not isinstance(causal, bool):
+        raise AffectusError(f"{where}: causal {causal!r} is not true or false")
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise AffectusError(f"{where}: width {width!r} is not a positive whole number")
+    return window, causal, width
+
+
+def context_from_run(split: Split, record: dict[str, Any], where: str) -> Split:
+    """A new file's split read as the run that wrote `record` read its data: its own context, from its own
+    groups. A split without groups, or whose text is not as wide as the run's was, is refused."""
+    window, causal, width = context_from_record(record, where)
+    if split.groups is None or split.positions is None:
+        raise AffectusError(f"{where}: the run reads context (train.context = {window}), which needs groups (the "
+                            f"video or dialogue of each sample), but split {split.name} has none; give a file "
+                            f"whose splits carry group/position keys or ids that name the group")
+    if split.text.shape[2] != width:
+        raise AffectusError(f"split {split.name} text: feature dim {split.text.shape[2]}, the run expects {width} "
+                            f"(before its context columns)")
+    return add_context(split, window, causal, f"split {split.name}")
