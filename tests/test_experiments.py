@@ -263,8 +263,8 @@ def test_ray_local_trains_the_same_runs_and_a_killed_worker_resumes(sim_file: Pa
     from affectus.utils import executors
 
     spec = yaml.safe_load(find_spec("table5_ablation").read_text(encoding="utf-8"))
-    spec["runs"] = [r for r in spec["runs"] if r["name"] in ("CMC", "w/o MCR")]
-    path = tmp_path / "two_rows.yaml"
+    spec["runs"] = [r for r in spec["runs"] if r["name"] == "CMC"]  # 2 runs: Ray's start-up is most of the time
+    path = tmp_path / "one_row.yaml"
     path.write_text(yaml.safe_dump(spec), encoding="utf-8")
     # Ray's workers are new processes: they must import this very affectus
     src = str(Path(affectus.__file__).resolve().parents[1])
@@ -302,9 +302,9 @@ def test_ray_local_trains_the_same_runs_and_a_killed_worker_resumes(sim_file: Pa
 
     def lines(folder: Path) -> list[list[str]]:
         rows = _without_times(folder / "results.csv")
-        return [rows[0]] + [r for r in rows[1:] if r[1] in ("cmc", "w-o-mcr")]
+        return [rows[0]] + [r for r in rows[1:] if r[0] == "run" and r[1] == "cmc"]
 
-    assert lines(out) == lines(table5_reference)
+    assert lines(out) == lines(table5_reference) and len(lines(out)) == 1 + 2
 
 
 def test_modality_columns_and_retention_slopes(sim_file: Path, tmp_path: Path) -> None:
