@@ -54,7 +54,10 @@ def _csv(exp: dict[str, Any], runs: list[dict], rows: list[dict], metric_keys: l
 
 
 def _ratio(seconds: float | None, base: float) -> str:
-    return "-" if seconds is None else f"{seconds / base:.2f}"
+    if seconds is None:
+        return "-"
+    ratio = seconds / base
+    return f"{ratio:.2f}" if ratio >= 0.1 else f"{ratio:.2g}"  # 0.0034, not 0.00
 
 
 def _parts(parts: list[str] | None) -> str:
