@@ -3,10 +3,8 @@ existing directory's plan compared with this one's, every run's inputs readable 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any
 
 from affectus.errors import AffectusError
 from affectus.experiments.spec import PlannedRun
