@@ -265,3 +265,16 @@ def test_a_presets_id_separator_gives_groups(tmp_path, make_raw, write_raw):
     assert ds["train"].positions.tolist() == [2, 10, 1, 0, 1, 5]
     assert ds["valid"].groups == ["v", "v", "w"]
     assert load_dataset(path)["train"].groups is None  # without the preset: MMSA's `$_$` only
+
+
+def test_mc_teacher_unlabeled_clips_get_the_runs_context(tmp_path, cli, make_raw):
+    """Data a recipe reads beside the run's file (MC-Teacher's unlabeled clips) gets the run's inputs, context
+    columns included (`trainer.apply_run_inputs`), so its features fit the training ones."""
+    data = grouped_file(tmp_path, make_raw, "data.npz", seed=1)
+    unlabeled = grouped_file(tmp_path, make_raw, "unlabeled.npz", seed=3)
+    run = tmp_path / "run"
+    rc, _, err = cli("train", "--data", data, "--model", "mc_teacher", "--out", run, "--set", "train.context=1",
+                     "--set", f"recipe.unlabeled={unlabeled}", "--set", "recipe.unlabeled_split=train", *FAST)
+    assert rc == 0, err
+    info = json.loads((run / "run.json").read_text())
+    assert info["dims"]["text"] == 12 and info["stages"]["train"]["unlabeled"]["clips"] == 24

@@ -311,6 +311,14 @@ def _text_inputs(dataset: MERDataset, tc) -> tuple[MERDataset, dict[str, Any] | 
     return dataset, record, views, None if encoder is None else str(encoder.model_dir)
 
 
+def apply_run_inputs(dataset: MERDataset, tc) -> MERDataset:
+    """A dataset as a run with train settings `tc` reads it: transcripts re-encoded (`train.text_inputs`), then
+    the context columns (`train.context`). For data a recipe reads beside the run's own file (MC-Teacher's
+    unlabeled clips), so it gets exactly the training features' inputs."""
+    dataset, _, text_views, _ = _text_inputs(dataset, tc)
+    return _context(dataset, tc, text_views)[0]
+
+
 def _context(dataset: MERDataset, tc, text_views: list) -> tuple[MERDataset, dict[str, Any] | None, list]:
     """`train.context` applied after the text inputs (the context averages the text as the model reads it):
     the dataset with context columns, the record, the text views with the context views added."""

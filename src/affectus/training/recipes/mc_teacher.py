@@ -112,13 +112,13 @@ def consistency(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> t
 
 def load_unlabeled(rc: MCTeacherRecipeConfig, like: Split, tc) -> Split | None:
     """The unlabeled split with the run's inputs applied (`train.text_inputs`: its transcripts re-encoded
-    as the labeled data's were), checked against the training features' sizes. Its labels are never read."""
+    as the labeled data's were; `train.context`: its own neighbours' context columns), checked against the training features' sizes. Its labels are never read."""
     if not rc.unlabeled:
         return None
-    from affectus.training.trainer import _text_inputs  # the one place the run's text inputs are applied
+    from affectus.training.trainer import apply_run_inputs  # the one place a run's inputs are applied
 
     dataset, _ = open_data(rc.unlabeled)
-    dataset = _text_inputs(dataset, tc)[0]
+    dataset = apply_run_inputs(dataset, tc)
     if rc.unlabeled_split not in dataset:
         raise AffectusError(f"recipe.unlabeled {rc.unlabeled}: no split {rc.unlabeled_split!r} (it has "
                             f"{', '.join(dataset.splits)}); set recipe.unlabeled_split")
