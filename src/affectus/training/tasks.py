@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -55,11 +56,32 @@ class SupervisedTask(SelectsBestState):
         return loss, {"loss": loss.detach()}
 
     def validate(self, model) -> dict[str, float]:
-        total, n, correct = 0.0, 0, 0
-        for batch in self.val_batches():
-            batch = batch.to(next(model.parameters()).device)
-            logits = model(batch).logits
-            total += F.cross_entropy(logits, batch.classes, reduction="sum").item()
-            correct += int((logits.argmax(-1) == batch.classes).sum())
+        return validation_ce(model, self.val_batches)
+
+
+def validation_ce(model, batches) -> dict[str, float]:
+    """The selection split's mean cross-entropy of the verdict (`loss`, what early stopping reads) and its
+    accuracy; `batches()` gives the split's batches."""
+    total, n, correct = 0.0, 0, 0
+    for batch in batches():
+        batch = batch.to(next(model.parameters()).device)
+        logits = model(batch).logits
+        total += F.cross_entropy(logits, batch.classes, reduction="sum").item()
+        correct += int((logits.argmax(-1) == batch.classes).sum())
+        n += len(batch)
+    return {"loss": total / max(n, 1), "acc": 100.0 * correct / max(n, 1)}
+
+
+def mean_ce_over_sets(model, val_sets) -> dict[str, float]:
+    """The verdict's cross-entropy on each selection set (`val_sets`: callables giving batches, e.g. one per
+    availability condition), averaged so each set weighs the same whatever its size (MCUR, MMIN)."""
+    device = next(model.parameters()).device
+    losses = []
+    for batches in val_sets:
+        total, n = 0.0, 0
+        for batch in batches():
+            batch = batch.to(device)
+            total += F.cross_entropy(model(batch).logits.float(), batch.classes, reduction="sum").item()
             n += len(batch)
-        return {"loss": total / max(n, 1), "acc": 100.0 * correct / max(n, 1)}
+        losses.append(total / max(n, 1))
+    return {"loss": float(np.mean(losses))}

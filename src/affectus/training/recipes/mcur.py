@@ -33,7 +33,7 @@ from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError
 from affectus.training.losses import supcon_loss
 from affectus.training.recipes.base import FrozenPart, RecipeContext, RecipeResult
-from affectus.training.tasks import SelectsBestState
+from affectus.training.tasks import SelectsBestState, mean_ce_over_sets
 
 _COMBINATION_CODE = torch.tensor([1, 2, 4])  # text, audio, vision bits: {l} = 1, ..., {l,a,v} = 7
 
@@ -121,16 +121,7 @@ class MCURTask(SelectsBestState):
         return total, out
 
     def validate(self, model) -> dict[str, float]:
-        device = next(model.parameters()).device
-        losses = []
-        for batches in self.val_sets:  # each set weighs the same, whatever its size
-            total, n = 0.0, 0
-            for batch in batches():
-                batch = batch.to(device)
-                total += F.cross_entropy(model(batch).logits.float(), batch.classes, reduction="sum").item()
-                n += len(batch)
-            losses.append(total / max(n, 1))
-        return {"loss": float(np.mean(losses))}
+        return mean_ce_over_sets(model, self.val_sets)  # each set weighs the same, whatever its size
 
 
 class UnimodalTask:

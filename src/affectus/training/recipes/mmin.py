@@ -45,7 +45,7 @@ from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError
 from affectus.models.mmin import fc_classifier, kaiming_init
 from affectus.training.recipes.base import RecipeContext, RecipeResult
-from affectus.training.tasks import SelectsBestState
+from affectus.training.tasks import SelectsBestState, mean_ce_over_sets
 
 logger = logging.getLogger("affectus.training")
 
@@ -300,16 +300,7 @@ class ImagineTask(SelectsBestState):
         return total, out
 
     def validate(self, model) -> dict[str, float]:
-        device = next(model.parameters()).device
-        losses = []
-        for batches in self.val_sets:  # each condition weighs the same
-            total, n = 0.0, 0
-            for batch in batches():
-                batch = batch.to(device)
-                total += F.cross_entropy(model(batch).logits.float(), batch.classes, reduction="sum").item()
-                n += len(batch)
-            losses.append(total / max(n, 1))
-        return {"loss": float(np.mean(losses))}
+        return mean_ce_over_sets(model, self.val_sets)  # each condition weighs the same
 
 
 # ------------------------------------------------------------------------------------------ recipe

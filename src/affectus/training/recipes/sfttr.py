@@ -41,7 +41,7 @@ from affectus.data.batches import Batch
 from affectus.errors import SettingError
 from affectus.models.sfttr import SEQUENCE, mlp
 from affectus.training.recipes.base import RecipeContext, RecipeResult
-from affectus.training.tasks import SelectsBestState
+from affectus.training.tasks import SelectsBestState, validation_ce
 
 
 @dataclass
@@ -227,14 +227,7 @@ class SFTTRTask(_Scheduled):
         return total, {"loss": total.detach(), "ce": ce.detach(), "con": con.detach()}
 
     def validate(self, model) -> dict[str, float]:
-        total, n, correct = 0.0, 0, 0
-        for batch in self.val_batches():
-            batch = batch.to(next(model.parameters()).device)
-            logits = model(batch).logits
-            total += F.cross_entropy(logits, batch.classes, reduction="sum").item()
-            correct += int((logits.argmax(-1) == batch.classes).sum())
-            n += len(batch)
-        return {"loss": total / max(n, 1), "acc": 100.0 * correct / max(n, 1)}
+        return validation_ce(model, self.val_batches)
 
 
 def adamw(params: list[tuple[str, torch.nn.Parameter]], lr: float, weight_decay: float) -> torch.optim.AdamW:
