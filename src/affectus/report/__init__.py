@@ -10,6 +10,7 @@ the runs' models (sections.py):
   with least-squares slopes) for train.consistent_retention;
 - training curves: the per-epoch histories of every stage;
 - PLGM label flips (Fig. 6), MCR router weights on D_msi samples (Fig. 7, needs `data=` to predict);
+- confusion matrices for categorical schemes (per-class F1 is in the results table; needs `data=`);
 - TensorBoard event files (see evaluation/tensorboard.py).
 
 The page is rendered by a Jinja2 template with autoescaping (page.py, templates/report.html).
@@ -58,7 +59,8 @@ def build_report(root: str | Path, data: Any = None, out: str | Path | None = No
                 ("Training curves", sections.training(page, runs, axes)),
                 ("PLGM pseudo-label flips (Fig. 6)", sections.flips(page, runs, axes, dataset, max_samples)),
                 ("MCR router weights on D_msi samples (Fig. 7)",
-                 sections.router(page, runs, axes, dataset, max_samples))]
+                 sections.router(page, runs, axes, dataset, max_samples)),
+                ("Confusion matrices", sections.confusion(runs, axes, dataset))]
     for title, blocks in optional:
         if blocks is not None:
             page.section(title, blocks)

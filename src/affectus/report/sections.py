@@ -562,6 +562,57 @@ def _router_blocks(page: Page, run: Run, title: tuple[str, str], split: Any, pre
     return blocks
 
 
+# ============================================================================ confusion matrices
+
+
+MAX_CONFUSION_ROWS = 8  # rows of an experiment shown as matrices; more are in each run's own report
+
+
+def confusion(runs: list[Run], axes: list[str], dataset: Any) -> list[Block] | None:
+    """Categorical schemes (MELD, IEMOCAP, emotions from clips): truth x prediction counts on the split each
+    row was scored on, for the row's first run with weights. Needs the data to predict with (run folders keep
+    metrics, not predictions). Per-class F1 is in the results table already (the scheme's columns)."""
+    from affectus.data.schemes import CategoricalScheme
+
+    cat = [r for r in runs if isinstance(r.scheme, CategoricalScheme)]
+    if not cat:
+        return None
+    if dataset is None:
+        return [note("needs the data to predict with: affectus report DIR --data FILE")]
+    from affectus.inference.predictor import load
+
+    blocks: list[Block] = [note("counts; rows: the true class, columns: the predicted class; the diagonal is right. "
+                                "One run per row (its first seed with weights).")]
+    rows = group_rows(cat, axes)
+    for row in rows[:MAX_CONFUSION_ROWS]:
+        run = next((r for r in _preferred(row.runs) if (r.path / "model.safetensors").is_file()), None)
+        if run is None:
+            blocks.append(note(f"{row.label}: no run kept its weights (model.safetensors)"))
+            continue
+        split_name = str(run.info.get("metrics_split", "test"))
+        if split_name not in dataset or dict(dataset.dims) != dict(run.info.get("dims") or {}):
+            blocks.append(note(f"{row.label}: the data has no '{split_name}' split with the run's feature dims "
+                               f"{run.info.get('dims')}"))
+            continue
+        scheme = run.scheme
+        split = dataset[split_name]
+        truth = scheme.to_classes(split.labels)
+        pred = np.asarray(load(run.path).predict(split).classes)
+        k = scheme.num_classes
+        counts = np.zeros((k, k), dtype=np.int64)
+        np.add.at(counts, (truth, pred), 1)
+        names = list(scheme.class_names)
+        lines = [[Cell(name), *[Cell(str(int(v)), best=(i == j and v > 0)) for j, v in enumerate(counts[i])],
+                  int(counts[i].sum())] for i, name in enumerate(names)]
+        lines.append(["predicted", *[int(v) for v in counts.sum(0)], int(counts.sum())])
+        blocks += [heading(f"{row.label} ({run.run_id}) on split '{split_name}'"),
+                   table(["true \\ predicted", *names, "n"], lines)]
+    if len(rows) > MAX_CONFUSION_ROWS:
+        blocks.append(note(f"{len(rows) - MAX_CONFUSION_ROWS} more row(s) not shown: run `affectus report` on a run "
+                           f"folder for its matrix"))
+    return blocks
+
+
 # ============================================================================ TensorBoard
 
 
