@@ -57,6 +57,15 @@ def test_expansion_ids_and_precedence() -> None:
     # --seeds N replaces the spec's seeds; an explicit list is kept as given
     assert [r.seed for r in expand(load_spec(spec), seeds=3)][:3] == [1, 2, 3]
     assert [r.seed for r in expand(load_spec({**spec, "seeds": [1111, 7]}))][:2] == [1111, 7]
+    # a row with `presets:` runs only under those presets (context rows: only data with groups has neighbours)
+    only = {"runs": [{"name": "CMC"}, {"name": "ctx", "model": "late_fusion", "overrides": {"train.context": 2},
+                                       "presets": ["mosi-utterance"]}]}
+    assert [r.row for r in expand(load_spec(only), seeds=1)] == ["CMC"]
+    assert [r.row for r in expand(load_spec(only), preset=load_preset("mosi-utterance"), seeds=1)] == ["CMC", "ctx"]
+    with pytest.raises(AffectusError, match="no row applies to preset 'sims'"):
+        expand(load_spec({"runs": [only["runs"][1]]}), preset=load_preset("sims"))
+    table4 = [r.row for r in expand(load_spec("table4_comparison"), preset=load_preset("mosi-utterance"), seeds=1)]
+    assert {"CMC+ ctx2", "LF-DNN ctx2", "LogReg ctx2"} <= set(table4)
     # a preset's Table III row shapes the config
     with_preset = expand(load_spec({"runs": [{"name": "CMC"}]}), preset=load_preset("sims"))
     assert with_preset[0].config.model["layers"] == 5
@@ -109,6 +118,7 @@ runs:
         (GOOD + "overrides: {train.seed: 3}\n", 7, "use `seeds:`"),
         (GOOD.replace("name: other", "name: cmc"), 5, "same id 'cmc'"),
         (GOOD + "grid: {model.tau: [0.1, 0.1]}\n", 7, "values repeat"),
+        (GOOD + "  - {name: X, model: cmc, presets: [mosi-utterance, mosy]}\n", 7, "unknown preset 'mosy'"),
         # rows that would read different inputs, without `mixed_inputs: true`
         (GOOD.replace("    variant: wo_mcr", "    variant: wo_mcr\n    overrides: {train.text_inputs: sentence}"), 5,
          "run 'other' reads inputs sentence:minilm, run 'CMC' reads file"),

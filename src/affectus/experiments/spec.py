@@ -15,6 +15,8 @@ fails in one line, `SPEC:LINE: what was expected`, before a single run starts.
     runs:                   # the rows of the table
       - {name: CMC, model: cmc, variant: cmc}
       - {name: LF-DNN, model: late_fusion, overrides: {train.epochs: 50}}
+      - {name: LF-DNN ctx, model: late_fusion, overrides: {train.context: 2}, presets: [mosi-utterance]}
+                            # presets: the row runs only under these presets (else it is left out)
     grid:                   # optional: cartesian product over config keys, crossed with runs
       model.tau: [0.05, 0.07, 0.1]
     mixed_inputs: false     # true: rows may read different inputs (train.text_inputs / text_encoder); they
@@ -61,6 +63,9 @@ class RowSpec(Strict):
     model: str = DEFAULT_MODEL
     variant: str | None = None  # None: the model's default variant
     overrides: dict[str, Any] = Field(default_factory=dict)  # config keys (model.x / train.x), as --set
+    # the row runs only when the experiment's preset is one of these (None: always). For rows that need what
+    # only some datasets have, e.g. train.context needs groups (videos, dialogues), which mosi-utterance has
+    presets: list[str] | None = None
 
 
 class ReportSpec(Strict):
@@ -253,6 +258,14 @@ def _rows(doc: Doc, rows: list[RowSpec]) -> None:
             raise doc.error(loc + ("name",), f"run name '{row.name}' gives the same id '{slug}' as '{slugs[slug]}'")
         slugs[slug] = row.name
         _overrides(doc, row.overrides, loc + ("overrides",))
+        if row.presets is not None:
+            from affectus.data.presets import list_presets
+
+            known = list_presets()
+            for j, name in enumerate(row.presets):
+                if name not in known:
+                    raise doc.error(loc + ("presets", j), f"unknown preset '{name}': expected one of "
+                                                          f"{', '.join(known)}{suggest(name, known)}")
 
 
 # The most grid points an experiment may have (as a sweep's grid, experiments/sweep/spec.py): each is planned,
@@ -362,6 +375,8 @@ def expand(
     indexed = {k: list(enumerate(values)) for k, values in spec.grid.items()}
     planned: list[PlannedRun] = []
     for i, row in enumerate(spec.runs):
+        if not row_applies(row, preset):
+            continue
         for combo in itertools.product(*(indexed[k] for k in keys)):
             located = dict(zip(keys, combo))
             point = {k: v for k, (_, v) in located.items()}
@@ -372,9 +387,17 @@ def expand(
                 cfg = dataclasses.replace(base, train=dataclasses.replace(base.train, seed=seed))
                 planned.append(PlannedRun(f"{group}__seed={seed}", group, row.name, row.model, row.variant,
                                           dict(point), seed, cfg))
+    if not planned:
+        raise AffectusError(f"{spec.source}: no row applies to preset {getattr(preset, 'name', None)!r} (every row "
+                            f"names other `presets:`)")
     if not spec.mixed_inputs:
         _check_one_input(spec, planned)
     return planned
+
+
+def row_applies(row: RowSpec, preset: Any) -> bool:
+    """A row with `presets:` runs only under one of them (a Preset object, or None: no preset)."""
+    return row.presets is None or (preset is not None and preset.name in row.presets)
 
 
 def _check_one_input(spec: ExperimentSpec, planned: list[PlannedRun]) -> None:
