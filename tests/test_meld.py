@@ -478,6 +478,22 @@ def test_predict_a_conversation_of_utterances(tmp_path, cli, causal):
         assert gap(changed[0], full[0]) < 1e-5
     else:  # the next utterance is part of the first one's context
         assert gap(changed[0], full[0]) > 1e-4
+    if causal:  # the service: the same conversation as JSON, the same verdicts; bad bodies are 4xx JSON errors
+        from fastapi.testclient import TestClient
+
+        from affectus.inference.service import create_app
+
+        with TestClient(create_app(run), base_url="http://localhost") as client:
+            got = client.post("/predict/utterances", json={"utterances": said})
+            assert got.status_code == 200, got.text
+            served = got.json()["predictions"]
+            assert [r["verdict"] for r in served] == [r["verdict"] for r in full]
+            assert max(gap(a, b) for a, b in zip(served, full)) < 1e-5
+            for body, status in [({"utterances": []}, 422), ({"utterances": ["ok", 3]}, 422), ({"words": ["x"]}, 422),
+                                 ({"utterances": ["   "]}, 422)]:
+                bad = client.post("/predict/utterances", json=body)
+                assert bad.status_code == status and "error" in bad.json(), (body, bad.text)
+            assert client.post("/predict/utterances", content=b"{not json").status_code == 400
     # a run that reads its file's text features cannot read bare words; empty input; both inputs at once
     plain = tmp_path / "plain"
     rc, _, err = cli("train", "--data", out, "--preset", "meld", "--model", "late_fusion", "--out", plain,

@@ -280,6 +280,38 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
             raise _Refused(422, _scrub(clip_error, {str(Path(run_dir)): Path(run_dir).name}))
         return await _clip(request, file.file, name, suffix, transcript, limit, start)
 
+    @app.post("/predict/utterances")
+    async def predict_utterances(request: Request) -> dict[str, Any]:
+        """One conversation's utterances (JSON {"utterances": [str, ...]}, in the order said), each read with
+        its neighbours where the run was trained with context: runs that encode transcripts themselves."""
+        start = time.monotonic()
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, RecursionError):
+            raise _Refused(400, 'expected a JSON object {"utterances": ["...", ...]}') from None
+        said = body.get("utterances") if isinstance(body, dict) else None
+        if not isinstance(said, list) or not said or not all(isinstance(u, str) for u in said):
+            raise _Refused(422, 'expected a JSON object {"utterances": ["...", ...]} with at least one string')
+        if len(said) > limits.max_samples:
+            raise _Refused(413, f"{len(said)} utterances, over the {limits.max_samples} limit")
+        if max(len(u) for u in said) > _MAX_TRANSCRIPT:
+            raise _Refused(413, f"an utterance over the {_MAX_TRANSCRIPT}-character limit")
+
+        def work() -> list[dict[str, Any]]:
+            split = predictor.utterances(said)
+            pred = predictor.predict(split)
+            return [{"id": split.ids[i], "position": i, "conversation": len(said), **pred.explain(i),
+                     "transcript": said[i]} for i in range(len(said))]
+
+        try:  # the text encoder runs here: off the event loop, within the request's time
+            rows = await asyncio.wait_for(asyncio.to_thread(work),
+                                          timeout=max(0.0, limits.timeout_s - (time.monotonic() - start)))
+        except TimeoutError:
+            raise _Refused(504, f"prediction took longer than {limits.timeout_s:g} s") from None
+        except AffectusError as err:
+            raise _Refused(422, _scrub(str(err), {str(Path(run_dir)): Path(run_dir).name})) from None
+        return {"predictions": rows}
+
     async def _features(upload: Any, name: str, limit: int, start: float) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         try:
