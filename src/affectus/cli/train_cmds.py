@@ -118,6 +118,9 @@ def train(
     cfg, plan = job.cfg, job.plan
     if job.model_reason:
         console.print(job.model_reason, markup=False, highlight=False)
+    # what the labels mean, said plainly: a wrong scheme trains happily and scores nonsense
+    console.print(f"label scheme {plan.scheme.describe()} ({plan.origin})", markup=False, highlight=False,
+                  soft_wrap=True)
     apply_threads(cfg.train.threads)
     with epoch_display(quiet) as on_epoch:
         metrics = job.run(out, resume=resume, on_epoch=on_epoch, overwrite=overwrite)
@@ -181,7 +184,8 @@ def evaluate(
     fits = _fits(predictor.info, data, name)
     if as_json:
         # `absent` always there (empty when nothing is): the keys do not depend on --available
-        print(json.dumps({"split": name, **metrics, **in_sample_json(fits), "absent": notes}, indent=2, sort_keys=True))
+        print(json.dumps({"split": name, "label_scheme": predictor.scheme.describe(), **metrics, **in_sample_json(fits),
+                          "absent": notes}, indent=2, sort_keys=True))
     else:
         _print_metrics(metrics, f"{run_dir} on {name}" + (f" with {available} only" if available else ""), fits, name)
     for m, note in notes.items():
