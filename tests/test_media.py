@@ -31,6 +31,7 @@ from media_clips import GOOD, ClipSpec, face_frames, make_clip, make_dataset, mi
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 HEADER = "video_id,clip_id,text,label,label_T,label_A,label_V,annotation,mode\n"
+ANNOTATED = "video_id,clip_id,text,label,mode,annotation\n"
 
 # every way a clip can fail, and the reason the report must give
 BAD = {
@@ -130,6 +131,15 @@ def test_configs_round_trip_through_json(tmp_path: Path) -> None:
             "has label_T but not label_A, label_V",
         ),
         (HEADER, "no clips"),
+        # emotion classes in annotation (label empty: read as class names)
+        (ANNOTATED + "v1,1,a,,train,happy\nv1,2,b,,train,\n", "line 3: annotation is empty: every clip needs its class name"),
+        (ANNOTATED + "v1,1,a,,train,Happy\nv1,2,b,,train,happy \n", r"annotation names one class only \(happy\)"),
+        (ANNOTATED + "v1,1,a,,train,happy\nv1,2,b,,train,very happy\n", "line 3: annotation 'very happy' holds ' '"),
+        (ANNOTATED + "v1,1,a,,train,happy\nv1,2,b,,train,sad</b>\n", "line 3: annotation 'sad</b>' holds '<'"),
+        (ANNOTATED + "v1,1,a,,train,happy\nv1,2,b,,train,2\n", "line 3: annotation '2' does not start with a letter"),
+        (ANNOTATED + "v1,1,a,,train,happy\nv1,2,b,,train," + "x" * 41 + "\n", "is longer than 40 characters"),
+        ("video_id,clip_id,text,label,mode\nv1,1,a,,train\n", "line 2: label '' is not a number .*annotation column"),
+        (HEADER + "v1,1,a,4,0,0,0,x,train\n", r"label 4 outside \[-3, 3\] \(emotion classes\? .*--labels annotation"),
     ],
 )
 def test_bad_label_csv_is_one_error_line(tmp_path: Path, cli, csv_text: str, message: str) -> None:
@@ -138,7 +148,40 @@ def test_bad_label_csv_is_one_error_line(tmp_path: Path, cli, csv_text: str, mes
     assert rc == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
     assert __import__("re").search(message, err), err
-    assert not (tmp_path / "x.npz").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["label.csv"]  # nothing written, not even a work folder
+
+
+def test_labels_option_errors_write_nothing(tmp_path: Path, cli) -> None:
+    (tmp_path / "label.csv").write_text("video_id,clip_id,text,label,mode\nv1,1,a,0.5,train\n", encoding="utf-8")
+    rc, _, err = cli("extract-dataset", tmp_path, "--out", tmp_path / "x.npz", "--labels", "annotation")
+    assert rc == 2 and err.strip().endswith("--labels annotation, but there is no annotation column "
+                                            "(has: video_id, clip_id, text, label, mode)"), err
+    rc, _, err = cli("extract-dataset", tmp_path, "--out", tmp_path / "x.npz", "--labels", "emotion")
+    assert rc == 2 and err.strip() == "error: --labels must be one of auto, label, annotation, not 'emotion'"
+    (tmp_path / "label.csv").write_text(ANNOTATED + "v1,1,a,,train,happy\nv1,2,b,,test,sad\n", encoding="utf-8")
+    rc, _, err = cli("extract-dataset", tmp_path, "--out", tmp_path / "x.pkl")
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "a categorical dataset (happy, sad) records its class names in an affectus .npz" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["label.csv"]
+
+
+def test_label_csv_annotation_classes_sorted_and_auto_detected(tmp_path: Path) -> None:
+    """Names are lower-cased and sorted into class numbers; `auto` reads them when `label` is empty or absent;
+    label_T/A/V (sentiment) are not kept with classes; scores stay sentiment, without a warning."""
+    from affectus.features.dataset import read_clip_labels
+
+    path = tmp_path / "label.csv"
+    path.write_text("video_id,clip_id,text,mode,annotation,label_T,label_A,label_V\n"
+                    "v1,1,a,train,Sad,0,0,0\nv1,2,b,train,happy,0,0,0\nv1,3,c,test,ANGRY,0,0,0\nv1,4,d,test,sad,0,0,0\n")
+    got = read_clip_labels(path)
+    assert got.classes == ("angry", "happy", "sad") and got.warning is None
+    assert [r.label for r in got.rows] == [2.0, 1.0, 0.0, 2.0] and all(r.unimodal is None for r in got.rows)
+    path.write_text(HEADER + "v1,1,a,0.5,0,0,0,Positive,train\nv1,2,b,-1.2,0,0,0,Negative,test\n")
+    got = read_clip_labels(path)  # CH-SIMS's own file: scores in label, sentiment words in annotation
+    assert got.classes is None and got.warning is None and [r.label for r in got.rows] == [0.5, -1.2]
+    assert read_clip_labels(path, "annotation").classes == ("negative", "positive")  # asked for: its words
+    path.write_text(HEADER + "v1,1,a,2,0,0,0,x,train\nv1,2,b,0,0,0,0,y,test\n")
+    assert "look like class indices" in read_clip_labels(path).warning
 
 
 def test_missing_folder_and_bad_options(tmp_path: Path, cli) -> None:
