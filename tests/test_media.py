@@ -664,6 +664,11 @@ def test_annotation_names_make_a_categorical_dataset(emotion_npz: Path, cli, tmp
     for key in ("acc", "f1", "uar", *(f"f1_{n}" for n in EMOTIONS)):
         assert isinstance(got[key], float) and 0 <= got[key] <= 100, key
     assert got["label_scheme"] == "categorical: angry, happy, neutral, sad"
+    rc, _, err = cli("report", run, "--no-tensorboard")
+    assert rc == 0, err
+    page = (run / "report" / "report.html").read_text(encoding="utf-8")
+    assert "label scheme categorical: angry, happy, neutral, sad; recorded in the data file" in page
+    assert "F1 neutral" in page
 
 
 @needs_media

@@ -316,6 +316,9 @@ def _categorical(classes: list[str] | tuple[str, ...] = (), headline: str = "acc
     )
 
 
+# DataPlan.origin (training/trainer.py) of a scheme the data file records (run.json `scheme_origin`)
+RECORDED_ORIGIN = "recorded in the file"
+
 # A class name a file may record (label.csv's `annotation`, extract-dataset): it becomes a metric key
 # (`f1_<name>`), a table column and a JSON key, so plain lower-case words only; letters of any script
 # are fine (str.isalpha), digits, '_' and '-' after the first letter.

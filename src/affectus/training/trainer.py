@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from affectus.data.load import data_identity, extraction_record
-from affectus.data.schemes import LabelScheme, get_scheme, infer_scheme
+from affectus.data.schemes import RECORDED_ORIGIN, LabelScheme, get_scheme, infer_scheme
 from affectus.data.types import MODALITIES, MERDataset, Split
 from affectus.errors import AffectusError
 from affectus.evaluation.evaluate import predict_split, score_predictions, single_class
@@ -75,7 +75,7 @@ def plan_for(dataset: MERDataset, preset=None) -> DataPlan:
             raise AffectusError(f"file {dataset.source}: its labels are {recorded.describe()} (recorded in the file), "
                                 f"but preset {preset.name} reads them as {scheme.describe()}; drop --preset")
     elif recorded is not None:
-        scheme, origin = recorded, "recorded in the file"
+        scheme, origin = recorded, RECORDED_ORIGIN
     else:
         scheme = infer_scheme(train.labels, select.labels, train.unimodal_labels is not None)
         origin = "inferred from the labels: no preset, and the file records no scheme"
@@ -233,6 +233,7 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
         "seq_lens": dataset.seq_lens,
         "label_mapping": {str(i): name for i, name in enumerate(plan.scheme.class_names)},
         "scheme": plan.scheme.spec(),
+        "scheme_origin": plan.origin,  # where the scheme came from: the preset, the file's record, the labels
         "family": plan.family,
         "plan": plan.to_dict(),
         "data": identity["data"],  # source and sha256 (None for synth:NAME data)
