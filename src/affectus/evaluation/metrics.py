@@ -202,10 +202,7 @@ def categorical_metrics(scheme: Any, logits: Any, labels: Any) -> Metrics:
         "uar": float(100.0 * recall_score(truth, pred, labels=sorted(set(truth.tolist())), average="macro",
                                           zero_division=0)),
     }
-    # a class neither in the truth nor predicted has no F1 (0 / 0): None, not a 0 that reads as a failure
-    seen = set(truth.tolist()) | set(pred.tolist())
-    out.update({f"f1_{c}": float(100.0 * v) if k in seen else None
-                for k, (c, v) in enumerate(zip(scheme.class_names, per_class))})
+    out.update({f"f1_{c}": float(100.0 * v) for c, v in zip(scheme.class_names, per_class)})
     # the scheme's headline first: JSON readers and tables show keys in this order (MELD: weighted F1)
     if scheme.headline == "f1":
         out = {"f1": out.pop("f1"), **out}
