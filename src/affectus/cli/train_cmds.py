@@ -118,12 +118,13 @@ def train(
     cfg, plan = job.cfg, job.plan
     if job.model_reason:
         console.print(job.model_reason, markup=False, highlight=False)
-    # what the labels mean, said plainly: a wrong scheme trains happily and scores nonsense
-    console.print(f"label scheme {plan.scheme.describe()} ({plan.origin})", markup=False, highlight=False,
-                  soft_wrap=True)
     apply_threads(cfg.train.threads)
     with epoch_display(quiet) as on_epoch:
         metrics = job.run(out, resume=resume, on_epoch=on_epoch, overwrite=overwrite)
+    # what the labels meant, said plainly: a wrong scheme trains happily and scores nonsense (after the run,
+    # so a run that fails still ends in its one error line)
+    console.print(f"label scheme {plan.scheme.describe()} ({plan.origin})", markup=False, highlight=False,
+                  soft_wrap=True)
     from affectus.models.registry import display_name
     from affectus.runs.checkpoints import read_run, split_fits
 
