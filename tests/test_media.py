@@ -653,6 +653,10 @@ def test_annotation_names_make_a_categorical_dataset(emotion_npz: Path, cli, tmp
     assert ds["train"].unimodal_labels is None
     record = json.loads(emotion_npz.with_name("emotions.npz.extract.json").read_text())
     assert record["labels"] == {"column": "annotation", "scheme": ds.scheme}
+    rc, out, _ = cli("inspect", emotion_npz, "--json")
+    assert rc == 0 and json.loads(out)["splits"]["test"]["classes"] == {n: 1 for n in EMOTIONS}
+    rc, out, _ = cli("inspect", emotion_npz)
+    assert rc == 0 and "label scheme categorical: angry, happy, neutral, sad (recorded in the file)" in out
     run = tmp_path / "run"
     rc, _, err = cli("train", "--data", emotion_npz, "--model", "late_fusion", "--out", run, "--set", "train.epochs=1",
                      "--set", "train.batch_size=4", "--threads", "1", "--quiet")
