@@ -223,9 +223,12 @@ def test_a_malformed_recorded_scheme_is_refused(tmp_path: Path):
     with np.load(path) as z:
         arrays = {k: z[k] for k in z.files}
     meta = json.loads(str(arrays["__meta__"]))
-    for bad, message in [({"name": "categorical", "classes": ["one"]}, "at least 2 distinct class names"),
-                         (["angry", "happy"], "'scheme' must be an object with a name")]:
-        arrays["__meta__"] = np.array(json.dumps({**meta, "scheme": bad}))
+    assert meta["version"] == 3  # a version-2 reader would read the class numbers as sentiment: it refuses 3
+    for bad, message, version in [
+            ({"name": "categorical", "classes": ["one"]}, "at least 2 distinct class names", 3),
+            (["angry", "happy"], "'scheme' must be an object with a name", 3),
+            (meta["scheme"], "version 2 cannot record a scheme", 2)]:
+        arrays["__meta__"] = np.array(json.dumps({**meta, "scheme": bad, "version": version}))
         np.savez(tmp_path / "bad.npz", **arrays)
         with pytest.raises(AffectusError, match=message):
             load_dataset(tmp_path / "bad.npz")

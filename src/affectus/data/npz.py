@@ -26,8 +26,10 @@ NPZ_FORMAT = "affectus-npz"
 # Version 2 adds per-sample keys a version-1 reader would silently drop (`available`, `group`,
 # `position`, `speaker`), so a file holding any of them says 2 and older affectus refuses it instead of misreading
 # it; a file without them is still written as version 1. Both are read.
-NPZ_VERSION = 2
-NPZ_READABLE = (1, 2)
+# Version 3 adds `scheme` in `__meta__` (what the labels mean: extract-dataset's emotion classes); a
+# version-2 reader would ignore it and read class indices as sentiment scores, so such a file says 3.
+NPZ_VERSION = 3
+NPZ_READABLE = (1, 2, 3)
 V2_KEYS = ("available", "group", "position", "speaker")
 
 
@@ -121,6 +123,8 @@ def _check_meta(path: str, value: np.ndarray) -> dict[str, Any]:
         for k, v in sanitised.items()
     ):
         raise bad("'sanitised' must map 'split/key' to a count")
+    if meta.get("scheme") is not None and version < 3:
+        raise bad(f"version {version} cannot record a scheme (a version 3 key)")
     if meta.get("scheme") is not None:
         # the labels' meaning (extract-dataset --labels annotation records its classes): a spec get_scheme
         # rebuilds; anything else is refused rather than read as the wrong scheme
@@ -173,7 +177,8 @@ def write_npz(dataset: MERDataset, path: str | os.PathLike) -> None:
             keys[split].append(key)
     meta = {
         "format": NPZ_FORMAT,
-        "version": NPZ_VERSION if any(k in V2_KEYS for v in keys.values() for k in v) else 1,
+        # the lowest version that holds what the file has, so older readers still read the rest
+        "version": 3 if dataset.scheme is not None else 2 if any(k in V2_KEYS for v in keys.values() for k in v) else 1,
         "keys": keys,
         "source": dataset.source,
         "sanitised": {f"{s}/{k}": n for (s, k), n in dataset.sanitised.items()},
