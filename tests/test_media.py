@@ -665,6 +665,7 @@ def test_annotation_names_make_a_categorical_dataset(emotion_npz: Path, cli, tmp
     rc, out, err = cli("evaluate", run, "--json")
     assert rc == 0, err
     got = json.loads(out)
+    assert got["split"] == "test"  # all four emotions are in it (EMOTION_ROWS)
     for key in ("acc", "f1", "uar", *(f"f1_{n}" for n in EMOTIONS)):
         assert isinstance(got[key], float) and 0 <= got[key] <= 100, key
     assert got["label_scheme"] == "categorical: angry, happy, neutral, sad"
@@ -702,3 +703,8 @@ def test_class_numbers_in_label_warn_and_annotation_fixes_it(
     assert again.scheme == auto.scheme
     for name, split in auto.splits.items():
         assert split.labels.tolist() == again[name].labels.tolist()
+    # the sentiment run scored on the emotion file: the file says what its numbers mean, so it is refused
+    rc, _, err = cli("evaluate", tmp_path / "run", "--data", emotion_npz, "--json")
+    assert rc == 2 and err.strip().endswith("its labels are categorical: angry, happy, neutral, sad (recorded in the "
+                                            "file), but run " + str(tmp_path / "run") + " predicts 3-class sentiment, "
+                                            "Acc2 Has0/Non0 (MOSI rule)"), err

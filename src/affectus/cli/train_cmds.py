@@ -152,6 +152,7 @@ def evaluate(
 ) -> None:
     """Score a trained run on a split of DATA."""
     from affectus.data.load import open_data
+    from affectus.data.schemes import get_scheme
     from affectus.inference.predictor import load, predictions_csv
     from affectus.runs.checkpoints import in_sample_json
     from affectus.utils.io import refuse_overwrite, write_text_atomic
@@ -166,6 +167,10 @@ def evaluate(
         if not isinstance(data, str) or not data:
             raise AffectusError(f"{run_dir}: run.json records no data source; pass --data FILE")
     ds, _ = open_data(data, preset, trust_pickle=trust_pickle)
+    if ds.scheme is not None and get_scheme(ds.scheme).spec() != predictor.scheme.spec():
+        # the file says its class numbers mean other classes than the run's: scores would be nonsense
+        raise AffectusError(f"{data}: its labels are {get_scheme(ds.scheme).describe()} (recorded in the file), "
+                            f"but run {run_dir} predicts {predictor.scheme.describe()}")
     name = split or predictor.info.get("metrics_split", "test")
     if name not in ds:
         raise AffectusError(f"{data}: no split '{name}' (has {', '.join(ds.splits)})")
