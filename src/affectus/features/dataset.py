@@ -111,7 +111,8 @@ class ClipLabels:
     rows: list[ClipRow]
     # the class names of a categorical dataset (`annotation`), in the recorded order; None: sentiment scores
     classes: tuple[str, ...] | None = None
-    # one line for the user when sentiment labels look like class indices (naming the fix), else None
+    # one line for the user, else None: sentiment labels that look like class indices (naming the fix), or
+    # a class with no train clip
     warning: str | None = None
 
     @property
@@ -227,6 +228,11 @@ def read_clip_labels(path: str | os.PathLike, labels: str = "auto") -> ClipLabel
                else "for emotion classes, put their names in an annotation column and pass --labels annotation")
         warning = (f"warning: file {path}: the labels ({values}) look like class indices, but are read as "
                    f"sentiment scores (< 0 negative, 0 neutral, > 0 positive); {fix} (docs/media.md)")
+    untaught = [c for c in classes or () if not any(r.mode == "train" and r.annotation and class_name(r.annotation) == c
+                                                   for r in rows)]
+    if untaught:  # still a class (scored, recorded): the file is what the user labelled, but say it
+        warning = (f"warning: file {path}: no train clip of class {', '.join(untaught)}; a model trained on this "
+                   f"file never learns it (it is still scored)")
     return ClipLabels(rows, classes, warning)
 
 
