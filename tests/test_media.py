@@ -528,58 +528,6 @@ def test_serve_predicts_an_uploaded_clip(clip_run: Path, media_root: Path, tmp_p
 # ------------------------------------------------------------------------------------------ a new extractor
 
 
-@needs_media
-@pytest.mark.slow
-def test_an_audio_extractor_added_in_one_place_extracts_a_dataset(media_root: Path, tmp_path: Path, cli) -> None:
-    """docs/architecture.md, "Which one file to add": an audio extractor is a config dataclass and a class
-    registered with `@register_audio`; `--audio NAME`, the cache check, media.json and the dataset's dims
-    follow without another edit. Registered here, inside the test file."""
-    import dataclasses
-
-    from affectus.features.audio import AUDIO_EXTRACTORS, register_audio
-    from affectus.features.base import ExtractorConfig
-
-    @dataclasses.dataclass(frozen=True)
-    class EnergyConfig(ExtractorConfig):
-        kind: str = "test_energy"
-        frame: int = 160  # samples: 10 ms at 16 kHz
-
-        def rows_per_second(self, sample_rate: int) -> float:
-            return sample_rate / self.frame
-
-        def known_dim(self) -> int | None:
-            return 2
-
-    @register_audio(EnergyConfig, "RMS energy and zero-crossing rate per frame, 2-d")
-    class EnergyExtractor:
-        def __init__(self, config: EnergyConfig, sample_rate: int = 16000) -> None:
-            self.config, self.dim = config, 2
-
-        def __call__(self, samples: np.ndarray) -> np.ndarray:
-            n = samples.size // self.config.frame
-            if n == 0:
-                raise MediaError("no_audio", "shorter than one frame")
-            frames = samples[: n * self.config.frame].reshape(n, self.config.frame).astype(np.float32)
-            rms = np.sqrt((frames ** 2).mean(axis=1))
-            zcr = (np.diff(np.sign(frames), axis=1) != 0).mean(axis=1)
-            return np.stack([rms, zcr], axis=1).astype(np.float32)  # (T, 2)
-
-    try:
-        out = tmp_path / "energy.npz"
-        rc, _, err = cli("extract-dataset", media_root, "--out", out, "--audio", "test_energy", "--workers", "1",
-                         "--text-encoder", "hashed")
-        assert rc == 0, err
-        ds = load_dataset(out)
-        assert ds.dims["audio"] == 2
-        train = ds.splits["train"]
-        assert (train.audio_lengths > 50).all()  # 1-2 s of speech at 100 rows per second
-        assert train.features("audio")[0, : train.audio_lengths[0], 0].max() > 0  # the speech has energy
-        meta = json.loads(out.with_name("energy.npz.extract.json").read_text())
-        assert meta["extractors"]["audio"] == {"kind": "test_energy", "frame": 160}
-    finally:
-        AUDIO_EXTRACTORS.pop("test_energy", None)
-
-
 # ------------------------------------------------------------------------------------------ emotion classes
 
 EMOTIONS = ("angry", "happy", "neutral", "sad")  # sorted: the documented class order
@@ -710,3 +658,56 @@ def test_class_numbers_in_label_warn_and_annotation_fixes_it(
     assert rc == 2 and err.strip().endswith("its labels are categorical: angry, happy, neutral, sad (recorded in the "
                                             "file), but run " + str(tmp_path / "run") + " predicts 3-class sentiment, "
                                             "Acc2 Has0/Non0 (MOSI rule)"), err
+
+
+@needs_media
+@pytest.mark.slow
+def test_an_audio_extractor_added_in_one_place_extracts_a_dataset(media_root: Path, tmp_path: Path, cli) -> None:
+    """docs/architecture.md, "Which one file to add": an audio extractor is a config dataclass and a class
+    registered with `@register_audio`; `--audio NAME`, the cache check, media.json and the dataset's dims
+    follow without another edit. Registered here, inside the test file."""
+    import dataclasses
+
+    from affectus.features.audio import AUDIO_EXTRACTORS, register_audio
+    from affectus.features.base import ExtractorConfig
+
+    @dataclasses.dataclass(frozen=True)
+    class EnergyConfig(ExtractorConfig):
+        kind: str = "test_energy"
+        frame: int = 160  # samples: 10 ms at 16 kHz
+
+        def rows_per_second(self, sample_rate: int) -> float:
+            return sample_rate / self.frame
+
+        def known_dim(self) -> int | None:
+            return 2
+
+    @register_audio(EnergyConfig, "RMS energy and zero-crossing rate per frame, 2-d")
+    class EnergyExtractor:
+        def __init__(self, config: EnergyConfig, sample_rate: int = 16000) -> None:
+            self.config, self.dim = config, 2
+
+        def __call__(self, samples: np.ndarray) -> np.ndarray:
+            n = samples.size // self.config.frame
+            if n == 0:
+                raise MediaError("no_audio", "shorter than one frame")
+            frames = samples[: n * self.config.frame].reshape(n, self.config.frame).astype(np.float32)
+            rms = np.sqrt((frames ** 2).mean(axis=1))
+            zcr = (np.diff(np.sign(frames), axis=1) != 0).mean(axis=1)
+            return np.stack([rms, zcr], axis=1).astype(np.float32)  # (T, 2)
+
+    try:
+        out = tmp_path / "energy.npz"
+        rc, _, err = cli("extract-dataset", media_root, "--out", out, "--audio", "test_energy", "--workers", "1",
+                         "--text-encoder", "hashed")
+        assert rc == 0, err
+        ds = load_dataset(out)
+        assert ds.dims["audio"] == 2
+        train = ds.splits["train"]
+        assert (train.audio_lengths > 50).all()  # 1-2 s of speech at 100 rows per second
+        assert train.features("audio")[0, : train.audio_lengths[0], 0].max() > 0  # the speech has energy
+        meta = json.loads(out.with_name("energy.npz.extract.json").read_text())
+        assert meta["extractors"]["audio"] == {"kind": "test_energy", "frame": 160}
+    finally:
+        AUDIO_EXTRACTORS.pop("test_energy", None)
+
