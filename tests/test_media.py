@@ -710,4 +710,3 @@ def test_an_audio_extractor_added_in_one_place_extracts_a_dataset(media_root: Pa
         assert meta["extractors"]["audio"] == {"kind": "test_energy", "frame": 160}
     finally:
         AUDIO_EXTRACTORS.pop("test_energy", None)
-
