@@ -7,6 +7,7 @@ folder (module fixture) serves most tests; the kill-and-resume test runs a secon
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -30,6 +31,7 @@ from media_clips import GOOD, ClipSpec, face_frames, make_clip, make_dataset, mi
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 HEADER = "video_id,clip_id,text,label,label_T,label_A,label_V,annotation,mode\n"
+ANNOTATED = "video_id,clip_id,text,label,mode,annotation\n"
 
 # every way a clip can fail, and the reason the report must give
 BAD = {
@@ -129,6 +131,15 @@ def test_configs_round_trip_through_json(tmp_path: Path) -> None:
             "has label_T but not label_A, label_V",
         ),
         (HEADER, "no clips"),
+        # emotion classes in annotation (label empty: read as class names)
+        (ANNOTATED + "v1,1,a,,train,happy\nv1,2,b,,train,\n", "line 3: annotation is empty: every clip needs its class name"),
+        (ANNOTATED + "v1,1,a,,train,Happy\nv1,2,b,,train,happy \n", r"annotation names one class only \(happy\)"),
+        (ANNOTATED + "v1,1,a,,train,happy\nv1,2,b,,train,very happy\n", "line 3: annotation 'very happy' holds ' '"),
+        (ANNOTATED + "v1,1,a,,train,happy\nv1,2,b,,train,sad</b>\n", "line 3: annotation 'sad</b>' holds '<'"),
+        (ANNOTATED + "v1,1,a,,train,happy\nv1,2,b,,train,2\n", "line 3: annotation '2' does not start with a letter"),
+        (ANNOTATED + "v1,1,a,,train,happy\nv1,2,b,,train," + "x" * 41 + "\n", "is longer than 40 characters"),
+        ("video_id,clip_id,text,label,mode\nv1,1,a,,train\n", "line 2: label '' is not a number .*annotation column"),
+        (HEADER + "v1,1,a,4,0,0,0,x,train\n", r"label 4 outside \[-3, 3\] \(emotion classes\? .*--labels annotation"),
     ],
 )
 def test_bad_label_csv_is_one_error_line(tmp_path: Path, cli, csv_text: str, message: str) -> None:
@@ -137,7 +148,42 @@ def test_bad_label_csv_is_one_error_line(tmp_path: Path, cli, csv_text: str, mes
     assert rc == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
     assert __import__("re").search(message, err), err
-    assert not (tmp_path / "x.npz").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["label.csv"]  # nothing written, not even a work folder
+
+
+def test_labels_option_errors_write_nothing(tmp_path: Path, cli) -> None:
+    (tmp_path / "label.csv").write_text("video_id,clip_id,text,label,mode\nv1,1,a,0.5,train\n", encoding="utf-8")
+    rc, _, err = cli("extract-dataset", tmp_path, "--out", tmp_path / "x.npz", "--labels", "annotation")
+    assert rc == 2 and err.strip().endswith("--labels annotation, but there is no annotation column "
+                                            "(has: video_id, clip_id, text, label, mode)"), err
+    rc, _, err = cli("extract-dataset", tmp_path, "--out", tmp_path / "x.npz", "--labels", "emotion")
+    assert rc == 2 and err.strip() == "error: --labels must be one of auto, label, annotation, not 'emotion'"
+    (tmp_path / "label.csv").write_text(ANNOTATED + "v1,1,a,,train,happy\nv1,2,b,,test,sad\n", encoding="utf-8")
+    rc, _, err = cli("extract-dataset", tmp_path, "--out", tmp_path / "x.pkl")
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "a categorical dataset (happy, sad) records its class names in an affectus .npz" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["label.csv"]
+
+
+def test_label_csv_annotation_classes_sorted_and_auto_detected(tmp_path: Path) -> None:
+    """Names are lower-cased and sorted into class numbers; `auto` reads them when `label` is empty or absent;
+    label_T/A/V (sentiment) are not kept with classes; scores stay sentiment, without a warning."""
+    from affectus.features.dataset import read_clip_labels
+
+    path = tmp_path / "label.csv"
+    path.write_text("video_id,clip_id,text,mode,annotation,label_T,label_A,label_V\n"
+                    "v1,1,a,train,Sad,0,0,0\nv1,2,b,train,happy,0,0,0\nv1,3,c,test,ANGRY,0,0,0\nv1,4,d,test,sad,0,0,0\n")
+    got = read_clip_labels(path)
+    assert got.classes == ("angry", "happy", "sad")
+    assert got.warning.endswith("no train clip of class angry; a model trained on this file never learns it "
+                                "(it is still scored)")
+    assert [r.label for r in got.rows] == [2.0, 1.0, 0.0, 2.0] and all(r.unimodal is None for r in got.rows)
+    path.write_text(HEADER + "v1,1,a,0.5,0,0,0,Positive,train\nv1,2,b,-1.2,0,0,0,Negative,test\n")
+    got = read_clip_labels(path)  # CH-SIMS's own file: scores in label, sentiment words in annotation
+    assert got.classes is None and got.warning is None and [r.label for r in got.rows] == [0.5, -1.2]
+    assert read_clip_labels(path, "annotation").classes == ("negative", "positive")  # asked for: its words
+    path.write_text(HEADER + "v1,1,a,2,0,0,0,x,train\nv1,2,b,0,0,0,0,y,test\n")
+    assert "look like class indices" in read_clip_labels(path).warning
 
 
 def test_missing_folder_and_bad_options(tmp_path: Path, cli) -> None:
@@ -480,6 +526,138 @@ def test_serve_predicts_an_uploaded_clip(clip_run: Path, media_root: Path, tmp_p
 
 
 # ------------------------------------------------------------------------------------------ a new extractor
+
+
+# ------------------------------------------------------------------------------------------ emotion classes
+
+EMOTIONS = ("angry", "happy", "neutral", "sad")  # sorted: the documented class order
+# (video_id, clip_id, mode, annotation, the test bed's clip it shows): each split has all four emotions;
+# the faceless and mute clips are kept with --on-fail zero
+EMOTION_ROWS = [("e1", "1", "train", "Happy", "v1/0001"), ("e1", "2", "train", "sad", "v1/0002"),
+                ("e1", "3", "train", "angry", "v9/noface"), ("e1", "4", "train", "neutral", "v9/mute"),
+                ("e2", "1", "valid", "happy", "v2/0001"), ("e2", "2", "valid", "sad", "v3/0001"),
+                ("e2", "3", "valid", "angry", "v1/0002"), ("e2", "4", "valid", "neutral", "v1/0001"),
+                ("e3", "1", "test", "happy", "v3/0001"), ("e3", "2", "test", "sad", "v2/0001"),
+                ("e3", "3", "test", "angry", "v1/0001"), ("e3", "4", "test", "neutral", "v1/0002")]
+TEXTS = {f"{s.video_id}/{s.clip_id}": s.text for s in GOOD} | {"v9/noface": "Nobody is here.", "v9/mute": "A silent film."}
+
+
+@pytest.fixture(scope="module")
+def emotion_work(media_root: Path, extracted: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the shared extraction's work folder in which each EMOTION_ROWS clip holds the result of the
+    test-bed clip it links to: the emotion folders below are extracted without decoding a clip again (a
+    saved result is used when the clip file's size and time match: the link's target's do)."""
+    import shutil
+
+    work = tmp_path_factory.mktemp("emotion_work") / "work"
+    shutil.copytree(extracted["work"], work)
+    for digest in (d for d in work.iterdir() if d.is_dir()):
+        for video, clip, _, _, source in EMOTION_ROWS:
+            (digest / video).mkdir(exist_ok=True)
+            shutil.copy(digest / f"{source}.npz", digest / video / f"{clip}.npz")
+    return work
+
+
+def emotion_folder(media_root: Path, where: Path, label: bool = False) -> Path:
+    """A clip folder of EMOTION_ROWS (clips linked to the test bed's) whose annotation column names
+    emotions; `label`: the label column holds the class numbers a user might have typed (0 happy, 1 sad, ...)."""
+    typed = {"happy": 0, "sad": 1, "angry": 2, "neutral": 3}
+    with_rows = []
+    for video, clip, mode, name, source in EMOTION_ROWS:
+        link = where / "Raw" / video / f"{clip}.mp4"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(media_root / "Raw" / f"{source}.mp4")
+        with_rows.append([video, clip, TEXTS[source], typed[name.lower()] if label else "", name, mode])
+    with open(where / "label.csv", "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["video_id", "clip_id", "text", "label", "annotation", "mode"])
+        w.writerows(with_rows)
+    return where
+
+
+def extract_emotions(root: Path, work: Path, out: Path, *more: str) -> list[str]:
+    return ["extract-dataset", str(root), "--out", str(out), "--work-dir", str(work), "--on-fail", "zero",
+            "--text-encoder", "hashed", "--workers", "1", *more]
+
+
+@pytest.fixture(scope="module")
+def emotion_npz(media_root: Path, emotion_work: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """extract-dataset of a folder whose annotation holds happy / sad / angry / neutral and whose label is
+    empty: categorical without being asked."""
+    from affectus.cli import main
+
+    tmp = tmp_path_factory.mktemp("emotions")
+    out = tmp / "emotions.npz"
+    assert main(extract_emotions(emotion_folder(media_root, tmp / "clips"), emotion_work, out)) == 0
+    return out
+
+
+@needs_media
+def test_annotation_names_make_a_categorical_dataset(emotion_npz: Path, cli, tmp_path: Path) -> None:
+    """The classes are the names found, sorted; the .npz records them, and train / evaluate read them from it:
+    the JSON has accuracy, weighted F1, UAR and each emotion's F1."""
+    ds = load_dataset(emotion_npz)
+    assert ds.scheme == {"name": "categorical", "classes": list(EMOTIONS)}
+    names = {i: EMOTIONS[int(y)] for s in ds.splits.values() for i, y in zip(s.ids, s.labels)}
+    assert names == {f"{v}$_${c}": n.lower() for v, c, _, n, _ in EMOTION_ROWS}  # "Happy" is happy
+    assert ds["train"].unimodal_labels is None
+    record = json.loads(emotion_npz.with_name("emotions.npz.extract.json").read_text())
+    assert record["labels"] == {"column": "annotation", "scheme": ds.scheme}
+    rc, out, _ = cli("inspect", emotion_npz, "--json")
+    assert rc == 0 and json.loads(out)["splits"]["test"]["classes"] == {n: 1 for n in EMOTIONS}
+    rc, out, _ = cli("inspect", emotion_npz)
+    assert rc == 0 and "label scheme categorical: angry, happy, neutral, sad (recorded in the file)" in out
+    run = tmp_path / "run"
+    rc, _, err = cli("train", "--data", emotion_npz, "--model", "late_fusion", "--out", run, "--set", "train.epochs=1",
+                     "--set", "train.batch_size=4", "--threads", "1", "--quiet")
+    assert rc == 0, err
+    assert "label scheme categorical: angry, happy, neutral, sad (recorded in the file)" in err
+    rc, out, err = cli("evaluate", run, "--json")
+    assert rc == 0, err
+    got = json.loads(out)
+    assert got["split"] == "test"  # all four emotions are in it (EMOTION_ROWS)
+    for key in ("acc", "f1", "uar", *(f"f1_{n}" for n in EMOTIONS)):
+        assert isinstance(got[key], float) and 0 <= got[key] <= 100, key
+    assert got["label_scheme"] == "categorical: angry, happy, neutral, sad"
+    rc, _, err = cli("report", run, "--no-tensorboard")
+    assert rc == 0, err
+    page = (run / "report" / "report.html").read_text(encoding="utf-8")
+    assert "label scheme categorical: angry, happy, neutral, sad; recorded in the data file" in page
+    assert "F1 neutral" in page
+
+
+@needs_media
+def test_class_numbers_in_label_warn_and_annotation_fixes_it(
+    media_root: Path, emotion_work: Path, emotion_npz: Path, cli, tmp_path: Path
+) -> None:
+    """Class numbers typed into `label` (0 happy, 1 sad, ...) are read as sentiment, with one warning line
+    naming --labels annotation (and again when training on that file); with --labels annotation, the same
+    folder gives the categorical file of the auto case."""
+    root = emotion_folder(media_root, tmp_path / "typed", label=True)
+    rc, out, err = cli(*extract_emotions(root, emotion_work, tmp_path / "sentiment.npz"))
+    assert rc == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "look like class indices" in warnings[0], err
+    assert "pass --labels annotation" in warnings[0] and "labels sentiment scores" in out
+    assert load_dataset(tmp_path / "sentiment.npz").scheme is None
+    rc, _, err = cli("train", "--data", tmp_path / "sentiment.npz", "--model", "late_fusion", "--out", tmp_path / "run",
+                     "--set", "train.epochs=1", "--threads", "1", "--quiet")
+    assert rc == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "look like class indices" in warnings[0] and "--labels annotation" in warnings[0]
+    assert "label scheme 3-class sentiment, Acc2 Has0/Non0 (MOSI rule) (inferred from the labels" in err
+    rc, out, err = cli(*extract_emotions(root, emotion_work, tmp_path / "classes.npz", "--labels", "annotation"))
+    assert rc == 0 and "warning" not in err, err
+    assert "labels categorical: angry, happy, neutral, sad (annotation column)" in out
+    again, auto = load_dataset(tmp_path / "classes.npz"), load_dataset(emotion_npz)
+    assert again.scheme == auto.scheme
+    for name, split in auto.splits.items():
+        assert split.labels.tolist() == again[name].labels.tolist()
+    # the sentiment run scored on the emotion file: the file says what its numbers mean, so it is refused
+    rc, _, err = cli("evaluate", tmp_path / "run", "--data", emotion_npz, "--json")
+    assert rc == 2 and err.strip().endswith("its labels are categorical: angry, happy, neutral, sad (recorded in the "
+                                            "file), but run " + str(tmp_path / "run") + " predicts 3-class sentiment, "
+                                            "Acc2 Has0/Non0 (MOSI rule)"), err
 
 
 @needs_media

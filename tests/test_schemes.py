@@ -169,3 +169,78 @@ def test_scheme_is_inferred_from_train_and_selection_splits_only():
     poisoned = dataset_from_raw(raw)
     assert plan_for(clean).scheme.name == plan_for(poisoned).scheme.name == "sims"
     assert infer_scheme(np.array([-2.0, 1.0]), np.array([0.5]), False).name == "mosi"
+
+
+# ----------------------------------------------------------------------------- a scheme recorded in the file
+
+
+def _categorical_file(tmp_path: Path, classes: list[str] | None = None) -> Path:
+    from affectus.data.npz import write_npz
+
+    raw = generate(SynthConfig(n_train=16, n_valid=8, n_test=8, seed=2, **TINY))
+    for split in raw.values():  # class numbers 0..2, whole and non-negative
+        split["regression_labels"] = (np.arange(len(split["id"])) % 3).astype(np.float32)
+        for key in ("regression_labels_T", "regression_labels_A", "regression_labels_V"):
+            split.pop(key, None)
+    ds = dataset_from_raw(raw, source="emotions")
+    ds.scheme = None if classes is None else {"name": "categorical", "classes": classes}
+    write_npz(ds, tmp_path / "emotions.npz")
+    return tmp_path / "emotions.npz"
+
+
+def test_a_recorded_scheme_is_read_back_and_trained_on(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """The .npz says what its class numbers mean: plan_for takes its scheme (no guessing, no warning), a
+    preset that reads them otherwise is one clear error; without the record the labels look like class
+    indices under a sentiment scheme, and training warns once with the fix."""
+    from affectus.data.presets import load_preset
+    from affectus.training.job import prepare_training
+
+    path = _categorical_file(tmp_path, ["angry", "happy", "sad"])
+    ds = load_dataset(path)
+    assert ds.scheme == {"name": "categorical", "classes": ["angry", "happy", "sad"]}
+    plan = plan_for(ds)
+    assert plan.scheme.describe() == "categorical: angry, happy, sad" and plan.origin == "recorded in the file"
+    with pytest.raises(AffectusError, match=r"its labels are categorical: angry, happy, sad \(recorded in the file\), "
+                                            r"but preset meld reads them as categorical: neutral, joy"):
+        plan_for(ds, load_preset("meld"))
+    with caplog.at_level("WARNING", logger="affectus"):
+        prepare_training(str(path), model="late_fusion")
+    assert not [r for r in caplog.records if "class indices" in r.getMessage()]
+
+    (tmp_path / "bare").mkdir()
+    bare = _categorical_file(tmp_path / "bare")  # the same labels, no record
+    assert load_dataset(bare).scheme is None
+    plan = plan_for(load_dataset(bare))
+    assert plan.scheme.name == "mosi" and plan.origin.startswith("inferred from the labels")
+    with caplog.at_level("WARNING", logger="affectus"):
+        prepare_training(str(bare), model="late_fusion")
+    lines = [r.getMessage() for r in caplog.records if "class indices" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("warning: ") and "--labels annotation" in lines[0]
+
+
+def test_a_malformed_recorded_scheme_is_refused(tmp_path: Path):
+    path = _categorical_file(tmp_path, ["angry", "happy"])
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["__meta__"]))
+    assert meta["version"] == 3  # a version-2 reader would read the class numbers as sentiment: it refuses 3
+    for bad, message, version in [
+            ({"name": "categorical", "classes": ["one"]}, "at least 2 distinct class names", 3),
+            (["angry", "happy"], "'scheme' must be an object with a name", 3),
+            (meta["scheme"], "version 2 cannot record a scheme", 2)]:
+        arrays["__meta__"] = np.array(json.dumps({**meta, "scheme": bad, "version": version}))
+        np.savez(tmp_path / "bad.npz", **arrays)
+        with pytest.raises(AffectusError, match=message):
+            load_dataset(tmp_path / "bad.npz")
+
+
+def test_schemes_describe_themselves_plainly():
+    assert get_scheme("mosi").describe().startswith("3-class sentiment, Acc2 Has0/Non0")
+    assert get_scheme("sims").describe().startswith("3-class sentiment, Acc2 positive/non-positive")
+    assert get_scheme({"name": "categorical", "classes": ["b", "a"]}).describe() == "categorical: b, a"
+    assert schemes.looks_like_class_indices(np.array([0, 1, 2, 1.0]))
+    assert not schemes.looks_like_class_indices(np.array([0, 1, -1]))  # a negative: sentiment
+    assert not schemes.looks_like_class_indices(np.array([0.4, 1.0]))  # a fraction: averaged ratings
+    assert not schemes.looks_like_class_indices(np.array([1.0, 1.0]))  # one value says nothing
+    assert schemes.class_name_problem("very_happy") is None and schemes.class_name_problem("fröhlich") is None
+    assert "holds ' '" in schemes.class_name_problem("very happy")

@@ -53,8 +53,13 @@ def _label_stats(labels: np.ndarray) -> dict[str, Any]:
 
 def summarise(dataset: MERDataset, path: Path, preset: str | None = None) -> dict[str, Any]:
     """Everything `inspect` reports, as one JSON-ready dict (keys are stable: scripts read them).
-    With a categorical preset each split also counts its samples per class (`classes`)."""
+    With a categorical preset, or a file that records its classes (extract-dataset --labels annotation),
+    each split also counts its samples per class (`classes`); `scheme` is the file's recorded scheme."""
+    from affectus.data.schemes import get_scheme
+
     scheme = load_preset(preset).scheme if preset else None
+    if scheme is None and dataset.scheme is not None:
+        scheme = get_scheme(dataset.scheme)
     named = scheme is not None and not scheme.scores  # labels are class indices
     splits: dict[str, Any] = {}
     for name, s in dataset.splits.items():
@@ -95,6 +100,7 @@ def summarise(dataset: MERDataset, path: Path, preset: str | None = None) -> dic
         "bytes": path.stat().st_size,
         "sha256": sha256_file(path),
         "preset": preset,
+        "scheme": dataset.scheme,  # recorded in the file (None: a reader infers it, or a preset says it)
         "dims": dataset.dims,
         "seq_lens": dataset.seq_lens,
         "has_text_bert": all(s.text_bert is not None for s in dataset.splits.values()),
@@ -159,6 +165,13 @@ def _print_human(info: dict[str, Any]) -> None:
         f"text_bert: {yes(info['has_text_bert'])}   raw_text: {yes(info['has_raw_text'])}   "
         f"unimodal labels: {yes(info['has_unimodal_labels'])}"
     )
+    if info["scheme"]:
+        from affectus.data.schemes import get_scheme
+
+        counts = {name: s.get("classes") for name, s in info["splits"].items()}
+        console.print(f"label scheme {get_scheme(info['scheme']).describe()} (recorded in the file); per split: "
+                      + "; ".join(f"{name} " + ", ".join(f"{c} {k}" for c, k in (cl or {}).items())
+                                  for name, cl in counts.items()))
     if info["preset"]:
         console.print(f"preset {info['preset']}: feature dims match")
         for note in info["preset_notes"]:

@@ -115,6 +115,12 @@ def extract_dataset(
     report: Annotated[
         Path | None, typer.Option("--report", help="failure report JSON (default: <out>.failures.json)")
     ] = None,
+    labels: Annotated[
+        str,
+        typer.Option("--labels", help="the labels: label (sentiment scores in [-3, 3]), annotation (emotion class "
+                                      "names: a categorical dataset, classes in sorted order), or auto (annotation "
+                                      "when it holds names and label is empty; docs/media.md)"),
+    ] = "auto",
     overwrite: Annotated[
         bool,
         typer.Option("--overwrite", help="replace --out, --report and <out>.extract.json if they exist (never the "
@@ -157,6 +163,10 @@ def extract_dataset(
             )
         except ValueError as err:
             raise AffectusError(f"extract-dataset: {err}") from None
+    from affectus.features.dataset import LABEL_SOURCES
+
+    if labels not in LABEL_SOURCES:
+        raise AffectusError(f"--labels must be one of {', '.join(LABEL_SOURCES)}, not {labels!r}")
     n_workers = workers if workers is not None else (os.cpu_count() or 1)
     if n_workers < 1:
         raise AffectusError(f"--workers must be >= 1 (got {n_workers})")
@@ -183,6 +193,7 @@ def extract_dataset(
                 progress=bar.update,
                 executor=executor,
                 overwrite=overwrite,
+                labels=labels,
             )
     finally:
         bar.close()
@@ -190,6 +201,6 @@ def extract_dataset(
     failed = len({f["id"] for f in summary.failures})
     print(
         f"wrote {out}: train/valid/test {written} clips of {summary.clips} "
-        f"({summary.computed} extracted, {summary.cached} resumed from {summary.work}), "
+        f"({summary.computed} extracted, {summary.cached} resumed from {summary.work}), labels {summary.labels}, "
         f"{failed} failed -> {summary.report}; extractor configs in {summary.meta}"
     )

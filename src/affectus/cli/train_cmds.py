@@ -121,6 +121,10 @@ def train(
     apply_threads(cfg.train.threads)
     with epoch_display(quiet) as on_epoch:
         metrics = job.run(out, resume=resume, on_epoch=on_epoch, overwrite=overwrite)
+    # what the labels meant, said plainly: a wrong scheme trains happily and scores nonsense (after the run,
+    # so a run that fails still ends in its one error line)
+    console.print(f"label scheme {plan.scheme.describe()} ({plan.origin})", markup=False, highlight=False,
+                  soft_wrap=True)
     from affectus.models.registry import display_name
     from affectus.runs.checkpoints import read_run, split_fits
 
@@ -148,6 +152,7 @@ def evaluate(
 ) -> None:
     """Score a trained run on a split of DATA."""
     from affectus.data.load import open_data
+    from affectus.data.schemes import get_scheme
     from affectus.inference.predictor import load, predictions_csv
     from affectus.runs.checkpoints import in_sample_json
     from affectus.utils.io import refuse_overwrite, write_text_atomic
@@ -162,6 +167,10 @@ def evaluate(
         if not isinstance(data, str) or not data:
             raise AffectusError(f"{run_dir}: run.json records no data source; pass --data FILE")
     ds, _ = open_data(data, preset, trust_pickle=trust_pickle)
+    if ds.scheme is not None and get_scheme(ds.scheme).spec() != predictor.scheme.spec():
+        # the file says its class numbers mean other classes than the run's: scores would be nonsense
+        raise AffectusError(f"{data}: its labels are {get_scheme(ds.scheme).describe()} (recorded in the file), "
+                            f"but run {run_dir} predicts {predictor.scheme.describe()}")
     name = split or predictor.info.get("metrics_split", "test")
     if name not in ds:
         raise AffectusError(f"{data}: no split '{name}' (has {', '.join(ds.splits)})")
@@ -181,7 +190,8 @@ def evaluate(
     fits = _fits(predictor.info, data, name)
     if as_json:
         # `absent` always there (empty when nothing is): the keys do not depend on --available
-        print(json.dumps({"split": name, **metrics, **in_sample_json(fits), "absent": notes}, indent=2, sort_keys=True))
+        print(json.dumps({"split": name, "label_scheme": predictor.scheme.describe(), **metrics, **in_sample_json(fits),
+                          "absent": notes}, indent=2, sort_keys=True))
     else:
         _print_metrics(metrics, f"{run_dir} on {name}" + (f" with {available} only" if available else ""), fits, name)
     for m, note in notes.items():

@@ -130,18 +130,26 @@ def load_dataset(
         from affectus.data.npz import check_unpacked_size, read_npz  # npz.py builds on this module
 
         check_unpacked_size(spath)
-        raw, prior = read_npz(spath)
+        raw, prior, scheme = read_npz(spath)
     else:
         if trust_pickle:
             _log.warning("warning: --trust-pickle: reading %s with Python's own unpickler, which runs any code the file holds", spath)
-        raw, prior = _read_pickle(spath, trust_pickle), {}
-    return _validated(raw, prior, spath, preset)
+        raw, prior, scheme = _read_pickle(spath, trust_pickle), {}, None
+    return _validated(raw, prior, spath, preset, scheme)
 
 
 
-def _validated(raw: Any, prior: dict[tuple[str, str], int], source: str, preset: str | Preset | None) -> MERDataset:
+def _validated(raw: Any, prior: dict[tuple[str, str], int], source: str, preset: str | Preset | None,
+               scheme: dict[str, Any] | None = None) -> MERDataset:
+    """`scheme`: the label scheme the file records (an .npz's `__meta__`), kept on the dataset."""
     p = None if preset is None else (preset if isinstance(preset, Preset) else load_preset(preset))
-    dataset = dataset_from_raw(raw, source=source, label_keys=None if p is None else p.scheme.label_keys)
+    keys = p.scheme.label_keys if p is not None else None
+    if keys is None and scheme is not None:
+        from affectus.data.schemes import get_scheme
+
+        keys = get_scheme(scheme).label_keys
+    dataset = dataset_from_raw(raw, source=source, label_keys=keys)
+    dataset.scheme = scheme
     if p is not None and p.id_separator is not None:  # the preset says how its files' ids name the group
         for split in dataset.splits.values():
             derived = groups_from_ids(split.ids, p.id_separator) if split.groups is None else None

@@ -26,8 +26,10 @@ NPZ_FORMAT = "affectus-npz"
 # Version 2 adds per-sample keys a version-1 reader would silently drop (`available`, `group`,
 # `position`, `speaker`), so a file holding any of them says 2 and older affectus refuses it instead of misreading
 # it; a file without them is still written as version 1. Both are read.
-NPZ_VERSION = 2
-NPZ_READABLE = (1, 2)
+# Version 3 adds `scheme` in `__meta__` (what the labels mean: extract-dataset's emotion classes); a
+# version-2 reader would ignore it and read class indices as sentiment scores, so such a file says 3.
+NPZ_VERSION = 3
+NPZ_READABLE = (1, 2, 3)
 V2_KEYS = ("available", "group", "position", "speaker")
 
 
@@ -48,8 +50,12 @@ def check_unpacked_size(path: str) -> None:
                                   f"file plus {SHARED_FLOOR // 2**20} MiB): not an .npz affectus convert writes")
 
 
-def read_npz(path: str, file: Any = None) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], int]]:
-    """Our .npz back into the MMSA dict layout (plus the sanitised counts recorded at conversion).
+Layout = tuple[dict[str, dict[str, Any]], dict[tuple[str, str], int], "dict[str, Any] | None"]
+
+
+def read_npz(path: str, file: Any = None) -> Layout:
+    """Our .npz back into the MMSA dict layout, plus the sanitised counts recorded at conversion and the
+    label scheme the file records (None when it records none).
 
     `file`: an open binary file to read instead of `path` (which then only names it in messages)."""
     try:
@@ -64,7 +70,7 @@ def read_npz(path: str, file: Any = None) -> tuple[dict[str, dict[str, Any]], di
         ) from None
 
 
-def _raw_layout(z: Any, names: Any, path: str) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], int]]:
+def _raw_layout(z: Any, names: Any, path: str) -> Layout:
     """The MMSA dict layout from `z[name]` (an open np.load, or a dict of arrays already read)."""
     if "__meta__" not in names:
         raise _fail(_where(path), "a .npz without __meta__: not written by affectus convert")
@@ -78,7 +84,7 @@ def _raw_layout(z: Any, names: Any, path: str) -> tuple[dict[str, dict[str, Any]
             except (KeyError, ValueError) as err:
                 raise _fail(_where(path, split, key), f"unreadable array ({err})") from None
     sanitised = {tuple(k.split("/", 1)): int(v) for k, v in meta.get("sanitised", {}).items()}
-    return raw, sanitised  # type: ignore[return-value]
+    return raw, sanitised, meta.get("scheme")  # type: ignore[return-value]
 
 
 def _check_meta(path: str, value: np.ndarray) -> dict[str, Any]:
@@ -117,6 +123,20 @@ def _check_meta(path: str, value: np.ndarray) -> dict[str, Any]:
         for k, v in sanitised.items()
     ):
         raise bad("'sanitised' must map 'split/key' to a count")
+    if meta.get("scheme") is not None and version < 3:
+        raise bad(f"version {version} cannot record a scheme (a version 3 key)")
+    if meta.get("scheme") is not None:
+        # the labels' meaning (extract-dataset --labels annotation records its classes): a spec get_scheme
+        # rebuilds; anything else is refused rather than read as the wrong scheme
+        from affectus.data.schemes import get_scheme
+
+        spec = meta["scheme"]
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise bad("'scheme' must be an object with a name (e.g. {\"name\": \"categorical\", \"classes\": [...]})")
+        try:
+            get_scheme(spec)
+        except AffectusError as err:
+            raise bad(f"'scheme': {err}") from None
     return meta
 
 
@@ -128,22 +148,23 @@ def load_npz_bytes(data: bytes, source: str, preset: str | Preset | None = None)
 
     if data[:4] not in _ZIP_MAGIC:
         raise _fail(_where(source), "not a readable affectus .npz (not a zip)")
-    raw, prior = read_npz(source, io.BytesIO(data))
-    return _validated(raw, prior, source, preset)
+    raw, prior, scheme = read_npz(source, io.BytesIO(data))
+    return _validated(raw, prior, source, preset, scheme)
 
 
 def load_npz_arrays(arrays: dict[str, np.ndarray], source: str, preset: str | Preset | None = None) -> MERDataset:
     """An affectus .npz whose members were already read and checked (`data.npz_check.read_checked_npz`,
     an upload), validated as `load_dataset` validates a file; `source` names it in messages."""
-    raw, prior = _raw_layout(arrays, arrays, source)
-    return _validated(raw, prior, source, preset)
+    raw, prior, scheme = _raw_layout(arrays, arrays, source)
+    return _validated(raw, prior, source, preset, scheme)
 
 
 def write_npz(dataset: MERDataset, path: str | os.PathLike) -> None:
     """Atomically write the pickle-free form: numeric arrays + unicode arrays + a JSON `__meta__`.
 
     Array names are `<split>.<key>` with MMSA key names; `__meta__` lists which keys each split has,
-    so optional keys (text_bert, raw_text, unimodal labels) come back exactly as they were.
+    so optional keys (text_bert, raw_text, unimodal labels) come back exactly as they were, and the
+    dataset's recorded label scheme when it has one (`MERDataset.scheme`).
     """
     arrays: dict[str, np.ndarray] = {}
     keys: dict[str, list[str]] = {}
@@ -156,11 +177,14 @@ def write_npz(dataset: MERDataset, path: str | os.PathLike) -> None:
             keys[split].append(key)
     meta = {
         "format": NPZ_FORMAT,
-        "version": NPZ_VERSION if any(k in V2_KEYS for v in keys.values() for k in v) else 1,
+        # the lowest version that holds what the file has, so older readers still read the rest
+        "version": 3 if dataset.scheme is not None else 2 if any(k in V2_KEYS for v in keys.values() for k in v) else 1,
         "keys": keys,
         "source": dataset.source,
         "sanitised": {f"{s}/{k}": n for (s, k), n in dataset.sanitised.items()},
     }
+    if dataset.scheme is not None:  # left out otherwise: files without one stay byte-identical to before
+        meta["scheme"] = dataset.scheme
     arrays["__meta__"] = np.array(json.dumps(meta, sort_keys=True))
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)

@@ -75,10 +75,16 @@ class LabelScheme:
     # the metric shown first for named classes: "acc" (IEMOCAP's habit) or "f1" (weighted F1, as MELD is
     # reported); categorical schemes set it from their spec
     headline: str = "acc"
+    # what the scheme means, in plain words for `train`'s output, reports and results.md (`describe`)
+    description: str = ""
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def describe(self) -> str:
+        """The scheme in plain words: "3-class sentiment, Acc2 Has0/Non0", "categorical: angry, happy, ..."."""
+        return self.description or f"{self.num_classes}-class {self.name}: {', '.join(self.class_names)}"
 
     def spec(self) -> dict[str, Any]:
         """What a run records, and `get_scheme` rebuilds the scheme from."""
@@ -182,6 +188,9 @@ class CategoricalScheme(LabelScheme):
 
     `headline` (on the base class): set from the spec, recorded only when it is not "acc"."""
 
+    def describe(self) -> str:
+        return f"{self.name}: {', '.join(self.class_names)}"
+
     def spec(self) -> dict[str, Any]:
         spec: dict[str, Any] = {"name": self.name, "classes": list(self.class_names)}
         if self.headline != "acc":  # recorded only when set, so earlier runs' records read the same
@@ -254,6 +263,7 @@ SENTIMENT_SHORT = ("Neg", "Neu", "Pos")  # the paper's Figs. 6-7 labels
 def _sims() -> LabelScheme:
     return SentimentScheme(
         name="sims", class_names=SENTIMENT_CLASSES, short_names=SENTIMENT_SHORT, has_subsets=True, objective="acc2",
+        description="3-class sentiment, Acc2 positive/non-positive (CH-SIMS rule)",
         binary_names=("non-positive", "positive"),  # Acc2 on CH-SIMS: positive vs non-positive
         acc2_rules=(Acc2Rule("", positive=(2,)),),
         # MMSA's SIMS regression bins (metricsTop.py, `__eval_sims_regression`) on scores clipped to [-1, 1]:
@@ -272,6 +282,7 @@ def _sims() -> LabelScheme:
 def _mosi() -> LabelScheme:
     return SentimentScheme(
         name="mosi", class_names=SENTIMENT_CLASSES, short_names=SENTIMENT_SHORT, objective="has0_acc2",
+        description="3-class sentiment, Acc2 Has0/Non0 (MOSI rule)",
         f1_key="has0_f1",
         binary_names=("negative", "non-negative"),  # Has0 Acc2: non-negative vs negative
         # Has0: non-negative vs negative; Non0: zeros dropped, positive vs negative (MMSA's
@@ -303,6 +314,39 @@ def _categorical(classes: list[str] | tuple[str, ...] = (), headline: str = "acc
         modality_columns=modality_columns(pair),
         slope_keys=pair,
     )
+
+
+# DataPlan.origin (training/trainer.py) of a scheme the data file records (run.json `scheme_origin`)
+RECORDED_ORIGIN = "recorded in the file"
+
+# A class name a file may record (label.csv's `annotation`, extract-dataset): it becomes a metric key
+# (`f1_<name>`), a table column and a JSON key, so plain lower-case words only; letters of any script
+# are fine (str.isalpha), digits, '_' and '-' after the first letter.
+MAX_CLASS_NAME = 40
+
+
+def class_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a recorded class name, or None when it can (see MAX_CLASS_NAME)."""
+    if not name:
+        return "is empty"
+    if len(name) > MAX_CLASS_NAME:
+        return f"is longer than {MAX_CLASS_NAME} characters"
+    if not name[0].isalpha():
+        return "does not start with a letter"
+    odd = [c for c in name if not (c.isalnum() or c in "_-")]
+    if odd:
+        return f"holds {odd[0]!r}; a class name is letters, digits, '_' and '-' (e.g. very_happy)"
+    return None
+
+
+def looks_like_class_indices(labels: np.ndarray) -> bool:
+    """Whether sentiment labels look like class indices: whole numbers, none negative, at least two
+    distinct (0/1/2 for happy/sad/angry). Real sentiment scores have negatives and fractions (averaged
+    ratings); a file of these read as sentiment is almost surely emotion classes numbered by hand."""
+    y = np.asarray(labels, dtype=np.float64).reshape(-1)
+    if y.size == 0 or not np.isfinite(y).all():
+        return False
+    return bool((y >= 0).all() and (y == np.round(y)).all() and np.unique(y).size >= 2)
 
 
 def infer_scheme(train_labels: np.ndarray, select_labels: np.ndarray, unimodal: bool) -> LabelScheme:

@@ -7,6 +7,7 @@ ever see `MERDataset` -> `Split`. Arrays are float32 features, int64 lengths, fl
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -93,6 +94,10 @@ class MERDataset:
     source: str = "<memory>"
     # (split, key) -> number of -inf / +inf / NaN feature values replaced by 0 on load
     sanitised: dict[tuple[str, str], int] = field(default_factory=dict)
+    # the label scheme the file records (`{"name": "categorical", "classes": [...]}`, data/schemes.py), or
+    # None: the reader infers it. `extract-dataset --labels annotation` writes one, so no reader guesses
+    # what the class indices mean.
+    scheme: dict[str, Any] | None = None
 
     def __getitem__(self, name: str) -> Split:
         return self.splits[name]

@@ -51,6 +51,9 @@ from affectus.utils.io import atomic_path, write_json_atomic
 _log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("video_id", "clip_id", "text", "label", "mode")
+# which column holds the labels (`extract-dataset --labels`): `label`, sentiment scores; `annotation`,
+# emotion class names (a categorical dataset); `auto`, annotation when it holds names and `label` is empty
+LABEL_SOURCES = ("auto", "label", "annotation")
 UNIMODAL_COLUMNS = {"text": "label_T", "audio": "label_A", "vision": "label_V"}
 LABEL_RANGE = 3.0  # CMU-MOSI/MOSEI scores lie in [-3, 3], CH-SIMS ones in [-1, 1]
 MAX_NAME_BYTES = 255  # NAME_MAX of Linux, macOS and Windows file systems: one path component
@@ -73,6 +76,8 @@ class ClipRow:
     mode: str  # train / valid / test
     unimodal: dict[str, float] | None  # modality -> score, when label.csv has label_T/A/V
     line: int  # 1-based line in label.csv, for messages
+    # the `annotation` cell (stripped; a class name in a categorical dataset, where `label` is its index)
+    annotation: str = ""
 
     @property
     def id(self) -> str:
@@ -82,18 +87,67 @@ class ClipRow:
         return root / "Raw" / self.video_id / f"{self.clip_id}.mp4"
 
 
+ANNOTATION_HINT = "emotion classes? put their names in the annotation column and pass --labels annotation"
+
+
 def _score(path: Path, line: int, column: str, value: str) -> float:
     try:
         x = float(value)
     except ValueError:
-        raise AffectusError(f"file {path} line {line}: {column} {value!r} is not a number") from None
+        hint = f" ({ANNOTATION_HINT})" if column == "label" and value and value[0].isalpha() else ""
+        if not value and column == "label":
+            hint = " (for emotion classes, put their names in the annotation column: docs/media.md)"
+        raise AffectusError(f"file {path} line {line}: {column} {value!r} is not a number{hint}") from None
     if not math.isfinite(x) or abs(x) > LABEL_RANGE:
-        raise AffectusError(f"file {path} line {line}: {column} {x} outside [-3, 3]")
+        hint = f" ({ANNOTATION_HINT})" if column == "label" and x == round(x) and x > 0 else ""
+        raise AffectusError(f"file {path} line {line}: {column} {x:g} outside [-3, 3]{hint}")
     return x
 
 
-def read_label_csv(path: str | os.PathLike) -> list[ClipRow]:
-    """Every row of an MMSA-FET `label.csv`, checked: columns, ids unique, scores in [-3, 3], modes."""
+@dataclasses.dataclass(frozen=True)
+class ClipLabels:
+    """A checked `label.csv`: its rows, and what their labels are."""
+
+    rows: list[ClipRow]
+    # the class names of a categorical dataset (`annotation`), in the recorded order; None: sentiment scores
+    classes: tuple[str, ...] | None = None
+    # one line for the user, else None: sentiment labels that look like class indices (naming the fix), or
+    # a class with no train clip
+    warning: str | None = None
+
+    @property
+    def scheme(self) -> dict[str, Any] | None:
+        """The label scheme the output file records (data/schemes.py), None for sentiment scores (inferred)."""
+        return None if self.classes is None else {"name": "categorical", "classes": list(self.classes)}
+
+    def describe(self) -> str:
+        if self.classes is None:
+            return "sentiment scores (label column)"
+        return f"categorical: {', '.join(self.classes)} (annotation column)"
+
+
+def read_label_csv(path: str | os.PathLike, labels: str = "auto") -> list[ClipRow]:
+    """Every row of an MMSA-FET `label.csv`, checked (`read_clip_labels`)."""
+    return read_clip_labels(path, labels).rows
+
+
+def class_name(value: str) -> str:
+    """An `annotation` cell as a class name: Unicode NFC, lower case ("Happy" and "happy" are one class)."""
+    return unicodedata.normalize("NFC", value.strip()).lower()
+
+
+def read_clip_labels(path: str | os.PathLike, labels: str = "auto") -> ClipLabels:
+    """Every row of an MMSA-FET `label.csv`, checked: columns, ids unique, labels, modes.
+
+    `labels` (LABEL_SOURCES): `label` reads sentiment scores in [-3, 3]; `annotation` reads class names
+    (lower-cased), numbered in sorted order, so the classes of `happy, sad, angry, neutral` are
+    `angry, happy, neutral, sad` = 0..3 whatever order the rows come in; `auto` takes `annotation` when
+    the file has that column and `label` is empty in every row (or absent), else `label`. Class names:
+    `schemes.class_name_problem`; at least two classes, every row named."""
+    from affectus.data.schemes import class_name_problem, looks_like_class_indices
+
+    if labels not in LABEL_SOURCES:
+        raise AffectusError(f"--labels must be one of {', '.join(LABEL_SOURCES)}, not {labels!r}")
     path = Path(path)
     if not path.is_file():
         raise AffectusError(f"file {path}: no such file (expected the MMSA-FET label.csv)")
@@ -113,7 +167,10 @@ def read_label_csv(path: str | os.PathLike) -> list[ClipRow]:
         with io.StringIO(text, newline="") as f:
             reader = csv.DictReader(f)
             columns = [c.strip() for c in (reader.fieldnames or [])]
-            missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+            required = REQUIRED_COLUMNS
+            if labels != "label" and "annotation" in columns:  # names in annotation: `label` may be left out
+                required = tuple(c for c in REQUIRED_COLUMNS if c != "label")
+            missing = [c for c in required if c not in columns]
             if missing:
                 raise AffectusError(
                     f"file {path}: missing column(s) {', '.join(missing)} (has: {', '.join(columns) or 'none'})"
@@ -124,12 +181,38 @@ def read_label_csv(path: str | os.PathLike) -> list[ClipRow]:
                 raise AffectusError(
                     f"file {path}: has {', '.join(present)} but not {', '.join(lacking)} (all three or none)"
                 )
+            if labels == "annotation" and "annotation" not in columns:
+                raise AffectusError(f"file {path}: --labels annotation, but there is no annotation column "
+                                    f"(has: {', '.join(columns)})")
             reader.fieldnames = columns
-            rows = [_row(path, reader.line_num, r, bool(present)) for r in reader]
+            cells = [(reader.line_num, r) for r in reader]
     except csv.Error as err:
         raise AffectusError(f"file {path}: not a readable CSV ({err})") from None
-    if not rows:
+    if not cells:
         raise AffectusError(f"file {path}: no clips (only a header)")
+    if labels == "auto":
+        empty = all(not (r.get("label") or "").strip() for _, r in cells if None not in r)
+        labels = "annotation" if "annotation" in columns and empty else "label"
+    categorical = labels == "annotation"
+    names: dict[str, int] = {}  # class name -> first line naming it
+    if categorical:
+        for line, r in cells:
+            if None in r:
+                continue  # _row says "more fields than columns" below
+            value = (r.get("annotation") or "").strip()
+            name = class_name(value)
+            problem = class_name_problem(name)
+            if problem:
+                shown = value if len(value) <= 60 else f"{value[:40]}... ({len(value)} characters)"
+                what = "is empty: every clip needs its class name" if not value else f"{shown!r} {problem}"
+                raise AffectusError(f"file {path} line {line}: annotation {what}")
+            names.setdefault(name, line)
+        if len(names) < 2:
+            raise AffectusError(f"file {path}: annotation names one class only ({', '.join(names)}); a "
+                                f"classifier needs at least two")
+    classes = tuple(sorted(names)) if categorical else None
+    index = {c: i for i, c in enumerate(classes or ())}
+    rows = [_row(path, line, r, bool(present) and not categorical, index) for line, r in cells]
     seen: dict[str, int] = {}
     for r in rows:
         if r.id in seen:
@@ -137,10 +220,23 @@ def read_label_csv(path: str | os.PathLike) -> list[ClipRow]:
                 f"file {path} line {r.line}: duplicate clip video_id={r.video_id} clip_id={r.clip_id} (first on line {seen[r.id]})"
             )
         seen[r.id] = r.line
-    return rows
+    warning = None
+    if not categorical and looks_like_class_indices(np.asarray([r.label for r in rows])):
+        values = ", ".join(f"{v:g}" for v in sorted({r.label for r in rows})[:6])
+        named = any(r.annotation and r.annotation[0].isalpha() for r in rows)
+        fix = ("its annotation column holds names: pass --labels annotation to train those classes" if named
+               else "for emotion classes, put their names in an annotation column and pass --labels annotation")
+        warning = (f"warning: file {path}: the labels ({values}) look like class indices, but are read as "
+                   f"sentiment scores (< 0 negative, 0 neutral, > 0 positive); {fix} (docs/media.md)")
+    untaught = [c for c in classes or () if not any(r.mode == "train" and r.annotation and class_name(r.annotation) == c
+                                                   for r in rows)]
+    if untaught:  # still a class (scored, recorded): the file is what the user labelled, but say it
+        warning = (f"warning: file {path}: no train clip of class {', '.join(untaught)}; a model trained on this "
+                   f"file never learns it (it is still scored)")
+    return ClipLabels(rows, classes, warning)
 
 
-def _row(path: Path, line: int, r: dict[str, Any], unimodal: bool) -> ClipRow:
+def _row(path: Path, line: int, r: dict[str, Any], unimodal: bool, classes: dict[str, int] | None = None) -> ClipRow:
     if None in r:  # DictReader puts a row's extra fields under the key None
         raise AffectusError(f"file {path} line {line}: more fields than columns")
     values = {k: (v or "").strip() for k, v in r.items()}
@@ -163,12 +259,14 @@ def _row(path: Path, line: int, r: dict[str, Any], unimodal: bool) -> ClipRow:
         video_id=values["video_id"],
         clip_id=values["clip_id"],
         text=values["text"],
-        label=_score(path, line, "label", values["label"]),
+        # a categorical dataset: the class's index (read_clip_labels checked every name)
+        label=float(classes[class_name(values["annotation"])]) if classes else _score(path, line, "label", values["label"]),
         mode=mode,
         unimodal={m: _score(path, line, c, values[c]) for m, c in UNIMODAL_COLUMNS.items()}
         if unimodal
         else None,
         line=line,
+        annotation=values.get("annotation", ""),
     )
 
 
@@ -524,6 +622,7 @@ class BuildSummary:
     report: Path
     meta: Path
     work: Path  # the per-clip results folder
+    labels: str = "sentiment scores (label column)"  # what the labels are (ClipLabels.describe)
 
 
 Progress = Callable[[int, int], None]  # (clips done, clips total)
@@ -781,11 +880,14 @@ def build_dataset(
     progress: Progress | None = None,
     executor: Executor | None = None,
     overwrite: bool = False,
+    labels: str = "auto",
 ) -> BuildSummary:
     """`affectus extract-dataset`: folder of clips -> MMSA file (.npz by suffix, else pickle) + report.
 
     `out`, the report and `<out>.extract.json` are refused when they exist, unless `overwrite`; a path
-    that would replace an input (label.csv, anything under Raw/) is refused always (`check_outputs`)."""
+    that would replace an input (label.csv, anything under Raw/) is refused always (`check_outputs`).
+    `labels` (LABEL_SOURCES): which label.csv column holds the labels (`read_clip_labels`); class names
+    make a categorical dataset, whose classes the .npz records (an MMSA pickle has no place for them)."""
     root, out = Path(root), Path(out)
     config = config or MediaConfig()
     if on_fail not in ON_FAIL:
@@ -797,7 +899,13 @@ def build_dataset(
     meta_path = out.with_name(out.name + ".extract.json")
     check_outputs(root, {"--out": out, "--report": report_path, "the record": meta_path}, work,
                   overwrite)
-    rows = read_label_csv(root / "label.csv")
+    table = read_clip_labels(root / "label.csv", labels)
+    rows = table.rows
+    if table.classes is not None and out.suffix != ".npz":
+        raise AffectusError(f"--out {out}: a categorical dataset ({', '.join(table.classes)}) records its class names "
+                            f"in an affectus .npz; an MMSA pickle has no place for them: name the output FILE.npz")
+    if table.warning:
+        _log.warning("%s", table.warning)
 
     check_modules(config, whole=True)
     results, computed = extract_clips(
@@ -832,6 +940,7 @@ def build_dataset(
         encoder = text_encoder_from_spec(None if config.text_encoder == "minilm" else config.text_encoder)
         dataset = reencode_dataset(dataset, encoder, text="sentence")
         text_inputs = text_inputs_record(encoder, text="sentence", bert=False)
+    dataset.scheme = table.scheme  # what the labels mean, so no reader guesses (None: sentiment, inferred)
     if out.suffix == ".npz":
         write_npz(dataset, out)
     else:
@@ -842,6 +951,8 @@ def build_dataset(
             "extractors": config.to_dict(),
             "versions": _versions(),
             "report": str(report_path),
+            # which column gave the labels, and the scheme the .npz records (None: sentiment scores)
+            "labels": {"column": "annotation" if table.classes is not None else "label", "scheme": table.scheme},
             "text_features": text_inputs or "hashed words (features/hashed_text.py), a placeholder",
             "clips": {r.id: results[r.id]["stats"] for r in rows},
             "transcribed": transcribed,  # clip id -> transcript from speech recognition (empty text in label.csv)
@@ -857,4 +968,5 @@ def build_dataset(
         report=report_path,
         meta=meta_path,
         work=work,
+        labels=table.describe(),
     )

@@ -44,9 +44,15 @@ MAX_CURVE_ROWS = 12  # more rows than this: the per-run curves are in TensorBoar
 
 
 # what each label scheme's name stands for in a heading (data/schemes.py): the name alone reads as a dataset
+# (a scheme without an entry is named by its own `describe()`: "categorical: angry, happy, neutral, sad")
 SCHEME_RULES = {"sims": "sentiment, CH-SIMS rule (positive vs non-positive)",
-                "mosi": "sentiment, MOSI rule (negative vs non-negative)",
-                "categorical": "categorical classes"}
+                "mosi": "sentiment, MOSI rule (negative vs non-negative)"}
+
+
+def _scheme_key(run: Run) -> str:
+    import json
+
+    return json.dumps(run.scheme.spec(), sort_keys=True)
 
 def declares(run: Run, section: str) -> bool:
     """The run's model lists `section` among its report sections (models/registry.py); a model no longer
@@ -112,8 +118,10 @@ def overview(runs: list[Run], axes: list[str], skipped: list[str]) -> list[Block
 def results(runs: list[Run], axes: list[str]) -> list[Block]:
     blocks: list[Block] = [note("mean ± sample std over the runs of each row (rows differ in everything but the "
                                 "seed); n = runs. Accuracies and F1 in percent.")]
-    for family in sorted({r.family for r in runs}):
-        fam_runs = [r for r in runs if r.family == family]
+    # one table per scheme: categorical runs with other classes have other columns (one F1 per class)
+    for key in sorted({_scheme_key(r) for r in runs}):
+        fam_runs = [r for r in runs if _scheme_key(r) == key]
+        family = fam_runs[0].family
         rows = group_rows(fam_runs, axes)
         cols = [(p, name) for name, p in fam_runs[0].scheme.columns
                 if any(r.metric(p) is not None for r in fam_runs)]
@@ -155,9 +163,14 @@ def results(runs: list[Run], axes: list[str]) -> list[Block]:
                       f"inputs")] if len(kinds) > 1 else []
         presets = {(r.info.get("config") or {}).get("preset") for r in fam_runs if isinstance(r.info.get("config"), dict)}
         # a scheme's name is a dataset family's: say what it means, and that custom data only follows its rule
-        what = SCHEME_RULES.get(family, "")
-        origin = "; inferred from the labels (no preset)" if presets <= {None} else ""
-        blocks += [heading(f"label scheme {family}" + (f": {what}" if what else "") + origin
+        what = SCHEME_RULES.get(family)
+        named = f"label scheme {family}: {what}" if what else f"label scheme {fam_runs[0].scheme.describe()}"
+        from affectus.data.schemes import RECORDED_ORIGIN
+
+        recorded = all(r.info.get("scheme_origin") == RECORDED_ORIGIN for r in fam_runs)
+        origin = "" if not presets <= {None} else ("; recorded in the data file" if recorded
+                                                   else "; inferred from the labels (no preset)")
+        blocks += [heading(named + origin
                            + f" (scored on {', '.join(splits)})"), *mixed,
                    table(["row", *axes, "inputs", "n", *[name for _, name in cols]], lines, left=2 + len(axes)),
                    *[note(text) for text in degenerate]]

@@ -5,11 +5,14 @@ them for one call (docs/architecture.md, "Library calls leave process-global tor
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from affectus.models.registry import DEFAULT_MODEL
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -62,4 +65,25 @@ def prepare_training(data: str | Path, preset: str | None = None, model: str | N
     shortcuts = {k: v for k, v in (("train.seed", seed), ("train.device", device), ("train.threads", threads))
                  if v is not None}
     cfg = resolve_config(model, variant, p, config, {**(overrides or {}), **shortcuts})
-    return TrainingJob(dataset, p, cfg, plan_for(dataset, p), source_id(data), reason)
+    plan = plan_for(dataset, p)
+    warn_class_indices(dataset, plan, str(data))
+    return TrainingJob(dataset, p, cfg, plan, source_id(data), reason)
+
+
+def warn_class_indices(dataset: Any, plan: Any, source: str) -> None:
+    """One warning line when a sentiment scheme reads labels that look like class indices (0/1/2 for
+    happy/sad/angry: `looks_like_class_indices`), naming the fix. Train and selection labels only:
+    the test labels are for evaluation alone."""
+    import numpy as np
+
+    from affectus.data.schemes import looks_like_class_indices
+
+    if not plan.scheme.scores:
+        return
+    seen = np.concatenate([dataset[plan.train].labels, dataset[plan.select].labels])
+    if looks_like_class_indices(seen):
+        values = ", ".join(f"{v:g}" for v in np.unique(seen)[:6])
+        _log.warning("warning: %s: the labels (%s) look like class indices, but are read as %s (< 0 negative, "
+                     "0 neutral, > 0 positive); for emotion classes, put their names in label.csv's annotation "
+                     "column and run extract-dataset again with --labels annotation (docs/media.md)",
+                     source, values, plan.scheme.describe())

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from affectus.data.load import data_identity, extraction_record
-from affectus.data.schemes import LabelScheme, infer_scheme
+from affectus.data.schemes import RECORDED_ORIGIN, LabelScheme, get_scheme, infer_scheme
 from affectus.data.types import MODALITIES, MERDataset, Split
 from affectus.errors import AffectusError
 from affectus.evaluation.evaluate import predict_split, score_predictions, single_class
@@ -42,6 +42,8 @@ class DataPlan:
     select: str
     eval: str
     scheme: LabelScheme
+    # where the scheme came from, in words for `train`'s output ("recorded in the file", "preset mosi", ...)
+    origin: str = ""
 
     @property
     def family(self) -> str:
@@ -65,13 +67,21 @@ def plan_for(dataset: MERDataset, preset=None) -> DataPlan:
             raise AffectusError(f"{dataset.source}: split '{name}' is needed to {role} but the file has "
                                 f"{', '.join(dataset.splits)}")
     train, select = dataset[names[0]], dataset[names[1]]
+    recorded = None if dataset.scheme is None else get_scheme(dataset.scheme)
     if preset is not None:
-        scheme = preset.scheme
+        scheme, origin = preset.scheme, f"preset {preset.name}"
+        if recorded is not None and recorded.spec() != scheme.spec():
+            # the file says what its labels mean; a preset that reads them otherwise would score nonsense
+            raise AffectusError(f"file {dataset.source}: its labels are {recorded.describe()} (recorded in the file), "
+                                f"but preset {preset.name} reads them as {scheme.describe()}; drop --preset")
+    elif recorded is not None:
+        scheme, origin = recorded, RECORDED_ORIGIN
     else:
         scheme = infer_scheme(train.labels, select.labels, train.unimodal_labels is not None)
+        origin = "inferred from the labels: no preset, and the file records no scheme"
     for split in dataset.splits.values():
         scheme.check_labels(split.labels, f"file {dataset.source} split {split.name}")
-    return DataPlan(*names, scheme)
+    return DataPlan(*names, scheme, origin)
 
 
 def build_model(cfg: ResolvedConfig, dataset: MERDataset, scheme: LabelScheme | None = None,
@@ -223,6 +233,7 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
         "seq_lens": dataset.seq_lens,
         "label_mapping": {str(i): name for i, name in enumerate(plan.scheme.class_names)},
         "scheme": plan.scheme.spec(),
+        "scheme_origin": plan.origin,  # where the scheme came from: the preset, the file's record, the labels
         "family": plan.family,
         "plan": plan.to_dict(),
         "data": identity["data"],  # source and sha256 (None for synth:NAME data)

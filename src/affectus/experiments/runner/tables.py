@@ -82,7 +82,7 @@ def _markdown(exp: dict[str, Any], rows: list[dict], n_finished: int) -> str:
     if exp.get("description"):
         lines += [exp["description"], ""]
     lines += [f"Data `{exp['data']}`" + (f" (preset {exp['preset']})" if exp.get("preset") else "")
-              + f", scored on split `{exp['eval_split']}`, label scheme `{scheme.name}`. Cells: mean ± sample std "
+              + f", scored on split `{exp['eval_split']}`, label scheme {scheme.describe()}. Cells: mean ± sample std "
               f"over seeds (percent); Inputs: what the model read (`file`: the file's features as they are; else "
               f"the text inputs, encoder and its fingerprint); Params: non-BERT parameters.", ""]
     chose = _union(g["selection"] for g in rows)
