@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from affectus.features.face_expression import (  # noqa: E402
+from affectus.features.face_expression import (
     BLOCK_CHANNELS,
     BN_EPS,
     FACE_EMOTIONS,

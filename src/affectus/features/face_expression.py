@@ -32,6 +32,7 @@ source, licence, the accuracy the source reports and the port check.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import math
 from pathlib import Path
@@ -127,7 +128,7 @@ def _build_network(bn_eps: float = BN_EPS) -> torch.nn.Module:
             self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, bias=False), nn.BatchNorm2d(8, eps=bn_eps)
             self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, bias=False), nn.BatchNorm2d(8, eps=bn_eps)
             chans = (8, *BLOCK_CHANNELS)
-            self.blocks = nn.ModuleList(Block(a, b) for a, b in zip(chans[:-1], chans[1:]))
+            self.blocks = nn.ModuleList(Block(a, b) for a, b in itertools.pairwise(chans))
             self.head = nn.Conv2d(BLOCK_CHANNELS[-1], len(FACE_EMOTIONS), 3, padding=1)
 
         def logits(self, x: torch.Tensor) -> torch.Tensor:
