@@ -179,30 +179,22 @@ def _needs_tools() -> None:
         pytest.skip(f"media tools missing: {', '.join(missing_tools())}")
 
 
-class _Frames:
-    """A decoder stand-in: the given RGB frames at 10 per second."""
-
-    def __init__(self, frames: list[np.ndarray]) -> None:
-        self._frames = frames
-
-    def frames(self, path):
-        return ((i / 10, f) for i, f in enumerate(self._frames))
-
-
-def test_frames_without_a_face_are_counted_but_never_averaged_in(model) -> None:
+def test_frames_without_a_face_are_counted_but_never_averaged_in(model, monkeypatch) -> None:
+    pytest.importorskip("av")
     pytest.importorskip("cv2")
     skimage_data = pytest.importorskip("skimage.data")
     import cv2
 
+    from affectus.features import decode
     from affectus.features.vision import HaarFaceExtractor
 
     face = skimage_data.astronaut()
     grey = np.full_like(face, 110)
-    clip = load_face_expression_model()
-    clip._decoder, clip._faces = _Frames([face, grey, face, grey, grey]), HaarFaceExtractor()
-    out = clip.predict_clip("unused.mp4")
-    assert (out["frames"], out["faces"]) == (5, 2)
-    (_, _, _, box), = clip._faces.locate([(0.0, face)])
+    frames = [face, grey, face, grey, grey]
+    monkeypatch.setattr(decode.Decoder, "frames", lambda self, path: ((i / 10, f) for i, f in enumerate(frames)))
+    out = load_face_expression_model().predict_clip("unused.mp4")
+    assert (out["frames"], out["faces"], out["absent"]) == (5, 2, None)
+    (_, _, _, box), = HaarFaceExtractor().locate([(0.0, face)])
     crop = fe.crop_face(cv2.cvtColor(face, cv2.COLOR_RGB2GRAY), box)
     np.testing.assert_allclose(out["probabilities"], model.predict_faces(crop[None])[0], atol=1e-6)
 
@@ -231,6 +223,19 @@ def test_predict_clip_without_a_face_says_so_instead_of_guessing(tmp_path) -> No
     out = load_face_expression_model().predict_clip(path)
     assert out["frames"] > 0 and out["faces"] == 0
     assert out["probabilities"] is None and out["emotion"] is None
+    assert out["absent"] == f"no face found in {out['frames']} frames"
+
+
+def test_predict_clip_of_a_file_without_video_raises_no_video(tmp_path) -> None:
+    _needs_tools()
+    from affectus.features.base import MediaError
+    from media_clips import speak
+
+    wav = tmp_path / "speech.wav"
+    speak("Only a voice.", wav)
+    with pytest.raises(MediaError, match="no video track") as err:
+        load_face_expression_model().predict_clip(wav)
+    assert err.value.reason == "no_video"
 
 
 def test_predict_clip_of_a_missing_file_is_one_clear_error(tmp_path) -> None:

@@ -195,8 +195,6 @@ class FaceExpressionModel:
         self.net = net
         self.metadata = metadata
         self._decode_config, self._vision_config = decode, vision
-        self._decoder: Any = None
-        self._faces: Any = None  # the HaarFaceExtractor, built on the first clip
 
     # ------------------------------------------------------------------ faces
 
@@ -223,20 +221,24 @@ class FaceExpressionModel:
     def predict_clip(self, path: str | Path) -> dict[str, Any]:
         """One clip -> {"probabilities": 7 floats, the mean over the frames with a face (None without any),
         "emotion": the most probable name (None without a face), "frames": frames looked at,
-        "faces": frames with a face}. Frames are those the vision features see (10 per second by default)."""
+        "faces": frames with a face, "absent": None, or why there is no verdict}.
+
+        Frames are those the vision features see (10 per second by default). A file that cannot be
+        decoded, or has no video track, raises `MediaError` (reason `no_video`, `corrupt`, ...), an
+        `AffectusError`: a caller combining experts can mark the face absent on `no_video`. Safe to call
+        from several threads: the decoder and the face search (OpenCV cascades, not shareable across
+        threads) are made per call (about 30 ms), the network is only read."""
         _require_media()
         import cv2
 
         from affectus.features.decode import Decoder
         from affectus.features.vision import HaarFaceExtractor
 
-        if self._decoder is None:
-            self._decoder = Decoder(self._decode_config)
-            self._faces = HaarFaceExtractor(self._vision_config)
+        finder = HaarFaceExtractor(self._vision_config)
         frames = faces = 0
         total = np.zeros(len(FACE_EMOTIONS), np.float64)
         batch: list[np.ndarray] = []
-        for _t, rgb, _gray_eq, box in self._faces.locate(self._decoder.frames(path)):
+        for _t, rgb, _gray_eq, box in finder.locate(Decoder(self._decode_config).frames(path)):
             frames += 1
             if box is None:
                 continue  # a frame without a face says nothing about the face: never averaged in
@@ -249,10 +251,11 @@ class FaceExpressionModel:
             total += self.predict_faces(np.stack(batch)).sum(axis=0, dtype=np.float64)
             faces += len(batch)
         if faces == 0:
-            return {"probabilities": None, "emotion": None, "frames": frames, "faces": 0}
+            return {"probabilities": None, "emotion": None, "frames": frames, "faces": 0,
+                    "absent": f"no face found in {frames} frames"}
         mean = total / faces
         return {"probabilities": [float(p) for p in mean], "emotion": FACE_EMOTIONS[int(np.argmax(mean))],
-                "frames": frames, "faces": faces}
+                "frames": frames, "faces": faces, "absent": None}
 
     def info(self) -> dict[str, Any]:
         """Where the weights come from, their licence and the accuracy their source reports."""
