@@ -227,7 +227,7 @@ class FaceExpressionModel:
         decoded, or has no video track, raises `MediaError` (reason `no_video`, `corrupt`, ...), an
         `AffectusError`: a caller combining experts can mark the face absent on `no_video`. Safe to call
         from several threads: the decoder and the face search (OpenCV cascades, not shareable across
-        threads) are made per call (about 30 ms), the network is only read."""
+        threads) are made per call (a few cascade files to load), the network is only read."""
         _require_media()
         import cv2
 
