@@ -33,7 +33,7 @@ evenly over the clip's face frames, for a person to see what the features were c
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -197,6 +197,34 @@ class HaarFaceExtractor:
         hog = self._hog.compute(patch).reshape(-1)  # (144,)
         return np.concatenate([np.asarray(head, np.float32), hog.astype(np.float32)])
 
+    def locate(self, frames: Iterable[tuple[float, np.ndarray]]
+               ) -> Iterator[tuple[float, np.ndarray, np.ndarray, tuple[int, int, int, int] | None]]:
+        """(t, rgb, equalised gray, face box (x, y, w, h) px or None) per frame, without the features.
+
+        The search and tracking of `__call__` (module docstring, `detect_every`), so another model that
+        reads faces (features/face_expression.py) sees exactly the faces these features describe."""
+        import cv2
+
+        every = self.config.detect_every
+        box: tuple[int, int, int, int] | None = None  # the previous frame's face, tracked into this one
+        misses = 0  # frames in a row without a face
+        for i, (t, rgb) in enumerate(frames):
+            gray = cv2.equalizeHist(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))  # (H, W) uint8
+            if every == 1:
+                found = self._detect(gray)
+            else:
+                # track a face seen in the previous frame (a whole search when that fails); after a gap
+                # of N frames without one, search the whole frame on every N-th frame only
+                whole = i % every == 0  # the subsample: the largest face of the frame, whatever was tracked
+                search = whole or box is not None or misses < every
+                near = None if whole else box
+                found = self._track(gray, near) if near is not None else None
+                if found is None and search:
+                    found = self._detect(gray)
+            box = found
+            misses = 0 if found is not None else misses + 1
+            yield t, rgb, gray, found
+
     def __call__(self, frames: Iterable[tuple[float, np.ndarray]], thumbnails: int = 0,
                  thumbnail_px: int = 64) -> VisionFeatures:
         """Every frame's features; with `thumbnails` > 0, up to that many face crops of `thumbnail_px`."""
@@ -204,25 +232,12 @@ class HaarFaceExtractor:
         face: list[bool] = []
         times: list[float] = []
         crops = _EvenSample(thumbnails)
-        every = self.config.detect_every
-        box: tuple[int, int, int, int] | None = None  # the previous frame's face, tracked into this one
-        misses = 0  # frames in a row without a face
-        for i, (t, rgb) in enumerate(frames):
-            if every == 1:
-                found = self._face_of(rgb)
-            else:
-                # track a face seen in the previous frame (a whole search when that fails); after a gap
-                # of N frames without one, search the whole frame on every N-th frame only
-                whole = i % every == 0  # the subsample: the largest face of the frame, whatever was tracked
-                search = whole or box is not None or misses < every
-                found = self._face_of(rgb, near=None if whole else box, search=search)
-            box = None if found is None else found[1]
-            misses = 0 if found is not None else misses + 1
-            face.append(found is not None)
-            rows.append(found[0] if found is not None else np.zeros(self.dim, np.float32))
+        for t, rgb, gray, box in self.locate(frames):
+            face.append(box is not None)
+            rows.append(self._describe(gray, box) if box is not None else np.zeros(self.dim, np.float32))
             times.append(t)
-            if found is not None and thumbnails > 0 and crops.next_is_kept():
-                crops.keep(_crop(rgb, found[1], thumbnail_px))
+            if box is not None and thumbnails > 0 and crops.next_is_kept():
+                crops.keep(_crop(rgb, box, thumbnail_px))
         feats = np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
         return VisionFeatures(feats, np.asarray(face, dtype=bool), np.asarray(times, dtype=np.float64),
                               crops.pick())
