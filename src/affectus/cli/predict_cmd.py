@@ -30,9 +30,10 @@ _CLIP_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".wav", ".mp3", ".fla
 
 @app.command()
 def predict(
-    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="a finished run directory")],
-    data: Annotated[list[str], typer.Argument(
-        metavar="DATA...", help="a features file (MMSA pickle / .npz), synth:PRESET, or one or more clips")],
+    run_dir: Annotated[str | None, typer.Argument(
+        metavar="RUN", help="a finished run directory (with --pretrained: none, give the clips)")] = None,
+    data: Annotated[list[str] | None, typer.Argument(
+        metavar="DATA...", help="a features file (MMSA pickle / .npz), synth:PRESET, or one or more clips")] = None,
     split: Annotated[str | None, typer.Option("--split", help="the split to predict (default: the run's evaluation split)")] = None,
     available: Annotated[str | None, typer.Option(
         "--available", help="predict with only these modalities present, e.g. text,audio or l,a")] = None,
@@ -45,8 +46,22 @@ def predict(
     asr: Annotated[bool, typer.Option(
         "--asr/--no-asr", help="transcribe clips given without a transcript (default); --no-asr leaves their "
                                "text absent, as the output says")] = True,
+    pretrained: Annotated[list[str] | None, typer.Option(
+        "--pretrained", help="a pretrained expert instead of a run (repeatable, or a,b): `affectus predict "
+                             "--pretrained meld-emotion CLIP...` (`affectus pretrained` lists them)")] = None,
 ) -> None:
-    """Explained verdicts for the samples of DATA: verdict, probabilities, each modality's call and weight."""
+    """Explained verdicts for the samples of DATA: verdict, probabilities, each modality's call and weight.
+    With --pretrained NAME: no run, the clips (or --transcript alone) through pretrained experts."""
+    if pretrained:
+        from affectus.cli.pretrained_cmd import predict_pretrained
+
+        predict_pretrained(pretrained, [d for d in (run_dir, *(data or [])) if d is not None], transcript,
+                           as_json, asr)
+        return
+    if run_dir is None or not data:
+        raise AffectusError("predict: give RUN and DATA (a run directory and a features file or clips), or "
+                            "--pretrained NAME and clips for a pretrained expert (`affectus pretrained`)")
+    run_dir = Path(run_dir)
     from affectus.data.load import data_identity, open_data, source_id
     from affectus.inference.predictor import load
     from affectus.runs.checkpoints import fits_legend, in_sample_json, split_fits
