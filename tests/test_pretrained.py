@@ -1,0 +1,184 @@
+"""Pretrained experts (src/affectus/pretrained/, docs/pretrained.md): the listing, building a text expert from
+a small copy of its data into a temporary $AFFECTUS_HOME, `predict --pretrained` on a transcript and on a clip
+with speech (recognised offline), `serve --pretrained`, combining experts, and every bad input as one error
+line. Tiny data: the point is the plumbing, not the scores (those come from `affectus pretrained build` on the
+shared data, docs/pretrained.md)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.machinery
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from affectus.data.meld import EMOTIONS
+from conftest import build_raw, one_error_line
+
+HAPPY = ["I am so happy today", "This is wonderful news", "Great, I love it"]
+SAD = ["I miss her so much", "This is the worst day", "I feel terrible and alone"]
+# two utterances per emotion: every class needs training rows
+MELD_ROWS = {
+    "neutral": ["Where is the remote?", "I will be there at five."],
+    "joy": ["This is wonderful, I love it!", "Yay, we won!"],
+    "surprise": ["What? No way!", "Really? You did that?"],
+    "anger": ["Get out of my apartment now!", "I am so angry at you!"],
+    "sadness": ["I miss her so much.", "Nobody came to my party."],
+    "disgust": ["Ew, that is gross.", "That smells disgusting."],
+    "fear": ["I am scared of the dark.", "Please don't hurt me."],
+}
+MELD_HEADER = ["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID", "Season",
+               "Episode", "StartTime", "EndTime"]
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("AFFECTUS_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def _meld_folder(root: Path, test_csv: bool = False) -> Path:
+    """MELD's two CSVs in MELD's format; a `test_sent_emo.csv` with an invalid row if asked (it must not be read)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name, k in (("train_sent_emo.csv", 0), ("dev_sent_emo.csv", 1)):
+        with open(root / name, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(MELD_HEADER)
+            rows = [(e, texts[k]) for e, texts in MELD_ROWS.items()]
+            if k == 0:
+                rows += [(e, texts[1] + " Again.") for e, texts in MELD_ROWS.items()]
+            for i, (emotion, text) in enumerate(rows):
+                w.writerow([i + 1, text, "Ross", emotion, "neutral", i // 3, i % 3, 1, 1, "0:0:1,0", "0:0:2,0"])
+    if test_csv:
+        (root / "test_sent_emo.csv").write_text("not,a,meld,file\n", encoding="utf-8")
+    return root
+
+
+def _mosi_file(tmp_path: Path) -> Path:
+    from affectus.data.mmsa import write_pickle
+
+    raw = build_raw(sizes={"train": 12, "valid": 6}, dims={"text": 4, "audio": 3, "vision": 3})
+    for split, d in raw.items():
+        n = len(d["id"])
+        scores = np.array([2.0 if i % 2 == 0 else -2.0 for i in range(n)], np.float32)
+        scores[-1] = 0.0  # a neutral score: left out of the fit, counted as non-negative in Acc2 Has0
+        d["regression_labels"] = scores
+        d["raw_text"] = [(HAPPY if s >= 0 else SAD)[i % 3] for i, s in enumerate(scores)]
+    path = tmp_path / "mosi.pkl"
+    write_pickle(raw, path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ fast: no encoder
+
+
+def test_listing_names_each_expert_its_data_licence_and_build_command(home: Path, cli) -> None:
+    rc, out, err = cli("pretrained", "--json")
+    assert rc == 0, err
+    rows = {r["name"]: r for r in map(json.loads, out.splitlines())}
+    assert set(rows) >= {"meld-emotion", "mosi-sentiment", "fer-face"}
+    meld = rows["meld-emotion"]
+    assert meld["classes"] == list(EMOTIONS) and meld["modality"] == "text"
+    assert meld["state"] == "not built" and meld["scores"] is None
+    assert "GPL-3.0" in meld["licence"] and meld["build"].startswith("affectus pretrained build meld-emotion --data")
+    assert rows["mosi-sentiment"]["classes"] == ["negative", "positive"]
+    assert rows["fer-face"]["modality"] == "vision"
+    rc, out, err = cli("pretrained")  # the table
+    assert rc == 0 and "meld-emotion" in out and "not built" in out, err
+
+
+def test_bad_input_is_one_error_line(home: Path, tmp_path: Path, cli) -> None:
+    rc, _, err = cli("predict", "--pretrained", "meld-emotoin", "--transcript", "hi")
+    one_error_line(rc, err, "no such expert", "did you mean 'meld-emotion'")
+    rc, _, err = cli("predict", "--pretrained", "meld-emotion", "--transcript", "hi")
+    one_error_line(rc, err, "not built", "affectus pretrained build meld-emotion --data")
+    rc, _, err = cli("predict", "--pretrained", "meld-emotion", str(tmp_path / "x.pkl"))
+    one_error_line(rc, err, "expected clips")
+    rc, _, err = cli("predict", "--pretrained", "meld-emotion")
+    one_error_line(rc, err, "give one or more clips, or --transcript")
+    rc, _, err = cli("predict")
+    one_error_line(rc, err, "give RUN and DATA", "--pretrained")
+    rc, _, err = cli("serve")
+    one_error_line(rc, err, "give RUN", "--pretrained")
+    rc, _, err = cli("pretrained", "build", "meld-emotion", "--data", str(tmp_path / "nowhere"))
+    one_error_line(rc, err, "no such folder", "train_sent_emo.csv")
+    rc, _, err = cli("pretrained", "build", "mosi-sentiment", "--data", str(tmp_path / "nowhere.pkl"))
+    one_error_line(rc, err, "no such file")
+    rc, _, err = cli("pretrained", "build", "fer-face", "--data", str(tmp_path))
+    one_error_line(rc, err, "not built from data")
+    assert not home.exists() or not any(home.rglob("expert.json"))  # nothing half-written
+
+
+class _FakeText:
+    classes = EMOTIONS
+
+    def predict_texts(self, texts: list[str]) -> np.ndarray:
+        p = np.full((len(texts), 7), 0.05)
+        p[:, EMOTIONS.index("joy")] = 0.7
+        return p
+
+
+class _FakeFace:
+    def __init__(self, faces: int = 5) -> None:
+        self.faces = faces
+
+    def predict_clip(self, path):
+        # FER order and names: angry, disgust, fear, happy, sad, surprise, neutral
+        return {"probabilities": [0.05, 0.05, 0.05, 0.1, 0.05, 0.1, 0.6], "frames": 10, "faces": self.faces}
+
+    def info(self):
+        return {"source": "fake", "licence": "MIT", "source_accuracy": "66% (fake)"}
+
+
+@pytest.fixture
+def fake_face(monkeypatch: pytest.MonkeyPatch):
+    """A stand-in for features/face_expression.py, by its contract (FACE_EMOTIONS, load_face_expression_model)."""
+    name = "affectus.features.face_expression"
+    mod = types.ModuleType(name)
+    mod.__spec__ = importlib.machinery.ModuleSpec(name, None)
+    mod.FACE_EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+    model = _FakeFace()
+    mod.load_face_expression_model = lambda: model
+    monkeypatch.setitem(sys.modules, name, mod)
+    return model
+
+
+def test_experts_of_one_class_set_combine_by_the_mean_others_stay_apart(fake_face, tmp_path, monkeypatch) -> None:
+    """A text and a face emotion expert: the face's FER names map onto MELD's (happy -> joy), the combined
+    verdict is the mean of the two; a sentiment expert gets its own combined verdict, never mixed in."""
+    from affectus.pretrained.clips import PretrainedPredictor
+    from affectus.pretrained.registry import SENTIMENTS2, Expert, parse_names
+
+    class _FakeSentiment:
+        classes = SENTIMENTS2
+
+        def predict_texts(self, texts):
+            return np.array([[0.2, 0.8]] * len(texts))
+
+    real_load = Expert.load
+    fakes = {"meld-emotion": _FakeText(), "mosi-sentiment": _FakeSentiment()}
+    monkeypatch.setattr(Expert, "load", lambda self: fakes.get(self.name) or real_load(self))
+    clip = tmp_path / "c.mp4"
+    clip.write_bytes(b"not decoded: the transcript is given and the face model is a fake")
+    pred = PretrainedPredictor(parse_names(["meld-emotion,fer-face", "mosi-sentiment"]))
+    row = pred(clip, "so happy")
+    assert row["experts"]["fer-face"]["verdict"] == "neutral" and row["experts"]["fer-face"]["faces"] == 5
+    both = row["combined"]["emotion"]
+    assert both["experts"] == ["meld-emotion", "fer-face"]
+    assert both["probabilities"]["joy"] == pytest.approx((0.7 + 0.1) / 2)
+    assert both["probabilities"]["neutral"] == pytest.approx((0.05 + 0.6) / 2)
+    assert both["verdict"] == "joy"  # 0.4 against neutral's 0.325: the face alone said neutral
+    sentiment = row["combined"]["sentiment"]
+    assert sentiment["verdict"] == "positive" and sentiment["experts"] == ["mosi-sentiment"]
+    assert "verdict" not in row  # two class sets: no single top-level verdict
+    assert row["modalities_used"] == ["text", "vision"] and "audio does not count" in row["audio"]
+    fake_face.faces = 0  # no face: the face expert is absent with its reason, the text one answers alone
+    row = PretrainedPredictor(parse_names(["meld-emotion", "fer-face"]))(clip, "so happy")
+    assert row["experts"]["fer-face"]["absent"] == "no face found in any frame"
+    assert row["combined"]["emotion"]["experts"] == ["meld-emotion"] and row["verdict"] == "joy"
+    assert row["modalities_used"] == ["text"]
