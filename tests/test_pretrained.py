@@ -7,6 +7,7 @@ shared data, docs/pretrained.md)."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import importlib.machinery
 import json
 import subprocess
@@ -182,3 +183,123 @@ def test_experts_of_one_class_set_combine_by_the_mean_others_stay_apart(fake_fac
     assert row["experts"]["fer-face"]["absent"] == "no face found in any frame"
     assert row["combined"]["emotion"]["experts"] == ["meld-emotion"] and row["verdict"] == "joy"
     assert row["modalities_used"] == ["text"]
+
+
+# ------------------------------------------------------------------------------------------ MiniLM: build, predict
+
+
+@pytest.mark.minilm
+@pytest.mark.slow
+def test_build_both_text_experts_and_predict_a_transcript(home: Path, tmp_path: Path, cli) -> None:
+    """Built from tiny copies into $AFFECTUS_HOME: provenance JSON with the data's sha256 and scores; predict
+    on a transcript gives one of the seven emotions; a changed weights file is refused, never read."""
+    from affectus.data.mmsa import sha256_file
+
+    meld = _meld_folder(tmp_path / "meld", test_csv=True)  # the test CSV is not MELD's format: never read
+    rc, out, err = cli("pretrained", "build", "meld-emotion", "--data", meld)
+    assert rc == 0, err
+    assert "weighted_f1" in out and "built meld-emotion" in out
+    record = json.loads((home / "pretrained" / "meld-emotion" / "expert.json").read_text())
+    assert record["classes"] == list(EMOTIONS) and "GPL-3.0" in record["licence"]
+    assert [f["file"] for f in record["data"]["files"]] == ["train_sent_emo.csv", "dev_sent_emo.csv"]
+    assert record["data"]["files"][0]["sha256"] == sha256_file(meld / "train_sent_emo.csv")
+    assert record["scores"]["split"] == "dev" and "selection" in record["scores"]["selection"]
+    assert record["encoder"]["fingerprint"]
+
+    mosi = _mosi_file(tmp_path)
+    rc, out, err = cli("pretrained", "build", "mosi-sentiment", "--data", mosi)
+    assert rc == 0, err
+    scores = json.loads((home / "pretrained" / "mosi-sentiment" / "expert.json").read_text())["scores"]
+    assert scores["split"] == "valid" and 0 <= scores["acc2_has0"] <= 100 and 0 <= scores["acc2_non0"] <= 100
+
+    rc, out, err = cli("pretrained", "--json")
+    rows = {r["name"]: r for r in map(json.loads, out.splitlines())}
+    assert rows["meld-emotion"]["state"] == "built" and rows["meld-emotion"]["scores"] == record["scores"]
+
+    rc, out, err = cli("predict", "--pretrained", "meld-emotion,mosi-sentiment", "--transcript",
+                       "I am so happy today", "--json")
+    assert rc == 0, err
+    row = json.loads(out)
+    assert row["experts"]["meld-emotion"]["verdict"] in EMOTIONS
+    assert sum(row["experts"]["meld-emotion"]["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert row["experts"]["mosi-sentiment"]["verdict"] in ("negative", "positive")
+    assert set(row["combined"]) == {"emotion", "sentiment"} and row["transcript_source"] == "given"
+    assert row["modalities_used"] == ["text"] and "extract-dataset" in row["audio"]
+
+    weights = home / "pretrained" / "meld-emotion" / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    rc, _, err = cli("predict", "--pretrained", "meld-emotion", "--transcript", "hi")
+    one_error_line(rc, err, "differs from the one its build wrote", "affectus pretrained build meld-emotion")
+
+
+@pytest.fixture
+def built_meld(home: Path, tmp_path: Path) -> Path:
+    from affectus.pretrained.registry import get_expert
+    from affectus.pretrained.text_experts import build_text_expert
+
+    build_text_expert(get_expert("meld-emotion"), _meld_folder(tmp_path / "meld"))
+    return home
+
+
+@pytest.mark.minilm
+@pytest.mark.slow
+def test_serve_pretrained_answers_a_transcript_and_refuses_bad_uploads(built_meld: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from affectus.inference.pretrained_service import create_pretrained_app
+
+    with TestClient(create_pretrained_app(["meld-emotion"]), base_url="http://localhost") as client:
+        health = client.get("/health").json()
+        assert health["pretrained"] == ["meld-emotion"] and health["experts"]["meld-emotion"]["classes"] == list(EMOTIONS)
+        assert "Pretrained experts" in client.get("/").text
+        r = client.post("/predict", data={"transcript": "Get out of my apartment now!"})
+        assert r.status_code == 200, r.text
+        row = r.json()["predictions"][0]
+        assert row["verdict"] in EMOTIONS and row["transcript_source"] == "given"
+        assert "audio does not count" in row["audio"]
+        r = client.post("/predict")
+        assert r.status_code == 400 and "send a clip" in r.json()["error"]
+        r = client.post("/predict", files={"file": ("x.pkl", b"\x80\x04junk")})
+        assert r.status_code == 415 and "pickles are never accepted" in r.json()["error"]
+        r = client.post("/predict", files={"file": ("x.txt", b"hello")})
+        assert r.status_code == 415
+
+
+# ------------------------------------------------------------------------------------------ a clip with speech
+
+
+def _tools() -> list[str]:
+    from media_clips import missing_tools
+
+    missing = missing_tools()
+    return missing + ([] if importlib.util.find_spec("moonshine_cpp") else ["moonshine-cpp"])
+
+
+@pytest.mark.minilm
+@pytest.mark.asr
+@pytest.mark.slow
+def test_predict_pretrained_recognises_the_words_of_a_clip(built_meld: Path, tmp_path: Path, cli) -> None:
+    """`predict --pretrained meld-emotion clip --json` with no run: the words heard offline, an emotion, and
+    the note that audio does not count; a clip without an audio track and no transcript is one error line."""
+    if _tools():
+        pytest.skip(f"media tools missing: {', '.join(_tools())}")
+    from media_clips import ClipSpec, make_clip
+
+    said = "I am so happy today, this is wonderful."
+    clip = tmp_path / "talk.mp4"
+    make_clip(ClipSpec("v", "talk", said, 1.0, "test"), clip)
+    rc, out, err = cli("predict", "--pretrained", "meld-emotion", clip, "--json")
+    assert rc == 0, err
+    row = json.loads(out)
+    assert row["id"] == "talk.mp4" and row["transcript_source"] == "asr" and row["asr"]["kind"] == "moonshine"
+    heard = set(row["transcript"].lower().replace(",", " ").replace(".", " ").split())
+    assert sum(w in heard for w in ("happy", "today", "wonderful")) >= 2, row["transcript"]
+    assert row["verdict"] in EMOTIONS and row["modalities_used"] == ["text"]
+    assert "audio does not count" in row["audio"]
+
+    mute = tmp_path / "mute.mp4"
+    make_clip(ClipSpec("v", "mute", "unheard", 0.0, "test", audio=False), mute)
+    rc, _, err = cli("predict", "--pretrained", "meld-emotion", mute)
+    one_error_line(rc, err, "no expert could answer", "no audio to recognise", "--transcript")
+    rc, out, err = cli("predict", "--pretrained", "meld-emotion", mute, "--transcript", "I am scared", "--json")
+    assert rc == 0 and json.loads(out)["transcript_source"] == "given", err

@@ -12,8 +12,8 @@ small linear head each over a shared encoder, and the speech recogniser serialis
 slot is freed when its work has ended, not when a timed-out request gave up (504).
 """
 
-from __future__ import annotations
-
+# no `from __future__ import annotations`: FastAPI reads the route annotations, whose names (File, Form)
+# are imported inside create_pretrained_app, at run time
 import asyncio
 import time
 from importlib import resources

@@ -34,7 +34,7 @@ from affectus.utils.io import make_dir, read_json_file, write_bytes_atomic, writ
 _log = logging.getLogger(__name__)
 FORMAT = 1
 MAX_TOKENS = 128  # all-MiniLM-L6-v2 was trained on up to 128 tokens; recognised speech runs long
-C_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+C_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 MOSI_FILE = "mosi_utterance_trainval.pkl"
 
 
