@@ -107,6 +107,8 @@ def _weights(model: Any, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
 def _select_meld(xtr, ytr, xdv, ydv) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     from sklearn.metrics import accuracy_score, f1_score
 
+    from affectus.data.meld import EMOTIONS
+
     tried, best = [], None
     for cw in (None, "balanced"):
         for c in C_GRID:
@@ -117,8 +119,11 @@ def _select_meld(xtr, ytr, xdv, ydv) -> tuple[Any, dict[str, Any], dict[str, Any
                 best = (f1, m, {"C": c, "class_weight": cw})
     f1, model, setting = best
     pred = model.predict(xdv)
+    per_class = f1_score(ydv, pred, average=None, labels=list(range(len(EMOTIONS))), zero_division=0)
     scores = {"split": "dev", "rows": int(len(ydv)), "weighted_f1": round(100 * f1, 2),
               "accuracy": round(100 * float(accuracy_score(ydv, pred)), 2),
+              "macro_f1": round(100 * float(np.mean(per_class)), 2),
+              "per_class_f1": {e: round(100 * float(v), 2) for e, v in zip(EMOTIONS, per_class)},
               "selection": "C and class weights were chosen on this split: a selection score, not a held-out one"}
     return model, {**setting, "selected_on": "dev weighted F1", "grid": tried}, scores
 
@@ -191,9 +196,6 @@ def build_text_expert(expert: Expert, data: str | Path) -> dict[str, Any]:
         "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": f"affectus pretrained build {expert.name} --data {data}",
     }
-    from affectus import __version__
-
-    record["affectus_version"] = __version__
     # weights first, the record last: a record always names weights that are already whole
     write_bytes_atomic(folder / WEIGHTS, blob)
     write_json_atomic(folder / EXPERT_JSON, record)
