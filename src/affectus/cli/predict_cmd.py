@@ -55,6 +55,10 @@ def predict(
     if pretrained:
         from affectus.cli.pretrained_cmd import predict_pretrained
 
+        ignored = [o for o, v in (("--split", split), ("--available", available), ("--trust-pickle", trust_pickle)) if v]
+        if ignored:
+            raise AffectusError(f"predict --pretrained: {ignored[0]} is for runs on features files; pretrained "
+                                "experts read clips or a --transcript")
         predict_pretrained(pretrained, [d for d in (run_dir, *(data or [])) if d is not None], transcript,
                            as_json, asr)
         return

@@ -41,7 +41,7 @@ def create_pretrained_app(names: list[str], limits: Limits | None = None) -> Any
     built is an `AffectusError` before the server starts)."""
     from contextlib import asynccontextmanager
 
-    from fastapi import File, Form, Request, UploadFile
+    from fastapi import File, Form, UploadFile
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse
     from starlette.exceptions import HTTPException

@@ -29,8 +29,8 @@ AUDIO_NOTE = ("audio does not count in pretrained experts: text experts read the
               "the face expert the frames, none reads the voice. A model trained on your own labelled clips "
               "(affectus extract-dataset, then affectus train) is what makes audio count.")
 COMBINE_NOTE = "mean of the probabilities of the experts that answered this class set, each weighing the same"
-AUDIO_ONLY = (".wav", ".mp3", ".flac")
-CLIP_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".wav", ".mp3", ".flac")
+AUDIO_ONLY = (".wav", ".mp3", ".flac", ".ogg")
+CLIP_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".wav", ".mp3", ".flac", ".ogg")  # the service's
 
 
 class PretrainedPredictor:
@@ -39,6 +39,11 @@ class PretrainedPredictor:
     def __init__(self, experts: list[Expert], asr: bool = True, max_duration_s: float | None = None) -> None:
         self.experts = experts
         self.models = {e.name: e.load() for e in experts}  # not built / not installed: one error line here
+        from affectus.pretrained.text_experts import TextExpertModel
+
+        for model in self.models.values():
+            if isinstance(model, TextExpertModel):
+                model.encoder  # noqa: B018 (built now: a missing [text] extra or a changed MiniLM is one line here)
         self.asr = asr
         self.max_duration_s = max_duration_s
         self._transcriber: Any = None

@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,5 +154,3 @@ def parse_names(values: list[str]) -> list[Expert]:
         raise AffectusError("--pretrained: name at least one expert (`affectus pretrained` lists them)")
     return [get_expert(n) for n in names]
 
-
-Loader = Callable[[], Any]

@@ -120,7 +120,7 @@ def _select_meld(xtr, ytr, xdv, ydv) -> tuple[Any, dict[str, Any], dict[str, Any
     f1, model, setting = best
     pred = model.predict(xdv)
     per_class = f1_score(ydv, pred, average=None, labels=list(range(len(EMOTIONS))), zero_division=0)
-    scores = {"split": "dev", "rows": int(len(ydv)), "weighted_f1": round(100 * f1, 2),
+    scores = {"split": "dev", "rows": len(ydv), "weighted_f1": round(100 * f1, 2),
               "accuracy": round(100 * float(accuracy_score(ydv, pred)), 2),
               "macro_f1": round(100 * float(np.mean(per_class)), 2),
               "per_class_f1": {e: round(100 * float(v), 2) for e, v in zip(EMOTIONS, per_class)},
@@ -153,7 +153,7 @@ def _select_mosi(xtr, str_, xva, sva) -> tuple[Any, dict[str, Any], dict[str, An
     pos = model.predict(xva) == 1
     has0, non0 = _acc2(sva, pos)
     nz = sva != 0
-    scores = {"split": "valid", "rows": int(len(sva)), "acc2_has0": round(has0, 2), "acc2_non0": round(non0, 2),
+    scores = {"split": "valid", "rows": len(sva), "acc2_has0": round(has0, 2), "acc2_non0": round(non0, 2),
               "f1_non0": round(100 * float(f1_score(sva[nz] > 0, pos[nz], average="weighted")), 2),
               "selection": "C was chosen on this split (by Acc2 Non0): a selection score, not a held-out one"}
     return model, {**setting, "selected_on": "valid Acc2 Non0", "train_rows_used": int(keep.sum()),
