@@ -344,3 +344,34 @@ def test_predict_pretrained_recognises_the_words_of_a_clip(built_meld: Path, tmp
     one_error_line(rc, err, "no expert could answer", "no audio to recognise", "--transcript")
     rc, out, err = cli("predict", "--pretrained", "meld-emotion", mute, "--transcript", "I am scared", "--json")
     assert rc == 0 and json.loads(out)["transcript_source"] == "given", err
+
+
+@pytest.mark.minilm
+@pytest.mark.asr
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("affectus.features.face_expression") is None,
+                    reason="the face expression model (features/face_expression.py) is not in this tree")
+def test_a_clip_with_a_face_and_speech_combines_text_and_face(built_meld: Path, tmp_path: Path, cli) -> None:
+    """meld-emotion and fer-face on one clip: both answer, the combined emotion names both and is the mean of
+    their probabilities over MELD's class names; an audio-only file leaves the face out with its reason."""
+    if _tools():
+        pytest.skip(f"media tools missing: {', '.join(_tools())}")
+    from media_clips import ClipSpec, make_clip, speak
+
+    clip = tmp_path / "face.mp4"
+    make_clip(ClipSpec("v", "face", "What a lovely day.", 1.0, "test"), clip)
+    rc, out, err = cli("predict", "--pretrained", "meld-emotion,fer-face", clip, "--json")
+    assert rc == 0, err
+    row = json.loads(out)
+    face, text = row["experts"]["fer-face"], row["experts"]["meld-emotion"]
+    assert face["faces"] > 0 and face["verdict"] in face["probabilities"] and text["verdict"] in EMOTIONS
+    combined = row["combined"]["emotion"]
+    assert combined["experts"] == ["meld-emotion", "fer-face"] and row["modalities_used"] == ["text", "vision"]
+    assert combined["probabilities"]["joy"] == pytest.approx(
+        (text["probabilities"]["joy"] + face["probabilities"]["happy"]) / 2, abs=1e-5)
+    speak("What a lovely day.", tmp_path / "voice.wav")
+    rc, out, err = cli("predict", "--pretrained", "meld-emotion,fer-face", tmp_path / "voice.wav", "--json")
+    assert rc == 0, err
+    row = json.loads(out)
+    assert row["experts"]["fer-face"]["absent"] == "an audio-only file has no frames"
+    assert row["combined"]["emotion"]["experts"] == ["meld-emotion"] and row["modalities_used"] == ["text"]

@@ -153,6 +153,10 @@ class PretrainedPredictor:
         if path.suffix.lower() in AUDIO_ONLY:
             return {"absent": "an audio-only file has no frames"}
         try:
+            if self.max_duration_s is not None:
+                # the face model decodes with its own settings: the length limit (the service's --max-clip-s)
+                # is checked here, from the container's stated duration, before it decodes anything
+                self.decoder().probe(path)
             got = self.models[e.name].predict_clip(path)
         except MediaError as err:
             if err.reason == "no_video":
