@@ -304,6 +304,9 @@ def test_serve_pretrained_answers_a_transcript_and_refuses_bad_uploads(built_mel
         assert r.status_code == 415 and "pickles are never accepted" in r.json()["error"]
         r = client.post("/predict", files={"file": ("x.txt", b"hello")})
         assert r.status_code == 415
+        assert 'affectus_requests_total{method="POST",route="/predict",status="415"} 2.0' in client.get("/metrics").text
+        r = client.get("/health", headers={"Host": "evil.example"})
+        assert r.status_code == 400  # the run service's guard: Host allow-list
 
 
 # ------------------------------------------------------------------------------------------ a clip with speech
@@ -337,6 +340,16 @@ def test_predict_pretrained_recognises_the_words_of_a_clip(built_meld: Path, tmp
     assert sum(w in heard for w in ("happy", "today", "wonderful")) >= 2, row["transcript"]
     assert row["verdict"] in EMOTIONS and row["modalities_used"] == ["text"]
     assert "audio does not count" in row["audio"]
+
+    from fastapi.testclient import TestClient
+
+    from affectus.inference.pretrained_service import create_pretrained_app
+
+    with TestClient(create_pretrained_app(["meld-emotion"]), base_url="http://localhost") as client:
+        r = client.post("/predict", files={"file": ("my talk.mp4", clip.read_bytes())})
+        assert r.status_code == 200, r.text
+        got = r.json()["predictions"][0]
+        assert got["id"] == "my talk.mp4" and got["transcript"] == row["transcript"] and got["verdict"] == row["verdict"]
 
     mute = tmp_path / "mute.mp4"
     make_clip(ClipSpec("v", "mute", "unheard", 0.0, "test", audio=False), mute)

@@ -2,6 +2,7 @@
 
     GET  /          a small page: upload a clip (or type a transcript), see each expert's verdict
     GET  /health    {"status": "ok", "pretrained": [names], "experts": {name: {modality, classes}}}
+    GET  /metrics   Prometheus text format (inference/telemetry.py); each request is also a JSON access-log line
     POST /predict   multipart `file` (a clip) and/or `transcript`: {"predictions": [row], "warnings": []}, the
                     row being what `affectus predict --pretrained NAME CLIP --json` prints (pretrained/clips.py)
 
@@ -43,8 +44,10 @@ def create_pretrained_app(names: list[str], limits: Limits | None = None) -> Any
 
     from fastapi import File, Form, UploadFile
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.exceptions import HTTPException
+
+    from affectus.inference.telemetry import Metrics
 
     from affectus.pretrained.clips import PretrainedPredictor
     from affectus.pretrained.registry import parse_names
@@ -54,6 +57,8 @@ def create_pretrained_app(names: list[str], limits: Limits | None = None) -> Any
     predictor = PretrainedPredictor(experts, max_duration_s=limits.max_clip_s)
     temps = _TempDirs()
     slots = [limits.max_concurrent]  # free clip slots; touched on the event loop only
+    metrics = Metrics()  # request counts and latencies, and the JSON access-log line of each request
+    metrics.clip_slots.set(limits.max_concurrent)
 
     @asynccontextmanager
     async def lifespan(_app: Any) -> Any:
@@ -64,7 +69,7 @@ def create_pretrained_app(names: list[str], limits: Limits | None = None) -> Any
 
     app = _fastapi(title="affectus", description=f"Pretrained experts: {', '.join(e.name for e in experts)}",
                    lifespan=lifespan)
-    app.add_middleware(_Guard, limits=limits)
+    app.add_middleware(_Guard, limits=limits, metrics=metrics)
 
     @app.exception_handler(_Refused)
     async def refused(_request: Any, err: _Refused) -> JSONResponse:
@@ -84,6 +89,11 @@ def create_pretrained_app(names: list[str], limits: Limits | None = None) -> Any
         return {"status": "ok", "pretrained": [e.name for e in experts],
                 "experts": {e.name: {"modality": e.modality, "classes": list(predictor.classes[e.name])}
                             for e in experts}}
+
+    @app.get("/metrics", response_class=Response)
+    async def prometheus() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
@@ -134,6 +144,7 @@ def create_pretrained_app(names: list[str], limits: Limits | None = None) -> Any
             raise _Refused(429, f"{limits.max_concurrent} prediction(s) already running; retry shortly",
                            {"Retry-After": "1"})
         slots[0] -= 1
+        metrics.clip_busy.set(limits.max_concurrent - slots[0])
         loop = asyncio.get_running_loop()
 
         def work() -> Any:
@@ -142,6 +153,7 @@ def create_pretrained_app(names: list[str], limits: Limits | None = None) -> Any
             finally:
                 def free() -> None:
                     slots[0] += 1
+                    metrics.clip_busy.set(limits.max_concurrent - slots[0])
                     temps.remove(folder)  # the thread has ended: nothing reads the upload any more
 
                 try:
