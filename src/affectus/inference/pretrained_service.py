@@ -48,7 +48,6 @@ def create_pretrained_app(names: list[str], limits: Limits | None = None) -> Any
     from starlette.exceptions import HTTPException
 
     from affectus.inference.telemetry import Metrics
-
     from affectus.pretrained.clips import PretrainedPredictor
     from affectus.pretrained.registry import parse_names
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from affectus.errors import AffectusError
 from affectus.pretrained.registry import EXPERT_JSON, WEIGHTS, Expert
-from affectus.utils.io import make_dir, read_json_file, write_bytes_atomic, write_json_atomic
+from affectus.utils.io import lock_dir, read_json_file, write_bytes_atomic, write_json_atomic
 
 _log = logging.getLogger(__name__)
 FORMAT = 1
@@ -164,14 +164,30 @@ def _select_mosi(xtr, str_, xva, sva) -> tuple[Any, dict[str, Any], dict[str, An
 
 
 def build_text_expert(expert: Expert, data: str | Path) -> dict[str, Any]:
-    """Fit `expert` from `data` and write it to its folder; returns the record written to expert.json."""
-    from affectus.features.text import MiniLMEncoderConfig, MiniLMTextEncoder
+    """Fit `expert` from `data` and write it to its folder; returns the record written to expert.json.
+    The folder is locked for the build: a second build of the same expert at once is refused at the start."""
+    from contextlib import ExitStack
 
     data = Path(data)
     reader = {"meld-emotion": _meld, "mosi-sentiment": _mosi}.get(expert.name)
     if reader is None:
         raise AffectusError(f"pretrained {expert.name}: not a text expert built from data ({expert.build_hint})")
-    splits, files = reader(data)
+    splits, files = reader(data)  # the data is checked before the folder is made or locked
+    with ExitStack() as stack:
+        try:
+            folder = stack.enter_context(lock_dir(expert.folder(), "pretrained expert folder"))
+        except AffectusError as err:
+            if "another process" not in str(err):
+                raise
+            raise AffectusError(f"pretrained {expert.name}: another build of it is running ({expert.folder()}); "
+                                "wait for it to finish") from None
+        return _build_locked(expert, data, splits, files, folder)
+
+
+def _build_locked(expert: Expert, data: Path, splits: dict[str, Any], files: list[dict[str, Any]],
+                  folder: Path) -> dict[str, Any]:
+    from affectus.features.text import MiniLMEncoderConfig, MiniLMTextEncoder
+
     encoder = MiniLMTextEncoder(MiniLMEncoderConfig(max_length=MAX_TOKENS))
     (ttr, ytr), (tva, yva) = splits["train"], splits["valid"]
     _log.info("%s: encoding %d + %d transcripts with MiniLM", expert.name, len(ttr), len(tva))
@@ -184,7 +200,6 @@ def build_text_expert(expert: Expert, data: str | Path) -> dict[str, Any]:
     from safetensors.numpy import save
 
     blob = save({"weight": coef, "bias": bias})
-    folder = make_dir(expert.folder(), "pretrained expert folder")
     record = {
         "format": FORMAT, "name": expert.name, "modality": expert.modality, "task": expert.task,
         "classes": list(classes), "licence": expert.licence,
