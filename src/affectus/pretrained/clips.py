@@ -17,6 +17,7 @@ left out of the combination; a clip no expert could answer is an error.
 from __future__ import annotations
 
 import importlib.util
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ class PretrainedPredictor:
         self.max_duration_s = max_duration_s
         self._transcriber: Any = None
         self._decoder: Any = None
+        self._lazy = threading.Lock()  # the service predicts in threads: one recogniser and decoder each
         # which class names each expert answers, mapped onto its class set's names
         self.classes: dict[str, tuple[str, ...]] = {}
         for e in experts:
@@ -68,19 +70,21 @@ class PretrainedPredictor:
             self.transcriber()
 
     def transcriber(self) -> Any:
-        if self._transcriber is None:
-            from affectus.features.asr import MoonshineTranscriber
+        with self._lazy:
+            if self._transcriber is None:
+                from affectus.features.asr import MoonshineTranscriber
 
-            self._transcriber = MoonshineTranscriber()  # AffectusError naming [asr] when not installed
-        return self._transcriber
+                self._transcriber = MoonshineTranscriber()  # AffectusError naming [asr] when not installed
+            return self._transcriber
 
     def decoder(self) -> Any:
-        if self._decoder is None:
-            from affectus.features.decode import DecodeConfig, Decoder
+        with self._lazy:
+            if self._decoder is None:
+                from affectus.features.decode import DecodeConfig, Decoder
 
-            cfg = DecodeConfig() if self.max_duration_s is None else DecodeConfig(max_duration_s=self.max_duration_s)
-            self._decoder = Decoder(cfg)
-        return self._decoder
+                cfg = DecodeConfig() if self.max_duration_s is None else DecodeConfig(max_duration_s=self.max_duration_s)
+                self._decoder = Decoder(cfg)
+            return self._decoder
 
     def _hear(self, path: Path) -> tuple[str | None, str | None]:
         """(transcript, None) or (None, why there are no words)."""
