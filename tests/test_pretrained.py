@@ -103,7 +103,7 @@ def test_bad_input_is_one_error_line(home: Path, tmp_path: Path, cli) -> None:
     rc, _, err = cli("predict", "--pretrained", "meld-emotion")
     one_error_line(rc, err, "give one or more clips, or --transcript")
     rc, _, err = cli("predict")
-    one_error_line(rc, err, "give RUN and DATA", "--pretrained")
+    one_error_line(rc, err, "give RUN", "--pretrained")
     rc, _, err = cli("serve")
     one_error_line(rc, err, "give RUN", "--pretrained")
     rc, _, err = cli("pretrained", "build", "meld-emotion", "--data", str(tmp_path / "nowhere"))

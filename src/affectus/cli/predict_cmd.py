@@ -43,15 +43,14 @@ def predict(
     transcript: Annotated[str | None, typer.Option(
         "--transcript", help="the transcript of a single clip (without it: offline speech recognition, the "
                              "run's recorded recogniser or the packaged one)")] = None,
-    asr: Annotated[bool, typer.Option(
-        "--asr/--no-asr", help="transcribe clips given without a transcript (default); --no-asr leaves their "
-                               "text absent, as the output says")] = True,
     pretrained: Annotated[list[str] | None, typer.Option(
         "--pretrained", help="a pretrained expert instead of a run (repeatable, or a,b): `affectus predict "
                              "--pretrained meld-emotion CLIP...` (`affectus pretrained` lists them)")] = None,
+    asr: Annotated[bool, typer.Option(
+        "--asr/--no-asr", help="transcribe clips given without a transcript (default); --no-asr leaves their "
+                               "text absent, as the output says")] = True,
 ) -> None:
-    """Explained verdicts for the samples of DATA: verdict, probabilities, each modality's call and weight.
-    With --pretrained NAME: no run, the clips (or --transcript alone) through pretrained experts."""
+    """Explained verdicts for the samples of DATA: verdict, probabilities, each modality's call and weight."""
     if pretrained:
         from affectus.cli.pretrained_cmd import predict_pretrained
 
@@ -62,15 +61,17 @@ def predict(
         predict_pretrained(pretrained, [d for d in (run_dir, *(data or [])) if d is not None], transcript,
                            as_json, asr)
         return
-    if run_dir is None or not data:
-        raise AffectusError("predict: give RUN and DATA (a run directory and a features file or clips), or "
-                            "--pretrained NAME and clips for a pretrained expert (`affectus pretrained`)")
-    run_dir = Path(run_dir)
+    if run_dir is None:  # with --pretrained: no run; the first argument was then a clip
+        raise AffectusError("predict: give RUN (a finished run directory) and DATA, or --pretrained NAME with "
+                            "clips or --transcript (`affectus pretrained`)")
+    run_dir, data = Path(run_dir), data or []
     from affectus.data.load import data_identity, open_data, source_id
     from affectus.inference.predictor import load
     from affectus.runs.checkpoints import fits_legend, in_sample_json, split_fits
 
     clips = [d for d in data if Path(d).suffix.lower() in _CLIP_SUFFIXES]
+    if not data:
+        raise AffectusError("predict: give DATA (a features file or clips) after RUN")
     if (clips and len(clips) != len(data)) or (not clips and len(data) > 1):
         other = next(d for d in data if d not in clips) if clips else data[1]
         raise AffectusError(f"predict: {other}: give one features file, or clips only ({', '.join(_CLIP_SUFFIXES)})")
