@@ -370,6 +370,12 @@ def test_predict_pretrained_recognises_the_words_of_a_clip(built_meld: Path, tmp
         assert r.status_code == 200, r.text
         got = r.json()["predictions"][0]
         assert got["id"] == "my talk.mp4" and got["transcript"] == row["transcript"] and got["verdict"] == row["verdict"]
+    from affectus.inference.service import Limits
+
+    with TestClient(create_pretrained_app(["meld-emotion"], Limits(max_clip_s=0.5)), base_url="http://localhost") as client:
+        r = client.post("/predict", files={"file": ("my talk.mp4", clip.read_bytes())})
+        assert r.status_code == 413 and "over the 0.5 s limit" in r.json()["error"], r.text
+        assert "affectus-serve" not in r.text and "my talk.mp4" in r.text  # the upload named, never its server path
 
     mute = tmp_path / "mute.mp4"
     make_clip(ClipSpec("v", "mute", "unheard", 0.0, "test", audio=False), mute)

@@ -95,9 +95,9 @@ class PretrainedPredictor:
         try:
             samples = self.decoder().audio(path)
         except MediaError as err:
-            if err.reason in ("no_audio",):
+            if err.reason == "no_audio":
                 return None, "no transcript and no audio to recognise"
-            raise AffectusError(str(err)) from None
+            raise  # a MediaError is one line already; its reason (too_long: 413 in the service) is kept
         words = self.transcriber()(samples, where=f"file {path}")
         if not words.strip():
             return None, "no transcript and speech recognition heard no words"
@@ -165,7 +165,7 @@ class PretrainedPredictor:
         except MediaError as err:
             if err.reason == "no_video":
                 return {"absent": "the clip has no video track"}
-            raise AffectusError(str(err)) from None
+            raise
         stats = {"frames": int(got.get("frames", 0)), "faces": int(got.get("faces", 0))}
         if stats["faces"] == 0:
             return {"absent": "no face found in any frame", **stats}
