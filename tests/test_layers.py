@@ -20,6 +20,7 @@ LAYERS = (
     ("evaluation",),  # predict a split, metrics, subsets, results
     ("runs",),  # the run folder: write, read, checksum, the same run
     ("training",),  # config, the loop, recipes
+    ("pretrained",),  # pretrained experts (text heads over MiniLM, the face model): predict and serve use them
     ("inference",),  # loading a run for prediction, the service
     ("experiments",),  # specs, the runner, sweeps
     ("report",),  # the HTML report over run folders (re-predicts with a loaded run)

@@ -60,6 +60,7 @@ from affectus.cli import (
     extract_cmd,  # noqa: F401
     import_cmd,  # noqa: F401
     predict_cmd,  # noqa: F401
+    pretrained_cmd,  # noqa: F401
     report_cmd,  # noqa: F401
     serve_cmd,  # noqa: F401
     sweep_cmd,  # noqa: F401

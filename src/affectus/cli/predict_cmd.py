@@ -33,7 +33,8 @@ _CLIP_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".wav", ".mp3", ".fla
 
 @app.command()
 def predict(
-    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="a finished run directory")],
+    run_dir: Annotated[str | None, typer.Argument(
+        metavar="RUN", help="a finished run directory (with --pretrained: none, give the clips)")] = None,
     data: Annotated[list[str] | None, typer.Argument(
         metavar="DATA...", help="a features file (MMSA pickle / .npz), synth:PRESET, or one or more clips")] = None,
     split: Annotated[str | None, typer.Option("--split", help="the split to predict (default: the run's evaluation split)")] = None,
@@ -45,6 +46,9 @@ def predict(
     transcript: Annotated[str | None, typer.Option(
         "--transcript", help="the transcript of a single clip (without it: offline speech recognition, the "
                              "run's recorded recogniser or the packaged one)")] = None,
+    pretrained: Annotated[list[str] | None, typer.Option(
+        "--pretrained", help="a pretrained expert instead of a run (repeatable, or a,b): `affectus predict "
+                             "--pretrained meld-emotion CLIP...` (`affectus pretrained` lists them)")] = None,
     asr: Annotated[bool, typer.Option(
         "--asr/--no-asr", help="transcribe clips given without a transcript (default); --no-asr leaves their "
                                "text absent, as the output says")] = True,
@@ -56,11 +60,24 @@ def predict(
                                              "for runs that encode transcripts themselves (e.g. --preset meld)")] = None,
 ) -> None:
     """Explained verdicts for the samples of DATA: verdict, probabilities, each modality's call and weight."""
+    if pretrained:
+        from affectus.cli.pretrained_cmd import predict_pretrained
+
+        ignored = [o for o, v in (("--split", split), ("--available", available), ("--trust-pickle", trust_pickle)) if v]
+        if ignored:
+            raise AffectusError(f"predict --pretrained: {ignored[0]} is for runs on features files; pretrained "
+                                "experts read clips or a --transcript")
+        predict_pretrained(pretrained, [d for d in (run_dir, *(data or [])) if d is not None], transcript,
+                           as_json, asr)
+        return
+    if run_dir is None:  # with --pretrained: no run; the first argument was then a clip
+        raise AffectusError("predict: give RUN (a finished run directory) and DATA, or --pretrained NAME with "
+                            "clips or --transcript (`affectus pretrained`)")
+    run_dir, data = Path(run_dir), data or []
     from affectus.data.load import data_identity, open_data, source_id
     from affectus.inference.predictor import load
     from affectus.runs.checkpoints import fits_legend, in_sample_json, split_fits
 
-    data = data or []
     if utterances is not None:
         if data:
             raise AffectusError("predict: give either DATA or --utterances, not both")

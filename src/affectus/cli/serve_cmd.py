@@ -15,7 +15,8 @@ from affectus.errors import AffectusError
 
 @app.command()
 def serve(
-    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="a finished run directory")],
+    run_dir: Annotated[Path | None, typer.Argument(
+        metavar="RUN", help="a finished run directory (none with --pretrained)")] = None,
     host: Annotated[str, typer.Option("--host", help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001, help="largest upload")] = 50.0,
@@ -49,9 +50,18 @@ def serve(
     allowed_host: Annotated[list[str] | None, typer.Option(
         "--allowed-host", help="a Host header name to accept, repeatable (default: localhost, 127.0.0.1, ::1 "
                                "and the --host address); '*' accepts any, which lets DNS-rebinding pages in")] = None,
+    pretrained: Annotated[list[str] | None, typer.Option(
+        "--pretrained", help="serve pretrained experts instead of a run (repeatable, or a,b; `affectus pretrained`)")] = None,
 ) -> None:
     """Serve RUN: POST /predict (a clip or a features .npz, never a pickle), the Open Inference Protocol (/v2),
-    GET /health, /metrics (Prometheus), /docs, and a page at /."""
+    GET /health, /metrics (Prometheus), /docs, and a page at /. With --pretrained NAME: the experts, no run
+    (POST /predict a clip and/or a transcript, GET /health, and a page)."""
+    if pretrained and run_dir is not None:
+        raise AffectusError("serve: give RUN or --pretrained NAME, not both")
+    if not pretrained and run_dir is None:
+        raise AffectusError("serve: give RUN (a finished run directory) or --pretrained NAME (`affectus pretrained`)")
+    if pretrained and workers != 1:
+        raise AffectusError("serve --pretrained: --workers is for runs; the experts serve from one process")
     try:
         import uvicorn  # noqa: F401
     except ImportError:
@@ -70,6 +80,11 @@ def serve(
                     header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s,
                     max_connections=max_connections, allowed_hosts=tuple(hosts), max_batch=max_batch,
                     max_wait_ms=max_wait_ms, max_queue=max_queue)
+    if pretrained:
+        from affectus.inference.pretrained_service import create_pretrained_app
+
+        run_server(create_pretrained_app(pretrained, limits), host, port, limits, access_log=access_log)
+        return
     if workers == 1:
         run_server(create_app(run_dir, limits), host, port, limits, access_log=access_log)
         return
