@@ -34,7 +34,10 @@ class TrainConfig:
 
     batch_size: int = 64
     lr: float = 1e-3
-    bert_lr: float = 5e-5  # a fine-tuned BERT's own learning rate (CMC's text path)
+    # a fine-tuned BERT's own learning rate: CMC's text path, and the text encoder's top layers with
+    # `text_encoder_finetune`; 5e-5 is in the range BERT's authors recommend for fine-tuning (5e-5, 3e-5, 2e-5:
+    # Devlin et al., NAACL 2019, Appendix A.3)
+    bert_lr: float = 5e-5
     bert_weight_decay: float = 1e-3
     epochs: int = 100  # per stage
     patience: int = 10
@@ -45,7 +48,8 @@ class TrainConfig:
     # data: keep this share of the modality-consistent training samples (paper Figs. 4-5; needs
     # unimodal labels in the training split; the selection and evaluation splits are untouched)
     consistent_retention: float = 1.0
-    bucket: bool = False  # length-bucketed batches (models with masked padding only)
+    # length-bucketed batches (models with masked padding only; with text_encoder_finetune: by transcript tokens)
+    bucket: bool = False
     # Where the text input comes from (features/text.py): "file" (the file's text features, as
     # they are), or re-encoded from each split's transcripts (raw_text) by `text_encoder`: "sentence"
     # (one sentence vector per sample), "states" (token states), "sentence+file" (the sentence vector
@@ -55,6 +59,11 @@ class TrainConfig:
     # evaluating or predicting on another file re-encodes that file's transcripts the same way.
     text_inputs: str = "file"
     text_encoder: str = "minilm"  # the packaged MiniLM, or a local BERT-family directory
+    # Fine-tune the text encoder's last N transformer layers with the model (features/text_finetune.py; 0:
+    # frozen). The lower layers run once before training; the tuned layers train at `bert_lr` and are saved
+    # with the run, which predicts with them. Needs text_inputs sentence or sentence+file and a model trained
+    # end to end through its forward (the one-stage supervised recipe: late_fusion, tfn, ef_lstm, ...).
+    text_encoder_finetune: int = 0
     # Context (data/context.py): each sample also reads the mean of the text features of the `context`
     # utterances before it in its group (video, dialogue) and, unless `context_causal`, the `context` after
     # it, as context views beside its text views. 0: off. Needs groups in every split; the run records it,
@@ -69,6 +78,13 @@ class TrainConfig:
             raise SettingError("train.text_inputs", self.text_inputs, f"one of {', '.join(TEXT_INPUTS)}")
         if not self.text_encoder:
             raise SettingError("train.text_encoder", self.text_encoder, "minilm or a local model directory")
+        if not 0 <= self.text_encoder_finetune <= 64:
+            raise SettingError("train.text_encoder_finetune", self.text_encoder_finetune,
+                               "a number of the text encoder's last layers to fine-tune, in [0, 64] (0: frozen)")
+        if self.text_encoder_finetune and self.text_inputs not in ("sentence", "sentence+file"):
+            raise SettingError("train.text_encoder_finetune", self.text_encoder_finetune,
+                               "0 unless train.text_inputs is sentence or sentence+file (the tuned layers make the "
+                               "transcript's sentence vector)", "train.text_inputs")
         if not 0 <= self.context <= MAX_WINDOW:
             raise SettingError("train.context", self.context, f"a number of utterances in [0, {MAX_WINDOW}] (0: off)")
         if self.context_causal and not self.context:
