@@ -79,6 +79,43 @@ def check_finetune(encoder_or_config, n: int, spec: str) -> None:
                             f"{hf.num_hidden_layers} layers; give at most that many (0: frozen)")
 
 
+def check_finetune_setting(entry, model_cfg: dict[str, Any], train) -> None:
+    """`train.text_encoder_finetune` checked with the config (training/config.py `resolve_config`), before
+    anything is read or written: a model whose training does not run its forward on each batch, or more
+    layers than the encoder has (its config.json alone is read; an encoder that is not there is refused
+    later, by `check_text_inputs`, with the text inputs)."""
+    from affectus.errors import SettingError
+
+    n = train.text_encoder_finetune
+    if entry.recipe != TUNABLE_RECIPE or entry.can(model_cfg).reads_transcripts:
+        raise SettingError(
+            "train.text_encoder_finetune", n,
+            f"0 for model {entry.name}, which trains through a recipe of its own (pooled inputs, stages or "
+            f"its own BERT) that the tuned layers cannot train with; fine-tune with a model of the one-stage "
+            f"supervised recipe (late_fusion, tfn, ef_lstm, ...)")
+    from affectus.features.text import _check_model_dir, _load_hf_config, minilm_available, minilm_model_dir
+
+    spec = train.text_encoder
+    try:
+        if spec == "minilm":
+            if not minilm_available():
+                return
+            folder = minilm_model_dir()
+        else:
+            folder = _check_model_dir(spec)
+        hf = _load_hf_config(folder)
+    except AffectusError:
+        return  # refused with the text inputs, in its own words
+    if hf.model_type not in TUNABLE_TYPES:
+        raise SettingError("train.text_encoder_finetune", n,
+                           f"0 for the text encoder {spec}, a {hf.model_type!r} model (fine-tuning supports "
+                           f"model_type {', '.join(sorted(TUNABLE_TYPES))}, MiniLM is one)", "train.text_encoder")
+    if n > int(hf.num_hidden_layers):
+        raise SettingError("train.text_encoder_finetune", n,
+                           f"at most the {hf.num_hidden_layers} layers the text encoder {spec} has (0: frozen)",
+                           "train.text_encoder")
+
+
 @torch.no_grad()
 def lower_states(encoder, texts: list[str], first: int, where: str) -> tuple[np.ndarray, np.ndarray]:
     """(N, L, D) float16 token states at the input of layer `first` (the embeddings for 0) and (N,) int64

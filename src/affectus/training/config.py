@@ -306,6 +306,10 @@ def resolve_config(
         check = getattr(entry.config_cls, "validate", None)
         if check is not None:
             check(entry.config_cls(**model_cfg))  # e.g. heads dividing d, before anything is written
+        if train.text_encoder_finetune:
+            from affectus.features.text_finetune import check_finetune_setting
+
+            check_finetune_setting(entry, model_cfg, train)
     except SettingError as err:
         # point at the last place that set one of the keys the rule involves (heads at 4 by default
         # and d = 30 from a spec: d's line)

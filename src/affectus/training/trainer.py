@@ -303,25 +303,6 @@ def _check_inputs(dataset: MERDataset, cfg: ResolvedConfig) -> None:
     from affectus.features.text import check_text_inputs
 
     check_text_inputs(dataset, cfg.train.text_inputs, cfg.train.text_encoder, cfg.preset)
-    if cfg.train.text_encoder_finetune:
-        _check_finetune(cfg)
-
-
-def _check_finetune(cfg: ResolvedConfig) -> None:
-    """`train.text_encoder_finetune` refused (one line, before anything is written) for a model whose training
-    does not run its forward on each batch, or layers the encoder does not have."""
-    from affectus.features.text import text_encoder_from_spec
-    from affectus.features.text_finetune import TUNABLE_RECIPE, check_finetune
-
-    n, entry = cfg.train.text_encoder_finetune, get_model_entry(cfg.model_name)
-    if entry.recipe != TUNABLE_RECIPE or entry.can(cfg.model).reads_transcripts:
-        raise AffectusError(
-            f"train.text_encoder_finetune = {n}: model {cfg.model_name} trains through a recipe of its own "
-            f"(pooled inputs, stages or its own BERT), which the tuned layers cannot train with; fine-tune with a "
-            f"model of the one-stage supervised recipe (late_fusion, tfn, ef_lstm, ...), or --set "
-            f"train.text_encoder_finetune=0")
-    spec = cfg.train.text_encoder
-    check_finetune(text_encoder_from_spec(None if spec == "minilm" else spec), n, spec)
 
 
 def _text_inputs(dataset: MERDataset, tc) -> tuple[MERDataset, dict[str, Any] | None, list, str | None]:
