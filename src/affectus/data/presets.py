@@ -100,6 +100,10 @@ class Preset(Strict):
     # dataset (CMC: its Table III row); a variant may add another row on top (`preset_model_key`: CMC-GT's
     # Table VII row, `cmc-gt`); never inputs (those are `inputs:`, the same for every model)
     settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # the model `train` trains on this preset when none is named (with its settings: row), as a benchmark on
+    # the dataset chose it (the preset's comment cites the command); None: the toolkit's default. An unknown
+    # name is refused by the registry when a run resolves it (presets are read by light paths: no model import)
+    default_model: str | None = None
     synth: SynthFacts = Field(default_factory=SynthFacts)  # what `synth:NAME` makes
     # the separator between group (video) and clip in the files' ids, for files whose ids are not MMSA's
     # `video$_$clip` and that carry no group / position keys (mosi-utterance: `<video>_<segment>`); the
