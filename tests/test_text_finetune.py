@@ -176,3 +176,24 @@ def test_packaged_minilm_finetunes_its_last_layer(tmp_path):
     from affectus.data.mmsa import load_dataset
 
     assert affectus.load(out).evaluate(load_dataset(data)["valid"])["f1"] == pytest.approx(info["select_metrics"]["f1"])
+
+
+def test_served_batches_of_different_widths_predict_as_alone(meld_file, tiny_dir, tmp_path):
+    """The service stacks requests into one forward (inference/batching.py): token states of different
+    widths are zero-padded to the widest, which the tuned layers mask, so each request scores as alone."""
+    import affectus
+    from affectus.data.mmsa import load_dataset
+    from affectus.inference.batching import _concat
+
+    out = tmp_path / "served"
+    assert _train(meld_file, out, tiny_dir, "--set", "train.text_encoder_finetune=1") == 0
+    predictor = affectus.load(out)
+    valid = load_dataset(meld_file)["valid"]
+    lengths = np.array([len(t.split()) for t in valid.raw_text])
+    short, long_ = (predictor.reads(valid.subset(rows)) for rows in (lengths <= 4, lengths > 4))
+    assert short.text_tokens.shape[1] < long_.text_tokens.shape[1]
+    from affectus.evaluation.evaluate import predict_split
+
+    both = predict_split(predictor.model, _concat([short, long_]), 64, predictor.device)["logits"]
+    alone = np.concatenate([predict_split(predictor.model, s, 64, predictor.device)["logits"] for s in (short, long_)])
+    np.testing.assert_allclose(both, alone, atol=1e-5)
