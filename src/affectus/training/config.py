@@ -228,12 +228,14 @@ def resolve_config(
     preset=None,
     config_file: str | Path | None = None,
     overrides: dict[str, Any] | list[Located] | None = None,
+    preset_default: bool = False,
 ) -> ResolvedConfig:
     """Build the run's config. `preset` is a Preset object (or None for custom data); `variant` None is
     the model's default variant; `overrides` are --set values, or located entries (an experiment spec's).
 
     Order: the model's dataclass defaults -> configs/models/NAME.yaml -> the preset's inputs (the same for
-    every model) -> the preset's row for the model (Table III) and its settings -> the variant -> a YAML file -> overrides. Keys are `model.X`, `train.X` or `recipe.X`; a
+    every model) -> the preset's row for the model (Table III) and its settings (then, with `preset_default`
+    and the preset's default model, its `default_settings`) -> the variant -> a YAML file -> overrides. Keys are `model.X`, `train.X` or `recipe.X`; a
     bare X is looked up in that order. Every value is checked against its field's type as it is applied,
     and the ranges (each section's `validate()`) once all are in; an error names where the value was set.
     """
@@ -283,7 +285,7 @@ def resolve_config(
     # 2. the dataset preset (Table III; a variant may ask for another row, e.g. CMC-GT's Table VII)
     variant, spec = entry.variant(variant)
     if spec.get("model"):  # a variant that names another registered model (cmc's cmc_plus)
-        return resolve_config(spec["model"], None, preset, config_file, overrides)
+        return resolve_config(spec["model"], None, preset, config_file, overrides, preset_default)
     if preset is not None:
         # the data's inputs, before anything model-specific: every model trained on the preset reads them
         apply([(k, v, f"preset {preset.name} inputs") for k, v in preset.inputs.entries().items()])
@@ -292,6 +294,10 @@ def resolve_config(
         rows = [model_name, *([spec["preset_model_key"]] if spec.get("preset_model_key") else [])]
         for row in dict.fromkeys(rows):
             apply(preset.setting_entries(row))
+        # the preset's default model chosen because none was named (training/job.py): its default settings,
+        # the ones the preset's benchmark found best (e.g. MELD's fine-tuned encoder)
+        if preset_default and preset.default_model == model_name:
+            apply(preset.default_entries())
     # 3. the variant
     apply([(k, v, f"variant {variant}") for k, v in (spec.get("overrides") or {}).items()])
     # 4. a user YAML file

@@ -41,9 +41,9 @@ def default_model(data: str | Path, preset: Any = None) -> tuple[str, str | None
     from affectus.data.load import extraction_record
 
     if preset is not None and preset.default_model:
-        row = ", ".join(f"{k}={v}" for k, v in (preset.settings.get(preset.default_model) or {}).items())
+        row = ", ".join(f"{k}={v}" for k, v in preset.default_settings.items())
         return preset.default_model, (f"model {preset.default_model}: preset {preset.name}'s default"
-                                      + (f" ({row})" if row else "") + " -- --model NAME trains another")
+                                      + (f" ({row})" if row else "") + "; --model NAME trains another")
     if extraction_record(data) is None:
         return DEFAULT_MODEL, None
     return CLIPS_DEFAULT_MODEL, (f"model {CLIPS_DEFAULT_MODEL}: the default for features made by extract-dataset "
@@ -62,9 +62,10 @@ def prepare_training(data: str | Path, preset: str | None = None, model: str | N
 
     dataset, p = open_data(data, preset, trust_pickle=trust_pickle)
     reason = None
+    chosen = model is None  # the data chose the model: a preset's default comes with its default settings
     if model is None:
         model, reason = default_model(data, p)
     shortcuts = {k: v for k, v in (("train.seed", seed), ("train.device", device), ("train.threads", threads))
                  if v is not None}
-    cfg = resolve_config(model, variant, p, config, {**(overrides or {}), **shortcuts})
+    cfg = resolve_config(model, variant, p, config, {**(overrides or {}), **shortcuts}, preset_default=chosen)
     return TrainingJob(dataset, p, cfg, plan_for(dataset, p), source_id(data), reason)
