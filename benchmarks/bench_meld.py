@@ -2,7 +2,8 @@
 
     python benchmarks/bench_meld.py [--data DIR_OR_NPZ] [--models linear,late_fusion,cmc_plus]
                                     [--finetune late_fusion] [--layers 1] [--ft-epochs 3] [--context 2]
-                                    [--seeds 3] [--ft-seeds 1] [--json FILE] [--set key=value ...]
+                                    [--seeds 3] [--ft-seeds 1] [--seed-offset 0] [--no-context-runs | --context-only]
+                                    [--json FILE] [--set key=value ...]
 
 Data: MELD's train and dev transcripts (`../shared/data/meld`, imported as `affectus import meld` does; its
 test split is held out and never read). The field reports weighted F1 on test; we report it on **dev**, which
@@ -68,6 +69,9 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=1, help="MiniLM's last layers fine-tuned")
     ap.add_argument("--ft-epochs", type=int, default=3)
     ap.add_argument("--context", type=int, default=2)
+    ap.add_argument("--no-context-runs", action="store_true", help="only train.context=0 (a shorter run)")
+    ap.add_argument("--context-only", action="store_true", help="only train.context=K (a shorter run)")
+    ap.add_argument("--seed-offset", type=int, default=0, help="seeds offset+1 .. offset+S (to add seeds later)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--ft-seeds", type=int, default=1)
     ap.add_argument("--select-share", type=float, default=0.1)
@@ -112,7 +116,7 @@ def main() -> None:
     tuned = [m for m in args.finetune.split(",") if m]
     ft = f"finetune-{args.layers}"
     settings = [(m, enc, ctx) for m in models for enc in ("frozen", *([ft] if m in tuned else []))
-                for ctx in (0, args.context)]
+                for ctx in ((0,) if args.no_context_runs else (args.context,) if args.context_only else (0, args.context))]
     runs: list[dict] = []
     result: dict = {}
 
@@ -148,7 +152,7 @@ def main() -> None:
 
     for m, enc, ctx in settings:
         seeds = args.ft_seeds if enc != "frozen" else args.seeds
-        for seed in range(1, seeds + 1):
+        for seed in range(args.seed_offset + 1, args.seed_offset + seeds + 1):
             overrides = {**parse_set(args.sets), "train.context": ctx, "train.seed": seed, "train.threads": args.threads}
             if enc != "frozen":
                 overrides.update({"train.text_encoder_finetune": args.layers, "train.epochs": args.ft_epochs,
