@@ -54,6 +54,67 @@ def selection_split(dataset, share: float, seed_text: str = "meld-select"):
     return MERDataset(splits=splits, source=dataset.source, sanitised=dict(dataset.sanitised))
 
 
+def summarise(runs: list[dict], settings: list[tuple[str, str, int]]) -> dict:
+    """Per (model, encoder, context): mean +- std over seeds; time ratios; the best setting on dev."""
+
+    def mean_std(rows: list[dict], key: str) -> dict[str, float]:
+        values = [r[key] for r in rows]
+        return {"mean": round(statistics.mean(values), 2),
+                "std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0, "n": len(values)}
+
+    summary: dict = {}
+    for m, enc, ctx in settings:
+        rows = [r for r in runs if (r["model"], r["encoder"], r["context"]) == (m, enc, ctx)]
+        if rows:
+            summary[f"{m} {enc} context={ctx}"] = {k: mean_std(rows, k) for k in (*KEYS, "train_seconds")}
+
+    def ratio(a: str, b: str) -> float | None:
+        if a in summary and b in summary and summary[b]["train_seconds"]["mean"]:
+            return round(summary[a]["train_seconds"]["mean"] / summary[b]["train_seconds"]["mean"], 2)
+        return None
+
+    ratios = {}
+    for m, enc, ctx in settings:
+        if enc != "frozen":
+            ratios[f"{m} context={ctx}: {enc} / frozen"] = ratio(f"{m} {enc} context={ctx}", f"{m} frozen context={ctx}")
+        if ctx:
+            ratios[f"{m} {enc}: context={ctx} / context=0"] = ratio(f"{m} {enc} context={ctx}", f"{m} {enc} context=0")
+    best = max(summary.items(), key=lambda kv: kv[1]["f1"]["mean"]) if summary else None
+    return {"summary": summary, "time_ratios": ratios,
+            "best_on_dev": None if best is None else {
+                "setting": best[0], "dev_weighted_f1": best[1]["f1"]["mean"],
+                "issue_target_test_weighted_f1": TARGET_TEST_F1,
+                "short_of_target_by": round(TARGET_TEST_F1 - best[1]["f1"]["mean"], 2)}}
+
+
+def merge(paths: list[str]) -> dict:
+    """Several runs' JSON (e.g. seeds or settings added by a later, shorter run) as one: every run, the summary
+    over all of them, and each file's own time ratios (training times compare only within one process: the
+    machine's load differs between runs)."""
+    runs, per_file = [], {}
+    for path in paths:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+        runs += [{**r, "file": Path(path).name} for r in d["runs"]]
+        per_file[Path(path).name] = {"time_ratios": d.get("time_ratios"), "encode_seconds": d.get("encode_seconds"),
+                                     "finetune": d.get("finetune"), "seeds": d.get("seeds")}
+    settings = list(dict.fromkeys((r["model"], r["encoder"], r["context"]) for r in runs))
+    out = summarise(runs, settings)
+    out.pop("time_ratios")
+    return {"merged": [Path(p).name for p in paths], "runs": runs, **out, "per_file": per_file}
+
+
+def table(merged: dict) -> str:
+    """The merged summary as a markdown table (dev weighted F1 first, as the field reports it)."""
+    lines = ["| model | encoder | context | dev weighted F1 | acc | UAR | seeds | train s (mean) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, row in merged["summary"].items():
+        model, enc, ctx = name.split(" ")
+        cell = lambda k: f"{row[k]['mean']:.2f} ± {row[k]['std']:.2f}"  # noqa: E731
+        lines.append(f"| {model} | {enc} | {ctx.split('=')[1]} | {cell('f1')} | {cell('acc')} | {cell('uar')} | "
+                     f"{row['f1']['n']} | {row['train_seconds']['mean']:.0f} |")
+    return "\n".join(lines)
+
+
 def write_json(path: str | None, obj: dict) -> None:
     if path:
         from affectus.utils.io import write_json_atomic
@@ -79,7 +140,13 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the JSON here after every run")
     ap.add_argument("--out", default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--merge", nargs="+", default=None, help="print the summary over these JSON outputs instead")
+    ap.add_argument("--table", action="store_true", help="with --merge: a markdown table instead of JSON")
     args = ap.parse_args()
+    if args.merge:
+        merged = merge(args.merge)
+        print(table(merged) if args.table else json.dumps(merged, indent=2))
+        return
 
     from affectus.data.meld import import_meld
     from affectus.data.mmsa import load_dataset
@@ -120,36 +187,6 @@ def main() -> None:
     runs: list[dict] = []
     result: dict = {}
 
-    def summarise() -> dict:
-        def mean_std(rows: list[dict], key: str) -> dict[str, float]:
-            values = [r[key] for r in rows]
-            return {"mean": round(statistics.mean(values), 2),
-                    "std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0, "n": len(values)}
-
-        summary: dict = {}
-        for m, enc, ctx in settings:
-            rows = [r for r in runs if (r["model"], r["encoder"], r["context"]) == (m, enc, ctx)]
-            if rows:
-                summary[f"{m} {enc} context={ctx}"] = {k: mean_std(rows, k) for k in (*KEYS, "train_seconds")}
-
-        def ratio(a: str, b: str) -> float | None:
-            if a in summary and b in summary and summary[b]["train_seconds"]["mean"]:
-                return round(summary[a]["train_seconds"]["mean"] / summary[b]["train_seconds"]["mean"], 2)
-            return None
-
-        ratios = {}
-        for m, enc, ctx in settings:
-            if enc != "frozen":
-                ratios[f"{m} context={ctx}: {enc} / frozen"] = ratio(f"{m} {enc} context={ctx}", f"{m} frozen context={ctx}")
-            if ctx:
-                ratios[f"{m} {enc}: context={ctx} / context=0"] = ratio(f"{m} {enc} context={ctx}", f"{m} {enc} context=0")
-        best = max(summary.items(), key=lambda kv: kv[1]["f1"]["mean"]) if summary else None
-        return {"summary": summary, "time_ratios": ratios,
-                "best_on_dev": None if best is None else {
-                    "setting": best[0], "dev_weighted_f1": best[1]["f1"]["mean"],
-                    "issue_target_test_weighted_f1": TARGET_TEST_F1,
-                    "short_of_target_by": round(TARGET_TEST_F1 - best[1]["f1"]["mean"], 2)}}
-
     for m, enc, ctx in settings:
         seeds = args.ft_seeds if enc != "frozen" else args.seeds
         for seed in range(args.seed_offset + 1, args.seed_offset + seeds + 1):
@@ -173,7 +210,7 @@ def main() -> None:
                       "finetune": {"models": tuned, "layers": args.layers, "epochs": args.ft_epochs,
                                    "bucket": True, "bert_lr": cfg.train.bert_lr, "seeds": args.ft_seeds},
                       "seeds": args.seeds, "overrides": args.sets, "threads": args.threads,
-                      "encode_seconds": encode_seconds, "runs": runs, **summarise()}
+                      "encode_seconds": encode_seconds, "runs": runs, **summarise(runs, settings)}
             write_json(args.json, result)
     print(json.dumps(result, indent=2))
 
