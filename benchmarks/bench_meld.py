@@ -109,7 +109,7 @@ def table(merged: dict) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for name, row in merged["summary"].items():
         model, enc, ctx = name.split(" ")
-        cell = lambda k: f"{row[k]['mean']:.2f}" + (f" ± {row[k]['std']:.2f}" if row[k]["n"] > 1 else "")  # noqa: E731
+        cell = lambda k: f"{row[k]['mean']:.2f}" + (f" ± {row[k]['std']:.2f}" if row[k]["n"] > 1 else "")
         lines.append(f"| {model} | {enc} | {ctx.split('=')[1]} | {cell('f1')} | {cell('acc')} | {cell('uar')} | "
                      f"{row['f1']['n']} | {row['train_seconds']['mean']:.0f} |")
     return "\n".join(lines)

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_meld import meld_rows, write_csv
-from test_text_encoder import _write_tiny_bert
 
 from affectus.cli import main
 from affectus.data.meld import import_meld
 from affectus.data.npz import write_npz
 from affectus.errors import AffectusError
 from affectus.features.text import BertEncoderConfig, BertTextEncoder, minilm_available
+from test_meld import meld_rows, write_csv
+from test_text_encoder import _write_tiny_bert
 
 pytest.importorskip("transformers")
 
