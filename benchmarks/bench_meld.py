@@ -91,10 +91,14 @@ def merge(paths: list[str]) -> dict:
     """Several runs' JSON (e.g. seeds or settings added by a later, shorter run) as one: every run, the summary
     over all of them, and each file's own time ratios (training times compare only within one process: the
     machine's load differs between runs)."""
-    runs, per_file = [], {}
+    runs, per_file, seen = [], {}, set()
     for path in paths:
         d = json.loads(Path(path).read_text(encoding="utf-8"))
-        runs += [{**r, "file": Path(path).name} for r in d["runs"]]
+        for r in d["runs"]:
+            key = (r["model"], r["encoder"], r["context"], r["seed"])
+            if key not in seen:  # a setting and seed run twice (a repeat in another file) counts once
+                seen.add(key)
+                runs.append({**r, "file": Path(path).name})
         per_file[Path(path).name] = {"time_ratios": d.get("time_ratios"), "encode_seconds": d.get("encode_seconds"),
                                      "finetune": d.get("finetune"), "seeds": d.get("seeds")}
     settings = list(dict.fromkeys((r["model"], r["encoder"], r["context"]) for r in runs))
@@ -107,10 +111,14 @@ def table(merged: dict) -> str:
     """The merged summary as a markdown table (dev weighted F1 first, as the field reports it)."""
     lines = ["| model | encoder | context | dev weighted F1 | acc | UAR | seeds | train s (mean) |",
              "|---|---|---|---|---|---|---|---|"]
+
+    def cell(row: dict, k: str) -> str:
+        return f"{row[k]['mean']:.2f}" + (f" ± {row[k]['std']:.2f}" if row[k]["n"] > 1 else "")
+
     for name, row in merged["summary"].items():
         model, enc, ctx = name.split(" ")
-        cell = lambda k: f"{row[k]['mean']:.2f}" + (f" ± {row[k]['std']:.2f}" if row[k]["n"] > 1 else "")
-        lines.append(f"| {model} | {enc} | {ctx.split('=')[1]} | {cell('f1')} | {cell('acc')} | {cell('uar')} | "
+        lines.append(f"| {model} | {enc} | {ctx.split('=')[1]} | {cell(row, 'f1')} | {cell(row, 'acc')} | "
+                     f"{cell(row, 'uar')} | "
                      f"{row['f1']['n']} | {row['train_seconds']['mean']:.0f} |")
     return "\n".join(lines)
 
