@@ -93,6 +93,9 @@ def test_finetuned_run_changes_top_layer_keeps_frozen_ones_and_predicts_with_its
     info = json.loads((out / "run.json").read_text())
     ft = info["text_inputs"]["finetune"]
     assert (ft["layers"], ft["first"]) == (1, 1) and info["config"]["train"]["text_encoder_finetune"] == 1
+    from affectus.data.presets import inputs_label
+
+    assert inputs_label(info["text_inputs"]).endswith("+ft1")  # tables tell a fine-tuned run from a frozen one
 
     # the saved run holds the top layer (fine-tuned: changed) and nothing of the frozen layer below it
     weights = load_file(str(out / "model.safetensors"))

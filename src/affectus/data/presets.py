@@ -68,7 +68,7 @@ class Inputs(Strict):
 def inputs_label(record: dict[str, Any] | None, context: dict[str, Any] | None = None) -> str:
     """A run's inputs in a few characters, for table columns: "file" (the file's features as they are), or
     "<text inputs>:<encoder>@<fingerprint[:8]>" (e.g. "sentence+file:minilm@1f0a9c3e") from run.json's
-    `text_inputs` record; "+context<K>" (or "+causal<K>") after it when run.json's `context` is set
+    `text_inputs` record, "+ftN" after it when the encoder's last N layers were fine-tuned; "+context<K>" (or "+causal<K>") after it when run.json's `context` is set
     (data/context.py). Two runs with the same label read the same numbers from the same file."""
     if context:
         kind = "causal" if context.get("causal") else "context"
@@ -81,7 +81,9 @@ def inputs_label(record: dict[str, Any] | None, context: dict[str, Any] | None =
         name = Path(str(encoder.get("path", name))).name or name
     text = record.get("text") or ("bert" if record.get("bert") else "?")
     fingerprint = str(encoder.get("fingerprint") or "")[:8]
-    return f"{text}:{name}" + (f"@{fingerprint}" if fingerprint else "")
+    tuned = record.get("finetune")  # the encoder's last layers fine-tuned with the run (features/text_finetune.py)
+    tuned = f"+ft{tuned.get('layers')}" if isinstance(tuned, dict) else ""
+    return f"{text}:{name}" + (f"@{fingerprint}" if fingerprint else "") + tuned
 
 
 class Preset(Strict):
