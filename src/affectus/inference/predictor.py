@@ -185,14 +185,6 @@ class Predictor:
         self.scheme = get_scheme(self.info.get("scheme") or self.info.get("family", "mosi"))
         self._text_inputs: tuple[Any, Any, bool] | None = None  # the run's text encoder, built on first use
 
-    def _tuner_record(self) -> dict[str, Any] | None:
-        record = self.info.get("text_inputs")
-        if not isinstance(record, dict) or record.get("finetune") is None:
-            return None
-        from affectus.features.text_finetune import check_finetune_record
-
-        return check_finetune_record(record["finetune"], f"{self.run_dir}/run.json")
-
     def reads(self, split: Split) -> Split:
         """`split` as this run reads it. When the run re-encoded transcripts (`train.text_inputs`, recorded
         in run.json), the same encoder re-encodes the split's `raw_text` (then any modality the split
@@ -229,6 +221,14 @@ class Predictor:
 
             out = split_tokens(out, encoder, tuner["first"], f"split {split.name} raw_text")
         return out if split.available is None else with_availability(out, split.available)
+
+    def _tuner_record(self) -> dict[str, Any] | None:
+        record = self.info.get("text_inputs")
+        if not isinstance(record, dict) or record.get("finetune") is None:
+            return None
+        from affectus.features.text_finetune import check_finetune_record
+
+        return check_finetune_record(record["finetune"], f"{self.run_dir}/run.json")
 
     @torch.no_grad()
     def predict(self, data: Split | Batch | dict[str, np.ndarray], batch_size: int = 256,
