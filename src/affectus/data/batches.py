@@ -29,6 +29,10 @@ class Batch:
     classes: torch.Tensor | None = None  # (B,) int64 class under the label scheme
     text_bert: torch.Tensor | None = None  # (B, 3, L) int64
     available: torch.Tensor | None = None  # (B, 3) bool, text / audio / vision present; None: all present
+    # the fine-tuned text encoder's input (Split.text_tokens), cut to the batch's longest transcript:
+    # (B, W, D) float16 token states and (B,) int64 lengths; None without `train.text_encoder_finetune`
+    text_tokens: torch.Tensor | None = None
+    text_token_lengths: torch.Tensor | None = None
 
     def availability(self) -> torch.Tensor:
         """(B, 3) bool; all True when the batch carries no mask."""
@@ -69,6 +73,13 @@ def make_batch(split: Split, rows: np.ndarray, with_labels: bool = True, scheme=
     """Gather `rows` of a split into a Batch. `with_labels=False` withholds every label; `scheme` (a
     LabelScheme) maps labels to classes (default: 3-class sentiment)."""
     t = torch.from_numpy
+    tokens = token_lengths = None
+    if split.text_tokens is not None:
+        token_lengths = split.text_token_lengths[rows]
+        # only the columns up to the batch's longest transcript: the fine-tuned layers cost per column
+        width = max(int(token_lengths.max(initial=0)), 1)
+        tokens = t(np.ascontiguousarray(split.text_tokens[rows, :width]))
+        token_lengths = t(np.asarray(token_lengths, dtype=np.int64))
     classes_of = to_classes if scheme is None else scheme.to_classes
     return Batch(
         text=t(split.text[rows]),
@@ -82,6 +93,8 @@ def make_batch(split: Split, rows: np.ndarray, with_labels: bool = True, scheme=
         classes=t(classes_of(split.labels[rows])) if with_labels else None,
         text_bert=None if split.text_bert is None else t(split.text_bert[rows]),
         available=None if split.available is None else t(split.available[rows]),
+        text_tokens=tokens,
+        text_token_lengths=token_lengths,
     )
 
 

@@ -68,7 +68,7 @@ class Inputs(Strict):
 def inputs_label(record: dict[str, Any] | None, context: dict[str, Any] | None = None) -> str:
     """A run's inputs in a few characters, for table columns: "file" (the file's features as they are), or
     "<text inputs>:<encoder>@<fingerprint[:8]>" (e.g. "sentence+file:minilm@1f0a9c3e") from run.json's
-    `text_inputs` record; "+context<K>" (or "+causal<K>") after it when run.json's `context` is set
+    `text_inputs` record, "+ftN" after it when the encoder's last N layers were fine-tuned; "+context<K>" (or "+causal<K>") after it when run.json's `context` is set
     (data/context.py). Two runs with the same label read the same numbers from the same file."""
     if context:
         kind = "causal" if context.get("causal") else "context"
@@ -81,7 +81,9 @@ def inputs_label(record: dict[str, Any] | None, context: dict[str, Any] | None =
         name = Path(str(encoder.get("path", name))).name or name
     text = record.get("text") or ("bert" if record.get("bert") else "?")
     fingerprint = str(encoder.get("fingerprint") or "")[:8]
-    return f"{text}:{name}" + (f"@{fingerprint}" if fingerprint else "")
+    tuned = record.get("finetune")  # the encoder's last layers fine-tuned with the run (features/text_finetune.py)
+    tuned = f"+ft{tuned.get('layers')}" if isinstance(tuned, dict) else ""
+    return f"{text}:{name}" + (f"@{fingerprint}" if fingerprint else "") + tuned
 
 
 class Preset(Strict):
@@ -100,6 +102,12 @@ class Preset(Strict):
     # dataset (CMC: its Table III row); a variant may add another row on top (`preset_model_key`: CMC-GT's
     # Table VII row, `cmc-gt`); never inputs (those are `inputs:`, the same for every model)
     settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # the model `train` trains on this preset when none is named, and the settings it then trains with
+    # (model.X / train.X / recipe.X, over its settings: row; not applied when --model names a model), as a
+    # benchmark on the dataset chose them (the preset's comment cites the command); None: the toolkit's default.
+    # An unknown name is refused by the registry when a run resolves it (presets are read by light paths)
+    default_model: str | None = None
+    default_settings: dict[str, Any] = Field(default_factory=dict)
     synth: SynthFacts = Field(default_factory=SynthFacts)  # what `synth:NAME` makes
     # the separator between group (video) and clip in the files' ids, for files whose ids are not MMSA's
     # `video$_$clip` and that carry no group / position keys (mosi-utterance: `<video>_<segment>`); the
@@ -107,6 +115,12 @@ class Preset(Strict):
     id_separator: Annotated[str, Field(min_length=1)] | None = None
     # where each settings value was written ("FILE:LINE"), so the config path's errors point at the line
     settings_where: dict[str, dict[str, str]] = Field(default_factory=dict, exclude=True)
+    default_where: dict[str, str] = Field(default_factory=dict, exclude=True)
+
+    def default_entries(self) -> list[tuple[str, Any, str]]:
+        """`default_settings` as (config key, value, where it was written) for the config path."""
+        return [(k, v, self.default_where.get(k, f"preset {self.name} default_settings"))
+                for k, v in self.default_settings.items()]
 
     def setting_entries(self, row: str) -> list[tuple[str, Any, str]]:
         """A settings row as (config key, value, where it was written) for the config path."""
@@ -204,6 +218,7 @@ def load_preset(name: str) -> Preset:
     _check(preset, doc)
     preset.settings_where = {row: {k: doc.where(("settings", row, k)) for k in values}
                              for row, values in preset.settings.items()}
+    preset.default_where = {k: doc.where(("default_settings", k)) for k in preset.default_settings}
     if not by_path and preset.name != name:  # the file name is the one a user types
         raise doc.error(("name",), f"name = {preset.name!r}: expected {name!r} (the file name)")
     return preset
@@ -231,6 +246,12 @@ def _check(preset: Preset, doc: Doc) -> None:
             if key in INPUT_KEYS or key == "text_inputs":
                 raise doc.error(("settings", model, key), f"settings.{model}: {key} is an input of the data, the same "
                                                           f"for every model: set it in the preset's inputs: block")
+    if preset.default_settings and preset.default_model is None:
+        raise doc.error(("default_settings",), "default_settings: set default_model too (the model they are for)")
+    for key in preset.default_settings:
+        if key in INPUT_KEYS or key == "text_inputs":
+            raise doc.error(("default_settings", key), f"default_settings: {key} is an input of the data, the same "
+                                                       f"for every model: set it in the preset's inputs: block")
     for key, n in preset.synth.sizes.items():
         if key not in SIMULATED_SPLITS or n < 0:
             raise doc.error(("synth", "sizes", key), f"synth.sizes.{key} = {n}: expected split names "

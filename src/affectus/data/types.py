@@ -44,6 +44,11 @@ class Split:
     # (N,) int64 how many neighbours each sample's context view averages (data/context.py; 0: none, e.g.
     # at a group's edge, its context columns are zeros); None: the split carries no context
     context_lengths: np.ndarray | None = None
+    # `train.text_encoder_finetune` (features/text_finetune.py): the transcripts' token states at the input of
+    # the text encoder's first fine-tuned layer (N, Lk, D) float16, computed once by its frozen lower layers,
+    # zero after each transcript's true length, and those lengths (N,) int64; None: no fine-tuning
+    text_tokens: np.ndarray | None = None
+    text_token_lengths: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -83,6 +88,8 @@ class Split:
             positions=take(self.positions),
             speakers=None if self.speakers is None else [self.speakers[i] for i in rows],
             context_lengths=take(self.context_lengths),
+            text_tokens=take(self.text_tokens),
+            text_token_lengths=take(self.text_token_lengths),
         )
 
 

@@ -420,9 +420,11 @@ def text_inputs_record(encoder: BertTextEncoder, *, text: TextOutput | None, ber
 def text_inputs_from_record(record: dict[str, Any]) -> tuple[BertTextEncoder, TextOutput | None, bool]:
     """(encoder, text, bert) of a run's `text_inputs_record`: what `reencode_dataset` needs to encode a new
     file as that run's training data was. Build it once and reuse it (the encoder loads its tokenizer)."""
-    if not isinstance(record, dict) or set(record) != {"text_encoder", "text", "bert"}:
+    # `finetune`: the fine-tuned top layers (features/text_finetune.py), read by the predictor
+    if not isinstance(record, dict) or not {"text_encoder", "text", "bert"} <= set(record) <= {
+            "text_encoder", "text", "bert", "finetune"}:
         got = sorted(record) if isinstance(record, dict) else type(record).__name__
-        raise AffectusError(f"text inputs record: expected keys bert, text, text_encoder, got {got}")
+        raise AffectusError(f"text inputs record: expected keys bert, text, text_encoder (and finetune), got {got}")
     return text_encoder_from_record(record["text_encoder"]), record["text"], record["bert"]
 
 

@@ -189,8 +189,19 @@ def _concat(splits: list[Split]) -> Split:
         parts = [getattr(s, name) for s in splits]
         return None if parts[0] is None else np.concatenate(parts)
 
+    def tokens() -> tuple[np.ndarray | None, np.ndarray | None]:
+        # a fine-tuned text encoder's input (features/text_finetune.py): each split is as wide as its own
+        # longest transcript, so they are zero-padded to the widest (the tuned layers mask the padding)
+        if splits[0].text_tokens is None:
+            return None, None
+        width = max(s.text_tokens.shape[1] for s in splits)
+        padded = [np.pad(s.text_tokens, ((0, 0), (0, width - s.text_tokens.shape[1]), (0, 0))) for s in splits]
+        return np.concatenate(padded), cat("text_token_lengths")
+
+    text_tokens, text_token_lengths = tokens()
     n = sum(len(s) for s in splits)
     return Split(name="batch", text=cat("text"), audio=cat("audio"), vision=cat("vision"),
                  text_lengths=cat("text_lengths"), audio_lengths=cat("audio_lengths"),
                  vision_lengths=cat("vision_lengths"), labels=np.zeros(n, np.float32),
-                 ids=[str(i) for i in range(n)], text_bert=cat("text_bert"), available=cat("available"))
+                 ids=[str(i) for i in range(n)], text_bert=cat("text_bert"), available=cat("available"),
+                 text_tokens=text_tokens, text_token_lengths=text_token_lengths)

@@ -160,10 +160,13 @@ class Predictor:
             # then the model's shell on the meta device (shapes, no memory): a hand-edited model_config that
             # asks for other (or enormous) tensors than the checksummed file holds is refused here, before
             # a byte is allocated for it
-            _check_shapes(self.model_name, config, extras, weights, self.run_dir)
+            # a run that fine-tuned its text encoder (train.text_encoder_finetune): the tuned layers' shell,
+            # from run.json's record; their weights are in model.safetensors with the model's
+            tuner = self._tuner_record()
+            _check_shapes(self.model_name, config, extras, weights, self.run_dir, tuner)
             # building the shell draws initial weights from torch's RNG: keep the caller's RNG untouched
             with torch.random.fork_rng(devices=[]):
-                self.model = create_model(self.model_name, config, **extras)
+                self.model = _build(self.model_name, config, extras, tuner)
         except SHELL_ERRORS as err:  # a hand-edited model_config with wrong value types or sizes
             raise AffectusError(f"{where} does not build a {self.model_name} model "
                                 f"({type(err).__name__}: {' '.join(str(err).split())[:300]})") from None
@@ -223,7 +226,20 @@ class Predictor:
         encoded = reencode_dataset(MERDataset(splits={split.name: split}, source=self.run_dir.name), encoder,
                                    text=text, bert=bert)
         out = encoded[split.name]
+        tuner = self._tuner_record()
+        if tuner is not None:  # the fine-tuned layers' input: the recorded encoder's frozen lower layers
+            from affectus.features.text_finetune import split_tokens
+
+            out = split_tokens(out, encoder, tuner["first"], f"split {split.name} raw_text")
         return out if split.available is None else with_availability(out, split.available)
+
+    def _tuner_record(self) -> dict[str, Any] | None:
+        record = self.info.get("text_inputs")
+        if not isinstance(record, dict) or record.get("finetune") is None:
+            return None
+        from affectus.features.text_finetune import check_finetune_record
+
+        return check_finetune_record(record["finetune"], f"{self.run_dir}/run.json")
 
     @torch.no_grad()
     def predict(self, data: Split | Batch | dict[str, np.ndarray], batch_size: int = 256,
@@ -411,15 +427,25 @@ def check_config_sizes(config: Any, values: int, where: str, what: str = "values
                 raise AffectusError(f"{where}: {name} = {v} is larger than {bound} (edited by hand?)")
 
 
+def _build(model_name: str, config: Any, extras: dict[str, Any], tuner: dict[str, Any] | None):
+    """The run's model, with its fine-tuned text layers attached when run.json records them."""
+    model = create_model(model_name, config, **extras)
+    if tuner is not None:
+        from affectus.features.text_finetune import TextTuner, attach
+
+        attach(model, TextTuner.from_record(tuner))
+    return model
+
+
 def _check_shapes(model_name: str, config: Any, extras: dict[str, Any], weights: dict[str, torch.Tensor],
-                  run_dir: Path) -> None:
+                  run_dir: Path, tuner: dict[str, Any] | None = None) -> None:
     """Refuse (one line) a model whose tensors differ from the run's weights, from a shell on the meta
     device: its state dict must hold exactly the file's tensors, shape for shape, and what it holds
     beyond them stays small. Models whose builder loads pretrained files (a BERT path, without the run's
     bert_config.json) cannot build on meta; they are checked by load_state_dict after the real build."""
     try:
         with torch.device("meta"), torch.random.fork_rng(devices=[]):
-            shell = create_model(model_name, config, **extras)
+            shell = _build(model_name, config, extras, tuner)
     except RuntimeError:
         if getattr(config, "text_input", None) == "bert" and "bert_config" not in extras:
             return  # transformers refuses from_pretrained on meta; the real build and load_state_dict decide

@@ -34,7 +34,10 @@ class TrainConfig:
 
     batch_size: int = 64
     lr: float = 1e-3
-    bert_lr: float = 5e-5  # a fine-tuned BERT's own learning rate (CMC's text path)
+    # a fine-tuned BERT's own learning rate: CMC's text path, and the text encoder's top layers with
+    # `text_encoder_finetune`; 5e-5 is in the range BERT's authors recommend for fine-tuning (5e-5, 3e-5, 2e-5:
+    # Devlin et al., NAACL 2019, Appendix A.3)
+    bert_lr: float = 5e-5
     bert_weight_decay: float = 1e-3
     epochs: int = 100  # per stage
     patience: int = 10
@@ -45,7 +48,8 @@ class TrainConfig:
     # data: keep this share of the modality-consistent training samples (paper Figs. 4-5; needs
     # unimodal labels in the training split; the selection and evaluation splits are untouched)
     consistent_retention: float = 1.0
-    bucket: bool = False  # length-bucketed batches (models with masked padding only)
+    # length-bucketed batches (models with masked padding only; with text_encoder_finetune: by transcript tokens)
+    bucket: bool = False
     # Where the text input comes from (features/text.py): "file" (the file's text features, as
     # they are), or re-encoded from each split's transcripts (raw_text) by `text_encoder`: "sentence"
     # (one sentence vector per sample), "states" (token states), "sentence+file" (the sentence vector
@@ -55,6 +59,11 @@ class TrainConfig:
     # evaluating or predicting on another file re-encodes that file's transcripts the same way.
     text_inputs: str = "file"
     text_encoder: str = "minilm"  # the packaged MiniLM, or a local BERT-family directory
+    # Fine-tune the text encoder's last N transformer layers with the model (features/text_finetune.py; 0:
+    # frozen). The lower layers run once before training; the tuned layers train at `bert_lr` and are saved
+    # with the run, which predicts with them. Needs text_inputs sentence or sentence+file and a model trained
+    # end to end through its forward (the one-stage supervised recipe: late_fusion, tfn, ef_lstm, ...).
+    text_encoder_finetune: int = 0
     # Context (data/context.py): each sample also reads the mean of the text features of the `context`
     # utterances before it in its group (video, dialogue) and, unless `context_causal`, the `context` after
     # it, as context views beside its text views. 0: off. Needs groups in every split; the run records it,
@@ -69,6 +78,13 @@ class TrainConfig:
             raise SettingError("train.text_inputs", self.text_inputs, f"one of {', '.join(TEXT_INPUTS)}")
         if not self.text_encoder:
             raise SettingError("train.text_encoder", self.text_encoder, "minilm or a local model directory")
+        if not 0 <= self.text_encoder_finetune <= 64:
+            raise SettingError("train.text_encoder_finetune", self.text_encoder_finetune,
+                               "a number of the text encoder's last layers to fine-tune, in [0, 64] (0: frozen)")
+        if self.text_encoder_finetune and self.text_inputs not in ("sentence", "sentence+file"):
+            raise SettingError("train.text_encoder_finetune", self.text_encoder_finetune,
+                               "0 unless train.text_inputs is sentence or sentence+file (the tuned layers make the "
+                               "transcript's sentence vector)", "train.text_inputs")
         if not 0 <= self.context <= MAX_WINDOW:
             raise SettingError("train.context", self.context, f"a number of utterances in [0, {MAX_WINDOW}] (0: off)")
         if self.context_causal and not self.context:
@@ -212,12 +228,14 @@ def resolve_config(
     preset=None,
     config_file: str | Path | None = None,
     overrides: dict[str, Any] | list[Located] | None = None,
+    preset_default: bool = False,
 ) -> ResolvedConfig:
     """Build the run's config. `preset` is a Preset object (or None for custom data); `variant` None is
     the model's default variant; `overrides` are --set values, or located entries (an experiment spec's).
 
     Order: the model's dataclass defaults -> configs/models/NAME.yaml -> the preset's inputs (the same for
-    every model) -> the preset's row for the model (Table III) and its settings -> the variant -> a YAML file -> overrides. Keys are `model.X`, `train.X` or `recipe.X`; a
+    every model) -> the preset's row for the model (Table III) and its settings (then, with `preset_default`
+    and the preset's default model, its `default_settings`) -> the variant -> a YAML file -> overrides. Keys are `model.X`, `train.X` or `recipe.X`; a
     bare X is looked up in that order. Every value is checked against its field's type as it is applied,
     and the ranges (each section's `validate()`) once all are in; an error names where the value was set.
     """
@@ -267,7 +285,7 @@ def resolve_config(
     # 2. the dataset preset (Table III; a variant may ask for another row, e.g. CMC-GT's Table VII)
     variant, spec = entry.variant(variant)
     if spec.get("model"):  # a variant that names another registered model (cmc's cmc_plus)
-        return resolve_config(spec["model"], None, preset, config_file, overrides)
+        return resolve_config(spec["model"], None, preset, config_file, overrides, preset_default)
     if preset is not None:
         # the data's inputs, before anything model-specific: every model trained on the preset reads them
         apply([(k, v, f"preset {preset.name} inputs") for k, v in preset.inputs.entries().items()])
@@ -276,6 +294,10 @@ def resolve_config(
         rows = [model_name, *([spec["preset_model_key"]] if spec.get("preset_model_key") else [])]
         for row in dict.fromkeys(rows):
             apply(preset.setting_entries(row))
+        # the preset's default model chosen because none was named (training/job.py): its default settings,
+        # the ones the preset's benchmark found best (e.g. MELD's fine-tuned encoder)
+        if preset_default and preset.default_model == model_name:
+            apply(preset.default_entries())
     # 3. the variant
     apply([(k, v, f"variant {variant}") for k, v in (spec.get("overrides") or {}).items()])
     # 4. a user YAML file
@@ -290,6 +312,10 @@ def resolve_config(
         check = getattr(entry.config_cls, "validate", None)
         if check is not None:
             check(entry.config_cls(**model_cfg))  # e.g. heads dividing d, before anything is written
+        if train.text_encoder_finetune:
+            from affectus.features.text_finetune import check_finetune_setting
+
+            check_finetune_setting(entry, model_cfg, train)
     except SettingError as err:
         # point at the last place that set one of the keys the rule involves (heads at 4 by default
         # and d = 30 from a spec: d's line)

@@ -37,11 +37,16 @@ class TrainingJob:
 CLIPS_DEFAULT_MODEL = "cmc_plus"
 
 
-def default_model(data: str | Path) -> tuple[str, str | None]:
-    """The model trained when none is named, and why when it is not DEFAULT_MODEL: CMC+ for a features
-    file made by `affectus extract-dataset` (its FILE.extract.json), faithful CMC for the paper's data."""
+def default_model(data: str | Path, preset: Any = None) -> tuple[str, str | None]:
+    """The model trained when none is named, and why when it is not DEFAULT_MODEL: the preset's
+    `default_model` (chosen by a benchmark on its dataset, e.g. MELD's), CMC+ for a features file made by
+    `affectus extract-dataset` (its FILE.extract.json), faithful CMC for the paper's data."""
     from affectus.data.load import extraction_record
 
+    if preset is not None and preset.default_model:
+        row = ", ".join(f"{k}={v}" for k, v in preset.default_settings.items())
+        return preset.default_model, (f"model {preset.default_model}: preset {preset.name}'s default"
+                                      + (f" ({row})" if row else "") + "; --model NAME trains another")
     if extraction_record(data) is None:
         return DEFAULT_MODEL, None
     return CLIPS_DEFAULT_MODEL, (f"model {CLIPS_DEFAULT_MODEL}: the default for features made by extract-dataset "
@@ -60,11 +65,12 @@ def prepare_training(data: str | Path, preset: str | None = None, model: str | N
 
     dataset, p = open_data(data, preset, trust_pickle=trust_pickle)
     reason = None
+    chosen = model is None  # the data chose the model: a preset's default comes with its default settings
     if model is None:
-        model, reason = default_model(data)
+        model, reason = default_model(data, p)
     shortcuts = {k: v for k, v in (("train.seed", seed), ("train.device", device), ("train.threads", threads))
                  if v is not None}
-    cfg = resolve_config(model, variant, p, config, {**(overrides or {}), **shortcuts})
+    cfg = resolve_config(model, variant, p, config, {**(overrides or {}), **shortcuts}, preset_default=chosen)
     plan = plan_for(dataset, p)
     warn_class_indices(dataset, plan, str(data))
     return TrainingJob(dataset, p, cfg, plan, source_id(data), reason)

@@ -177,6 +177,7 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
     device = _device(tc.device)
     dataset, text_record, text_views, text_model_dir = _text_inputs(dataset, tc)
     dataset, context_record, text_views = _context(dataset, tc, text_views)
+    dataset, text_record, tuner = _finetune(dataset, tc, text_record)
     torch.manual_seed(tc.seed)
     train_split, select_split = dataset[plan.train], dataset[plan.select]
     if tc.consistent_retention < 1.0:
@@ -185,6 +186,10 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
         raise AffectusError(f"{dataset.source}: train split needs at least 2 samples and '{plan.select}' at least 1")
     _check_training_modalities(cfg, train_split)
     model, model_cfg = build_model(cfg, dataset, plan.scheme, text_views, text_model_dir)
+    if tuner is not None:  # the text encoder's top layers train with the model (features/text_finetune.py)
+        from affectus.features.text_finetune import attach
+
+        attach(model, tuner)
     can = get_model_entry(cfg.model_name).can(model_cfg)
     model.to(device)
     write_json_atomic(out / "config.json", cfg.to_dict())
@@ -322,12 +327,31 @@ def _text_inputs(dataset: MERDataset, tc) -> tuple[MERDataset, dict[str, Any] | 
     return dataset, record, views, None if encoder is None else str(encoder.model_dir)
 
 
+def _finetune(dataset: MERDataset, tc, text_record: dict[str, Any] | None):
+    """`train.text_encoder_finetune` applied after the text inputs and context: the dataset with each split's
+    token states from the encoder's frozen lower layers, the text record with the fine-tuning added, and the
+    tuner (the top layers, copied from the encoder) the model gets; unchanged and None when it is 0."""
+    n = tc.text_encoder_finetune
+    if not n:
+        return dataset, text_record, None
+    from affectus.features.text import text_inputs_from_record
+    from affectus.features.text_finetune import TextTuner, add_text_tokens, check_finetune, finetune_record
+
+    encoder = text_inputs_from_record(text_record)[0]
+    check_finetune(encoder, n, tc.text_encoder)
+    record = finetune_record(encoder, n)
+    dataset = add_text_tokens(dataset, encoder, record["first"])
+    logger.info(f"text encoder: its last {n} layer(s) fine-tuned (lr {tc.bert_lr}), layers below frozen")
+    return dataset, {**text_record, "finetune": record}, TextTuner.from_encoder(encoder, n)
+
+
 def apply_run_inputs(dataset: MERDataset, tc) -> MERDataset:
     """A dataset as a run with train settings `tc` reads it: transcripts re-encoded (`train.text_inputs`), then
     the context columns (`train.context`). For data a recipe reads beside the run's own file (MC-Teacher's
     unlabeled clips), so it gets exactly the training features' inputs."""
-    dataset, _, text_views, _ = _text_inputs(dataset, tc)
-    return _context(dataset, tc, text_views)[0]
+    dataset, record, text_views, _ = _text_inputs(dataset, tc)
+    dataset = _context(dataset, tc, text_views)[0]
+    return _finetune(dataset, tc, record)[0]
 
 
 def _context(dataset: MERDataset, tc, text_views: list) -> tuple[MERDataset, dict[str, Any] | None, list]:

@@ -93,6 +93,12 @@ class RecipeContext:
         return make
 
     def _order(self, split: Split, rng: np.random.Generator) -> np.ndarray:
+        if self.train.bucket and split.text_token_lengths is not None:
+            # a fine-tuned text encoder (features/text_finetune.py) masks its padding exactly and costs per token
+            # column: batches of transcripts of similar length
+            from affectus.models.layers import bucket_order
+
+            return bucket_order(split.text_token_lengths, self.train.batch_size, rng)
         if self.train.bucket and self.can.sequence_masks:
             from affectus.models.layers import bucket_order
 

@@ -1,0 +1,227 @@
+"""MELD, 7 emotions: frozen vs fine-tuned transcript encoder, with and without context, a few models.
+
+    python benchmarks/bench_meld.py [--data DIR_OR_NPZ] [--models linear,late_fusion,cmc_plus]
+                                    [--finetune late_fusion] [--layers 1] [--ft-epochs 3] [--context 2]
+                                    [--seeds 3] [--ft-seeds 1] [--seed-offset 0] [--no-context-runs | --context-only]
+                                    [--json FILE] [--set key=value ...]
+
+Data: MELD's train and dev transcripts (`../shared/data/meld`, imported as `affectus import meld` does; its
+test split is held out and never read). The field reports weighted F1 on test; we report it on **dev**, which
+here is evaluation only: every run selects (early stopping, the linear model's C, CMC+'s consensus) on a
+selection split of 10% of train's dialogues (`--select-share`, chosen by a hash of the dialogue id), trains on
+the other 90%, and dev's labels are read by scoring alone.
+
+Every model reads the preset `meld`'s inputs (frozen MiniLM sentence vectors of the transcripts). Settings:
+`frozen` (train.text_encoder_finetune=0) and, for the `--finetune` models, `finetune-N` (the last `--layers`
+MiniLM layers fine-tuned at train.bert_lr, `--ft-epochs` epochs, length-bucketed batches); each with
+train.context=0 and train.context=K. Seeds 1..S (`--ft-seeds` for the fine-tuned runs, which cost minutes
+each on CPU). Prints one JSON object (also written to `--json` after every run, so a cut run keeps what it
+finished): per run dev weighted F1 / accuracy / UAR / per-class F1 and run.json's train_seconds; per model
+and setting the mean +- std; the training-time ratios fine-tuned / frozen and context / none (train_seconds:
+the transcripts are encoded once per process, outside it; `encode_seconds` says how long that took).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "meld"
+KEYS = ("f1", "acc", "uar")
+TARGET_TEST_F1 = 60.0  # issue 19: weighted F1 on MELD's held-out test split
+
+
+def selection_split(dataset, share: float, seed_text: str = "meld-select"):
+    """train -> train (the rest) + select (`share` of its dialogues, by a hash of the dialogue id); dev stays."""
+    from affectus.data.types import MERDataset
+
+    train = dataset["train"]
+    groups = np.asarray(train.groups, dtype=object)
+    unique = sorted(set(train.groups))
+    picked = {g for g in unique
+              if int(hashlib.sha256(f"{seed_text}:{g}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < share}
+    is_select = np.array([g in picked for g in groups])
+    splits = {"train": train.subset(np.flatnonzero(~is_select), "train"),
+              "select": train.subset(np.flatnonzero(is_select), "select"),
+              "valid": dataset["valid"]}
+    return MERDataset(splits=splits, source=dataset.source, sanitised=dict(dataset.sanitised))
+
+
+def summarise(runs: list[dict], settings: list[tuple[str, str, int]]) -> dict:
+    """Per (model, encoder, context): mean +- std over seeds; time ratios; the best setting on dev."""
+
+    def mean_std(rows: list[dict], key: str) -> dict[str, float]:
+        values = [r[key] for r in rows]
+        return {"mean": round(statistics.mean(values), 2),
+                "std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0, "n": len(values)}
+
+    summary: dict = {}
+    for m, enc, ctx in settings:
+        rows = [r for r in runs if (r["model"], r["encoder"], r["context"]) == (m, enc, ctx)]
+        if rows:
+            summary[f"{m} {enc} context={ctx}"] = {k: mean_std(rows, k) for k in (*KEYS, "train_seconds")}
+
+    def ratio(a: str, b: str) -> float | None:
+        if a in summary and b in summary and summary[b]["train_seconds"]["mean"]:
+            return round(summary[a]["train_seconds"]["mean"] / summary[b]["train_seconds"]["mean"], 2)
+        return None
+
+    ratios = {}
+    for m, enc, ctx in settings:
+        if enc != "frozen":
+            ratios[f"{m} context={ctx}: {enc} / frozen"] = ratio(f"{m} {enc} context={ctx}", f"{m} frozen context={ctx}")
+        if ctx:
+            ratios[f"{m} {enc}: context={ctx} / context=0"] = ratio(f"{m} {enc} context={ctx}", f"{m} {enc} context=0")
+    best = max(summary.items(), key=lambda kv: kv[1]["f1"]["mean"]) if summary else None
+    return {"summary": summary, "time_ratios": ratios,
+            "best_on_dev": None if best is None else {
+                "setting": best[0], "dev_weighted_f1": best[1]["f1"]["mean"],
+                "issue_target_test_weighted_f1": TARGET_TEST_F1,
+                "short_of_target_by": round(TARGET_TEST_F1 - best[1]["f1"]["mean"], 2)}}
+
+
+def merge(paths: list[str]) -> dict:
+    """Several runs' JSON (e.g. seeds or settings added by a later, shorter run) as one: every run, the summary
+    over all of them, and each file's own time ratios (training times compare only within one process: the
+    machine's load differs between runs)."""
+    runs, per_file, seen = [], {}, set()
+    for path in paths:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+        for r in d["runs"]:
+            key = (r["model"], r["encoder"], r["context"], r["seed"])
+            if key not in seen:  # a setting and seed run twice (a repeat in another file) counts once
+                seen.add(key)
+                runs.append({**r, "file": Path(path).name})
+        per_file[Path(path).name] = {"time_ratios": d.get("time_ratios"), "encode_seconds": d.get("encode_seconds"),
+                                     "finetune": d.get("finetune"), "seeds": d.get("seeds")}
+    settings = list(dict.fromkeys((r["model"], r["encoder"], r["context"]) for r in runs))
+    out = summarise(runs, settings)
+    out.pop("time_ratios")
+    return {"merged": [Path(p).name for p in paths], "runs": runs, **out, "per_file": per_file}
+
+
+def table(merged: dict) -> str:
+    """The merged summary as a markdown table (dev weighted F1 first, as the field reports it)."""
+    lines = ["| model | encoder | context | dev weighted F1 | acc | UAR | seeds | train s (mean) |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def cell(row: dict, k: str) -> str:
+        return f"{row[k]['mean']:.2f}" + (f" ± {row[k]['std']:.2f}" if row[k]["n"] > 1 else "")
+
+    for name, row in merged["summary"].items():
+        model, enc, ctx = name.split(" ")
+        lines.append(f"| {model} | {enc} | {ctx.split('=')[1]} | {cell(row, 'f1')} | {cell(row, 'acc')} | "
+                     f"{cell(row, 'uar')} | "
+                     f"{row['f1']['n']} | {row['train_seconds']['mean']:.0f} |")
+    return "\n".join(lines)
+
+
+def write_json(path: str | None, obj: dict) -> None:
+    if path:
+        from affectus.utils.io import write_json_atomic
+
+        write_json_atomic(path, obj)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=str(DATA), help="MELD's folder (train/dev CSVs) or an imported .npz")
+    ap.add_argument("--models", default="linear,late_fusion,cmc_plus")
+    ap.add_argument("--finetune", default="late_fusion", help="models also run with the encoder fine-tuned")
+    ap.add_argument("--layers", type=int, default=1, help="MiniLM's last layers fine-tuned")
+    ap.add_argument("--ft-epochs", type=int, default=3)
+    ap.add_argument("--context", type=int, default=2)
+    ap.add_argument("--no-context-runs", action="store_true", help="only train.context=0 (a shorter run)")
+    ap.add_argument("--context-only", action="store_true", help="only train.context=K (a shorter run)")
+    ap.add_argument("--seed-offset", type=int, default=0, help="seeds offset+1 .. offset+S (to add seeds later)")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--ft-seeds", type=int, default=1)
+    ap.add_argument("--select-share", type=float, default=0.1)
+    ap.add_argument("--set", dest="sets", action="append", default=[])
+    ap.add_argument("--json", default=None, help="also write the JSON here after every run")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--merge", nargs="+", default=None, help="print the summary over these JSON outputs instead")
+    ap.add_argument("--table", action="store_true", help="with --merge: a markdown table instead of JSON")
+    args = ap.parse_args()
+    if args.merge:
+        merged = merge(args.merge)
+        print(table(merged) if args.table else json.dumps(merged, indent=2))
+        return
+
+    from affectus.data.meld import import_meld
+    from affectus.data.mmsa import load_dataset
+    from affectus.data.presets import load_preset
+    from affectus.features.text import apply_text_inputs
+    from affectus.features.text_finetune import add_text_tokens
+    from affectus.training.config import parse_set, resolve_config
+    from affectus.training.trainer import DataPlan, train_run
+    from affectus.utils.threads import enable_flush_denormal, torch_threads
+
+    enable_flush_denormal()
+    preset = load_preset("meld")
+    data = Path(args.data)
+    full = import_meld(data) if data.is_dir() else load_dataset(str(data), preset=preset)
+    if "test" in full:  # never read: MELD's test split is held out
+        full.splits.pop("test")
+    ds = selection_split(full, args.select_share)
+    plan = DataPlan("train", "select", "valid", preset.scheme)
+    root = Path(args.out or tempfile.mkdtemp(prefix="bench-meld-"))
+
+    # the transcripts encoded once for the process (cached by features/text*.py), timed here
+    encode_seconds = {}
+    with torch_threads(args.threads):
+        started = time.perf_counter()
+        _, _, _, encoder = apply_text_inputs(ds, "sentence", "minilm")
+        encode_seconds["sentence_vectors"] = round(time.perf_counter() - started, 1)
+        if args.finetune:
+            started = time.perf_counter()
+            add_text_tokens(ds, encoder, encoder.hf_config.num_hidden_layers - args.layers)
+            encode_seconds[f"lower_{encoder.hf_config.num_hidden_layers - args.layers}_layers"] = round(
+                time.perf_counter() - started, 1)
+
+    models = args.models.split(",")
+    tuned = [m for m in args.finetune.split(",") if m]
+    ft = f"finetune-{args.layers}"
+    settings = [(m, enc, ctx) for m in models for enc in ("frozen", *([ft] if m in tuned else []))
+                for ctx in ((0,) if args.no_context_runs else (args.context,) if args.context_only else (0, args.context))]
+    runs: list[dict] = []
+    result: dict = {}
+
+    for m, enc, ctx in settings:
+        seeds = args.ft_seeds if enc != "frozen" else args.seeds
+        for seed in range(args.seed_offset + 1, args.seed_offset + seeds + 1):
+            overrides = {**parse_set(args.sets), "train.context": ctx, "train.seed": seed, "train.threads": args.threads}
+            if enc != "frozen":
+                overrides.update({"train.text_encoder_finetune": args.layers, "train.epochs": args.ft_epochs,
+                                  "train.patience": args.ft_epochs, "train.bucket": True})
+            cfg = resolve_config(m, None, preset, None, overrides)
+            out = root / f"{m}-{enc}-ctx{ctx}-seed{seed}"
+            with torch_threads(args.threads):  # train_run leaves torch's thread count to its caller
+                metrics = train_run(ds, cfg, out, plan, data_source=str(data))
+            info = json.loads((out / "run.json").read_text())
+            runs.append({"model": m, "encoder": enc, "context": ctx, "seed": seed,
+                         "train_seconds": info["train_seconds"],
+                         **{k: round(metrics[k], 2) for k in KEYS},
+                         "per_class_f1": {k[3:]: round(v, 2) for k, v in metrics.items() if k.startswith("f1_")},
+                         "select_f1": round(info["select_metrics"]["f1"], 2)})
+            result = {"data": str(data), "reported_split": "dev (MELD's dev: evaluation only)",
+                      "selection": f"{args.select_share:.0%} of train's dialogues", "train_rows": len(ds["train"]),
+                      "select_rows": len(ds["select"]), "dev_rows": len(ds["valid"]), "context": args.context,
+                      "finetune": {"models": tuned, "layers": args.layers, "epochs": args.ft_epochs,
+                                   "bucket": True, "bert_lr": cfg.train.bert_lr, "seeds": args.ft_seeds},
+                      "seeds": args.seeds, "overrides": args.sets, "threads": args.threads,
+                      "encode_seconds": encode_seconds, "runs": runs, **summarise(runs, settings)}
+            write_json(args.json, result)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
