@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import torch
 
+from affectus.data.context import sequence_features
 from affectus.data.types import MODALITIES, Split, to_classes
 
 
@@ -29,6 +30,17 @@ class Batch:
     classes: torch.Tensor | None = None  # (B,) int64 class under the label scheme
     text_bert: torch.Tensor | None = None  # (B, 3, L) int64
     available: torch.Tensor | None = None  # (B, 3) bool, text / audio / vision present; None: all present
+    # Each sample's video / dialogue as a sequence of utterances (data/context.py), present only when the
+    # split asks for it (`Split.sequence_window`, for models with `Capabilities.utterance_context`), else None:
+    # seq_text / seq_audio / seq_vision (B, W, D) each utterance's pooled feature (zeros where it lacks the
+    # modality, and at padding), seq_available (B, W, 3) bool, seq_mask (B, W) bool (a real utterance;
+    # left-aligned), seq_centre (B,) int64 the sample's own place in its sequence
+    seq_text: torch.Tensor | None = None
+    seq_audio: torch.Tensor | None = None
+    seq_vision: torch.Tensor | None = None
+    seq_available: torch.Tensor | None = None
+    seq_mask: torch.Tensor | None = None
+    seq_centre: torch.Tensor | None = None
 
     def availability(self) -> torch.Tensor:
         """(B, 3) bool; all True when the batch carries no mask."""
@@ -59,6 +71,14 @@ class Batch:
             x = getattr(self, m)  # (B, L, D)
             changes[m] = torch.where(keep[:, None, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
             changes[f"{m}_lengths"] = torch.where(keep, self.lengths(m), torch.zeros_like(self.lengths(m)))
+        if self.seq_available is not None:
+            # a modality a condition removes from a sample is removed from its whole conversation: the
+            # neighbours' features of that modality are not read either
+            seq_keep = self.seq_available & mask[:, None, :]  # (B, W, 3)
+            changes["seq_available"] = seq_keep
+            for k, m in enumerate(MODALITIES):
+                x = getattr(self, f"seq_{m}")
+                changes[f"seq_{m}"] = torch.where(seq_keep[..., k, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
         if self.text_bert is not None:
             changes["text_bert"] = torch.where(mask[:, 0, None, None], self.text_bert,
                                                torch.zeros((), dtype=self.text_bert.dtype, device=self.index.device))
@@ -70,6 +90,9 @@ def make_batch(split: Split, rows: np.ndarray, with_labels: bool = True, scheme=
     LabelScheme) maps labels to classes (default: 3-class sentiment)."""
     t = torch.from_numpy
     classes_of = to_classes if scheme is None else scheme.to_classes
+    sequence = {}
+    if split.sequence_window is not None:
+        sequence = {k: t(v) for k, v in sequence_features(split, np.asarray(rows)).items()}
     return Batch(
         text=t(split.text[rows]),
         audio=t(split.audio[rows]),
@@ -82,6 +105,7 @@ def make_batch(split: Split, rows: np.ndarray, with_labels: bool = True, scheme=
         classes=t(classes_of(split.labels[rows])) if with_labels else None,
         text_bert=None if split.text_bert is None else t(split.text_bert[rows]),
         available=None if split.available is None else t(split.available[rows]),
+        **sequence,
     )
 
 

@@ -43,6 +43,12 @@ class Split:
     # (N,) int64 how many neighbours each sample's context view averages (data/context.py; 0: none, e.g.
     # at a group's edge, its context columns are zeros); None: the split carries no context
     context_lengths: np.ndarray | None = None
+    # (window, causal): batches of this split carry each sample's group as a sequence of utterances, the
+    # `window` before it and (unless causal) after it, each modality pooled (data/context.py,
+    # `sequence_rows`), for models that read their neighbours themselves (`Capabilities.utterance_context`).
+    # Derived from groups / positions when a batch is made, so a subset's sequences hold its own rows.
+    # None: batches carry no sequence.
+    sequence_window: tuple[int, bool] | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -82,6 +88,7 @@ class Split:
             positions=take(self.positions),
             speakers=None if self.speakers is None else [self.speakers[i] for i in rows],
             context_lengths=take(self.context_lengths),
+            sequence_window=self.sequence_window,
         )
 
 
