@@ -34,13 +34,16 @@ class Batch:
     # split asks for it (`Split.sequence_window`, for models with `Capabilities.utterance_context`), else None:
     # seq_text / seq_audio / seq_vision (B, W, D) each utterance's pooled feature (zeros where it lacks the
     # modality, and at padding), seq_available (B, W, 3) bool, seq_mask (B, W) bool (a real utterance;
-    # left-aligned), seq_centre (B,) int64 the sample's own place in its sequence
+    # left-aligned), seq_centre (B,) int64 the sample's own place in its sequence. Samples that share a
+    # sequence (one video's utterances) share its rows: seq_* hold S <= B sequences, seq_index (B,) int64 says
+    # which is each sample's
     seq_text: torch.Tensor | None = None
     seq_audio: torch.Tensor | None = None
     seq_vision: torch.Tensor | None = None
     seq_available: torch.Tensor | None = None
     seq_mask: torch.Tensor | None = None
     seq_centre: torch.Tensor | None = None
+    seq_index: torch.Tensor | None = None
 
     def availability(self) -> torch.Tensor:
         """(B, 3) bool; all True when the batch carries no mask."""
@@ -73,11 +76,15 @@ class Batch:
             changes[f"{m}_lengths"] = torch.where(keep, self.lengths(m), torch.zeros_like(self.lengths(m)))
         if self.seq_available is not None:
             # a modality a condition removes from a sample is removed from its whole conversation: the
-            # neighbours' features of that modality are not read either
-            seq_keep = self.seq_available & mask[:, None, :]  # (B, W, 3)
+            # neighbours' features of that modality are not read either. Masks differ per sample, so each
+            # sample gets its own copy of its sequence (seq_index 0..B-1)
+            idx = self.seq_index
+            seq_keep = self.seq_available[idx] & mask[:, None, :]  # (B, W, 3)
             changes["seq_available"] = seq_keep
+            changes["seq_mask"] = self.seq_mask[idx]
+            changes["seq_index"] = torch.arange(len(self), device=idx.device)
             for k, m in enumerate(MODALITIES):
-                x = getattr(self, f"seq_{m}")
+                x = getattr(self, f"seq_{m}")[idx]
                 changes[f"seq_{m}"] = torch.where(seq_keep[..., k, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
         if self.text_bert is not None:
             changes["text_bert"] = torch.where(mask[:, 0, None, None], self.text_bert,

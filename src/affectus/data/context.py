@@ -231,15 +231,16 @@ def pooled(split: Split, modality: str, rows: np.ndarray) -> tuple[np.ndarray, n
 
 
 def sequence_features(split: Split, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """The utterance sequences of the samples `rows` of a split that asks for them: `seq_text` /
-    `seq_audio` / `seq_vision` (B, W, D) float32, `seq_available` (B, W, 3) bool, `seq_mask` (B, W) bool,
-    `seq_centre` (B,) int64, with W this batch's longest sequence."""
+    """The utterance sequences of the samples `rows` of a split that asks for them. Samples of one batch that
+    share a sequence (utterances of one video, when the window spans it) share its arrays: S distinct
+    sequences, `seq_index` (B,) int64 each sample's. `seq_text` / `seq_audio` / `seq_vision` (S, W, D) float32,
+    `seq_available` (S, W, 3) bool, `seq_mask` (S, W) bool, `seq_centre` (B,) int64, W this batch's longest."""
     all_rows, all_centre = sequence_rows(split)
     seq = all_rows[rows]  # (B, W_split)
+    width = max(int((seq >= 0).sum(1).max()) if len(seq) else 1, 1)  # left-aligned: trim the common padding
+    seq, index = np.unique(seq[:, :width], axis=0, return_inverse=True)  # (S, W), (B,)
     real = seq >= 0
-    width = max(int(real.sum(1).max()) if len(seq) else 1, 1)  # left-aligned: trim the common padding
-    seq, real = seq[:, :width], real[:, :width]
-    used, inverse = np.unique(seq[real], return_inverse=True)  # each neighbour pooled once per batch
+    used, inverse = np.unique(seq[real], return_inverse=True)  # each utterance pooled once per batch
     out: dict[str, np.ndarray] = {}
     available = np.zeros((*seq.shape, len(SEQUENCE_READS)), dtype=bool)
     for k, m in enumerate(SEQUENCE_READS):
@@ -251,7 +252,19 @@ def sequence_features(split: Split, rows: np.ndarray) -> dict[str, np.ndarray]:
     out["seq_available"] = available
     out["seq_mask"] = real
     out["seq_centre"] = all_centre[rows].astype(np.int64)
+    out["seq_index"] = np.asarray(index, dtype=np.int64).reshape(-1)
     return out
+
+
+def group_order(split: Split, rng: np.random.Generator) -> np.ndarray:
+    """A training order that keeps each group's rows together (the groups shuffled, each group's rows in
+    position order): a batch then holds a few whole videos, as the context papers' batches do, and their
+    samples share one sequence each (`sequence_features`), computed once. A split without groups: shuffled."""
+    if split.groups is None or split.positions is None:
+        return rng.permutation(len(split))
+    _, group_of = np.unique(np.asarray(split.groups, dtype=object).astype(str), return_inverse=True)
+    rank = rng.permutation(int(group_of.max()) + 1 if len(group_of) else 0)  # each group's place
+    return np.lexsort((np.asarray(split.positions), rank[group_of]))
 
 
 def check_sequences(dataset: MERDataset, window: int, what: str) -> None:

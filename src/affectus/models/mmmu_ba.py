@@ -65,11 +65,13 @@ class MMMUBAConfig:
 def _bimodal(x: torch.Tensor, y: torch.Tensor, seq: UtteranceSequence, kx: int, ky: int
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Eqs. 1-5 for the sample's own utterance: [A1, A2] (B, 2d) and the attention weights N1, N2 (B, W)."""
-    xc, yc = seq.at_centre(x), seq.at_centre(y)  # (B, d)
-    n1 = _attend(torch.einsum("bd,bwd->bw", xc, y), seq.available[..., ky] & seq.mask)
-    n2 = _attend(torch.einsum("bd,bwd->bw", yc, x), seq.available[..., kx] & seq.mask)
-    a1 = torch.einsum("bw,bwd->bd", n1, y) * xc
-    a2 = torch.einsum("bw,bwd->bd", n2, x) * yc
+    xc, yc = seq.at_centre(x), seq.at_centre(y)  # (B, d): the sample's own utterance
+    xs, ys = seq.of_sample(x), seq.of_sample(y)  # (B, W, d): its video's utterances
+    keys = seq.of_sample(seq.available & seq.mask[..., None])  # (B, W, 3)
+    n1 = _attend(torch.einsum("bd,bwd->bw", xc, ys), keys[..., ky])
+    n2 = _attend(torch.einsum("bd,bwd->bw", yc, xs), keys[..., kx])
+    a1 = torch.einsum("bw,bwd->bd", n1, ys) * xc
+    a2 = torch.einsum("bw,bwd->bd", n2, xs) * yc
     return torch.cat([a1, a2], dim=-1), n1, n2
 
 

@@ -22,15 +22,21 @@ from affectus.data.types import MODALITIES
 
 @dataclass
 class UtteranceSequence:
-    x: dict[str, torch.Tensor]  # modality -> (B, W, D) each utterance's pooled feature (0 where absent)
-    available: torch.Tensor  # (B, W, 3) bool: the utterance has the modality (False at padding)
-    mask: torch.Tensor  # (B, W) bool: a real utterance
+    """S distinct sequences of up to W utterances, and which one each of the B samples reads."""
+
+    x: dict[str, torch.Tensor]  # modality -> (S, W, D) each utterance's pooled feature (0 where absent)
+    available: torch.Tensor  # (S, W, 3) bool: the utterance has the modality (False at padding)
+    mask: torch.Tensor  # (S, W) bool: a real utterance
     centre: torch.Tensor  # (B,) int64: the sample's own place in its sequence
+    index: torch.Tensor  # (B,) int64: the sample's sequence
 
     def at_centre(self, h: torch.Tensor) -> torch.Tensor:
-        """(B, W, ...) -> (B, ...): each sample's own row."""
-        idx = self.centre.to(h.device).view(-1, *([1] * (h.dim() - 1))).expand(-1, 1, *h.shape[2:])
-        return h.gather(1, idx).squeeze(1)
+        """(S, W, ...) -> (B, ...): each sample's own utterance's row."""
+        return h[self.index, self.centre]
+
+    def of_sample(self, h: torch.Tensor) -> torch.Tensor:
+        """(S, W, ...) -> (B, W, ...): each sample's whole sequence."""
+        return h[self.index]
 
 
 def utterance_sequence(batch: Batch) -> UtteranceSequence:
@@ -39,7 +45,8 @@ def utterance_sequence(batch: Batch) -> UtteranceSequence:
     device = batch.index.device
     if batch.seq_mask is not None:
         return UtteranceSequence({m: getattr(batch, f"seq_{m}").float() for m in MODALITIES},
-                                 batch.seq_available.bool(), batch.seq_mask.bool(), batch.seq_centre.long())
+                                 batch.seq_available.bool(), batch.seq_mask.bool(), batch.seq_centre.long(),
+                                 batch.seq_index.long())
     present = batch.availability().to(device).clone()
     x = {}
     for k, m in enumerate(MODALITIES):
@@ -51,7 +58,7 @@ def utterance_sequence(batch: Batch) -> UtteranceSequence:
         x[m] = (pooled * present[:, k, None].float())[:, None, :]  # (B, 1, D)
     b = len(batch)
     return UtteranceSequence(x, present[:, None, :], torch.ones(b, 1, dtype=torch.bool, device=device),
-                             torch.zeros(b, dtype=torch.long, device=device))
+                             torch.zeros(b, dtype=torch.long, device=device), torch.arange(b, device=device))
 
 
 class SequenceRNN(nn.Module):

@@ -93,6 +93,10 @@ class RecipeContext:
         return make
 
     def _order(self, split: Split, rng: np.random.Generator) -> np.ndarray:
+        if self.can.utterance_context is not None:  # whole videos per batch: their shared sequence computed once
+            from affectus.data.context import group_order
+
+            return group_order(split, rng)
         if self.train.bucket and self.can.sequence_masks:
             from affectus.models.layers import bucket_order
 

@@ -124,6 +124,12 @@ def trained_modalities(split) -> tuple[str, ...]:
     return tuple(out)
 
 
+class FusionTask(SupervisedTask):
+    """Stage 1: the verdict's cross-entropy, level 1 frozen; the best selection-split epoch kept."""
+
+    name = "fusion"
+
+
 class BCLSTMRecipe:
     config_cls = BCLSTMRecipeConfig
 
@@ -147,7 +153,7 @@ class BCLSTMRecipe:
             else:
                 summary["unimodal"] = ctx.saved["unimodal_summary"]
             model.unimodal.requires_grad_(False)
-        task = SupervisedTask(ctx.eval_batches(ctx.select_split))
+        task = FusionTask(ctx.eval_batches(ctx.select_split))
         params = [p for p in model.parameters() if p.requires_grad]
         wrapped = FrozenPart(model, "unimodal") if rc.unimodal else None
         extra = {"unimodal_summary": summary["unimodal"]} if rc.unimodal else None
