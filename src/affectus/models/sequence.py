@@ -74,7 +74,7 @@ class SequenceRNN(nn.Module):
         self.out_dim = (2 if bidirectional else 1) * hidden
 
     def forward(self, x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        b, w, _ = x.shape
+        w = x.shape[1]
         # the present utterances first, in their order (a stable sort on "absent"), then run packed
         order = torch.sort((~present).to(torch.int8), dim=1, stable=True).indices  # (B, W)
         packed_x = self.drop(x).gather(1, order[..., None].expand(-1, -1, x.shape[2]))
