@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -176,10 +177,12 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str
 TINY_BATCH_DIMS = {"text": 6, "audio": 3, "vision": 4}
 
 
-def tiny_batch(b: int = 4, seed: int = 0) -> Batch:
-    """A hand-made Batch of up to 4 samples with awkward lengths, for model forward/backward tests."""
+def tiny_batch(b: int = 4, seed: int = 0, sequences: bool = False) -> Batch:
+    """A hand-made Batch of up to 4 samples with awkward lengths, for model forward/backward tests.
+    `sequences`: the samples are also one video's utterances, in order (`Batch.seq_*`, data/context.py), for
+    models that read their video (`Capabilities.utterance_context`)."""
     g = torch.Generator().manual_seed(seed)
-    return Batch(
+    batch = Batch(
         text=torch.randn(b, 5, TINY_BATCH_DIMS["text"], generator=g),
         audio=torch.randn(b, 7, TINY_BATCH_DIMS["audio"], generator=g),
         vision=torch.randn(b, 3, TINY_BATCH_DIMS["vision"], generator=g),
@@ -190,6 +193,18 @@ def tiny_batch(b: int = 4, seed: int = 0) -> Batch:
         scores=torch.tensor([-1.5, 0.0, 0.6, 2.0][:b]),
         classes=torch.tensor([0, 1, 2, 2][:b]),
     )
+    if not sequences:
+        return batch
+    seq = {}
+    for m in ("text", "audio", "vision"):
+        x = getattr(batch, m)
+        lengths = batch.lengths(m).clamp(max=x.shape[1])
+        steps = (torch.arange(x.shape[1])[None, :] < lengths[:, None]).float()
+        seq[f"seq_{m}"] = ((x * steps[..., None]).sum(1) / lengths.clamp(min=1)[:, None])[None]  # (1, B, D)
+    present = torch.stack([batch.lengths(m) > 0 for m in ("text", "audio", "vision")], dim=1)  # (B, 3)
+    seq["seq_text"] = seq["seq_text"] * present[None, :, 0, None]
+    return replace(batch, **seq, seq_available=present[None], seq_mask=torch.ones(1, b, dtype=torch.bool),
+                   seq_centre=torch.arange(b), seq_index=torch.zeros(b, dtype=torch.long))
 
 
 @contextmanager

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import torch
 
+from affectus.data.context import sequence_features
 from affectus.data.types import MODALITIES, Split, to_classes
 
 
@@ -33,6 +34,20 @@ class Batch:
     # (B, W, D) float16 token states and (B,) int64 lengths; None without `train.text_encoder_finetune`
     text_tokens: torch.Tensor | None = None
     text_token_lengths: torch.Tensor | None = None
+    # Each sample's video / dialogue as a sequence of utterances (data/context.py), present only when the
+    # split asks for it (`Split.sequence_window`, for models with `Capabilities.utterance_context`), else None:
+    # seq_text / seq_audio / seq_vision (B, W, D) each utterance's pooled feature (zeros where it lacks the
+    # modality, and at padding), seq_available (B, W, 3) bool, seq_mask (B, W) bool (a real utterance;
+    # left-aligned), seq_centre (B,) int64 the sample's own place in its sequence. Samples that share a
+    # sequence (one video's utterances) share its rows: seq_* hold S <= B sequences, seq_index (B,) int64 says
+    # which is each sample's
+    seq_text: torch.Tensor | None = None
+    seq_audio: torch.Tensor | None = None
+    seq_vision: torch.Tensor | None = None
+    seq_available: torch.Tensor | None = None
+    seq_mask: torch.Tensor | None = None
+    seq_centre: torch.Tensor | None = None
+    seq_index: torch.Tensor | None = None
 
     def availability(self) -> torch.Tensor:
         """(B, 3) bool; all True when the batch carries no mask."""
@@ -63,6 +78,18 @@ class Batch:
             x = getattr(self, m)  # (B, L, D)
             changes[m] = torch.where(keep[:, None, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
             changes[f"{m}_lengths"] = torch.where(keep, self.lengths(m), torch.zeros_like(self.lengths(m)))
+        if self.seq_available is not None:
+            # a modality a condition removes from a sample is removed from its whole conversation: the
+            # neighbours' features of that modality are not read either. Masks differ per sample, so each
+            # sample gets its own copy of its sequence (seq_index 0..B-1)
+            idx = self.seq_index
+            seq_keep = self.seq_available[idx] & mask[:, None, :]  # (B, W, 3)
+            changes["seq_available"] = seq_keep
+            changes["seq_mask"] = self.seq_mask[idx]
+            changes["seq_index"] = torch.arange(len(self), device=idx.device)
+            for k, m in enumerate(MODALITIES):
+                x = getattr(self, f"seq_{m}")[idx]
+                changes[f"seq_{m}"] = torch.where(seq_keep[..., k, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
         if self.text_bert is not None:
             changes["text_bert"] = torch.where(mask[:, 0, None, None], self.text_bert,
                                                torch.zeros((), dtype=self.text_bert.dtype, device=self.index.device))
@@ -81,6 +108,9 @@ def make_batch(split: Split, rows: np.ndarray, with_labels: bool = True, scheme=
         tokens = t(np.ascontiguousarray(split.text_tokens[rows, :width]))
         token_lengths = t(np.asarray(token_lengths, dtype=np.int64))
     classes_of = to_classes if scheme is None else scheme.to_classes
+    sequence = {}
+    if split.sequence_window is not None:
+        sequence = {k: t(v) for k, v in sequence_features(split, np.asarray(rows)).items()}
     return Batch(
         text=t(split.text[rows]),
         audio=t(split.audio[rows]),
@@ -95,6 +125,7 @@ def make_batch(split: Split, rows: np.ndarray, with_labels: bool = True, scheme=
         available=None if split.available is None else t(split.available[rows]),
         text_tokens=tokens,
         text_token_lengths=token_lengths,
+        **sequence,
     )
 
 

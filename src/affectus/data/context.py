@@ -21,6 +21,19 @@ Edges: a neighbour is one of the group's rows sorted by position (positions need
 and a neighbour whose text is absent (length 0 or marked absent) does not count. A sample with no
 neighbour that counts gets zeros, and `Split.context_lengths` (N,) says how many neighbours each
 context averages (0 there). A split without groups has no context: a run asking for one is refused.
+
+Utterance sequences (for models that read their neighbours themselves: bc-LSTM, MMMU-BA). A model whose
+registry entry declares `Capabilities.utterance_context = (window, causal)` gets, in every batch, each
+sample's group as a sequence: the group's utterances sorted by position, from `window` before the sample
+to `window` after it (causal: to the sample itself), the sample included at `Batch.seq_centre`; each
+utterance as each modality's feature averaged over its true steps, zeros (and False in
+`Batch.seq_available`) where that utterance lacks the modality, left-aligned and padded after the end
+(`Batch.seq_mask`). The split only records the request (`Split.sequence_window`); the rows are derived
+from its groups / positions (`sequence_rows`) and the pooled features gathered from its current features
+when a batch is made (`sequence_features`), so a split restricted to some modalities
+(`data.missing.with_availability`) gives sequences restricted the same way, and a subset's sequences
+hold its own rows only. Features only, never labels; each split its own rows, as above. Recorded in
+run.json (`sequence_context`), rebuilt for another file by `sequence_from_run`.
 """
 
 from __future__ import annotations
@@ -159,3 +172,136 @@ def context_from_run(split: Split, record: dict[str, Any], where: str) -> Split:
         raise AffectusError(f"split {split.name} text: feature dim {split.text.shape[2]}, the run expects {width} "
                             f"(before its context columns)")
     return add_context(split, window, causal, f"split {split.name}")
+
+
+# ------------------------------------------------------------------------------- utterance sequences
+
+SEQUENCE_READS = ("text", "audio", "vision")  # every modality's pooled vector travels in the sequence
+
+
+def sequence_rows(split: Split) -> tuple[np.ndarray, np.ndarray]:
+    """(N, W) int64 the rows of each sample's sequence (its group's utterances in position order within the
+    window, left-aligned, -1 after the sequence's end; W the longest sequence) and (N,) int64 the sample's
+    own place in it. Computed once per Split object (cached on it: groups and positions never change in
+    place; a changed split is a new object, `dataclasses.replace`)."""
+    cached = split.__dict__.get("_sequence_rows")
+    if cached is not None:
+        return cached
+    if split.sequence_window is None:
+        raise AffectusError(f"split {split.name}: no utterance sequence was asked for")
+    window, causal = split.sequence_window
+    if split.groups is None or split.positions is None:
+        raise AffectusError(f"split {split.name}: no groups (video or dialogue of each sample), which an "
+                            f"utterance sequence needs")
+    n = len(split.groups)
+    _, group_of = np.unique(np.asarray(split.groups, dtype=object).astype(str), return_inverse=True)
+    order = np.lexsort((np.asarray(split.positions), group_of))  # rows sorted by group, then position
+    sorted_groups = group_of[order]
+    starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])  # each group's first rank
+    sizes = np.diff(np.r_[starts, n])
+    group_start = np.repeat(starts, sizes)  # (N,) per sorted rank: where its group starts
+    rank = np.arange(n) - group_start  # place within the group
+    lo = np.maximum(rank - window, 0)
+    hi = np.minimum(rank + (0 if causal else window), np.repeat(sizes, sizes) - 1)
+    length = hi - lo + 1
+    cols = np.arange(int(length.max()) if n else 1)
+    valid = cols[None, :] < length[:, None]
+    at = np.minimum(group_start[:, None] + lo[:, None] + cols[None, :], max(n - 1, 0))
+    rows_sorted = np.where(valid, order[at], -1).astype(np.int64)
+    rows = np.empty_like(rows_sorted)
+    rows[order] = rows_sorted
+    centre = np.empty(n, dtype=np.int64)
+    centre[order] = rank - lo
+    split.__dict__["_sequence_rows"] = (rows, centre)
+    return rows, centre
+
+
+def pooled(split: Split, modality: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(R, D) float32 the feature of `rows` averaged over their true steps (zeros where absent) and (R,) bool
+    whether each row has the modality (length > 0 and not marked absent)."""
+    x = split.features(modality)[rows]
+    lengths = np.clip(np.asarray(split.lengths(modality))[rows], 0, x.shape[1])
+    mask = (np.arange(x.shape[1])[None, :] < lengths[:, None]).astype(np.float32)
+    out = (x * mask[..., None]).sum(1) / np.maximum(lengths, 1)[:, None].astype(np.float32)
+    present = lengths > 0
+    if split.available is not None:
+        present &= np.asarray(split.available, dtype=bool)[rows, SEQUENCE_READS.index(modality)]
+    out[~present] = 0.0
+    return out.astype(np.float32), present
+
+
+def sequence_features(split: Split, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The utterance sequences of the samples `rows` of a split that asks for them. Samples of one batch that
+    share a sequence (utterances of one video, when the window spans it) share its arrays: S distinct
+    sequences, `seq_index` (B,) int64 each sample's. `seq_text` / `seq_audio` / `seq_vision` (S, W, D) float32,
+    `seq_available` (S, W, 3) bool, `seq_mask` (S, W) bool, `seq_centre` (B,) int64, W this batch's longest."""
+    all_rows, all_centre = sequence_rows(split)
+    seq = all_rows[rows]  # (B, W_split)
+    width = max(int((seq >= 0).sum(1).max()) if len(seq) else 1, 1)  # left-aligned: trim the common padding
+    seq, index = np.unique(seq[:, :width], axis=0, return_inverse=True)  # (S, W), (B,)
+    real = seq >= 0
+    used, inverse = np.unique(seq[real], return_inverse=True)  # each utterance pooled once per batch
+    out: dict[str, np.ndarray] = {}
+    available = np.zeros((*seq.shape, len(SEQUENCE_READS)), dtype=bool)
+    for k, m in enumerate(SEQUENCE_READS):
+        vectors, present = pooled(split, m, used)
+        x = np.zeros((*seq.shape, vectors.shape[1]), dtype=np.float32)
+        x[real] = vectors[inverse]
+        available[real, k] = present[inverse]
+        out[f"seq_{m}"] = x
+    out["seq_available"] = available
+    out["seq_mask"] = real
+    out["seq_centre"] = all_centre[rows].astype(np.int64)
+    out["seq_index"] = np.asarray(index, dtype=np.int64).reshape(-1)
+    return out
+
+
+def group_order(split: Split, rng: np.random.Generator) -> np.ndarray:
+    """A training order that keeps each group's rows together (the groups shuffled, each group's rows in
+    position order): a batch then holds a few whole videos, as the context papers' batches do, and their
+    samples share one sequence each (`sequence_features`), computed once. A split without groups: shuffled."""
+    if split.groups is None or split.positions is None:
+        return rng.permutation(len(split))
+    _, group_of = np.unique(np.asarray(split.groups, dtype=object).astype(str), return_inverse=True)
+    rank = rng.permutation(int(group_of.max()) + 1 if len(group_of) else 0)  # each group's place
+    return np.lexsort((np.asarray(split.positions), rank[group_of]))
+
+
+def check_sequences(dataset: MERDataset, window: int, what: str) -> None:
+    """Refuse (one line) a dataset with a split that has no groups, for a model that reads sequences."""
+    for name, split in dataset.splits.items():
+        if split.groups is None or split.positions is None:
+            raise AffectusError(f"{what} reads each utterance's video or dialogue (model.window = {window}), which "
+                                f"needs groups, but file {dataset.source} split {name} has none (no group/position "
+                                f"keys, and its ids do not name one); give a file with groups, or read one "
+                                f"utterance alone: --set model.window=0")
+
+
+def apply_sequences(dataset: MERDataset, window: int, causal: bool, what: str
+                    ) -> tuple[MERDataset, dict[str, Any]]:
+    """Every split of a dataset asking for utterance sequences: (dataset, run.json record)."""
+    check_sequences(dataset, window, what)
+    splits = {name: replace(split, sequence_window=(int(window), bool(causal)))
+              for name, split in dataset.splits.items()}
+    record = {"window": int(window), "causal": bool(causal), "reads": list(SEQUENCE_READS),
+              "pooling": "mean over true steps"}
+    return MERDataset(splits=splits, source=dataset.source, sanitised=dict(dataset.sanitised)), record
+
+
+def sequence_from_run(split: Split, record: Any, where: str) -> Split:
+    """A new file's split read as the run that wrote `record` (run.json `sequence_context`) read its data:
+    sequences from its own groups. A split without groups is refused."""
+    if not isinstance(record, dict) or not {"window", "causal"} <= set(record):
+        raise AffectusError(f"{where}/run.json sequence_context: expected an object with window and causal, got "
+                            f"{record!r:.200}")
+    window, causal = record["window"], record["causal"]
+    if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= MAX_WINDOW:
+        raise AffectusError(f"{where}/run.json sequence_context: window {window!r} is not a whole number in "
+                            f"[1, {MAX_WINDOW}]")
+    if not isinstance(causal, bool):
+        raise AffectusError(f"{where}/run.json sequence_context: causal {causal!r} is not true or false")
+    if split.groups is None or split.positions is None:
+        raise AffectusError(f"{where}: the run reads each utterance's video or dialogue (window {window}), which "
+                            f"needs groups, but split {split.name} has none; give a file whose splits carry "
+                            f"group/position keys or ids that name the group")
+    return replace(split, sequence_window=(window, causal))

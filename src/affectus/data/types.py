@@ -49,6 +49,12 @@ class Split:
     # zero after each transcript's true length, and those lengths (N,) int64; None: no fine-tuning
     text_tokens: np.ndarray | None = None
     text_token_lengths: np.ndarray | None = None
+    # (window, causal): batches of this split carry each sample's group as a sequence of utterances, the
+    # `window` before it and (unless causal) after it, each modality pooled (data/context.py,
+    # `sequence_rows`), for models that read their neighbours themselves (`Capabilities.utterance_context`).
+    # Derived from groups / positions when a batch is made, so a subset's sequences hold its own rows.
+    # None: batches carry no sequence.
+    sequence_window: tuple[int, bool] | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -90,6 +96,7 @@ class Split:
             context_lengths=take(self.context_lengths),
             text_tokens=take(self.text_tokens),
             text_token_lengths=take(self.text_token_lengths),
+            sequence_window=self.sequence_window,
         )
 
 

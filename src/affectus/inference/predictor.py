@@ -202,14 +202,20 @@ class Predictor:
         marks absent is absent again); otherwise the split itself. `predict` and `evaluate` call this
         on every Split they get, so callers pass files' splits as they are. A run trained with context
         (`train.context`, run.json's `context`) then gets the split's own context, built from its groups as
-        training built it (a split without groups is refused)."""
+        training built it (a split without groups is refused); so does a run whose model reads utterance
+        sequences (run.json's `sequence_context`)."""
         split = self._reads_text(split)
         context = self.info.get("context")
-        if not context:
-            return split
-        from affectus.data.context import context_from_run
+        if context:
+            from affectus.data.context import context_from_run
 
-        return context_from_run(split, context, f"{self.run_dir}")
+            split = context_from_run(split, context, f"{self.run_dir}")
+        sequences = self.info.get("sequence_context")
+        if sequences:  # a model that reads each utterance's video / dialogue itself: the split's own sequences
+            from affectus.data.context import sequence_from_run
+
+            split = sequence_from_run(split, sequences, f"{self.run_dir}")
+        return split
 
     def _reads_text(self, split: Split) -> Split:
         record = self.info.get("text_inputs")
@@ -277,6 +283,10 @@ class Predictor:
             raise AffectusError(f"predict: {self.run_dir} reads context (train.context = "
                                 f"{self.info['context'].get('window')}), which needs each sample's group and "
                                 f"position: give a Split (a file) with groups, not arrays")
+        if self.info.get("sequence_context"):
+            raise AffectusError(f"predict: {self.run_dir} reads each utterance's video or dialogue (window "
+                                f"{self.info['sequence_context'].get('window')}), which needs each sample's group "
+                                f"and position: give a Split (a file) with groups, not arrays")
         allowed = [*MODALITIES, *(f"{m}_lengths" for m in MODALITIES)]
         for key in arrays:
             if key not in allowed:

@@ -515,7 +515,7 @@ def _probe(predictor: Any) -> Any:
     seq = predictor.info.get("seq_lens") or {}
     arrays = {m: np.zeros((1, int(seq.get(m) or 1), predictor.dims[m]), np.float32) for m in MODALITIES}
     try:
-        if predictor.info.get("context"):  # a context run refuses arrays (no group): the zero sample as a Batch
+        if predictor.info.get("context") or predictor.info.get("sequence_context"):  # a context run refuses arrays (no group): the zero sample as a Batch
             from affectus.data.batches import make_batch
             from affectus.data.types import Split
 

@@ -46,6 +46,8 @@ _MODEL_MODULES = (
     "affectus.models.if_mmin",
     "affectus.models.triaged_msa",
     "affectus.models.mse_adapter",
+    "affectus.models.bc_lstm",
+    "affectus.models.mmmu_ba",
 )
 
 SUPERVISED = "affectus.training.recipes.supervised:SupervisedRecipe"
@@ -94,6 +96,11 @@ class Capabilities:
     # (("text", "model.source = text: it translates from its source"),) for a translation model; the
     # trainer refuses a file without one before anything is written
     needs_in_training: tuple[tuple[str, str], ...] = ()
+    # reads each utterance with its video / dialogue itself: (window, causal) asks the data layer for every
+    # batch to carry the sample's group as a sequence of utterances (`Batch.seq_*`, data/context.py), the
+    # `window` utterances before it and, unless causal, after it; None: the model reads one utterance (and
+    # `train.context` may add its neighbours' mean text as columns)
+    utterance_context: tuple[int, bool] | None = None
 
 
 @dataclass

@@ -178,6 +178,7 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
     dataset, text_record, text_views, text_model_dir = _text_inputs(dataset, tc)
     dataset, context_record, text_views = _context(dataset, tc, text_views)
     dataset, text_record, tuner = _finetune(dataset, tc, text_record)
+    dataset, sequence_record = _sequences(dataset, cfg)
     torch.manual_seed(tc.seed)
     train_split, select_split = dataset[plan.train], dataset[plan.select]
     if tc.consistent_retention < 1.0:
@@ -250,6 +251,9 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
         # train.context (data/context.py): the window and the views it added; evaluate / predict on another file
         # build that file's context from its own groups the same way (None: no context)
         "context": context_record,
+        # the model's utterance sequences (Capabilities.utterance_context, data/context.py): the window each batch
+        # carried; evaluate / predict on another file build that file's sequences from its own groups (None: none)
+        "sequence_context": sequence_record,
         "stages": result.summary,
         # part -> the split it learned from; `selection_parts` chose on theirs (named, not marked in-sample)
         "fitted_on": fitted_parts(result, plan),
@@ -301,6 +305,16 @@ def _check_training_modalities(cfg: ResolvedConfig, split: Split) -> None:
 
 
 def _check_inputs(dataset: MERDataset, cfg: ResolvedConfig) -> None:
+    sequences = get_model_entry(cfg.model_name).can(cfg.model).utterance_context
+    if sequences is not None:
+        from affectus.data.context import check_sequences
+
+        if cfg.train.context:
+            raise AffectusError(f"train.context = {cfg.train.context}: model {cfg.model_name} reads its neighbours "
+                                f"itself (model.window = {sequences[0]}); train.context would add their mean text as "
+                                f"columns it reads a second time: set the window with model.window (and "
+                                f"model.causal), and train.context=0")
+        check_sequences(dataset, sequences[0], f"model {cfg.model_name}")
     if cfg.train.context:
         from affectus.data.context import check_context
 
@@ -365,6 +379,21 @@ def _context(dataset: MERDataset, tc, text_views: list) -> tuple[MERDataset, dic
     dataset, record, views = apply_context(dataset, tc.context, tc.context_causal, text_views, base)
     logger.info(f"context: {tc.context} utterance(s) {'before' if tc.context_causal else 'on each side of'} each one")
     return dataset, record, views
+
+
+def _sequences(dataset: MERDataset, cfg: ResolvedConfig) -> tuple[MERDataset, dict[str, Any] | None]:
+    """Utterance sequences for a model that asks for them (`Capabilities.utterance_context`): the dataset whose
+    splits' batches carry them, and the run.json record (None: the model reads one utterance)."""
+    sequences = get_model_entry(cfg.model_name).can(cfg.model).utterance_context
+    if sequences is None:
+        return dataset, None
+    from affectus.data.context import apply_sequences
+
+    window, causal = sequences
+    dataset, record = apply_sequences(dataset, window, causal, f"model {cfg.model_name}")
+    logger.info(f"utterance sequences: up to {window} utterance(s) {'before' if causal else 'on each side of'} "
+                f"each one, within its group")
+    return dataset, record
 
 
 def retain_consistent(split: Split, rate: float, seed: int, scheme: LabelScheme) -> Split:

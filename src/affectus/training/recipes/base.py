@@ -99,6 +99,10 @@ class RecipeContext:
             from affectus.models.layers import bucket_order
 
             return bucket_order(split.text_token_lengths, self.train.batch_size, rng)
+        if self.can.utterance_context is not None:  # whole videos per batch: their shared sequence computed once
+            from affectus.data.context import group_order
+
+            return group_order(split, rng)
         if self.train.bucket and self.can.sequence_masks:
             from affectus.models.layers import bucket_order
 
