@@ -16,11 +16,12 @@ LAYERS = (
     ("errors", "utils"),  # no affectus imports beyond each other
     ("data",),  # readers, presets, label schemes, batches
     ("features",),  # extractors and transcript encoders: training, predict and serve use them
+    ("pretrained",),  # pretrained experts (text heads over MiniLM, the face model): predict, serve and, as
+    # evidence (train.pretrained_experts), training use them
     ("models",),  # the registry and one file per model
     ("evaluation",),  # predict a split, metrics, subsets, results
     ("runs",),  # the run folder: write, read, checksum, the same run
     ("training",),  # config, the loop, recipes
-    ("pretrained",),  # pretrained experts (text heads over MiniLM, the face model): predict and serve use them
     ("inference",),  # loading a run for prediction, the service
     ("experiments",),  # specs, the runner, sweeps
     ("report",),  # the HTML report over run folders (re-predicts with a loaded run)

@@ -414,3 +414,53 @@ def test_a_clip_with_a_face_and_speech_combines_text_and_face(built_meld: Path, 
     row = json.loads(out)
     assert row["experts"]["fer-face"]["absent"] == "an audio-only file has no frames"
     assert row["combined"]["emotion"]["experts"] == ["meld-emotion"] and row["modalities_used"] == ["text"]
+
+
+@pytest.mark.minilm
+@pytest.mark.slow
+def test_a_text_expert_as_evidence_inside_a_run(built_meld: Path, tmp_path: Path, cli) -> None:
+    """issue 21 item 1: `train.pretrained_experts=[meld-emotion]` appends the expert's seven probabilities as a
+    text view: CMC+ gets it as an expert of its own (its router weighs it); predict rebuilds the columns from the
+    same expert, and refuses when the expert was rebuilt with other weights since."""
+    from affectus.pretrained.registry import get_expert
+
+    mosi = _mosi_file(tmp_path)
+    run = tmp_path / "run"
+    rc, _, err = cli("train", "--data", mosi, "--model", "cmc_plus", "--out", run, "--set",
+                     "train.text_inputs=sentence+file", "--set", "train.pretrained_experts=[meld-emotion]",
+                     "--threads", "1", "--quiet")
+    assert rc == 0, err
+    info = json.loads((run / "run.json").read_text())
+    record = info["pretrained_experts"]
+    assert record["views"] == [["expert_meld-emotion", 7]] and record["width"] == 384 + 4
+    assert record["experts"][0]["sha256"] == json.loads(
+        (built_meld / "pretrained" / "meld-emotion" / "expert.json").read_text())["weights"]["sha256"]
+    assert info["dims"]["text"] == 384 + 4 + 7
+    assert info["model_config"]["text_views"] == [["transcript", 384], ["file", 4], ["expert_meld-emotion", 7]]
+    # the expert's columns are its probabilities of the transcript (zeros nowhere: every sample has text)
+    expert = get_expert("meld-emotion").load()
+    from affectus.data.mmsa import load_dataset
+    from affectus.inference.predictor import load
+
+    split = load_dataset(mosi)["valid"]
+    read = load(run).reads(split)
+    want = expert.predict_texts(list(split.raw_text))
+    assert np.allclose(read.text[:, 0, -7:], want, atol=1e-5)
+    rc, out, err = cli("predict", run, mosi, "--split", "valid", "--json")
+    assert rc == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert len(rows) == 6 and all(set(r["experts"]) <= {"text:transcript", "text:file", "text:expert_meld-emotion",
+                                                         "audio", "vision"} for r in rows)
+    # a rebuilt expert (other data, other weights) would give other evidence: refused in one line
+    build = tmp_path / "meld2"
+    _meld_folder(build)
+    with open(build / "train_sent_emo.csv", "a", encoding="utf-8") as f:
+        f.write("99,Totally different words here.,Ross,joy,positive,90,0,1,1,\"0:0:1,0\",\"0:0:2,0\"\n")
+    assert cli("pretrained", "build", "meld-emotion", "--data", build)[0] == 0
+    rc, _, err = cli("predict", run, mosi, "--split", "valid")
+    assert rc == 2 and "was rebuilt since this run was trained" in err and len(err.strip().splitlines()) == 1
+    # refused with the config: an unknown expert, or a face model (no transcript columns)
+    for value in ("[nonsense]", "[fer-face]"):
+        rc, _, err = cli("train", "--data", mosi, "--model", "late_fusion", "--out", tmp_path / "bad", "--set",
+                         f"train.pretrained_experts={value}", "--quiet")
+        assert rc == 2 and "train.pretrained_experts" in err and not (tmp_path / "bad").exists()

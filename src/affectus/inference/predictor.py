@@ -184,12 +184,16 @@ class Predictor:
         # runs written before label schemes recorded only the family name
         self.scheme = get_scheme(self.info.get("scheme") or self.info.get("family", "mosi"))
         self._text_inputs: tuple[Any, Any, bool] | None = None  # the run's text encoder, built on first use
+        self._experts: dict[str, Any] = {}  # the run's pretrained experts (train.pretrained_experts), loaded on first use
 
     @property
     def file_dims(self) -> dict[str, int]:
         """The feature widths a file (or a clip's extracted features) gives this run: `dims` before the
         context columns that the run adds itself (`train.context`: data/context.py)."""
         dims = dict(self.dims)
+        experts = self.info.get("pretrained_experts")
+        if isinstance(experts, dict) and isinstance(experts.get("width"), int):
+            dims["text"] = experts["width"]  # before the experts' columns (and the context's, which come first)
         if self.info.get("context"):
             from affectus.data.context import context_from_record
 
@@ -210,6 +214,11 @@ class Predictor:
             from affectus.data.context import context_from_run
 
             split = context_from_run(split, context, f"{self.run_dir}")
+        experts = self.info.get("pretrained_experts")
+        if experts:  # train.pretrained_experts: the same experts' probabilities as text columns
+            from affectus.pretrained.views import experts_from_run
+
+            split = experts_from_run(split, experts, f"{self.run_dir}", self._experts)
         sequences = self.info.get("sequence_context")
         if sequences:  # a model that reads each utterance's video / dialogue itself: the split's own sequences
             from affectus.data.context import sequence_from_run

@@ -70,6 +70,10 @@ class TrainConfig:
     # so evaluating or predicting on another file builds that file's context the same way.
     context: int = 0
     context_causal: bool = False  # only preceding utterances (what live use can have)
+    # Pretrained text experts as evidence (pretrained/views.py): each named expert's class probabilities for
+    # every sample's transcript become a text view of their own (CMC+: one more expert for its router; other
+    # models: more text columns). Built experts only (`affectus pretrained build NAME`); [] : none.
+    pretrained_experts: list[str] = dataclasses.field(default_factory=list)
 
     def validate(self) -> None:
         """Ranges a type cannot say, checked before anything is written."""
@@ -91,6 +95,10 @@ class TrainConfig:
             raise SettingError("train.context_causal", self.context_causal,
                                "set only with train.context >= 1 (it says which neighbours the context reads)",
                                "train.context")
+        if self.pretrained_experts:
+            from affectus.pretrained.views import check_expert_names
+
+            check_expert_names(self.pretrained_experts, self.text_inputs, self.text_encoder_finetune)
         if self.context and self.text_inputs == "bert":
             raise SettingError("train.context", self.context,
                                "0 with train.text_inputs = bert (a BERT text path reads token ids, not the "

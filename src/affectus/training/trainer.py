@@ -177,6 +177,7 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
     device = _device(tc.device)
     dataset, text_record, text_views, text_model_dir = _text_inputs(dataset, tc)
     dataset, context_record, text_views = _context(dataset, tc, text_views)
+    dataset, experts_record, text_views = _experts(dataset, tc, text_views)
     dataset, text_record, tuner = _finetune(dataset, tc, text_record)
     dataset, sequence_record = _sequences(dataset, cfg)
     torch.manual_seed(tc.seed)
@@ -254,6 +255,9 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
         # the model's utterance sequences (Capabilities.utterance_context, data/context.py): the window each batch
         # carried; evaluate / predict on another file build that file's sequences from its own groups (None: none)
         "sequence_context": sequence_record,
+        # train.pretrained_experts (pretrained/views.py): each expert's name, classes and weights sha256; evaluate /
+        # predict on another file append the same experts' columns (None: no experts)
+        "pretrained_experts": experts_record,
         "stages": result.summary,
         # part -> the split it learned from; `selection_parts` chose on theirs (named, not marked in-sample)
         "fitted_on": fitted_parts(result, plan),
@@ -378,6 +382,18 @@ def _context(dataset: MERDataset, tc, text_views: list) -> tuple[MERDataset, dic
     base = "file" if tc.text_inputs == "file" else "transcript"  # the text block's name when it has no views
     dataset, record, views = apply_context(dataset, tc.context, tc.context_causal, text_views, base)
     logger.info(f"context: {tc.context} utterance(s) {'before' if tc.context_causal else 'on each side of'} each one")
+    return dataset, record, views
+
+
+def _experts(dataset: MERDataset, tc, text_views: list) -> tuple[MERDataset, dict[str, Any] | None, list]:
+    """`train.pretrained_experts` applied after the context: each expert's probabilities as a text view."""
+    if not tc.pretrained_experts:
+        return dataset, None, text_views
+    from affectus.pretrained.views import apply_experts
+
+    base = "file" if tc.text_inputs == "file" else "transcript"  # the text block's name when it has no views
+    dataset, record, views = apply_experts(dataset, list(tc.pretrained_experts), text_views, base)
+    logger.info(f"pretrained experts as evidence: {', '.join(tc.pretrained_experts)}")
     return dataset, record, views
 
 
