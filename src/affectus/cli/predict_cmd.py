@@ -177,21 +177,26 @@ def _predict_clips(predictor: object, clips: list[str], transcript: str | None, 
     from affectus.features.clip import ClipPredictor
 
     explain = ClipPredictor(predictor, asr=asr)  # one load of the extractors (and text encoder) for all clips
-    console = Console()
+    print_each(clips, lambda clip: explain(clip, transcript), as_json)
+
+
+def print_each(inputs: list, predict_one, as_json: bool, single_raises: bool = False) -> None:
+    """One row per input, in order (`predict_one(input) -> row`). An input that fails does not stop the
+    others: an `error:` line on stderr (and, with --json, an {"id", "path", "error"} line in its place), then
+    exit 2 after the last one. `single_raises`: one input's failure is just its own error line."""
     failed = 0
-    for clip in clips:
+    for item in inputs:
         try:
-            row = explain(clip, transcript)
+            row = predict_one(item)
         except AffectusError as err:
+            if single_raises and len(inputs) <= 1:
+                raise  # one input: its one error line is the whole story
             failed += 1
             print(f"error: {err}", file=sys.stderr, flush=True)
             if as_json:
-                print(json.dumps({"id": Path(clip).name, "path": clip, "error": str(err)}, ensure_ascii=False))
+                print(json.dumps({"id": Path(item).name, "path": item, "error": str(err)}, ensure_ascii=False))
             continue
-        if as_json:
-            print(json.dumps(row, ensure_ascii=False), flush=True)
-        else:
-            console.print_json(json.dumps(row, ensure_ascii=False))
+        _print_row(row, as_json)
     if failed:
-        print(f"error: {failed} of {len(clips)} clip(s) failed", file=sys.stderr)
+        print(f"error: {failed} of {len(inputs)} clip(s) failed", file=sys.stderr)
         raise typer.Exit(2)

@@ -9,7 +9,6 @@ of its data into $AFFECTUS_HOME/pretrained/NAME (docs/pretrained.md).
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -115,23 +114,6 @@ def predict_pretrained(names: list[str], inputs: list[str], transcript: str | No
     predictor = PretrainedPredictor(experts, asr=asr)
     if inputs:
         predictor.check_clip_extras(need_transcript=transcript is None)
-    console = Console()
-    failed = 0
-    for clip in inputs or [None]:
-        try:
-            row = predictor(clip, transcript)
-        except AffectusError as err:
-            if len(inputs) <= 1:
-                raise  # one input: its one error line is the whole story
-            failed += 1
-            print(f"error: {err}", file=sys.stderr, flush=True)
-            if as_json:
-                print(json.dumps({"id": Path(clip).name, "path": clip, "error": str(err)}, ensure_ascii=False))
-            continue
-        if as_json:
-            print(json.dumps(row, ensure_ascii=False), flush=True)
-        else:
-            console.print_json(json.dumps(row, ensure_ascii=False))
-    if failed:
-        print(f"error: {failed} of {len(inputs)} clip(s) failed", file=sys.stderr)
-        raise typer.Exit(2)
+    from affectus.cli.predict_cmd import print_each
+
+    print_each(inputs or [None], lambda clip: predictor(clip, transcript), as_json, single_raises=True)

@@ -107,9 +107,15 @@ def add_context(split: Split, window: int, causal: bool, where: str = "") -> Spl
     ctx, counts = context_features(split, window, causal, where)
     _, own = pooled_text(split)
     ctx[~own] = 0.0  # the context travels with the sample's text: absent with it
+    return replace(append_text_columns(split, ctx), context_lengths=counts)
+
+
+def append_text_columns(split: Split, columns: np.ndarray) -> Split:
+    """`split` with (N, K) per-sample columns appended to its text feature, repeated over the L steps (so any
+    pooling over the true steps, or all L, gives them back): how context and pretrained-expert views travel."""
     steps = split.text.shape[1]
-    text = np.concatenate([split.text, np.broadcast_to(ctx[:, None, :], (len(split), steps, ctx.shape[1]))], axis=2)
-    return replace(split, text=np.ascontiguousarray(text, dtype=np.float32), context_lengths=counts)
+    extra = np.broadcast_to(columns[:, None, :], (len(split), steps, columns.shape[1]))
+    return replace(split, text=np.ascontiguousarray(np.concatenate([split.text, extra], axis=2), dtype=np.float32))
 
 
 def context_views(text_views: list[tuple[str, int]], text_dim: int, base: str) -> list[tuple[str, int]]:

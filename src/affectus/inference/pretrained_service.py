@@ -34,6 +34,7 @@ from affectus.inference.service import (
     _Refused,
     _scrub,
     _TempDirs,
+    json_errors,
 )
 
 
@@ -43,9 +44,7 @@ def create_pretrained_app(names: list[str], limits: Limits | None = None) -> Any
     from contextlib import asynccontextmanager
 
     from fastapi import File, Form, UploadFile
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
-    from starlette.exceptions import HTTPException
+    from fastapi.responses import HTMLResponse, Response
 
     from affectus.inference.telemetry import Metrics
     from affectus.pretrained.clips import PretrainedPredictor
@@ -70,18 +69,7 @@ def create_pretrained_app(names: list[str], limits: Limits | None = None) -> Any
                    lifespan=lifespan)
     app.add_middleware(_Guard, limits=limits, metrics=metrics)
 
-    @app.exception_handler(_Refused)
-    async def refused(_request: Any, err: _Refused) -> JSONResponse:
-        return JSONResponse({"error": str(err)}, status_code=err.status, headers=err.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_request: Any, err: RequestValidationError) -> JSONResponse:
-        where = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in err.errors())
-        return JSONResponse({"error": f"invalid request ({where})"}, status_code=422)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(_request: Any, err: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(err.detail)}, status_code=err.status_code, headers=err.headers)
+    json_errors(app)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

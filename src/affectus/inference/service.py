@@ -103,9 +103,7 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
     from contextlib import asynccontextmanager
 
     from fastapi import File, Form, Request, UploadFile
-    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, Response
-    from starlette.exceptions import HTTPException
 
     from affectus.inference import oip
     from affectus.inference.batching import Batcher, QueueFull
@@ -151,18 +149,7 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
                    lifespan=lifespan)
     app.add_middleware(_Guard, limits=limits, metrics=metrics)
 
-    @app.exception_handler(_Refused)
-    async def refused(_request: Any, err: _Refused) -> JSONResponse:
-        return JSONResponse({"error": str(err)}, status_code=err.status, headers=err.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_request: Any, err: RequestValidationError) -> JSONResponse:
-        where = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in err.errors())
-        return JSONResponse({"error": f"invalid request ({where})"}, status_code=422)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(_request: Any, err: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(err.detail)}, status_code=err.status_code, headers=err.headers)
+    json_errors(app)
 
     @app.exception_handler(Exception)
     async def internal(_request: Any, err: Exception) -> JSONResponse:
@@ -408,6 +395,27 @@ async def _unless_gone(request: Any, job: Any, every_s: float = 0.5) -> Any:
 
 class _ClientGone(Exception):
     pass
+
+
+def json_errors(app: Any) -> None:
+    """Every refusal as {"error": ...} JSON: a `_Refused` with its status (and headers), a request that does
+    not validate as 422 naming the fields, and Starlette's own HTTP errors (404, 405) with theirs."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+
+    @app.exception_handler(_Refused)
+    async def refused(_request: Any, err: _Refused) -> JSONResponse:
+        return JSONResponse({"error": str(err)}, status_code=err.status, headers=err.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Any, err: RequestValidationError) -> JSONResponse:
+        where = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in err.errors())
+        return JSONResponse({"error": f"invalid request ({where})"}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Any, err: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(err.detail)}, status_code=err.status_code, headers=err.headers)
 
 
 def _fastapi(**kwargs: Any) -> Any:

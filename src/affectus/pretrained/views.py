@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from affectus.data.context import append_text_columns, pooled_text
 from affectus.data.types import MERDataset, Split
 from affectus.errors import AffectusError, SettingError
 
@@ -55,18 +56,13 @@ def _models(names: list[str]) -> list[Any]:
     return [get_expert(n).load() for n in names]
 
 
-def _present_text(split: Split) -> np.ndarray:
-    lengths = np.asarray(split.text_lengths) > 0
-    return lengths if split.available is None else lengths & split.available[:, 0]
-
-
 def add_expert_columns(split: Split, models: list[Any], where: str) -> Split:
     """`split` with each expert's probabilities appended to the text feature (repeated over the L steps;
     zeros where the sample has no text or an empty transcript)."""
     if split.raw_text is None:
         raise AffectusError(f"{where}: train.pretrained_experts reads each sample's transcript, but split "
                             f"{split.name} has none (raw_text)")
-    present = _present_text(split) & np.array([bool(t and t.strip()) for t in split.raw_text])
+    present = pooled_text(split)[1] & np.array([bool(t and t.strip()) for t in split.raw_text])
     rows = np.flatnonzero(present)
     texts = [split.raw_text[i] for i in rows]
     blocks = []
@@ -75,10 +71,7 @@ def add_expert_columns(split: Split, models: list[Any], where: str) -> Split:
         if len(rows):
             probs[rows] = model.predict_texts(texts)
         blocks.append(probs)
-    extra = np.concatenate(blocks, axis=1)
-    steps = split.text.shape[1]
-    text = np.concatenate([split.text, np.broadcast_to(extra[:, None, :], (len(split), steps, extra.shape[1]))], axis=2)
-    return replace(split, text=np.ascontiguousarray(text, dtype=np.float32))
+    return append_text_columns(split, np.concatenate(blocks, axis=1))
 
 
 def apply_experts(dataset: MERDataset, names: list[str], text_views: list[tuple[str, int]], base: str

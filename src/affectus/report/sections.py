@@ -512,18 +512,25 @@ def router(page: Page, runs: list[Run], axes: list[str], dataset: Any, max_sampl
     run = next((r for r in _preferred(with_router) if (r.path / "model.safetensors").is_file()), None)
     if run is None:
         return [note("no run with a router kept its weights (model.safetensors)")]
-    split_name = str(run.info.get("metrics_split", "test"))
-    if split_name not in dataset:
-        return [note(f"the data has no '{split_name}' split (the split {run.run_id} was scored on)")]
-    if dict(dataset.dims) != dict(run.info.get("dims") or {}):
-        return [note(f"the data's feature dims {dataset.dims} are not the run's {run.info.get('dims')}")]
+    split, problem = _scored_split(run, dataset)
+    if split is None:
+        return [note(problem)]
     from affectus.inference.predictor import load
 
-    split = dataset[split_name]
     pred = load(run.path).predict(split)
     if pred.router_weights is None or pred.modality_classes is None:
         return [note(f"{run.row} returned no router weights")]
     return _router_blocks(page, run, _title(run, axes), split, pred, max_samples)
+
+
+def _scored_split(run: Run, dataset: Any) -> tuple[Any, str]:
+    """The split of `dataset` that `run` was scored on, or None and why the data cannot give it."""
+    split_name = str(run.info.get("metrics_split", "test"))
+    if split_name not in dataset:
+        return None, f"the data has no '{split_name}' split (the split {run.run_id} was scored on)"
+    if dict(dataset.dims) != dict(run.info.get("dims") or {}):
+        return None, f"the data's feature dims {dataset.dims} are not the run's {run.info.get('dims')}"
+    return dataset[split_name], ""
 
 
 def _router_blocks(page: Page, run: Run, title: tuple[str, str], split: Any, pred: Any,
@@ -602,13 +609,11 @@ def confusion(runs: list[Run], axes: list[str], dataset: Any) -> list[Block] | N
         if run is None:
             blocks.append(note(f"{row.label}: no run kept its weights (model.safetensors)"))
             continue
-        split_name = str(run.info.get("metrics_split", "test"))
-        if split_name not in dataset or dict(dataset.dims) != dict(run.info.get("dims") or {}):
-            blocks.append(note(f"{row.label}: the data has no '{split_name}' split with the run's feature dims "
-                               f"{run.info.get('dims')}"))
+        split, problem = _scored_split(run, dataset)
+        if split is None:
+            blocks.append(note(f"{row.label}: {problem}"))
             continue
         scheme = run.scheme
-        split = dataset[split_name]
         truth = scheme.to_classes(split.labels)
         pred = np.asarray(load(run.path).predict(split).classes)
         k = scheme.num_classes
@@ -618,7 +623,7 @@ def confusion(runs: list[Run], axes: list[str], dataset: Any) -> list[Block] | N
         lines = [[Cell(name), *[Cell(str(int(v)), best=(i == j and v > 0)) for j, v in enumerate(counts[i])],
                   int(counts[i].sum())] for i, name in enumerate(names)]
         lines.append(["predicted", *[int(v) for v in counts.sum(0)], int(counts.sum())])
-        blocks += [heading(f"{row.label} ({run.run_id}) on split '{split_name}'"),
+        blocks += [heading(f"{row.label} ({run.run_id}) on split '{split.name}'"),
                    table(["true \\ predicted", *names, "n"], lines)]
     if len(rows) > MAX_CONFUSION_ROWS:
         blocks.append(note(f"{len(rows) - MAX_CONFUSION_ROWS} more row(s) not shown: run `affectus report` on a run "
