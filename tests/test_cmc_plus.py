@@ -342,8 +342,8 @@ def test_train_epochs_set_for_cmc_plus_says_what_it_reads_instead(caplog):
     with caplog.at_level(logging.WARNING, logger="affectus.training"):
         cfg = resolve_config("cmc_plus", None, None, None, {"train.epochs": 2})
     said = [r.getMessage() for r in caplog.records if "does not apply" in r.getMessage()]
-    assert said == ["cmc_plus: train.epochs (--set) does not apply: its recipe reads recipe.expert_epochs (150); "
-                    "set that instead"]
+    assert said == [("cmc_plus: train.epochs (--set) does not apply: its recipe reads recipe.expert_epochs (150); "
+                     "set that instead")]
     assert cfg.recipe.expert_epochs == 150
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="affectus.training"):
