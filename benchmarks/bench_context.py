@@ -12,38 +12,28 @@ with / without context (mean train_seconds; the transcripts are encoded once per
 
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
+import sys
 import tempfile
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mosi-utterance" / "mosi_utterance_trainval.pkl"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import MosiUtterance, mean_std, mosi_utterance_args
+
 KEYS = ("has0_acc2", "has0_f1", "non0_acc2", "acc3")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=str(DATA))
+    ap = mosi_utterance_args(__doc__, seeds=3, threads=1)
     ap.add_argument("--models", default="late_fusion,linear")
     ap.add_argument("--context", type=int, default=2)
     ap.add_argument("--causal", action="store_true")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--set", dest="sets", action="append", default=[])
-    ap.add_argument("--out", default=None)
-    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
 
-    from affectus.data.mmsa import load_dataset
-    from affectus.data.presets import load_preset
-    from affectus.training.config import parse_set, resolve_config
-    from affectus.training.trainer import plan_for, train_run
-    from affectus.utils.threads import enable_flush_denormal, torch_threads
+    from affectus.training.config import parse_set
 
-    enable_flush_denormal()
-    preset = load_preset("mosi-utterance")
-    ds = load_dataset(args.data, preset=preset)
-    plan = plan_for(ds, preset)
+    mosi = MosiUtterance(args.data)
+    plan = mosi.plan
     root = Path(args.out or tempfile.mkdtemp(prefix="bench-context-"))
     settings = {"without": {"train.context": 0},
                 "with": {"train.context": args.context, "train.context_causal": args.causal}}
@@ -54,23 +44,16 @@ def main() -> None:
                 overrides = {**parse_set(args.sets), **ctx, "train.seed": seed, "train.threads": args.threads}
                 if not ctx["train.context"]:
                     overrides.pop("train.context_causal", None)
-                cfg = resolve_config(model, None, preset, None, overrides)
                 out = root / f"{model}-{label}-seed{seed}"
-                with torch_threads(args.threads):  # train_run leaves torch's thread count to its caller
-                    m = train_run(ds, cfg, out, plan, data_source=args.data)
+                m = mosi.train(mosi.config(model, None, overrides), out, args.threads)
                 info = json.loads((out / "run.json").read_text())
                 runs.append({"model": model, "context": label, "seed": seed,
                              "train_seconds": info["train_seconds"], **{k: round(m[k], 2) for k in KEYS}})
 
-    def mean_std(rows: list[dict], key: str) -> dict[str, float]:
-        values = [r[key] for r in rows]
-        return {"mean": round(statistics.mean(values), 2),
-                "std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0}
-
     summary = {}
     for model in args.models.split(","):
         per = {label: [r for r in runs if r["model"] == model and r["context"] == label] for label in settings}
-        summary[model] = {label: {k: mean_std(rows, k) for k in (*KEYS, "train_seconds")} for label, rows in per.items()}
+        summary[model] = {label: {k: mean_std([r[k] for r in rows]) for k in (*KEYS, "train_seconds")} for label, rows in per.items()}
         t = {label: summary[model][label]["train_seconds"]["mean"] for label in settings}
         summary[model]["time_ratio_with_over_without"] = round(t["with"] / t["without"], 2) if t["without"] else None
     print(json.dumps({"data": args.data, "split": plan.eval, "context": args.context, "causal": args.causal,

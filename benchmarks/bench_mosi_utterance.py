@@ -12,56 +12,44 @@ train.text_inputs=... says otherwise).
 
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mosi-utterance" / "mosi_utterance_trainval.pkl"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import MosiUtterance, mean_std, mosi_utterance_args
+
 KEYS = ("has0_acc2", "has0_f1", "non0_acc2", "non0_f1", "acc3")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=str(DATA))
-    ap.add_argument("--seeds", type=int, default=5)
+    ap = mosi_utterance_args(__doc__, seeds=5, threads=2)
     ap.add_argument("--variant", default=None, help="the model's variant (default: its default)")
     ap.add_argument("--model", default="cmc")
-    ap.add_argument("--set", dest="sets", action="append", default=[])
-    ap.add_argument("--out", default=None)
-    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
 
-    from affectus.data.mmsa import load_dataset
-    from affectus.data.presets import load_preset
-    from affectus.training.config import parse_set, resolve_config
-    from affectus.training.trainer import plan_for, train_run
-    from affectus.utils.threads import enable_flush_denormal, torch_threads
+    from affectus.training.config import parse_set
 
-    enable_flush_denormal()
-    preset = load_preset("mosi-utterance")
-    ds = load_dataset(args.data, preset=preset)
-    plan = plan_for(ds, preset)
+    mosi = MosiUtterance(args.data)
+    plan = mosi.plan
     root = Path(args.out or tempfile.mkdtemp(prefix="bench-mosi-utt-"))
     runs = []
     for seed in range(1, args.seeds + 1):
         overrides = {**parse_set(args.sets), "train.seed": seed, "train.threads": args.threads}
-        cfg = resolve_config(args.model, args.variant, preset, None, overrides)
+        cfg = mosi.config(args.model, args.variant, overrides)
         t0 = time.perf_counter()
-        with torch_threads(args.threads):  # train_run leaves torch's thread count to its caller
-            m = train_run(ds, cfg, root / f"seed{seed}", plan, data_source=args.data)
+        m = mosi.train(cfg, root / f"seed{seed}", args.threads)
         runs.append({"seed": seed, "seconds": round(time.perf_counter() - t0, 1), **{k: m[k] for k in KEYS}})
 
     def agg(rows):
-        return {k: {"mean": round(statistics.mean(r[k] for r in rows), 2),
-                    "std": round(statistics.stdev(r[k] for r in rows), 2) if len(rows) > 1 else 0.0} for k in KEYS}
+        return {k: mean_std([r[k] for r in rows]) for k in KEYS}
 
     # the baseline reads what the model's runs read (text inputs and encoder), seed 0 (lbfgs is deterministic)
     inputs = {"train.text_inputs": cfg.train.text_inputs, "train.text_encoder": cfg.train.text_encoder}
-    base_cfg = resolve_config("linear", "linear_acc2", preset, None, {**inputs, "train.seed": 0})
-    base = train_run(ds, base_cfg, root / "logreg", plan, data_source=args.data)
+    base_cfg = mosi.config("linear", "linear_acc2", {**inputs, "train.seed": 0})
+    base = mosi.train(base_cfg, root / "logreg", args.threads)
     stage = json.loads((root / "logreg" / "run.json").read_text())["stages"]["linear"]
     print(json.dumps({
         "data": args.data, "split": plan.eval, "model": args.model, "variant": args.variant, "overrides": args.sets,

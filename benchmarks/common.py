@@ -1,11 +1,13 @@
 """Helpers the benchmark scripts share, in one place: MOSI-shaped simulated data and batches, the CMC+ router
-loss, latency percentiles. Scripts put benchmarks/ on sys.path and `from common import ...`."""
+loss, latency percentiles, the shared CMU-MOSI utterance set's arguments and runs, mean +- std. Scripts put benchmarks/ on sys.path and `from common import ...`."""
 
 from __future__ import annotations
 
+import argparse
 import math
 import statistics
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +19,57 @@ if TYPE_CHECKING:  # torch and the models load only where batches are built (not
     from affectus.training.recipes.cmc_plus import CMCPlusRecipeConfig
 
 SHAPES = {"text": (50, 768), "audio": (375, 5), "vision": (500, 20)}  # CMU-MOSI (MMSA unaligned)
+MOSI_UTTERANCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "mosi-utterance" / "mosi_utterance_trainval.pkl"
+
+
+def mosi_utterance_args(doc: str | None, seeds: int, threads: int) -> argparse.ArgumentParser:
+    """The arguments every benchmark on the shared CMU-MOSI utterance set takes (a script adds its own)."""
+    ap = argparse.ArgumentParser(description=doc)
+    ap.add_argument("--data", default=str(MOSI_UTTERANCE))
+    ap.add_argument("--seeds", type=int, default=seeds)
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="key=value, every run")
+    ap.add_argument("--out", default=None, help="run folders (default: a temporary folder)")
+    ap.add_argument("--threads", type=int, default=threads)
+    return ap
+
+
+class MosiUtterance:
+    """The shared set under the mosi-utterance preset, loaded once; `train` runs one model on it."""
+
+    def __init__(self, data: str) -> None:
+        from affectus.data.mmsa import load_dataset
+        from affectus.data.presets import load_preset
+        from affectus.training.trainer import plan_for
+        from affectus.utils.threads import enable_flush_denormal
+
+        enable_flush_denormal()
+        # the recipes import scikit-learn inside the timed training (run.json train_seconds): imported here, so
+        # the first run of a process does not pay a one-off second or more that later runs do not
+        import sklearn.linear_model  # noqa: F401
+        import sklearn.preprocessing  # noqa: F401
+
+        self.data = data
+        self.preset = load_preset("mosi-utterance")
+        self.ds = load_dataset(data, preset=self.preset)
+        self.plan = plan_for(self.ds, self.preset)
+
+    def config(self, model: str, variant: str | None, overrides: dict[str, Any]) -> Any:
+        from affectus.training.config import resolve_config
+
+        return resolve_config(model, variant, self.preset, None, overrides)
+
+    def train(self, cfg: Any, out: Path, threads: int) -> dict[str, Any]:
+        """The run's metrics on the preset's eval split (valid: the set has no test split)."""
+        from affectus.training.trainer import train_run
+        from affectus.utils.threads import torch_threads
+
+        with torch_threads(threads):  # train_run leaves torch's thread count to its caller
+            return train_run(self.ds, cfg, out, self.plan, data_source=self.data)
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    return {"mean": round(statistics.mean(values), 2),
+            "std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0}
 
 
 def simulate(n: int, seed: int, shapes: dict[str, tuple[int, int]] = SHAPES) -> dict[str, np.ndarray]:

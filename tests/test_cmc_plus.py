@@ -332,3 +332,21 @@ def test_fallback_setting_is_checked():
 
     with pytest.raises(AffectusError, match="recipe.fallback"):
         resolve_config("cmc_plus", None, None, None, {"recipe.fallback": "sometimes"})
+
+
+def test_train_epochs_set_for_cmc_plus_says_what_it_reads_instead(caplog):
+    """CMC+'s experts count their own epochs (recipe.expert_epochs): a train.epochs the user sets is not read,
+    and resolving the config says so in one warning (not refused: an experiment's --set reaches every row)."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="affectus.training"):
+        cfg = resolve_config("cmc_plus", None, None, None, {"train.epochs": 2})
+    said = [r.getMessage() for r in caplog.records if "does not apply" in r.getMessage()]
+    assert said == [("cmc_plus: train.epochs (--set) does not apply: its recipe reads recipe.expert_epochs (150); "
+                     "set that instead")]
+    assert cfg.recipe.expert_epochs == 150
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="affectus.training"):
+        resolve_config("cmc_plus", None, None, None, {"recipe.expert_epochs": 2})
+        resolve_config("late_fusion", None, None, None, {"train.epochs": 2})
+    assert not [r for r in caplog.records if "does not apply" in r.getMessage()]

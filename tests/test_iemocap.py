@@ -196,5 +196,7 @@ def test_scaled_synth_source_trains_via_the_cli_and_is_recorded(tmp_path, cli):
     assert "| Condition | Run | F1 happy | F1 sad | F1 angry | F1 neutral | W-F1 |" in stdout
     scores = json.loads((out / "runs" / "lf__seed=1" / "conditions.json").read_text())
     row = next(line for line in stdout.splitlines() if line.startswith("| {a,v} | LF |"))
-    assert row.split(" | ")[2:6] == [f"{scores['{a,v}'][f'f1_{c}']:.2f}" for c in ("happy", "sad", "angry", "neutral")]
+    cells = [scores["{a,v}"][f"f1_{c}"] for c in ("happy", "sad", "angry", "neutral")]
+    # a class with neither samples nor predictions has no F1 (null in JSON), shown as "-"
+    assert row.split(" | ")[2:6] == ["-" if v is None else f"{v:.2f}" for v in cells], row
     assert "## Router weight" not in stdout  # late fusion has no router

@@ -323,3 +323,18 @@ def test_masks_from_ids():
         masks_from_ids(ids, ["v1"], ["v1"])
     msc, msi = masks_from_ids(ids, ["v1", "v9"], [], strict=False)
     assert msc.tolist() == [True, False, False, False] and not msi.any()
+
+
+def test_per_class_f1_of_a_class_neither_present_nor_predicted_is_null():
+    from affectus.evaluation.metrics import categorical_metrics
+
+    scheme = get_scheme({"name": "categorical", "classes": ["angry", "happy", "sad"]})
+    truth = np.array([0, 0, 1, 1])
+    logits = np.eye(3)[[0, 1, 1, 1]]  # one angry sample called happy; sad: no samples, no predictions
+    m = categorical_metrics(scheme, logits, truth)
+    assert m["f1_sad"] is None
+    assert m["f1_angry"] == pytest.approx(100 * f1_score(truth, [0, 1, 1, 1], labels=[0], average=None)[0])
+    # predicted but absent from the truth is a real 0, not null
+    m2 = categorical_metrics(scheme, np.eye(3)[[0, 2, 1, 1]], truth)
+    assert m2["f1_sad"] == 0.0
+    json.dumps(m)  # null in JSON

@@ -60,16 +60,19 @@ def _meld_folder(root: Path, test_csv: bool = False) -> Path:
     return root
 
 
-def _mosi_file(tmp_path: Path) -> Path:
+def _mosi_file(tmp_path: Path, distinct: bool = False) -> Path:
+    """A small MOSI pickle with transcripts; `distinct`: no transcript repeats across splits."""
     from affectus.data.mmsa import write_pickle
 
     raw = build_raw(sizes={"train": 12, "valid": 6}, dims={"text": 4, "audio": 3, "vision": 3})
-    for d in raw.values():
+    for split, d in raw.items():
         n = len(d["id"])
         scores = np.array([2.0 if i % 2 == 0 else -2.0 for i in range(n)], np.float32)
         scores[-1] = 0.0  # a neutral score: left out of the fit, counted as non-negative in Acc2 Has0
         d["regression_labels"] = scores
         d["raw_text"] = [(HAPPY if s >= 0 else SAD)[i % 3] for i, s in enumerate(scores)]
+        if distinct:
+            d["raw_text"] = [f"{t}, said in {split} clip {i}" for i, t in enumerate(d["raw_text"])]
     path = tmp_path / "mosi.pkl"
     write_pickle(raw, path)
     return path
@@ -464,3 +467,43 @@ def test_a_text_expert_as_evidence_inside_a_run(built_meld: Path, tmp_path: Path
         rc, _, err = cli("train", "--data", mosi, "--model", "late_fusion", "--out", tmp_path / "bad", "--set",
                          f"train.pretrained_experts={value}", "--quiet")
         assert rc == 2 and "train.pretrained_experts" in err and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.minilm
+@pytest.mark.slow
+def test_an_expert_fitted_on_the_runs_own_splits_marks_their_scores(home: Path, tmp_path: Path, cli) -> None:
+    """mosi-sentiment inside a run on the very file it was built from: its fit on train and its C chosen on valid
+    are recorded in run.json `fitted_on` (by comparing transcripts, not file names), so a score on train is
+    marked in-sample and one on valid names the expert's selection; an expert from other data marks nothing."""
+    from affectus.pretrained.registry import get_expert
+    from affectus.pretrained.text_experts import build_text_expert
+
+    mosi = _mosi_file(tmp_path, distinct=True)  # train's and valid's transcripts cannot be confused
+    build_text_expert(get_expert("mosi-sentiment"), mosi)
+    run = tmp_path / "run"
+    rc, _, err = cli("train", "--data", mosi, "--model", "late_fusion", "--out", run, "--set", "train.epochs=1",
+                     "--set", "train.pretrained_experts=[mosi-sentiment]", "--threads", "1", "--quiet")
+    assert rc == 0, err
+    info = json.loads((run / "run.json").read_text())
+    seen = info["pretrained_experts"]["experts"][0]["seen"]
+    assert seen == {"train": {"split": "train", "share": 1.0}, "valid": {"split": "valid", "share": 1.0}}
+    assert info["fitted_on"]["pretrained expert mosi-sentiment"] == "train"
+    assert info["fitted_on"]["pretrained expert mosi-sentiment setting"] == "valid"
+    assert "pretrained expert mosi-sentiment setting" in info["selection_parts"]
+    rc, out, err = cli("evaluate", run, "--split", "train", "--json")
+    assert rc == 0, err
+    assert "pretrained expert mosi-sentiment" in json.loads(out)["in_sample"]["parts"]
+    rc, out, err = cli("evaluate", run, "--split", "valid", "--json")
+    assert rc == 0, err
+    scored = json.loads(out)
+    assert "pretrained expert mosi-sentiment setting" in scored["selection"]["parts"]
+    assert "pretrained expert mosi-sentiment setting" not in (scored.get("in_sample") or {}).get("parts", [])
+    # built from other transcripts (MELD's): nothing of the run's is marked
+    build_text_expert(get_expert("meld-emotion"), _meld_folder(tmp_path / "meld"))
+    other = tmp_path / "other"
+    rc, _, err = cli("train", "--data", mosi, "--model", "late_fusion", "--out", other, "--set", "train.epochs=1",
+                     "--set", "train.pretrained_experts=[meld-emotion]", "--threads", "1", "--quiet")
+    assert rc == 0, err
+    info = json.loads((other / "run.json").read_text())
+    assert info["pretrained_experts"]["experts"][0]["seen"] == {}
+    assert not any(part.startswith("pretrained expert") for part in info["fitted_on"])

@@ -202,7 +202,10 @@ def categorical_metrics(scheme: Any, logits: Any, labels: Any) -> Metrics:
         "uar": float(100.0 * recall_score(truth, pred, labels=sorted(set(truth.tolist())), average="macro",
                                           zero_division=0)),
     }
-    out.update({f"f1_{c}": float(100.0 * v) for c, v in zip(scheme.class_names, per_class)})
+    # a class with neither samples nor predictions in this split has no F1 at all (null, like a metric of an
+    # empty split), not 0: 0 would read as "always wrong" beside inspect's counts
+    seen = np.isin(ids, np.concatenate([truth, pred]))
+    out.update({f"f1_{c}": float(100.0 * v) if s else None for c, v, s in zip(scheme.class_names, per_class, seen)})
     # the scheme's headline first: JSON readers and tables show keys in this order (MELD: weighted F1)
     if scheme.headline == "f1":
         out = {"f1": out.pop("f1"), **out}

@@ -31,6 +31,7 @@ EMOTION_ALIASES = {"happy": "joy", "happiness": "joy", "angry": "anger", "sad": 
 FACE_MODULE = "affectus.features.face_expression"
 EXPERT_JSON = "expert.json"
 WEIGHTS = "weights.safetensors"
+TEXTS = "texts.safetensors"  # hashes of the transcripts a text expert learned from (text_experts.py)
 
 
 def affectus_home() -> Path:

@@ -28,13 +28,14 @@ from typing import Any
 import numpy as np
 
 from affectus.errors import AffectusError
-from affectus.pretrained.registry import EXPERT_JSON, WEIGHTS, Expert
+from affectus.pretrained.registry import EXPERT_JSON, TEXTS, WEIGHTS, Expert
 from affectus.utils.io import lock_dir, read_json_file, write_bytes_atomic, write_json_atomic
 
 _log = logging.getLogger(__name__)
 FORMAT = 1
 MAX_TOKENS = 128  # all-MiniLM-L6-v2 was trained on up to 128 tokens; recognised speech runs long
 C_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+SEEN = 0.5  # a run split whose transcripts are at least this share of an expert's split's is that split
 MOSI_FILE = "mosi_utterance_trainval.pkl"
 
 
@@ -200,6 +201,10 @@ def _build_locked(expert: Expert, data: Path, splits: dict[str, Any], files: lis
     from safetensors.numpy import save
 
     blob = save({"weight": coef, "bias": bias})
+    # which transcripts the expert learned from (train) and chose its setting on (valid), as hashes: a run whose
+    # own splits are those transcripts gets its scores there marked (pretrained/views.py), whatever file they
+    # came in (MELD's CSVs or an .npz imported from them)
+    texts_blob = save({"train": text_fingerprints(ttr), "valid": text_fingerprints(tva)})
     record = {
         "format": FORMAT, "name": expert.name, "modality": expert.modality, "task": expert.task,
         "classes": list(classes), "licence": expert.licence,
@@ -208,11 +213,14 @@ def _build_locked(expert: Expert, data: Path, splits: dict[str, Any], files: lis
         "fit": {"model": "scikit-learn LogisticRegression (lbfgs) on L2-normalised MiniLM sentence vectors", **fit},
         "scores": scores,
         "weights": {"file": WEIGHTS, "sha256": hashlib.sha256(blob).hexdigest()},
+        "texts": {"file": TEXTS, "sha256": hashlib.sha256(texts_blob).hexdigest(),
+                  "what": "64-bit hashes of the normalised transcripts of train (fitted) and valid (chose the setting)"},
         "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": f"affectus pretrained build {expert.name} --data {data}",
     }
     # weights first, the record last: a record always names weights that are already whole
     write_bytes_atomic(folder / WEIGHTS, blob)
+    write_bytes_atomic(folder / TEXTS, texts_blob)
     write_json_atomic(folder / EXPERT_JSON, record)
     return record
 
@@ -261,6 +269,20 @@ class TextExpertModel:
             self._encoder = text_encoder_from_record(self.record["encoder"])
         return self._encoder
 
+    def seen_texts(self) -> dict[str, np.ndarray] | None:
+        """The hashes of the transcripts the expert was fitted on ("train") and chose its setting on ("valid");
+        None for an expert built before they were recorded (or whose file no longer matches its record)."""
+        entry = self.record.get("texts")
+        path = self.expert.folder() / TEXTS
+        if not isinstance(entry, dict) or not path.is_file():
+            return None
+        blob = path.read_bytes()
+        if hashlib.sha256(blob).hexdigest() != entry.get("sha256"):
+            return None
+        from safetensors.numpy import load
+
+        return load(blob)
+
     def predict_texts(self, texts: list[str]) -> np.ndarray:
         x = self.encoder.sentence_embeddings(texts, where=f"transcript for {self.expert.name}")  # (N, D)
         if x.shape[1] != self.weight.shape[1]:
@@ -270,3 +292,16 @@ class TextExpertModel:
         z = z - z.max(axis=1, keepdims=True)
         p = np.exp(z)
         return p / p.sum(axis=1, keepdims=True)
+
+
+def text_fingerprints(texts: list[str]) -> np.ndarray:
+    """Sorted unique 64-bit hashes of transcripts, case and spacing normalised: what `seen_texts` compares."""
+    hashes = {int.from_bytes(hashlib.blake2b(" ".join(t.lower().split()).encode(), digest_size=8).digest(), "little")
+              for t in texts if t and t.strip()}
+    return np.array(sorted(hashes), dtype=np.uint64)
+
+
+def seen_share(texts: list[str], seen: np.ndarray) -> float:
+    """The share of `texts`' distinct non-empty transcripts that are among the hashes `seen` (0 when none)."""
+    mine = text_fingerprints(texts)
+    return float(np.isin(mine, seen).mean()) if mine.size else 0.0

@@ -8,14 +8,20 @@ are delivered (data/context.py): CMC+ makes each view an expert of its own, weig
 other; a model without views reads the columns concatenated. A sample whose text is absent gets zeros there
 (the view travels with the text).
 
-The experts were fitted on other data (MELD's train split, CMU-MOSI's train split), never on the run's data,
-so nothing here sees the run's labels. The run records each expert's name, classes and weights sha256
+The experts were fitted on their own data (MELD's train split, CMU-MOSI's train split; their setting chosen on
+its dev / valid split), never through the run's labels. That data can be the run's own (meld-emotion inside a
+run on MELD, mosi-sentiment on CMU-MOSI): the expert's recorded transcript hashes (`seen_texts`) are compared
+with each split's transcripts, and a run split that is the expert's training split gets the part
+"pretrained expert NAME" in run.json `fitted_on` (scores there are marked in-sample), one that is its
+selection split the selection part "pretrained expert NAME setting". The run records each expert's name,
+classes and weights sha256
 (run.json `pretrained_experts`); evaluate / predict / serve rebuild the columns from the same expert and
 refuse one that was rebuilt since (its sha256 differs): other weights would give other evidence.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from typing import Any
 
@@ -24,6 +30,8 @@ import numpy as np
 from affectus.data.context import append_text_columns, pooled_text
 from affectus.data.types import MERDataset, Split
 from affectus.errors import AffectusError, SettingError
+
+_log = logging.getLogger(__name__)
 
 VIEW_PREFIX = "expert_"  # an expert's text view is named expert_<name>
 
@@ -85,9 +93,45 @@ def apply_experts(dataset: MERDataset, names: list[str], text_views: list[tuple[
     views = list(text_views) or [(base, width)]
     added = [(f"{VIEW_PREFIX}{n}", len(m.classes)) for n, m in zip(names, models)]
     record = {"width": width, "views": [list(v) for v in added],
-              "experts": [{"name": n, "classes": list(m.classes), "sha256": m.record["weights"]["sha256"]}
-                          for n, m in zip(names, models)]}
+              "experts": [{"name": n, "classes": list(m.classes), "sha256": m.record["weights"]["sha256"],
+                           "seen": _seen(m, dataset)} for n, m in zip(names, models)]}
     return replace(dataset, splits=splits), record, [*views, *added]
+
+
+def _seen(model: Any, dataset: MERDataset) -> dict[str, Any] | None:
+    """{expert split: {split, share}}: the run split holding most of the transcripts the expert was fitted on
+    ("train") or chose its setting on ("valid"), where that is at least SEEN of the run split's own; None when
+    the expert does not record its transcripts (built by an older version: a warning says to rebuild)."""
+    from affectus.pretrained.text_experts import SEEN, seen_share
+
+    seen = model.seen_texts()
+    if seen is None:
+        _log.warning("pretrained expert %s records no transcripts (built by an older version): whether it was "
+                     "fitted on this data cannot be told; rebuild it to have in-sample scores marked", model.expert.name)
+        return None
+    out = {}
+    for role, hashes in seen.items():
+        shares = {k: seen_share(list(s.raw_text or []), hashes) for k, s in dataset.splits.items()}
+        best = max(shares, key=shares.get, default=None)
+        if best is not None and shares[best] >= SEEN:
+            out[role] = {"split": best, "share": round(shares[best], 4)}
+    return out
+
+
+def expert_fits(record: dict[str, Any] | None) -> tuple[dict[str, str], list[str]]:
+    """run.json additions from a `pretrained_experts` record: ({part: run split} for `fitted_on`, the parts that
+    only chose a setting, for `selection_parts`)."""
+    fitted: dict[str, str] = {}
+    chose: list[str] = []
+    for e in (record or {}).get("experts") or []:
+        seen = e.get("seen") or {}
+        if "train" in seen:
+            fitted[f"pretrained expert {e['name']}"] = seen["train"]["split"]
+        if "valid" in seen:
+            part = f"pretrained expert {e['name']} setting"
+            fitted[part] = seen["valid"]["split"]
+            chose.append(part)
+    return fitted, chose
 
 
 def experts_from_run(split: Split, record: dict[str, Any], where: str, cache: dict[str, Any]) -> Split:

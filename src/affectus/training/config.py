@@ -10,6 +10,7 @@ out of range (each section's `validate()`) is refused in one line naming the key
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import re
 from dataclasses import dataclass
@@ -313,6 +314,13 @@ def resolve_config(
         apply(config_entries(read_yaml(config_file)))
     # 5. --set overrides
     apply([(k, v, "--set") for k, v in overrides.items()] if isinstance(overrides, dict) else list(overrides or []))
+    # a key set for this model that its recipe does not read (CMC+'s experts count their own epochs): said once,
+    # not refused, since an experiment's --set applies one value to every row
+    for key, instead in getattr(recipe_cls, "REPLACES", {}).items():
+        if key in origin:
+            logging.getLogger("affectus.training").warning(
+                f"{model_name}: {key} ({origin[key]}) does not apply: its recipe reads {instead} "
+                f"({getattr(recipe, instead.split('.', 1)[1])}); set that instead")
     try:
         train.validate()
         if recipe is not None and hasattr(recipe, "validate"):

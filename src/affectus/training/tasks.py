@@ -1,5 +1,5 @@
 """How a batch becomes a loss for a model trained in one stage, and the best-epoch selection that
-recipes share (`SelectsBestState`). A recipe's own tasks live beside it (CMC's: recipes/cmc/tasks.py)."""
+recipes share (`SelectsBestState`; per modality: `SelectsBestPerModality`). A recipe's own tasks live beside it (CMC's: recipes/cmc/tasks.py)."""
 
 from __future__ import annotations
 
@@ -46,6 +46,51 @@ class SelectsBestState:
         self.best_loss = state["best_loss"]
         self.best_epoch = state["best_epoch"]
         self.best_state = state["best_state"]
+
+
+class SelectsBestPerModality:
+    """The base of a stage that trains one branch per modality at once (bc-LSTM's level 1, MCUR's stage 0):
+    each modality keeps its branch's weights of the epoch with its own lowest selection-split cross-entropy
+    (`ce_<modality>` in `validate`'s result), since modalities learn at different speeds. An epoch counts as
+    an improvement when any modality improved, so the loop's patience ends the stage once none has for that
+    long. Subclasses give `loss`, `validate` and `branch(model, modality)`."""
+
+    name = "unimodal"
+
+    def __init__(self, val_batches, modalities: tuple[str, ...]) -> None:
+        self.val_batches = val_batches
+        self.modalities = modalities
+        self.best_loss = {m: float("inf") for m in modalities}
+        self.best_epoch = {m: 0 for m in modalities}
+        self.best_state: dict[str, dict[str, torch.Tensor]] = {}
+
+    def branch(self, model, modality: str) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def start_epoch(self, epoch: int) -> None:
+        pass
+
+    def after_step(self, model) -> None:
+        pass
+
+    def end_epoch(self, epoch: int, model, val: dict[str, float]) -> bool:
+        improved = False
+        for m in self.modalities:
+            if val[f"ce_{m}"] < self.best_loss[m]:
+                self.best_loss[m], self.best_epoch[m], improved = val[f"ce_{m}"], epoch, True
+                self.best_state[m] = {k: v.detach().clone() for k, v in self.branch(model, m).state_dict().items()}
+        return improved
+
+    def handover(self, model) -> None:
+        """Each modality's best branch weights into the model (a modality that never improved keeps its own)."""
+        for m, state in self.best_state.items():
+            self.branch(model, m).load_state_dict(state)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_loss": self.best_loss, "best_epoch": self.best_epoch, "best_state": self.best_state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_loss, self.best_epoch, self.best_state = state["best_loss"], state["best_epoch"], state["best_state"]
 
 
 class SupervisedTask(SelectsBestState):

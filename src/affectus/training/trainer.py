@@ -225,6 +225,7 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
     metrics = scored[plan.eval][0] if eval_split is not None else {}
     # the selection split's scores: what sweeps and model choice may look at (never the test scores)
     select_metrics = scored[plan.select][0]
+    expert_parts = _expert_fits(experts_record)
     degenerate = {name: what for name, (_, logits) in scored.items()
                   if (what := single_class(logits, plan.scheme)) is not None}
     warnings = [f"degenerate run: the model predicts one class ({what}) for every sample of split '{name}'; "
@@ -260,8 +261,8 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
         "pretrained_experts": experts_record,
         "stages": result.summary,
         # part -> the split it learned from; `selection_parts` chose on theirs (named, not marked in-sample)
-        "fitted_on": fitted_parts(result, plan),
-        "selection_parts": [*ckpt.SELECTION_PARTS, *result.selection_parts],
+        "fitted_on": {**fitted_parts(result, plan), **expert_parts[0]},
+        "selection_parts": [*ckpt.SELECTION_PARTS, *result.selection_parts, *expert_parts[1]],
         "train_seconds": round(time.perf_counter() - started, 2),
         "metrics": metrics,
         "metrics_split": plan.eval,
@@ -395,6 +396,15 @@ def _experts(dataset: MERDataset, tc, text_views: list) -> tuple[MERDataset, dic
     dataset, record, views = apply_experts(dataset, list(tc.pretrained_experts), text_views, base)
     logger.info(f"pretrained experts as evidence: {', '.join(tc.pretrained_experts)}")
     return dataset, record, views
+
+
+def _expert_fits(record: dict[str, Any] | None) -> tuple[dict[str, str], list[str]]:
+    """The pretrained experts' fits on the run's own splits (pretrained/views.py), for run.json `fitted_on`."""
+    if not record:
+        return {}, []
+    from affectus.pretrained.views import expert_fits
+
+    return expert_fits(record)
 
 
 def _sequences(dataset: MERDataset, cfg: ResolvedConfig) -> tuple[MERDataset, dict[str, Any] | None]:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError
 from affectus.training.recipes.base import FrozenPart, RecipeContext, RecipeResult
-from affectus.training.tasks import SupervisedTask
+from affectus.training.tasks import SelectsBestPerModality, SupervisedTask
 
 OPTIMIZERS = ("adadelta", "adam")
 
@@ -45,23 +45,17 @@ class BCLSTMRecipeConfig:
             raise AffectusError(f"recipe.adadelta_rho = {self.adadelta_rho}: expected a value in (0, 1)")
 
 
-class UnimodalTask:
+class UnimodalTask(SelectsBestPerModality):
     """Stage 0: each modality's level-1 network on its own classifier; per-modality best epochs."""
 
     name = "unimodal"
 
     def __init__(self, val_batches, trained: tuple[str, ...]) -> None:
-        self.val_batches = val_batches
-        self.trained = trained  # the modalities the training split has
-        self.best_loss = {m: float("inf") for m in trained}
-        self.best_epoch = {m: 0 for m in trained}
-        self.best_state: dict[str, dict[str, torch.Tensor]] = {}
+        super().__init__(val_batches, trained)  # the modalities the training split has
+        self.trained = trained
 
-    def start_epoch(self, epoch: int) -> None:
-        pass
-
-    def after_step(self, model) -> None:
-        pass
+    def branch(self, model, modality: str) -> torch.nn.Module:
+        return model.unimodal[modality]
 
     def _ce(self, model, batch) -> dict[str, tuple[torch.Tensor, int]]:
         """Per trained modality: the summed cross-entropy of its classifier over the samples that have it, and
@@ -91,25 +85,6 @@ class UnimodalTask:
                 counts[m] += n
         ce = {m: sums[m] / counts[m] if counts[m] else float("inf") for m in self.trained}
         return {"loss": float(np.sum([c for c in ce.values() if np.isfinite(c)])), **{f"ce_{m}": c for m, c in ce.items()}}
-
-    def end_epoch(self, epoch: int, model, val: dict[str, float]) -> bool:
-        improved = False
-        for m in self.trained:
-            if val[f"ce_{m}"] < self.best_loss[m]:
-                self.best_loss[m], self.best_epoch[m], improved = val[f"ce_{m}"], epoch, True
-                self.best_state[m] = {k: v.detach().clone() for k, v in model.unimodal[m].state_dict().items()}
-        return improved
-
-    def handover(self, model) -> None:
-        """Each modality's best level-1 weights into the model."""
-        for m, state in self.best_state.items():
-            model.unimodal[m].load_state_dict(state)
-
-    def state_dict(self) -> dict:
-        return {"best_loss": self.best_loss, "best_epoch": self.best_epoch, "best_state": self.best_state}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.best_loss, self.best_epoch, self.best_state = state["best_loss"], state["best_epoch"], state["best_state"]
 
 
 def trained_modalities(split) -> tuple[str, ...]:

@@ -75,6 +75,9 @@ class CMCPlusRecipeConfig:
     # (training/config.py `_section`): a run from before the fallback is the consensus alone, so an
     # experiment does not count it as a run of today's default
     LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"fallback": "none"}
+    # train.* keys this recipe does not read, and what it reads instead: setting one says so (training/config.py)
+    REPLACES: ClassVar[dict[str, str]] = {"train.epochs": "recipe.expert_epochs",
+                                          "train.patience": "recipe.expert_patience"}
 
     targets: str = "multimodal"  # what experts learn: multimodal | ground_truth (unimodal labels, train split only)
     expert_epochs: int = 150

@@ -75,12 +75,13 @@ class LinearRecipe:
                 lr.fit(z_train, y_train)
             return lr, not any("converge" in str(w.message).lower() for w in caught)
 
-        selection = {}
+        selection, fits = {}, {}
         for c in rc.Cs:
-            selection[str(c)] = round(100.0 * float(np.mean(fit(c)[0].predict(z_select) == y_select)), 4)
+            fits[c] = fit(c)  # kept, not refitted once C is chosen: lbfgs gives the same weights again
+            selection[str(c)] = round(100.0 * float(np.mean(fits[c][0].predict(z_select) == y_select)), 4)
         # the best selection accuracy; on a tie the smaller C (stronger regularisation)
         best = max(sorted(rc.Cs), key=lambda c: selection[str(c)])
-        lr, converged = fit(best)
+        lr, converged = fits[best]
         weight, bias = _class_weights(lr, ctx.scheme.num_classes, rc.target, z_train.shape[1])
         model.set_fit(*(torch.from_numpy(a) for a in (mean, scale, weight, bias)))
         summary = {"linear": {

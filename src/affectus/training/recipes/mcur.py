@@ -33,7 +33,7 @@ from affectus.data.types import MODALITIES
 from affectus.errors import AffectusError
 from affectus.training.losses import supcon_loss
 from affectus.training.recipes.base import FrozenPart, RecipeContext, RecipeResult
-from affectus.training.tasks import SelectsBestState, mean_ce_over_sets
+from affectus.training.tasks import SelectsBestPerModality, SelectsBestState, mean_ce_over_sets
 
 _COMBINATION_CODE = torch.tensor([1, 2, 4])  # text, audio, vision bits: {l} = 1, ..., {l,a,v} = 7
 
@@ -124,7 +124,7 @@ class MCURTask(SelectsBestState):
         return mean_ce_over_sets(model, self.val_sets)  # each set weighs the same, whatever its size
 
 
-class UnimodalTask:
+class UnimodalTask(SelectsBestPerModality):
     """Stage 0 (`recipe.pretrain`): every encoder with its own linear head, on complete data; the loss is
     the sum of the three cross-entropies, and each modality keeps the weights (encoder + head) of the
     epoch with its own lowest selection-split cross-entropy. Why per modality: the modalities learn at
@@ -136,16 +136,10 @@ class UnimodalTask:
     name = "uni"
 
     def __init__(self, val_batches) -> None:
-        self.val_batches = val_batches
-        self.best_loss = {m: float("inf") for m in MODALITIES}
-        self.best_epoch = {m: 0 for m in MODALITIES}
-        self.best_state: dict[str, dict[str, torch.Tensor]] = {}
+        super().__init__(val_batches, MODALITIES)
 
-    def start_epoch(self, epoch: int) -> None:
-        pass
-
-    def after_step(self, model) -> None:
-        pass
+    def branch(self, model, modality: str) -> torch.nn.Module:
+        return _branch(model, MODALITIES.index(modality))
 
     @staticmethod
     def _ce(model, batch) -> list[torch.Tensor]:
@@ -171,25 +165,6 @@ class UnimodalTask:
             counts += batch.availability().sum(dim=0).float().cpu()
         ce = (sums / counts.clamp(min=1)).tolist()
         return {"loss": float(np.sum(ce)), **{f"ce_{m}": c for m, c in zip(MODALITIES, ce)}}
-
-    def end_epoch(self, epoch: int, model, val: dict[str, float]) -> bool:
-        improved = False
-        for k, m in enumerate(MODALITIES):
-            if val[f"ce_{m}"] < self.best_loss[m]:
-                self.best_loss[m], self.best_epoch[m], improved = val[f"ce_{m}"], epoch, True
-                self.best_state[m] = {k2: v.detach().clone() for k2, v in _branch(model, k).state_dict().items()}
-        return improved
-
-    def handover(self, model) -> None:
-        """Each modality's best encoder and head into the model."""
-        for k, m in enumerate(MODALITIES):
-            _branch(model, k).load_state_dict(self.best_state[m])
-
-    def state_dict(self) -> dict:
-        return {"best_loss": self.best_loss, "best_epoch": self.best_epoch, "best_state": self.best_state}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.best_loss, self.best_epoch, self.best_state = state["best_loss"], state["best_epoch"], state["best_state"]
 
 
 def _branch(model, k: int) -> torch.nn.ModuleDict:
