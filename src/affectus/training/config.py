@@ -314,13 +314,6 @@ def resolve_config(
         apply(config_entries(read_yaml(config_file)))
     # 5. --set overrides
     apply([(k, v, "--set") for k, v in overrides.items()] if isinstance(overrides, dict) else list(overrides or []))
-    # a key set for this model that its recipe does not read (CMC+'s experts count their own epochs): said once,
-    # not refused, since an experiment's --set applies one value to every row
-    for key, instead in getattr(recipe_cls, "REPLACES", {}).items():
-        if key in origin:
-            logging.getLogger("affectus.training").warning(
-                f"{model_name}: {key} ({origin[key]}) does not apply: its recipe reads {instead} "
-                f"({getattr(recipe, instead.split('.', 1)[1])}); set that instead")
     try:
         train.validate()
         if recipe is not None and hasattr(recipe, "validate"):
@@ -340,4 +333,11 @@ def resolve_config(
         if not set_keys:  # a default out of range: nothing to point at
             raise
         raise AffectusError(f"{origin[max(set_keys, key=order.index)]}: {err}") from None
+    # once the config holds: a key set for this model that its recipe does not read (CMC+'s experts count their
+    # own epochs) is said once, not refused, since an experiment's --set applies one value to every row
+    for key, instead in getattr(recipe_cls, "REPLACES", {}).items():
+        if key in origin:
+            logging.getLogger("affectus.training").warning(
+                f"{model_name}: {key} ({origin[key]}) does not apply: its recipe reads {instead} "
+                f"({getattr(recipe, instead.split('.', 1)[1])}); set that instead")
     return ResolvedConfig(model_name, variant, model_cfg, train, recipe, None if preset is None else preset.name)
