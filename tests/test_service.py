@@ -88,6 +88,89 @@ def test_upload_size_and_concurrency_limits(served):
     assert str(served["run"].parent) not in r.json()["error"]
 
 
+# ------------------------------------------------------------------------------------------ issue 20: the form read by the route
+
+
+def test_a_form_without_its_file_is_a_json_4xx(served):
+    """/predict reads its multipart form itself (not through FastAPI's File() / Form() parameters): a form
+    without the file, a transcript sent as a file, or a body that is no form at all are still 4xx JSON
+    errors, and /openapi.json still describes the form."""
+    client = _client(served["run"])
+    r = client.post("/predict", data={"transcript": "hello"})
+    assert r.status_code == 422 and "field 'file'" in r.json()["error"]
+    r = client.post("/predict", files={"file": ("tiny.npz", served["npz"].read_bytes()), "transcript": ("t.txt", b"hi")})
+    assert r.status_code == 422 and "transcript" in r.json()["error"]
+    r = client.post("/predict", content=b"{}", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.headers["content-type"] == "application/json"
+    r = client.post("/predict", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data"})
+    assert r.status_code == 400 and "boundary" in r.json()["error"]
+    form = client.get("/openapi.json").json()["paths"]["/predict"]["post"]["requestBody"]["content"]
+    assert form["multipart/form-data"]["schema"]["required"] == ["file"]
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_small_uploads_read_on_the_event_loop_answer_as_in_a_slot(served, monkeypatch, inline):
+    """A small .npz is read and checked on the event loop (no thread hop), a larger one in a
+    --max-npz-concurrent slot: the same answer either way, and the same 4xx for a broken file."""
+    from affectus.inference import service
+
+    if not inline:  # every upload through the slot and its thread
+        monkeypatch.setattr(service, "_INLINE_BYTES", 0)
+    client = _client(served["run"])
+    r = client.post("/predict", files={"file": ("tiny.npz", served["npz"].read_bytes())})
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    from affectus.data.mmsa import load_dataset
+    from affectus.inference.predictor import load
+
+    predictor = load(served["run"])
+    ds = load_dataset(served["npz"])
+    want = []
+    for split in ds.splits.values():
+        pred = predictor.predict(split)
+        want += [{"id": sid, "split": split.name, **pred.explain(i),
+                  **({} if split.raw_text is None else {"transcript": split.raw_text[i]})}
+                 for i, sid in enumerate(split.ids)]
+    assert [p["id"] for p in preds] == [w["id"] for w in want]
+    for got, exp in zip(preds, want):
+        assert got["verdict"] == exp["verdict"] and got.keys() == exp.keys()
+        assert got["probabilities"] == pytest.approx(exp["probabilities"], abs=1e-6)
+    r = client.post("/predict", files={"file": ("broken.npz", b"PK\x03\x04 not really a zip")})
+    assert r.status_code == 422 and "not a readable affectus .npz" in r.json()["error"]
+
+
+def test_a_batch_cut_into_requests_equals_each_request_alone(served):
+    """The batcher computes one Prediction for a batch and cuts it into each request's rows: every array of
+    every part equals that request's Prediction alone; a request with NaN outputs still fails alone."""
+    import dataclasses
+
+    import numpy as np
+
+    from affectus.data.mmsa import load_dataset
+    from affectus.errors import AffectusError
+    from affectus.inference.batching import Batcher
+    from affectus.inference.predictor import load
+
+    predictor = load(served["run"])
+    test = load_dataset(served["npz"])["test"]
+    parts = [test.subset(np.arange(i, i + n), name="test") for i, n in ((0, 1), (1, 3), (4, 2))]
+    batcher = Batcher(predictor, max_batch=32)
+    together = batcher._forward(parts)
+    for part, got in zip(parts, together):
+        alone = batcher._forward([part])[0]
+        for field in dataclasses.fields(alone):
+            a, b = getattr(got, field.name), getattr(alone, field.name)
+            if isinstance(b, np.ndarray):
+                assert a.shape == b.shape and np.allclose(a, b, rtol=0, atol=1e-6), field.name
+            else:
+                assert a == b, field.name
+    broken = test.subset(np.arange(6, 7), name="test")
+    broken.audio[:] = np.inf  # inf features: NaN outputs for this request only
+    out = batcher._forward([parts[0], broken, parts[1]])
+    assert isinstance(out[1], AffectusError) and not isinstance(out[0], Exception)
+    assert np.array_equal(out[2].classes, together[1].classes)
+
+
 # ------------------------------------------------------------------------------------------ issue 15, in process
 
 

@@ -160,7 +160,8 @@ def _loads(data: bytes | memoryview) -> Any:
     return orjson.loads(data)
 
 
-def _dumps(value: Any) -> bytes:
+def dumps(value: Any) -> bytes:
+    """Compact JSON bytes, with orjson where installed."""
     try:
         import orjson
     except ImportError:
@@ -234,7 +235,7 @@ def encode_response(request: dict[str, Any], pred: Any, spec: Spec) -> tuple[byt
         else:
             entry["data"] = a.reshape(-1).tolist()
         head["outputs"].append(entry)
-    text = _dumps(head)
+    text = dumps(head)
     if not blobs:
         return text, {"content-type": "application/json"}
     return text + b"".join(blobs), {"content-type": "application/octet-stream", HEADER: str(len(text))}

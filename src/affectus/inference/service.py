@@ -64,6 +64,13 @@ _MAX_TRANSCRIPT = 10_000  # characters
 _MAX_NAME = 100  # characters of an upload's name kept for messages and ids
 _INLINE_BYTES = 256 * 1024  # a v2 request up to this size is parsed on the event loop (a thread hop costs more)
 _INLINE_ROWS = 256  # answers with up to this many rows are explained on the event loop
+# /predict's form, for the OpenAPI docs (the route reads the form itself)
+_PREDICT_FORM = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"],
+    "properties": {"file": {"type": "string", "format": "binary",
+                            "description": "a clip (mp4 / webm / wav ...) or an affectus features .npz"},
+                   "transcript": {"type": "string", "maxLength": _MAX_TRANSCRIPT,
+                                  "description": "what is said in the clip (optional)"}}}}}}}
 SHUTDOWN_S = 5  # seconds a graceful shutdown waits for running requests before cancelling them
 
 
@@ -102,8 +109,9 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
     app's shutdown (its lifespan: a TestClient used as a context manager, or uvicorn)."""
     from contextlib import asynccontextmanager
 
-    from fastapi import File, Form, Request, UploadFile
+    from fastapi import Request
     from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from starlette.datastructures import UploadFile
 
     from affectus.inference import oip
     from affectus.inference.batching import Batcher, QueueFull
@@ -228,8 +236,11 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
     async def _batched(split: Any, name: str, start: float) -> Any:
         """`split`'s Prediction from the dynamic batcher, within the request's time."""
         try:
-            return await asyncio.wait_for(batcher.submit(split),
-                                          timeout=max(0.0, limits.timeout_s - (time.monotonic() - start)))
+            # a timeout scope rather than wait_for: no extra task per request (cancelling it cancels the
+            # job's future, which the batcher then skips)
+            async with asyncio.timeout_at(asyncio.get_running_loop().time() + limits.timeout_s
+                                          - (time.monotonic() - start)):
+                return await batcher.submit(split)
         except QueueFull as err:
             raise _Refused(503, f"server busy: {err}", {"Retry-After": "1"}) from None
         except TimeoutError:
@@ -241,16 +252,37 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
     def index() -> str:
         return resources.files("affectus.inference").joinpath("templates", "index.html").read_text(encoding="utf-8")
 
-    @app.post("/predict")
-    async def predict(request: Request, file: Annotated[UploadFile, File()],
-                      transcript: Annotated[str | None, Form()] = None) -> dict[str, Any]:
+    @app.post("/predict", openapi_extra=_PREDICT_FORM)
+    async def predict(request: Request) -> Response:
+        # the form is read here, not by FastAPI's File() / Form() parameters: the same python-multipart
+        # parser (Starlette's), without the per-request dependency solving and pydantic validation that
+        # cost as much as the parse itself (docs/serving.md, "Throughput")
         start = time.monotonic()
+        form = await request.form()  # a malformed form: Starlette's 400 (json_errors makes it JSON)
+        try:
+            file = form.get("file")
+            transcript = form.get("transcript")
+            if not isinstance(file, UploadFile):
+                raise _Refused(422, "invalid request (body.file: Field required: send the clip or .npz as the "
+                                    "multipart field 'file')")
+            if transcript is not None and not isinstance(transcript, str):
+                raise _Refused(422, "invalid request (body.transcript: a text field, not a file)")
+            return _json(await _predict_upload(request, file, transcript, start))
+        finally:  # the spooled upload is closed however the request ends
+            await form.close()
+
+    async def _predict_upload(request: Any, file: Any, transcript: str | None, start: float) -> dict[str, Any]:
         name = _display_name(file.filename)
         limit = int(limits.max_upload_mb * 1024 * 1024)
         if file.size is not None and file.size > limit:
             raise _Refused(413, f"{name}: upload larger than {limits.max_upload_mb:g} MB")
-        head = await file.read(8)
-        await file.seek(0)
+        small = file.size is not None and file.size <= _INLINE_BYTES  # held in memory by the spooled file
+        if small:
+            head = file.file.read(8)
+            file.file.seek(0)
+        else:
+            head = await file.read(8)
+            await file.seek(0)
         if not head:
             raise _Refused(400, f"{name}: empty upload")
         if head.startswith(_PICKLE):
@@ -260,7 +292,7 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
             raise _Refused(413, f"transcript of {len(transcript)} characters, over the {_MAX_TRANSCRIPT} limit")
         suffix = Path(name.lower()).suffix
         if head[:4] in _ZIP and suffix not in _CLIP_SUFFIXES:
-            return await _features(file.file, name, limit, start)
+            return await _features(file.file, name, limit, start, small)
         if suffix not in _CLIP_SUFFIXES:
             raise _Refused(415, f"{name}: expected a clip ({', '.join(_CLIP_SUFFIXES)}) or an affectus .npz")
         if clip_error is not None:
@@ -299,7 +331,30 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
             raise _Refused(422, _scrub(str(err), {str(Path(run_dir)): Path(run_dir).name})) from None
         return {"predictions": rows}
 
-    async def _features(upload: Any, name: str, limit: int, start: float) -> dict[str, Any]:
+    async def _features(upload: Any, name: str, limit: int, start: float, small: bool) -> dict[str, Any]:
+        if small:
+            # a small upload (a few samples: kilobytes) is read and checked right here, on the event loop:
+            # it takes well under a millisecond, less than the hop to a thread and back, and nothing else
+            # can run meanwhile, so it needs no slot
+            try:
+                upload.seek(0)
+                splits, warnings = _npz_splits(upload.read(limit + 1), predictor, name, limit, limits)
+            except AffectusError as err:
+                raise _npz_refusal(err) from None
+        else:
+            splits, warnings = await _features_in_slot(upload, name, limit, start)
+        if len(splits) == 1:  # one split (the usual upload): no task for a gather of one
+            preds = [await _batched(splits[0], name, start)]
+        else:
+            preds = await asyncio.gather(*(_batched(split, name, start) for split in splits))
+        if sum(len(split) for split in splits) > _INLINE_ROWS:  # many rows: explained off the event loop
+            out = await asyncio.to_thread(_explain_rows, splits, preds)
+        else:
+            out = _explain_rows(splits, preds)
+        return {"predictions": out, "warnings": warnings}
+
+    async def _features_in_slot(upload: Any, name: str, limit: int, start: float) -> tuple[list[Any], list[str]]:
+        """A larger upload's splits, read and checked in a thread, in one of --max-npz-concurrent slots."""
         loop = asyncio.get_running_loop()
         try:
             await asyncio.wait_for(npz_slots.acquire(), timeout=max(0.0, limits.timeout_s - (time.monotonic() - start)))
@@ -323,20 +378,11 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
         # the slot covers reading and checking the upload; the forward is the batcher's
         job = asyncio.to_thread(_read_npz_upload, done, predictor, upload, name, limit, limits)
         try:
-            splits, warnings = await asyncio.wait_for(
-                job, timeout=max(0.0, limits.timeout_s - (time.monotonic() - start)))
+            return await asyncio.wait_for(job, timeout=max(0.0, limits.timeout_s - (time.monotonic() - start)))
         except TimeoutError:
             raise _Refused(504, f"{name}: prediction took longer than {limits.timeout_s:g} s") from None
         except AffectusError as err:
-            from affectus.data.npz_check import NpzTooLarge
-
-            raise _Refused(413 if isinstance(err, NpzTooLarge) else 422, str(err)) from None
-        preds = await asyncio.gather(*(_batched(split, name, start) for split in splits))
-        if sum(len(split) for split in splits) > _INLINE_ROWS:  # many rows: explained off the event loop
-            out = await asyncio.to_thread(_explain_rows, splits, preds)
-        else:
-            out = _explain_rows(splits, preds)
-        return {"predictions": out, "warnings": warnings}
+            raise _npz_refusal(err) from None
 
     async def _clip(request: Any, upload: Any, name: str, suffix: str, transcript: str | None, limit: int,
                     start: float) -> dict[str, Any]:
@@ -468,38 +514,57 @@ def _copy_upload(upload: Any, path: Path, limit: int) -> bool:
 
 def _read_npz_upload(done: Any, predictor: Any, upload: Any, name: str, limit: int,
                      limits: Limits) -> tuple[list[Any], list[str]]:
+    """`_npz_splits` of a spooled upload, in a thread; calls `done()` (frees its slot) however it ends."""
+    try:
+        upload.seek(0)
+        return _npz_splits(upload.read(limit + 1), predictor, name, limit, limits)
+    finally:
+        done()
+
+
+def _npz_splits(data: bytes, predictor: Any, name: str, limit: int, limits: Limits) -> tuple[list[Any], list[str]]:
     """A features upload's splits, checked, parsed from memory and validated once against the run's widths
-    (and re-encoded where the run reads transcripts), with the NaN warnings; calls `done()` (frees its slot)
-    however it ends."""
+    (and re-encoded where the run reads transcripts), with the NaN warnings."""
     from affectus.data.npz import load_npz_arrays
     from affectus.data.npz_check import read_checked_npz
     from affectus.data.types import MODALITIES
 
-    try:
-        upload.seek(0)
-        data = upload.read(limit + 1)
-        if len(data) > limit:
-            raise _Refused(413, f"{name}: upload larger than {limits.max_upload_mb:g} MB")
-        # checked and read in one pass over the zip (numpy's loader would parse every header again)
-        arrays = read_checked_npz(data, name, max_bytes=int(limits.max_decompressed_mb * 1024 * 1024),
-                                  max_samples=limits.max_samples, max_seq_len=limits.max_seq_len)
-        del data
-        ds = load_npz_arrays(arrays, name)  # from memory: no temporary file
-        del arrays
-        splits = []
-        for split in ds.splits.values():
-            split = predictor.reads(split)
-            for m in MODALITIES:
-                width = split.features(m).shape[2]
-                if width != predictor.dims[m] and not (m == "text" and split.text_bert is not None):
-                    raise AffectusError(f"file {name}: split {split.name} {m} features are {width} wide, the run "
-                                        f"expects {predictor.dims[m]}")
-            splits.append(split)
-        warnings = [f"{split} {key}: {count} NaN/inf feature value(s) set to 0 before predicting"
-                    for (split, key), count in sorted(ds.sanitised.items()) if count]
-        return splits, warnings
-    finally:
-        done()
+    if len(data) > limit:
+        raise _Refused(413, f"{name}: upload larger than {limits.max_upload_mb:g} MB")
+    # checked and read in one pass over the zip (numpy's loader would parse every header again)
+    arrays = read_checked_npz(data, name, max_bytes=int(limits.max_decompressed_mb * 1024 * 1024),
+                              max_samples=limits.max_samples, max_seq_len=limits.max_seq_len)
+    del data
+    ds = load_npz_arrays(arrays, name)  # from memory: no temporary file
+    del arrays
+    splits = []
+    for split in ds.splits.values():
+        split = predictor.reads(split)
+        for m in MODALITIES:
+            width = split.features(m).shape[2]
+            if width != predictor.dims[m] and not (m == "text" and split.text_bert is not None):
+                raise AffectusError(f"file {name}: split {split.name} {m} features are {width} wide, the run "
+                                    f"expects {predictor.dims[m]}")
+        splits.append(split)
+    warnings = [f"{split} {key}: {count} NaN/inf feature value(s) set to 0 before predicting"
+                for (split, key), count in sorted(ds.sanitised.items()) if count]
+    return splits, warnings
+
+
+def _npz_refusal(err: AffectusError) -> "_Refused":
+    from affectus.data.npz_check import NpzTooLarge
+
+    return _Refused(413 if isinstance(err, NpzTooLarge) else 422, str(err))
+
+
+def _json(value: Any) -> Any:
+    """A JSON response encoded once with orjson (where installed), skipping FastAPI's response validation
+    and its `jsonable_encoder` walk over every row; the same compact JSON the default response writes."""
+    from fastapi.responses import Response
+
+    from affectus.inference.oip import dumps
+
+    return Response(dumps(value), media_type="application/json")
 
 
 def _explain_rows(splits: list[Any], preds: list[Any]) -> list[dict[str, Any]]:
@@ -763,9 +828,9 @@ class _Guard:
         if int(length) > self.max_body:
             await _send_error(send, 413, f"upload larger than {self.limits.max_upload_mb:g} MB")
             return
-        await self._guarded(scope, receive, send)
+        await self._guarded(scope, receive, send, int(length) > 0 or b"transfer-encoding" in headers)
 
-    async def _guarded(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def _guarded(self, scope: dict[str, Any], receive: Any, send: Any, expects_body: bool) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.limits.body_timeout_s
         state = {"received": 0, "body_done": False, "refused": False, "started": False}
@@ -782,7 +847,9 @@ class _Guard:
             if state["body_done"]:  # the app waiting for a disconnect: no deadline applies
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), timeout=max(0.0, deadline - loop.time()))
+                # a timeout scope, not wait_for: no task per body chunk (a one-chunk upload's whole cost here)
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
             except TimeoutError:
                 return await refuse(408, f"the request body did not arrive within {self.limits.body_timeout_s:g} s")
             if message["type"] == "http.request":
@@ -791,8 +858,6 @@ class _Guard:
                     return await refuse(413, f"upload larger than {self.limits.max_upload_mb:g} MB")
                 state["body_done"] = not message.get("more_body", False)
             return message
-
-        expects_body = int(_header(scope, b"content-length") or b"0") > 0 or _header(scope, b"transfer-encoding") is not None
 
         async def guarded_send(message: dict[str, Any]) -> None:
             if state["refused"]:
@@ -811,10 +876,6 @@ class _Guard:
         except Exception:
             if not state["refused"]:
                 raise  # the app's own failure (its handlers already answered what they could)
-
-
-def _header(scope: dict[str, Any], name: bytes) -> bytes | None:
-    return next((value for key, value in scope["headers"] if key.lower() == name), None)
 
 
 _SECURITY_HEADERS = [
