@@ -305,6 +305,55 @@ def test_read_checked_npz_gives_what_numpy_reads(served, tmp_path):
     assert zipfile.is_zipfile(io.BytesIO(real))
 
 
+def test_the_zip_is_read_strictly(served):
+    """The upload's zip is read by hand (issue 20): damaged data (a CRC that does not match), a member
+    twice, bytes before the zip, a local header that names another member, a deflate stream cut short
+    and zip64 sizes are each one clear refusal; numpy's compressed and plain files still read."""
+    import io
+    import warnings
+    import zipfile
+
+    import numpy as np
+
+    from affectus.data.npz_check import NpzTooLarge, read_checked_npz
+
+    def read(data: bytes) -> dict:
+        return read_checked_npz(data, "up.npz", max_bytes=2**20, max_samples=100, max_seq_len=50)
+
+    f32 = np.arange(60, dtype=np.float32).reshape(3, 4, 5)
+    good = _npz({"test.audio.npy": _npy(f32)})
+    assert np.array_equal(read(good)["test.audio"], f32)
+    at = good.index(f32.tobytes())
+    flipped = good[:at] + bytes([good[at] ^ 1]) + good[at + 1:]
+    with pytest.raises(Exception, match="size and CRC"):
+        read(flipped)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate name
+        twice = _npz({"test.audio.npy": _npy(f32)})
+        buf = io.BytesIO(twice)
+        with zipfile.ZipFile(buf, "a") as zf:
+            zf.writestr("test.audio.npy", _npy(f32 + 1))
+    with pytest.raises(Exception, match="twice"):
+        read(buf.getvalue())
+    with pytest.raises(Exception, match="does not end at its end record"):
+        read(b"#!stub\n" + good)
+    other = good.replace(b"test.audio.npy", b"test.vvvvv.npy", 1)  # the local header's name only
+    with pytest.raises(Exception, match="names in the directory and the local header differ"):
+        read(other)
+    deflated = _npz({"test.audio.npy": _npy(f32)}, zipfile.ZIP_DEFLATED)
+    assert np.array_equal(read(deflated)["test.audio"], f32)
+    end = deflated.rfind(b"PK\x01\x02")
+    cut = bytearray(deflated)
+    cut[end - 20: end] = bytes(20)  # the deflate stream's last bytes zeroed
+    with pytest.raises(Exception, match="not a readable affectus .npz"):
+        read(bytes(cut))
+    directory = good.rfind(b"PK\x01\x02")
+    zip64 = bytearray(good)
+    zip64[directory + 24: directory + 28] = b"\xff\xff\xff\xff"  # the directory's uncompressed size
+    with pytest.raises(NpzTooLarge, match="zip64 member"):
+        read(bytes(zip64))
+
+
 @pytest.mark.parametrize(("host", "name"), [
     ("localhost:8000", "localhost"), ("LocalHost", "localhost"), ("127.0.0.1:80", "127.0.0.1"), ("[::1]:8000", "::1"),
     ("[::1]", "::1"), ("::1", None), ("127.0.0.1:8000:1", None), ("localhost:abc", None), ("[::1]x", None), ("", None),
