@@ -139,6 +139,33 @@ def test_small_uploads_read_on_the_event_loop_answer_as_in_a_slot(served, monkey
     assert r.status_code == 422 and "not a readable affectus .npz" in r.json()["error"]
 
 
+def test_a_small_upload_that_inflates_is_read_in_a_slot(served, monkeypatch):
+    """What decides the event loop or a slot is the size once decompressed: 1 MB of deflated zeros sent in
+    a few kilobytes goes through a --max-npz-concurrent slot (never inflated on the event loop), and the
+    answer is the usual one."""
+    import io
+
+    import numpy as np
+
+    from affectus.inference import service
+
+    slotted = []
+    real = service._read_npz_upload
+    monkeypatch.setattr(service, "_read_npz_upload", lambda *a: slotted.append(a[3]) or real(*a))
+    with np.load(served["npz"]) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["spare.padding"] = np.zeros((1, 2**18), np.float32)  # 1 MB of zeros, deflated to ~1 KB
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    assert len(buf.getvalue()) < service._INLINE_BYTES < 2**20
+    client = _client(served["run"])
+    r = client.post("/predict", files={"file": ("inflating.npz", buf.getvalue())})
+    assert slotted == ["inflating.npz"]
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 64  # a member __meta__ does not list: unread
+    r = client.post("/predict", files={"file": ("tiny.npz", served["npz"].read_bytes())})
+    assert r.status_code == 200 and slotted == ["inflating.npz"]  # a plain small upload: no slot
+
+
 def test_a_batch_cut_into_requests_equals_each_request_alone(served):
     """The batcher computes one Prediction for a batch and cuts it into each request's rows: every array of
     every part equals that request's Prediction alone; a request with NaN outputs still fails alone."""

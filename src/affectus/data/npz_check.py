@@ -121,55 +121,43 @@ def _entries(data: bytes, source: str, count: int, offset: int, size: int) -> li
     return out
 
 
-class _Member:
-    """A member's bytes, read forward from the upload in memory: stored data as views of it, deflated data
-    decompressed as it is read; never more than the declared size."""
+_HEADER_MAX = 12 + (1 << 16)  # the .npy lead and the longest header accepted
 
-    def __init__(self, data: bytes, entry: _Entry, directory: int, source: str, where: str) -> None:
-        local = entry.local
-        if local + _LOCAL.size > directory:
-            raise _bad(source, f"{where}: its local header lies outside the zip")
-        sig, _needed, _flags, _method, _time, _date, _crc, _csize, _size, name_len, extra_len = \
-            _LOCAL.unpack_from(data, local)
-        if sig != b"PK\x03\x04":
-            raise _bad(source, f"{where}: no local header where the directory says")
-        if data[local + _LOCAL.size: local + _LOCAL.size + name_len] != entry.raw_name:
-            raise _bad(source, f"{where}: its names in the directory and the local header differ")
-        begin = local + _LOCAL.size + name_len + extra_len
-        if begin + entry.compressed > directory:
-            raise _bad(source, f"{where}: its data runs past the zip directory")
-        self.view = memoryview(data)[begin: begin + entry.compressed]
-        self.left = entry.size  # bytes still to come
-        self.pos = 0
-        self.inflate: Any = None
-        if entry.method == zipfile.ZIP_DEFLATED:
-            self.inflate = zlib.decompressobj(-15)
-            self.tail: Any = self.view
-        elif entry.compressed != entry.size:
+
+def _member_bytes(data: bytes, entry: _Entry, directory: int, source: str, where: str, whole: bool) -> Any:
+    """A member's bytes, uncompressed (a view of the upload when stored), never more than its declared
+    size; only the first `_HEADER_MAX` of a deflated one unless `whole`. Whole data is checked against
+    the directory's size and CRC."""
+    local = entry.local
+    if local + _LOCAL.size > directory:
+        raise _bad(source, f"{where}: its local header lies outside the zip")
+    sig, _needed, _flags, _method, _time, _date, _crc, _csize, _size, name_len, extra_len = \
+        _LOCAL.unpack_from(data, local)
+    if sig != b"PK\x03\x04":
+        raise _bad(source, f"{where}: no local header where the directory says")
+    if data[local + _LOCAL.size: local + _LOCAL.size + name_len] != entry.raw_name:
+        raise _bad(source, f"{where}: its names in the directory and the local header differ")
+    begin = local + _LOCAL.size + name_len + extra_len
+    if begin + entry.compressed > directory:
+        raise _bad(source, f"{where}: its data runs past the zip directory")
+    stream = memoryview(data)[begin: begin + entry.compressed]
+    if entry.method == zipfile.ZIP_STORED:
+        if entry.compressed != entry.size:
             raise _bad(source, f"{where}: stored with {entry.compressed} bytes, declared {entry.size}")
-        self.crc = 0
-
-    def read(self, n: int) -> Any:
-        """Up to `n` bytes (bytes, or a view of the upload), fewer only at the declared end."""
-        n = max(0, min(n, self.left))
-        if self.inflate is None:
-            out: Any = self.view[self.pos: self.pos + n]
-            self.pos += n
-        else:
-            out = self.inflate.decompress(self.tail, n) if n else b""
-            self.tail = self.inflate.unconsumed_tail
-        self.left -= len(out)
-        self.crc = zlib.crc32(out, self.crc)
-        return out
-
-    def finish(self, entry: _Entry) -> bool:
-        """Read the rest; True when the data ended at the declared size with the declared CRC."""
-        while self.left and len(self.read(min(self.left, 1 << 20))):
-            pass
-        if self.inflate is not None and not self.inflate.eof:
-            if self.inflate.decompress(self.tail, 1) or not self.inflate.eof:
-                return False  # more data than declared, or a deflate stream that does not end
-        return self.left == 0 and self.crc == entry.crc
+        out: Any = stream
+        ended = True
+    else:
+        inflate = zlib.decompressobj(-15)
+        try:
+            # at most the declared size: what the directory declares is what was checked against the limits
+            out = inflate.decompress(stream, entry.size if whole else min(entry.size, _HEADER_MAX))
+            # the stream must end right there: one more byte asked for must come back empty
+            ended = inflate.eof or (not inflate.decompress(inflate.unconsumed_tail, 1) and inflate.eof)
+        except zlib.error as err:
+            raise _bad(source, f"{where}: a damaged deflate stream ({err})") from None
+    if whole and not (ended and len(out) == entry.size and zlib.crc32(out) == entry.crc):
+        raise _bad(source, f"{where}: its data does not match the zip's size and CRC (damaged)")
+    return out
 
 
 _MAGIC = b"\x93NUMPY"
@@ -177,35 +165,45 @@ _MAGIC = b"\x93NUMPY"
 _PLAIN_HEADER = re.compile(r"\{'descr': '([^']+)', 'fortran_order': (True|False), 'shape': \(([\d, ]*)\), *\} *\n?$")
 
 
-def _read_header(f: Any, where: str, source: str) -> tuple[np.dtype, tuple[int, ...], bool]:
-    """(dtype, shape, fortran order) of one .npy stream, leaving `f` at its first data byte.
+_DTYPES: dict[str, np.dtype] = {}  # the dtypes of plain headers seen so far (a few: '<f4', '<i8', '<U30' ...)
+
+
+def _read_header(buf: Any, where: str, source: str) -> tuple[np.dtype, tuple[int, ...], bool, int]:
+    """(dtype, shape, fortran order, offset of the first data byte) of one .npy's bytes.
 
     The header numpy writes for a plain array is read with one regular expression; anything else (a
     structured dtype, other spacing) goes through `ast.literal_eval` (safe: literals only) and the
     same checks numpy makes."""
-    lead = bytes(f.read(8))
+    lead = bytes(buf[:12])
     if len(lead) < 8 or lead[:6] != _MAGIC:
         raise _bad(source, f"{where}: not a .npy array (no magic string)")
     major = lead[6]
     if major not in (1, 2, 3):
         raise _bad(source, f"{where}: .npy format version {major}.{lead[7]} (expected 1.0, 2.0 or 3.0)")
-    size_bytes = f.read(2 if major == 1 else 4)
-    length = struct.unpack("<H" if major == 1 else "<I", size_bytes)[0]
+    start = 10 if major == 1 else 12
+    if len(lead) < start:
+        raise _bad(source, f"{where}: a truncated .npy header")
+    length = struct.unpack_from("<H" if major == 1 else "<I", lead, 8)[0]
     if length > 1 << 16:
         raise _bad(source, f"{where}: a .npy header of {length} bytes")
-    text = bytes(f.read(length)).decode("latin1" if major < 3 else "utf-8")
+    text = bytes(buf[start: start + length]).decode("latin1" if major < 3 else "utf-8")
     m = _PLAIN_HEADER.match(text)
     if m is not None:
         descr, fortran, dims = m.groups()
-        shape = tuple(int(n) for n in dims.replace(" ", "").split(",") if n)
-        return np.dtype(descr), shape, fortran == "True"
+        dtype = _DTYPES.get(descr)
+        if dtype is None:
+            dtype = np.dtype(descr)
+            if len(_DTYPES) < 256:  # bounded: the names come from uploads
+                _DTYPES[descr] = dtype
+        shape = tuple(int(n) for n in dims.split(",") if n.strip())
+        return dtype, shape, fortran == "True", start + length
     try:
         d = ast.literal_eval(text)
         dtype = np.lib.format.descr_to_dtype(d["descr"])
         shape, fortran = tuple(int(n) for n in d["shape"]), bool(d["fortran_order"])
     except Exception as err:  # noqa: BLE001 - any malformed header: one line
         raise _bad(source, f"{where}: malformed .npy header ({type(err).__name__})") from None
-    return dtype, shape, fortran
+    return dtype, shape, fortran, start + length
 
 
 def _checked_size(dtype: np.dtype, shape: tuple[int, ...], info: _Entry, where: str, source: str) -> int:
@@ -220,6 +218,12 @@ def _checked_size(dtype: np.dtype, shape: tuple[int, ...], info: _Entry, where: 
     if size > info.size:
         raise _bad(source, f"{where}: its header declares {size} bytes of data, the zip only {info.size}")
     return size
+
+
+def declared_size(data: bytes, source: str) -> int:
+    """The bytes an .npz's members declare once decompressed (from its zip directory alone; raises as
+    `check_npz` does for a malformed or oversized directory)."""
+    return sum(e.size for e in _entries(data, source, *_directory(data, source)))
 
 
 def check_npz(data: bytes, source: str, *, max_bytes: int, max_samples: int, max_seq_len: int) -> None:
@@ -263,24 +267,21 @@ def _checked(data: bytes, source: str, max_bytes: int, max_samples: int, max_seq
         seen.add(name)
         split, _, key = name.partition(".")
         try:
-            f = _Member(data, info, offset, source, where)
-            dtype, shape, fortran = _read_header(f, where, source)
+            # the member's bytes: at most its declared size (and the declared sizes add up to at most
+            # max_bytes, checked above); only its header's worth of a deflated one when just checking
+            raw = _member_bytes(data, info, offset, source, where, whole=read)
+            dtype, shape, fortran, begin = _read_header(raw, where, source)
             size = _checked_size(dtype, shape, info, where, source)
             steps = shape[_SEQUENCE_KEYS[key]] if key in _SEQUENCE_KEYS and len(shape) == 3 else 0
             if steps > max_seq_len:
                 raise NpzTooLarge(f"file {source}: {split} {key} sequences of {steps} steps, over the "
                                   f"{max_seq_len} step limit")
             if read:
-                # the data, once its header passed: at most the declared size (the reader stops there),
-                # and the declared sizes add up to at most max_bytes (checked above)
-                payload = f.read(size)
+                payload = raw[begin: begin + size]
                 if len(payload) != size:
                     raise _bad(source, f"{where}: {len(payload)} bytes of data, its header declares {size}")
                 array = np.frombuffer(payload, dtype=dtype).reshape(shape, order="F" if fortran else "C")
-                array = array.copy()  # writable, and free of the upload's bytes
-                if not f.finish(info):
-                    raise _bad(source, f"{where}: its data does not match the zip's size and CRC (damaged)")
-                arrays[name] = array
+                arrays[name] = array.copy()  # writable, aligned, and free of the upload's bytes
         except AffectusError:
             raise
         except Exception as err:  # noqa: BLE001 - a bad header, a corrupt deflate stream ...

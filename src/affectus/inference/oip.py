@@ -21,6 +21,7 @@ its shape, B over --max-batch) is a 400 with the protocol's {"error": "..."}.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -119,7 +120,7 @@ def parse_request(body: bytes, header_length: str | None, spec: Spec) -> tuple[d
                 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)
                 or any(want != -1 and got != want for got, want in zip(shape, shape_spec))):
             raise V2Error(400, f"input {name!r}: shape {str(shape)[:60]}, expected {shape_spec} (-1: any size)")
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)  # exact (numpy's int64 product would wrap for a huge shape)
         dtype = _NUMPY[datatype]
         params = tensor.get("parameters") or {}
         size = params.get("binary_data_size") if isinstance(params, dict) else None

@@ -211,11 +211,13 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
         _model(name, version)
         return {"name": name, "ready": True}
 
-    @app.post("/v2/models/{name}/infer")
-    @app.post("/v2/models/{name}/versions/{version}/infer")
-    async def v2_infer(request: Request, name: str, version: str = oip.VERSION) -> Response:
+    # the path's names are read from the request rather than declared as parameters: FastAPI validates
+    # declared parameters with pydantic on every request, a cost as large as parsing a small request
+    @app.post("/v2/models/{name}/infer", openapi_extra=_path_params("name"))
+    @app.post("/v2/models/{name}/versions/{version}/infer", openapi_extra=_path_params("name", "version"))
+    async def v2_infer(request: Request) -> Response:
         start = time.monotonic()
-        _model(name, version)
+        _model(request.path_params["name"], request.path_params.get("version", oip.VERSION))
         body = await request.body()  # bounded by the guard (Content-Length and counted chunks)
         header = request.headers.get(oip.HEADER)
         try:
@@ -332,16 +334,24 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
         return {"predictions": rows}
 
     async def _features(upload: Any, name: str, limit: int, start: float, small: bool) -> dict[str, Any]:
+        inline = False
         if small:
-            # a small upload (a few samples: kilobytes) is read and checked right here, on the event loop:
-            # it takes well under a millisecond, less than the hop to a thread and back, and nothing else
-            # can run meanwhile, so it needs no slot
+            from affectus.data.npz_check import declared_size
+
+            upload.seek(0)
+            data = upload.read(limit + 1)
             try:
-                upload.seek(0)
-                splits, warnings = _npz_splits(upload.read(limit + 1), predictor, name, limit, limits)
+                # small once decompressed too (a deflated member can declare far more than it takes)
+                inline = declared_size(data, name) <= _INLINE_BYTES
+                if inline:
+                    # a small upload (a few samples: kilobytes) is read and checked right here, on the
+                    # event loop: it takes a fraction of a millisecond, less than the hop to a thread and
+                    # back, and nothing else runs meanwhile, so it needs no slot
+                    splits, warnings = _npz_splits(data, predictor, name, limit, limits)
             except AffectusError as err:
                 raise _npz_refusal(err) from None
-        else:
+            del data
+        if not inline:
             splits, warnings = await _features_in_slot(upload, name, limit, start)
         if len(splits) == 1:  # one split (the usual upload): no task for a gather of one
             preds = [await _batched(splits[0], name, start)]
@@ -462,6 +472,11 @@ def json_errors(app: Any) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(_request: Any, err: HTTPException) -> JSONResponse:
         return JSONResponse({"error": str(err.detail)}, status_code=err.status_code, headers=err.headers)
+
+
+def _path_params(*names: str) -> dict[str, Any]:
+    """OpenAPI entries for path parameters a route reads from `request.path_params` itself."""
+    return {"parameters": [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names]}
 
 
 def _fastapi(**kwargs: Any) -> Any:
