@@ -116,7 +116,10 @@ def _entries(data: bytes, source: str, count: int, offset: int, size: int) -> li
             raise _bad(source, "a truncated zip directory")
         if _ZIP64_VALUE in (compressed, full, local):
             raise NpzTooLarge(f"file {source}: a zip64 member; an affectus .npz upload never needs one")
-        name = raw_name.decode("utf-8" if flags & 0x800 else "cp437", errors="replace")
+        try:  # an ASCII name reads the same either way (and decodes fastest)
+            name = raw_name.decode("ascii")
+        except UnicodeDecodeError:
+            name = raw_name.decode("utf-8" if flags & 0x800 else "cp437", errors="replace")
         out.append(_Entry(name, raw_name, method, flags, crc, compressed, full, local))
     return out
 
@@ -220,10 +223,15 @@ def _checked_size(dtype: np.dtype, shape: tuple[int, ...], info: _Entry, where: 
     return size
 
 
-def declared_size(data: bytes, source: str) -> int:
-    """The bytes an .npz's members declare once decompressed (from its zip directory alone; raises as
-    `check_npz` does for a malformed or oversized directory)."""
-    return sum(e.size for e in _entries(data, source, *_directory(data, source)))
+class Directory:
+    """An .npz's zip directory, read (and its size limits checked) once: `declared` is the bytes its members
+    declare once decompressed. Pass it to `read_checked_npz` to read the same bytes without reading the
+    directory again."""
+
+    def __init__(self, data: bytes, source: str) -> None:
+        self.count, self.offset, self.size = _directory(data, source)
+        self.entries = _entries(data, source, self.count, self.offset, self.size)
+        self.declared = sum(e.size for e in self.entries)
 
 
 def check_npz(data: bytes, source: str, *, max_bytes: int, max_samples: int, max_seq_len: int) -> None:
@@ -234,19 +242,19 @@ def check_npz(data: bytes, source: str, *, max_bytes: int, max_samples: int, max
 
 
 def read_checked_npz(data: bytes, source: str, *, max_bytes: int, max_samples: int,
-                     max_seq_len: int) -> dict[str, np.ndarray]:
+                     max_seq_len: int, directory: Directory | None = None) -> dict[str, np.ndarray]:
     """`check_npz`'s checks, and each member's array read in the same pass: {member name: array}. A
     member's data is read only after its header passed, and all of them together are at most `max_bytes`
     (the declared sizes, checked first); the sample limit, which adds up over members, is checked once
     every header has been read, before anything uses the arrays."""
-    return _checked(data, source, max_bytes, max_samples, max_seq_len, read=True)
+    return _checked(data, source, max_bytes, max_samples, max_seq_len, read=True, directory=directory)
 
 
 def _checked(data: bytes, source: str, max_bytes: int, max_samples: int, max_seq_len: int,
-             read: bool) -> dict[str, np.ndarray]:
-    count, offset, size = _directory(data, source)
-    infos = _entries(data, source, count, offset, size)
-    declared = sum(i.size for i in infos)
+             read: bool, directory: Directory | None = None) -> dict[str, np.ndarray]:
+    if directory is None:
+        directory = Directory(data, source)
+    infos, offset, declared = directory.entries, directory.offset, directory.declared
     if declared > max_bytes:
         raise NpzTooLarge(f"file {source}: {declared / 2**20:.1f} MB once decompressed, over the "
                           f"{max_bytes / 2**20:g} MB limit")

@@ -336,18 +336,19 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
     async def _features(upload: Any, name: str, limit: int, start: float, small: bool) -> dict[str, Any]:
         inline = False
         if small:
-            from affectus.data.npz_check import declared_size
+            from affectus.data.npz_check import Directory
 
             upload.seek(0)
             data = upload.read(limit + 1)
             try:
+                directory = Directory(data, name)
                 # small once decompressed too (a deflated member can declare far more than it takes)
-                inline = declared_size(data, name) <= _INLINE_BYTES
+                inline = directory.declared <= _INLINE_BYTES
                 if inline:
                     # a small upload (a few samples: kilobytes) is read and checked right here, on the
                     # event loop: it takes a fraction of a millisecond, less than the hop to a thread and
                     # back, and nothing else runs meanwhile, so it needs no slot
-                    splits, warnings = _npz_splits(data, predictor, name, limit, limits)
+                    splits, warnings = _npz_splits(data, predictor, name, limit, limits, directory)
             except AffectusError as err:
                 raise _npz_refusal(err) from None
             del data
@@ -537,7 +538,8 @@ def _read_npz_upload(done: Any, predictor: Any, upload: Any, name: str, limit: i
         done()
 
 
-def _npz_splits(data: bytes, predictor: Any, name: str, limit: int, limits: Limits) -> tuple[list[Any], list[str]]:
+def _npz_splits(data: bytes, predictor: Any, name: str, limit: int, limits: Limits,
+                directory: Any = None) -> tuple[list[Any], list[str]]:
     """A features upload's splits, checked, parsed from memory and validated once against the run's widths
     (and re-encoded where the run reads transcripts), with the NaN warnings."""
     from affectus.data.npz import load_npz_arrays
@@ -548,7 +550,8 @@ def _npz_splits(data: bytes, predictor: Any, name: str, limit: int, limits: Limi
         raise _Refused(413, f"{name}: upload larger than {limits.max_upload_mb:g} MB")
     # checked and read in one pass over the zip (numpy's loader would parse every header again)
     arrays = read_checked_npz(data, name, max_bytes=int(limits.max_decompressed_mb * 1024 * 1024),
-                              max_samples=limits.max_samples, max_seq_len=limits.max_seq_len)
+                              max_samples=limits.max_samples, max_seq_len=limits.max_seq_len,
+                              directory=directory)
     del data
     ds = load_npz_arrays(arrays, name)  # from memory: no temporary file
     del arrays
