@@ -108,6 +108,60 @@ def test_a_form_without_its_file_is_a_json_4xx(served):
     assert form["multipart/form-data"]["schema"]["required"] == ["file"]
 
 
+def _form(*parts: tuple[str, str | None, bytes], boundary: str = "b0und") -> bytes:
+    out = b""
+    for name, filename, data in parts:
+        disposition = f'form-data; name="{name}"' + ("" if filename is None else f'; filename="{filename}"')
+        out += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
+
+
+@pytest.mark.parametrize(("body", "content_type"), [
+    (_form(("file", "req.npz", b"PK\x03\x04zip"), ("transcript", None, "héllo".encode())), None),
+    (_form(("file", "a.npz", b"first"), ("file", "b.npz", b"second"), ("x", None, b"1")), None),
+    (_form(("file", "ünï cødé.npz", b""), ("transcript", None, b"\xff\xfe")), None),  # not UTF-8: read as Latin-1
+    (_form(("file", None, b"a text field named file")), None),
+    (_form(("transcript", None, "é".encode("latin-1"))), "multipart/form-data; boundary=b0und; charset=latin-1"),
+    (b'--b0und\r\nContent-Disposition: form-data; filename="x"\r\n\r\nx\r\n--b0und--\r\n', None),
+    (b"--b0und\r\nbroken", None),
+    (b"no boundary", "multipart/form-data"),
+])
+def test_a_small_form_parses_as_starlette_parses_it(body, content_type):
+    """A small /predict body is parsed by the route with python-multipart (issue 20): the same fields,
+    files, names, decoding and refusals as Starlette's MultiPartParser, which larger bodies still use."""
+    import asyncio
+
+    from starlette.datastructures import Headers
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    from affectus.inference.service import _FormError, _parse_form
+
+    content_type = content_type or "multipart/form-data; boundary=b0und"
+
+    async def starlette_form():
+        async def stream():
+            yield body
+
+        return await MultiPartParser(Headers({"content-type": content_type}), stream()).parse()
+
+    async def items(form):
+        out = []
+        for name, value in form.multi_items():
+            if isinstance(value, str):
+                out.append((name, value))
+            else:
+                out.append((name, value.filename, value.size, await value.read()))
+        return out
+
+    try:
+        want = asyncio.run(items(asyncio.run(starlette_form())))
+    except MultiPartException as err:
+        with pytest.raises(_FormError, match=err.message.replace(".", "\\.")):
+            _parse_form(body, content_type)
+        return
+    assert asyncio.run(items(_parse_form(body, content_type))) == want
+
+
 @pytest.mark.parametrize("inline", [True, False])
 def test_small_uploads_read_on_the_event_loop_answer_as_in_a_slot(served, monkeypatch, inline):
     """A small .npz is read and checked on the event loop (no thread hop), a larger one in a

@@ -260,7 +260,7 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
         # parser (Starlette's), without the per-request dependency solving and pydantic validation that
         # cost as much as the parse itself (docs/serving.md, "Throughput")
         start = time.monotonic()
-        form = await request.form()  # a malformed form: Starlette's 400 (json_errors makes it JSON)
+        form = await _read_form(request)
         try:
             file = form.get("file")
             transcript = form.get("transcript")
@@ -489,6 +489,118 @@ def _fastapi(**kwargs: Any) -> Any:
 
         return FastAPI(docs_url=None, redoc_url=None, **kwargs)
     return FastAPIOffline(redoc_url=None, **kwargs)
+
+
+async def _read_form(request: Any) -> Any:
+    """The request's multipart form (Starlette's FormData). A small body (its Content-Length at most
+    _INLINE_BYTES: a features upload of a few samples) is read whole and parsed here with python-multipart,
+    the parser Starlette uses, into in-memory files; any other body goes through `request.form()`
+    (Starlette: streamed, files spooled to disk past 1 MB). Both parse the same way and refuse a malformed
+    form with Starlette's 400 and message; the small path only skips Starlette's spooled file, per-part
+    objects and awaits per chunk, which cost as much as the parse itself for a one-sample upload."""
+    from starlette.exceptions import HTTPException
+
+    content_type = request.headers.get("content-type", "")
+    length = request.headers.get("content-length", "")
+    if not (length.isdigit() and int(length) <= _INLINE_BYTES and content_type[:19].lower() == "multipart/form-data"):
+        return await request.form()  # a malformed form: Starlette's 400 (json_errors makes it JSON)
+    try:
+        return _parse_form(await request.body(), content_type)
+    except _FormError as err:
+        raise HTTPException(400, str(err)) from None
+
+
+class _FormError(Exception):
+    pass
+
+
+_MAX_PARTS = 1000  # files, and fields, in one form (Starlette's defaults)
+
+
+def _parse_form(body: bytes, content_type: str) -> Any:
+    """A multipart body held in memory, as Starlette's FormData: text fields as str, file parts (those with
+    a filename) as UploadFiles over in-memory bytes. Decoding, the last value of a repeated name winning,
+    the part limits and the refusals' messages follow Starlette's `MultiPartParser`."""
+    import codecs
+    import io
+
+    from python_multipart import MultipartParser
+    from python_multipart.exceptions import FormParserError
+    from python_multipart.multipart import parse_options_header
+    from starlette.datastructures import FormData, Headers, UploadFile
+
+    _, params = parse_options_header(content_type)
+    charset = params.get(b"charset", "utf-8")
+    if isinstance(charset, bytes):
+        charset = charset.decode("latin-1")
+    try:
+        charset = codecs.lookup(charset).name
+    except LookupError:
+        charset = "latin-1"
+    boundary = params.get(b"boundary")
+    if boundary is None:
+        raise _FormError("Missing boundary in multipart.")
+
+    def text(raw: bytes) -> str:
+        try:
+            return raw.decode(charset)
+        except (UnicodeDecodeError, LookupError):
+            return raw.decode("latin-1")
+
+    items: list[tuple[str, Any]] = []
+    part: dict[str, Any] = {}
+    counts = {"files": 0, "fields": 0}
+    header = [b"", b""]  # the header line being read: name, value
+
+    def on_part_begin() -> None:
+        part.clear()
+        part.update(headers=[], chunks=[], disposition=b"")
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header[0] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header[1] += data[start:end]
+
+    def on_header_end() -> None:
+        field = header[0].lower()
+        if field == b"content-disposition":
+            part["disposition"] = header[1]
+        part["headers"].append((field, header[1]))
+        header[0] = header[1] = b""
+
+    def on_headers_finished() -> None:
+        _, options = parse_options_header(part["disposition"])
+        if b"name" not in options:
+            raise _FormError('The Content-Disposition header field "name" must be provided.')
+        part["name"] = text(options[b"name"])
+        kind = "files" if b"filename" in options else "fields"
+        counts[kind] += 1
+        if counts[kind] > _MAX_PARTS:
+            raise _FormError(f"Too many {kind}. Maximum number of {kind} is {_MAX_PARTS}.")
+        part["filename"] = text(options[b"filename"]) if kind == "files" else None
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        part["chunks"].append(data[start:end])
+
+    def on_part_end() -> None:
+        raw = b"".join(part["chunks"])
+        if part["filename"] is None:
+            items.append((part["name"], text(raw)))
+        else:
+            items.append((part["name"], UploadFile(io.BytesIO(raw), size=len(raw), filename=part["filename"],
+                                                   headers=Headers(raw=part["headers"]))))
+
+    parser = MultipartParser(boundary, {"on_part_begin": on_part_begin, "on_part_data": on_part_data,
+                                        "on_part_end": on_part_end, "on_header_field": on_header_field,
+                                        "on_header_value": on_header_value, "on_header_end": on_header_end,
+                                        "on_headers_finished": on_headers_finished})
+    try:
+        parser.write(body)
+        parser.finalize()
+    except FormParserError:
+        raise _FormError("Invalid multipart data.") from None
+    return FormData(items)
 
 
 def _display_name(filename: str | None) -> str:
