@@ -260,7 +260,7 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
         # parser (Starlette's), without the per-request dependency solving and pydantic validation that
         # cost as much as the parse itself (docs/serving.md, "Throughput")
         start = time.monotonic()
-        form = await _read_form(request)
+        form, spooled = await _read_form(request)
         try:
             file = form.get("file")
             transcript = form.get("transcript")
@@ -270,8 +270,9 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
             if transcript is not None and not isinstance(transcript, str):
                 raise _Refused(422, "invalid request (body.transcript: a text field, not a file)")
             return _json(await _predict_upload(request, file, transcript, start))
-        finally:  # the spooled upload is closed however the request ends
-            await form.close()
+        finally:  # a spooled upload is closed however the request ends (in-memory ones are just dropped)
+            if spooled:
+                await form.close()
 
     async def _predict_upload(request: Any, file: Any, transcript: str | None, start: float) -> dict[str, Any]:
         name = _display_name(file.filename)
@@ -491,8 +492,9 @@ def _fastapi(**kwargs: Any) -> Any:
     return FastAPIOffline(redoc_url=None, **kwargs)
 
 
-async def _read_form(request: Any) -> Any:
-    """The request's multipart form (Starlette's FormData). A small body (its Content-Length at most
+async def _read_form(request: Any) -> tuple[Any, bool]:
+    """The request's multipart form (Starlette's FormData), and whether its files are spooled (then the
+    caller closes them: `await form.close()`, which closing would otherwise cost a thread hop). A small body (its Content-Length at most
     _INLINE_BYTES: a features upload of a few samples) is read whole and parsed here with python-multipart,
     the parser Starlette uses, into in-memory files; any other body goes through `request.form()`
     (Starlette: streamed, files spooled to disk past 1 MB). Both parse the same way and refuse a malformed
@@ -503,9 +505,9 @@ async def _read_form(request: Any) -> Any:
     content_type = request.headers.get("content-type", "")
     length = request.headers.get("content-length", "")
     if not (length.isdigit() and int(length) <= _INLINE_BYTES and content_type[:19].lower() == "multipart/form-data"):
-        return await request.form()  # a malformed form: Starlette's 400 (json_errors makes it JSON)
+        return await request.form(), True  # a malformed form: Starlette's 400 (json_errors makes it JSON)
     try:
-        return _parse_form(await request.body(), content_type)
+        return _parse_form(await request.body(), content_type), False
     except _FormError as err:
         raise HTTPException(400, str(err)) from None
 
