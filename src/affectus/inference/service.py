@@ -432,6 +432,10 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
             pool.release(worker, healthy)
             temps.remove(folder)
 
+    # the prediction routes first: a request is matched against the routes in order (a regular expression
+    # each), and these take the traffic; no other route's path can match theirs, so no answer changes
+    hot = ("/predict", "/v2/models/{name}/infer")
+    app.router.routes.sort(key=lambda route: getattr(route, "path", None) not in hot)
     return app
 
 
