@@ -32,6 +32,7 @@ says is refused: an affectus .npz never has them.
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import re
 import struct
@@ -168,7 +169,15 @@ _MAGIC = b"\x93NUMPY"
 _PLAIN_HEADER = re.compile(r"\{'descr': '([^']+)', 'fortran_order': (True|False), 'shape': \(([\d, ]*)\), *\} *\n?$")
 
 
-_DTYPES: dict[str, np.dtype] = {}  # the dtypes of plain headers seen so far (a few: '<f4', '<i8', '<U30' ...)
+@functools.lru_cache(maxsize=512)
+def _plain_header(text: str) -> tuple[np.dtype, tuple[int, ...], bool] | None:
+    """(dtype, shape, fortran order) of a header as numpy writes it for a plain array; None for any other.
+    Cached: the uploads a server sees repeat the same few headers (one per array shape and dtype)."""
+    m = _PLAIN_HEADER.match(text)
+    if m is None:
+        return None
+    descr, fortran, dims = m.groups()
+    return np.dtype(descr), tuple(int(n) for n in dims.split(",") if n.strip()), fortran == "True"
 
 
 def _read_header(buf: Any, where: str, source: str) -> tuple[np.dtype, tuple[int, ...], bool, int]:
@@ -190,16 +199,9 @@ def _read_header(buf: Any, where: str, source: str) -> tuple[np.dtype, tuple[int
     if length > 1 << 16:
         raise _bad(source, f"{where}: a .npy header of {length} bytes")
     text = bytes(buf[start: start + length]).decode("latin1" if major < 3 else "utf-8")
-    m = _PLAIN_HEADER.match(text)
-    if m is not None:
-        descr, fortran, dims = m.groups()
-        dtype = _DTYPES.get(descr)
-        if dtype is None:
-            dtype = np.dtype(descr)
-            if len(_DTYPES) < 256:  # bounded: the names come from uploads
-                _DTYPES[descr] = dtype
-        shape = tuple(int(n) for n in dims.split(",") if n.strip())
-        return dtype, shape, fortran == "True", start + length
+    plain = _plain_header(text)
+    if plain is not None:
+        return (*plain, start + length)
     try:
         d = ast.literal_eval(text)
         dtype = np.lib.format.descr_to_dtype(d["descr"])
