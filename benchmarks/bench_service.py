@@ -2,7 +2,7 @@
 generator, `.ci/apt.sh`), as JSON.
 
     python benchmarks/bench_service.py [--clients 50] [--seconds 10] [--workers 1] [--max-batch 32]
-                                       [--max-wait-ms 2] [--out FILE]
+                                       [--max-wait-ms 2] [--src DIR] [--out FILE]
 
 Starts `affectus serve` in its own process on a free loopback port, then runs `hey -z SECONDS -c CLIENTS`
 against, in this order (each after a short warm-up at the same concurrency):
@@ -123,7 +123,11 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--max-wait-ms", type=float, default=2.0)
     ap.add_argument("--out", type=Path, help="also write the JSON here")
+    ap.add_argument("--src", type=Path, default=ROOT / "src",
+                    help="the affectus source tree the server runs (another checkout's src/: before and after a "
+                         "change, timed by the same script)")
     args = ap.parse_args()
+    load_start = os.getloadavg()
     if shutil.which("hey") is None:
         raise SystemExit("error: hey is not installed (apt-get install hey; .ci/apt.sh lists it)")
 
@@ -160,7 +164,7 @@ def main() -> None:
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(args.src.resolve()), os.environ.get("PYTHONPATH", "")])}
     server = subprocess.Popen(
         [sys.executable, "-m", "affectus", "serve", str(run), "--port", str(port), "--workers", str(args.workers),
          "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--no-access-log"],
@@ -222,6 +226,9 @@ def main() -> None:
         "tool": f"hey -z {args.seconds:g}s -c {args.clients}", "cpus": os.cpu_count(),
         "server": f"affectus serve --workers {args.workers} --max-batch {args.max_batch} "
                   f"--max-wait-ms {args.max_wait_ms:g} --no-access-log",
+        "src": str(args.src.resolve()),
+        # 1-, 5- and 15-minute load averages at the start and the end: other jobs' share of the machine
+        "load_average": {"start": [round(x, 2) for x in load_start], "end": [round(x, 2) for x in os.getloadavg()]},
         **results,
         "mean_batch_samples": round(batch.get("sum", 0) / batch["count"], 2) if batch.get("count") else None,
         "server_rss_mb": {"before": rss_before, "after": rss_after, "growth": round(rss_after - rss_before, 1)},
