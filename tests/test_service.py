@@ -428,6 +428,22 @@ def test_the_zip_is_read_strictly(served):
     cut[end - 20: end] = bytes(20)  # the deflate stream's last bytes zeroed
     with pytest.raises(Exception, match="not a readable affectus .npz"):
         read(bytes(cut))
+    # a deflated member whose directory declares 0 bytes (zlib reads a bound of 0 as "no bound"): refused
+    # after one byte, never inflated (64 MB of zeros here)
+    bomb = bytearray(_npz({"test.audio.npy": bytes(64 * 2**20)}, zipfile.ZIP_DEFLATED))
+    entry = bomb.rfind(b"PK\x01\x02")
+    bomb[entry + 24: entry + 28] = bytes(4)
+    import tracemalloc
+
+    from affectus.data.npz_check import check_npz
+
+    tracemalloc.start()
+    for reader in (read, lambda d: check_npz(d, "up.npz", max_bytes=2**20, max_samples=100, max_seq_len=50)):
+        with pytest.raises(Exception, match="more data than its declared 0 bytes"):
+            reader(bytes(bomb))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 8 * 2**20, peak
     directory = good.rfind(b"PK\x01\x02")
     zip64 = bytearray(good)
     zip64[directory + 24: directory + 28] = b"\xff\xff\xff\xff"  # the directory's uncompressed size

@@ -93,7 +93,7 @@ _ZIP64_VALUE = 0xFFFFFFFF  # a size or offset that lives in a zip64 extra field 
 class _Entry:
     """One member as the central directory declares it."""
 
-    __slots__ = ("name", "raw_name", "method", "flags", "crc", "compressed", "size", "local")
+    __slots__ = ("compressed", "crc", "flags", "local", "method", "name", "raw_name", "size")
 
     def __init__(self, name: str, raw_name: bytes, method: int, flags: int, crc: int, compressed: int, size: int,
                  local: int) -> None:
@@ -154,7 +154,11 @@ def _member_bytes(data: bytes, entry: _Entry, directory: int, source: str, where
         inflate = zlib.decompressobj(-15)
         try:
             # at most the declared size: what the directory declares is what was checked against the limits
-            out = inflate.decompress(stream, entry.size if whole else min(entry.size, _HEADER_MAX))
+            # (a bound of 0 would mean none at all to zlib: a member declaring 0 bytes is read with 1, and
+            # anything it gives is more than declared)
+            out = inflate.decompress(stream, max(1, entry.size if whole else min(entry.size, _HEADER_MAX)))
+            if len(out) > entry.size:
+                raise _bad(source, f"{where}: more data than its declared {entry.size} bytes")
             # the stream must end right there: one more byte asked for must come back empty
             ended = inflate.eof or (not inflate.decompress(inflate.unconsumed_tail, 1) and inflate.eof)
         except zlib.error as err:
