@@ -104,6 +104,12 @@ def test_a_form_without_its_file_is_a_json_4xx(served):
     assert r.status_code == 422 and r.headers["content-type"] == "application/json"
     r = client.post("/predict", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data"})
     assert r.status_code == 400 and "boundary" in r.json()["error"]
+    # a type that only starts like a form is no form (as Starlette reads it), small body or not
+    body = _form(("file", "tiny.npz", served["npz"].read_bytes()))
+    r = client.post("/predict", content=body, headers={"content-type": "multipart/form-datax; boundary=b0und"})
+    assert r.status_code == 422 and "field 'file'" in r.json()["error"]
+    r = client.post("/predict", content=body, headers={"content-type": "Multipart/Form-Data; boundary=b0und"})
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 64
     form = client.get("/openapi.json").json()["paths"]["/predict"]["post"]["requestBody"]["content"]
     assert form["multipart/form-data"]["schema"]["required"] == ["file"]
 
@@ -131,12 +137,14 @@ def test_a_small_form_parses_as_starlette_parses_it(body, content_type):
     files, names, decoding and refusals as Starlette's MultiPartParser, which larger bodies still use."""
     import asyncio
 
+    from python_multipart.multipart import parse_options_header
     from starlette.datastructures import Headers
     from starlette.formparsers import MultiPartException, MultiPartParser
 
     from affectus.inference.service import _FormError, _parse_form
 
     content_type = content_type or "multipart/form-data; boundary=b0und"
+    params = parse_options_header(content_type)[1]
 
     async def starlette_form():
         async def stream():
@@ -157,9 +165,9 @@ def test_a_small_form_parses_as_starlette_parses_it(body, content_type):
         want = asyncio.run(items(asyncio.run(starlette_form())))
     except MultiPartException as err:
         with pytest.raises(_FormError, match=err.message.replace(".", "\\.")):
-            _parse_form(body, content_type)
+            _parse_form(body, params)
         return
-    assert asyncio.run(items(_parse_form(body, content_type))) == want
+    assert asyncio.run(items(_parse_form(body, params))) == want
 
 
 @pytest.mark.parametrize("inline", [True, False])

@@ -504,14 +504,19 @@ async def _read_form(request: Any) -> tuple[Any, bool]:
     (Starlette: streamed, files spooled to disk past 1 MB). Both parse the same way and refuse a malformed
     form with Starlette's 400 and message; the small path only skips Starlette's spooled file, per-part
     objects and awaits per chunk, which cost as much as the parse itself for a one-sample upload."""
+    from python_multipart.multipart import parse_options_header
     from starlette.exceptions import HTTPException
 
-    content_type = request.headers.get("content-type", "")
     length = request.headers.get("content-length", "")
-    if not (length.isdigit() and int(length) <= _INLINE_BYTES and content_type[:19].lower() == "multipart/form-data"):
+    if length.isdigit() and int(length) <= _INLINE_BYTES:
+        kind, params = parse_options_header(request.headers.get("content-type"))
+        small = kind == b"multipart/form-data"  # Starlette's test: any other type is no multipart form
+    else:
+        small = False
+    if not small:
         return await request.form(), True  # a malformed form: Starlette's 400 (json_errors makes it JSON)
     try:
-        return _parse_form(await request.body(), content_type), False
+        return _parse_form(await request.body(), params), False
     except _FormError as err:
         raise HTTPException(400, str(err)) from None
 
@@ -523,8 +528,8 @@ class _FormError(Exception):
 _MAX_PARTS = 1000  # files, and fields, in one form (Starlette's defaults)
 
 
-def _parse_form(body: bytes, content_type: str) -> Any:
-    """A multipart body held in memory, as Starlette's FormData: text fields as str, file parts (those with
+def _parse_form(body: bytes, params: dict[bytes, bytes]) -> Any:
+    """A multipart body held in memory (`params`: its Content-Type's parameters), as Starlette's FormData: text fields as str, file parts (those with
     a filename) as UploadFiles over in-memory bytes. Decoding, the last value of a repeated name winning,
     the part limits and the refusals' messages follow Starlette's `MultiPartParser`."""
     import codecs
@@ -535,7 +540,6 @@ def _parse_form(body: bytes, content_type: str) -> Any:
     from python_multipart.multipart import parse_options_header
     from starlette.datastructures import FormData, Headers, UploadFile
 
-    _, params = parse_options_header(content_type)
     charset = params.get(b"charset", "utf-8")
     if isinstance(charset, bytes):
         charset = charset.decode("latin-1")
