@@ -24,8 +24,9 @@ What the service guarantees (docs/security.md, "The service", lists the limits a
 * The body is refused on its Content-Length and read no further than the limit; headers and body must
   arrive within their timeouts (a slow client is disconnected).
 * An .npz is checked from its zip directory and .npy headers before any array is read (decompressed
-  size, samples, sequence length); it is parsed from memory and runs in its own bounded slots, and a
-  slot is freed only when its work has really ended.
+  size, samples, sequence length); it is parsed from memory, on the event loop when it is small once
+  decompressed (a few samples: less work than a thread hop), else in its own bounded slots, and a slot
+  is freed only when its work has really ended.
 * A clip is decoded and predicted in a worker process (at most `max_concurrent`, each holding one copy
   of the run and its extractors), killed at the deadline, when the client disconnects or when the
   request is cancelled; its length
