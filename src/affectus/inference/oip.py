@@ -162,12 +162,13 @@ def _loads(data: bytes | memoryview) -> Any:
 
 
 def dumps(value: Any) -> bytes:
-    """Compact JSON bytes, with orjson where installed."""
+    """Compact UTF-8 JSON bytes (as Starlette's JSONResponse writes them), with orjson where installed;
+    numpy scalars and arrays are written as numbers with it."""
     try:
         import orjson
     except ImportError:
-        return json.dumps(value).encode("utf-8")
-    return orjson.dumps(value)
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def _from_json(name: str, data: Any, dtype: np.dtype, count: int) -> np.ndarray:
