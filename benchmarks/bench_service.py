@@ -2,7 +2,7 @@
 generator, `.ci/apt.sh`), as JSON.
 
     python benchmarks/bench_service.py [--clients 50] [--seconds 10] [--workers 1] [--max-batch 32]
-                                       [--max-wait-ms 2] [--out FILE]
+                                       [--max-wait-ms 2] [--src DIR] [--out FILE]
 
 Starts `affectus serve` in its own process on a free loopback port, then runs `hey -z SECONDS -c CLIENTS`
 against, in this order (each after a short warm-up at the same concurrency):
@@ -17,6 +17,12 @@ against, in this order (each after a short warm-up at the same concurrency):
 Targets (issue 20): 2 and 3 each at >= 0.3 x the /health rate, p99 <= 100 ms, no errors (any answer but
 200, or a transport error), server memory growth <= 200 MB (resident set of the server and its child
 processes, after the loads minus before them).
+
+Each load also records the server's CPU time per answer (`server_cpu_ms_per_request`, user + system
+time of the server and its children from /proc, over the answers) and `cpu_ratio_to_health` (/health's
+CPU per answer over the endpoint's): req/s swings with whatever else the machine runs, CPU per answer
+much less, so on a shared machine this is the figure to compare before and after a change. The targets
+are still judged on req/s (`ratio_to_health`).
 
 The run is `tests/media_clips.media_run`: random features of the default extractors' widths, one epoch of
 late fusion. It times the service, not a model's quality. Only 127.0.0.1 is contacted.
@@ -68,6 +74,25 @@ def _tree_rss_mb(pid: int) -> float:
     return round(total / 1024, 1)
 
 
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by `pid` and its descendants' live threads (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo.extend(children.get(p, []))
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def _hey(url: str, clients: int, seconds: float, method: str = "GET", body: Path | None = None,
          content_type: str | None = None, header: str | None = None) -> dict[str, object]:
     """One `hey` load: req/s, p50/p99 latency (ms), status counts and errors (parsed from its summary)."""
@@ -98,7 +123,11 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--max-wait-ms", type=float, default=2.0)
     ap.add_argument("--out", type=Path, help="also write the JSON here")
+    ap.add_argument("--src", type=Path, default=ROOT / "src",
+                    help="the affectus source tree the server runs (another checkout's src/: before and after a "
+                         "change, timed by the same script)")
     args = ap.parse_args()
+    load_start = os.getloadavg()
     if shutil.which("hey") is None:
         raise SystemExit("error: hey is not installed (apt-get install hey; .ci/apt.sh lists it)")
 
@@ -135,7 +164,7 @@ def main() -> None:
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(args.src.resolve()), os.environ.get("PYTHONPATH", "")])}
     server = subprocess.Popen(
         [sys.executable, "-m", "affectus", "serve", str(run), "--port", str(port), "--workers", str(args.workers),
          "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--no-access-log"],
@@ -166,7 +195,13 @@ def main() -> None:
         for load in loads.values():  # warm-up: connections, imports, first allocations
             _hey(clients=args.clients, seconds=args.warmup_seconds, **load)
         rss_before = _tree_rss_mb(server.pid)
-        results = {name: _hey(clients=args.clients, seconds=args.seconds, **load) for name, load in loads.items()}
+        results = {}
+        for name, load in loads.items():
+            cpu = _tree_cpu_s(server.pid)
+            results[name] = _hey(clients=args.clients, seconds=args.seconds, **load)
+            # the server's own CPU time per answer: unlike req/s, it hardly moves with other jobs' load
+            results[name]["server_cpu_ms_per_request"] = round(
+                1000 * (_tree_cpu_s(server.pid) - cpu) / max(1, results[name]["responses"]), 3)
         rss_after = _tree_rss_mb(server.pid)
         metrics = httpx.get(f"{url}/metrics", timeout=10).text
     finally:
@@ -181,12 +216,19 @@ def main() -> None:
     for name in ("predict_features_1_sample", "v2_infer_1_sample", "v2_infer_1_sample_binary"):
         r = results[name]
         r["ratio_to_health"] = round(r["req_per_s"] / health, 4)
+        # /health's CPU cost over this endpoint's: the ratio a server bound by its own CPU would reach (on a
+        # busy machine, where req/s swings with other jobs, this is the steadier comparison; not the target)
+        r["cpu_ratio_to_health"] = round(results["health"]["server_cpu_ms_per_request"]
+                                         / max(1e-9, r["server_cpu_ms_per_request"]), 4)
         r["targets_met"] = bool(r["ratio_to_health"] >= 0.3 and r["p99_ms"] <= 100 and r["errors"] == 0
                                 and rss_after - rss_before <= 200)
     result = {
         "tool": f"hey -z {args.seconds:g}s -c {args.clients}", "cpus": os.cpu_count(),
         "server": f"affectus serve --workers {args.workers} --max-batch {args.max_batch} "
                   f"--max-wait-ms {args.max_wait_ms:g} --no-access-log",
+        "src": str(args.src.resolve()),
+        # 1-, 5- and 15-minute load averages at the start and the end: other jobs' share of the machine
+        "load_average": {"start": [round(x, 2) for x in load_start], "end": [round(x, 2) for x in os.getloadavg()]},
         **results,
         "mean_batch_samples": round(batch.get("sum", 0) / batch["count"], 2) if batch.get("count") else None,
         "server_rss_mb": {"before": rss_before, "after": rss_after, "growth": round(rss_after - rss_before, 1)},

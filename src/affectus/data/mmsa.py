@@ -409,20 +409,21 @@ def _check_across_splits(source: str, dataset: MERDataset) -> None:
 
 
 def _numeric(source: str, split: str, key: str, value: Any, ndim: int) -> np.ndarray:
-    where = _where(source, split, key)
+    # the message's "where" is built only for a refusal (this runs for every array of every upload)
     try:
         arr = np.asarray(value)
     except Exception:  # noqa: BLE001 - ragged nested lists raise ValueError in numpy 2
         raise _fail(
-            where, "ragged: rows of different shapes, expected one array (pad sequences to one L)"
+            _where(source, split, key), "ragged: rows of different shapes, expected one array (pad sequences to one L)"
         ) from None
     if arr.dtype.kind not in "biuf":
-        raise _fail(where, f"expected a numeric array, got dtype {arr.dtype} (non-numeric or ragged)")
+        raise _fail(_where(source, split, key),
+                    f"expected a numeric array, got dtype {arr.dtype} (non-numeric or ragged)")
     if ndim == 1 and arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr[:, 0]  # (N, 1) labels / lengths, as some MMSA-style exporters write them
     if arr.ndim != ndim:
         expected = {1: "(N,)", 3: "(N, L, D)"}[ndim]
-        raise _fail(where, f"expected {ndim}-d array {expected}, got shape {arr.shape}")
+        raise _fail(_where(source, split, key), f"expected {ndim}-d array {expected}, got shape {arr.shape}")
     return arr
 
 

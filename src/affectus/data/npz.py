@@ -96,7 +96,7 @@ def _check_meta(path: str, value: np.ndarray) -> dict[str, Any]:
     if value.dtype.kind != "U" or value.ndim != 0:
         raise bad(f"expected one JSON string, got a {value.dtype} array of shape {value.shape}")
     try:
-        meta = json.loads(str(value))
+        meta = json.loads(value.item())  # the 0-d array's str (str() would go through numpy's printing)
     except json.JSONDecodeError as err:
         raise bad(f"not valid JSON ({err.msg})") from None
     except RecursionError:  # json's decoder recurses per nesting level

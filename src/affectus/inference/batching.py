@@ -170,9 +170,18 @@ class Batcher:
         if self.metrics is not None:
             self.metrics.batch_size.observe(len(merged))
         res = predict_split(p.model, merged, chunk, p.device)
+        experts = tuple(getattr(p.model, "names", ()))
+        if len(splits) > 1 and np.isfinite(res["logits"]).all():
+            # every row finite: one Prediction for the batch, cut into each request's rows (softmax, argmax
+            # and the scheme's rules work row by row, so each part equals that request's own Prediction)
+            whole = _to_prediction(res, p.run_dir, p.scheme, merged.available, experts)
+            out, start = [], 0
+            for split in splits:
+                out.append(_rows(whole, slice(start, start + len(split))))
+                start += len(split)
+            return out
         out: list[Any] = []
         start = 0
-        experts = tuple(getattr(p.model, "names", ()))
         for split in splits:
             rows = slice(start, start + len(split))
             start += len(split)
@@ -182,6 +191,14 @@ class Batcher:
             except AffectusError as err:
                 out.append(err)
         return out
+
+
+def _rows(pred: Any, rows: slice) -> Any:
+    """`pred` (a Prediction) for `rows` only: every per-sample array cut, the rest shared."""
+    import dataclasses
+
+    return dataclasses.replace(pred, **{f.name: getattr(pred, f.name)[rows] for f in dataclasses.fields(pred)
+                                        if isinstance(getattr(pred, f.name), np.ndarray)})
 
 
 def _concat(splits: list[Split]) -> Split:

@@ -21,6 +21,7 @@ its shape, B over --max-batch) is a 400 with the protocol's {"error": "..."}.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -119,7 +120,7 @@ def parse_request(body: bytes, header_length: str | None, spec: Spec) -> tuple[d
                 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)
                 or any(want != -1 and got != want for got, want in zip(shape, shape_spec))):
             raise V2Error(400, f"input {name!r}: shape {str(shape)[:60]}, expected {shape_spec} (-1: any size)")
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)  # exact (numpy's int64 product would wrap for a huge shape)
         dtype = _NUMPY[datatype]
         params = tensor.get("parameters") or {}
         size = params.get("binary_data_size") if isinstance(params, dict) else None
@@ -160,12 +161,14 @@ def _loads(data: bytes | memoryview) -> Any:
     return orjson.loads(data)
 
 
-def _dumps(value: Any) -> bytes:
+def dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON bytes (as Starlette's JSONResponse writes them), with orjson where installed;
+    numpy scalars and arrays are written as numbers with it."""
     try:
         import orjson
     except ImportError:
-        return json.dumps(value).encode("utf-8")
-    return orjson.dumps(value)
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def _from_json(name: str, data: Any, dtype: np.dtype, count: int) -> np.ndarray:
@@ -234,7 +237,7 @@ def encode_response(request: dict[str, Any], pred: Any, spec: Spec) -> tuple[byt
         else:
             entry["data"] = a.reshape(-1).tolist()
         head["outputs"].append(entry)
-    text = _dumps(head)
+    text = dumps(head)
     if not blobs:
         return text, {"content-type": "application/json"}
     return text + b"".join(blobs), {"content-type": "application/octet-stream", HEADER: str(len(text))}

@@ -24,8 +24,9 @@ What the service guarantees (docs/security.md, "The service", lists the limits a
 * The body is refused on its Content-Length and read no further than the limit; headers and body must
   arrive within their timeouts (a slow client is disconnected).
 * An .npz is checked from its zip directory and .npy headers before any array is read (decompressed
-  size, samples, sequence length); it is parsed from memory and runs in its own bounded slots, and a
-  slot is freed only when its work has really ended.
+  size, samples, sequence length); it is parsed from memory, on the event loop when it is small once
+  decompressed (a few samples: less work than a thread hop), else in its own bounded slots, and a slot
+  is freed only when its work has really ended.
 * A clip is decoded and predicted in a worker process (at most `max_concurrent`, each holding one copy
   of the run and its extractors), killed at the deadline, when the client disconnects or when the
   request is cancelled; its length
@@ -48,7 +49,7 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from affectus.errors import AffectusError
@@ -64,6 +65,13 @@ _MAX_TRANSCRIPT = 10_000  # characters
 _MAX_NAME = 100  # characters of an upload's name kept for messages and ids
 _INLINE_BYTES = 256 * 1024  # a v2 request up to this size is parsed on the event loop (a thread hop costs more)
 _INLINE_ROWS = 256  # answers with up to this many rows are explained on the event loop
+# /predict's form, for the OpenAPI docs (the route reads the form itself)
+_PREDICT_FORM = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"],
+    "properties": {"file": {"type": "string", "format": "binary",
+                            "description": "a clip (mp4 / webm / wav ...) or an affectus features .npz"},
+                   "transcript": {"type": "string", "maxLength": _MAX_TRANSCRIPT,
+                                  "description": "what is said in the clip (optional)"}}}}}}}
 SHUTDOWN_S = 5  # seconds a graceful shutdown waits for running requests before cancelling them
 
 
@@ -102,8 +110,9 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
     app's shutdown (its lifespan: a TestClient used as a context manager, or uvicorn)."""
     from contextlib import asynccontextmanager
 
-    from fastapi import File, Form, Request, UploadFile
+    from fastapi import Request
     from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from starlette.datastructures import UploadFile
 
     from affectus.inference import oip
     from affectus.inference.batching import Batcher, QueueFull
@@ -203,11 +212,13 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
         _model(name, version)
         return {"name": name, "ready": True}
 
-    @app.post("/v2/models/{name}/infer")
-    @app.post("/v2/models/{name}/versions/{version}/infer")
-    async def v2_infer(request: Request, name: str, version: str = oip.VERSION) -> Response:
+    # the path's names are read from the request rather than declared as parameters: FastAPI validates
+    # declared parameters with pydantic on every request, a cost as large as parsing a small request
+    @app.post("/v2/models/{name}/infer", openapi_extra=_path_params("name"))
+    @app.post("/v2/models/{name}/versions/{version}/infer", openapi_extra=_path_params("name", "version"))
+    async def v2_infer(request: Request) -> Response:
         start = time.monotonic()
-        _model(name, version)
+        _model(request.path_params["name"], request.path_params.get("version", oip.VERSION))
         body = await request.body()  # bounded by the guard (Content-Length and counted chunks)
         header = request.headers.get(oip.HEADER)
         try:
@@ -228,8 +239,11 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
     async def _batched(split: Any, name: str, start: float) -> Any:
         """`split`'s Prediction from the dynamic batcher, within the request's time."""
         try:
-            return await asyncio.wait_for(batcher.submit(split),
-                                          timeout=max(0.0, limits.timeout_s - (time.monotonic() - start)))
+            # a timeout scope rather than wait_for: no extra task per request (cancelling it cancels the
+            # job's future, which the batcher then skips)
+            async with asyncio.timeout_at(asyncio.get_running_loop().time() + limits.timeout_s
+                                          - (time.monotonic() - start)):
+                return await batcher.submit(split)
         except QueueFull as err:
             raise _Refused(503, f"server busy: {err}", {"Retry-After": "1"}) from None
         except TimeoutError:
@@ -241,16 +255,38 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
     def index() -> str:
         return resources.files("affectus.inference").joinpath("templates", "index.html").read_text(encoding="utf-8")
 
-    @app.post("/predict")
-    async def predict(request: Request, file: Annotated[UploadFile, File()],
-                      transcript: Annotated[str | None, Form()] = None) -> dict[str, Any]:
+    @app.post("/predict", openapi_extra=_PREDICT_FORM)
+    async def predict(request: Request) -> Response:
+        # the form is read here, not by FastAPI's File() / Form() parameters: the same python-multipart
+        # parser (Starlette's), without the per-request dependency solving and pydantic validation that
+        # cost as much as the parse itself (docs/serving.md, "Throughput")
         start = time.monotonic()
+        form, spooled = await _read_form(request)
+        try:
+            file = form.get("file")
+            transcript = form.get("transcript")
+            if not isinstance(file, UploadFile):
+                raise _Refused(422, "invalid request (body.file: Field required: send the clip or .npz as the "
+                                    "multipart field 'file')")
+            if transcript is not None and not isinstance(transcript, str):
+                raise _Refused(422, "invalid request (body.transcript: a text field, not a file)")
+            return _json(await _predict_upload(request, file, transcript, start))
+        finally:  # a spooled upload is closed however the request ends (in-memory ones are just dropped)
+            if spooled:
+                await form.close()
+
+    async def _predict_upload(request: Any, file: Any, transcript: str | None, start: float) -> dict[str, Any]:
         name = _display_name(file.filename)
         limit = int(limits.max_upload_mb * 1024 * 1024)
         if file.size is not None and file.size > limit:
             raise _Refused(413, f"{name}: upload larger than {limits.max_upload_mb:g} MB")
-        head = await file.read(8)
-        await file.seek(0)
+        small = file.size is not None and file.size <= _INLINE_BYTES  # held in memory by the spooled file
+        if small:
+            head = file.file.read(8)
+            file.file.seek(0)
+        else:
+            head = await file.read(8)
+            await file.seek(0)
         if not head:
             raise _Refused(400, f"{name}: empty upload")
         if head.startswith(_PICKLE):
@@ -260,7 +296,7 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
             raise _Refused(413, f"transcript of {len(transcript)} characters, over the {_MAX_TRANSCRIPT} limit")
         suffix = Path(name.lower()).suffix
         if head[:4] in _ZIP and suffix not in _CLIP_SUFFIXES:
-            return await _features(file.file, name, limit, start)
+            return await _features(file.file, name, limit, start, small)
         if suffix not in _CLIP_SUFFIXES:
             raise _Refused(415, f"{name}: expected a clip ({', '.join(_CLIP_SUFFIXES)}) or an affectus .npz")
         if clip_error is not None:
@@ -299,7 +335,39 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
             raise _Refused(422, _scrub(str(err), {str(Path(run_dir)): Path(run_dir).name})) from None
         return {"predictions": rows}
 
-    async def _features(upload: Any, name: str, limit: int, start: float) -> dict[str, Any]:
+    async def _features(upload: Any, name: str, limit: int, start: float, small: bool) -> dict[str, Any]:
+        inline = False
+        if small:
+            from affectus.data.npz_check import Directory
+
+            upload.seek(0)
+            data = upload.read(limit + 1)
+            try:
+                directory = Directory(data, name)
+                # small once decompressed too (a deflated member can declare far more than it takes)
+                inline = directory.declared <= _INLINE_BYTES
+                if inline:
+                    # a small upload (a few samples: kilobytes) is read and checked right here, on the
+                    # event loop: it takes a fraction of a millisecond, less than the hop to a thread and
+                    # back, and nothing else runs meanwhile, so it needs no slot
+                    splits, warnings = _npz_splits(data, predictor, name, limit, limits, directory)
+            except AffectusError as err:
+                raise _npz_refusal(err) from None
+            del data
+        if not inline:
+            splits, warnings = await _features_in_slot(upload, name, limit, start)
+        if len(splits) == 1:  # one split (the usual upload): no task for a gather of one
+            preds = [await _batched(splits[0], name, start)]
+        else:
+            preds = await asyncio.gather(*(_batched(split, name, start) for split in splits))
+        if sum(len(split) for split in splits) > _INLINE_ROWS:  # many rows: explained off the event loop
+            out = await asyncio.to_thread(_explain_rows, splits, preds)
+        else:
+            out = _explain_rows(splits, preds)
+        return {"predictions": out, "warnings": warnings}
+
+    async def _features_in_slot(upload: Any, name: str, limit: int, start: float) -> tuple[list[Any], list[str]]:
+        """A larger upload's splits, read and checked in a thread, in one of --max-npz-concurrent slots."""
         loop = asyncio.get_running_loop()
         try:
             await asyncio.wait_for(npz_slots.acquire(), timeout=max(0.0, limits.timeout_s - (time.monotonic() - start)))
@@ -323,20 +391,11 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
         # the slot covers reading and checking the upload; the forward is the batcher's
         job = asyncio.to_thread(_read_npz_upload, done, predictor, upload, name, limit, limits)
         try:
-            splits, warnings = await asyncio.wait_for(
-                job, timeout=max(0.0, limits.timeout_s - (time.monotonic() - start)))
+            return await asyncio.wait_for(job, timeout=max(0.0, limits.timeout_s - (time.monotonic() - start)))
         except TimeoutError:
             raise _Refused(504, f"{name}: prediction took longer than {limits.timeout_s:g} s") from None
         except AffectusError as err:
-            from affectus.data.npz_check import NpzTooLarge
-
-            raise _Refused(413 if isinstance(err, NpzTooLarge) else 422, str(err)) from None
-        preds = await asyncio.gather(*(_batched(split, name, start) for split in splits))
-        if sum(len(split) for split in splits) > _INLINE_ROWS:  # many rows: explained off the event loop
-            out = await asyncio.to_thread(_explain_rows, splits, preds)
-        else:
-            out = _explain_rows(splits, preds)
-        return {"predictions": out, "warnings": warnings}
+            raise _npz_refusal(err) from None
 
     async def _clip(request: Any, upload: Any, name: str, suffix: str, transcript: str | None, limit: int,
                     start: float) -> dict[str, Any]:
@@ -374,6 +433,10 @@ def create_app(run_dir: str | Path, limits: Limits | None = None) -> Any:
             pool.release(worker, healthy)
             temps.remove(folder)
 
+    # the prediction routes first: a request is matched against the routes in order (a regular expression
+    # each), and these take the traffic; no other route's path can match theirs, so no answer changes
+    hot = ("/predict", "/v2/models/{name}/infer")
+    app.router.routes.sort(key=lambda route: getattr(route, "path", None) not in hot)
     return app
 
 
@@ -418,6 +481,11 @@ def json_errors(app: Any) -> None:
         return JSONResponse({"error": str(err.detail)}, status_code=err.status_code, headers=err.headers)
 
 
+def _path_params(*names: str) -> dict[str, Any]:
+    """OpenAPI entries for path parameters a route reads from `request.path_params` itself."""
+    return {"parameters": [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names]}
+
+
 def _fastapi(**kwargs: Any) -> Any:
     """FastAPI with /docs served from fastapi-offline's packaged files (no CDN); docs off without it."""
     try:
@@ -427,6 +495,123 @@ def _fastapi(**kwargs: Any) -> Any:
 
         return FastAPI(docs_url=None, redoc_url=None, **kwargs)
     return FastAPIOffline(redoc_url=None, **kwargs)
+
+
+async def _read_form(request: Any) -> tuple[Any, bool]:
+    """The request's multipart form (Starlette's FormData), and whether its files are spooled (then the
+    caller closes them: `await form.close()`, which closing would otherwise cost a thread hop). A small body (its Content-Length at most
+    _INLINE_BYTES: a features upload of a few samples) is read whole and parsed here with python-multipart,
+    the parser Starlette uses, into in-memory files; any other body goes through `request.form()`
+    (Starlette: streamed, files spooled to disk past 1 MB). Both parse the same way and refuse a malformed
+    form with Starlette's 400 and message; the small path only skips Starlette's spooled file, per-part
+    objects and awaits per chunk, which cost as much as the parse itself for a one-sample upload."""
+    from python_multipart.multipart import parse_options_header
+    from starlette.exceptions import HTTPException
+
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) <= _INLINE_BYTES:
+        kind, params = parse_options_header(request.headers.get("content-type"))
+        small = kind == b"multipart/form-data"  # Starlette's test: any other type is no multipart form
+    else:
+        small = False
+    if not small:
+        return await request.form(), True  # a malformed form: Starlette's 400 (json_errors makes it JSON)
+    try:
+        return _parse_form(await request.body(), params), False
+    except _FormError as err:
+        raise HTTPException(400, str(err)) from None
+
+
+class _FormError(Exception):
+    pass
+
+
+_MAX_PARTS = 1000  # files, and fields, in one form (Starlette's defaults)
+
+
+def _parse_form(body: bytes, params: dict[bytes, bytes]) -> Any:
+    """A multipart body held in memory (`params`: its Content-Type's parameters), as Starlette's FormData: text fields as str, file parts (those with
+    a filename) as UploadFiles over in-memory bytes. Decoding, the last value of a repeated name winning,
+    the part limits and the refusals' messages follow Starlette's `MultiPartParser`."""
+    import codecs
+    import io
+
+    from python_multipart import MultipartParser
+    from python_multipart.exceptions import FormParserError
+    from python_multipart.multipart import parse_options_header
+    from starlette.datastructures import FormData, Headers, UploadFile
+
+    charset = params.get(b"charset", "utf-8")
+    if isinstance(charset, bytes):
+        charset = charset.decode("latin-1")
+    try:
+        charset = codecs.lookup(charset).name
+    except LookupError:
+        charset = "latin-1"
+    boundary = params.get(b"boundary")
+    if boundary is None:
+        raise _FormError("Missing boundary in multipart.")
+
+    def text(raw: bytes) -> str:
+        try:
+            return raw.decode(charset)
+        except (UnicodeDecodeError, LookupError):
+            return raw.decode("latin-1")
+
+    items: list[tuple[str, Any]] = []
+    part: dict[str, Any] = {}
+    counts = {"files": 0, "fields": 0}
+    header = [b"", b""]  # the header line being read: name, value
+
+    def on_part_begin() -> None:
+        part.clear()
+        part.update(headers=[], chunks=[], disposition=b"")
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header[0] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header[1] += data[start:end]
+
+    def on_header_end() -> None:
+        field = header[0].lower()
+        if field == b"content-disposition":
+            part["disposition"] = header[1]
+        part["headers"].append((field, header[1]))
+        header[0] = header[1] = b""
+
+    def on_headers_finished() -> None:
+        _, options = parse_options_header(part["disposition"])
+        if b"name" not in options:
+            raise _FormError('The Content-Disposition header field "name" must be provided.')
+        part["name"] = text(options[b"name"])
+        kind = "files" if b"filename" in options else "fields"
+        counts[kind] += 1
+        if counts[kind] > _MAX_PARTS:
+            raise _FormError(f"Too many {kind}. Maximum number of {kind} is {_MAX_PARTS}.")
+        part["filename"] = text(options[b"filename"]) if kind == "files" else None
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        part["chunks"].append(data[start:end])
+
+    def on_part_end() -> None:
+        raw = b"".join(part["chunks"])
+        if part["filename"] is None:
+            items.append((part["name"], text(raw)))
+        else:
+            items.append((part["name"], UploadFile(io.BytesIO(raw), size=len(raw), filename=part["filename"],
+                                                   headers=Headers(raw=part["headers"]))))
+
+    parser = MultipartParser(boundary, {"on_part_begin": on_part_begin, "on_part_data": on_part_data,
+                                        "on_part_end": on_part_end, "on_header_field": on_header_field,
+                                        "on_header_value": on_header_value, "on_header_end": on_header_end,
+                                        "on_headers_finished": on_headers_finished})
+    try:
+        parser.write(body)
+        parser.finalize()
+    except FormParserError:
+        raise _FormError("Invalid multipart data.") from None
+    return FormData(items)
 
 
 def _display_name(filename: str | None) -> str:
@@ -468,38 +653,59 @@ def _copy_upload(upload: Any, path: Path, limit: int) -> bool:
 
 def _read_npz_upload(done: Any, predictor: Any, upload: Any, name: str, limit: int,
                      limits: Limits) -> tuple[list[Any], list[str]]:
+    """`_npz_splits` of a spooled upload, in a thread; calls `done()` (frees its slot) however it ends."""
+    try:
+        upload.seek(0)
+        return _npz_splits(upload.read(limit + 1), predictor, name, limit, limits)
+    finally:
+        done()
+
+
+def _npz_splits(data: bytes, predictor: Any, name: str, limit: int, limits: Limits,
+                directory: Any = None) -> tuple[list[Any], list[str]]:
     """A features upload's splits, checked, parsed from memory and validated once against the run's widths
-    (and re-encoded where the run reads transcripts), with the NaN warnings; calls `done()` (frees its slot)
-    however it ends."""
+    (and re-encoded where the run reads transcripts), with the NaN warnings."""
     from affectus.data.npz import load_npz_arrays
     from affectus.data.npz_check import read_checked_npz
     from affectus.data.types import MODALITIES
 
-    try:
-        upload.seek(0)
-        data = upload.read(limit + 1)
-        if len(data) > limit:
-            raise _Refused(413, f"{name}: upload larger than {limits.max_upload_mb:g} MB")
-        # checked and read in one pass over the zip (numpy's loader would parse every header again)
-        arrays = read_checked_npz(data, name, max_bytes=int(limits.max_decompressed_mb * 1024 * 1024),
-                                  max_samples=limits.max_samples, max_seq_len=limits.max_seq_len)
-        del data
-        ds = load_npz_arrays(arrays, name)  # from memory: no temporary file
-        del arrays
-        splits = []
-        for split in ds.splits.values():
-            split = predictor.reads(split)
-            for m in MODALITIES:
-                width = split.features(m).shape[2]
-                if width != predictor.dims[m] and not (m == "text" and split.text_bert is not None):
-                    raise AffectusError(f"file {name}: split {split.name} {m} features are {width} wide, the run "
-                                        f"expects {predictor.dims[m]}")
-            splits.append(split)
-        warnings = [f"{split} {key}: {count} NaN/inf feature value(s) set to 0 before predicting"
-                    for (split, key), count in sorted(ds.sanitised.items()) if count]
-        return splits, warnings
-    finally:
-        done()
+    if len(data) > limit:
+        raise _Refused(413, f"{name}: upload larger than {limits.max_upload_mb:g} MB")
+    # checked and read in one pass over the zip (numpy's loader would parse every header again)
+    arrays = read_checked_npz(data, name, max_bytes=int(limits.max_decompressed_mb * 1024 * 1024),
+                              max_samples=limits.max_samples, max_seq_len=limits.max_seq_len,
+                              directory=directory)
+    del data
+    ds = load_npz_arrays(arrays, name)  # from memory: no temporary file
+    del arrays
+    splits = []
+    for split in ds.splits.values():
+        split = predictor.reads(split)
+        for m in MODALITIES:
+            width = split.features(m).shape[2]
+            if width != predictor.dims[m] and not (m == "text" and split.text_bert is not None):
+                raise AffectusError(f"file {name}: split {split.name} {m} features are {width} wide, the run "
+                                    f"expects {predictor.dims[m]}")
+        splits.append(split)
+    warnings = [f"{split} {key}: {count} NaN/inf feature value(s) set to 0 before predicting"
+                for (split, key), count in sorted(ds.sanitised.items()) if count]
+    return splits, warnings
+
+
+def _npz_refusal(err: AffectusError) -> "_Refused":
+    from affectus.data.npz_check import NpzTooLarge
+
+    return _Refused(413 if isinstance(err, NpzTooLarge) else 422, str(err))
+
+
+def _json(value: Any) -> Any:
+    """A JSON response encoded once with orjson (where installed), skipping FastAPI's response validation
+    and its `jsonable_encoder` walk over every row; the same compact JSON the default response writes."""
+    from fastapi.responses import Response
+
+    from affectus.inference.oip import dumps
+
+    return Response(dumps(value), media_type="application/json")
 
 
 def _explain_rows(splits: list[Any], preds: list[Any]) -> list[dict[str, Any]]:
@@ -763,9 +969,9 @@ class _Guard:
         if int(length) > self.max_body:
             await _send_error(send, 413, f"upload larger than {self.limits.max_upload_mb:g} MB")
             return
-        await self._guarded(scope, receive, send)
+        await self._guarded(scope, receive, send, int(length) > 0 or b"transfer-encoding" in headers)
 
-    async def _guarded(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def _guarded(self, scope: dict[str, Any], receive: Any, send: Any, expects_body: bool) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.limits.body_timeout_s
         state = {"received": 0, "body_done": False, "refused": False, "started": False}
@@ -782,7 +988,9 @@ class _Guard:
             if state["body_done"]:  # the app waiting for a disconnect: no deadline applies
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), timeout=max(0.0, deadline - loop.time()))
+                # a timeout scope, not wait_for: no task per body chunk (a one-chunk upload's whole cost here)
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
             except TimeoutError:
                 return await refuse(408, f"the request body did not arrive within {self.limits.body_timeout_s:g} s")
             if message["type"] == "http.request":
@@ -791,8 +999,6 @@ class _Guard:
                     return await refuse(413, f"upload larger than {self.limits.max_upload_mb:g} MB")
                 state["body_done"] = not message.get("more_body", False)
             return message
-
-        expects_body = int(_header(scope, b"content-length") or b"0") > 0 or _header(scope, b"transfer-encoding") is not None
 
         async def guarded_send(message: dict[str, Any]) -> None:
             if state["refused"]:
@@ -811,10 +1017,6 @@ class _Guard:
         except Exception:
             if not state["refused"]:
                 raise  # the app's own failure (its handlers already answered what they could)
-
-
-def _header(scope: dict[str, Any], name: bytes) -> bytes | None:
-    return next((value for key, value in scope["headers"] if key.lower() == name), None)
 
 
 _SECURITY_HEADERS = [

@@ -60,6 +60,8 @@ class Metrics:
         self.clip_slots = Gauge("affectus_clip_slots", "Clip extraction slots (--max-concurrent)", **reg, **live)
         self.npz_busy = Gauge("affectus_npz_slots_busy", "Features uploads being parsed and checked", **reg, **live)
         self.npz_slots = Gauge("affectus_npz_slots", "Features upload slots (--max-npz-concurrent)", **reg, **live)
+        # each label set's children, looked up once (`labels()` checks and locks on every call)
+        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -76,10 +78,18 @@ class Metrics:
         """Count one answered request and write its access-log line."""
         route = route_of(scope.get("path", ""))
         method = scope.get("method", "")
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
-        if status >= 400:
-            self.errors.labels(str(status)).inc()
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (self.requests.labels(route, method, str(status)), self.latency.labels(route),
+                        self.errors.labels(str(status)) if status >= 400 else None)
+            if len(self._children) < 1024:  # the method is the client's: the cache stays bounded
+                self._children[key] = children
+        count, latency, errors = children
+        count.inc()
+        latency.observe(seconds)
+        if errors is not None:
+            errors.inc()
         if _access.isEnabledFor(logging.INFO):
             client = scope.get("client") or ("", 0)
             _access.info(json.dumps({
