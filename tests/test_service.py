@@ -247,6 +247,10 @@ def test_a_batch_cut_into_requests_equals_each_request_alone(served):
     together = batcher._forward(parts)
     for part, got in zip(parts, together):
         alone = batcher._forward([part])[0]
+        # and what `affectus predict` gives: the same experts, the same absent-modality treatment
+        direct = predictor.predict(part)
+        assert (got.experts, got.zero_filled) == (direct.experts, direct.zero_filled)
+        assert np.allclose(got.probabilities, direct.probabilities, rtol=0, atol=1e-6)
         for field in dataclasses.fields(alone):
             a, b = getattr(got, field.name), getattr(alone, field.name)
             if isinstance(b, np.ndarray):

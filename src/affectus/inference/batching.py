@@ -170,11 +170,13 @@ class Batcher:
         if self.metrics is not None:
             self.metrics.batch_size.observe(len(merged))
         res = predict_split(p.model, merged, chunk, p.device)
-        experts = tuple(getattr(p.model, "names", ()))
+        experts = p.can.experts  # what Predictor.predict names, so the service explains as `predict` does
+        zero_filled = not p.can.excludes_absent
         if len(splits) > 1 and np.isfinite(res["logits"]).all():
             # every row finite: one Prediction for the batch, cut into each request's rows (softmax, argmax
             # and the scheme's rules work row by row, so each part equals that request's own Prediction)
             whole = _to_prediction(res, p.run_dir, p.scheme, merged.available, experts)
+            whole.zero_filled = zero_filled
             out, start = [], 0
             for split in splits:
                 out.append(_rows(whole, slice(start, start + len(split))))
@@ -186,8 +188,10 @@ class Batcher:
             rows = slice(start, start + len(split))
             start += len(split)
             try:
-                out.append(_to_prediction({k: v[rows] for k, v in res.items()}, p.run_dir, p.scheme,
-                                          split.available, experts))
+                pred = _to_prediction({k: v[rows] for k, v in res.items()}, p.run_dir, p.scheme,
+                                      split.available, experts)
+                pred.zero_filled = zero_filled
+                out.append(pred)
             except AffectusError as err:
                 out.append(err)
         return out
