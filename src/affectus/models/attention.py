@@ -51,8 +51,9 @@ def keep_from_draws(draws: torch.Tensor, p: float) -> torch.Tensor:
     1 / (1 - p'), p' = p rounded to 1/32768.
 
     Float arithmetic only: on whole numbers below 2^15, clamp(draw - (threshold - 1), 0, 1) is exactly
-    the 0/1 indicator of draw >= threshold; ~2x cheaper on CPU than a comparison and a bool -> float
-    conversion, whose kernels are not vectorised as well."""
+    the 0/1 indicator of draw >= threshold. On a whole (B*H, L, L) tensor this timed ~1.5-2x cheaper
+    on CPU than a comparison and a bool -> float conversion; on the kernel's in-cache slices the two
+    cost about the same, and the gain there is building the mask slice by slice at all."""
     threshold = round(p * 32768)
     keep = draws.to(torch.float32).sub_(threshold - 1).clamp_(0.0, 1.0)
     return keep.mul_(32768.0 / (32768 - threshold))
