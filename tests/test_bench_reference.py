@@ -12,7 +12,7 @@ from affectus.data.batches import Batch
 from affectus.models.cmc import CMC, CMCConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from reference_cmc import PlainCMC, reference_to_cmc_state  # noqa: E402
+from reference_cmc import PlainCMC, reference_to_cmc_state
 
 DIMS = {"text": 6, "audio": 3, "vision": 4}
 
