@@ -237,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         "cmc_plus_recipe_router_fit_s": round(router_fit_s, 3),
         "cmc_plus_recipe_router_steps": plus_rc.router_steps,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        # how busy the shared machine was: ratios move with it (docs/model.md)
+        "load_average_1_5_15_min_at_end": [round(x, 2) for x in os.getloadavg()],
         "lengths": "u ~ U(0.1, 1) per sample, x U(0.95, 1.05) per modality, x padded length",
     }
     print(json.dumps(result, indent=2))

@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from affectus.models.cmc import legacy_state_names
 from affectus.models.layers import convert_torch_encoder_state
 
 MODALITIES = ("text", "audio", "vision")
@@ -101,4 +100,11 @@ class PlainCMC(nn.Module):
 def reference_to_cmc_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename a `PlainCMC` state dict to `CMC`'s parameter names (`encoders.k` / `heads.k` live in
     CMC's `branches.k`)."""
-    return legacy_state_names(convert_torch_encoder_state(state))
+    out = {}
+    for name, value in convert_torch_encoder_state(state).items():
+        first, _, rest = name.partition(".")
+        if first in ("encoders", "heads"):  # encoders.audio.x -> branches.audio.encoder.x
+            modality, _, rest = rest.partition(".")
+            name = f"branches.{modality}.{first[:-1]}.{rest}"
+        out[name] = value
+    return out
