@@ -115,6 +115,23 @@ def test_a_run_with_text_context_records_it_and_rebuilds_it_for_another_file(tmp
     assert not np.allclose(read.text[1], alone.text[1], atol=1e-4)  # clip 1 reads clip 0 before it
     rc, out, err = cli("evaluate", run, "--data", other, "--split", "test", "--json")
     assert rc == 0, err
+    # a conversation typed at predict time: causal, so a verdict reads what came before it and nothing after
+    said = ["the movie is good", "i liked it", "the plot was awful", "not very good acting"]
+
+    def probs(lines, name):
+        f = tmp_path / name
+        f.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        rc, text, err = cli("predict", run, "--utterances", f, "--json")
+        assert rc == 0, err
+        return [json.loads(line)["probabilities"] for line in text.splitlines()]
+
+    def gap(a, b):
+        return max(abs(a[k] - b[k]) for k in a)
+
+    full, head = probs(said, "full.txt"), probs(said[:2], "head.txt")
+    assert max(gap(a, b) for a, b in zip(head, full[:2])) < 1e-5
+    changed = probs(["the acting was bad"] + said[1:], "changed.txt")
+    assert gap(changed[1], full[1]) > 1e-6  # utterance 1 reads utterance 0 through the encoder
     # a file without dialogues cannot give the neighbours: one line, exit 2
     flat = grouped_words_file(tmp_path, make_raw, "flat.npz", seed=3, groups=False)
     rc, _, err = cli("evaluate", run, "--data", flat, "--split", "test")
