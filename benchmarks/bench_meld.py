@@ -180,6 +180,7 @@ def main() -> None:
                     help="train.text_context: neighbours read through the encoder's input (0: off)")
     ap.add_argument("--text-context-causal", action="store_true", help="with --text-context: preceding ones only")
     ap.add_argument("--text-context-tokens", type=int, default=128, help="train.text_context_tokens")
+    ap.add_argument("--class-weights", default="none", help="train.class_weights: none, balanced or sqrt")
     ap.add_argument("--cache", default=None,
                     help="a folder keeping the frozen sentence vectors between processes (a larger encoder on CPU "
                          "takes many minutes per encoding)")
@@ -238,6 +239,8 @@ def main() -> None:
     frozen, ft = f"{label}frozen", f"{label}finetune-{args.layers}"
     if text_context:  # "frozen+textctx1causal": the neighbours in the encoder's input
         frozen += f"+textctx{args.text_context}{'causal' if args.text_context_causal else ''}"
+    if args.class_weights != "none":  # "frozen+cw-sqrt": the loss weighs the rare classes up
+        frozen, ft = f"{frozen}+cw-{args.class_weights}", f"{ft}+cw-{args.class_weights}"
     settings = [(m, enc, ctx) for m in models for enc in (frozen, *([ft] if m in tuned else []))
                 for ctx in ((0,) if args.no_context_runs else (args.context,) if args.context_only else (0, args.context))]
     runs: list[dict] = []
@@ -247,7 +250,7 @@ def main() -> None:
         seeds = args.ft_seeds if enc != frozen else args.seeds
         for seed in range(args.seed_offset + 1, args.seed_offset + seeds + 1):
             overrides = {**parse_set(args.sets), "train.context": ctx, "train.seed": seed, "train.threads": args.threads,
-                         "train.text_encoder": args.encoder}
+                         "train.text_encoder": args.encoder, "train.class_weights": args.class_weights}
             if text_context:
                 overrides.update({"train.text_context": args.text_context, "train.context_causal": args.text_context_causal,
                                   "train.text_context_tokens": args.text_context_tokens})

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from affectus.data.context import MAX_WINDOW
+
+CLASS_WEIGHTS = ("none", "balanced", "sqrt")  # train.class_weights
 from affectus.data.presets import TEXT_INPUTS
 from affectus.errors import AffectusError, SettingError
 from affectus.models.registry import DEFAULT_MODEL
@@ -76,6 +78,11 @@ class TrainConfig:
     # sentence or sentence+file and groups in every split; recorded with the text inputs, rebuilt on predict.
     text_context: int = 0
     text_context_tokens: int = 128  # the encoder's max_length with text_context: transcript + neighbours
+    # Class weights in the loss (training/tasks.py `class_weights`), from the training split's classes: "none",
+    # "balanced" (n / (C * n_c): every class weighs the same in total) or "sqrt" (its square root). For rare
+    # classes a model otherwise never predicts (MELD's fear, disgust). The one-stage supervised recipe (its
+    # training loss and selection CE) and linear (LogisticRegression's class_weight) honour it; others refuse it.
+    class_weights: str = "none"
     # Pretrained text experts as evidence (pretrained/views.py): each named expert's class probabilities for
     # every sample's transcript become a text view of their own (CMC+: one more expert for its router; other
     # models: more text columns). Built experts only (`affectus pretrained build NAME`); [] : none.
@@ -112,6 +119,8 @@ class TrainConfig:
             raise SettingError("train.text_context", self.text_context,
                                "0 with train.text_encoder_finetune (the tuned layers read each transcript alone)",
                                "train.text_encoder_finetune")
+        if self.class_weights not in CLASS_WEIGHTS:
+            raise SettingError("train.class_weights", self.class_weights, f"one of {', '.join(CLASS_WEIGHTS)}")
         if not 3 <= self.text_context_tokens <= 4096:
             raise SettingError("train.text_context_tokens", self.text_context_tokens,
                                "a number of tokens in [3, 4096] (the encoder refuses more than its positions)")

@@ -309,6 +309,12 @@ def _check_training_modalities(cfg: ResolvedConfig, split: Split) -> None:
 
 
 def _check_inputs(dataset: MERDataset, cfg: ResolvedConfig) -> None:
+    if cfg.train.class_weights != "none":
+        recipe = get_model_entry(cfg.model_name).get_recipe()
+        if not type(recipe).__dict__.get("weighs_classes", False):  # declared by the recipe class itself
+            raise AffectusError(f"train.class_weights = {cfg.train.class_weights}: model {cfg.model_name}'s training "
+                                f"recipe does not weigh classes (the one-stage supervised recipe, e.g. late_fusion, "
+                                f"and linear do); train it with train.class_weights=none")
     sequences = get_model_entry(cfg.model_name).can(cfg.model).utterance_context
     if sequences is not None:
         from affectus.data.context import check_sequences
