@@ -3,7 +3,8 @@
     python benchmarks/bench_meld.py [--data DIR_OR_NPZ] [--models linear,late_fusion,cmc_plus]
                                     [--finetune late_fusion] [--layers 1] [--ft-epochs 3] [--context 2]
                                     [--seeds 3] [--ft-seeds 1] [--seed-offset 0] [--no-context-runs | --context-only]
-                                    [--json FILE] [--set key=value ...]
+                                    [--encoder minilm|DIR] [--cache DIR] [--text-context K [--text-context-causal]]
+                                    [--class-weights none|balanced|sqrt] [--json FILE] [--set key=value ...]
 
 Data: MELD's train and dev transcripts (`../shared/data/meld`, imported as `affectus import meld` does; its
 test split is held out and never read). The field reports weighted F1 on test; we report it on **dev**, which
@@ -11,7 +12,13 @@ here is evaluation only: every run selects (early stopping, the linear model's C
 selection split of 10% of train's dialogues (`--select-share`, chosen by a hash of the dialogue id), trains on
 the other 90%, and dev's labels are read by scoring alone.
 
-Every model reads the preset `meld`'s inputs (frozen MiniLM sentence vectors of the transcripts). Settings:
+Every model reads the preset `meld`'s inputs (frozen MiniLM sentence vectors of the transcripts), or those of
+`--encoder DIR` (a local BERT-family / sentence-transformers folder, e.g. all-mpnet-base-v2, docs/text.md; its
+rows' encoder column reads "mpnet-frozen"). `--cache DIR` keeps the frozen sentence vectors on disk between
+processes (keyed by the encoder's record, fingerprint included, and the transcripts), so a larger encoder is
+run over the transcripts once. `--text-context K` reads each utterance with its K neighbours through the
+encoder's input (train.text_context; "+textctxK[causal]" in the encoder column); `--class-weights` sets
+train.class_weights ("+cw-NAME"). Settings:
 `frozen` (train.text_encoder_finetune=0) and, for the `--finetune` models, `finetune-N` (the last `--layers`
 MiniLM layers fine-tuned at train.bert_lr, `--ft-epochs` epochs, length-bucketed batches); each with
 train.context=0 and train.context=K. Seeds 1..S (`--ft-seeds` for the fine-tuned runs, which cost minutes
