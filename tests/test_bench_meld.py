@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from test_text_encoder import TEXTS, _write_tiny_bert  # noqa: E402
+from test_text_encoder import TEXTS, _write_tiny_bert
 
 
 def _bench():

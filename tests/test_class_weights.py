@@ -50,7 +50,7 @@ def test_the_selection_ce_is_the_weighted_mean_the_training_loss_uses():
         def __len__(self):
             return len(self.classes)
 
-    batches = lambda: [B(slice(0, 4)), B(slice(4, 6))]  # noqa: E731 - two batches: sums, not means, add up
+    batches = lambda: [B(slice(0, 4)), B(slice(4, 6))]  # two batches: sums, not means, add up
     got = validation_ce(Model(), batches, w)["loss"]
     assert got == pytest.approx(F.cross_entropy(logits, y, weight=w).item(), rel=1e-6)
     assert validation_ce(Model(), batches)["loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)

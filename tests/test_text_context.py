@@ -25,7 +25,7 @@ from test_context import FAST, hand_split
 
 transformers = pytest.importorskip("transformers")
 
-from test_text_encoder import WORDS, _write_tiny_bert  # noqa: E402
+from test_text_encoder import WORDS, _write_tiny_bert
 
 
 def named_split(available=None):
@@ -113,7 +113,7 @@ def test_a_run_with_text_context_records_it_and_rebuilds_it_for_another_file(tmp
     np.testing.assert_allclose(read.text, want.text, atol=1e-6)
     alone = reencode_dataset(MERDataset(splits={"test": split}), encoder, text="sentence")["test"]
     assert not np.allclose(read.text[1], alone.text[1], atol=1e-4)  # clip 1 reads clip 0 before it
-    rc, out, err = cli("evaluate", run, "--data", other, "--split", "test", "--json")
+    rc, _, err = cli("evaluate", run, "--data", other, "--split", "test", "--json")
     assert rc == 0, err
     # a conversation typed at predict time: causal, so a verdict reads what came before it and nothing after
     said = ["the movie is good", "i liked it", "the plot was awful", "not very good acting"]

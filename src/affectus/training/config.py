@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from affectus.data.context import MAX_WINDOW
-
-CLASS_WEIGHTS = ("none", "balanced", "sqrt")  # train.class_weights
 from affectus.data.presets import TEXT_INPUTS
 from affectus.errors import AffectusError, SettingError
 from affectus.models.registry import DEFAULT_MODEL
 from affectus.utils.strict_yaml import Doc, check_value, read_yaml, yaml_value
+
+CLASS_WEIGHTS = ("none", "balanced", "sqrt")  # train.class_weights
 
 
 @dataclass

@@ -348,9 +348,7 @@ def _text_inputs(dataset: MERDataset, tc) -> tuple[MERDataset, dict[str, Any] | 
     """`train.text_inputs` applied: the dataset with re-encoded text, the record, the views, the model dir."""
     if tc.text_inputs == "file":
         return dataset, None, [], None
-    from affectus.features.text import apply_text_inputs
-
-    from affectus.features.text import text_context_record
+    from affectus.features.text import apply_text_inputs, text_context_record
 
     context = text_context_record(tc.text_context, tc.context_causal)
     dataset, record, views, encoder = apply_text_inputs(dataset, tc.text_inputs, tc.text_encoder, context,
