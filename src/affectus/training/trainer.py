@@ -310,6 +310,12 @@ def _check_training_modalities(cfg: ResolvedConfig, split: Split) -> None:
 
 
 def _check_inputs(dataset: MERDataset, cfg: ResolvedConfig) -> None:
+    if cfg.train.class_weights != "none":
+        recipe = get_model_entry(cfg.model_name).get_recipe()
+        if not type(recipe).__dict__.get("weighs_classes", False):  # declared by the recipe class itself
+            raise AffectusError(f"train.class_weights = {cfg.train.class_weights}: model {cfg.model_name}'s training "
+                                f"recipe does not weigh classes (the one-stage supervised recipe, e.g. late_fusion, "
+                                f"and linear do); train it with train.class_weights=none")
     sequences = get_model_entry(cfg.model_name).can(cfg.model).utterance_context
     if sequences is not None:
         from affectus.data.context import check_sequences
@@ -328,6 +334,10 @@ def _check_inputs(dataset: MERDataset, cfg: ResolvedConfig) -> None:
             raise AffectusError(f"train.context = {cfg.train.context}: model {cfg.model_name} as configured reads "
                                 f"the transcripts' token ids through its own BERT, not the text feature the context "
                                 f"is added to; train it on text features, or without context (train.context=0)")
+    if cfg.train.text_context:
+        from affectus.data.context import check_context
+
+        check_context(dataset, cfg.train.text_context, "train.text_context")
     if cfg.train.text_inputs == "file":
         return
     from affectus.features.text import check_text_inputs
@@ -339,10 +349,15 @@ def _text_inputs(dataset: MERDataset, tc) -> tuple[MERDataset, dict[str, Any] | 
     """`train.text_inputs` applied: the dataset with re-encoded text, the record, the views, the model dir."""
     if tc.text_inputs == "file":
         return dataset, None, [], None
-    from affectus.features.text import apply_text_inputs
+    from affectus.features.text import apply_text_inputs, text_context_record
 
-    dataset, record, views, encoder = apply_text_inputs(dataset, tc.text_inputs, tc.text_encoder)
+    context = text_context_record(tc.text_context, tc.context_causal)
+    dataset, record, views, encoder = apply_text_inputs(dataset, tc.text_inputs, tc.text_encoder, context,
+                                                        tc.text_context_tokens if context else None)
     logger.info(f"text inputs: {tc.text_inputs} from the transcripts, encoder {tc.text_encoder}")
+    if context:
+        logger.info(f"text context: each transcript encoded with {tc.text_context} neighbour(s) "
+                    f"{'before' if tc.context_causal else 'on each side of'} it ({tc.text_context_tokens} tokens)")
     return dataset, record, views, None if encoder is None else str(encoder.model_dir)
 
 

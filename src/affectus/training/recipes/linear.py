@@ -42,6 +42,7 @@ class LinearRecipeConfig:
 
 class LinearRecipe:
     config_cls = LinearRecipeConfig
+    weighs_classes = True  # train.class_weights: LogisticRegression's class_weight
 
     def train(self, ctx: RecipeContext) -> RecipeResult:
         from sklearn.linear_model import LogisticRegression
@@ -68,8 +69,14 @@ class LinearRecipe:
         z_select = _standardise(x_select, present_select, mean, scale)
         y_select = _targets(ctx, select.labels, rc.target)
 
+        from affectus.training.tasks import class_weights
+
+        # train.class_weights: scikit-learn's per-class sample weights, from the training targets only
+        w = class_weights(y_train, int(y_train.max()) + 1, getattr(ctx.train, "class_weights", "none"))
+        weighting = None if w is None else {int(k): float(w[k]) for k in np.unique(y_train)}
+
         def fit(c: float):
-            lr = LogisticRegression(C=c, max_iter=rc.max_iter, random_state=ctx.train.seed)
+            lr = LogisticRegression(C=c, max_iter=rc.max_iter, random_state=ctx.train.seed, class_weight=weighting)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 lr.fit(z_train, y_train)
@@ -87,7 +94,7 @@ class LinearRecipe:
         summary = {"linear": {
             "C": float(best), "selection": selection, "selected_on": select.name, "target": rc.target,
             "views": model.names, "features": int(z_train.shape[1]), "iterations": int(np.max(lr.n_iter_)),
-            "converged": converged,
+            "converged": converged, **({} if weighting is None else {"class_weights": weighting}),
         }}
         # run.json `fitted_on`: scaler and weights learn from train; C is chosen on the selection split by
         # accuracy there, a selection like early stopping (named beside a score on that split, not marked)
