@@ -25,10 +25,8 @@ from torch import nn
 AttentionKernel = Literal["fast", "torch"]
 KERNELS = ("fast", "torch")
 
-# Attention with dropout runs over slices of about this many (L, L) scores (1 MB each for the scores,
-# probabilities and mask: they stay in cache between the passes). On MOSI shapes (2-core AMD EPYC, one
-# thread) 2^17-2^18 timed ~10-20% faster per training step than 2^20 and ~25% faster than 2^22.
-_ATTN_CHUNK_ELEMS = 1 << 18
+# Attention with dropout runs over slices of about this many (L, L) scores (4 MB: stays in cache).
+_ATTN_CHUNK_ELEMS = 1 << 20
 
 
 def fast_kernel_available() -> bool:
@@ -36,35 +34,17 @@ def fast_kernel_available() -> bool:
     return hasattr(torch, "_softmax_backward_data")
 
 
-def keep_draws(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """15-bit uniform integers (int16, in [0, 32768)) of the given shape: the random part of `keep_mask`.
-
-    Four 15-bit draws per 64-bit random integer (a quarter of the generator calls of one draw per
-    element). Uses the default generator, so `torch.manual_seed` still makes runs repeatable."""
-    n = math.prod(shape)
-    raw = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_()  # uniform over [0, 2^63)
-    return raw.view(torch.int16)[:n].view(shape).bitwise_and_(0x7FFF)
-
-
-def keep_from_draws(draws: torch.Tensor, p: float) -> torch.Tensor:
-    """Inverted-dropout multipliers from `keep_draws`: 0 where draw < round(p * 32768), else
-    1 / (1 - p'), p' = p rounded to 1/32768.
-
-    Float arithmetic only: on whole numbers below 2^15, clamp(draw - (threshold - 1), 0, 1) is exactly
-    the 0/1 indicator of draw >= threshold. On a whole (B*H, L, L) tensor this timed ~1.5-2x cheaper
-    on CPU than a comparison and a bool -> float conversion; on the kernel's in-cache slices the two
-    cost about the same, and the gain there is building the mask slice by slice at all."""
-    threshold = round(p * 32768)
-    keep = draws.to(torch.float32).sub_(threshold - 1).clamp_(0.0, 1.0)
-    return keep.mul_(32768.0 / (32768 - threshold))
-
-
 def keep_mask(shape: tuple[int, ...], p: float, device: torch.device) -> torch.Tensor:
     """Inverted-dropout multipliers: 0 with probability p', else 1 / (1 - p'); p' = p rounded to 1/32768.
 
-    A float mask (multiplying by it is ~10x faster than `masked_fill` on CPU) from 15-bit draws: together
-    ~2x cheaper than `F.dropout`. Uses the default generator (`keep_draws`)."""
-    return keep_from_draws(keep_draws(shape, device), p)
+    Four 15-bit draws per 64-bit random integer, and a float mask (multiplying by it is ~10x faster
+    than `masked_fill` on CPU): together ~2x cheaper than `F.dropout`, which matters for (B*H, L, L)
+    attention masks. Uses the default generator, so `torch.manual_seed` still makes runs repeatable."""
+    n = math.prod(shape)
+    threshold = round(p * 32768)
+    raw = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_()  # uniform over [0, 2^63)
+    draws = raw.view(torch.int16)[:n].view(shape).bitwise_and_(0x7FFF)  # each 15 uniform bits
+    return (draws >= threshold).to(torch.float32).mul_(32768.0 / (32768 - threshold))
 
 
 class _DropoutAttention(torch.autograd.Function):
@@ -74,12 +54,6 @@ class _DropoutAttention(torch.autograd.Function):
     each (L, L) intermediate is reused while it is still in cache, with the backward pass written out
     (autograd's would make extra passes over the (L, L) tensors).
 
-    keep = keep_from_draws(draws, p), with 1 (no dropout) in row t and column t of matrix n for each
-    pair (n, t) of `exempt` (N-indices ascending): built slice by slice inside the loop, where it is
-    still in cache, rather than as one (N, L, L) tensor in memory first. The backward pass recomputes
-    the dropped weights (p ∘ keep) from the saved probabilities and mask rather than keep a third
-    (N, L, L) tensor.
-
     The four products of an (L, L) matrix with an (L, hd) one (hd = 8 at MOSI's d = 32, 4 heads) are
     computed transposed, as (hd, L) @ (L, L): MKL's batched GEMM is ~5x faster with the narrow operand
     on the left than with a narrow output on the right (measured on AMD EPYC, 1 thread; docs/model.md).
@@ -87,52 +61,43 @@ class _DropoutAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, bias, draws, p_drop, exempt):  # bias (N, 1, L) | None; draws (N, L, L) int16
+    def forward(ctx, q, k, v, bias, keep):  # bias (N, 1, L) or None; keep (N, L, L) multipliers
         n, steps, _ = q.shape
         chunk = max(1, _ATTN_CHUNK_ELEMS // (steps * steps)) if q.device.type == "cpu" else n
         out_t = torch.empty(v.shape[0], v.shape[2], steps, dtype=v.dtype, device=v.device)  # (N, hd, L)
         v_t = v.transpose(1, 2).contiguous()  # (N, hd, L)
-        starts = list(range(0, n, chunk))
-        if exempt is not None:  # where each slice's exempt pairs begin and end
-            ex_n, ex_t = exempt
-            cuts = torch.searchsorted(ex_n, torch.tensor([*starts, n], device=ex_n.device)).tolist()
         saved = []
-        for i, s in enumerate(starts):
+        for s in range(0, n, chunk):
             sl = slice(s, s + chunk)
-            keep = keep_from_draws(draws[sl], p_drop)
-            if exempt is not None and cuts[i + 1] > cuts[i]:
-                rows, ts = ex_n[cuts[i] : cuts[i + 1]] - s, ex_t[cuts[i] : cuts[i + 1]]
-                keep[rows, ts, :] = 1.0
-                keep[rows, :, ts] = 1.0
             if bias is None:
                 scores = torch.bmm(q[sl], k[sl].transpose(1, 2))  # (n', L, L)
             else:
                 scores = torch.baddbmm(bias[sl], q[sl], k[sl].transpose(1, 2))
             p = torch.softmax(scores, dim=-1)
-            dropped = p * keep
-            saved += [p, keep]
+            dropped = p * keep[sl]
+            saved += [p, dropped]
             torch.bmm(v_t[sl], dropped.transpose(1, 2), out=out_t[sl])  # (out)ᵀ = vᵀ droppedᵀ
-        ctx.save_for_backward(q, k, v_t, *saved)
+        ctx.save_for_backward(q, k, v_t, keep, *saved)
         ctx.chunk = chunk
         return out_t.transpose(1, 2)
 
     @staticmethod
     def backward(ctx, dout):
-        q, k, v_t, *saved = ctx.saved_tensors
+        q, k, v_t, keep, *saved = ctx.saved_tensors
         n, steps, hd = q.shape
         dout = dout.contiguous()
         dout_t = dout.transpose(1, 2).contiguous()  # (N, hd, L)
         q_t, k_t = q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous()
         grads_t = torch.empty(3, n, hd, steps, dtype=q.dtype, device=q.device)  # dqᵀ, dkᵀ, dvᵀ
         for i, s in enumerate(range(0, n, ctx.chunk)):
-            sl, p, keep = slice(s, s + ctx.chunk), saved[2 * i], saved[2 * i + 1]
-            torch.bmm(dout_t[sl], p * keep, out=grads_t[2, sl])  # dvᵀ = doutᵀ dropped
-            dp = torch.bmm(dout[sl], v_t[sl]).mul_(keep)  # (n', L, L)
+            sl, p, dropped = slice(s, s + ctx.chunk), saved[2 * i], saved[2 * i + 1]
+            torch.bmm(dout_t[sl], dropped, out=grads_t[2, sl])  # dvᵀ = doutᵀ dropped
+            dp = torch.bmm(dout[sl], v_t[sl]).mul_(keep[sl])  # (n', L, L)
             ds = torch._softmax_backward_data(dp, p, -1, p.dtype)
             torch.bmm(k_t[sl], ds.transpose(1, 2), out=grads_t[0, sl])  # dqᵀ = kᵀ dsᵀ
             torch.bmm(q_t[sl], ds, out=grads_t[1, sl])  # dkᵀ = qᵀ ds
         dq, dk, dv = grads_t.transpose(2, 3).unbind(0)
-        return dq, dk, dv, None, None, None, None
+        return dq, dk, dv, None, None
 
 
 class SelfAttention(nn.Module):
@@ -179,21 +144,20 @@ class SelfAttention(nn.Module):
         p = self.dropout if self.training else 0.0
         if p > 0 and self.exempts_rows:
             q, k, v = qkv.reshape(3, b * h, steps, hd).unbind(0)  # each (B*H, L, hd), contiguous
-            draws = keep_draws((b * h, steps, steps), x.device)
-            exempt = None
+            keep = keep_mask((b * h, steps, steps), p, x.device)
             if multi_rows is not None:
                 # A many-copies token neither loses its weight as a key nor its attention as a query:
                 # the reference drops each copy independently, which averages out (layers._dropout).
                 bi, ti = multi_rows
-                ex_n = (bi[:, None] * h + torch.arange(h, device=x.device)).reshape(-1)  # its B*H rows
-                ex_n, order = ex_n.sort()  # the kernel finds each slice's pairs by bisection
-                exempt = (ex_n, ti.repeat_interleave(h)[order])
+                keep4 = keep.view(b, h, steps, steps)
+                keep4[bi, :, ti, :] = 1.0
+                keep4[bi, :, :, ti] = 1.0
             bias3 = None if bias is None else bias.expand(b, h, 1, steps).reshape(b * h, 1, steps)
             # The hand-written kernel runs in float32 with autocast off: under AMP its float32 dropout
             # multipliers would meet bf16/fp16 probabilities in one bmm (a dtype error). A no-op without AMP.
             with torch.autocast(x.device.type, enabled=False):
                 out = _DropoutAttention.apply((q * hd**-0.5).float(), k.float(), v.float(),
-                                              None if bias3 is None else bias3.float(), draws, p, exempt)
+                                              None if bias3 is None else bias3.float(), keep)
             out = out.to(q.dtype).reshape(b, h, steps, hd)
         else:
             q, k, v = qkv.unbind(0)  # each (B, H, L, hd)
