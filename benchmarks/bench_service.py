@@ -54,8 +54,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _tree_rss_mb(pid: int) -> float:
-    """Resident set of `pid` and all its descendants, MB (from /proc)."""
+def _tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (from /proc)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -63,10 +63,18 @@ def _tree_rss_mb(pid: int) -> float:
         except OSError:
             continue
         children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    total, todo = 0, [pid]
+    out, todo = [], [pid]
     while todo:
         p = todo.pop()
+        out.append(p)
         todo.extend(children.get(p, []))
+    return out
+
+
+def _tree_rss_mb(pid: int) -> float:
+    """Resident set of `pid` and all its descendants, MB (from /proc)."""
+    total = 0
+    for p in _tree(pid):
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -76,17 +84,8 @@ def _tree_rss_mb(pid: int) -> float:
 
 def _tree_cpu_s(pid: int) -> float:
     """CPU seconds (user + system) used so far by `pid` and its descendants' live threads (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        todo.extend(children.get(p, []))
+    total = 0
+    for p in _tree(pid):
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])
