@@ -334,19 +334,24 @@ def test_fallback_setting_is_checked():
         resolve_config("cmc_plus", None, None, None, {"recipe.fallback": "sometimes"})
 
 
-def test_train_epochs_set_for_cmc_plus_says_what_it_reads_instead(caplog):
+def test_train_epochs_set_for_cmc_plus_says_what_it_reads_instead(tmp_path, capsys):
     """CMC+'s experts count their own epochs (recipe.expert_epochs): a train.epochs the user sets is not read,
-    and resolving the config says so in one warning (not refused: an experiment's --set reaches every row)."""
-    import logging
-
-    with caplog.at_level(logging.WARNING, logger="affectus.training"):
-        cfg = resolve_config("cmc_plus", None, None, None, {"train.epochs": 2})
-    said = [r.getMessage() for r in caplog.records if "does not apply" in r.getMessage()]
-    assert said == [("cmc_plus: train.epochs (--set) does not apply: its recipe reads recipe.expert_epochs (150); "
-                     "set that instead")]
-    assert cfg.recipe.expert_epochs == 150
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="affectus.training"):
-        resolve_config("cmc_plus", None, None, None, {"recipe.expert_epochs": 2})
-        resolve_config("late_fusion", None, None, None, {"train.epochs": 2})
-    assert not [r for r in caplog.records if "does not apply" in r.getMessage()]
+    and training says so in one warning (not refused: an experiment's --set reaches every row); a run refused
+    for its inputs prints its one error line only."""
+    cfg = resolve_config("cmc_plus", None, None, None, {"train.epochs": 2})
+    assert cfg.notices == ("cmc_plus: train.epochs (--set) does not apply: its recipe reads recipe.expert_epochs "
+                           "(150); set that instead",)
+    assert cfg.recipe.expert_epochs == 150 and "notices" not in cfg.to_dict()
+    assert resolve_config("cmc_plus", None, None, None, {"recipe.expert_epochs": 2}).notices == ()
+    assert resolve_config("late_fusion", None, None, None, {"train.epochs": 2}).notices == ()
+    raw = build_raw(sizes={"train": 24, "valid": 12, "test": 12})
+    data = tmp_path / "d.pkl"
+    write_pickle(raw, data)
+    rc = main(["train", "--data", str(data), "--model", "cmc_plus", "--out", str(tmp_path / "run"), *FAST,
+               "--set", "train.epochs=2"])
+    assert rc == 0
+    assert capsys.readouterr().err.count("train.epochs (--set) does not apply") == 1
+    rc = main(["train", "--data", str(data), "--model", "cmc_plus", "--out", str(tmp_path / "bad"), *FAST,
+               "--set", "train.epochs=2", "--set", "train.class_weights=sqrt"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error:"), err

@@ -10,7 +10,6 @@ out of range (each section's `validate()`) is refused in one line naming the key
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import re
 from dataclasses import dataclass
@@ -187,6 +186,9 @@ class ResolvedConfig:
     train: TrainConfig
     recipe: Any = None  # the recipe's config dataclass, None for recipes without settings
     preset: str | None = None
+    # what the trainer says before it trains (not part of the config: never recorded or compared), e.g. a key
+    # set for a model whose recipe does not read it
+    notices: tuple[str, ...] = dataclasses.field(default=(), compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -362,11 +364,10 @@ def resolve_config(
         if not set_keys:  # a default out of range: nothing to point at
             raise
         raise AffectusError(f"{origin[max(set_keys, key=order.index)]}: {err}") from None
-    # once the config holds: a key set for this model that its recipe does not read (CMC+'s experts count their
-    # own epochs) is said once, not refused, since an experiment's --set applies one value to every row
-    for key, instead in getattr(recipe_cls, "REPLACES", {}).items():
-        if key in origin:
-            logging.getLogger("affectus.training").warning(
-                f"{model_name}: {key} ({origin[key]}) does not apply: its recipe reads {instead} "
-                f"({getattr(recipe, instead.split('.', 1)[1])}); set that instead")
-    return ResolvedConfig(model_name, variant, model_cfg, train, recipe, None if preset is None else preset.name)
+    # a key set for this model that its recipe does not read (CMC+'s experts count their own epochs) is said
+    # once by the trainer as it starts, not refused, since an experiment's --set applies one value to every row
+    notices = tuple(f"{model_name}: {key} ({origin[key]}) does not apply: its recipe reads {instead} "
+                    f"({getattr(recipe, instead.split('.', 1)[1])}); set that instead"
+                    for key, instead in getattr(recipe_cls, "REPLACES", {}).items() if key in origin)
+    return ResolvedConfig(model_name, variant, model_cfg, train, recipe, None if preset is None else preset.name,
+                          notices)

@@ -213,6 +213,8 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
         ctx = RecipeContext(model=model, train=tc, recipe=cfg.recipe, train_split=train_split,
                             select_split=select_split, scheme=plan.scheme, device=device, out=out, saved=saved,
                             on_epoch=observe, can=can)
+        for line in cfg.notices:  # after every check of the inputs: a refused run prints its one error line only
+            logger.warning(line)
         result = recipe.train(ctx)
     model.load_state_dict(result.state)
 
