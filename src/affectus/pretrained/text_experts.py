@@ -301,7 +301,7 @@ def text_fingerprints(texts: list[str]) -> np.ndarray:
     return np.array(sorted(hashes), dtype=np.uint64)
 
 
-def seen_share(texts: list[str], seen: np.ndarray) -> float:
-    """The share of `texts`' distinct non-empty transcripts that are among the hashes `seen` (0 when none)."""
-    mine = text_fingerprints(texts)
+def seen_share(mine: np.ndarray, seen: np.ndarray) -> float:
+    """The share of the hashes `mine` (`text_fingerprints` of a split's transcripts) that are among `seen`
+    (0 when there are none)."""
     return float(np.isin(mine, seen).mean()) if mine.size else 0.0

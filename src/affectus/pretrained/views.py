@@ -102,16 +102,17 @@ def _seen(model: Any, dataset: MERDataset) -> dict[str, Any] | None:
     """{expert split: {split, share}}: the run split holding most of the transcripts the expert was fitted on
     ("train") or chose its setting on ("valid"), where that is at least SEEN of the run split's own; None when
     the expert does not record its transcripts (built by an older version: a warning says to rebuild)."""
-    from affectus.pretrained.text_experts import SEEN, seen_share
+    from affectus.pretrained.text_experts import SEEN, seen_share, text_fingerprints
 
     seen = model.seen_texts()
     if seen is None:
         _log.warning("pretrained expert %s records no transcripts (built by an older version): whether it was "
                      "fitted on this data cannot be told; rebuild it to have in-sample scores marked", model.expert.name)
         return None
+    mine = {k: text_fingerprints(list(s.raw_text or [])) for k, s in dataset.splits.items()}  # hashed once each
     out = {}
     for role, hashes in seen.items():
-        shares = {k: seen_share(list(s.raw_text or []), hashes) for k, s in dataset.splits.items()}
+        shares = {k: seen_share(prints, hashes) for k, prints in mine.items()}
         best = max(shares, key=shares.get, default=None)
         if best is not None and shares[best] >= SEEN:
             out[role] = {"split": best, "share": round(shares[best], 4)}

@@ -356,6 +356,12 @@ def resolve_config(
             from affectus.features.text_finetune import check_finetune_setting
 
             check_finetune_setting(entry, model_cfg, train)
+        # with the config, before any data is read: a recipe declares on its own class that it honours the
+        # setting (a subclass with a loss of its own does not inherit the declaration)
+        if train.class_weights != "none" and not type(entry.get_recipe()).__dict__.get("weighs_classes", False):
+            raise AffectusError(f"train.class_weights = {train.class_weights}: model {model_name}'s training recipe "
+                                f"does not weigh classes (the one-stage supervised recipe, e.g. late_fusion, and "
+                                f"linear do); train it with train.class_weights=none")
     except SettingError as err:
         # point at the last place that set one of the keys the rule involves (heads at 4 by default
         # and d = 30 from a spec: d's line)

@@ -81,6 +81,11 @@ class SelectsBestPerModality:
                 self.best_state[m] = {k: v.detach().clone() for k, v in self.branch(model, m).state_dict().items()}
         return improved
 
+    def summary(self, loop) -> dict[str, Any]:
+        """The stage's run.json summary: epochs run, and each modality's best epoch and selection CE."""
+        return {"epochs": loop.epoch, "best_epoch": dict(self.best_epoch), "best_val_ce": dict(self.best_loss),
+                "history": loop.history}
+
     def handover(self, model) -> None:
         """Each modality's best branch weights into the model (a modality that never improved keeps its own)."""
         for m, state in self.best_state.items():

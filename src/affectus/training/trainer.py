@@ -227,7 +227,9 @@ def _train(dataset, cfg: ResolvedConfig, out: Path, plan: DataPlan, resume: bool
     metrics = scored[plan.eval][0] if eval_split is not None else {}
     # the selection split's scores: what sweeps and model choice may look at (never the test scores)
     select_metrics = scored[plan.select][0]
-    expert_parts = _expert_fits(experts_record)
+    from affectus.pretrained.views import expert_fits
+
+    expert_parts = expert_fits(experts_record)  # an expert fitted on this run's own splits marks them
     degenerate = {name: what for name, (_, logits) in scored.items()
                   if (what := single_class(logits, plan.scheme)) is not None}
     warnings = [f"degenerate run: the model predicts one class ({what}) for every sample of split '{name}'; "
@@ -312,12 +314,6 @@ def _check_training_modalities(cfg: ResolvedConfig, split: Split) -> None:
 
 
 def _check_inputs(dataset: MERDataset, cfg: ResolvedConfig) -> None:
-    if cfg.train.class_weights != "none":
-        recipe = get_model_entry(cfg.model_name).get_recipe()
-        if not type(recipe).__dict__.get("weighs_classes", False):  # declared by the recipe class itself
-            raise AffectusError(f"train.class_weights = {cfg.train.class_weights}: model {cfg.model_name}'s training "
-                                f"recipe does not weigh classes (the one-stage supervised recipe, e.g. late_fusion, "
-                                f"and linear do); train it with train.class_weights=none")
     sequences = get_model_entry(cfg.model_name).can(cfg.model).utterance_context
     if sequences is not None:
         from affectus.data.context import check_sequences
@@ -413,15 +409,6 @@ def _experts(dataset: MERDataset, tc, text_views: list) -> tuple[MERDataset, dic
     dataset, record, views = apply_experts(dataset, list(tc.pretrained_experts), text_views, base)
     logger.info(f"pretrained experts as evidence: {', '.join(tc.pretrained_experts)}")
     return dataset, record, views
-
-
-def _expert_fits(record: dict[str, Any] | None) -> tuple[dict[str, str], list[str]]:
-    """The pretrained experts' fits on the run's own splits (pretrained/views.py), for run.json `fitted_on`."""
-    if not record:
-        return {}, []
-    from affectus.pretrained.views import expert_fits
-
-    return expert_fits(record)
 
 
 def _sequences(dataset: MERDataset, cfg: ResolvedConfig) -> tuple[MERDataset, dict[str, Any] | None]:

@@ -52,7 +52,6 @@ class UnimodalTask(SelectsBestPerModality):
 
     def __init__(self, val_batches, trained: tuple[str, ...]) -> None:
         super().__init__(val_batches, trained)  # the modalities the training split has
-        self.trained = trained
 
     def branch(self, model, modality: str) -> torch.nn.Module:
         return model.unimodal[modality]
@@ -64,7 +63,7 @@ class UnimodalTask(SelectsBestPerModality):
         have = batch.availability().to(uni.device)
         out = {}
         for k, m in enumerate(MODALITIES):
-            if m in self.trained:
+            if m in self.modalities:
                 rows = have[:, k] & (batch.lengths(m).to(uni.device) > 0)
                 out[m] = (F.cross_entropy(uni[rows, k], batch.classes[rows], reduction="sum"), int(rows.sum()))
         return out
@@ -77,13 +76,13 @@ class UnimodalTask(SelectsBestPerModality):
     @torch.no_grad()
     def validate(self, model) -> dict[str, float]:
         device = next(model.parameters()).device
-        sums = {m: 0.0 for m in self.trained}
-        counts = {m: 0 for m in self.trained}
+        sums = {m: 0.0 for m in self.modalities}
+        counts = {m: 0 for m in self.modalities}
         for batch in self.val_batches():
             for m, (total, n) in self._ce(model, batch.to(device)).items():
                 sums[m] += float(total)
                 counts[m] += n
-        ce = {m: sums[m] / counts[m] if counts[m] else float("inf") for m in self.trained}
+        ce = {m: sums[m] / counts[m] if counts[m] else float("inf") for m in self.modalities}
         return {"loss": float(np.sum([c for c in ce.values() if np.isfinite(c)])), **{f"ce_{m}": c for m, c in ce.items()}}
 
 
@@ -122,8 +121,7 @@ class BCLSTMRecipe:
                 uni = UnimodalTask(ctx.eval_batches(ctx.select_split), trained_modalities(ctx.train_split))
                 loop0 = ctx.run_stage(0, uni, self._optimizer(ctx, model.unimodal.parameters()))
                 uni.handover(model)
-                summary["unimodal"] = {"epochs": loop0.epoch, "best_epoch": dict(uni.best_epoch),
-                                       "best_val_ce": dict(uni.best_loss), "history": loop0.history}
+                summary["unimodal"] = uni.summary(loop0)
                 ctx.saved = None
             else:
                 summary["unimodal"] = ctx.saved["unimodal_summary"]

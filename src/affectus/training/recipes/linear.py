@@ -72,7 +72,7 @@ class LinearRecipe:
         from affectus.training.tasks import class_weights
 
         # train.class_weights: scikit-learn's per-class sample weights, from the training targets only
-        w = class_weights(y_train, int(y_train.max()) + 1, getattr(ctx.train, "class_weights", "none"))
+        w = class_weights(y_train, int(y_train.max()) + 1, ctx.train.class_weights)
         weighting = None if w is None else {int(k): float(w[k]) for k in np.unique(y_train)}
 
         def fit(c: float):

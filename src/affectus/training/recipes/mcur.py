@@ -186,8 +186,7 @@ class MCURRecipe:
                 uni = UnimodalTask(ctx.eval_batches(ctx.select_split))
                 loop0 = ctx.run_stage(0, uni, ctx.optimizer())
                 uni.handover(model)
-                summary["pretrain"] = {"epochs": loop0.epoch, "best_epoch": dict(uni.best_epoch),
-                                       "best_val_ce": dict(uni.best_loss), "history": loop0.history}
+                summary["pretrain"] = uni.summary(loop0)
                 ctx.saved = None
             else:
                 summary["pretrain"] = ctx.saved["pretrain_summary"]

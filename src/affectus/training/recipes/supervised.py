@@ -11,7 +11,7 @@ from affectus.training.tasks import SupervisedTask, class_weights
 def training_class_weights(ctx: RecipeContext) -> torch.Tensor | None:
     """`train.class_weights` from the training split's classes (its labels only), None when off."""
     w = class_weights(ctx.scheme.to_classes(ctx.train_split.labels), ctx.scheme.num_classes,
-                      getattr(ctx.train, "class_weights", "none"))
+                      ctx.train.class_weights)
     return None if w is None else torch.from_numpy(w)
 
 
